@@ -1,0 +1,167 @@
+//! Replica configuration: identity, membership, every timeout (in ticks) and every limit.
+
+use crate::error::ConfigError;
+use crate::types::{NodeId, Slot};
+
+/// The largest cluster a replica supports (votes are tracked in a 64-bit mask).
+pub const MEMBERS_MAX: usize = 64;
+
+/// Everything a [`Replica`](crate::replica::Replica) needs to know before it starts.
+///
+/// Timeouts are counted in ticks (calls to `tick()`); the application decides how long a tick
+/// is. Limits bound every queue and window; past them `propose` returns `Busy`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// This replica's id; must be one of `members`.
+    pub id: NodeId,
+    /// Every voting member of the cluster, this replica included.
+    pub members: Vec<NodeId>,
+    /// Identifies the cluster on the wire; frames from other clusters are rejected.
+    pub cluster_id: u64,
+    /// Minimum ticks without hearing a leader before a follower starts an election. The actual
+    /// timeout is drawn from `election_ticks..2 * election_ticks` by the seeded RNG.
+    pub election_ticks: u32,
+    /// Ticks between heartbeats from the leader.
+    pub heartbeat_ticks: u32,
+    /// Ticks after which an unacknowledged Accept (or Fetch, or election round) is sent again.
+    pub retransmit_ticks: u32,
+    /// A leader that has not heard from a quorum within `election_ticks` steps down.
+    pub check_quorum: bool,
+    /// Followers forward proposals to the leader (true) or answer `NotLeader` (false).
+    pub forward_proposals: bool,
+    /// Accept messages in flight (sent, not acknowledged) per follower.
+    pub inflight_msgs_max: usize,
+    /// Payload bytes in flight per follower.
+    pub inflight_bytes_max: usize,
+    /// Payload bytes in one Accept (at least one entry is always sent).
+    pub accept_bytes_max: usize,
+    /// Payload bytes proposed but not yet chosen; past it `propose` returns `Busy`.
+    pub uncommitted_bytes_max: usize,
+    /// Entries proposed but not yet chosen; past it `propose` returns `Busy`.
+    pub uncommitted_entries_max: usize,
+    /// Payload bytes in one FetchReply.
+    pub fetch_bytes_max: usize,
+    /// Commands a follower holds for forwarding before `propose` returns `Busy`.
+    pub forward_commands_max: usize,
+    /// Seed of the RNG that randomizes election timeouts; runs are reproducible from it.
+    pub seed: u64,
+    /// The last slot the application has already applied (after a restart): committed entries
+    /// are handed out from the slot after it.
+    pub applied: Slot,
+}
+
+impl Config {
+    /// A configuration with sensible defaults for `id` in a cluster of `members`.
+    pub fn new(id: NodeId, members: Vec<NodeId>) -> Config {
+        Config {
+            id,
+            members,
+            cluster_id: 0,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            retransmit_ticks: 4,
+            check_quorum: true,
+            forward_proposals: true,
+            inflight_msgs_max: 256,
+            inflight_bytes_max: 16 << 20,
+            accept_bytes_max: 256 << 10,
+            uncommitted_bytes_max: 64 << 20,
+            uncommitted_entries_max: 65_536,
+            fetch_bytes_max: 1 << 20,
+            forward_commands_max: 4096,
+            seed: id.0,
+            applied: 0,
+        }
+    }
+
+    /// Checks every field; returns the first problem found.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field that is wrong and why.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.members.is_empty() {
+            return Err(ConfigError::new("members", "must not be empty"));
+        }
+        if self.members.len() > MEMBERS_MAX {
+            return Err(ConfigError::new(
+                "members",
+                "at most 64 members are supported",
+            ));
+        }
+        let mut sorted = self.members.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != self.members.len() {
+            return Err(ConfigError::new("members", "must not contain duplicates"));
+        }
+        if !self.members.contains(&self.id) {
+            return Err(ConfigError::new("id", "must be one of the members"));
+        }
+        if self.heartbeat_ticks == 0 {
+            return Err(ConfigError::new("heartbeat_ticks", "must be at least 1"));
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return Err(ConfigError::new(
+                "election_ticks",
+                "must be greater than heartbeat_ticks",
+            ));
+        }
+        if self.retransmit_ticks == 0 {
+            return Err(ConfigError::new("retransmit_ticks", "must be at least 1"));
+        }
+        let positive = [
+            ("inflight_msgs_max", self.inflight_msgs_max),
+            ("inflight_bytes_max", self.inflight_bytes_max),
+            ("accept_bytes_max", self.accept_bytes_max),
+            ("uncommitted_bytes_max", self.uncommitted_bytes_max),
+            ("uncommitted_entries_max", self.uncommitted_entries_max),
+            ("fetch_bytes_max", self.fetch_bytes_max),
+            ("forward_commands_max", self.forward_commands_max),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(field, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of votes that makes a majority of the members.
+    pub fn quorum(&self) -> usize {
+        crate::quorum::majority(self.members.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn three() -> Config {
+        Config::new(NodeId(1), vec![NodeId(1), NodeId(2), NodeId(3)])
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(three().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_fields_by_name() {
+        let mut config = three();
+        config.id = NodeId(9);
+        assert_eq!(config.validate().unwrap_err().field, "id");
+        let mut config = three();
+        config.members.push(NodeId(2));
+        assert_eq!(config.validate().unwrap_err().field, "members");
+        let mut config = three();
+        config.election_ticks = config.heartbeat_ticks;
+        assert_eq!(config.validate().unwrap_err().field, "election_ticks");
+        let mut config = three();
+        config.inflight_msgs_max = 0;
+        assert_eq!(config.validate().unwrap_err().field, "inflight_msgs_max");
+        let mut config = three();
+        config.members = (0..65).map(NodeId).collect();
+        config.id = NodeId(0);
+        assert_eq!(config.validate().unwrap_err().field, "members");
+    }
+}

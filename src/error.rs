@@ -1,0 +1,178 @@
+//! The error taxonomy (DESIGN.md §5).
+//!
+//! - Misuse of the API (a programming error) is an `assert!`.
+//! - An expected rejection is a typed error that hands ownership back ([`ProposeError`]).
+//! - Bad input from the network is a [`StepError`] or a [`DecodeError`]: it never panics and
+//!   never changes state.
+//! - Storage and I/O failures are [`StorageError`]s, returned to the application.
+
+use crate::types::{NodeId, Slot};
+use bytes::Bytes;
+use thiserror::Error;
+
+/// A configuration field is invalid. Fix the field and build the replica again.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("invalid config field `{field}`: {reason}")]
+pub struct ConfigError {
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl ConfigError {
+    /// Creates the error for `field`.
+    pub fn new(field: &'static str, reason: &'static str) -> ConfigError {
+        ConfigError { field, reason }
+    }
+}
+
+/// A proposal was not accepted; the command is handed back untouched.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ProposeError {
+    /// This replica is not the leader (and is not forwarding). Send the command to `hint` if it
+    /// is `Some`, or retry later: an election is under way.
+    #[error("not the leader (leader hint: {hint:?})")]
+    NotLeader {
+        /// The leader this replica knows of, if any.
+        hint: Option<NodeId>,
+        /// The command, handed back.
+        command: Bytes,
+    },
+    /// A bound in the [`Config`](crate::Config) is reached (uncommitted backlog, forward queue).
+    /// Retry after some committed entries have been applied.
+    #[error("busy: too much uncommitted work")]
+    Busy {
+        /// The command, handed back.
+        command: Bytes,
+    },
+}
+
+impl ProposeError {
+    /// Takes the command back out of the error.
+    pub fn into_command(self) -> Bytes {
+        match self {
+            ProposeError::NotLeader { command, .. } | ProposeError::Busy { command } => command,
+        }
+    }
+}
+
+/// A message given to `step` was refused. The replica's state is unchanged; count it and move
+/// on (it usually means a misrouted, stale or forged message).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum StepError {
+    /// The sender is not a member of this cluster.
+    #[error("message from unknown node {0}")]
+    UnknownNode(NodeId),
+    /// The message is addressed to another node.
+    #[error("message addressed to {to}, this is {this}")]
+    WrongRecipient {
+        /// The addressee.
+        to: NodeId,
+        /// This replica.
+        this: NodeId,
+    },
+    /// The message is well-formed but breaks a protocol invariant (e.g. an Accept whose
+    /// entries are not contiguous, or a ballot owned by another node than the sender).
+    #[error("malformed {kind} from {from}: {reason}")]
+    Malformed {
+        /// The sender.
+        from: NodeId,
+        /// The message kind.
+        kind: &'static str,
+        /// The broken invariant.
+        reason: &'static str,
+    },
+}
+
+/// Bytes from the wire could not be decoded into a message. Drop the frame (or the connection).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    /// Fewer bytes than a frame header, or than the header's length says.
+    #[error("truncated frame: need {needed} bytes, have {available}")]
+    Truncated {
+        /// Bytes the frame needs.
+        needed: usize,
+        /// Bytes available.
+        available: usize,
+    },
+    /// The frame does not start with synod's magic number.
+    #[error("bad magic {0:#010x}")]
+    BadMagic(u32),
+    /// The frame uses a wire format version this build does not speak.
+    #[error("unsupported wire version {0}")]
+    UnsupportedVersion(u16),
+    /// The frame belongs to another cluster.
+    #[error("frame from cluster {found}, expected {expected}")]
+    ForeignCluster {
+        /// The cluster id in the frame.
+        found: u64,
+        /// This node's cluster id.
+        expected: u64,
+    },
+    /// The frame's declared length is above the configured maximum.
+    #[error("frame of {length} bytes exceeds the maximum of {max}")]
+    Oversized {
+        /// Declared length.
+        length: usize,
+        /// The maximum.
+        max: usize,
+    },
+    /// The payload does not match its checksum.
+    #[error("checksum mismatch: frame says {expected:#010x}, payload has {actual:#010x}")]
+    Checksum {
+        /// Checksum in the frame.
+        expected: u32,
+        /// Checksum of the payload.
+        actual: u32,
+    },
+    /// The payload is not a valid encoding of the message type.
+    #[error("undecodable payload: {0}")]
+    Payload(String),
+}
+
+/// A storage operation failed. The replica's durable state is whatever the last successful
+/// write left; stop the node (or retry the write) — never acknowledge what failed to persist.
+#[derive(Debug, Error)]
+pub enum StorageError {
+    /// An I/O error from the operating system.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data is corrupt (bad checksum or structure) somewhere other than a torn tail.
+    /// Data would be lost by continuing; restore the node from a peer or a backup.
+    #[error("corrupt storage in {path} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// Byte offset of the bad record.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage belongs to another cluster or node.
+    #[error("storage in {path} belongs to cluster {cluster_id} node {node}, not this one")]
+    Foreign {
+        /// The file.
+        path: String,
+        /// Its cluster id.
+        cluster_id: u64,
+        /// Its node id.
+        node: NodeId,
+    },
+    /// Entries were asked for that are not stored (compacted away, or never written).
+    #[error("slot {slot} is not available (stored range {first}..={last})")]
+    Unavailable {
+        /// The slot asked for.
+        slot: Slot,
+        /// First stored slot.
+        first: Slot,
+        /// Last stored slot.
+        last: Slot,
+    },
+}

@@ -1,0 +1,183 @@
+//! The messages Multi-Paxos replicas exchange.
+//!
+//! Names follow *Paxos Made Simple*: phase 1 is `Prepare`/`Promise`, phase 2 is
+//! `Accept`/`Accepted`. Everything else is the machinery of a practical Multi-Paxos: pre-votes
+//! (so a node that was cut off cannot disturb a healthy leader), heartbeats (failure detection
+//! and check-quorum), chosen marks (`Commit`), catch-up (`Fetch`/`FetchReply`) and forwarded
+//! proposals.
+
+use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A message from one replica to another.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// What the message says.
+    pub body: Body,
+}
+
+/// A command forwarded from a follower to the leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The id the follower's `propose` returned.
+    pub id: ProposalId,
+    /// The command bytes.
+    pub data: Bytes,
+}
+
+/// The content of a [`Message`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// "Would you promise `ballot` if I asked?" Changes no state; lets a node find out whether
+    /// it can win an election before it raises any acceptor's promise.
+    PreVote {
+        /// The ballot the sender would use.
+        ballot: Ballot,
+    },
+    /// The answer to a [`Body::PreVote`].
+    PreVoteReply {
+        /// The ballot asked about.
+        ballot: Ballot,
+        /// True if the sender would promise it: it has not heard from a live leader within
+        /// the election timeout and has promised nothing higher.
+        granted: bool,
+        /// The sender's promised ballot, so the candidate can pick a higher round next time.
+        promised: Ballot,
+    },
+    /// Phase 1a: "promise not to accept anything below `ballot`, and tell me what you accepted
+    /// in every slot from `first_slot` on."
+    Prepare {
+        /// The candidate's ballot.
+        ballot: Ballot,
+        /// The candidate's first slot not known chosen.
+        first_slot: Slot,
+    },
+    /// Phase 1b: the promise, with every value accepted at or above the requested slot.
+    /// Sent only once the promise is durable.
+    Promise {
+        /// The ballot promised.
+        ballot: Ballot,
+        /// The slot the Prepare asked from.
+        first_slot: Slot,
+        /// The acceptor's highest-ballot accepted entry for each slot `>= first_slot`.
+        accepted: Vec<Entry>,
+        /// The acceptor's chosen mark.
+        chosen: Slot,
+    },
+    /// Phase 2a: "accept these values in these contiguous slots under `ballot`". Also carries
+    /// the leader's chosen mark.
+    Accept {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's chosen mark (every slot up to it is chosen).
+        chosen: Slot,
+        /// The entries, contiguous and in slot order, each with `ballot` as its ballot.
+        entries: Vec<Entry>,
+    },
+    /// Phase 2b: "I accepted every slot in `first_slot..=last_slot` under `ballot`". Sent only
+    /// once those entries are durable.
+    Accepted {
+        /// The ballot accepted.
+        ballot: Ballot,
+        /// The first slot of the acknowledged Accept.
+        first_slot: Slot,
+        /// The last slot of the acknowledged Accept.
+        last_slot: Slot,
+    },
+    /// "I have promised a higher ballot than yours": the reply to a Prepare or Accept that an
+    /// acceptor refuses.
+    Reject {
+        /// The ballot refused.
+        ballot: Ballot,
+        /// The acceptor's promised ballot.
+        promised: Ballot,
+    },
+    /// The leader's periodic keep-alive, carrying its chosen mark.
+    Heartbeat {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's chosen mark.
+        chosen: Slot,
+    },
+    /// The answer to a heartbeat: the follower still follows `ballot`.
+    HeartbeatReply {
+        /// The ballot of the heartbeat.
+        ballot: Ballot,
+        /// The follower's chosen mark, so the leader can see who lags.
+        chosen: Slot,
+    },
+    /// The leader's chosen mark moved: sent at once, so followers apply without waiting for
+    /// the next Accept or heartbeat.
+    Commit {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The leader's chosen mark.
+        chosen: Slot,
+    },
+    /// A follower asks the leader for chosen entries from `first_slot` on.
+    Fetch {
+        /// The ballot of the leader asked.
+        ballot: Ballot,
+        /// The first slot wanted.
+        first_slot: Slot,
+    },
+    /// Chosen entries in slot order, contiguous from the Fetch's `first_slot`.
+    FetchReply {
+        /// The leader's ballot.
+        ballot: Ballot,
+        /// The entries (chosen values).
+        entries: Vec<Entry>,
+        /// The leader's chosen mark.
+        chosen: Slot,
+    },
+    /// Proposals a follower forwards to the leader it knows.
+    Forward {
+        /// The commands, in the order they were proposed.
+        commands: Vec<Command>,
+    },
+}
+
+impl Body {
+    /// The ballot the message speaks for, if any (`Forward` has none).
+    pub fn ballot(&self) -> Option<Ballot> {
+        match self {
+            Body::PreVote { ballot }
+            | Body::PreVoteReply { ballot, .. }
+            | Body::Prepare { ballot, .. }
+            | Body::Promise { ballot, .. }
+            | Body::Accept { ballot, .. }
+            | Body::Accepted { ballot, .. }
+            | Body::Reject { ballot, .. }
+            | Body::Heartbeat { ballot, .. }
+            | Body::HeartbeatReply { ballot, .. }
+            | Body::Commit { ballot, .. }
+            | Body::Fetch { ballot, .. }
+            | Body::FetchReply { ballot, .. } => Some(*ballot),
+            Body::Forward { .. } => None,
+        }
+    }
+
+    /// A short name for logs and counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::PreVote { .. } => "PreVote",
+            Body::PreVoteReply { .. } => "PreVoteReply",
+            Body::Prepare { .. } => "Prepare",
+            Body::Promise { .. } => "Promise",
+            Body::Accept { .. } => "Accept",
+            Body::Accepted { .. } => "Accepted",
+            Body::Reject { .. } => "Reject",
+            Body::Heartbeat { .. } => "Heartbeat",
+            Body::HeartbeatReply { .. } => "HeartbeatReply",
+            Body::Commit { .. } => "Commit",
+            Body::Fetch { .. } => "Fetch",
+            Body::FetchReply { .. } => "FetchReply",
+            Body::Forward { .. } => "Forward",
+        }
+    }
+}

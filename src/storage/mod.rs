@@ -1,0 +1,70 @@
+//! Durable state: the [`Storage`] trait and its implementations.
+//!
+//! A replica's durable state is its [`HardState`] (promised ballot, chosen mark, incarnation)
+//! and its log: for each slot, the entry it accepted with the highest ballot. The replica hands
+//! the application a [`WriteBatch`] in every `Ready`; the application writes it with
+//! [`Storage::write`] and only then sends the messages that depend on it.
+
+mod mem;
+
+pub use mem::MemStorage;
+
+use crate::error::StorageError;
+use crate::types::{Entry, HardState, Slot};
+
+/// One atomic write: either all of it is durable after a crash, or none of it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// The new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to store, in the order produced; a later entry for a slot replaces an earlier
+    /// one (a higher ballot's value, or the chosen value fetched from the leader).
+    pub entries: Vec<Entry>,
+    /// The write must be on stable storage (fsync) before it is acknowledged: it carries a
+    /// promise or an accepted value that a message will reveal.
+    pub must_sync: bool,
+}
+
+impl WriteBatch {
+    /// True if there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.hard_state.is_none() && self.entries.is_empty()
+    }
+}
+
+/// What a replica restarts from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// The last hard state written.
+    pub hard_state: HardState,
+    /// For each stored slot, the last entry written for it, in slot order.
+    pub entries: Vec<Entry>,
+}
+
+/// Durable storage for one replica.
+///
+/// Every method returns a `Result`: a storage failure is the application's to handle (usually
+/// by stopping the node), never a panic.
+pub trait Storage {
+    /// Reads back the durable state, as the last successful `write`s left it.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] or [`StorageError::Foreign`] if the stored data cannot be
+    /// trusted; [`StorageError::Io`] if it cannot be read.
+    fn recover(&mut self) -> Result<Recovered, StorageError>;
+
+    /// Writes `batch` atomically; if `batch.must_sync`, it is durable when this returns `Ok`.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the write or the sync failed; nothing of the batch may be
+    /// acknowledged then.
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+
+    /// The stored entries for slots `first..=last`, in slot order, skipping slots with no
+    /// entry.
+    ///
+    /// # Errors
+    /// [`StorageError::Unavailable`] if part of the range was compacted away;
+    /// [`StorageError::Io`] or [`StorageError::Corrupt`] if it cannot be read.
+    fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError>;
+}
