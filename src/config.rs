@@ -43,6 +43,9 @@ pub struct Config {
     pub fetch_bytes_max: usize,
     /// Commands a follower holds for forwarding before `propose` returns `Busy`.
     pub forward_commands_max: usize,
+    /// An acceptor ignores Accepts for slots more than this far beyond its chosen mark (it
+    /// catches up with `Fetch` first). Bounds the memory a far-ahead leader can make it use.
+    pub accept_lookahead_slots_max: u64,
     /// Seed of the RNG that randomizes election timeouts; runs are reproducible from it.
     pub seed: u64,
     /// The last slot the application has already applied (after a restart): committed entries
@@ -69,6 +72,7 @@ impl Config {
             uncommitted_entries_max: 65_536,
             fetch_bytes_max: 1 << 20,
             forward_commands_max: 4096,
+            accept_lookahead_slots_max: 1 << 18,
             seed: id.0,
             applied: 0,
         }
@@ -117,6 +121,10 @@ impl Config {
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("fetch_bytes_max", self.fetch_bytes_max),
             ("forward_commands_max", self.forward_commands_max),
+            (
+                "accept_lookahead_slots_max",
+                self.accept_lookahead_slots_max as usize,
+            ),
         ];
         for (field, value) in positive {
             if value == 0 {

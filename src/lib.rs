@@ -4,8 +4,11 @@
 
 pub mod config;
 pub mod error;
+mod log;
 pub mod message;
 pub mod quorum;
+pub mod replica;
+pub mod sim;
 pub mod storage;
 pub mod transport;
 pub mod types;
@@ -13,6 +16,7 @@ pub mod types;
 pub use config::Config;
 pub use error::{ConfigError, DecodeError, ProposeError, StepError, StorageError};
 pub use message::{Body, Message};
+pub use replica::{Event, Ready, Replica, Role, Status};
 pub use storage::{MemStorage, Recovered, Storage, WriteBatch};
 pub use transport::Transport;
 pub use types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};

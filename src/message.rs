@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// A message from one replica to another.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     /// The sender.
     pub from: NodeId,
@@ -22,7 +22,7 @@ pub struct Message {
 }
 
 /// A command forwarded from a follower to the leader.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Command {
     /// The id the follower's `propose` returned.
     pub id: ProposalId,
@@ -31,13 +31,16 @@ pub struct Command {
 }
 
 /// The content of a [`Message`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Body {
     /// "Would you promise `ballot` if I asked?" Changes no state; lets a node find out whether
     /// it can win an election before it raises any acceptor's promise.
     PreVote {
         /// The ballot the sender would use.
         ballot: Ballot,
+        /// The sender's chosen mark: a replica does not vote for a candidate that knows fewer
+        /// chosen slots than itself (it would have to re-propose them all).
+        chosen: Slot,
     },
     /// The answer to a [`Body::PreVote`].
     PreVoteReply {
@@ -146,7 +149,7 @@ impl Body {
     /// The ballot the message speaks for, if any (`Forward` has none).
     pub fn ballot(&self) -> Option<Ballot> {
         match self {
-            Body::PreVote { ballot }
+            Body::PreVote { ballot, .. }
             | Body::PreVoteReply { ballot, .. }
             | Body::Prepare { ballot, .. }
             | Body::Promise { ballot, .. }

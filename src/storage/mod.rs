@@ -13,7 +13,7 @@ use crate::error::StorageError;
 use crate::types::{Entry, HardState, Slot};
 
 /// One atomic write: either all of it is durable after a crash, or none of it is.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct WriteBatch {
     /// The new hard state, if it changed.
     pub hard_state: Option<HardState>,

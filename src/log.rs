@@ -1,0 +1,142 @@
+//! The replica's in-memory view of its log: for each slot from `first` on, the entry with the
+//! highest ballot it has accepted (or the chosen value it fetched), or nothing (a hole).
+//!
+//! Slots below `first` were compacted away by the application. The log is a window of
+//! `Option<Entry>` indexed by `slot - first`; holes cost one empty cell.
+
+use crate::types::{Entry, Slot};
+use std::collections::VecDeque;
+
+/// Entries by slot, from `first` on, with holes.
+#[derive(Clone, Debug)]
+pub(crate) struct Log {
+    /// The slot of `cells[0]`. Every slot below it was chosen, applied and compacted.
+    first: Slot,
+    /// `cells[i]` holds the entry of slot `first + i`, if any. Never ends with `None`.
+    cells: VecDeque<Option<Entry>>,
+}
+
+impl Log {
+    /// An empty log whose first slot is `first` (1 for a fresh replica).
+    pub(crate) fn new(first: Slot) -> Log {
+        assert!(first >= 1, "slots start at 1");
+        Log {
+            first,
+            cells: VecDeque::new(),
+        }
+    }
+
+    /// The first slot still held (compaction point + 1).
+    pub(crate) fn first(&self) -> Slot {
+        self.first
+    }
+
+    /// The highest slot holding an entry, or `first - 1` if none.
+    pub(crate) fn last(&self) -> Slot {
+        self.first + self.cells.len() as Slot - 1
+    }
+
+    /// The entry at `slot`, if held.
+    pub(crate) fn get(&self, slot: Slot) -> Option<&Entry> {
+        if slot < self.first {
+            return None;
+        }
+        self.cells
+            .get((slot - self.first) as usize)
+            .and_then(Option::as_ref)
+    }
+
+    /// Stores `entry` in its slot, replacing what was there.
+    ///
+    /// # Panics
+    /// If the slot was compacted away (the caller checks `first()` first).
+    pub(crate) fn set(&mut self, entry: Entry) {
+        assert!(
+            entry.slot >= self.first,
+            "slot {} below the log's first slot",
+            entry.slot
+        );
+        let index = (entry.slot - self.first) as usize;
+        if index >= self.cells.len() {
+            self.cells.resize(index + 1, None);
+        }
+        self.cells[index] = Some(entry);
+        debug_assert!(self.cells.back().is_some_and(Option::is_some));
+    }
+
+    /// The entries held in `first..=last`, skipping holes.
+    pub(crate) fn range(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
+        let start = first.max(self.first);
+        let end = last.min(self.last());
+        let (from, to) = if start > end {
+            (0, 0)
+        } else {
+            (
+                (start - self.first) as usize,
+                (end - self.first) as usize + 1,
+            )
+        };
+        self.cells.range(from..to).filter_map(Option::as_ref)
+    }
+
+    /// Forgets every slot up to and including `through`.
+    pub(crate) fn compact(&mut self, through: Slot) {
+        if through < self.first {
+            return;
+        }
+        let count = ((through - self.first + 1) as usize).min(self.cells.len());
+        self.cells.drain(..count);
+        self.first = through + 1;
+        while self.cells.back().is_some_and(Option::is_none) {
+            self.cells.pop_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Ballot, NodeId, Value};
+
+    fn entry(slot: Slot) -> Entry {
+        Entry {
+            slot,
+            ballot: Ballot::new(1, NodeId(1)),
+            value: Value::Noop,
+        }
+    }
+
+    #[test]
+    fn holes_are_empty_and_ranges_skip_them() {
+        let mut log = Log::new(1);
+        assert_eq!(log.last(), 0);
+        log.set(entry(3));
+        log.set(entry(1));
+        assert_eq!(log.last(), 3);
+        assert!(log.get(2).is_none());
+        assert_eq!(
+            log.range(1, 10).map(|e| e.slot).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(log.range(4, 10).count(), 0);
+        assert_eq!(log.range(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn compaction_moves_the_first_slot() {
+        let mut log = Log::new(1);
+        for slot in 1..=5 {
+            log.set(entry(slot));
+        }
+        log.compact(3);
+        assert_eq!(log.first(), 4);
+        assert!(log.get(3).is_none());
+        assert_eq!(log.get(4).unwrap().slot, 4);
+        assert_eq!(log.last(), 5);
+        log.compact(9);
+        assert_eq!(log.first(), 10);
+        assert_eq!(log.last(), 9);
+        log.set(entry(12));
+        assert_eq!(log.last(), 12);
+    }
+}

@@ -1,0 +1,115 @@
+//! The acceptor: promises (phase 1b) and acceptances (phase 2b), each released only after the
+//! write it depends on is durable.
+
+use super::{Replica, Role, StepDownReason};
+use crate::message::Body;
+use crate::types::{Ballot, Entry, NodeId, Slot};
+
+impl Replica {
+    /// Phase 1b. *Paxos Made Simple* §2.2, P1a: an acceptor may promise `ballot` iff it has not
+    /// promised a higher one; the promise reports every value it accepted from `first_slot` on.
+    pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot) {
+        if ballot < self.hard.promised {
+            let promised = self.hard.promised;
+            self.send(from, Body::Reject { ballot, promised });
+            return;
+        }
+        if ballot > self.hard.promised && self.in_leader_lease() {
+            // Leader stickiness: a live leader is known; do not help depose it.
+            tracing::debug!(node = %self.config.id, %ballot, "prepare ignored: leader is live");
+            return;
+        }
+        if ballot > self.hard.promised {
+            if self.role != Role::Follower {
+                self.step_down(StepDownReason::Preempted);
+            }
+            self.promise(ballot);
+            if self.leader.is_some() {
+                self.set_leader(None, Ballot::ZERO);
+            }
+            // Give the candidate time to finish phase 1 before campaigning ourselves.
+            self.election_elapsed = 0;
+        }
+        let first_slot = first_slot.max(1);
+        let accepted: Vec<Entry> = self
+            .log
+            .range(first_slot, self.log.last())
+            .cloned()
+            .collect();
+        let chosen = self.hard.chosen;
+        self.send_after_persist(
+            from,
+            Body::Promise {
+                ballot,
+                first_slot,
+                accepted,
+                chosen,
+            },
+        );
+    }
+
+    /// Phase 2b. *Paxos Made Simple* §2.2, P1a: accept iff no higher ballot was promised. Each
+    /// slot is accepted on its own: slots missing before these leave holes, not a stall.
+    pub(super) fn on_accept(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        chosen: Slot,
+        entries: Vec<Entry>,
+    ) {
+        if ballot < self.hard.promised {
+            let promised = self.hard.promised;
+            self.send(from, Body::Reject { ballot, promised });
+            return;
+        }
+        self.follow(from, ballot);
+        if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
+            let (first_slot, last_slot) = (first.slot, last.slot);
+            let horizon = self
+                .hard
+                .chosen
+                .saturating_add(self.config.accept_lookahead_slots_max);
+            if last_slot <= horizon {
+                for entry in entries {
+                    // A slot already known chosen holds the chosen value, which is the value any
+                    // higher ballot proposes (P2c): nothing to store.
+                    if entry.slot <= self.hard.chosen || entry.slot < self.log.first() {
+                        continue;
+                    }
+                    let known = self.log.get(entry.slot);
+                    if known.is_some_and(|known| known.ballot == entry.ballot) {
+                        continue; // a duplicate: the first copy is (being) written
+                    }
+                    self.store(entry);
+                }
+                self.send_after_persist(
+                    from,
+                    Body::Accepted {
+                        ballot,
+                        first_slot,
+                        last_slot,
+                    },
+                );
+            }
+        }
+        self.learn_chosen(ballot, chosen);
+    }
+
+    /// A heartbeat (expects a reply) or a Commit (does not): the leader is alive and its chosen
+    /// mark moved.
+    pub(super) fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, chosen: Slot, reply: bool) {
+        if ballot < self.hard.promised {
+            if reply {
+                let promised = self.hard.promised;
+                self.send(from, Body::Reject { ballot, promised });
+            }
+            return;
+        }
+        self.follow(from, ballot);
+        self.learn_chosen(ballot, chosen);
+        if reply {
+            let chosen = self.hard.chosen;
+            self.send(from, Body::HeartbeatReply { ballot, chosen });
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Elections: timers, pre-votes, phase 1 as a candidate, and becoming leader.
+
+use super::{Candidacy, Event, Leadership, Progress, Replica, Role, SelfVote, StepDownReason};
+use crate::message::Body;
+use crate::quorum::VoteSet;
+use crate::types::{Ballot, Entry, NodeId, Slot, Value};
+use std::collections::{BTreeMap, VecDeque};
+
+impl Replica {
+    /// True while this replica believes a leader is alive: it leads, or heard from the leader
+    /// within `election_ticks`. Pre-votes are denied and Prepares ignored meanwhile (leader
+    /// stickiness).
+    pub(super) fn in_leader_lease(&self) -> bool {
+        match self.role {
+            Role::Leader => true,
+            _ => {
+                self.leader.is_some()
+                    && self.now - self.leader_heard_tick < u64::from(self.config.election_ticks)
+            }
+        }
+    }
+
+    pub(super) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.role == Role::Candidate {
+            self.retransmit_prepare();
+        }
+        if self.role == Role::Follower {
+            self.retry_fetch();
+        }
+        if self.election_elapsed >= self.election_timeout {
+            self.start_pre_vote();
+        }
+    }
+
+    /// Asks every member whether it would promise a ballot above every round seen. Changes no
+    /// durable state: a replica cut off from the others can do this forever without raising
+    /// anyone's promise.
+    fn start_pre_vote(&mut self) {
+        self.reset_election_timer();
+        if self.role == Role::Leader {
+            return;
+        }
+        self.candidacy = None;
+        self.role = Role::PreCandidate;
+        if self.leader.is_some() {
+            self.set_leader(None, Ballot::ZERO);
+        }
+        let ballot = Ballot::new(
+            self.round_seen.max(self.hard.promised.round) + 1,
+            self.config.id,
+        );
+        self.pre_vote_ballot = ballot;
+        self.pre_votes = VoteSet::EMPTY;
+        self.pre_votes.insert(self.self_index);
+        tracing::debug!(node = %self.config.id, %ballot, "pre-vote");
+        for index in 0..self.members.len() {
+            if index != self.self_index {
+                let chosen = self.hard.chosen;
+                self.send(self.members[index], Body::PreVote { ballot, chosen });
+            }
+        }
+        self.check_pre_vote_quorum();
+    }
+
+    pub(super) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot, chosen: Slot) {
+        let granted =
+            !self.in_leader_lease() && ballot > self.hard.promised && chosen >= self.hard.chosen;
+        let promised = self.hard.promised;
+        self.send(
+            from,
+            Body::PreVoteReply {
+                ballot,
+                granted,
+                promised,
+            },
+        );
+    }
+
+    pub(super) fn on_pre_vote_reply(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        granted: bool,
+        promised: Ballot,
+    ) {
+        self.round_seen = self.round_seen.max(promised.round);
+        if self.role != Role::PreCandidate || ballot != self.pre_vote_ballot || !granted {
+            return;
+        }
+        let index = self.member_index(from).expect("validated sender");
+        self.pre_votes.insert(index);
+        self.check_pre_vote_quorum();
+    }
+
+    fn check_pre_vote_quorum(&mut self) {
+        if self.pre_votes.len() >= self.quorum() {
+            self.start_election();
+        }
+    }
+
+    /// Phase 1a (*Paxos Made Simple* §2.2): promise a fresh ballot to itself and send
+    /// `Prepare(ballot, first unchosen slot)` to every acceptor.
+    fn start_election(&mut self) {
+        let round = self.round_seen.max(self.hard.promised.round) + 1;
+        let ballot = Ballot::new(round, self.config.id);
+        self.round_seen = round;
+        self.role = Role::Candidate;
+        self.reset_election_timer();
+        self.promise(ballot);
+        let first_slot = self.hard.chosen + 1;
+        self.candidacy = Some(Candidacy {
+            first_slot,
+            promised: VoteSet::EMPTY,
+            reported: BTreeMap::new(),
+            sent_tick: self.now,
+        });
+        self.pending_self_votes.push(SelfVote::Promise(ballot));
+        tracing::info!(node = %self.config.id, %ballot, first_slot, "election started");
+        self.events.push(Event::ElectionStarted { ballot });
+        for index in 0..self.members.len() {
+            if index != self.self_index {
+                self.send(self.members[index], Body::Prepare { ballot, first_slot });
+            }
+        }
+    }
+
+    fn retransmit_prepare(&mut self) {
+        let Some(candidacy) = &mut self.candidacy else {
+            return;
+        };
+        if self.now - candidacy.sent_tick < u64::from(self.config.retransmit_ticks) {
+            return;
+        }
+        candidacy.sent_tick = self.now;
+        let (first_slot, promised) = (candidacy.first_slot, candidacy.promised);
+        let ballot = self.hard.promised;
+        for index in 0..self.members.len() {
+            if index != self.self_index && !promised.contains(index) {
+                self.send(self.members[index], Body::Prepare { ballot, first_slot });
+            }
+        }
+    }
+
+    /// Phase 1b arrives: merge the reported values, keeping the highest ballot per slot.
+    pub(super) fn on_promise(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        accepted: Vec<Entry>,
+        _chosen: Slot,
+    ) {
+        let index = self.member_index(from).expect("validated sender");
+        self.add_promise(index, ballot, first_slot, accepted);
+    }
+
+    /// Counts this replica's own promise, now that it is durable.
+    pub(super) fn count_own_promise(&mut self, ballot: Ballot) {
+        let first_slot = match &self.candidacy {
+            Some(candidacy) if self.role == Role::Candidate && self.hard.promised == ballot => {
+                candidacy.first_slot
+            }
+            _ => return,
+        };
+        let own: Vec<Entry> = self
+            .log
+            .range(first_slot, self.log.last())
+            .cloned()
+            .collect();
+        self.add_promise(self.self_index, ballot, first_slot, own);
+    }
+
+    fn add_promise(
+        &mut self,
+        index: usize,
+        ballot: Ballot,
+        first_slot: Slot,
+        accepted: Vec<Entry>,
+    ) {
+        if self.role != Role::Candidate || ballot != self.hard.promised {
+            return;
+        }
+        let quorum = self.quorum();
+        let self_index = self.self_index;
+        let Some(candidacy) = &mut self.candidacy else {
+            return;
+        };
+        if first_slot != candidacy.first_slot || !candidacy.promised.insert(index) {
+            return;
+        }
+        for entry in accepted {
+            if entry.slot < candidacy.first_slot {
+                continue;
+            }
+            match candidacy.reported.get(&entry.slot) {
+                Some(known) if known.ballot >= entry.ballot => {}
+                _ => {
+                    candidacy.reported.insert(entry.slot, entry);
+                }
+            }
+        }
+        // The leader counts its own promise only once durable: without it, a crash could let
+        // this node reuse the ballot with other values.
+        if candidacy.promised.len() >= quorum && candidacy.promised.contains(self_index) {
+            self.become_leader();
+        }
+    }
+
+    /// Phase 1 is won: re-propose, in this ballot, the highest-ballot value reported for every
+    /// slot from the first unchosen one, and a no-op for every hole (*Paxos Made Simple* §3).
+    fn become_leader(&mut self) {
+        let candidacy = self
+            .candidacy
+            .take()
+            .expect("only a candidate becomes leader");
+        let ballot = self.hard.promised;
+        let first_slot = self.hard.chosen + 1;
+        let last_slot = candidacy
+            .reported
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.log.last());
+        let mut uncommitted_bytes = 0;
+        for slot in first_slot..=last_slot {
+            let value = match candidacy.reported.get(&slot) {
+                Some(entry) => entry.value.clone(),
+                None => Value::Noop,
+            };
+            uncommitted_bytes += value.size_bytes();
+            self.store(Entry {
+                slot,
+                ballot,
+                value,
+            });
+        }
+        if last_slot >= first_slot {
+            self.pending_self_votes
+                .push(SelfVote::Accepted(ballot, first_slot, last_slot));
+        }
+        let now = self.now;
+        let slots = (last_slot + 1 - first_slot) as usize;
+        self.leadership = Some(Leadership {
+            next_slot: last_slot + 1,
+            votes: VecDeque::from(vec![VoteSet::EMPTY; slots]),
+            followers: vec![Progress::new(first_slot, now); self.members.len()],
+            uncommitted_bytes,
+            heartbeat_elapsed: 0,
+            check_quorum_elapsed: 0,
+        });
+        self.role = Role::Leader;
+        self.set_leader(Some(self.config.id), ballot);
+        self.forward_queue.clear();
+        tracing::info!(node = %self.config.id, %ballot, first_slot, last_slot, "became leader");
+        self.events.push(Event::BecameLeader { ballot });
+        self.broadcast_heartbeat();
+    }
+
+    /// Gives up leading (or campaigning) and follows; keeps the promise.
+    pub(super) fn step_down(&mut self, reason: StepDownReason) {
+        if self.role == Role::Leader {
+            let ballot = self.hard.promised;
+            tracing::info!(node = %self.config.id, %ballot, ?reason, "stepped down");
+            self.events.push(Event::SteppedDown { ballot, reason });
+        }
+        self.role = Role::Follower;
+        self.leadership = None;
+        self.candidacy = None;
+        if self.leader.is_some() {
+            self.set_leader(None, Ballot::ZERO);
+        }
+        self.reset_election_timer();
+    }
+
+    /// Adopts `from` (owner of `ballot`) as the leader: it is live and at least as high as
+    /// anything promised here.
+    pub(super) fn follow(&mut self, from: NodeId, ballot: Ballot) {
+        debug_assert!(ballot >= self.hard.promised);
+        if self.role != Role::Follower {
+            let reason = StepDownReason::Preempted;
+            self.step_down(reason);
+        }
+        self.promise(ballot);
+        self.set_leader(Some(from), ballot);
+        self.leader_heard_tick = self.now;
+        self.election_elapsed = 0;
+    }
+
+    /// An acceptor refused our ballot because it promised a higher one.
+    pub(super) fn on_reject(&mut self, _from: NodeId, ballot: Ballot, promised: Ballot) {
+        self.round_seen = self.round_seen.max(promised.round);
+        if ballot != self.hard.promised || promised <= ballot {
+            return;
+        }
+        if matches!(self.role, Role::Leader | Role::Candidate) {
+            tracing::info!(node = %self.config.id, %ballot, %promised, "preempted");
+            self.step_down(StepDownReason::Preempted);
+        }
+    }
+}

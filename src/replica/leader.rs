@@ -1,0 +1,339 @@
+//! The leader: phase 2 with batching, pipelining and flow control; counting acceptances;
+//! heartbeats, retransmission and check-quorum.
+
+use super::progress::Inflight;
+use super::{Replica, Role, SelfVote, StepDownReason};
+use crate::message::{Body, Command};
+use crate::quorum::VoteSet;
+use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
+use bytes::Bytes;
+
+impl Replica {
+    /// True if a command of `size_bytes` fits within the uncommitted bounds.
+    pub(super) fn has_room_for(&self, size_bytes: usize) -> bool {
+        let leadership = self.leadership.as_ref().expect("leader state");
+        leadership.votes.len() < self.config.uncommitted_entries_max
+            && leadership.uncommitted_bytes + size_bytes <= self.config.uncommitted_bytes_max
+    }
+
+    /// Gives the command the next slot, in this leader's ballot.
+    pub(super) fn append_command(&mut self, id: ProposalId, data: Bytes) {
+        let ballot = self.hard.promised;
+        let leadership = self.leadership.as_mut().expect("leader state");
+        let slot = leadership.next_slot;
+        leadership.next_slot += 1;
+        leadership.uncommitted_bytes += data.len();
+        leadership.votes.push_back(VoteSet::EMPTY);
+        debug_assert_eq!(self.hard.chosen + leadership.votes.len() as Slot, slot);
+        self.store(Entry {
+            slot,
+            ballot,
+            value: Value::Command { id, data },
+        });
+        // Coalesce this replica's own acceptance with the previous one of the same batch.
+        match self.pending_self_votes.last_mut() {
+            Some(SelfVote::Accepted(vote_ballot, _, last))
+                if *vote_ballot == ballot && *last + 1 == slot =>
+            {
+                *last = slot;
+            }
+            _ => self
+                .pending_self_votes
+                .push(SelfVote::Accepted(ballot, slot, slot)),
+        }
+    }
+
+    /// True if some follower has entries or a chosen mark waiting to be sent.
+    pub(super) fn leader_has_work(&self) -> bool {
+        let Some(leadership) = &self.leadership else {
+            return false;
+        };
+        leadership
+            .followers
+            .iter()
+            .enumerate()
+            .any(|(index, progress)| {
+                index != self.self_index
+                    && ((progress.next_slot < leadership.next_slot
+                        && progress.has_room(
+                            self.config.inflight_msgs_max,
+                            self.config.inflight_bytes_max,
+                        ))
+                        || progress.sent_chosen < self.hard.chosen)
+            })
+    }
+
+    /// Sends every follower the Accepts its window allows, batched up to `accept_bytes_max`,
+    /// or a Commit if only the chosen mark moved.
+    pub(super) fn flush_accepts(&mut self) {
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let ballot = self.hard.promised;
+        let chosen = self.hard.chosen;
+        let next_slot = leadership.next_slot;
+        for index in 0..self.members.len() {
+            if index == self.self_index {
+                continue;
+            }
+            let to = self.members[index];
+            let progress = &mut leadership.followers[index];
+            let mut sent_accept = false;
+            while progress.next_slot < next_slot
+                && progress.has_room(
+                    self.config.inflight_msgs_max,
+                    self.config.inflight_bytes_max,
+                )
+            {
+                let first_slot = progress.next_slot;
+                let mut bytes = 0;
+                let mut entries = Vec::new();
+                for entry in self.log.range(first_slot, next_slot - 1) {
+                    let size = entry.value.size_bytes();
+                    if !entries.is_empty() && bytes + size > self.config.accept_bytes_max {
+                        break;
+                    }
+                    debug_assert_eq!(
+                        entry.ballot, ballot,
+                        "unchosen slots carry the leader's ballot"
+                    );
+                    bytes += size;
+                    entries.push(entry.clone());
+                }
+                let last_slot = first_slot + entries.len() as Slot - 1;
+                debug_assert_eq!(entries.last().map(|entry| entry.slot), Some(last_slot));
+                progress.next_slot = last_slot + 1;
+                progress.push(Inflight {
+                    first_slot,
+                    last_slot,
+                    bytes,
+                    sent_tick: self.now,
+                });
+                progress.sent_chosen = chosen;
+                self.messages.push(crate::message::Message {
+                    from: self.config.id,
+                    to,
+                    body: Body::Accept {
+                        ballot,
+                        chosen,
+                        entries,
+                    },
+                });
+                sent_accept = true;
+            }
+            if !sent_accept && progress.sent_chosen < chosen {
+                progress.sent_chosen = chosen;
+                self.messages.push(crate::message::Message {
+                    from: self.config.id,
+                    to,
+                    body: Body::Commit { ballot, chosen },
+                });
+            }
+        }
+    }
+
+    /// Sends queued forwarded proposals to the known leader, in one message.
+    pub(super) fn flush_forwards(&mut self) {
+        if self.forward_queue.is_empty() {
+            return;
+        }
+        match self.leader {
+            Some(leader) if leader != self.config.id && self.role != Role::Leader => {
+                let commands = std::mem::take(&mut self.forward_queue);
+                self.send(leader, Body::Forward { commands });
+            }
+            _ => self.forward_queue.clear(), // no leader to forward to: the proposals are lost
+        }
+    }
+
+    /// Phase 2b arrives at the leader.
+    pub(super) fn on_accepted(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        last_slot: Slot,
+    ) {
+        let index = self.member_index(from).expect("validated sender");
+        if let Some(leadership) = &mut self.leadership {
+            if ballot == self.hard.promised {
+                let progress = &mut leadership.followers[index];
+                progress.heard_tick = self.now;
+                progress.acknowledge(last_slot);
+            }
+        }
+        self.record_acceptance(index, ballot, first_slot, last_slot);
+    }
+
+    /// Counts acceptor `index`'s acceptance of `first_slot..=last_slot` in `ballot`, and moves
+    /// the chosen mark over every slot a majority has accepted in this ballot.
+    pub(super) fn record_acceptance(
+        &mut self,
+        index: usize,
+        ballot: Ballot,
+        first_slot: Slot,
+        last_slot: Slot,
+    ) {
+        if self.role != Role::Leader || ballot != self.hard.promised {
+            return;
+        }
+        let members = self.members.len();
+        let leadership = self.leadership.as_mut().expect("leader state");
+        let base = self.hard.chosen + 1;
+        let first = first_slot.max(base);
+        let last = last_slot.min(leadership.next_slot - 1);
+        if first > last {
+            return;
+        }
+        for slot in first..=last {
+            leadership.votes[(slot - base) as usize].insert(index);
+        }
+        let mut chosen = self.hard.chosen;
+        while let Some(votes) = leadership.votes.front() {
+            if !votes.is_majority_of(members) {
+                break;
+            }
+            leadership.votes.pop_front();
+            chosen += 1;
+            let size = self
+                .log
+                .get(chosen)
+                .map_or(0, |entry| entry.value.size_bytes());
+            leadership.uncommitted_bytes -= size;
+        }
+        if chosen > self.hard.chosen {
+            for progress in &mut leadership.followers {
+                progress.forget_chosen(chosen);
+            }
+            self.set_chosen(chosen);
+            self.leader_chosen = self.leader_chosen.max(chosen);
+        }
+    }
+
+    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId, ballot: Ballot, chosen: Slot) {
+        let index = self.member_index(from).expect("validated sender");
+        if ballot != self.hard.promised {
+            return;
+        }
+        if let Some(leadership) = &mut self.leadership {
+            let progress = &mut leadership.followers[index];
+            progress.heard_tick = self.now;
+            progress.follower_chosen = progress.follower_chosen.max(chosen);
+        }
+    }
+
+    /// Commands forwarded by a follower: propose them as if local, dropping what does not fit.
+    pub(super) fn on_forward(&mut self, commands: Vec<Command>) {
+        if self.role != Role::Leader {
+            self.dropped_messages += 1;
+            return; // the follower will learn the new leader and its client will retry
+        }
+        for command in commands {
+            if self.has_room_for(command.data.len()) {
+                self.append_command(command.id, command.data);
+            } else {
+                self.dropped_messages += 1;
+            }
+        }
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let (ballot, chosen) = (self.hard.promised, self.hard.chosen);
+        for index in 0..self.members.len() {
+            if index != self.self_index {
+                self.send(self.members[index], Body::Heartbeat { ballot, chosen });
+            }
+        }
+        if let Some(leadership) = &mut self.leadership {
+            for progress in &mut leadership.followers {
+                progress.sent_chosen = progress.sent_chosen.max(chosen);
+            }
+        }
+    }
+
+    pub(super) fn tick_leader(&mut self) {
+        let leadership = self.leadership.as_mut().expect("leader state");
+        leadership.heartbeat_elapsed += 1;
+        leadership.check_quorum_elapsed += 1;
+        let heartbeat_due = leadership.heartbeat_elapsed >= self.config.heartbeat_ticks;
+        let check_due = leadership.check_quorum_elapsed >= self.config.election_ticks;
+        if heartbeat_due {
+            leadership.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+        self.retransmit_accepts();
+        if check_due {
+            self.leadership
+                .as_mut()
+                .expect("leader state")
+                .check_quorum_elapsed = 0;
+            if self.config.check_quorum && !self.hears_quorum() {
+                tracing::info!(node = %self.config.id, "lost quorum");
+                self.step_down(StepDownReason::LostQuorum);
+            }
+        }
+    }
+
+    /// True if a quorum (this replica included) was heard within `election_ticks`.
+    fn hears_quorum(&self) -> bool {
+        let leadership = self.leadership.as_ref().expect("leader state");
+        let window = u64::from(self.config.election_ticks);
+        let heard = leadership
+            .followers
+            .iter()
+            .enumerate()
+            .filter(|(index, progress)| {
+                *index == self.self_index || self.now - progress.heard_tick < window
+            })
+            .count();
+        heard >= self.quorum()
+    }
+
+    /// Sends again every Accept unacknowledged for `retransmit_ticks`; to a follower not heard
+    /// from within `election_ticks`, only the oldest (a probe), so a dead node costs little.
+    fn retransmit_accepts(&mut self) {
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let (ballot, chosen) = (self.hard.promised, self.hard.chosen);
+        let retransmit = u64::from(self.config.retransmit_ticks);
+        let window = u64::from(self.config.election_ticks);
+        for index in 0..self.members.len() {
+            if index == self.self_index {
+                continue;
+            }
+            let to = self.members[index];
+            let progress = &mut leadership.followers[index];
+            let live = self.now - progress.heard_tick < window;
+            for inflight in progress.inflight.iter_mut() {
+                if self.now - inflight.sent_tick < retransmit {
+                    if live {
+                        continue;
+                    }
+                    break;
+                }
+                inflight.sent_tick = self.now;
+                // Slots chosen since the first send need no more votes.
+                let first_slot = inflight.first_slot.max(chosen + 1);
+                let entries: Vec<Entry> = self
+                    .log
+                    .range(first_slot, inflight.last_slot)
+                    .cloned()
+                    .collect();
+                debug_assert_eq!(entries.len() as Slot, inflight.last_slot + 1 - first_slot);
+                self.messages.push(crate::message::Message {
+                    from: self.config.id,
+                    to,
+                    body: Body::Accept {
+                        ballot,
+                        chosen,
+                        entries,
+                    },
+                });
+                if !live {
+                    break;
+                }
+            }
+        }
+    }
+}

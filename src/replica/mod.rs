@@ -1,0 +1,693 @@
+//! Multi-Paxos, sans-IO: the [`Replica`].
+//!
+//! A replica is proposer, acceptor and learner at once. It owns no socket, file, thread or
+//! clock: the application feeds it
+//! - [`tick`](Replica::tick): one unit of logical time (all timeouts are counted in ticks);
+//! - [`step`](Replica::step): a message from a peer;
+//! - [`propose`](Replica::propose): a command to replicate;
+//!
+//! and drains, whenever [`has_ready`](Replica::has_ready) says so, a numbered [`Ready`] batch:
+//! messages to send now, a [`WriteBatch`](crate::storage::WriteBatch) to persist, messages to
+//! send once that write is durable, entries newly chosen (to apply in slot order) and events.
+//! It acknowledges the write with [`advance`](Replica::advance) or, when writes complete
+//! asynchronously (group commit), with [`on_persisted`](Replica::on_persisted).
+//!
+//! # The protocol, as built here
+//! - **Election.** A follower that hears no leader for its randomized election timeout first
+//!   asks for *pre-votes* (no state changes), and only with a quorum of them runs phase 1:
+//!   `Prepare(ballot, first_slot)` over every slot from its first unchosen one. A replica that
+//!   heard from a live leader within `election_ticks` denies pre-votes and ignores Prepares
+//!   (leader stickiness), so a replica that was cut off cannot depose a healthy leader.
+//! - **Recovery.** With a quorum of promises (its own counted only once durable) the new leader
+//!   re-proposes, in its own ballot, the highest-ballot value reported for each slot and a
+//!   no-op for each hole (*Paxos Made Simple* §2.2, P2c; §3 for the holes).
+//! - **Steady state.** Phase 2 only: proposals get consecutive slots; Accepts are batched per
+//!   follower up to `accept_bytes_max` and pipelined within a window of `inflight_msgs_max`
+//!   messages and `inflight_bytes_max` bytes. Acceptors accept per slot, so a lost or
+//!   reordered Accept leaves a hole that is retransmitted, never a stall.
+//! - **Learning.** A slot is chosen when a majority accepted it in one ballot. The leader's
+//!   chosen mark travels on Accepts, Commits and heartbeats; a follower whose log lacks a
+//!   chosen value fetches it.
+//! - **Liveness.** Heartbeats every `heartbeat_ticks`; a leader that does not hear from a
+//!   quorum within `election_ticks` steps down (check-quorum).
+
+mod acceptor;
+mod election;
+mod leader;
+mod learner;
+mod progress;
+mod ready;
+mod status;
+
+pub use ready::{Event, Ready, StepDownReason};
+pub use status::{FollowerStatus, Role, Status};
+
+use crate::config::Config;
+use crate::error::{ConfigError, ProposeError, StepError};
+use crate::log::Log;
+use crate::message::{Body, Command, Message};
+use crate::quorum::VoteSet;
+use crate::storage::{Recovered, WriteBatch};
+use crate::types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot};
+use bytes::Bytes;
+use progress::Progress;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, VecDeque};
+
+/// A vote of this replica's own acceptor, counted only once the write it depends on is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SelfVote {
+    /// Promised `ballot` to itself as candidate.
+    Promise(Ballot),
+    /// Accepted `first..=last` in `ballot` as leader.
+    Accepted(Ballot, Slot, Slot),
+    /// The bumped incarnation is durable: proposal ids are unique from now on.
+    Incarnation,
+}
+
+/// Phase-1 state of a candidate.
+#[derive(Debug)]
+struct Candidacy {
+    /// The first slot the Prepare asked from (the candidate's first unchosen slot).
+    first_slot: Slot,
+    /// Acceptors that promised (this replica only once its own promise is durable).
+    promised: VoteSet,
+    /// For each slot, the highest-ballot entry reported so far.
+    reported: BTreeMap<Slot, Entry>,
+    /// Tick of the last (re)transmission of the Prepare.
+    sent_tick: u64,
+}
+
+/// Phase-2 state of a leader.
+#[derive(Debug)]
+struct Leadership {
+    /// The next slot a proposal gets.
+    next_slot: Slot,
+    /// `votes[i]` holds the acceptors of slot `chosen + 1 + i`, for every slot up to
+    /// `next_slot - 1`.
+    votes: VecDeque<VoteSet>,
+    /// Progress of every member, indexed like `Replica::members` (own entry unused).
+    followers: Vec<Progress>,
+    /// Payload bytes of slots proposed but not yet chosen.
+    uncommitted_bytes: usize,
+    /// Ticks since the last heartbeat.
+    heartbeat_elapsed: u32,
+    /// Ticks since the last check-quorum.
+    check_quorum_elapsed: u32,
+}
+
+/// A Multi-Paxos replica. See the [module documentation](self) for the protocol and the
+/// crate documentation for the event loop.
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    /// Sorted member ids; a member's index is its bit in vote sets.
+    members: Vec<NodeId>,
+    /// This replica's index in `members`.
+    self_index: usize,
+    rng: ChaCha8Rng,
+
+    /// The hard state as it will be once every pending write is durable.
+    hard: HardState,
+    /// `hard` changed since the last ready.
+    hard_dirty: bool,
+    /// The change includes the promise or the incarnation: the write must be synced.
+    hard_needs_sync: bool,
+    log: Log,
+    /// The last slot handed to the application in `committed`.
+    applied: Slot,
+
+    role: Role,
+    /// The leader this replica follows (itself when leading), if known.
+    leader: Option<NodeId>,
+    /// The ballot of `leader`.
+    leader_ballot: Ballot,
+    /// The highest round seen in any ballot; the next election goes above it.
+    round_seen: u64,
+    /// The highest chosen mark any leader has announced.
+    leader_chosen: Slot,
+
+    /// Logical time: ticks since start.
+    now: u64,
+    /// The tick this replica last heard from the leader it follows.
+    leader_heard_tick: u64,
+    /// Ticks since the election timer was reset.
+    election_elapsed: u32,
+    /// The current randomized election timeout.
+    election_timeout: u32,
+    /// Grants of the current pre-vote round, and its ballot.
+    pre_votes: VoteSet,
+    pre_vote_ballot: Ballot,
+    candidacy: Option<Candidacy>,
+    leadership: Option<Leadership>,
+    /// Tick a Fetch was last sent (`None`: no fetch outstanding).
+    fetch_sent_tick: Option<u64>,
+
+    /// The incarnation write is durable; proposals may be numbered.
+    incarnation_durable: bool,
+    proposal_sequence: u64,
+    forward_queue: Vec<Command>,
+
+    // Output, gathered until the next `ready()`.
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    unpersisted: Vec<Entry>,
+    events: Vec<Event>,
+    pending_self_votes: Vec<SelfVote>,
+    /// Self votes waiting for the write of the ready numbered with them.
+    self_votes: VecDeque<(u64, SelfVote)>,
+    ready_number: u64,
+    persisted_number: u64,
+    /// Messages refused or dropped since start, for `Status`.
+    dropped_messages: u64,
+}
+
+impl Replica {
+    /// Creates a replica from its configuration and what its storage recovered
+    /// (`Recovered::default()` for a fresh node).
+    ///
+    /// The first ready carries a hard-state write (the incarnation is bumped so proposal ids
+    /// stay unique across restarts); proposals return `Busy` until it is acknowledged.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] if the configuration is invalid, or if `recovered` is inconsistent
+    /// with it (`config.applied` beyond the recovered chosen mark, entries out of order).
+    pub fn new(config: Config, recovered: Recovered) -> Result<Replica, ConfigError> {
+        config.validate()?;
+        let mut members = config.members.clone();
+        members.sort_unstable();
+        let self_index = members
+            .binary_search(&config.id)
+            .expect("validated: id is a member");
+        let mut hard = recovered.hard_state;
+        if config.applied > hard.chosen {
+            return Err(ConfigError::new(
+                "applied",
+                "beyond the recovered chosen mark",
+            ));
+        }
+        let first = recovered
+            .entries
+            .first()
+            .map_or(1, |entry| entry.slot)
+            .max(1);
+        let mut log = Log::new(first.min(hard.chosen + 1).max(1));
+        let mut previous = 0;
+        for entry in recovered.entries {
+            if entry.slot <= previous || entry.slot == 0 {
+                return Err(ConfigError::new(
+                    "recovered",
+                    "entries must be in increasing slot order",
+                ));
+            }
+            previous = entry.slot;
+            log.set(entry);
+        }
+        for slot in log.first()..=hard.chosen {
+            if log.get(slot).is_none() {
+                return Err(ConfigError::new("recovered", "a chosen slot has no entry"));
+            }
+        }
+        hard.incarnation += 1;
+        let rng = ChaCha8Rng::seed_from_u64(config.seed ^ hard.incarnation.rotate_left(32));
+        let applied = config.applied;
+        let round_seen = hard.promised.round;
+        let mut replica = Replica {
+            members,
+            self_index,
+            rng,
+            hard,
+            hard_dirty: true,
+            hard_needs_sync: true,
+            log,
+            applied,
+            role: Role::Follower,
+            leader: None,
+            leader_ballot: Ballot::ZERO,
+            round_seen,
+            leader_chosen: hard.chosen,
+            now: 0,
+            leader_heard_tick: 0,
+            election_elapsed: 0,
+            election_timeout: 0,
+            pre_votes: VoteSet::EMPTY,
+            pre_vote_ballot: Ballot::ZERO,
+            candidacy: None,
+            leadership: None,
+            fetch_sent_tick: None,
+            incarnation_durable: false,
+            proposal_sequence: 0,
+            forward_queue: Vec::new(),
+            messages: Vec::new(),
+            persisted_messages: Vec::new(),
+            unpersisted: Vec::new(),
+            events: Vec::new(),
+            pending_self_votes: vec![SelfVote::Incarnation],
+            self_votes: VecDeque::new(),
+            ready_number: 0,
+            persisted_number: 0,
+            dropped_messages: 0,
+            config,
+        };
+        replica.reset_election_timer();
+        Ok(replica)
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The leader this replica knows of (itself if leading).
+    pub fn leader(&self) -> Option<NodeId> {
+        self.leader
+    }
+
+    /// What this replica is doing now.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// True if this replica leads (phase 1 done, accepting proposals).
+    pub fn is_leader(&self) -> bool {
+        self.role == Role::Leader
+    }
+
+    /// Advances logical time by one tick: elections, heartbeats, retransmissions and
+    /// check-quorum all count ticks.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),
+        }
+    }
+
+    /// Handles a message from a peer.
+    ///
+    /// # Errors
+    /// A [`StepError`] if the message is not from a member, not for this replica, or breaks a
+    /// protocol invariant. The replica's state is unchanged then.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        if let Err(error) = self.validate(&message) {
+            self.dropped_messages += 1;
+            tracing::debug!(node = %self.config.id, %error, "refused message");
+            return Err(error);
+        }
+        let Message { from, body, .. } = message;
+        if let Some(ballot) = body.ballot() {
+            self.round_seen = self.round_seen.max(ballot.round);
+        }
+        match body {
+            Body::PreVote { ballot, chosen } => self.on_pre_vote(from, ballot, chosen),
+            Body::PreVoteReply {
+                ballot,
+                granted,
+                promised,
+            } => self.on_pre_vote_reply(from, ballot, granted, promised),
+            Body::Prepare { ballot, first_slot } => self.on_prepare(from, ballot, first_slot),
+            Body::Promise {
+                ballot,
+                first_slot,
+                accepted,
+                chosen,
+            } => self.on_promise(from, ballot, first_slot, accepted, chosen),
+            Body::Accept {
+                ballot,
+                chosen,
+                entries,
+            } => self.on_accept(from, ballot, chosen, entries),
+            Body::Accepted {
+                ballot,
+                first_slot,
+                last_slot,
+            } => self.on_accepted(from, ballot, first_slot, last_slot),
+            Body::Reject { ballot, promised } => self.on_reject(from, ballot, promised),
+            Body::Heartbeat { ballot, chosen } => self.on_heartbeat(from, ballot, chosen, true),
+            Body::Commit { ballot, chosen } => self.on_heartbeat(from, ballot, chosen, false),
+            Body::HeartbeatReply { ballot, chosen } => {
+                self.on_heartbeat_reply(from, ballot, chosen)
+            }
+            Body::Fetch { first_slot, .. } => self.on_fetch(from, first_slot),
+            Body::FetchReply {
+                entries, chosen, ..
+            } => self.on_fetch_reply(from, entries, chosen),
+            Body::Forward { commands } => self.on_forward(commands),
+        }
+        Ok(())
+    }
+
+    /// Checks that `message` is addressed here, from a member, and internally consistent.
+    fn validate(&self, message: &Message) -> Result<(), StepError> {
+        let from = message.from;
+        if message.to != self.config.id {
+            return Err(StepError::WrongRecipient {
+                to: message.to,
+                this: self.config.id,
+            });
+        }
+        if self.member_index(from).is_none() {
+            return Err(StepError::UnknownNode(from));
+        }
+        let kind = message.body.kind();
+        let malformed = |reason| StepError::Malformed { from, kind, reason };
+        if from == self.config.id {
+            return Err(malformed("a replica does not message itself"));
+        }
+        match &message.body {
+            Body::PreVote { ballot, .. }
+            | Body::Prepare { ballot, .. }
+            | Body::Accept { ballot, .. }
+            | Body::Heartbeat { ballot, .. }
+            | Body::Commit { ballot, .. } => {
+                if ballot.node != from {
+                    return Err(malformed("ballot owned by another node than the sender"));
+                }
+                if ballot.round == 0 {
+                    return Err(malformed("round 0 is below every real ballot"));
+                }
+            }
+            _ => {}
+        }
+        match &message.body {
+            Body::Accept {
+                ballot, entries, ..
+            } => {
+                let first = entries.first().map_or(1, |entry| entry.slot);
+                if first == 0 {
+                    return Err(malformed("slot 0 does not exist"));
+                }
+                for (offset, entry) in entries.iter().enumerate() {
+                    if entry.slot != first.wrapping_add(offset as Slot) {
+                        return Err(malformed("entries are not contiguous"));
+                    }
+                    if entry.ballot != *ballot {
+                        return Err(malformed("entry ballot differs from the Accept's"));
+                    }
+                }
+            }
+            Body::Accepted {
+                first_slot,
+                last_slot,
+                ..
+            } => {
+                if *first_slot == 0 || first_slot > last_slot {
+                    return Err(malformed("empty or invalid slot range"));
+                }
+            }
+            Body::FetchReply { entries, .. } => {
+                let first = entries.first().map_or(1, |entry| entry.slot);
+                for (offset, entry) in entries.iter().enumerate() {
+                    if first == 0 || entry.slot != first.wrapping_add(offset as Slot) {
+                        return Err(malformed("entries are not contiguous"));
+                    }
+                }
+            }
+            Body::Promise {
+                first_slot,
+                accepted,
+                ..
+            } => {
+                let mut previous = first_slot.saturating_sub(1);
+                for entry in accepted {
+                    if entry.slot <= previous {
+                        return Err(malformed("entries out of order or below first_slot"));
+                    }
+                    previous = entry.slot;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Proposes `command` for replication and returns the id it will carry when committed.
+    ///
+    /// On the leader the command gets the next slot at once; on a follower it is forwarded to
+    /// the leader (if `forward_proposals`), in which case it may be lost if the leader changes:
+    /// retry commands that do not commit within your own timeout (use [`crate::session`] to
+    /// make retries exactly-once).
+    ///
+    /// # Errors
+    /// [`ProposeError::NotLeader`] with a leader hint (not leading and not forwarding, or no
+    /// leader known); [`ProposeError::Busy`] when a bound is reached. The command is handed
+    /// back in both.
+    pub fn propose(&mut self, command: Bytes) -> Result<ProposalId, ProposeError> {
+        if !self.incarnation_durable {
+            return Err(ProposeError::Busy { command });
+        }
+        match self.role {
+            Role::Leader => {
+                if !self.has_room_for(command.len()) {
+                    return Err(ProposeError::Busy { command });
+                }
+                let id = self.next_proposal_id();
+                self.append_command(id, command);
+                Ok(id)
+            }
+            _ => {
+                let leader = match self.leader {
+                    Some(leader) if self.config.forward_proposals => leader,
+                    hint => return Err(ProposeError::NotLeader { hint, command }),
+                };
+                debug_assert_ne!(leader, self.config.id);
+                if self.forward_queue.len() >= self.config.forward_commands_max {
+                    return Err(ProposeError::Busy { command });
+                }
+                let id = self.next_proposal_id();
+                self.forward_queue.push(Command { id, data: command });
+                Ok(id)
+            }
+        }
+    }
+
+    fn next_proposal_id(&mut self) -> ProposalId {
+        self.proposal_sequence += 1;
+        ProposalId {
+            node: self.config.id,
+            incarnation: self.hard.incarnation,
+            sequence: self.proposal_sequence,
+        }
+    }
+
+    /// True if [`ready`](Replica::ready) has anything to hand out.
+    pub fn has_ready(&self) -> bool {
+        self.hard_dirty
+            || !self.messages.is_empty()
+            || !self.persisted_messages.is_empty()
+            || !self.unpersisted.is_empty()
+            || !self.events.is_empty()
+            || !self.pending_self_votes.is_empty()
+            || !self.forward_queue.is_empty()
+            || self.applied < self.hard.chosen
+            || self.leader_has_work()
+    }
+
+    /// Takes the next batch of work. Call it when [`has_ready`](Replica::has_ready) is true (an
+    /// empty batch is harmless), handle it in the order [`Ready`] documents, then acknowledge it.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            self.flush_accepts();
+        }
+        self.flush_forwards();
+        self.ready_number += 1;
+        let number = self.ready_number;
+        for vote in self.pending_self_votes.drain(..) {
+            self.self_votes.push_back((number, vote));
+        }
+        let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
+        let write = WriteBatch {
+            hard_state: self.hard_dirty.then_some(self.hard),
+            entries: std::mem::take(&mut self.unpersisted),
+            must_sync,
+        };
+        self.hard_dirty = false;
+        self.hard_needs_sync = false;
+        let committed = if self.applied < self.hard.chosen {
+            let entries: Vec<Entry> = self
+                .log
+                .range(self.applied + 1, self.hard.chosen)
+                .cloned()
+                .collect();
+            debug_assert_eq!(entries.len() as Slot, self.hard.chosen - self.applied);
+            self.applied = self.hard.chosen;
+            entries
+        } else {
+            Vec::new()
+        };
+        Ready {
+            number,
+            write,
+            messages: std::mem::take(&mut self.messages),
+            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            committed,
+            events: std::mem::take(&mut self.events),
+        }
+    }
+
+    /// Acknowledges a ready whose write is durable and whose messages were handed to the
+    /// transport. Same as `on_persisted(ready.number())`.
+    pub fn advance(&mut self, ready: Ready) {
+        self.on_persisted(ready.number);
+    }
+
+    /// Tells the replica that the writes of every ready up to `number` are durable, so its own
+    /// promises and acceptances count from now on.
+    ///
+    /// # Panics
+    /// If `number` was never handed out, or is lower than a number already acknowledged
+    /// (writes must complete in order).
+    pub fn on_persisted(&mut self, number: u64) {
+        assert!(
+            number <= self.ready_number,
+            "ready {number} was never handed out"
+        );
+        assert!(
+            number >= self.persisted_number,
+            "writes must be acknowledged in order"
+        );
+        self.persisted_number = number;
+        while let Some(&(vote_number, vote)) = self.self_votes.front() {
+            if vote_number > number {
+                break;
+            }
+            self.self_votes.pop_front();
+            match vote {
+                SelfVote::Incarnation => self.incarnation_durable = true,
+                SelfVote::Promise(ballot) => self.count_own_promise(ballot),
+                SelfVote::Accepted(ballot, first, last) => {
+                    self.record_acceptance(self.self_index, ballot, first, last)
+                }
+            }
+        }
+    }
+
+    /// Forgets in-memory entries up to `through`, which the application has applied and made
+    /// durable in its own state (a snapshot). A follower that later needs them is reported
+    /// with [`Event::SnapshotNeeded`].
+    ///
+    /// # Panics
+    /// If `through` is beyond the applied mark.
+    pub fn compact(&mut self, through: Slot) {
+        assert!(
+            through <= self.applied,
+            "cannot compact entries not yet applied"
+        );
+        self.log.compact(through);
+    }
+
+    /// A snapshot of the replica's state, for monitoring and tests.
+    pub fn status(&self) -> Status {
+        let followers = match &self.leadership {
+            Some(leadership) => self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| *index != self.self_index)
+                .map(|(index, id)| {
+                    let progress = &leadership.followers[index];
+                    FollowerStatus {
+                        id: *id,
+                        next_slot: progress.next_slot,
+                        inflight_msgs: progress.inflight.len(),
+                        inflight_bytes: progress.inflight_bytes,
+                        chosen: progress.follower_chosen,
+                        ticks_since_heard: self.now - progress.heard_tick,
+                    }
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Status {
+            id: self.config.id,
+            role: self.role,
+            promised: self.hard.promised,
+            leader: self.leader,
+            leader_ballot: self.leader_ballot,
+            chosen: self.hard.chosen,
+            applied: self.applied,
+            last_slot: self.log.last(),
+            first_slot: self.log.first(),
+            incarnation: self.hard.incarnation,
+            uncommitted_bytes: self.leadership.as_ref().map_or(0, |l| l.uncommitted_bytes),
+            dropped_messages: self.dropped_messages,
+            followers,
+        }
+    }
+
+    // ---- helpers shared by the parts ----
+
+    fn member_index(&self, id: NodeId) -> Option<usize> {
+        self.members.binary_search(&id).ok()
+    }
+
+    fn quorum(&self) -> usize {
+        crate::quorum::majority(self.members.len())
+    }
+
+    fn send(&mut self, to: NodeId, body: Body) {
+        self.messages.push(Message {
+            from: self.config.id,
+            to,
+            body,
+        });
+    }
+
+    fn send_after_persist(&mut self, to: NodeId, body: Body) {
+        self.persisted_messages.push(Message {
+            from: self.config.id,
+            to,
+            body,
+        });
+    }
+
+    /// Raises the promise to `ballot` (never lowers it). Must be synced before it is revealed.
+    fn promise(&mut self, ballot: Ballot) {
+        assert!(
+            ballot >= self.hard.promised,
+            "a promise never goes backwards"
+        );
+        if ballot > self.hard.promised {
+            self.hard.promised = ballot;
+            self.hard_dirty = true;
+            self.hard_needs_sync = true;
+        }
+    }
+
+    /// Stores an entry in the log and queues it for the next write.
+    fn store(&mut self, entry: Entry) {
+        self.unpersisted.push(entry.clone());
+        self.log.set(entry);
+    }
+
+    fn set_chosen(&mut self, chosen: Slot) {
+        debug_assert!(chosen >= self.hard.chosen);
+        if chosen > self.hard.chosen {
+            self.hard.chosen = chosen;
+            self.hard_dirty = true;
+        }
+    }
+
+    fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let spread = u64::from(self.config.election_ticks);
+        self.election_timeout = self.config.election_ticks + (self.rng.next_u64() % spread) as u32;
+    }
+
+    fn set_leader(&mut self, leader: Option<NodeId>, ballot: Ballot) {
+        if self.leader != leader || self.leader_ballot != ballot {
+            self.leader = leader;
+            self.leader_ballot = ballot;
+            if leader.is_some() && leader != Some(self.config.id) {
+                tracing::debug!(node = %self.config.id, leader = ?leader, %ballot, "following");
+            }
+            self.events.push(Event::LeaderChanged { leader, ballot });
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The batch of work a replica hands the application: [`Ready`], and the [`Event`]s in it.
+
+use crate::message::Message;
+use crate::storage::WriteBatch;
+use crate::types::{Ballot, Entry, NodeId};
+
+/// Something that happened inside the replica that the application may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// This replica started an election (phase 1) with `ballot`.
+    ElectionStarted {
+        /// The candidate's ballot.
+        ballot: Ballot,
+    },
+    /// This replica won phase 1 and leads under `ballot`.
+    BecameLeader {
+        /// The leader's ballot.
+        ballot: Ballot,
+    },
+    /// This replica stopped leading.
+    SteppedDown {
+        /// The ballot it led under.
+        ballot: Ballot,
+        /// Why it stepped down.
+        reason: StepDownReason,
+    },
+    /// The leader this replica follows changed (`None`: it knows of no leader).
+    LeaderChanged {
+        /// The new leader, if known.
+        leader: Option<NodeId>,
+        /// Its ballot.
+        ballot: Ballot,
+    },
+    /// A follower asked for entries this replica has compacted away: it needs a snapshot.
+    SnapshotNeeded {
+        /// The lagging follower.
+        follower: NodeId,
+    },
+}
+
+/// Why a leader stepped down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepDownReason {
+    /// An acceptor has promised a higher ballot.
+    Preempted,
+    /// It did not hear from a quorum within the election timeout (check-quorum).
+    LostQuorum,
+}
+
+/// One numbered batch of work, produced by [`Replica::ready`](super::Replica::ready).
+///
+/// Drain it in this order:
+/// 1. [`take_messages`](Ready::take_messages): send at once (safe before the write);
+/// 2. [`persist`](Ready::persist): write atomically; sync if `must_sync`;
+/// 3. [`take_persisted_messages`](Ready::take_persisted_messages): send only once the write
+///    is durable (promises and acceptances);
+/// 4. [`take_committed`](Ready::take_committed): apply, in order, exactly once;
+/// 5. hand the ready back with [`Replica::advance`](super::Replica::advance), or, if the
+///    write completes later, call [`Replica::on_persisted`](super::Replica::on_persisted)
+///    with [`number`](Ready::number) when it does (writes must complete in order).
+#[derive(Debug, Default)]
+#[must_use = "a Ready carries messages and writes that must be handled"]
+pub struct Ready {
+    pub(super) number: u64,
+    pub(super) write: WriteBatch,
+    pub(super) messages: Vec<Message>,
+    pub(super) persisted_messages: Vec<Message>,
+    pub(super) committed: Vec<Entry>,
+    pub(super) events: Vec<Event>,
+}
+
+impl Ready {
+    /// The batch's number: pass it to `on_persisted` once the write is durable.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// What to write to storage, atomically, before sending the persisted messages.
+    pub fn persist(&self) -> &WriteBatch {
+        &self.write
+    }
+
+    /// Messages that may be sent before the write (or concurrently with it).
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// Messages that may be sent only after the write is durable.
+    pub fn take_persisted_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.persisted_messages)
+    }
+
+    /// Entries newly chosen, in slot order, each handed out exactly once. `Value::Noop`
+    /// entries fill slots and carry no command; skip them.
+    pub fn take_committed(&mut self) -> Vec<Entry> {
+        std::mem::take(&mut self.committed)
+    }
+
+    /// What happened since the last ready (elections, leader changes).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}

@@ -1,0 +1,690 @@
+//! A seeded, single-threaded world of [`Replica`]s: a network that loses, duplicates, delays
+//! and partitions messages; disks whose writes complete late and are lost on a crash; crashes
+//! and restarts; and checkers run after every step.
+//!
+//! Every random choice comes from one ChaCha8 RNG seeded by [`SimConfig::seed`], and every
+//! collection iterates in a fixed order, so a seed replays the same run, byte for byte; the
+//! [`trace_hash`](Simulation::trace_hash) proves it.
+
+use super::checkers::{Checker, Violation};
+use crate::config::Config;
+use crate::message::{Body, Message};
+use crate::replica::{Event, Replica, Role};
+use crate::storage::{MemStorage, Storage, WriteBatch};
+use crate::types::{Entry, NodeId, ProposalId, Slot, Value};
+use bytes::Bytes;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::{Hash, Hasher};
+
+/// Fault knobs. Probabilities are per message or per node per step; all in `0.0..=1.0`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Faults {
+    /// A message is dropped.
+    pub loss: f64,
+    /// A message is delivered twice.
+    pub duplicate: f64,
+    /// Messages are delayed by `0..=delay_ticks_max` steps, which reorders them.
+    pub delay_ticks_max: u64,
+    /// A live node crashes (its unfinished writes are lost).
+    pub crash: f64,
+    /// A crashed node restarts from its disk.
+    pub restart: f64,
+    /// A new random partition starts (symmetric or one-way).
+    pub partition: f64,
+    /// All partitions heal.
+    pub heal: f64,
+    /// Writes complete `0..=write_delay_ticks_max` steps after the ready that asked for them.
+    pub write_delay_ticks_max: u64,
+}
+
+impl Faults {
+    /// A perfect world: no loss, no delay, no crash.
+    pub fn none() -> Faults {
+        Faults {
+            loss: 0.0,
+            duplicate: 0.0,
+            delay_ticks_max: 0,
+            crash: 0.0,
+            restart: 0.0,
+            partition: 0.0,
+            heal: 0.0,
+            write_delay_ticks_max: 0,
+        }
+    }
+
+    /// Every fault on, at rates that still let a cluster make progress between them.
+    pub fn all() -> Faults {
+        Faults {
+            loss: 0.05,
+            duplicate: 0.02,
+            delay_ticks_max: 3,
+            crash: 0.002,
+            restart: 0.05,
+            partition: 0.005,
+            heal: 0.03,
+            write_delay_ticks_max: 2,
+        }
+    }
+}
+
+/// How to build a simulation.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Number of replicas (ids `1..=nodes`).
+    pub nodes: usize,
+    /// The seed of every random choice.
+    pub seed: u64,
+    /// The faults to inject.
+    pub faults: Faults,
+    /// Probability per step that the client proposes a new command.
+    pub propose_rate: f64,
+    /// Template for every replica's [`Config`] (`id`, `members` and `seed` are set per node).
+    pub replica: Config,
+}
+
+impl SimConfig {
+    /// A simulation of `nodes` replicas with every fault on.
+    pub fn new(nodes: usize, seed: u64) -> SimConfig {
+        let members: Vec<NodeId> = (1..=nodes as u64).map(NodeId).collect();
+        let mut replica = Config::new(NodeId(1), members);
+        replica.inflight_msgs_max = 8;
+        replica.accept_bytes_max = 64;
+        SimConfig {
+            nodes,
+            seed,
+            faults: Faults::all(),
+            propose_rate: 0.3,
+            replica,
+        }
+    }
+}
+
+/// Counts of what happened in a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Steps run.
+    pub steps: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Messages dropped by loss or partitions.
+    pub dropped: u64,
+    /// Messages duplicated.
+    pub duplicated: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Restarts.
+    pub restarts: u64,
+    /// Partitions started.
+    pub partitions: u64,
+    /// Writes lost to crashes.
+    pub writes_lost: u64,
+    /// Commands proposed (accepted by `propose`).
+    pub proposed: u64,
+    /// Commands committed at the node that proposed them.
+    pub acknowledged: u64,
+    /// Leaders elected.
+    pub elections: u64,
+}
+
+/// A write in progress on a node's disk.
+#[derive(Debug)]
+struct PendingWrite {
+    complete_at: u64,
+    number: u64,
+    batch: WriteBatch,
+    messages: Vec<Message>,
+}
+
+#[derive(Debug)]
+struct SimNode {
+    id: NodeId,
+    config: Config,
+    replica: Option<Replica>,
+    storage: MemStorage,
+    writes: VecDeque<PendingWrite>,
+    /// The next slot this incarnation expects to apply.
+    next_apply: Slot,
+    /// Proposals made through this node, not yet seen committed.
+    pending: BTreeSet<ProposalId>,
+}
+
+#[derive(Debug)]
+struct InTransit {
+    deliver_at: u64,
+    sequence: u64,
+    message: Message,
+}
+
+/// A deterministic world of replicas. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Simulation {
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    now: u64,
+    nodes: Vec<SimNode>,
+    network: Vec<InTransit>,
+    message_sequence: u64,
+    /// Directed links that drop everything: (from, to).
+    blocked: BTreeSet<(NodeId, NodeId)>,
+    checker: Checker,
+    stats: SimStats,
+    trace: Fnv,
+    command_counter: u64,
+    /// When false, no new fault is injected (the liveness phase).
+    faults_on: bool,
+    /// A short log of recent happenings, printed with a violation.
+    recent: VecDeque<String>,
+}
+
+impl Simulation {
+    /// Builds the world: every node starts fresh.
+    ///
+    /// # Panics
+    /// If `config.nodes` is 0 or above 64, or the replica template is invalid.
+    pub fn new(config: SimConfig) -> Simulation {
+        assert!((1..=64).contains(&config.nodes), "1 to 64 nodes");
+        let members: Vec<NodeId> = (1..=config.nodes as u64).map(NodeId).collect();
+        let nodes = members
+            .iter()
+            .map(|&id| {
+                let mut replica_config = config.replica.clone();
+                replica_config.id = id;
+                replica_config.members = members.clone();
+                replica_config.seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.0;
+                let storage = MemStorage::new();
+                let replica = Replica::new(replica_config.clone(), Default::default())
+                    .expect("valid replica config");
+                SimNode {
+                    id,
+                    config: replica_config,
+                    replica: Some(replica),
+                    storage,
+                    writes: VecDeque::new(),
+                    next_apply: 1,
+                    pending: BTreeSet::new(),
+                }
+            })
+            .collect();
+        Simulation {
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
+            checker: Checker::new(config.nodes),
+            config,
+            now: 0,
+            nodes,
+            network: Vec::new(),
+            message_sequence: 0,
+            blocked: BTreeSet::new(),
+            stats: SimStats::default(),
+            trace: Fnv::new(),
+            command_counter: 0,
+            faults_on: true,
+            recent: VecDeque::new(),
+        }
+    }
+
+    /// The current step.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// What happened so far.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// A hash of every delivery, write and commit so far: equal hashes, equal runs.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.finish()
+    }
+
+    /// The replica of `id`, if it is up.
+    pub fn replica(&self, id: NodeId) -> Option<&Replica> {
+        self.node(id).replica.as_ref()
+    }
+
+    /// The current leaders (replicas in the leader role that are up).
+    pub fn leaders(&self) -> Vec<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|node| {
+                node.replica
+                    .as_ref()
+                    .is_some_and(|replica| replica.role() == Role::Leader)
+            })
+            .map(|node| node.id)
+            .collect()
+    }
+
+    /// The last lines of the run's log, for failure reports.
+    pub fn recent(&self) -> impl Iterator<Item = &str> {
+        self.recent.iter().map(String::as_str)
+    }
+
+    /// Switches fault injection on or off (off for a liveness phase).
+    pub fn set_faults(&mut self, on: bool) {
+        self.faults_on = on;
+    }
+
+    /// Ends every fault: heals partitions and restarts crashed nodes.
+    pub fn heal_all(&mut self) {
+        self.blocked.clear();
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].replica.is_none() {
+                self.restart(self.nodes[index].id);
+            }
+        }
+    }
+
+    /// Blocks messages from `from` to `to` (a one-way partition).
+    pub fn block(&mut self, from: NodeId, to: NodeId) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Isolates `id` from every other node, both ways.
+    pub fn isolate(&mut self, id: NodeId) {
+        for other in self.node_ids() {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn heal_partitions(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Every node id.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|node| node.id).collect()
+    }
+
+    /// Crashes `id`: its replica is dropped and its unfinished writes are lost.
+    pub fn crash(&mut self, id: NodeId) {
+        let index = self.index(id);
+        let node = &mut self.nodes[index];
+        if node.replica.take().is_some() {
+            self.stats.crashes += 1;
+            self.stats.writes_lost += node.writes.len() as u64;
+            node.writes.clear();
+            node.pending.clear();
+            self.note(format!("crash {id}"));
+        }
+    }
+
+    /// Restarts `id` from its disk.
+    ///
+    /// # Panics
+    /// If the disk's contents are refused by `Replica::new` (a bug the checkers report first).
+    pub fn restart(&mut self, id: NodeId) {
+        let index = self.index(id);
+        let node = &mut self.nodes[index];
+        if node.replica.is_some() {
+            return;
+        }
+        let recovered = node.storage.recover().expect("MemStorage cannot fail");
+        self.checker.on_restart(index, &recovered);
+        node.replica =
+            Some(Replica::new(node.config.clone(), recovered).expect("recoverable state"));
+        node.next_apply = 1;
+        self.stats.restarts += 1;
+        self.note(format!("restart {id}"));
+    }
+
+    /// Proposes `data` at `id`. Returns the proposal id, or `None` if the node is down or
+    /// refused it.
+    pub fn propose(&mut self, id: NodeId, data: Bytes) -> Option<ProposalId> {
+        let index = self.index(id);
+        let replica = self.nodes[index].replica.as_mut()?;
+        let proposal = replica.propose(data.clone()).ok()?;
+        self.checker.on_proposed(proposal, data);
+        self.nodes[index].pending.insert(proposal);
+        self.stats.proposed += 1;
+        Some(proposal)
+    }
+
+    /// Runs one step: faults, delivery of due messages (in random order), one tick per node,
+    /// completion of due writes, and every ready; then the checkers.
+    ///
+    /// # Errors
+    /// The first safety [`Violation`] found.
+    pub fn step(&mut self) -> Result<(), Violation> {
+        self.now += 1;
+        self.stats.steps += 1;
+        if self.faults_on {
+            self.inject_faults();
+        }
+        if self.faults_on && self.chance(self.config.propose_rate) {
+            self.propose_random()
+        }
+        self.deliver_due()?;
+        for index in 0..self.nodes.len() {
+            if let Some(replica) = self.nodes[index].replica.as_mut() {
+                replica.tick();
+            }
+        }
+        for index in 0..self.nodes.len() {
+            self.complete_writes(index)?;
+            self.drain_ready(index)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `steps` steps.
+    ///
+    /// # Errors
+    /// The first safety violation.
+    pub fn run(&mut self, steps: u64) -> Result<(), Violation> {
+        for _ in 0..steps {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// The liveness phase: stops faults, heals everything, and requires that within
+    /// `steps_max` steps a leader is elected, every live node has applied everything chosen,
+    /// and a fresh command proposed at the leader is applied on every node.
+    ///
+    /// # Errors
+    /// A safety violation, or a liveness violation if the bound passes.
+    pub fn check_liveness(&mut self, steps_max: u64) -> Result<(), Violation> {
+        self.set_faults(false);
+        self.heal_all();
+        let deadline = self.now + steps_max;
+        let mut probe: Option<(NodeId, ProposalId)> = None;
+        while self.now < deadline {
+            self.step()?;
+            match probe {
+                None => {
+                    if let [leader] = self.leaders()[..] {
+                        self.command_counter += 1;
+                        let data = Bytes::from(format!("probe-{}", self.command_counter));
+                        probe = self.propose(leader, data).map(|id| (leader, id));
+                    }
+                }
+                Some((_, id)) => {
+                    if self.checker.applied_everywhere(id, self.config.nodes) {
+                        return Ok(());
+                    }
+                    if self.leaders().is_empty() {
+                        probe = None; // leadership moved before it committed: try again
+                    }
+                }
+            }
+        }
+        Err(Violation::new(
+            "check_liveness",
+            format!("no probe command applied on every node within {steps_max} steps"),
+        ))
+    }
+
+    // ---- internals ----
+
+    fn node(&self, id: NodeId) -> &SimNode {
+        &self.nodes[self.index(id)]
+    }
+
+    fn index(&self, id: NodeId) -> usize {
+        let index = (id.0 as usize).wrapping_sub(1);
+        assert!(index < self.nodes.len(), "no node {id}");
+        index
+    }
+
+    fn chance(&mut self, probability: f64) -> bool {
+        probability > 0.0 && (self.rng.next_u64() as f64 / u64::MAX as f64) < probability
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        if bound == 0 {
+            0
+        } else {
+            self.rng.next_u64() % bound
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        if self.recent.len() == 64 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(format!("[{}] {line}", self.now));
+    }
+
+    fn inject_faults(&mut self) {
+        let faults = self.config.faults.clone();
+        let nodes = self.config.nodes as u64;
+        for index in 0..self.nodes.len() {
+            let id = self.nodes[index].id;
+            if self.nodes[index].replica.is_some() {
+                if self.chance(faults.crash) {
+                    self.crash(id);
+                }
+            } else if self.chance(faults.restart) {
+                self.restart(id);
+            }
+        }
+        if nodes > 1 && self.chance(faults.partition) {
+            self.stats.partitions += 1;
+            let victim = NodeId(1 + self.below(nodes));
+            match self.below(3) {
+                0 => self.isolate(victim),
+                1 => {
+                    let other = NodeId(1 + (victim.0 % nodes));
+                    self.block(victim, other);
+                }
+                _ => {
+                    let other = NodeId(1 + (victim.0 % nodes));
+                    self.block(other, victim);
+                }
+            }
+            self.note(format!("partition around {victim}"));
+        }
+        if !self.blocked.is_empty() && self.chance(faults.heal) {
+            self.blocked.clear();
+            self.note("heal".to_string());
+        }
+    }
+
+    fn propose_random(&mut self) {
+        let nodes = self.config.nodes as u64;
+        let target = NodeId(1 + self.below(nodes));
+        self.command_counter += 1;
+        let data = Bytes::from(format!("cmd-{}", self.command_counter));
+        self.propose(target, data);
+    }
+
+    fn send(&mut self, message: Message) {
+        let faults = &self.config.faults;
+        let (loss, duplicate, delay) = if self.faults_on {
+            (faults.loss, faults.duplicate, faults.delay_ticks_max)
+        } else {
+            (0.0, 0.0, 0)
+        };
+        if self.blocked.contains(&(message.from, message.to)) || self.chance(loss) {
+            self.stats.dropped += 1;
+            return;
+        }
+        let copies = if self.chance(duplicate) { 2 } else { 1 };
+        if copies == 2 {
+            self.stats.duplicated += 1;
+        }
+        for _ in 0..copies {
+            let deliver_at = self.now + 1 + self.below(delay + 1);
+            self.message_sequence += 1;
+            self.network.push(InTransit {
+                deliver_at,
+                sequence: self.message_sequence,
+                message: message.clone(),
+            });
+        }
+    }
+
+    fn deliver_due(&mut self) -> Result<(), Violation> {
+        let now = self.now;
+        let mut due: Vec<InTransit> = Vec::new();
+        let mut index = 0;
+        while index < self.network.len() {
+            if self.network[index].deliver_at <= now {
+                due.push(self.network.swap_remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        due.sort_by_key(|transit| transit.sequence);
+        // A seeded shuffle: messages due at the same step arrive in random order.
+        for position in (1..due.len()).rev() {
+            let other = self.below(position as u64 + 1) as usize;
+            due.swap(position, other);
+        }
+        for transit in due {
+            let message = transit.message;
+            if self.blocked.contains(&(message.from, message.to)) {
+                self.stats.dropped += 1;
+                continue;
+            }
+            let to = self.index(message.to);
+            let Some(replica) = self.nodes[to].replica.as_mut() else {
+                self.stats.dropped += 1;
+                continue;
+            };
+            message.hash(&mut self.trace);
+            self.stats.delivered += 1;
+            if let Err(error) = replica.step(message) {
+                return Err(Violation::new(
+                    "step",
+                    format!("a valid message was refused: {error}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the writes of `index` that are due, in order, releasing their messages.
+    fn complete_writes(&mut self, index: usize) -> Result<(), Violation> {
+        loop {
+            let node = &mut self.nodes[index];
+            let due = node
+                .writes
+                .front()
+                .is_some_and(|write| write.complete_at <= self.now);
+            if !due {
+                return Ok(());
+            }
+            let write = node.writes.pop_front().expect("checked");
+            node.storage
+                .write(&write.batch)
+                .expect("MemStorage cannot fail");
+            write.batch.hash(&mut self.trace);
+            self.checker.on_durable(index, &write.batch)?;
+            for message in &write.messages {
+                self.checker
+                    .on_release(index, &self.nodes[index].storage, message)?;
+            }
+            if let Some(replica) = self.nodes[index].replica.as_mut() {
+                replica.on_persisted(write.number);
+            }
+            for message in write.messages {
+                self.send(message);
+            }
+        }
+    }
+
+    fn drain_ready(&mut self, index: usize) -> Result<(), Violation> {
+        // Bounded: each round either empties the replica's output or the loop ends.
+        for _ in 0..4 {
+            let Some(replica) = self.nodes[index].replica.as_mut() else {
+                return Ok(());
+            };
+            if !replica.has_ready() {
+                return Ok(());
+            }
+            let mut ready = replica.ready();
+            let number = ready.number();
+            for message in ready.take_messages() {
+                if matches!(message.body, Body::Promise { .. } | Body::Accepted { .. }) {
+                    return Err(Violation::new(
+                        "check_persistence_before_promise",
+                        format!("{} sent before its write: {message:?}", message.body.kind()),
+                    ));
+                }
+                self.send(message);
+            }
+            for event in ready.take_events() {
+                if let Event::BecameLeader { ballot } = event {
+                    self.stats.elections += 1;
+                    self.note(format!("{} leads in {ballot}", self.nodes[index].id));
+                    self.checker
+                        .on_leader(index, self.nodes[index].id, ballot)?;
+                }
+            }
+            let committed = ready.take_committed();
+            self.apply(index, committed)?;
+            let delay = if self.faults_on {
+                self.config.faults.write_delay_ticks_max
+            } else {
+                0
+            };
+            let complete_at = self.now + self.below(delay + 1);
+            let batch = ready.persist().clone();
+            let messages = ready.take_persisted_messages();
+            self.nodes[index].writes.push_back(PendingWrite {
+                complete_at,
+                number,
+                batch,
+                messages,
+            });
+            self.complete_writes(index)?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, index: usize, committed: Vec<Entry>) -> Result<(), Violation> {
+        for entry in committed {
+            let node = &mut self.nodes[index];
+            if entry.slot != node.next_apply {
+                return Err(Violation::new(
+                    "check_applied_in_order",
+                    format!(
+                        "{} applied slot {} but expected {}",
+                        node.id, entry.slot, node.next_apply
+                    ),
+                ));
+            }
+            node.next_apply += 1;
+            if let Value::Command { id, .. } = &entry.value {
+                if node.pending.remove(id) {
+                    self.stats.acknowledged += 1;
+                    self.checker.on_acknowledged(*id);
+                }
+            }
+            entry.hash(&mut self.trace);
+            self.checker.on_applied(index, &entry)?;
+        }
+        Ok(())
+    }
+}
+
+/// FNV-1a, 64-bit: a stable hash for traces (std's hashers are not promised stable).
+#[derive(Clone, Copy, Debug)]
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
