@@ -396,10 +396,8 @@ impl Replica {
                 first_slot,
                 last_slot,
                 ..
-            } => {
-                if *first_slot == 0 || first_slot > last_slot {
-                    return Err(malformed("empty or invalid slot range"));
-                }
+            } if *first_slot == 0 || first_slot > last_slot => {
+                return Err(malformed("empty or invalid slot range"));
             }
             Body::FetchReply { entries, .. } => {
                 let first = entries.first().map_or(1, |entry| entry.slot);

@@ -1,0 +1,310 @@
+//! A hand-driven in-memory cluster for scenario tests: the test decides the fate of every
+//! message (deliver, drop, duplicate, reorder) and when each node ticks, crashes or restarts.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use synod::message::{Body, Message};
+use synod::replica::Event;
+use synod::{Config, Entry, MemStorage, NodeId, ProposalId, Replica, Storage, Value};
+
+pub struct Node {
+    pub config: Config,
+    pub replica: Option<Replica>,
+    pub storage: MemStorage,
+    /// Values applied by this node, by slot (kept across restarts: a restarted node re-applies
+    /// from slot 1 and must apply the same values).
+    pub applied: BTreeMap<u64, Value>,
+    pub events: Vec<Event>,
+}
+
+pub struct Net {
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Messages in transit, in send order.
+    pub queue: Vec<Message>,
+    /// Directed links that drop messages.
+    pub blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Every message ever sent (for counting).
+    pub sent: Vec<Message>,
+}
+
+pub fn ids(count: u64) -> Vec<NodeId> {
+    (1..=count).map(NodeId).collect()
+}
+
+pub fn config(id: u64, members: u64) -> Config {
+    let mut config = Config::new(NodeId(id), ids(members));
+    config.seed = 1000 + id;
+    config
+}
+
+impl Net {
+    pub fn new(members: u64) -> Net {
+        Net::with(members, |_| {})
+    }
+
+    pub fn with(members: u64, tweak: impl Fn(&mut Config)) -> Net {
+        let mut nodes = BTreeMap::new();
+        for id in 1..=members {
+            let mut config = config(id, members);
+            tweak(&mut config);
+            let replica = Replica::new(config.clone(), Default::default()).unwrap();
+            nodes.insert(
+                NodeId(id),
+                Node {
+                    config,
+                    replica: Some(replica),
+                    storage: MemStorage::new(),
+                    applied: BTreeMap::new(),
+                    events: Vec::new(),
+                },
+            );
+        }
+        let mut net = Net {
+            nodes,
+            queue: Vec::new(),
+            blocked: BTreeSet::new(),
+            sent: Vec::new(),
+        };
+        for id in net.ids() {
+            net.process(id);
+        }
+        net
+    }
+
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn replica(&self, id: u64) -> &Replica {
+        self.nodes[&NodeId(id)]
+            .replica
+            .as_ref()
+            .expect("node is up")
+    }
+
+    pub fn replica_mut(&mut self, id: u64) -> &mut Replica {
+        self.nodes
+            .get_mut(&NodeId(id))
+            .unwrap()
+            .replica
+            .as_mut()
+            .expect("node is up")
+    }
+
+    /// Drains `id`'s ready batches synchronously: write, then send everything.
+    pub fn process(&mut self, id: NodeId) {
+        for _ in 0..16 {
+            let node = self.nodes.get_mut(&id).unwrap();
+            let Some(replica) = node.replica.as_mut() else {
+                return;
+            };
+            if !replica.has_ready() {
+                return;
+            }
+            let mut ready = replica.ready();
+            let mut out = ready.take_messages();
+            for message in &out {
+                assert!(
+                    !matches!(message.body, Body::Promise { .. } | Body::Accepted { .. }),
+                    "promise or acceptance offered before its write"
+                );
+            }
+            node.storage.write(ready.persist()).unwrap();
+            out.extend(ready.take_persisted_messages());
+            for entry in ready.take_committed() {
+                if let Some(previous) = node.applied.insert(entry.slot, entry.value.clone()) {
+                    assert_eq!(
+                        previous, entry.value,
+                        "{id} applied two values in slot {}",
+                        entry.slot
+                    );
+                }
+            }
+            node.events.extend(ready.take_events());
+            replica.advance(ready);
+            for message in out {
+                self.sent.push(message.clone());
+                if !self.blocked.contains(&(message.from, message.to)) {
+                    self.queue.push(message);
+                }
+            }
+        }
+        panic!("{id} kept producing ready batches");
+    }
+
+    pub fn process_all(&mut self) {
+        for id in self.ids() {
+            self.process(id);
+        }
+    }
+
+    /// Delivers one message (the one at `index` in the queue).
+    pub fn deliver(&mut self, index: usize) {
+        let message = self.queue.remove(index);
+        let to = message.to;
+        if self.blocked.contains(&(message.from, to)) {
+            return;
+        }
+        if let Some(replica) = self.nodes.get_mut(&to).unwrap().replica.as_mut() {
+            replica.step(message).expect("valid message");
+            self.process(to);
+        }
+    }
+
+    /// Delivers everything, FIFO, until the network is quiet (bounded).
+    pub fn stabilize(&mut self) {
+        for _ in 0..100_000 {
+            if self.queue.is_empty() {
+                return;
+            }
+            self.deliver(0);
+        }
+        panic!("network never went quiet");
+    }
+
+    /// Drops every queued message matching `predicate`; returns how many.
+    pub fn drop_where(&mut self, predicate: impl Fn(&Message) -> bool) -> usize {
+        let before = self.queue.len();
+        self.queue.retain(|message| !predicate(message));
+        before - self.queue.len()
+    }
+
+    pub fn tick(&mut self, id: u64) {
+        if let Some(replica) = self.nodes.get_mut(&NodeId(id)).unwrap().replica.as_mut() {
+            replica.tick();
+        }
+        self.process(NodeId(id));
+    }
+
+    /// Ticks every live node `count` times, delivering messages after each round.
+    pub fn tick_all(&mut self, count: u32) {
+        for _ in 0..count {
+            for id in self.ids() {
+                self.tick(id.0);
+            }
+            self.stabilize();
+        }
+    }
+
+    /// Makes `id` leader: first lets an election timeout pass at every other live node (so
+    /// none still trusts an old leader; their own campaigns are dropped), then ticks only `id`
+    /// until it wins.
+    pub fn elect(&mut self, id: u64) {
+        if self.replica(id).is_leader() {
+            return;
+        }
+        let others: Vec<NodeId> = self
+            .ids()
+            .into_iter()
+            .filter(|other| *other != NodeId(id))
+            .collect();
+        for other in others {
+            let Some(replica) = self.nodes[&other].replica.as_ref() else {
+                continue;
+            };
+            for _ in 0..replica.config().election_ticks {
+                self.tick(other.0);
+            }
+            self.queue.retain(|message| message.from != other);
+        }
+        for _ in 0..1000 {
+            if self.replica(id).is_leader() {
+                return;
+            }
+            self.tick(id);
+            self.stabilize();
+        }
+        panic!("n{id} never became leader");
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        let leaders: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, node)| node.replica.as_ref().is_some_and(Replica::is_leader))
+            .map(|(id, _)| *id)
+            .collect();
+        assert!(
+            leaders.len() <= 1 || {
+                let ballots: BTreeSet<_> = leaders
+                    .iter()
+                    .map(|id| self.nodes[id].replica.as_ref().unwrap().status().promised)
+                    .collect();
+                ballots.len() == leaders.len()
+            }
+        );
+        leaders.last().copied()
+    }
+
+    pub fn propose(&mut self, id: u64, data: &str) -> ProposalId {
+        let proposal = self
+            .replica_mut(id)
+            .propose(Bytes::from(data.to_string()))
+            .expect("proposal accepted");
+        self.process(NodeId(id));
+        proposal
+    }
+
+    pub fn crash(&mut self, id: u64) {
+        self.nodes.get_mut(&NodeId(id)).unwrap().replica = None;
+        self.queue.retain(|message| message.to != NodeId(id));
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&NodeId(id)).unwrap();
+        let recovered = node.storage.recover().unwrap();
+        node.replica = Some(Replica::new(node.config.clone(), recovered).unwrap());
+        self.process(NodeId(id));
+    }
+
+    pub fn isolate(&mut self, id: u64) {
+        for other in self.ids() {
+            if other != NodeId(id) {
+                self.blocked.insert((NodeId(id), other));
+                self.blocked.insert((other, NodeId(id)));
+            }
+        }
+        self.queue
+            .retain(|message| message.from != NodeId(id) && message.to != NodeId(id));
+    }
+
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// The commands applied by `id`, in slot order, as strings (no-ops skipped).
+    pub fn commands(&self, id: u64) -> Vec<String> {
+        self.nodes[&NodeId(id)]
+            .applied
+            .values()
+            .filter_map(|value| match value {
+                Value::Command { data, .. } => Some(String::from_utf8(data.to_vec()).unwrap()),
+                Value::Noop => None,
+            })
+            .collect()
+    }
+
+    pub fn applied(&self, id: u64) -> &BTreeMap<u64, Value> {
+        &self.nodes[&NodeId(id)].applied
+    }
+
+    /// Asserts that every pair of nodes applied the same value in every slot both applied.
+    pub fn assert_agreement(&self) {
+        let mut by_slot: BTreeMap<u64, &Value> = BTreeMap::new();
+        for (id, node) in &self.nodes {
+            for (slot, value) in &node.applied {
+                if let Some(other) = by_slot.insert(*slot, value) {
+                    assert_eq!(other, value, "slot {slot} disagrees at {id}");
+                }
+            }
+        }
+    }
+}
+
+pub fn command(entry: &Entry) -> Option<&[u8]> {
+    match &entry.value {
+        Value::Command { data, .. } => Some(data),
+        Value::Noop => None,
+    }
+}

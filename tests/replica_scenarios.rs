@@ -1,0 +1,835 @@
+//! Deterministic scenario tests of the Multi-Paxos replica. Each test names the rule it checks.
+
+mod common;
+
+use bytes::Bytes;
+use common::Net;
+use synod::message::{Body, Message};
+use synod::replica::{Event, Role, StepDownReason};
+use synod::{Ballot, Entry, NodeId, ProposeError, Recovered, Replica, StepError, Storage, Value};
+
+fn is_accept(message: &Message) -> bool {
+    matches!(message.body, Body::Accept { .. })
+}
+
+#[test]
+fn a_single_leader_is_elected_and_known_to_all() {
+    // Multi-Paxos: one distinguished proposer (Paxos Made Simple §3), found by election.
+    let mut net = Net::new(3);
+    net.elect(1);
+    assert_eq!(net.leader(), Some(NodeId(1)));
+    for id in 1..=3 {
+        assert_eq!(
+            net.replica(id).leader(),
+            Some(NodeId(1)),
+            "n{id} knows the leader"
+        );
+    }
+    let ballot = net.replica(1).status().promised;
+    assert_eq!(ballot.node, NodeId(1), "a leader's ballot is its own");
+    assert!(net.nodes[&NodeId(1)]
+        .events
+        .contains(&Event::BecameLeader { ballot }));
+}
+
+#[test]
+fn election_happens_by_ticks_alone() {
+    // Time is ticks: with every node ticking, randomized timeouts elect exactly one leader.
+    let mut net = Net::new(5);
+    net.tick_all(60);
+    let leader = net.leader().expect("a leader within 60 ticks");
+    for id in 1..=5 {
+        assert_eq!(net.replica(id).leader(), Some(leader));
+    }
+}
+
+#[test]
+fn steady_replication_applies_everything_in_order_everywhere() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let expected: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+    for command in &expected {
+        net.replica_mut(1)
+            .propose(Bytes::from(command.clone()))
+            .unwrap();
+    }
+    net.process_all();
+    net.stabilize();
+    for id in 1..=3 {
+        assert_eq!(net.commands(id), expected, "n{id}");
+    }
+    // Batching: 100 proposals in one ready travel in a handful of Accepts, not 100 per follower.
+    let accepts = net.sent.iter().filter(|message| is_accept(message)).count();
+    assert!(accepts <= 4, "{accepts} Accept messages for 100 proposals");
+}
+
+#[test]
+fn leader_counts_its_own_vote_only_after_its_write() {
+    // DESIGN §2 persistence before promise: a single-node cluster chooses nothing until the
+    // ready carrying the entry is acknowledged as durable.
+    let mut replica = Replica::new(common::config(1, 1), Recovered::default()).unwrap();
+    let first = replica.ready();
+    replica.advance(first);
+    while !replica.is_leader() {
+        replica.tick();
+        while replica.has_ready() {
+            let ready = replica.ready();
+            replica.advance(ready);
+        }
+    }
+    replica.propose(Bytes::from_static(b"x")).unwrap();
+    let mut ready = replica.ready();
+    assert_eq!(ready.persist().entries.len(), 1);
+    assert!(ready.persist().must_sync);
+    assert!(ready.take_committed().is_empty());
+    assert_eq!(
+        replica.status().chosen,
+        0,
+        "not chosen before the write is durable"
+    );
+    // A second ready is taken while the first write is still in flight (asynchronous storage).
+    let second = replica.ready();
+    assert!(second.persist().is_empty());
+    replica.on_persisted(ready.number());
+    assert_eq!(replica.status().chosen, 1);
+    let mut third = replica.ready();
+    assert_eq!(third.take_committed().len(), 1);
+}
+
+#[test]
+#[should_panic(expected = "in order")]
+fn writes_must_be_acknowledged_in_order() {
+    let mut replica = Replica::new(common::config(1, 3), Recovered::default()).unwrap();
+    let first = replica.ready();
+    let _second = replica.ready();
+    replica.on_persisted(2);
+    replica.on_persisted(first.number());
+}
+
+#[test]
+fn promises_wait_for_the_write() {
+    // Persistence before promise: Promise and Accepted only ever leave in the persisted list.
+    let mut follower = Replica::new(common::config(2, 3), Recovered::default()).unwrap();
+    let ready = follower.ready();
+    follower.advance(ready);
+    let ballot = Ballot::new(1, NodeId(1));
+    follower
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Prepare {
+                ballot,
+                first_slot: 1,
+            },
+        })
+        .unwrap();
+    let mut ready = follower.ready();
+    assert!(ready.take_messages().is_empty());
+    assert_eq!(ready.persist().hard_state.unwrap().promised, ballot);
+    assert!(ready.persist().must_sync);
+    let after = ready.take_persisted_messages();
+    assert!(matches!(
+        after[..],
+        [Message {
+            body: Body::Promise { .. },
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn new_leader_recovers_a_value_accepted_by_a_minority() {
+    // Paxos Made Simple §2.2, P2c: a new leader proposes the highest-ballot value reported by a
+    // quorum, so a value that may have been chosen is never replaced.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "precious");
+    // n2 receives the Accept and durably accepts; n3 never does; the leader never hears back.
+    net.drop_where(|message| message.to == NodeId(3));
+    let accept = net
+        .queue
+        .iter()
+        .position(is_accept)
+        .expect("an Accept to n2");
+    net.deliver(accept);
+    net.drop_where(|message| matches!(message.body, Body::Accepted { .. }));
+    net.queue.clear();
+    net.crash(1);
+    // n3, which never saw the value, becomes leader with n2's promise.
+    net.elect(3);
+    net.stabilize();
+    for id in [2, 3] {
+        assert_eq!(net.commands(id), vec!["precious"], "n{id}");
+    }
+    assert_eq!(
+        net.applied(3).keys().copied().collect::<Vec<_>>(),
+        vec![1],
+        "same slot"
+    );
+}
+
+#[test]
+fn holes_become_noops_and_later_slots_keep_their_values() {
+    // Paxos Made Simple §3: a new leader fills slots nobody reported with no-ops, and recovers
+    // slots beyond the hole.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    net.replica_mut(1)
+        .propose(Bytes::from_static(b"lost"))
+        .unwrap();
+    net.process(NodeId(1));
+    net.queue.clear(); // the Accept for slot 2 is lost everywhere
+    net.replica_mut(1)
+        .propose(Bytes::from_static(b"kept"))
+        .unwrap();
+    net.process(NodeId(1));
+    // Slot 3 reaches n2 only; acknowledgements are lost.
+    net.drop_where(|message| message.to == NodeId(3));
+    while let Some(index) = net.queue.iter().position(is_accept) {
+        net.deliver(index);
+    }
+    net.queue.clear();
+    net.crash(1);
+    net.elect(3);
+    net.stabilize();
+    let applied = net.applied(3);
+    assert_eq!(
+        applied.get(&2),
+        Some(&Value::Noop),
+        "the hole is filled with a no-op"
+    );
+    assert!(matches!(applied.get(&3), Some(Value::Command { data, .. }) if &data[..] == b"kept"));
+    net.restart(1);
+    net.tick_all(5);
+    net.assert_agreement();
+    assert_eq!(net.commands(1), vec!["a", "kept"]);
+}
+
+#[test]
+fn a_lost_accept_leaves_a_hole_not_a_stall() {
+    // Per-slot acceptance: a follower accepts slot 3 though slot 2 never arrived; the leader
+    // retransmits slot 2 and every slot is chosen.
+    let mut net = Net::with(3, |config| config.accept_bytes_max = 1);
+    net.elect(1);
+    net.isolate(3);
+    for command in ["s1", "s2", "s3"] {
+        net.replica_mut(1).propose(Bytes::from(command)).unwrap();
+    }
+    net.process(NodeId(1));
+    // Three Accepts (one slot each, accept_bytes_max = 1) to n2: lose the one for slot 2.
+    let lost = net.drop_where(|message| {
+        matches!(&message.body, Body::Accept { entries, .. } if entries.first().map(|e| e.slot) == Some(2))
+    });
+    assert_eq!(lost, 1);
+    net.stabilize();
+    assert_eq!(
+        net.replica(1).status().chosen,
+        1,
+        "slot 2 is a hole at the only live follower"
+    );
+    let stored = net.nodes[&NodeId(2)].storage.clone().recover().unwrap();
+    assert!(
+        stored.entries.iter().any(|entry| entry.slot == 3),
+        "slot 3 accepted despite the hole"
+    );
+    for _ in 0..10 {
+        net.tick(1);
+        net.tick(2);
+        net.stabilize();
+    }
+    assert_eq!(net.commands(1), vec!["s1", "s2", "s3"]);
+    assert_eq!(net.commands(2), vec!["s1", "s2", "s3"]);
+}
+
+#[test]
+fn duplicated_and_reordered_messages_change_nothing() {
+    let mut net = Net::new(3);
+    net.elect(2);
+    for round in 0..20 {
+        net.replica_mut(2)
+            .propose(Bytes::from(format!("c{round}")))
+            .unwrap();
+        net.process(NodeId(2));
+        // Duplicate everything, then deliver newest first.
+        let copies = net.queue.clone();
+        net.queue.extend(copies);
+        while !net.queue.is_empty() {
+            let last = net.queue.len() - 1;
+            net.deliver(last);
+        }
+    }
+    net.tick_all(3);
+    let expected: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    for id in 1..=3 {
+        assert_eq!(net.commands(id), expected, "n{id}");
+    }
+}
+
+#[test]
+fn dueling_proposers_converge_on_one_leader() {
+    // Paxos Made Simple §3: two proposers preempting each other can stall progress; randomized
+    // timeouts and Reject-driven step-down make one of them win, and values stay agreed.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "before");
+    net.stabilize();
+    net.isolate(1);
+    net.crash(1);
+    // n2 and n3 time out together and campaign with interleaved messages.
+    for _ in 0..40 {
+        net.tick(2);
+        net.tick(3);
+        // Deliver in alternating order to mix the two elections.
+        while !net.queue.is_empty() {
+            let index = net.queue.len() / 2;
+            net.deliver(index);
+        }
+        if net.leader().is_some() {
+            break;
+        }
+    }
+    let leader = net.leader().expect("one proposer wins");
+    net.heal();
+    net.restart(1);
+    net.propose(leader.0, "after");
+    net.tick_all(5);
+    for id in 1..=3 {
+        assert_eq!(net.commands(id), vec!["before", "after"], "n{id}");
+    }
+}
+
+#[test]
+fn a_preempted_leader_steps_down_on_reject() {
+    // Without check-quorum the isolated old leader keeps its role; the first Reject ends it.
+    let mut net = Net::with(3, |config| config.check_quorum = false);
+    net.elect(1);
+    net.isolate(1);
+    net.elect(2);
+    net.heal();
+    net.propose(1, "stale");
+    net.stabilize();
+    assert_eq!(net.replica(1).role(), Role::Follower);
+    assert!(net.nodes[&NodeId(1)].events.iter().any(|event| matches!(
+        event,
+        Event::SteppedDown {
+            reason: StepDownReason::Preempted,
+            ..
+        }
+    )));
+    assert!(
+        net.commands(2).is_empty(),
+        "the stale leader's proposal was not chosen in its ballot"
+    );
+}
+
+#[test]
+fn partitioned_leader_steps_down_and_nothing_is_lost() {
+    let mut net = Net::new(5);
+    net.elect(1);
+    for i in 0..5 {
+        net.propose(1, &format!("a{i}"));
+    }
+    net.stabilize();
+    net.isolate(1);
+    // The old leader keeps accepting proposals it cannot commit.
+    net.propose(1, "orphan");
+    // Check-quorum: within election_ticks without hearing a quorum it steps down.
+    for _ in 0..25 {
+        net.tick(1);
+    }
+    assert_eq!(net.replica(1).role(), Role::Follower);
+    assert!(net.nodes[&NodeId(1)].events.iter().any(|event| matches!(
+        event,
+        Event::SteppedDown {
+            reason: StepDownReason::LostQuorum,
+            ..
+        }
+    )));
+    net.elect(2);
+    for i in 0..5 {
+        net.propose(2, &format!("b{i}"));
+    }
+    net.stabilize();
+    net.heal();
+    net.tick_all(20);
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("a{i}"))
+        .chain((0..5).map(|i| format!("b{i}")))
+        .collect();
+    for id in 1..=5 {
+        assert_eq!(net.commands(id), expected, "n{id}");
+    }
+    net.assert_agreement();
+}
+
+#[test]
+fn a_cut_off_replica_does_not_depose_the_leader_when_it_returns() {
+    // Pre-vote and leader stickiness: the returning node's elections never raised its ballot.
+    let mut net = Net::new(3);
+    net.elect(1);
+    let ballot = net.replica(1).status().promised;
+    net.isolate(3);
+    for _ in 0..200 {
+        net.tick(1);
+        net.tick(2);
+        net.tick(3);
+        net.stabilize();
+    }
+    assert_eq!(
+        net.replica(3).status().promised,
+        ballot,
+        "pre-votes changed no promise"
+    );
+    net.heal();
+    net.propose(1, "x");
+    net.tick_all(30);
+    assert_eq!(net.leader(), Some(NodeId(1)));
+    assert_eq!(net.replica(1).status().promised, ballot, "same leadership");
+    assert_eq!(net.replica(3).leader(), Some(NodeId(1)));
+    assert_eq!(net.commands(3), vec!["x"]);
+}
+
+#[test]
+fn a_replica_restarts_from_its_storage() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for i in 0..10 {
+        net.propose(1, &format!("c{i}"));
+    }
+    net.stabilize();
+    let before = net.replica(2).status();
+    net.crash(2);
+    for i in 10..20 {
+        net.propose(1, &format!("c{i}"));
+    }
+    net.stabilize();
+    net.restart(2);
+    let after = net.replica(2).status();
+    assert_eq!(
+        after.promised, before.promised,
+        "the promise survives the restart"
+    );
+    assert_eq!(
+        after.chosen, before.chosen,
+        "the chosen mark survives the restart"
+    );
+    assert_eq!(after.incarnation, before.incarnation + 1);
+    net.tick_all(10);
+    let expected: Vec<String> = (0..20).map(|i| format!("c{i}")).collect();
+    assert_eq!(
+        net.commands(2),
+        expected,
+        "caught up by fetching chosen entries"
+    );
+}
+
+#[test]
+fn a_restarted_leader_never_reuses_proposal_ids() {
+    let mut net = Net::new(1);
+    net.elect(1);
+    let first = net.propose(1, "a");
+    net.crash(1);
+    net.restart(1);
+    net.elect(1);
+    let second = net.propose(1, "b");
+    assert_ne!(first, second);
+    assert!(second.incarnation > first.incarnation);
+}
+
+#[test]
+fn busy_past_the_uncommitted_backlog_hands_the_command_back() {
+    let mut net = Net::with(3, |config| {
+        config.uncommitted_bytes_max = 100;
+        config.uncommitted_entries_max = 1000;
+    });
+    net.elect(1);
+    net.isolate(2);
+    net.isolate(3);
+    let mut accepted = 0;
+    let error = loop {
+        match net.replica_mut(1).propose(Bytes::from(vec![7u8; 10])) {
+            Ok(_) => accepted += 1,
+            Err(error) => break error,
+        }
+        assert!(accepted <= 10, "the bound must hold");
+    };
+    assert_eq!(accepted, 10);
+    assert_eq!(
+        error,
+        ProposeError::Busy {
+            command: Bytes::from(vec![7u8; 10])
+        }
+    );
+    // Entry-count bound too.
+    let mut net = Net::with(3, |config| config.uncommitted_entries_max = 3);
+    net.elect(1);
+    net.isolate(2);
+    net.isolate(3);
+    for _ in 0..3 {
+        net.replica_mut(1)
+            .propose(Bytes::from_static(b"x"))
+            .unwrap();
+    }
+    assert!(matches!(
+        net.replica_mut(1).propose(Bytes::from_static(b"y")),
+        Err(ProposeError::Busy { .. })
+    ));
+}
+
+#[test]
+fn not_leader_carries_the_right_hint_and_the_command() {
+    let mut net = Net::with(3, |config| config.forward_proposals = false);
+    let command = Bytes::from_static(b"c");
+    match net.replica_mut(2).propose(command.clone()) {
+        Err(ProposeError::NotLeader {
+            hint: None,
+            command: back,
+        }) => assert_eq!(back, command),
+        other => panic!("before any election: {other:?}"),
+    }
+    net.elect(3);
+    match net.replica_mut(2).propose(command.clone()) {
+        Err(ProposeError::NotLeader {
+            hint,
+            command: back,
+        }) => {
+            assert_eq!(hint, Some(NodeId(3)));
+            assert_eq!(back, command);
+        }
+        other => panic!("expected NotLeader: {other:?}"),
+    }
+}
+
+#[test]
+fn followers_forward_proposals_to_the_leader() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    let id = net.propose(2, "via follower");
+    net.stabilize();
+    assert_eq!(id.node, NodeId(2));
+    for node in 1..=3 {
+        assert_eq!(net.commands(node), vec!["via follower"]);
+    }
+    let committed = net.applied(2).values().find_map(|value| match value {
+        Value::Command { id, .. } => Some(*id),
+        Value::Noop => None,
+    });
+    assert_eq!(
+        committed,
+        Some(id),
+        "the proposer can match its command by id"
+    );
+}
+
+#[test]
+fn followers_learn_the_chosen_mark_without_waiting_for_new_proposals() {
+    // The chosen mark travels at once in a Commit, so a single in-flight proposal applies on
+    // every replica within one round trip plus one message.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "only");
+    net.stabilize();
+    for id in 1..=3 {
+        assert_eq!(net.commands(id), vec!["only"], "n{id}");
+    }
+    assert!(net
+        .sent
+        .iter()
+        .any(|message| matches!(message.body, Body::Commit { .. })));
+}
+
+#[test]
+fn bad_input_is_refused_without_changing_state() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "x");
+    net.stabilize();
+    let replica = net.replica_mut(2);
+    let before = replica.status();
+    let ballot = Ballot::new(99, NodeId(1));
+    let entry = |slot| Entry {
+        slot,
+        ballot,
+        value: Value::Noop,
+    };
+    let cases = [
+        (
+            Message {
+                from: NodeId(9),
+                to: NodeId(2),
+                body: Body::Heartbeat { ballot, chosen: 1 },
+            },
+            "unknown node",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(3),
+                body: Body::Heartbeat { ballot, chosen: 1 },
+            },
+            "wrong recipient",
+        ),
+        (
+            Message {
+                from: NodeId(3),
+                to: NodeId(2),
+                body: Body::Heartbeat { ballot, chosen: 1 },
+            },
+            "ballot of another node",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::Accept {
+                    ballot,
+                    chosen: 0,
+                    entries: vec![entry(5), entry(7)],
+                },
+            },
+            "gap in Accept",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::Accept {
+                    ballot,
+                    chosen: 0,
+                    entries: vec![Entry {
+                        slot: 5,
+                        ballot: Ballot::new(1, NodeId(1)),
+                        value: Value::Noop,
+                    }],
+                },
+            },
+            "entry ballot differs",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::Accept {
+                    ballot,
+                    chosen: 0,
+                    entries: vec![entry(0)],
+                },
+            },
+            "slot zero",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::Accepted {
+                    ballot,
+                    first_slot: 9,
+                    last_slot: 3,
+                },
+            },
+            "inverted range",
+        ),
+        (
+            Message {
+                from: NodeId(3),
+                to: NodeId(2),
+                body: Body::Promise {
+                    ballot,
+                    first_slot: 4,
+                    accepted: vec![entry(2)],
+                    chosen: 0,
+                },
+            },
+            "promise below first slot",
+        ),
+        (
+            Message {
+                from: NodeId(2),
+                to: NodeId(2),
+                body: Body::Forward { commands: vec![] },
+            },
+            "from itself",
+        ),
+    ];
+    for (message, case) in cases {
+        let error = replica.step(message).expect_err(case);
+        match (case, &error) {
+            ("unknown node", StepError::UnknownNode(NodeId(9)))
+            | ("wrong recipient", StepError::WrongRecipient { .. }) => {}
+            (_, StepError::Malformed { .. })
+                if case != "unknown node" && case != "wrong recipient" => {}
+            _ => panic!("{case}: unexpected {error:?}"),
+        }
+        assert!(
+            !replica.has_ready() || replica.status().dropped_messages > 0,
+            "{case}"
+        );
+    }
+    let mut after = replica.status();
+    assert_eq!(after.dropped_messages, before.dropped_messages + 9);
+    after.dropped_messages = before.dropped_messages;
+    assert_eq!(after, before, "refused input changed nothing");
+}
+
+#[test]
+fn a_lagging_replica_fetches_chosen_entries() {
+    let mut net = Net::with(3, |config| config.fetch_bytes_max = 8);
+    net.elect(1);
+    net.isolate(3);
+    for i in 0..30 {
+        net.propose(1, &format!("c{i:02}"));
+    }
+    net.stabilize();
+    net.heal();
+    net.tick_all(10);
+    let expected: Vec<String> = (0..30).map(|i| format!("c{i:02}")).collect();
+    assert_eq!(net.commands(3), expected);
+    let fetches = net
+        .sent
+        .iter()
+        .filter(|message| matches!(message.body, Body::Fetch { .. }))
+        .count();
+    assert!(
+        fetches >= 2,
+        "small fetch_bytes_max makes the catch-up take several round trips: {fetches}"
+    );
+}
+
+#[test]
+fn an_acceptor_never_accepts_below_its_promise() {
+    // Paxos Made Simple §2.2, P1a.
+    let mut replica = Replica::new(common::config(2, 3), Recovered::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    let high = Ballot::new(5, NodeId(3));
+    let low = Ballot::new(4, NodeId(1));
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::Prepare {
+                ballot: high,
+                first_slot: 1,
+            },
+        })
+        .unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    let entries = vec![Entry {
+        slot: 1,
+        ballot: low,
+        value: Value::Noop,
+    }];
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot: low,
+                chosen: 0,
+                entries,
+            },
+        })
+        .unwrap();
+    let mut ready = replica.ready();
+    assert!(ready.persist().entries.is_empty(), "nothing accepted");
+    let replies = ready.take_messages();
+    assert_eq!(
+        replies,
+        vec![Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Reject {
+                ballot: low,
+                promised: high
+            }
+        }]
+    );
+    assert!(ready.take_persisted_messages().is_empty());
+}
+
+#[test]
+fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
+    // Paxos Made Simple §2.2, phase 1b: the promise carries the accepted proposals.
+    let mut replica = Replica::new(common::config(2, 3), Recovered::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    let first = Ballot::new(1, NodeId(1));
+    let data = Bytes::from_static(b"v");
+    let value = Value::Command {
+        id: Default::default(),
+        data,
+    };
+    let entries = vec![Entry {
+        slot: 1,
+        ballot: first,
+        value: value.clone(),
+    }];
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot: first,
+                chosen: 0,
+                entries,
+            },
+        })
+        .unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    let second = Ballot::new(2, NodeId(3));
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::Prepare {
+                ballot: second,
+                first_slot: 1,
+            },
+        })
+        .ok();
+    // Stickiness: n2 heard from n1 just now, so it ignores the Prepare...
+    assert!(!replica.has_ready() || replica.ready().take_persisted_messages().is_empty());
+    // ...until the leader has been silent for a whole election timeout.
+    for _ in 0..replica.config().election_ticks {
+        replica.tick();
+    }
+    while replica.has_ready() {
+        let ready = replica.ready();
+        replica.advance(ready);
+    }
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::Prepare {
+                ballot: second,
+                first_slot: 1,
+            },
+        })
+        .unwrap();
+    let mut ready = replica.ready();
+    let promise = ready.take_persisted_messages();
+    match &promise[..] {
+        [Message {
+            body: Body::Promise {
+                ballot, accepted, ..
+            },
+            ..
+        }] => {
+            assert_eq!(*ballot, second);
+            assert_eq!(
+                accepted,
+                &vec![Entry {
+                    slot: 1,
+                    ballot: first,
+                    value
+                }]
+            );
+        }
+        other => panic!("expected one promise: {other:?}"),
+    }
+}
