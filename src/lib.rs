@@ -1,4 +1,86 @@
-//! synod
+//! # synod — embeddable Multi-Paxos for Rust
+//!
+//! synod's heart is a **sans-IO** Multi-Paxos [`Replica`]: a plain struct you feed messages,
+//! ticks and proposals, and that hands back what to persist, what to send and what was chosen.
+//! It owns no socket, file, thread or clock, so you embed it in any runtime, test it
+//! deterministically, and run it in the [simulator](sim).
+//!
+//! ## The event loop, step by step
+//!
+//! A replica is built from a [`Config`] (identity, members, timeouts in ticks, limits) and the
+//! state its [`Storage`] recovered:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use synod::{Config, MemStorage, NodeId, Replica, Storage};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+//! let mut storages: Vec<MemStorage> = (0..3).map(|_| MemStorage::new()).collect();
+//! let mut replicas = Vec::new();
+//! for (index, id) in members.iter().enumerate() {
+//!     let recovered = storages[index].recover()?; // empty on a fresh node
+//!     replicas.push(Replica::new(Config::new(*id, members.clone()), recovered)?);
+//! }
+//! # let mut network: Vec<synod::Message> = Vec::new();
+//! # let mut applied: Vec<Vec<Bytes>> = vec![Vec::new(); 3];
+//! # let mut proposed = false;
+//! # for _round in 0..200 {
+//! // 1. Time passes in ticks: elections, heartbeats and retransmissions count them.
+//! for replica in &mut replicas {
+//!     replica.tick();
+//! }
+//! // 2. Messages from peers go to `step`; bad input is an Err, never a panic.
+//! for message in std::mem::take(&mut network) {
+//!     let to = replicas.iter().position(|r| r.id() == message.to).unwrap();
+//!     replicas[to].step(message)?;
+//! }
+//! // 3. Commands go to `propose` (on a follower they are forwarded to the leader).
+//! if let Some(leader) = replicas.iter_mut().find(|r| r.is_leader()) {
+//!     # if !proposed {
+//!     leader.propose(Bytes::from_static(b"set x = 1"))?;
+//!     # proposed = true; }
+//! }
+//! // 4. Drain the work, in this order.
+//! for (index, replica) in replicas.iter_mut().enumerate() {
+//!     while replica.has_ready() {
+//!         let mut ready = replica.ready();
+//!         network.extend(ready.take_messages()); // safe to send before the write
+//!         storages[index].write(ready.persist())?; // atomic; fsync if must_sync
+//!         network.extend(ready.take_persisted_messages()); // promises: only once durable
+//!         for entry in ready.take_committed() {
+//!             // chosen entries, in slot order, exactly once
+//!             if let synod::Value::Command { data, .. } = entry.value {
+//!                 applied[index].push(data);
+//!             }
+//!         }
+//!         replica.advance(ready); // or on_persisted(number) when the write finishes later
+//!     }
+//! }
+//! # }
+//! # for log in &applied { assert_eq!(log, &vec![Bytes::from_static(b"set x = 1")]); }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The contracts behind that loop:
+//! - **Persistence before promise.** A Promise or Accepted is never in `take_messages`; it
+//!   waits in `take_persisted_messages` for the write it depends on. The leader counts its own
+//!   vote only once its write is acknowledged.
+//! - **Asynchronous storage.** You may take the next ready before the previous write finishes;
+//!   acknowledge writes in order with [`Replica::on_persisted`]. One fsync then covers every
+//!   proposal of the batch (group commit).
+//! - **Time is ticks.** Randomized election timeouts come from a seeded RNG
+//!   ([`Config::seed`]): the same inputs in the same order give the same outputs.
+//! - **Bounded.** Every window and backlog has a limit in [`Config`]; past it
+//!   [`Replica::propose`] returns [`ProposeError::Busy`] with the command handed back.
+//!
+//! ## Modules
+//! - [`replica`]: the Multi-Paxos replica (the protocol is described there).
+//! - [`storage`]: the [`Storage`] trait and [`MemStorage`].
+//! - [`transport`]: the [`Transport`] trait and the framed wire codec.
+//! - [`sim`]: the deterministic simulator with fault injection and safety checkers.
+//! - [`quorum`], [`types`], [`message`], [`config`], [`error`]: the vocabulary.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -20,3 +102,8 @@ pub use replica::{Event, Ready, Replica, Role, Status};
 pub use storage::{MemStorage, Recovered, Storage, WriteBatch};
 pub use transport::Transport;
 pub use types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -301,7 +301,11 @@ impl Replica {
             return Err(error);
         }
         let Message { from, body, .. } = message;
-        if let Some(ballot) = body.ballot() {
+        // Pre-vote ballots are hypothetical: only real ones raise the round to beat.
+        if let (Some(ballot), false) = (
+            body.ballot(),
+            matches!(body, Body::PreVote { .. } | Body::PreVoteReply { .. }),
+        ) {
             self.round_seen = self.round_seen.max(ballot.round);
         }
         match body {

@@ -1,0 +1,193 @@
+//! Seed sweeps of the deterministic simulator.
+//!
+//! ```text
+//! cargo run --release --example sim -- --seeds 10000 --nodes 3
+//! cargo run --release --example sim -- --seed 1234 --nodes 5      # replay one seed
+//! cargo run --release --example sim -- --seeds 200 --faults loss,crash
+//! ```
+//!
+//! Every seed runs a safety phase with faults on (checkers after every step), then a liveness
+//! phase (faults off, everything healed: a new command must commit everywhere within a bound).
+//! A failure prints the seed, the violated property, the tail of the run's log and the command
+//! that replays exactly that seed.
+
+use clap::Parser;
+use std::io::Write;
+use std::time::Instant;
+use synod::sim::{Faults, SimConfig, SimStats, Simulation};
+
+#[derive(Parser, Debug)]
+#[command(about = "Run the synod simulator over many seeds")]
+struct Args {
+    /// Number of seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// First seed of the sweep.
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
+    /// Replay exactly this one seed (overrides --seeds/--first-seed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Replicas per cluster.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Steps of the safety phase.
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    /// Step bound of the liveness phase.
+    #[arg(long, default_value_t = 4000)]
+    liveness_steps: u64,
+    /// Faults to inject: "all", "none", or a comma list of
+    /// loss,duplicate,delay,crash,partition,disk.
+    #[arg(long, default_value = "all")]
+    faults: String,
+    /// Run every seed twice and require identical trace hashes.
+    #[arg(long)]
+    check_determinism: bool,
+}
+
+fn faults(spec: &str) -> Result<Faults, String> {
+    if spec == "all" {
+        return Ok(Faults::all());
+    }
+    let all = Faults::all();
+    let mut faults = Faults::none();
+    if spec == "none" {
+        return Ok(faults);
+    }
+    for name in spec.split(',') {
+        match name.trim() {
+            "loss" => faults.loss = all.loss,
+            "duplicate" => faults.duplicate = all.duplicate,
+            "delay" => faults.delay_ticks_max = all.delay_ticks_max,
+            "crash" => {
+                faults.crash = all.crash;
+                faults.restart = all.restart;
+            }
+            "partition" => {
+                faults.partition = all.partition;
+                faults.heal = all.heal;
+            }
+            "disk" => faults.write_delay_ticks_max = all.write_delay_ticks_max,
+            other => return Err(format!("unknown fault '{other}'")),
+        }
+    }
+    Ok(faults)
+}
+
+fn run_one(
+    args: &Args,
+    faults: &Faults,
+    seed: u64,
+) -> (Simulation, Result<(), synod::sim::Violation>) {
+    let mut config = SimConfig::new(args.nodes, seed);
+    config.faults = faults.clone();
+    let mut simulation = Simulation::new(config);
+    let result = simulation
+        .run(args.steps)
+        .and_then(|()| simulation.check_liveness(args.liveness_steps));
+    (simulation, result)
+}
+
+fn add(total: &mut SimStats, stats: &SimStats) {
+    total.steps += stats.steps;
+    total.delivered += stats.delivered;
+    total.dropped += stats.dropped;
+    total.duplicated += stats.duplicated;
+    total.crashes += stats.crashes;
+    total.restarts += stats.restarts;
+    total.partitions += stats.partitions;
+    total.writes_lost += stats.writes_lost;
+    total.proposed += stats.proposed;
+    total.acknowledged += stats.acknowledged;
+    total.elections += stats.elections;
+}
+
+fn main() {
+    let args = Args::parse();
+    let faults = match faults(&args.faults) {
+        Ok(faults) => faults,
+        Err(error) => {
+            eprintln!("{error}");
+            std::process::exit(2);
+        }
+    };
+    let (first, count) = match args.seed {
+        Some(seed) => (seed, 1),
+        None => (args.first_seed, args.seeds),
+    };
+    let started = Instant::now();
+    let mut total = SimStats::default();
+    let mut failures = 0u64;
+    for seed in first..first + count {
+        let (simulation, result) = run_one(&args, &faults, seed);
+        add(&mut total, simulation.stats());
+        if args.check_determinism {
+            let (again, _) = run_one(&args, &faults, seed);
+            if again.trace_hash() != simulation.trace_hash() {
+                eprintln!(
+                    "\nseed {seed}: NOT DETERMINISTIC ({:016x} vs {:016x})",
+                    simulation.trace_hash(),
+                    again.trace_hash()
+                );
+                failures += 1;
+            }
+        }
+        if let Err(violation) = result {
+            failures += 1;
+            eprintln!("\n\nseed {seed}: VIOLATION of {}", violation.property);
+            eprintln!("  {}", violation.detail);
+            eprintln!("  last events:");
+            for line in simulation.recent() {
+                eprintln!("    {line}");
+            }
+            eprintln!(
+                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {}",
+                args.nodes, args.steps, args.liveness_steps, args.faults
+            );
+        }
+        if count > 1 && ((seed - first) % 50 == 49 || seed + 1 == first + count) {
+            let done = seed - first + 1;
+            let width = 40;
+            let filled = (done * width / count) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{count} seeds, {failures} failing",
+                "#".repeat(filled),
+                ".".repeat(width as usize - filled)
+            );
+            std::io::stderr().flush().ok();
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let runs = if args.check_determinism {
+        2 * count
+    } else {
+        count
+    };
+    println!();
+    println!("| seeds | nodes | steps | delivered | dropped | duplicated | crashes | lost writes | partitions | elections | proposed | acknowledged | violations |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {count} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {failures} |",
+        args.nodes,
+        total.steps,
+        total.delivered,
+        total.dropped,
+        total.duplicated,
+        total.crashes,
+        total.writes_lost,
+        total.partitions,
+        total.elections,
+        total.proposed,
+        total.acknowledged
+    );
+    println!(
+        "{:.1} seeds/s, {:.0} messages delivered/s, {:.0} steps/s ({runs} runs in {seconds:.1} s)",
+        runs as f64 / seconds,
+        total.delivered as f64 / seconds,
+        total.steps as f64 / seconds
+    );
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}
