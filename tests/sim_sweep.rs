@@ -55,3 +55,51 @@ fn same_seed_same_trace() {
     assert_eq!(first.trace_hash(), second.trace_hash());
     assert_eq!(first.stats(), second.stats());
 }
+
+/// Runs seeds with a deliberate bug until a checker fires; returns the property it names.
+fn first_violation(bugs: synod::sim::Bugs) -> &'static str {
+    for seed in 0..200 {
+        let mut config = SimConfig::new(3, seed);
+        config.bugs = bugs.clone();
+        let mut simulation = Simulation::new(config);
+        if let Err(violation) = simulation.run(2_000) {
+            return violation.property;
+        }
+    }
+    panic!("no checker caught {bugs:?} in 200 seeds");
+}
+
+#[test]
+fn checkers_catch_an_application_that_sends_promises_early() {
+    let bugs = synod::sim::Bugs {
+        send_before_persist: true,
+        ..Default::default()
+    };
+    assert_eq!(first_violation(bugs), "check_persistence_before_promise");
+}
+
+#[test]
+fn checkers_catch_a_disk_that_lies_about_fsync() {
+    let bugs = synod::sim::Bugs {
+        lying_disk: true,
+        ..Default::default()
+    };
+    let property = first_violation(bugs);
+    assert!(
+        [
+            "check_promise_never_regresses",
+            "check_one_value_chosen_per_slot",
+            "check_one_value_per_ballot"
+        ]
+        .contains(&property),
+        "{property}"
+    );
+}
+
+#[test]
+fn liveness_checker_fails_when_the_bound_is_too_short() {
+    let mut simulation = Simulation::new(SimConfig::new(3, 3));
+    simulation.run(300).unwrap();
+    let violation = simulation.check_liveness(1).unwrap_err();
+    assert_eq!(violation.property, "check_liveness");
+}

@@ -155,11 +155,22 @@ impl Checker {
     }
 
     /// Node `index` restarted with `recovered`: it must remember its last durable promise.
-    pub(crate) fn on_restart(&mut self, index: usize, recovered: &Recovered) {
-        assert_eq!(
-            recovered.hard_state.promised, self.promised[index],
-            "storage must return the last durable promise"
-        );
+    pub(crate) fn on_restart(
+        &mut self,
+        index: usize,
+        recovered: &Recovered,
+    ) -> Result<(), Violation> {
+        if recovered.hard_state.promised < self.promised[index] {
+            return Err(Violation::new(
+                "check_promise_never_regresses",
+                format!(
+                    "node index {index} restarted with promise {} after promising {}",
+                    recovered.hard_state.promised, self.promised[index]
+                ),
+            ));
+        }
+        self.promised[index] = recovered.hard_state.promised;
+        Ok(())
     }
 
     /// Node `index` releases `message` after a write: what it reveals must be durable.
@@ -264,5 +275,187 @@ impl Checker {
             self.applied_by.entry(*id).or_default().insert(index);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each checker catches a deliberately broken input.
+    use super::*;
+    use crate::types::HardState;
+
+    fn ballot(round: u64) -> Ballot {
+        Ballot::new(round, NodeId(1))
+    }
+
+    fn command(checker: &mut Checker, sequence: u64, data: &'static str) -> Value {
+        let id = ProposalId {
+            node: NodeId(1),
+            incarnation: 1,
+            sequence,
+        };
+        checker.on_proposed(id, Bytes::from_static(data.as_bytes()));
+        Value::Command {
+            id,
+            data: Bytes::from_static(data.as_bytes()),
+        }
+    }
+
+    fn accept(
+        checker: &mut Checker,
+        index: usize,
+        slot: Slot,
+        round: u64,
+        value: &Value,
+    ) -> Result<(), Violation> {
+        let batch = WriteBatch {
+            hard_state: None,
+            entries: vec![Entry {
+                slot,
+                ballot: ballot(round),
+                value: value.clone(),
+            }],
+            must_sync: true,
+        };
+        checker.on_durable(index, &batch)
+    }
+
+    #[test]
+    fn catches_two_values_chosen_in_one_slot() {
+        let mut checker = Checker::new(3);
+        let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
+        accept(&mut checker, 0, 1, 1, &a).unwrap();
+        accept(&mut checker, 1, 1, 1, &a).unwrap();
+        accept(&mut checker, 1, 1, 2, &b).unwrap();
+        let violation = accept(&mut checker, 2, 1, 2, &b).unwrap_err();
+        assert_eq!(violation.property, "check_one_value_chosen_per_slot");
+    }
+
+    #[test]
+    fn catches_two_values_in_one_ballot() {
+        let mut checker = Checker::new(3);
+        let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
+        accept(&mut checker, 0, 1, 1, &a).unwrap();
+        assert_eq!(
+            accept(&mut checker, 1, 1, 1, &b).unwrap_err().property,
+            "check_one_value_per_ballot"
+        );
+    }
+
+    #[test]
+    fn catches_a_value_never_proposed() {
+        let mut checker = Checker::new(3);
+        let forged = Value::Command {
+            id: ProposalId::default(),
+            data: Bytes::from_static(b"forged"),
+        };
+        assert_eq!(
+            accept(&mut checker, 0, 1, 1, &forged).unwrap_err().property,
+            "check_chosen_were_proposed"
+        );
+    }
+
+    #[test]
+    fn catches_a_promise_going_backwards() {
+        let mut checker = Checker::new(3);
+        let write = |round| WriteBatch {
+            hard_state: Some(HardState {
+                promised: ballot(round),
+                chosen: 0,
+                incarnation: 1,
+            }),
+            entries: vec![],
+            must_sync: true,
+        };
+        checker.on_durable(0, &write(5)).unwrap();
+        assert_eq!(
+            checker.on_durable(0, &write(4)).unwrap_err().property,
+            "check_promise_never_regresses"
+        );
+        let recovered = Recovered {
+            hard_state: HardState {
+                promised: ballot(3),
+                chosen: 0,
+                incarnation: 1,
+            },
+            entries: vec![],
+        };
+        assert_eq!(
+            checker.on_restart(0, &recovered).unwrap_err().property,
+            "check_promise_never_regresses"
+        );
+    }
+
+    #[test]
+    fn catches_a_promise_released_before_its_write() {
+        let mut checker = Checker::new(3);
+        let storage = MemStorage::new();
+        let promise = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Promise {
+                ballot: ballot(1),
+                first_slot: 1,
+                accepted: vec![],
+                chosen: 0,
+            },
+        };
+        let violation = checker.on_release(1, &storage, &promise).unwrap_err();
+        assert_eq!(violation.property, "check_persistence_before_promise");
+        let accepted = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Accepted {
+                ballot: Ballot::ZERO,
+                first_slot: 1,
+                last_slot: 1,
+            },
+        };
+        let violation = checker.on_release(1, &storage, &accepted).unwrap_err();
+        assert_eq!(violation.property, "check_persistence_before_promise");
+    }
+
+    #[test]
+    fn catches_two_leaders_in_one_ballot() {
+        let mut checker = Checker::new(3);
+        checker.on_leader(0, NodeId(1), ballot(1)).unwrap();
+        assert_eq!(
+            checker
+                .on_leader(0, NodeId(1), ballot(1))
+                .unwrap_err()
+                .property,
+            "check_one_leader_per_ballot"
+        );
+        assert_eq!(
+            checker
+                .on_leader(1, NodeId(2), ballot(2))
+                .unwrap_err()
+                .property,
+            "check_one_leader_per_ballot"
+        );
+    }
+
+    #[test]
+    fn catches_applying_what_was_not_chosen_or_diverging_logs() {
+        let mut checker = Checker::new(3);
+        let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
+        let entry = |value: &Value| Entry {
+            slot: 1,
+            ballot: ballot(1),
+            value: value.clone(),
+        };
+        assert_eq!(
+            checker.on_applied(0, &entry(&a)).unwrap_err().property,
+            "check_applied_were_chosen"
+        );
+        accept(&mut checker, 0, 1, 1, &a).unwrap();
+        accept(&mut checker, 1, 1, 1, &a).unwrap();
+        checker.on_applied(0, &entry(&a)).unwrap();
+        // Force a diverging application past the chosen check to reach the prefix checker.
+        checker.chosen.insert(1, b.clone());
+        assert_eq!(
+            checker.on_applied(1, &entry(&b)).unwrap_err().property,
+            "check_consistent_applied_prefixes"
+        );
     }
 }

@@ -69,6 +69,18 @@ impl Faults {
     }
 }
 
+/// Deliberately broken application behaviour, to prove that the checkers catch it. Never enable
+/// these outside tests of the checkers themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The application sends promises and acceptances before their write is durable (breaks
+    /// persistence before promise).
+    pub send_before_persist: bool,
+    /// The disk acknowledges syncs it does not perform: a crash loses acknowledged writes (the
+    /// node forgets promises and acceptances it revealed).
+    pub lying_disk: bool,
+}
+
 /// How to build a simulation.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -82,6 +94,8 @@ pub struct SimConfig {
     pub propose_rate: f64,
     /// Template for every replica's [`Config`] (`id`, `members` and `seed` are set per node).
     pub replica: Config,
+    /// Deliberate bugs (all off by default).
+    pub bugs: Bugs,
 }
 
 impl SimConfig {
@@ -97,6 +111,7 @@ impl SimConfig {
             faults: Faults::all(),
             propose_rate: 0.3,
             replica,
+            bugs: Bugs::default(),
         }
     }
 }
@@ -143,6 +158,8 @@ struct SimNode {
     config: Config,
     replica: Option<Replica>,
     storage: MemStorage,
+    /// What a lying disk really made durable (only with `Bugs::lying_disk`).
+    truly_synced: MemStorage,
     writes: VecDeque<PendingWrite>,
     /// The next slot this incarnation expects to apply.
     next_apply: Slot,
@@ -176,6 +193,8 @@ pub struct Simulation {
     faults_on: bool,
     /// A short log of recent happenings, printed with a violation.
     recent: VecDeque<String>,
+    /// A violation found outside `step`'s own checks (at a restart), reported by `step`.
+    violation: Option<Violation>,
 }
 
 impl Simulation {
@@ -200,6 +219,7 @@ impl Simulation {
                     id,
                     config: replica_config,
                     replica: Some(replica),
+                    truly_synced: storage.clone(),
                     storage,
                     writes: VecDeque::new(),
                     next_apply: 1,
@@ -221,6 +241,7 @@ impl Simulation {
             command_counter: 0,
             faults_on: true,
             recent: VecDeque::new(),
+            violation: None,
         }
     }
 
@@ -310,6 +331,9 @@ impl Simulation {
             self.stats.crashes += 1;
             self.stats.writes_lost += node.writes.len() as u64;
             node.writes.clear();
+            if self.config.bugs.lying_disk {
+                node.storage = node.truly_synced.clone();
+            }
             node.pending.clear();
             self.note(format!("crash {id}"));
         }
@@ -326,7 +350,9 @@ impl Simulation {
             return;
         }
         let recovered = node.storage.recover().expect("MemStorage cannot fail");
-        self.checker.on_restart(index, &recovered);
+        if let Err(violation) = self.checker.on_restart(index, &recovered) {
+            self.violation.get_or_insert(violation);
+        }
         node.replica =
             Some(Replica::new(node.config.clone(), recovered).expect("recoverable state"));
         node.next_apply = 1;
@@ -370,7 +396,10 @@ impl Simulation {
             self.complete_writes(index)?;
             self.drain_ready(index)?;
         }
-        Ok(())
+        match self.violation.take() {
+            Some(violation) => Err(violation),
+            None => Ok(()),
+        }
     }
 
     /// Runs `steps` steps.
@@ -628,7 +657,14 @@ impl Simulation {
             };
             let complete_at = self.now + self.below(delay + 1);
             let batch = ready.persist().clone();
-            let messages = ready.take_persisted_messages();
+            let mut messages = ready.take_persisted_messages();
+            if self.config.bugs.send_before_persist {
+                for message in messages.drain(..) {
+                    self.checker
+                        .on_release(index, &self.nodes[index].storage, &message)?;
+                    self.send(message);
+                }
+            }
             self.nodes[index].writes.push_back(PendingWrite {
                 complete_at,
                 number,

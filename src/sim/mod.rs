@@ -12,4 +12,4 @@ mod checkers;
 mod cluster;
 
 pub use checkers::Violation;
-pub use cluster::{Faults, SimConfig, SimStats, Simulation};
+pub use cluster::{Bugs, Faults, SimConfig, SimStats, Simulation};
