@@ -833,3 +833,74 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
         other => panic!("expected one promise: {other:?}"),
     }
 }
+
+#[test]
+fn the_window_bounds_messages_and_bytes_in_flight_per_follower() {
+    let mut net = Net::with(3, |config| {
+        config.inflight_msgs_max = 3;
+        config.accept_bytes_max = 10;
+        config.inflight_bytes_max = 25;
+    });
+    net.elect(1);
+    net.isolate(3);
+    net.sent.clear();
+    for _ in 0..50 {
+        net.replica_mut(1)
+            .propose(Bytes::from(vec![1u8; 10]))
+            .unwrap();
+    }
+    net.process(NodeId(1));
+    let to_three: Vec<&Message> = net
+        .sent
+        .iter()
+        .filter(|message| message.to == NodeId(3) && is_accept(message))
+        .collect();
+    assert_eq!(
+        to_three.len(),
+        3,
+        "the byte window (25) admits three 10-byte Accepts"
+    );
+    for message in &to_three {
+        if let Body::Accept { entries, .. } = &message.body {
+            assert_eq!(
+                entries.len(),
+                1,
+                "accept_bytes_max = 10 fits one 10-byte command"
+            );
+        }
+    }
+    let status = net.replica(1).status();
+    let three = status
+        .followers
+        .iter()
+        .find(|follower| follower.id == NodeId(3))
+        .unwrap();
+    assert_eq!(three.inflight_msgs, 3);
+    assert_eq!(three.inflight_bytes, 30);
+    // The healthy follower's window drains as it acknowledges: everything commits.
+    net.stabilize();
+    assert_eq!(net.commands(2).len(), 50);
+}
+
+#[test]
+fn a_restarted_leader_may_campaign_at_once_among_its_own_followers() {
+    // Stickiness protects a live leader from others; a campaign by the leader itself (it
+    // restarted) is not held against it by the followers that still trust it.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    net.crash(1);
+    net.restart(1);
+    for _ in 0..100 {
+        if net.replica(1).is_leader() {
+            break;
+        }
+        net.tick(1); // only n1's clock moves: n2 and n3 still trust n1 as leader
+        net.stabilize();
+    }
+    assert!(net.replica(1).is_leader());
+    net.propose(1, "b");
+    net.stabilize();
+    assert_eq!(net.commands(2), vec!["a", "b"]);
+}

@@ -14,7 +14,7 @@ impl Replica {
             self.send(from, Body::Reject { ballot, promised });
             return;
         }
-        if ballot > self.hard.promised && self.in_leader_lease() {
+        if ballot > self.hard.promised && self.in_leader_lease(from) {
             // Leader stickiness: a live leader is known; do not help depose it.
             tracing::debug!(node = %self.config.id, %ballot, "prepare ignored: leader is live");
             return;

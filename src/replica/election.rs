@@ -10,11 +10,14 @@ impl Replica {
     /// True while this replica believes a leader is alive: it leads, or heard from the leader
     /// within `election_ticks`. Pre-votes are denied and Prepares ignored meanwhile (leader
     /// stickiness).
-    pub(super) fn in_leader_lease(&self) -> bool {
+    ///
+    /// A campaign by the very leader this replica follows is not held against it: that leader
+    /// is evidently no longer leading (it restarted, or stepped down).
+    pub(super) fn in_leader_lease(&self, candidate: NodeId) -> bool {
         match self.role {
             Role::Leader => true,
             _ => {
-                self.leader.is_some()
+                self.leader.is_some_and(|leader| leader != candidate)
                     && self.now - self.leader_heard_tick < u64::from(self.config.election_ticks)
             }
         }
@@ -64,8 +67,9 @@ impl Replica {
     }
 
     pub(super) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot, chosen: Slot) {
-        let granted =
-            !self.in_leader_lease() && ballot > self.hard.promised && chosen >= self.hard.chosen;
+        let granted = !self.in_leader_lease(from)
+            && ballot > self.hard.promised
+            && chosen >= self.hard.chosen;
         let promised = self.hard.promised;
         self.send(
             from,

@@ -79,6 +79,8 @@ impl Replica {
             let to = self.members[index];
             let progress = &mut leadership.followers[index];
             let mut sent_accept = false;
+            // Chosen slots need no more votes; a follower lacking them fetches them.
+            progress.next_slot = progress.next_slot.max(chosen + 1);
             while progress.next_slot < next_slot
                 && progress.has_room(
                     self.config.inflight_msgs_max,
