@@ -85,6 +85,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod driver;
 pub mod error;
 mod log;
 pub mod message;

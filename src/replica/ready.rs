@@ -80,6 +80,12 @@ impl Ready {
         &self.write
     }
 
+    /// Takes the write out of the ready, for a writer that completes it later (asynchronous
+    /// storage); acknowledge it with `on_persisted(number)` once durable.
+    pub fn take_persist(&mut self) -> WriteBatch {
+        std::mem::take(&mut self.write)
+    }
+
     /// Messages that may be sent before the write (or concurrently with it).
     pub fn take_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.messages)

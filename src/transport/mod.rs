@@ -4,6 +4,9 @@
 //! never blocks the replica and may drop a message (a full queue, a broken connection).
 
 pub mod codec;
+mod local;
+
+pub use local::LocalTransport;
 
 use crate::message::Message;
 

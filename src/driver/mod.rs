@@ -1,0 +1,455 @@
+//! Runs a [`Replica`] over a [`Storage`] and a [`Transport`] with `futures`, on any runtime.
+//!
+//! The [`Driver`] owns the replica and runs the Ready loop:
+//! - ticks come from a stream you provide (a runtime timer: `tokio::time::interval`,
+//!   `async_io::Timer::interval`, ...), so the driver itself needs no particular runtime;
+//! - inbound messages come from a stream (your transport's receiving side);
+//! - proposals come from [`Handle`]s;
+//! - committed entries go out, in slot order, on a bounded channel ([`Committed`]); a slow
+//!   consumer slows the driver down rather than growing a queue;
+//! - writes go to a dedicated storage thread, off the event loop. The thread merges every
+//!   write queued behind the one in progress into a single atomic write with a single sync:
+//!   **group commit** — under load, one fsync covers many proposals. Messages that reveal a
+//!   write (promises, acceptances) are sent only when that write is durable.
+//!
+//! A storage failure stops the driver with [`DriverError::Storage`]: nothing that failed to
+//! persist is ever acknowledged.
+
+use crate::error::{ProposeError, StorageError};
+use crate::message::Message;
+use crate::replica::{Replica, Status};
+use crate::storage::{Storage, WriteBatch};
+use crate::transport::Transport;
+use crate::types::{Entry, ProposalId, Slot, Value};
+use bytes::Bytes;
+use futures::channel::{mpsc, oneshot};
+use futures::stream::BoxStream;
+use futures::{FutureExt, SinkExt, StreamExt};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// Limits of the driver's own queues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Committed entries buffered for the application before the driver waits for it.
+    pub committed_capacity: usize,
+    /// Requests (proposals, status) buffered from handles.
+    pub request_capacity: usize,
+    /// Proposals waiting for their commit through [`Handle::propose_and_wait`].
+    pub waiters_max: usize,
+    /// Writes merged into one storage write (one sync) at most.
+    pub group_commit_writes_max: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> DriverConfig {
+        DriverConfig {
+            committed_capacity: 4096,
+            request_capacity: 4096,
+            waiters_max: 65_536,
+            group_commit_writes_max: 1024,
+        }
+    }
+}
+
+/// Why the driver stopped.
+#[derive(Debug, Error)]
+pub enum DriverError {
+    /// A storage write failed. The node must stop: restart it from its storage (after fixing
+    /// the disk) so it never acknowledges what it did not persist.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// The storage thread could not be started or died.
+    #[error("storage thread failed: {0}")]
+    StorageThread(String),
+}
+
+/// A proposal made through a [`Handle`] failed.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProposalError {
+    /// The replica refused it (not leader and not forwarding, or busy): see [`ProposeError`].
+    #[error(transparent)]
+    Rejected(#[from] ProposeError),
+    /// The driver has stopped. The command is handed back.
+    #[error("the driver has stopped")]
+    Stopped {
+        /// The command, handed back.
+        command: Bytes,
+    },
+    /// The driver stopped (or its waiter table was full) before the command committed; it may
+    /// still commit later. Retry with a session to make the retry exactly-once.
+    #[error("the outcome of the proposal is unknown")]
+    Unknown,
+}
+
+/// What the driver answers a proposal with: the id, and a receiver of the commit slot if the
+/// caller waits for it.
+type ProposeReply = Result<(ProposalId, Option<oneshot::Receiver<Slot>>), ProposalError>;
+
+enum Request {
+    Propose {
+        command: Bytes,
+        wait: bool,
+        reply:
+            oneshot::Sender<Result<(ProposalId, Option<oneshot::Receiver<Slot>>), ProposalError>>,
+    },
+    Status {
+        reply: oneshot::Sender<Status>,
+    },
+}
+
+/// Submits proposals to a running [`Driver`] and queries it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Propose { command, .. } => {
+                write!(formatter, "Propose({} bytes)", command.len())
+            }
+            Request::Status { .. } => write!(formatter, "Status"),
+        }
+    }
+}
+
+impl Handle {
+    /// Proposes `command`; returns its id once the replica took it (not once committed: watch
+    /// [`Committed`] for the id, or use [`propose_and_wait`](Handle::propose_and_wait)).
+    ///
+    /// # Errors
+    /// [`ProposalError::Rejected`] with the replica's reason (the command is inside);
+    /// [`ProposalError::Stopped`] if the driver is gone.
+    pub async fn propose(&mut self, command: Bytes) -> Result<ProposalId, ProposalError> {
+        self.submit(command, false).await.map(|(id, _)| id)
+    }
+
+    /// Proposes `command` and waits until this node applies it; returns its id and slot.
+    ///
+    /// A proposal forwarded to a leader that then fails may never commit: wrap this in your
+    /// runtime's timeout and retry (idempotently, see [`crate::session`]).
+    ///
+    /// # Errors
+    /// As [`propose`](Handle::propose), plus [`ProposalError::Unknown`] if the driver stopped
+    /// before the command committed.
+    pub async fn propose_and_wait(
+        &mut self,
+        command: Bytes,
+    ) -> Result<(ProposalId, Slot), ProposalError> {
+        let (id, receiver) = self.submit(command, true).await?;
+        let receiver = receiver.ok_or(ProposalError::Unknown)?;
+        let slot = receiver.await.map_err(|_| ProposalError::Unknown)?;
+        Ok((id, slot))
+    }
+
+    async fn submit(&mut self, command: Bytes, wait: bool) -> ProposeReply {
+        let (reply, response) = oneshot::channel();
+        let ready = futures::future::poll_fn(|context| self.requests.poll_ready(context)).await;
+        if ready.is_err() {
+            return Err(ProposalError::Stopped { command });
+        }
+        let request = Request::Propose {
+            command,
+            wait,
+            reply,
+        };
+        if let Err(error) = self.requests.try_send(request) {
+            let command = match error.into_inner() {
+                Request::Propose { command, .. } => command,
+                Request::Status { .. } => Bytes::new(),
+            };
+            return Err(ProposalError::Stopped { command });
+        }
+        response.await.map_err(|_| ProposalError::Unknown)?
+    }
+
+    /// The replica's current [`Status`], or `None` if the driver has stopped.
+    pub async fn status(&mut self) -> Option<Status> {
+        let (reply, response) = oneshot::channel();
+        self.requests.send(Request::Status { reply }).await.ok()?;
+        response.await.ok()
+    }
+}
+
+/// The stream of committed entries, in slot order, each exactly once (no-ops included: skip
+/// them).
+pub type Committed = mpsc::Receiver<Entry>;
+
+/// A write handed to the storage thread.
+struct WriteJob {
+    number: u64,
+    batch: WriteBatch,
+    messages: Vec<Message>,
+}
+
+/// A write (or several merged ones) made durable.
+struct Completed {
+    number: u64,
+    messages: Vec<Message>,
+    merged_writes: usize,
+}
+
+/// Counts kept by the driver, for monitoring and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Ready batches handed to the storage thread.
+    pub writes: u64,
+    /// Storage writes performed (each a merge of one or more ready batches).
+    pub storage_writes: u64,
+    /// Messages refused by `Replica::step`.
+    pub refused_messages: u64,
+}
+
+/// Runs a replica: see the [module documentation](self).
+pub struct Driver<S, T> {
+    replica: Replica,
+    storage: Option<S>,
+    transport: T,
+    ticks: BoxStream<'static, ()>,
+    inbound: BoxStream<'static, Message>,
+    requests: mpsc::Receiver<Request>,
+    committed: mpsc::Sender<Entry>,
+    waiters: BTreeMap<ProposalId, oneshot::Sender<Slot>>,
+    config: DriverConfig,
+    stats: DriverStats,
+}
+
+impl<S, T> std::fmt::Debug for Driver<S, T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Driver")
+            .field("id", &self.replica.id())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<S, T> Driver<S, T>
+where
+    S: Storage + Send + 'static,
+    T: Transport,
+{
+    /// Builds a driver around `replica` (built from what `storage` recovered). Returns the
+    /// driver (run it with [`run`](Driver::run)), a [`Handle`] and the [`Committed`] stream.
+    pub fn new(
+        replica: Replica,
+        storage: S,
+        transport: T,
+        ticks: BoxStream<'static, ()>,
+        inbound: BoxStream<'static, Message>,
+        config: DriverConfig,
+    ) -> (Driver<S, T>, Handle, Committed) {
+        let (request_sender, requests) = mpsc::channel(config.request_capacity);
+        let (committed, committed_receiver) = mpsc::channel(config.committed_capacity);
+        let driver = Driver {
+            replica,
+            storage: Some(storage),
+            transport,
+            ticks,
+            inbound,
+            requests,
+            committed,
+            waiters: BTreeMap::new(),
+            config,
+            stats: DriverStats::default(),
+        };
+        (
+            driver,
+            Handle {
+                requests: request_sender,
+            },
+            committed_receiver,
+        )
+    }
+
+    /// Runs the event loop until the tick stream ends (a clean stop: pending writes finish
+    /// first) or storage fails.
+    ///
+    /// # Errors
+    /// [`DriverError::Storage`] if a write failed; [`DriverError::StorageThread`] if the
+    /// storage thread could not run.
+    pub async fn run(mut self) -> Result<DriverStats, DriverError> {
+        let storage = self.storage.take().expect("run is called once");
+        let (job_sender, job_receiver) = std::sync::mpsc::channel::<WriteJob>();
+        let (done_sender, done) = mpsc::unbounded::<Result<Completed, StorageError>>();
+        let group_max = self.config.group_commit_writes_max;
+        let writer = std::thread::Builder::new()
+            .name(format!("synod-storage-{}", self.replica.id()))
+            .spawn(move || write_loop(storage, job_receiver, done_sender, group_max))
+            .map_err(|error| DriverError::StorageThread(error.to_string()))?;
+        let result = self.event_loop(&job_sender, done).await;
+        drop(job_sender);
+        writer
+            .join()
+            .map_err(|_| DriverError::StorageThread("panicked".to_string()))?;
+        result.map(|()| self.stats)
+    }
+
+    async fn event_loop(
+        &mut self,
+        jobs: &std::sync::mpsc::Sender<WriteJob>,
+        mut done: mpsc::UnboundedReceiver<Result<Completed, StorageError>>,
+    ) -> Result<(), DriverError> {
+        let mut inbound_open = true;
+        let mut requests_open = true;
+        let mut in_progress = 0u64;
+        loop {
+            self.drain(jobs, &mut in_progress).await?;
+            futures::select_biased! {
+                completed = done.next() => {
+                    let completed = completed.ok_or_else(|| DriverError::StorageThread("stopped".into()))??;
+                    self.on_completed(completed, &mut in_progress);
+                }
+                message = next_if(&mut self.inbound, inbound_open).fuse() => match message {
+                    Some(message) => {
+                        if self.replica.step(message).is_err() {
+                            self.stats.refused_messages += 1;
+                        }
+                    }
+                    None => inbound_open = false,
+                },
+                request = next_if(&mut self.requests, requests_open).fuse() => match request {
+                    Some(request) => self.handle(request),
+                    None => requests_open = false,
+                },
+                tick = self.ticks.next().fuse() => match tick {
+                    Some(()) => {
+                        self.replica.tick();
+                        self.waiters.retain(|_, waiter| !waiter.is_canceled());
+                    }
+                    None => break,
+                },
+            }
+        }
+        // Clean stop: let the writes already queued finish so their messages are not lost.
+        while in_progress > 0 {
+            match done.next().await {
+                Some(Ok(completed)) => self.on_completed(completed, &mut in_progress),
+                Some(Err(error)) => return Err(error.into()),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// A write is durable: release the messages that revealed it, then count own votes.
+    fn on_completed(&mut self, completed: Completed, in_progress: &mut u64) {
+        *in_progress -= completed.merged_writes as u64;
+        self.stats.storage_writes += 1;
+        self.transport.send_all(completed.messages);
+        self.replica.on_persisted(completed.number);
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Status { reply } => {
+                let _ = reply.send(self.replica.status());
+            }
+            Request::Propose {
+                command,
+                wait,
+                reply,
+            } => {
+                if wait && self.waiters.len() >= self.config.waiters_max {
+                    let _ = reply.send(Err(ProposeError::Busy { command }.into()));
+                    return;
+                }
+                let result = match self.replica.propose(command) {
+                    Ok(id) if wait => {
+                        let (sender, receiver) = oneshot::channel();
+                        self.waiters.insert(id, sender);
+                        Ok((id, Some(receiver)))
+                    }
+                    Ok(id) => Ok((id, None)),
+                    Err(error) => Err(error.into()),
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Hands out every ready: messages now, the write to the storage thread, committed entries
+    /// to the application (waiting for room: backpressure).
+    async fn drain(
+        &mut self,
+        jobs: &std::sync::mpsc::Sender<WriteJob>,
+        in_progress: &mut u64,
+    ) -> Result<(), DriverError> {
+        while self.replica.has_ready() {
+            let mut ready = self.replica.ready();
+            self.transport.send_all(ready.take_messages());
+            let committed = ready.take_committed();
+            let job = WriteJob {
+                number: ready.number(),
+                batch: ready.take_persist(),
+                messages: ready.take_persisted_messages(),
+            };
+            jobs.send(job)
+                .map_err(|_| DriverError::StorageThread("stopped".into()))?;
+            *in_progress += 1;
+            self.stats.writes += 1;
+            for entry in committed {
+                if let Value::Command { id, .. } = &entry.value {
+                    if let Some(waiter) = self.waiters.remove(id) {
+                        let _ = waiter.send(entry.slot);
+                    }
+                }
+                // A closed receiver means the application does not read entries: drop them.
+                let _ = self.committed.send(entry).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next item of `stream` while `open`; otherwise never ready (a closed input is ignored).
+async fn next_if<St: futures::Stream + Unpin>(stream: &mut St, open: bool) -> Option<St::Item> {
+    if open {
+        stream.next().await
+    } else {
+        futures::future::pending().await
+    }
+}
+
+/// The storage thread: writes jobs in order, merging every job already queued (up to
+/// `group_max`) into one atomic write with one sync.
+fn write_loop<S: Storage>(
+    mut storage: S,
+    jobs: std::sync::mpsc::Receiver<WriteJob>,
+    done: mpsc::UnboundedSender<Result<Completed, StorageError>>,
+    group_max: usize,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut number = first.number;
+        let mut batch = first.batch;
+        let mut messages = first.messages;
+        let mut merged_writes = 1;
+        while merged_writes < group_max {
+            let Ok(next) = jobs.try_recv() else { break };
+            number = next.number;
+            if next.batch.hard_state.is_some() {
+                batch.hard_state = next.batch.hard_state;
+            }
+            batch.entries.extend(next.batch.entries);
+            batch.must_sync |= next.batch.must_sync;
+            messages.extend(next.messages);
+            merged_writes += 1;
+        }
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            storage.write(&batch)
+        };
+        let outcome = result.map(|()| Completed {
+            number,
+            messages,
+            merged_writes,
+        });
+        let failed = outcome.is_err();
+        if done.unbounded_send(outcome).is_err() || failed {
+            return;
+        }
+    }
+}

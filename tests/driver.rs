@@ -1,0 +1,263 @@
+//! The futures driver: three replicas on in-process channels, real threads for storage, a
+//! ticker thread for time. Checks ordered delivery everywhere and group commit.
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::executor::block_on;
+use futures::{FutureExt, StreamExt};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use synod::driver::{Driver, DriverConfig, Handle, ProposalError};
+use synod::storage::{Recovered, WriteBatch};
+use synod::transport::LocalTransport;
+use synod::{
+    Config, Entry, MemStorage, NodeId, ProposeError, Replica, Slot, Storage, StorageError, Value,
+};
+
+/// MemStorage whose syncs take a while (like a disk) and are counted.
+struct SlowStorage {
+    inner: MemStorage,
+    syncs: Arc<AtomicU64>,
+    entries_written: Arc<AtomicU64>,
+}
+
+impl Storage for SlowStorage {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        self.inner.recover()
+    }
+
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.inner.write(batch)?;
+        self.entries_written
+            .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
+        if batch.must_sync {
+            std::thread::sleep(Duration::from_micros(500));
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(first, last)
+    }
+}
+
+struct Node {
+    handle: Handle,
+    committed: mpsc::Receiver<Entry>,
+    syncs: Arc<AtomicU64>,
+}
+
+async fn wait_for_leader(handles: &mut [Handle], ticks: &mut mpsc::UnboundedReceiver<()>) -> usize {
+    loop {
+        for (index, handle) in handles.iter_mut().enumerate() {
+            if handle
+                .status()
+                .await
+                .is_some_and(|status| status.role == synod::Role::Leader)
+            {
+                return index;
+            }
+        }
+        ticks.next().await;
+    }
+}
+
+async fn take_commands(committed: &mut mpsc::Receiver<Entry>, count: usize) -> Vec<Bytes> {
+    let mut commands = Vec::new();
+    while commands.len() < count {
+        let entry = committed.next().await.expect("driver running");
+        if let Value::Command { data, .. } = entry.value {
+            commands.push(data);
+        }
+    }
+    commands
+}
+
+#[test]
+fn three_drivers_replicate_in_order_with_group_commit() {
+    let ids: Vec<NodeId> = (1..=3).map(NodeId).collect();
+    let mesh = LocalTransport::mesh(&ids, 65_536);
+    let mut drivers = Vec::new();
+    let mut nodes = Vec::new();
+    let mut tickers = Vec::new();
+    for ((transport, inbox), id) in mesh.into_iter().zip(&ids) {
+        let mut config = Config::new(*id, ids.clone());
+        config.uncommitted_entries_max = 100_000;
+        let mut storage = SlowStorage {
+            inner: MemStorage::new(),
+            syncs: Arc::new(AtomicU64::new(0)),
+            entries_written: Arc::new(AtomicU64::new(0)),
+        };
+        let replica = Replica::new(config, storage.recover().unwrap()).unwrap();
+        let (tick_sender, ticks) = mpsc::unbounded();
+        tickers.push(tick_sender);
+        let syncs = storage.syncs.clone();
+        let (driver, handle, committed) = Driver::new(
+            replica,
+            storage,
+            transport,
+            ticks.boxed(),
+            inbox.boxed(),
+            DriverConfig::default(),
+        );
+        drivers.push(driver.run());
+        nodes.push(Node {
+            handle,
+            committed,
+            syncs,
+        });
+    }
+    // A ticker thread: one tick per millisecond to every driver and to the test body.
+    let (test_tick_sender, mut test_ticks) = mpsc::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for sender in &tickers {
+                    let _ = sender.unbounded_send(());
+                }
+                let _ = test_tick_sender.unbounded_send(());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    const COUNT: usize = 3_000;
+    let body = async {
+        let mut handles: Vec<Handle> = nodes.iter().map(|node| node.handle.clone()).collect();
+        let leader = wait_for_leader(&mut handles, &mut test_ticks).await;
+        let follower = (leader + 1) % 3;
+        // A follower's proposal is forwarded and awaited to its commit.
+        let (id, slot) = loop {
+            match handles[follower]
+                .propose_and_wait(Bytes::from_static(b"first"))
+                .await
+            {
+                Ok(done) => break done,
+                Err(ProposalError::Rejected(
+                    ProposeError::Busy { .. } | ProposeError::NotLeader { .. },
+                )) => {
+                    test_ticks.next().await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert_eq!(id.node, NodeId(follower as u64 + 1));
+        assert!(slot >= 1);
+        let syncs_before = nodes[leader].syncs.load(Ordering::Relaxed);
+        // Pipeline many proposals at the leader without waiting for each.
+        let mut sent = 0;
+        while sent < COUNT {
+            match handles[leader]
+                .propose(Bytes::from(format!("c{sent}")))
+                .await
+            {
+                Ok(_) => sent += 1,
+                Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
+                    test_ticks.next().await;
+                }
+                Err(other) => panic!("{other}"),
+            }
+        }
+        let mut logs = Vec::new();
+        for node in &mut nodes {
+            logs.push(take_commands(&mut node.committed, COUNT + 1).await);
+        }
+        let syncs = nodes[leader].syncs.load(Ordering::Relaxed) - syncs_before;
+        (logs, syncs)
+    };
+    let all_drivers = futures::future::join_all(drivers);
+    let (logs, syncs) = block_on(async {
+        futures::select! {
+            result = body.fuse() => result,
+            _ = all_drivers.fuse() => panic!("drivers stopped early"),
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    ticker.join().unwrap();
+    let expected: Vec<Bytes> = std::iter::once(Bytes::from_static(b"first"))
+        .chain((0..COUNT).map(|i| Bytes::from(format!("c{i}"))))
+        .collect();
+    for log in &logs {
+        assert_eq!(log, &expected);
+    }
+    let per_sync = COUNT as f64 / syncs.max(1) as f64;
+    assert!(
+        per_sync > 2.0,
+        "group commit: {COUNT} proposals took {syncs} syncs at the leader"
+    );
+    eprintln!(
+        "group commit: {COUNT} proposals, {syncs} leader syncs, {per_sync:.1} proposals per sync"
+    );
+}
+
+/// Storage that fails every write.
+struct BrokenDisk;
+
+impl Storage for BrokenDisk {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        Ok(Recovered::default())
+    }
+
+    fn write(&mut self, _batch: &WriteBatch) -> Result<(), StorageError> {
+        Err(StorageError::Io {
+            path: "disk0".to_string(),
+            source: std::io::Error::other("device gone"),
+        })
+    }
+
+    fn entries(&mut self, _first: Slot, _last: Slot) -> Result<Vec<Entry>, StorageError> {
+        Ok(Vec::new())
+    }
+}
+
+#[test]
+fn a_failed_write_stops_the_driver_with_the_storage_error() {
+    let config = Config::new(NodeId(1), vec![NodeId(1)]);
+    let replica = Replica::new(config, Recovered::default()).unwrap();
+    let ticks = futures::stream::repeat(()).boxed();
+    let inbound = futures::stream::pending().boxed();
+    let (driver, mut handle, _committed) = Driver::new(
+        replica,
+        BrokenDisk,
+        Vec::new(),
+        ticks,
+        inbound,
+        DriverConfig::default(),
+    );
+    let error = block_on(driver.run()).expect_err("the write fails");
+    assert!(
+        matches!(
+            error,
+            synod::driver::DriverError::Storage(StorageError::Io { .. })
+        ),
+        "{error}"
+    );
+    // Handles see the driver is gone, and get their command back.
+    let command = Bytes::from_static(b"x");
+    assert_eq!(
+        block_on(handle.propose(command.clone())),
+        Err(ProposalError::Stopped { command })
+    );
+}
+
+#[test]
+fn the_driver_stops_cleanly_when_ticks_end() {
+    let config = Config::new(NodeId(1), vec![NodeId(1)]);
+    let mut storage = MemStorage::new();
+    let replica = Replica::new(config, storage.recover().unwrap()).unwrap();
+    let ticks = futures::stream::iter(std::iter::repeat_n((), 200)).boxed();
+    let inbound = futures::stream::pending().boxed();
+    let (driver, _handle, _committed) = Driver::new(
+        replica,
+        storage,
+        Vec::new(),
+        ticks,
+        inbound,
+        DriverConfig::default(),
+    );
+    let stats = block_on(driver.run()).expect("clean stop");
+    assert!(stats.writes >= 1 && stats.storage_writes >= 1, "{stats:?}");
+}
