@@ -90,8 +90,7 @@ enum Request {
     Propose {
         command: Bytes,
         wait: bool,
-        reply:
-            oneshot::Sender<Result<(ProposalId, Option<oneshot::Receiver<Slot>>), ProposalError>>,
+        reply: oneshot::Sender<ProposeReply>,
     },
     Status {
         reply: oneshot::Sender<Status>,
