@@ -46,6 +46,11 @@ impl VoteSet {
         self.0 == 0
     }
 
+    /// True if every voter of `other` is in this set.
+    pub fn contains_all(&self, other: VoteSet) -> bool {
+        self.0 & other.0 == other.0
+    }
+
     /// True if the set holds at least a majority of `members` voters.
     pub fn is_majority_of(&self, members: usize) -> bool {
         self.len() >= majority(members)

@@ -81,9 +81,25 @@ impl Checker {
         self.acknowledged.insert(id);
     }
 
-    /// True if every one of `nodes` applied command `id`.
-    pub(crate) fn applied_everywhere(&self, id: ProposalId, nodes: usize) -> bool {
-        self.applied_by.get(&id).is_some_and(|by| by.len() == nodes)
+    /// True if every node in `nodes` applied command `id`.
+    pub(crate) fn applied_by_all(&self, id: ProposalId, nodes: VoteSet) -> bool {
+        self.applied_by
+            .get(&id)
+            .is_some_and(|by| by.contains_all(nodes))
+    }
+
+    /// Every command acknowledged to its proposer was applied by every node in `nodes` (called
+    /// once they have all applied past a later command).
+    pub(crate) fn check_acknowledged_survive(&self, nodes: VoteSet) -> Result<(), Violation> {
+        for id in &self.acknowledged {
+            if !self.applied_by_all(*id, nodes) {
+                return Err(Violation::new(
+                    "check_acknowledged_survive",
+                    format!("acknowledged command {id:?} is missing from a live node"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A write of node `index` became durable.

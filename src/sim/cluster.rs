@@ -15,7 +15,7 @@ use crate::types::{Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
 /// Fault knobs. Probabilities are per message or per node per step; all in `0.0..=1.0`.
@@ -37,6 +37,24 @@ pub struct Faults {
     pub heal: f64,
     /// Writes complete `0..=write_delay_ticks_max` steps after the ready that asked for them.
     pub write_delay_ticks_max: u64,
+    /// At a crash, each unfinished write (in order) reached the disk anyway with this
+    /// probability: the node restarts with state it never acknowledged. The rest are lost.
+    pub unsynced_kept: f64,
+    /// A live node pauses (no ticks, no deliveries; messages to it wait) for up to
+    /// `pause_ticks_max` steps.
+    pub pause: f64,
+    /// The longest pause.
+    pub pause_ticks_max: u64,
+    /// A link is clogged: messages on it are held for up to `clog_ticks_max` steps.
+    pub clog: f64,
+    /// The longest clog.
+    pub clog_ticks_max: u64,
+    /// Each node's clock runs at a rate drawn from `1 ± tick_skew` (ticks per step).
+    pub tick_skew: f64,
+    /// At a restart, the disk reports corruption (detected by checksums) with this
+    /// probability: the node refuses to start and stays down for good. At most a minority of
+    /// nodes is ever lost this way.
+    pub corrupt_disk: f64,
 }
 
 impl Faults {
@@ -51,6 +69,13 @@ impl Faults {
             partition: 0.0,
             heal: 0.0,
             write_delay_ticks_max: 0,
+            unsynced_kept: 0.0,
+            pause: 0.0,
+            pause_ticks_max: 0,
+            clog: 0.0,
+            clog_ticks_max: 0,
+            tick_skew: 0.0,
+            corrupt_disk: 0.0,
         }
     }
 
@@ -65,6 +90,13 @@ impl Faults {
             partition: 0.005,
             heal: 0.03,
             write_delay_ticks_max: 2,
+            unsynced_kept: 0.5,
+            pause: 0.002,
+            pause_ticks_max: 40,
+            clog: 0.003,
+            clog_ticks_max: 30,
+            tick_skew: 0.3,
+            corrupt_disk: 0.02,
         }
     }
 }
@@ -133,6 +165,14 @@ pub struct SimStats {
     pub restarts: u64,
     /// Partitions started.
     pub partitions: u64,
+    /// Unfinished writes that reached the disk anyway at a crash.
+    pub writes_kept: u64,
+    /// Pauses injected.
+    pub pauses: u64,
+    /// Links clogged.
+    pub clogs: u64,
+    /// Disks found corrupt at restart (nodes lost for good).
+    pub corrupt_disks: u64,
     /// Writes lost to crashes.
     pub writes_lost: u64,
     /// Commands proposed (accepted by `propose`).
@@ -165,6 +205,13 @@ struct SimNode {
     next_apply: Slot,
     /// Proposals made through this node, not yet seen committed.
     pending: BTreeSet<ProposalId>,
+    /// The node does nothing before this step.
+    paused_until: u64,
+    /// Ticks per step (clock skew), and the fraction of a tick carried over.
+    tick_rate: f64,
+    tick_carry: f64,
+    /// The disk was found corrupt: the node never starts again.
+    lost: bool,
 }
 
 #[derive(Debug)]
@@ -185,6 +232,8 @@ pub struct Simulation {
     message_sequence: u64,
     /// Directed links that drop everything: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Directed links whose messages are held until the given step.
+    clogged: BTreeMap<(NodeId, NodeId), u64>,
     checker: Checker,
     stats: SimStats,
     trace: Fnv,
@@ -224,10 +273,14 @@ impl Simulation {
                     writes: VecDeque::new(),
                     next_apply: 1,
                     pending: BTreeSet::new(),
+                    paused_until: 0,
+                    tick_rate: 1.0,
+                    tick_carry: 0.0,
+                    lost: false,
                 }
             })
             .collect();
-        Simulation {
+        let mut simulation = Simulation {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
             checker: Checker::new(config.nodes),
             config,
@@ -236,12 +289,24 @@ impl Simulation {
             network: Vec::new(),
             message_sequence: 0,
             blocked: BTreeSet::new(),
+            clogged: BTreeMap::new(),
             stats: SimStats::default(),
             trace: Fnv::new(),
             command_counter: 0,
             faults_on: true,
             recent: VecDeque::new(),
             violation: None,
+        };
+        simulation.assign_clock_rates();
+        simulation
+    }
+
+    /// Draws each node's clock rate from `1 ± tick_skew`.
+    fn assign_clock_rates(&mut self) {
+        let skew = self.config.faults.tick_skew;
+        for index in 0..self.nodes.len() {
+            let unit = self.rng.next_u64() as f64 / u64::MAX as f64;
+            self.nodes[index].tick_rate = 1.0 + skew * (2.0 * unit - 1.0);
         }
     }
 
@@ -291,8 +356,11 @@ impl Simulation {
     /// Ends every fault: heals partitions and restarts crashed nodes.
     pub fn heal_all(&mut self) {
         self.blocked.clear();
+        self.clogged.clear();
         for index in 0..self.nodes.len() {
-            if self.nodes[index].replica.is_none() {
+            self.nodes[index].paused_until = 0;
+            self.nodes[index].tick_rate = 1.0;
+            if self.nodes[index].replica.is_none() && !self.nodes[index].lost {
                 self.restart(self.nodes[index].id);
             }
         }
@@ -329,8 +397,33 @@ impl Simulation {
         let node = &mut self.nodes[index];
         if node.replica.take().is_some() {
             self.stats.crashes += 1;
-            self.stats.writes_lost += node.writes.len() as u64;
-            node.writes.clear();
+            // Unfinished writes reach the disk in order; a prefix of them may have made it.
+            let writes = std::mem::take(&mut node.writes);
+            let mut kept_all_so_far = true;
+            for write in writes {
+                let kept = kept_all_so_far
+                    && self.faults_on
+                    && self.config.faults.unsynced_kept > 0.0
+                    && (self.rng.next_u64() as f64 / u64::MAX as f64)
+                        < self.config.faults.unsynced_kept;
+                kept_all_so_far = kept;
+                let node = &mut self.nodes[index];
+                if kept {
+                    node.storage
+                        .write(&write.batch)
+                        .expect("MemStorage cannot fail");
+                    node.truly_synced
+                        .write(&write.batch)
+                        .expect("MemStorage cannot fail");
+                    self.stats.writes_kept += 1;
+                    if let Err(violation) = self.checker.on_durable(index, &write.batch) {
+                        self.violation.get_or_insert(violation);
+                    }
+                } else {
+                    self.stats.writes_lost += 1;
+                }
+            }
+            let node = &mut self.nodes[index];
             if self.config.bugs.lying_disk {
                 node.storage = node.truly_synced.clone();
             }
@@ -346,9 +439,19 @@ impl Simulation {
     pub fn restart(&mut self, id: NodeId) {
         let index = self.index(id);
         let node = &mut self.nodes[index];
-        if node.replica.is_some() {
+        if node.replica.is_some() || node.lost {
             return;
         }
+        let lost_nodes = self.nodes.iter().filter(|node| node.lost).count();
+        let minority = (self.config.nodes - 1) / 2;
+        if self.faults_on && lost_nodes < minority && self.chance(self.config.faults.corrupt_disk) {
+            // The disk's checksums caught corruption: the node refuses to start, for good.
+            self.nodes[index].lost = true;
+            self.stats.corrupt_disks += 1;
+            self.note(format!("{id}: corrupt disk, node lost"));
+            return;
+        }
+        let node = &mut self.nodes[index];
         let recovered = node.storage.recover().expect("MemStorage cannot fail");
         if let Err(violation) = self.checker.on_restart(index, &recovered) {
             self.violation.get_or_insert(violation);
@@ -388,11 +491,23 @@ impl Simulation {
         }
         self.deliver_due()?;
         for index in 0..self.nodes.len() {
-            if let Some(replica) = self.nodes[index].replica.as_mut() {
-                replica.tick();
+            let node = &mut self.nodes[index];
+            if node.paused_until > self.now {
+                continue;
+            }
+            node.tick_carry += node.tick_rate;
+            let ticks = node.tick_carry.floor();
+            node.tick_carry -= ticks;
+            if let Some(replica) = node.replica.as_mut() {
+                for _ in 0..ticks as u64 {
+                    replica.tick();
+                }
             }
         }
         for index in 0..self.nodes.len() {
+            if self.nodes[index].paused_until > self.now {
+                continue; // a paused process runs nothing, not even its completions
+            }
             self.complete_writes(index)?;
             self.drain_ready(index)?;
         }
@@ -434,20 +549,54 @@ impl Simulation {
                         probe = self.propose(leader, data).map(|id| (leader, id));
                     }
                 }
-                Some((_, id)) => {
-                    if self.checker.applied_everywhere(id, self.config.nodes) {
-                        return Ok(());
+                Some((proposer, id)) => {
+                    let live = self.live_set();
+                    if self.checker.applied_by_all(id, live) {
+                        return self.checker.check_acknowledged_survive(live);
                     }
-                    if self.leaders().is_empty() {
-                        probe = None; // leadership moved before it committed: try again
+                    if self.leaders() != [proposer] {
+                        // Leadership moved before the probe was chosen; an unchosen value may
+                        // be lost (Paxos promises nothing for it): probe the new leader.
+                        probe = None;
                     }
                 }
             }
         }
+        let mut states = String::new();
+        for node in &self.nodes {
+            let state = match (&node.replica, node.lost) {
+                (_, true) => "lost (corrupt disk)".to_string(),
+                (None, false) => "down".to_string(),
+                (Some(replica), false) => {
+                    let status = replica.status();
+                    format!(
+                        "{:?} promised {} leader {:?} chosen {} applied {} last {}",
+                        status.role,
+                        status.promised,
+                        status.leader,
+                        status.chosen,
+                        status.applied,
+                        status.last_slot
+                    )
+                }
+            };
+            states.push_str(&format!("\n    {}: {state}", node.id));
+        }
         Err(Violation::new(
             "check_liveness",
-            format!("no probe command applied on every node within {steps_max} steps"),
+            format!("no probe command applied on every live node within {steps_max} steps; probe {probe:?}{states}"),
         ))
+    }
+
+    /// The nodes not lost to disk corruption, as a vote set of indexes.
+    fn live_set(&self) -> crate::quorum::VoteSet {
+        let mut live = crate::quorum::VoteSet::EMPTY;
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !node.lost {
+                live.insert(index);
+            }
+        }
+        live
     }
 
     // ---- internals ----
@@ -510,6 +659,23 @@ impl Simulation {
             }
             self.note(format!("partition around {victim}"));
         }
+        for index in 0..self.nodes.len() {
+            if self.nodes[index].replica.is_some() && self.chance(faults.pause) {
+                let steps = 1 + self.below(faults.pause_ticks_max.max(1));
+                self.nodes[index].paused_until = self.now + steps;
+                self.stats.pauses += 1;
+                let id = self.nodes[index].id;
+                self.note(format!("pause {id} for {steps}"));
+            }
+        }
+        if nodes > 1 && self.chance(faults.clog) {
+            let from = NodeId(1 + self.below(nodes));
+            let to = NodeId(1 + (from.0 + self.below(nodes - 1)) % nodes);
+            let until = self.now + 1 + self.below(faults.clog_ticks_max.max(1));
+            self.clogged.insert((from, to), until);
+            self.stats.clogs += 1;
+            self.note(format!("clog {from}->{to} until {until}"));
+        }
         if !self.blocked.is_empty() && self.chance(faults.heal) {
             self.blocked.clear();
             self.note("heal".to_string());
@@ -540,7 +706,10 @@ impl Simulation {
             self.stats.duplicated += 1;
         }
         for _ in 0..copies {
-            let deliver_at = self.now + 1 + self.below(delay + 1);
+            let mut deliver_at = self.now + 1 + self.below(delay + 1);
+            if let Some(until) = self.clogged.get(&(message.from, message.to)) {
+                deliver_at = deliver_at.max(*until);
+            }
             self.message_sequence += 1;
             self.network.push(InTransit {
                 deliver_at,
@@ -574,6 +743,15 @@ impl Simulation {
                 continue;
             }
             let to = self.index(message.to);
+            if self.nodes[to].paused_until > now {
+                let deliver_at = self.nodes[to].paused_until;
+                self.network.push(InTransit {
+                    deliver_at,
+                    sequence: transit.sequence,
+                    message,
+                });
+                continue;
+            }
             let Some(replica) = self.nodes[to].replica.as_mut() else {
                 self.stats.dropped += 1;
                 continue;
