@@ -11,6 +11,7 @@ impl Replica {
     pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot) {
         if ballot < self.hard.promised {
             let promised = self.hard.promised;
+            tracing::debug!(node = %self.config.id, %from, %ballot, %promised, "prepare rejected");
             self.send(from, Body::Reject { ballot, promised });
             return;
         }
@@ -59,6 +60,7 @@ impl Replica {
     ) {
         if ballot < self.hard.promised {
             let promised = self.hard.promised;
+            tracing::debug!(node = %self.config.id, %from, %ballot, %promised, "accept rejected");
             self.send(from, Body::Reject { ballot, promised });
             return;
         }
