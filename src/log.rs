@@ -57,10 +57,14 @@ impl Log {
             entry.slot
         );
         let index = (entry.slot - self.first) as usize;
-        if index >= self.cells.len() {
-            self.cells.resize(index + 1, None);
+        if index == self.cells.len() {
+            self.cells.push_back(Some(entry)); // the common case: the next slot
+        } else {
+            if index > self.cells.len() {
+                self.cells.resize(index + 1, None);
+            }
+            self.cells[index] = Some(entry);
         }
-        self.cells[index] = Some(entry);
         debug_assert!(self.cells.back().is_some_and(Option::is_some));
     }
 

@@ -85,6 +85,10 @@ fn three_drivers_replicate_in_order_with_group_commit() {
     for ((transport, inbox), id) in mesh.into_iter().zip(&ids) {
         let mut config = Config::new(*id, ids.clone());
         config.uncommitted_entries_max = 100_000;
+        // Ticks are real milliseconds here and CI machines stall: keep leadership stable.
+        config.election_ticks = 300;
+        config.heartbeat_ticks = 10;
+        config.retransmit_ticks = 20;
         let mut storage = SlowStorage {
             inner: MemStorage::new(),
             syncs: Arc::new(AtomicU64::new(0)),

@@ -295,7 +295,14 @@ where
         let mut requests_open = true;
         let mut in_progress = 0u64;
         loop {
-            self.drain(jobs, &mut in_progress).await?;
+            if let Err(error) = self.drain(jobs, &mut in_progress).await {
+                // The storage thread stops after a failed write: report that failure, not the
+                // closed channel it left behind.
+                while let Some(outcome) = done.next().await {
+                    outcome?;
+                }
+                return Err(error);
+            }
             futures::select_biased! {
                 completed = done.next() => {
                     let completed = completed.ok_or_else(|| DriverError::StorageThread("stopped".into()))??;

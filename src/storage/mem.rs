@@ -3,14 +3,20 @@
 use super::{Recovered, Storage, WriteBatch};
 use crate::error::StorageError;
 use crate::types::{Entry, HardState, Slot};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 
 /// Storage held in memory. Every write is "durable" at once; it survives a simulated restart
 /// of the replica as long as the `MemStorage` value itself is kept.
+///
+/// Entries live in a window indexed by slot (holes are empty cells), so the common append costs
+/// O(1).
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hard_state: HardState,
-    entries: BTreeMap<Slot, Entry>,
+    /// The slot of `cells[0]` (meaningless while `cells` is empty).
+    first: Slot,
+    cells: VecDeque<Option<Entry>>,
+    stored: usize,
     writes: u64,
     syncs: u64,
 }
@@ -38,12 +44,40 @@ impl MemStorage {
 
     /// The number of slots stored.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.stored
     }
 
     /// True if no entry is stored.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.stored == 0
+    }
+
+    /// Forgets every entry up to and including `through` (after the application saved its
+    /// state up to there).
+    pub fn compact(&mut self, through: Slot) {
+        while !self.cells.is_empty() && self.first <= through {
+            if self.cells.pop_front().flatten().is_some() {
+                self.stored -= 1;
+            }
+            self.first += 1;
+        }
+    }
+
+    fn store(&mut self, entry: Entry) {
+        if self.cells.is_empty() {
+            self.first = entry.slot;
+        }
+        while entry.slot < self.first {
+            self.cells.push_front(None);
+            self.first -= 1;
+        }
+        let index = (entry.slot - self.first) as usize;
+        if index >= self.cells.len() {
+            self.cells.resize(index + 1, None);
+        }
+        if self.cells[index].replace(entry).is_none() {
+            self.stored += 1;
+        }
     }
 }
 
@@ -51,13 +85,13 @@ impl Storage for MemStorage {
     fn recover(&mut self) -> Result<Recovered, StorageError> {
         Ok(Recovered {
             hard_state: self.hard_state,
-            entries: self.entries.values().cloned().collect(),
+            entries: self.cells.iter().flatten().cloned().collect(),
         })
     }
 
     fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
         for entry in &batch.entries {
-            self.entries.insert(entry.slot, entry.clone());
+            self.store(entry.clone());
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
@@ -70,11 +104,15 @@ impl Storage for MemStorage {
     }
 
     fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
-        Ok(self
-            .entries
-            .range(first..=last)
-            .map(|(_, entry)| entry.clone())
-            .collect())
+        if self.cells.is_empty() || last < self.first || first > last {
+            return Ok(Vec::new());
+        }
+        let from = first.saturating_sub(self.first) as usize;
+        let to = ((last - self.first) as usize + 1).min(self.cells.len());
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self.cells.range(from..to).flatten().cloned().collect())
     }
 }
 
@@ -83,14 +121,17 @@ mod tests {
     use super::*;
     use crate::types::{Ballot, NodeId, Value};
 
-    #[test]
-    fn later_entry_for_a_slot_replaces_the_earlier() {
-        let mut storage = MemStorage::new();
-        let entry = |slot, round| Entry {
+    fn entry(slot: Slot, round: u64) -> Entry {
+        Entry {
             slot,
             ballot: Ballot::new(round, NodeId(1)),
             value: Value::Noop,
-        };
+        }
+    }
+
+    #[test]
+    fn later_entry_for_a_slot_replaces_the_earlier() {
+        let mut storage = MemStorage::new();
         let batch = WriteBatch {
             hard_state: Some(HardState {
                 promised: Ballot::new(2, NodeId(1)),
@@ -106,5 +147,31 @@ mod tests {
         assert_eq!(recovered.hard_state.promised, Ballot::new(2, NodeId(1)));
         assert_eq!(storage.sync_count(), 1);
         assert_eq!(storage.entries(2, 5).unwrap(), vec![entry(2, 1)]);
+        assert_eq!(storage.len(), 2);
+    }
+
+    #[test]
+    fn holes_and_out_of_order_slots() {
+        let mut storage = MemStorage::new();
+        let batch = WriteBatch {
+            entries: vec![entry(5, 1), entry(3, 1), entry(9, 1)],
+            ..Default::default()
+        };
+        storage.write(&batch).unwrap();
+        assert_eq!(storage.len(), 3);
+        let slots: Vec<Slot> = storage
+            .recover()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|entry| entry.slot)
+            .collect();
+        assert_eq!(slots, vec![3, 5, 9]);
+        assert_eq!(storage.entries(0, 4).unwrap(), vec![entry(3, 1)]);
+        assert_eq!(storage.entries(6, 8).unwrap(), vec![]);
+        assert_eq!(storage.entries(10, 20).unwrap(), vec![]);
+        storage.compact(5);
+        assert_eq!(storage.len(), 1);
+        assert_eq!(storage.entries(0, 100).unwrap(), vec![entry(9, 1)]);
     }
 }
