@@ -12,7 +12,7 @@
 //! that replays exactly that seed.
 
 use clap::Parser;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::Instant;
 use synod::sim::{Faults, SimConfig, SimStats, Simulation};
 
@@ -133,6 +133,7 @@ fn main() {
         Some(seed) => (seed, 1),
         None => (args.first_seed, args.seeds),
     };
+    let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut total = SimStats::default();
     let mut failures = 0u64;
@@ -163,8 +164,11 @@ fn main() {
                 args.nodes, args.steps, args.liveness_steps, args.faults
             );
         }
-        if count > 1 && ((seed - first) % 50 == 49 || seed + 1 == first + count) {
-            let done = seed - first + 1;
+        let done = seed - first + 1;
+        if count > 1 && !terminal && (done % (count / 10).max(1) == 0 || done == count) {
+            eprintln!("{done}/{count} seeds, {failures} failing");
+        }
+        if count > 1 && terminal && ((seed - first) % 50 == 49 || seed + 1 == first + count) {
             let width = 40;
             let filled = (done * width / count) as usize;
             eprint!(

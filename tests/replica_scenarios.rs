@@ -904,3 +904,19 @@ fn a_restarted_leader_may_campaign_at_once_among_its_own_followers() {
     net.stabilize();
     assert_eq!(net.commands(2), vec!["a", "b"]);
 }
+
+#[test]
+fn campaign_starts_an_election_at_once_but_respects_a_live_leader() {
+    let mut net = Net::new(3);
+    net.replica_mut(2).campaign();
+    net.process(NodeId(2));
+    net.stabilize();
+    assert_eq!(net.leader(), Some(NodeId(2)), "no timeout needed");
+    // n3 campaigning while n2 leads and is heard: pre-votes are denied, nothing changes.
+    let ballot = net.replica(2).status().promised;
+    net.replica_mut(3).campaign();
+    net.process(NodeId(3));
+    net.stabilize();
+    assert_eq!(net.leader(), Some(NodeId(2)));
+    assert_eq!(net.replica(1).status().promised, ballot);
+}

@@ -39,7 +39,7 @@ impl Replica {
     /// Asks every member whether it would promise a ballot above every round seen. Changes no
     /// durable state: a replica cut off from the others can do this forever without raising
     /// anyone's promise.
-    fn start_pre_vote(&mut self) {
+    pub(super) fn start_pre_vote(&mut self) {
         self.reset_election_timer();
         if self.role == Role::Leader {
             return;

@@ -279,6 +279,15 @@ impl Replica {
         self.role == Role::Leader
     }
 
+    /// Starts an election now instead of waiting for the election timeout (an operator's
+    /// "take over", or a test). It still begins with a pre-vote, so it cannot disturb a leader
+    /// that the other replicas still hear from. Does nothing on a leader.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader {
+            self.start_pre_vote();
+        }
+    }
+
     /// Advances logical time by one tick: elections, heartbeats, retransmissions and
     /// check-quorum all count ticks.
     pub fn tick(&mut self) {
