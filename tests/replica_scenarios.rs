@@ -920,3 +920,25 @@ fn campaign_starts_an_election_at_once_but_respects_a_live_leader() {
     assert_eq!(net.leader(), Some(NodeId(2)));
     assert_eq!(net.replica(1).status().promised, ballot);
 }
+
+#[test]
+fn a_duplicated_forward_is_proposed_once() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.replica_mut(2)
+        .propose(Bytes::from_static(b"once"))
+        .unwrap();
+    net.process(NodeId(2));
+    let forward = net
+        .queue
+        .iter()
+        .find(|message| matches!(message.body, Body::Forward { .. }))
+        .cloned()
+        .expect("a forward");
+    net.queue.push(forward.clone());
+    net.queue.push(forward);
+    net.stabilize();
+    for id in 1..=3 {
+        assert_eq!(net.commands(id), vec!["once"], "n{id}");
+    }
+}

@@ -253,6 +253,7 @@ impl Replica {
             uncommitted_bytes,
             heartbeat_elapsed: 0,
             check_quorum_elapsed: 0,
+            forwarded_seen: vec![(0, 0); self.members.len()],
         });
         self.role = Role::Leader;
         self.set_leader(Some(self.config.id), ballot);

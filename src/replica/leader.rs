@@ -225,13 +225,28 @@ impl Replica {
     }
 
     /// Commands forwarded by a follower: propose them as if local, dropping what does not fit.
-    pub(super) fn on_forward(&mut self, commands: Vec<Command>) {
+    pub(super) fn on_forward(&mut self, from: NodeId, commands: Vec<Command>) {
         if self.role != Role::Leader {
             self.dropped_messages += 1;
             return; // the follower will learn the new leader and its client will retry
         }
+        let origin = self.member_index(from).expect("validated sender");
         for command in commands {
+            let key = (command.id.incarnation, command.id.sequence);
+            let seen = self
+                .leadership
+                .as_ref()
+                .expect("leader state")
+                .forwarded_seen[origin];
+            if command.id.node != from || key <= seen {
+                self.dropped_messages += 1; // a duplicate (or a forward of a forward)
+                continue;
+            }
             if self.has_room_for(command.data.len()) {
+                self.leadership
+                    .as_mut()
+                    .expect("leader state")
+                    .forwarded_seen[origin] = key;
                 self.append_command(command.id, command.data);
             } else {
                 self.dropped_messages += 1;

@@ -95,6 +95,9 @@ struct Leadership {
     heartbeat_elapsed: u32,
     /// Ticks since the last check-quorum.
     check_quorum_elapsed: u32,
+    /// The highest (incarnation, sequence) forwarded by each member and proposed: a command
+    /// at or below it is a duplicate (proposal ids only grow per origin) and is dropped.
+    forwarded_seen: Vec<(u64, u64)>,
 }
 
 /// A Multi-Paxos replica. See the [module documentation](self) for the protocol and the
@@ -351,7 +354,7 @@ impl Replica {
             Body::FetchReply {
                 entries, chosen, ..
             } => self.on_fetch_reply(from, entries, chosen),
-            Body::Forward { commands } => self.on_forward(commands),
+            Body::Forward { commands } => self.on_forward(from, commands),
         }
         Ok(())
     }
@@ -442,8 +445,10 @@ impl Replica {
     ///
     /// On the leader the command gets the next slot at once; on a follower it is forwarded to
     /// the leader (if `forward_proposals`), in which case it may be lost if the leader changes:
-    /// retry commands that do not commit within your own timeout (use [`crate::session`] to
-    /// make retries exactly-once).
+    /// retry commands that do not commit within your own timeout. A leader drops forwarded
+    /// duplicates it has already proposed, but a forward duplicated by the network across a
+    /// change of leader can commit twice under the same [`ProposalId`]: make commands
+    /// idempotent, or deduplicate on the id (or on client sessions) when applying.
     ///
     /// # Errors
     /// [`ProposeError::NotLeader`] with a leader hint (not leading and not forwarding, or no
