@@ -10,7 +10,7 @@ pub const MEMBERS_MAX: usize = 64;
 ///
 /// Timeouts are counted in ticks (calls to `tick()`); the application decides how long a tick
 /// is. Limits bound every queue and window; past them `propose` returns `Busy`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
     /// This replica's id; must be one of `members`.
     pub id: NodeId,

@@ -8,7 +8,7 @@ use crate::types::{Entry, Slot};
 use std::collections::VecDeque;
 
 /// Entries by slot, from `first` on, with holes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Log {
     /// The slot of `cells[0]`. Every slot below it was chosen, applied and compacted.
     first: Slot,

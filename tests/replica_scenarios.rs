@@ -942,3 +942,26 @@ fn a_duplicated_forward_is_proposed_once() {
         assert_eq!(net.commands(id), vec!["once"], "n{id}");
     }
 }
+
+#[test]
+fn replicas_clone_compare_and_hash_by_their_whole_state() {
+    use std::collections::hash_map::DefaultHasher;
+    use std::hash::{Hash, Hasher};
+    let hash = |replica: &Replica| {
+        let mut hasher = DefaultHasher::new();
+        replica.hash(&mut hasher);
+        hasher.finish()
+    };
+    let mut net = Net::new(3);
+    net.elect(1);
+    let original = net.replica(2).clone();
+    let mut fork = original.clone();
+    assert_eq!(fork, original);
+    assert_eq!(hash(&fork), hash(&original));
+    fork.tick();
+    assert_ne!(fork, original, "time is state");
+    let mut other = original.clone();
+    other.tick();
+    assert_eq!(fork, other, "same inputs, same state (determinism)");
+    assert_eq!(hash(&fork), hash(&other));
+}

@@ -56,7 +56,7 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, VecDeque};
 
 /// A vote of this replica's own acceptor, counted only once the write it depends on is durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum SelfVote {
     /// Promised `ballot` to itself as candidate.
     Promise(Ballot),
@@ -67,7 +67,7 @@ enum SelfVote {
 }
 
 /// Phase-1 state of a candidate.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Candidacy {
     /// The first slot the Prepare asked from (the candidate's first unchosen slot).
     first_slot: Slot,
@@ -80,7 +80,7 @@ struct Candidacy {
 }
 
 /// Phase-2 state of a leader.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Leadership {
     /// The next slot a proposal gets.
     next_slot: Slot,
@@ -102,7 +102,10 @@ struct Leadership {
 
 /// A Multi-Paxos replica. See the [module documentation](self) for the protocol and the
 /// crate documentation for the event loop.
-#[derive(Debug)]
+///
+/// `Clone`, `Eq` and `Hash` cover the whole state (the RNG by its seed and position), so a
+/// model checker can explore replica states and a test can fork one.
+#[derive(Clone, Debug)]
 pub struct Replica {
     config: Config,
     /// Sorted member ids; a member's index is its bit in vote sets.
@@ -164,6 +167,102 @@ pub struct Replica {
     persisted_number: u64,
     /// Messages refused or dropped since start, for `Status`.
     dropped_messages: u64,
+}
+
+impl Replica {
+    /// Every field but the RNG, plus the RNG's seed and position: the replica's whole state.
+    #[allow(clippy::type_complexity)]
+    fn identity(
+        &self,
+    ) -> (
+        (&Config, &Vec<NodeId>, usize, [u8; 32], u128),
+        (&HardState, bool, bool, &Log, Slot),
+        (Role, Option<NodeId>, Ballot, u64, Slot),
+        (u64, u64, u32, u32, VoteSet, Ballot),
+        (
+            &Option<Candidacy>,
+            &Option<Leadership>,
+            Option<u64>,
+            bool,
+            u64,
+            &Vec<Command>,
+        ),
+        (
+            &Vec<Message>,
+            &Vec<Message>,
+            &Vec<Entry>,
+            &Vec<Event>,
+            &Vec<SelfVote>,
+        ),
+        (&VecDeque<(u64, SelfVote)>, u64, u64, u64),
+    ) {
+        (
+            (
+                &self.config,
+                &self.members,
+                self.self_index,
+                self.rng.get_seed(),
+                self.rng.get_word_pos(),
+            ),
+            (
+                &self.hard,
+                self.hard_dirty,
+                self.hard_needs_sync,
+                &self.log,
+                self.applied,
+            ),
+            (
+                self.role,
+                self.leader,
+                self.leader_ballot,
+                self.round_seen,
+                self.leader_chosen,
+            ),
+            (
+                self.now,
+                self.leader_heard_tick,
+                self.election_elapsed,
+                self.election_timeout,
+                self.pre_votes,
+                self.pre_vote_ballot,
+            ),
+            (
+                &self.candidacy,
+                &self.leadership,
+                self.fetch_sent_tick,
+                self.incarnation_durable,
+                self.proposal_sequence,
+                &self.forward_queue,
+            ),
+            (
+                &self.messages,
+                &self.persisted_messages,
+                &self.unpersisted,
+                &self.events,
+                &self.pending_self_votes,
+            ),
+            (
+                &self.self_votes,
+                self.ready_number,
+                self.persisted_number,
+                self.dropped_messages,
+            ),
+        )
+    }
+}
+
+impl PartialEq for Replica {
+    fn eq(&self, other: &Replica) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for Replica {}
+
+impl std::hash::Hash for Replica {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
 }
 
 impl Replica {

@@ -4,7 +4,7 @@ use crate::types::Slot;
 use std::collections::VecDeque;
 
 /// One Accept sent and not yet acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Inflight {
     /// First slot of the Accept.
     pub(crate) first_slot: Slot,
@@ -17,7 +17,7 @@ pub(crate) struct Inflight {
 }
 
 /// The leader's view of one follower.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Progress {
     /// The next slot to send in a fresh Accept. Slots below it were sent at least once.
     pub(crate) next_slot: Slot,

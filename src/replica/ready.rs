@@ -5,7 +5,7 @@ use crate::storage::WriteBatch;
 use crate::types::{Ballot, Entry, NodeId};
 
 /// Something that happened inside the replica that the application may want to know.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     /// This replica started an election (phase 1) with `ballot`.
     ElectionStarted {
@@ -39,7 +39,7 @@ pub enum Event {
 }
 
 /// Why a leader stepped down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StepDownReason {
     /// An acceptor has promised a higher ballot.
     Preempted,
