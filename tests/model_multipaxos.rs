@@ -1,0 +1,291 @@
+//! Exhaustive model checking (stateright) of the real Multi-Paxos `Replica`: three replicas,
+//! a network that delivers any in-flight message in any order, loses some, and a bounded number
+//! of elections, proposals, ticks and crash-restarts. Every reachable state is checked for
+//! agreement and validity.
+//!
+//! The state is the replicas themselves (`Replica: Clone + Eq + Hash`), their durable storage
+//! and the multiset of messages in flight; each action runs the replica's Ready loop to
+//! completion with synchronous writes.
+
+use bytes::Bytes;
+use stateright::{Checker, Model, Property};
+use std::collections::BTreeMap;
+use synod::storage::WriteBatch;
+use synod::{Config, Entry, HardState, Message, NodeId, Recovered, Replica, Slot, Value};
+
+/// Durable state of one node (MemStorage is not `Hash`; this is its hashable twin).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+struct Disk {
+    hard_state: HardState,
+    entries: BTreeMap<Slot, Entry>,
+}
+
+impl Disk {
+    fn write(&mut self, batch: &WriteBatch) {
+        for entry in &batch.entries {
+            self.entries.insert(entry.slot, entry.clone());
+        }
+        if let Some(hard_state) = batch.hard_state {
+            self.hard_state = hard_state;
+        }
+    }
+
+    fn recovered(&self) -> Recovered {
+        Recovered { hard_state: self.hard_state, entries: self.entries.values().cloned().collect() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct World {
+    replicas: Vec<Option<Replica>>,
+    disks: Vec<Disk>,
+    /// Messages in flight, kept sorted by their debug form so equal multisets hash equally.
+    network: Vec<Message>,
+    /// Values applied by each node, by slot (kept across restarts).
+    applied: Vec<BTreeMap<Slot, Value>>,
+    proposed: Vec<Bytes>,
+    campaigns_left: u8,
+    proposals_left: u8,
+    drops_left: u8,
+    ticks_left: u8,
+    crashes_left: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Action {
+    Deliver(usize),
+    Drop(usize),
+    Campaign(usize),
+    Propose(usize),
+    Tick(usize),
+    Crash(usize),
+    Restart(usize),
+}
+
+struct MultiPaxos {
+    nodes: usize,
+    campaigns: u8,
+    proposals: u8,
+    drops: u8,
+    ticks: u8,
+    crashes: u8,
+}
+
+fn config(id: usize, nodes: usize) -> Config {
+    let members = (1..=nodes as u64).map(NodeId).collect();
+    let mut config = Config::new(NodeId(id as u64 + 1), members);
+    config.election_ticks = 2;
+    config.heartbeat_ticks = 1;
+    config.retransmit_ticks = 1;
+    config
+}
+
+fn message_key(message: &Message) -> String {
+    format!("{message:?}")
+}
+
+impl World {
+    /// Runs node `index`'s Ready loop to completion: synchronous writes, then messages out.
+    fn drain(&mut self, index: usize) {
+        let Some(replica) = self.replicas[index].as_mut() else { return };
+        while replica.has_ready() {
+            let mut ready = replica.ready();
+            let mut out = ready.take_messages();
+            self.disks[index].write(ready.persist());
+            out.extend(ready.take_persisted_messages());
+            for entry in ready.take_committed() {
+                self.applied[index].insert(entry.slot, entry.value);
+            }
+            replica.advance(ready);
+            self.network.extend(out);
+        }
+        self.network.sort_by_cached_key(message_key);
+    }
+}
+
+impl Model for MultiPaxos {
+    type State = World;
+    type Action = Action;
+
+    fn init_states(&self) -> Vec<World> {
+        let mut world = World {
+            replicas: (0..self.nodes)
+                .map(|index| Some(Replica::new(config(index, self.nodes), Recovered::default()).unwrap()))
+                .collect(),
+            disks: vec![Disk::default(); self.nodes],
+            network: Vec::new(),
+            applied: vec![BTreeMap::new(); self.nodes],
+            proposed: Vec::new(),
+            campaigns_left: self.campaigns,
+            proposals_left: self.proposals,
+            drops_left: self.drops,
+            ticks_left: self.ticks,
+            crashes_left: self.crashes,
+        };
+        for index in 0..self.nodes {
+            world.drain(index);
+        }
+        vec![world]
+    }
+
+    fn actions(&self, world: &World, actions: &mut Vec<Action>) {
+        for index in 0..world.network.len() {
+            // Identical messages are one choice.
+            if index > 0 && world.network[index] == world.network[index - 1] {
+                continue;
+            }
+            actions.push(Action::Deliver(index));
+            if world.drops_left > 0 {
+                actions.push(Action::Drop(index));
+            }
+        }
+        for node in 0..self.nodes {
+            match &world.replicas[node] {
+                Some(replica) => {
+                    if world.campaigns_left > 0 && !replica.is_leader() {
+                        actions.push(Action::Campaign(node));
+                    }
+                    if world.proposals_left > 0 && replica.is_leader() {
+                        actions.push(Action::Propose(node));
+                    }
+                    if world.ticks_left > 0 {
+                        actions.push(Action::Tick(node));
+                    }
+                    if world.crashes_left > 0 {
+                        actions.push(Action::Crash(node));
+                    }
+                }
+                None => actions.push(Action::Restart(node)),
+            }
+        }
+    }
+
+    fn next_state(&self, world: &World, action: Action) -> Option<World> {
+        let mut next = world.clone();
+        match action {
+            Action::Deliver(index) => {
+                let message = next.network.remove(index);
+                let to = message.to.0 as usize - 1;
+                if let Some(replica) = next.replicas[to].as_mut() {
+                    replica.step(message).expect("replicas only send valid messages");
+                    next.drain(to);
+                }
+            }
+            Action::Drop(index) => {
+                next.network.remove(index);
+                next.drops_left -= 1;
+            }
+            Action::Campaign(node) => {
+                next.campaigns_left -= 1;
+                next.replicas[node].as_mut()?.campaign();
+                next.drain(node);
+            }
+            Action::Propose(node) => {
+                next.proposals_left -= 1;
+                let value = Bytes::from(vec![b'a' + next.proposed.len() as u8]);
+                next.replicas[node].as_mut()?.propose(value.clone()).ok()?;
+                next.proposed.push(value);
+                next.drain(node);
+            }
+            Action::Tick(node) => {
+                next.ticks_left -= 1;
+                next.replicas[node].as_mut()?.tick();
+                next.drain(node);
+            }
+            Action::Crash(node) => {
+                next.crashes_left -= 1;
+                next.replicas[node] = None;
+                next.network.retain(|message| message.to.0 as usize - 1 != node);
+            }
+            Action::Restart(node) => {
+                let recovered = next.disks[node].recovered();
+                next.replicas[node] = Some(Replica::new(config(node, self.nodes), recovered).unwrap());
+                next.drain(node);
+            }
+        }
+        Some(next)
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            // Paxos Made Simple §2.1 safety: only a single value is chosen (per slot), and
+            // every node learns only that one.
+            Property::always("agreement: one value applied per slot", |_, world: &World| {
+                let mut by_slot: BTreeMap<Slot, &Value> = BTreeMap::new();
+                world.applied.iter().flatten().all(|(slot, value)| *by_slot.entry(*slot).or_insert(value) == value)
+            }),
+            // Only a proposed value may be chosen.
+            Property::always("validity: applied commands were proposed", |_, world: &World| {
+                world.applied.iter().flatten().all(|(_, value)| match value {
+                    Value::Noop => true,
+                    Value::Command { data, .. } => world.proposed.contains(data),
+                })
+            }),
+            // Applied logs are gap-free prefixes.
+            Property::always("applied logs are prefixes", |_, world: &World| {
+                world
+                    .applied
+                    .iter()
+                    .all(|log| log.keys().enumerate().all(|(position, slot)| *slot == position as Slot + 1))
+            }),
+            Property::sometimes("a command is applied everywhere", |_, world: &World| {
+                world
+                    .applied
+                    .iter()
+                    .all(|log| log.values().any(|value| matches!(value, Value::Command { .. })))
+            }),
+        ]
+    }
+}
+
+fn check(model: MultiPaxos, label: &str) -> usize {
+    let started = std::time::Instant::now();
+    let checker = model.checker().spawn_bfs().join();
+    checker.assert_properties();
+    let states = checker.unique_state_count();
+    eprintln!("{label}: {states} unique states in {:.1?}, all properties hold", started.elapsed());
+    states
+}
+
+#[test]
+fn one_election_one_proposal() {
+    let states = check(
+        MultiPaxos { nodes: 3, campaigns: 1, proposals: 1, drops: 0, ticks: 0, crashes: 0 },
+        "1 election, 1 proposal",
+    );
+    assert!(states > 100);
+}
+
+#[test]
+fn one_election_one_proposal_one_loss() {
+    check(
+        MultiPaxos { nodes: 3, campaigns: 1, proposals: 1, drops: 1, ticks: 0, crashes: 0 },
+        "1 election, 1 proposal, 1 loss",
+    );
+}
+
+#[test]
+fn dueling_candidates() {
+    check(
+        MultiPaxos { nodes: 3, campaigns: 2, proposals: 1, drops: 0, ticks: 0, crashes: 0 },
+        "2 elections, 1 proposal",
+    );
+}
+
+#[test]
+fn crash_and_restart() {
+    check(
+        MultiPaxos { nodes: 3, campaigns: 2, proposals: 1, drops: 0, ticks: 0, crashes: 1 },
+        "2 elections, 1 proposal, 1 crash",
+    );
+}
+
+/// Larger bounds: `cargo test --release --test model_multipaxos -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn larger_bounds() {
+    check(
+        MultiPaxos { nodes: 3, campaigns: 2, proposals: 2, drops: 1, ticks: 1, crashes: 1 },
+        "2 elections, 2 proposals, 1 loss, 1 tick, 1 crash",
+    );
+}
