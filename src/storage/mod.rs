@@ -5,8 +5,10 @@
 //! the application a [`WriteBatch`] in every `Ready`; the application writes it with
 //! [`Storage::write`] and only then sends the messages that depend on it.
 
+pub mod file;
 mod mem;
 
+pub use file::{FileStorage, FileStorageOptions};
 pub use mem::MemStorage;
 
 use crate::error::StorageError;

@@ -1,0 +1,1559 @@
+//! Durable storage in a directory of append-only, checksummed segment files.
+//!
+//! # Files
+//!
+//! The directory holds segment files named by a sequence number, `00000000000000000001.seg`,
+//! `00000000000000000002.seg`, ... with no gaps. Only the last segment is written; when it
+//! reaches [`FileStorageOptions::segment_bytes_max`] it is synced and a new one is started
+//! (created, its header written and synced, the directory synced). Other files in the
+//! directory are left alone.
+//!
+//! # Records
+//!
+//! A segment is a sequence of records. All integers are little-endian.
+//!
+//! ```text
+//! record  := length u32 | checksum u32 | kind u8 | body[length]
+//! checksum = CRC32C(length bytes, kind, body)
+//!
+//! kind 1  segment header: magic b"SYNODLOG", format version u16, cluster id u64, node id u64,
+//!                         segment sequence number u64, number of its first batch u64
+//! kind 2  entry:          slot u64, ballot round u64, ballot node u64, value tag u8
+//!                         (0 no-op; 1 command: proposer node u64, incarnation u64,
+//!                         sequence u64, data = the rest of the body)
+//! kind 3  hard state:     promised round u64, promised node u64, chosen u64, incarnation u64
+//! kind 4  compaction:     every slot up to this one is discarded u64
+//! kind 5  commit:         batch number u64, records in the batch u32, flags u8 (bit 0: synced)
+//! ```
+//!
+//! The header is the first record of every segment and nowhere else. Every other record
+//! belongs to a batch: one [`Storage::write`] appends the batch's entry, hard state and
+//! compaction records, then one commit record that closes it. Batch numbers run on without a
+//! gap across segments, and a batch never spans two segments.
+//!
+//! # Recovery
+//!
+//! [`FileStorage::open`] replays every segment, oldest first. Records take effect only at the
+//! commit record that closes their batch, so a batch is recovered whole or not at all; for each
+//! slot the entry written last wins; the hard state written last wins. What it refuses:
+//!
+//! - A missing segment (a gap in the sequence numbers), a segment header that does not check
+//!   out, and any damage (a short, checksum-bad or ill-formed record, records without their
+//!   commit) in a segment that is not the last: [`StorageError::Corrupt`], naming the file and
+//!   the byte offset. These segments were synced before the next one was started, so damage
+//!   there is lost acknowledged data and needs an operator.
+//! - A segment of another cluster or node: [`StorageError::Foreign`].
+//!
+//! What it repairs: damage in the **last** segment is a torn tail — the batches written just
+//! before a crash — and is truncated away, back to the end of the last intact batch. One
+//! exception keeps that safe: if an intact commit record of a later batch that was *synced*
+//! follows the damage, the damaged batch was durable before that sync returned, so the damage
+//! is corruption, not a torn write, and the storage is refused as `Corrupt`. (Batches written
+//! without a sync carry no durability promise; a power cut may persist them out of order, so
+//! damage followed only by unsynced batches is still a torn tail.) A last segment whose header
+//! was never completely written is removed.
+//!
+//! # Memory
+//!
+//! Entry payloads stay on disk. Memory holds an index from slot to record location, the
+//! number of live entries of each segment, a bounded cache of recently written entries
+//! ([`FileStorageOptions::cache_bytes_max`]) and a bounded set of open read handles.
+//!
+//! # Compaction
+//!
+//! [`FileStorage::compact`] discards every slot up to a mark (the prefix a snapshot covers):
+//! it writes a compaction record together with the current hard state, synced, then deletes the
+//! oldest segments that no longer hold a live entry. The newest hard state and compaction mark
+//! always live in a segment that is kept.
+
+use super::{Recovered, Storage, WriteBatch};
+use crate::error::StorageError;
+use crate::types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The magic at the start of every segment header body.
+const SEGMENT_MAGIC: [u8; 8] = *b"SYNODLOG";
+/// The segment format version this build writes and the only one it reads.
+const FORMAT_VERSION: u16 = 1;
+/// The file name extension of segment files.
+const SEGMENT_EXTENSION: &str = "seg";
+/// Digits in a segment file name: a zero-padded `u64`.
+const SEGMENT_NAME_DIGITS: usize = 20;
+
+/// Bytes before a record's body: length, checksum, kind.
+const RECORD_HEADER_BYTES: usize = 4 + 4 + 1;
+const HEADER_BODY_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8;
+/// Bytes of the header record at the start of every segment.
+pub const SEGMENT_HEADER_BYTES: u64 = (RECORD_HEADER_BYTES + HEADER_BODY_BYTES) as u64;
+const HARD_STATE_BODY_BYTES: usize = 4 * 8;
+const COMPACTION_BODY_BYTES: usize = 8;
+const COMMIT_BODY_BYTES: usize = 8 + 4 + 1;
+const COMMIT_RECORD_BYTES: usize = RECORD_HEADER_BYTES + COMMIT_BODY_BYTES;
+/// Entry body bytes before the value's own fields: slot, ballot round, ballot node, tag.
+const ENTRY_FIXED_BYTES: usize = 8 + 8 + 8 + 1;
+/// Entry body bytes of a command before its data: the fixed part and the proposal id.
+const ENTRY_COMMAND_FIXED_BYTES: usize = ENTRY_FIXED_BYTES + 3 * 8;
+const VALUE_TAG_NOOP: u8 = 0;
+const VALUE_TAG_COMMAND: u8 = 1;
+const COMMIT_FLAG_SYNCED: u8 = 1;
+
+/// The kinds of record in a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Kind {
+    Header = 1,
+    Entry = 2,
+    HardState = 3,
+    Compaction = 4,
+    Commit = 5,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        match byte {
+            1 => Some(Kind::Header),
+            2 => Some(Kind::Entry),
+            3 => Some(Kind::HardState),
+            4 => Some(Kind::Compaction),
+            5 => Some(Kind::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// Tuning of a [`FileStorage`]. [`Default`] suits most uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStorageOptions {
+    /// A segment is closed and a new one started before a batch is written to a segment that
+    /// has reached this size. A single batch may make a segment larger. Compaction deletes
+    /// whole segments, so smaller segments free space sooner; larger ones mean fewer files.
+    pub segment_bytes_max: u64,
+    /// The most payload bytes (plus a fixed overhead per entry) kept in the cache of recently
+    /// written entries, which serves [`Storage::entries`] without reading the files.
+    pub cache_bytes_max: usize,
+    /// The largest command (`Value::Command` data) an entry may carry. A write with a larger
+    /// one is refused; a record claiming more is treated as damage on recovery, so a corrupt
+    /// length cannot make recovery allocate.
+    pub command_bytes_max: usize,
+    /// The most segment files kept open for reading at once.
+    pub open_files_max: usize,
+}
+
+impl Default for FileStorageOptions {
+    fn default() -> FileStorageOptions {
+        FileStorageOptions {
+            segment_bytes_max: 64 << 20,
+            cache_bytes_max: 8 << 20,
+            command_bytes_max: 64 << 20,
+            open_files_max: 16,
+        }
+    }
+}
+
+impl FileStorageOptions {
+    /// Asserts the options are usable (a configuration mistake is a programming error).
+    fn assert_valid(&self) {
+        assert!(
+            self.segment_bytes_max > SEGMENT_HEADER_BYTES,
+            "segment_bytes_max must exceed the {SEGMENT_HEADER_BYTES}-byte segment header"
+        );
+        assert!(
+            self.command_bytes_max <= u32::MAX as usize - ENTRY_COMMAND_FIXED_BYTES,
+            "command_bytes_max must leave the record length within a u32"
+        );
+        assert!(
+            self.open_files_max >= 1,
+            "open_files_max must be at least 1"
+        );
+    }
+
+    /// The largest record body any record may have.
+    fn record_body_bytes_max(&self) -> usize {
+        ENTRY_COMMAND_FIXED_BYTES + self.command_bytes_max
+    }
+}
+
+/// Where an entry's record lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    segment: u64,
+    /// Offset of the record's first byte in the segment file.
+    offset: u64,
+    /// The whole record: header and body.
+    record_bytes: u32,
+}
+
+/// A record read (or written) that takes effect when its batch commits.
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    Entry { slot: Slot, location: Location },
+    HardState(HardState),
+    Compaction(Slot),
+}
+
+/// The replayed state: what the committed batches say.
+#[derive(Debug, Default)]
+struct State {
+    /// For each live slot, the location of the entry written last. Invariant: every key is
+    /// above `compacted_through`.
+    index: BTreeMap<Slot, Location>,
+    /// For each existing segment, how many index locations point into it.
+    live_entries: BTreeMap<u64, usize>,
+    hard_state: HardState,
+    /// Every slot up to this one is discarded.
+    compacted_through: Slot,
+    /// The number the next batch's commit record carries.
+    next_batch: u64,
+}
+
+impl State {
+    /// Applies the records of one committed batch, in order.
+    fn apply(&mut self, pending: &[Pending]) {
+        for record in pending {
+            match *record {
+                Pending::Entry { slot, location } => {
+                    if slot <= self.compacted_through {
+                        continue;
+                    }
+                    *self.live_entries.entry(location.segment).or_insert(0) += 1;
+                    if let Some(previous) = self.index.insert(slot, location) {
+                        self.release(previous.segment);
+                    }
+                }
+                Pending::HardState(hard_state) => self.hard_state = hard_state,
+                Pending::Compaction(mark) => self.discard_through(mark),
+            }
+        }
+    }
+
+    /// Discards every slot up to `mark`.
+    fn discard_through(&mut self, mark: Slot) {
+        if mark <= self.compacted_through {
+            return;
+        }
+        self.compacted_through = mark;
+        let kept = match mark.checked_add(1) {
+            Some(first_kept) => self.index.split_off(&first_kept),
+            None => BTreeMap::new(),
+        };
+        let discarded = std::mem::replace(&mut self.index, kept);
+        for location in discarded.values() {
+            self.release(location.segment);
+        }
+    }
+
+    fn release(&mut self, segment: u64) {
+        let count = self
+            .live_entries
+            .get_mut(&segment)
+            .expect("an indexed segment is counted");
+        assert!(*count > 0);
+        *count -= 1;
+    }
+}
+
+/// A bounded cache of entries, evicting the lowest slots first (the log's tail is what
+/// leaders and lagging followers read).
+#[derive(Debug, Default)]
+struct EntryCache {
+    entries: BTreeMap<Slot, Entry>,
+    /// Sum of `cost` over `entries`. Invariant: `bytes <= bytes_max`.
+    bytes: usize,
+    bytes_max: usize,
+}
+
+impl EntryCache {
+    fn cost(entry: &Entry) -> usize {
+        entry.value.size_bytes() + std::mem::size_of::<Entry>() + 32
+    }
+
+    fn insert(&mut self, entry: Entry) {
+        self.remove(entry.slot);
+        let cost = EntryCache::cost(&entry);
+        if cost > self.bytes_max {
+            return;
+        }
+        self.bytes += cost;
+        self.entries.insert(entry.slot, entry);
+        while self.bytes > self.bytes_max {
+            let (_, evicted) = self.entries.pop_first().expect("bytes > 0 means entries");
+            self.bytes -= EntryCache::cost(&evicted);
+        }
+        assert!(self.bytes <= self.bytes_max);
+    }
+
+    fn remove(&mut self, slot: Slot) {
+        if let Some(removed) = self.entries.remove(&slot) {
+            self.bytes -= EntryCache::cost(&removed);
+        }
+    }
+
+    fn discard_through(&mut self, mark: Slot) {
+        while let Some(entry) = self.entries.first_entry() {
+            if *entry.key() > mark {
+                break;
+            }
+            let removed = entry.remove();
+            self.bytes -= EntryCache::cost(&removed);
+        }
+    }
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct CurrentSegment {
+    sequence: u64,
+    path: PathBuf,
+    file: File,
+    /// Bytes in the file; the next record goes here.
+    length: u64,
+    /// Bytes were appended since the last sync.
+    unsynced: bool,
+}
+
+/// Durable [`Storage`] in a directory of checksummed, append-only segment files.
+///
+/// See the [module documentation](self) for the file format and the recovery rules. Open it
+/// with [`FileStorage::open`]; the last successful writes are what
+/// [`Storage::recover`] returns after a restart.
+///
+/// After a failed write or sync the storage refuses every further write: what reached the disk
+/// is unknown (and after a failed fsync the kernel may have dropped the dirty pages). Stop the
+/// node and open the storage again, which truncates whatever was torn.
+pub struct FileStorage {
+    directory: PathBuf,
+    cluster_id: u64,
+    node_id: NodeId,
+    options: FileStorageOptions,
+    state: State,
+    current: CurrentSegment,
+    cache: EntryCache,
+    /// Read handles by segment sequence number. Invariant: `len() <= open_files_max`.
+    readers: BTreeMap<u64, File>,
+    /// The records of the batch being written (kept to reuse its allocation).
+    write_buffer: Vec<u8>,
+    /// Why the storage stopped accepting writes, if it did.
+    failure: Option<String>,
+    writes: u64,
+    syncs: u64,
+}
+
+impl fmt::Debug for FileStorage {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("FileStorage")
+            .field("directory", &self.directory)
+            .field("cluster_id", &self.cluster_id)
+            .field("node_id", &self.node_id)
+            .field("segments", &self.state.live_entries.len())
+            .field("current_segment", &self.current.sequence)
+            .field("slots", &self.state.index.len())
+            .field("compacted_through", &self.state.compacted_through)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+fn io_error(path: &Path, source: io::Error) -> StorageError {
+    StorageError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt {
+        path: path.display().to_string(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn segment_path(directory: &Path, sequence: u64) -> PathBuf {
+    directory.join(format!(
+        "{sequence:0width$}.{SEGMENT_EXTENSION}",
+        width = SEGMENT_NAME_DIGITS
+    ))
+}
+
+/// The sequence number of a segment file name, or `None` for any other file.
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_EXTENSION)?.strip_suffix('.')?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Makes the directory entries (created or removed files) durable.
+fn sync_directory(directory: &Path) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        File::open(directory)
+            .and_then(|handle| handle.sync_all())
+            .map_err(|error| io_error(directory, error))?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = directory;
+    }
+    Ok(())
+}
+
+/// Appends one record to `buffer`: a header placeholder, the body `write_body` appends, then
+/// the length and checksum. Returns the record's length.
+fn append_record(buffer: &mut Vec<u8>, kind: Kind, write_body: impl FnOnce(&mut Vec<u8>)) -> u32 {
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0; 8]);
+    buffer.push(kind as u8);
+    write_body(buffer);
+    let body_bytes =
+        u32::try_from(buffer.len() - start - RECORD_HEADER_BYTES).expect("body fits u32");
+    buffer[start..start + 4].copy_from_slice(&body_bytes.to_le_bytes());
+    let checksum = record_checksum(&buffer[start..start + 4], &buffer[start + 8..]);
+    buffer[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
+    u32::try_from(buffer.len() - start).expect("record fits u32")
+}
+
+/// The checksum of a record: over its length field, then its kind and body.
+fn record_checksum(length: &[u8], kind_and_body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(length), kind_and_body)
+}
+
+fn put_u64(buffer: &mut Vec<u8>, value: u64) {
+    buffer.extend_from_slice(&value.to_le_bytes());
+}
+
+fn encode_entry(buffer: &mut Vec<u8>, entry: &Entry) {
+    put_u64(buffer, entry.slot);
+    put_u64(buffer, entry.ballot.round);
+    put_u64(buffer, entry.ballot.node.0);
+    match &entry.value {
+        Value::Noop => buffer.push(VALUE_TAG_NOOP),
+        Value::Command { id, data } => {
+            buffer.push(VALUE_TAG_COMMAND);
+            put_u64(buffer, id.node.0);
+            put_u64(buffer, id.incarnation);
+            put_u64(buffer, id.sequence);
+            buffer.extend_from_slice(data);
+        }
+    }
+}
+
+fn encode_hard_state(buffer: &mut Vec<u8>, hard_state: &HardState) {
+    put_u64(buffer, hard_state.promised.round);
+    put_u64(buffer, hard_state.promised.node.0);
+    put_u64(buffer, hard_state.chosen);
+    put_u64(buffer, hard_state.incarnation);
+}
+
+/// Reads little-endian integers off the front of a record body.
+struct BodyReader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> BodyReader<'a> {
+    fn u64(&mut self) -> Option<u64> {
+        let (bytes, rest) = self.rest.split_first_chunk::<8>()?;
+        self.rest = rest;
+        Some(u64::from_le_bytes(*bytes))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        let (bytes, rest) = self.rest.split_first_chunk::<4>()?;
+        self.rest = rest;
+        Some(u32::from_le_bytes(*bytes))
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        let (bytes, rest) = self.rest.split_first_chunk::<2>()?;
+        self.rest = rest;
+        Some(u16::from_le_bytes(*bytes))
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        let (byte, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        Some(*byte)
+    }
+}
+
+/// Decodes an entry body; `None` if it is ill-formed.
+fn decode_entry(body: &[u8]) -> Option<Entry> {
+    let mut reader = BodyReader { rest: body };
+    let slot = reader.u64()?;
+    let ballot = Ballot::new(reader.u64()?, NodeId(reader.u64()?));
+    let value = match reader.u8()? {
+        VALUE_TAG_NOOP if reader.rest.is_empty() => Value::Noop,
+        VALUE_TAG_COMMAND => {
+            let id = ProposalId {
+                node: NodeId(reader.u64()?),
+                incarnation: reader.u64()?,
+                sequence: reader.u64()?,
+            };
+            Value::Command {
+                id,
+                data: Bytes::copy_from_slice(reader.rest),
+            }
+        }
+        _ => return None,
+    };
+    Some(Entry {
+        slot,
+        ballot,
+        value,
+    })
+}
+
+/// Checks an entry body's structure without copying its data; returns its slot.
+fn entry_slot(body: &[u8]) -> Option<Slot> {
+    let tag = *body.get(ENTRY_FIXED_BYTES - 1)?;
+    let well_formed = match tag {
+        VALUE_TAG_NOOP => body.len() == ENTRY_FIXED_BYTES,
+        VALUE_TAG_COMMAND => body.len() >= ENTRY_COMMAND_FIXED_BYTES,
+        _ => false,
+    };
+    well_formed.then(|| BodyReader { rest: body }.u64())?
+}
+
+fn decode_hard_state(body: &[u8]) -> Option<HardState> {
+    if body.len() != HARD_STATE_BODY_BYTES {
+        return None;
+    }
+    let mut reader = BodyReader { rest: body };
+    Some(HardState {
+        promised: Ballot::new(reader.u64()?, NodeId(reader.u64()?)),
+        chosen: reader.u64()?,
+        incarnation: reader.u64()?,
+    })
+}
+
+/// The body of a commit record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Commit {
+    batch: u64,
+    records: u32,
+    flags: u8,
+}
+
+fn decode_commit(body: &[u8]) -> Option<Commit> {
+    if body.len() != COMMIT_BODY_BYTES {
+        return None;
+    }
+    let mut reader = BodyReader { rest: body };
+    Some(Commit {
+        batch: reader.u64()?,
+        records: reader.u32()?,
+        flags: reader.u8()?,
+    })
+}
+
+/// The body of a segment header record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct SegmentHeader {
+    magic: [u8; 8],
+    version: u16,
+    cluster_id: u64,
+    node_id: u64,
+    sequence: u64,
+    first_batch: u64,
+}
+
+fn encode_segment_header(buffer: &mut Vec<u8>, header: &SegmentHeader) {
+    buffer.extend_from_slice(&header.magic);
+    buffer.extend_from_slice(&header.version.to_le_bytes());
+    put_u64(buffer, header.cluster_id);
+    put_u64(buffer, header.node_id);
+    put_u64(buffer, header.sequence);
+    put_u64(buffer, header.first_batch);
+}
+
+fn decode_segment_header(body: &[u8]) -> Option<SegmentHeader> {
+    if body.len() != HEADER_BODY_BYTES {
+        return None;
+    }
+    let (magic, rest) = body.split_first_chunk::<8>()?;
+    let mut reader = BodyReader { rest };
+    Some(SegmentHeader {
+        magic: *magic,
+        version: reader.u16()?,
+        cluster_id: reader.u64()?,
+        node_id: reader.u64()?,
+        sequence: reader.u64()?,
+        first_batch: reader.u64()?,
+    })
+}
+
+/// Checks a record's header and checksum given its whole bytes; returns its kind and body.
+fn check_record(record: &[u8]) -> Result<(Kind, &[u8]), String> {
+    let Some((header, body)) = record.split_first_chunk::<RECORD_HEADER_BYTES>() else {
+        return Err("record shorter than its header".into());
+    };
+    let body_bytes = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    if body_bytes != body.len() {
+        return Err(format!(
+            "record length {body_bytes} does not match its {} body bytes",
+            body.len()
+        ));
+    }
+    let expected = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let actual = record_checksum(&header[0..4], &record[8..]);
+    if expected != actual {
+        return Err(format!(
+            "checksum mismatch: record says {expected:#010x}, bytes have {actual:#010x}"
+        ));
+    }
+    match Kind::from_byte(header[8]) {
+        Some(kind) => Ok((kind, body)),
+        None => Err(format!("unknown record kind {}", header[8])),
+    }
+}
+
+/// The outcome of replaying one segment.
+struct SegmentScan {
+    /// Bytes of the segment that hold intact, committed data (the file is truncated to it).
+    length: u64,
+}
+
+/// Damage found while replaying a segment: where the first bad byte is, and why.
+struct Damage {
+    offset: u64,
+    reason: String,
+}
+
+impl FileStorage {
+    /// Opens (or creates) the storage in `directory` for node `node_id` of cluster
+    /// `cluster_id`, replaying the log and repairing a torn tail (see the module
+    /// documentation).
+    ///
+    /// # Errors
+    /// - [`StorageError::Foreign`] if a segment belongs to another cluster or node.
+    /// - [`StorageError::Corrupt`] if a segment is missing, a header is bad, or data other
+    ///   than a torn tail is damaged; the error names the file and the byte offset.
+    /// - [`StorageError::Io`] if the directory or a file cannot be read, written or synced.
+    ///
+    /// # Panics
+    /// If `options` are unusable (see [`FileStorageOptions`]).
+    pub fn open(
+        directory: impl AsRef<Path>,
+        cluster_id: u64,
+        node_id: NodeId,
+        options: FileStorageOptions,
+    ) -> Result<FileStorage, StorageError> {
+        options.assert_valid();
+        let directory = directory.as_ref().to_path_buf();
+        if !directory.is_dir() {
+            fs::create_dir_all(&directory).map_err(|error| io_error(&directory, error))?;
+            if let Some(parent) = directory.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_directory(parent)?;
+            }
+        }
+        let mut sequences = list_segments(&directory)?;
+        for pair in sequences.windows(2) {
+            if pair[1] != pair[0] + 1 {
+                return Err(corrupt(
+                    &segment_path(&directory, pair[0] + 1),
+                    0,
+                    format!(
+                        "segment missing: the log jumps from segment {} to {}",
+                        pair[0], pair[1]
+                    ),
+                ));
+            }
+        }
+        // A segment is created only after the previous one was synced, so once a torn new
+        // segment is removed, the one before it is replayed as strictly as any closed one.
+        let mut removed_torn_segment = false;
+        if let Some(&last) = sequences.last() {
+            let path = segment_path(&directory, last);
+            if has_torn_header(&path)? {
+                if last != 1 && sequences.len() == 1 {
+                    return Err(corrupt(
+                        &path,
+                        0,
+                        "the only segment has an incomplete header and is not the first",
+                    ));
+                }
+                tracing::warn!(path = %path.display(), "removing segment with a torn header");
+                fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+                sync_directory(&directory)?;
+                sequences.pop();
+                removed_torn_segment = true;
+            }
+        }
+
+        let mut storage_state = State {
+            next_batch: 1,
+            ..State::default()
+        };
+        let mut last_length = 0;
+        for (position, &sequence) in sequences.iter().enumerate() {
+            let is_last = position + 1 == sequences.len() && !removed_torn_segment;
+            let scan = scan_segment(
+                &directory,
+                sequence,
+                is_last,
+                position > 0,
+                cluster_id,
+                node_id,
+                &options,
+                &mut storage_state,
+            )?;
+            last_length = scan.length;
+        }
+
+        let current = match sequences.last() {
+            Some(&sequence) => {
+                let path = segment_path(&directory, sequence);
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&path)
+                    .map_err(|error| io_error(&path, error))?;
+                CurrentSegment {
+                    sequence,
+                    path,
+                    file,
+                    length: last_length,
+                    unsynced: false,
+                }
+            }
+            None => {
+                let current =
+                    create_segment(&directory, 1, storage_state.next_batch, cluster_id, node_id)?;
+                storage_state.live_entries.insert(1, 0);
+                current
+            }
+        };
+        Ok(FileStorage {
+            directory,
+            cluster_id,
+            node_id,
+            cache: EntryCache {
+                bytes_max: options.cache_bytes_max,
+                ..EntryCache::default()
+            },
+            options,
+            state: storage_state,
+            current,
+            readers: BTreeMap::new(),
+            write_buffer: Vec::new(),
+            failure: None,
+            writes: 0,
+            syncs: 0,
+        })
+    }
+
+    /// The directory holding the segments.
+    pub fn directory(&self) -> &Path {
+        &self.directory
+    }
+
+    /// The number of successful `write` calls since open.
+    pub fn write_count(&self) -> u64 {
+        self.writes
+    }
+
+    /// The number of times segment data was synced to stable storage since open (by writes
+    /// that asked for it, by segment rotation and by compaction).
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
+    }
+
+    /// The paths of the segment files, oldest first.
+    pub fn segment_paths(&self) -> Vec<PathBuf> {
+        self.state
+            .live_entries
+            .keys()
+            .map(|&sequence| segment_path(&self.directory, sequence))
+            .collect()
+    }
+
+    /// Every slot up to this one has been discarded by [`FileStorage::compact`] (0: none).
+    pub fn compacted_through(&self) -> Slot {
+        self.state.compacted_through
+    }
+
+    /// The hard state last written.
+    pub fn hard_state(&self) -> HardState {
+        self.state.hard_state
+    }
+
+    /// The number of slots stored.
+    pub fn len(&self) -> usize {
+        self.state.index.len()
+    }
+
+    /// True if no entry is stored.
+    pub fn is_empty(&self) -> bool {
+        self.state.index.is_empty()
+    }
+
+    /// Payload bytes (plus per-entry overhead) held by the entry cache; never above
+    /// [`FileStorageOptions::cache_bytes_max`].
+    pub fn cached_bytes(&self) -> usize {
+        self.cache.bytes
+    }
+
+    /// Discards every slot up to and including `up_to_slot` (they are covered by a snapshot),
+    /// then deletes the oldest segments that no longer hold a live entry. Returns the number of
+    /// segments deleted.
+    ///
+    /// The discard is durable before any file is deleted: a compaction record and the current
+    /// hard state are written and synced into the current segment first, so the newest hard
+    /// state never lives in a deleted segment. The current segment is never deleted; a segment
+    /// holding an entry above the mark keeps every segment after it too (the sequence has no
+    /// gaps). Compacting below the current mark discards nothing more.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the write, a sync or a deletion fails. A crash or failure
+    /// midway leaves a consistent log: the oldest segments are deleted first.
+    pub fn compact(&mut self, up_to_slot: Slot) -> Result<usize, StorageError> {
+        self.check_usable()?;
+        let mark = up_to_slot.max(self.state.compacted_through);
+        if mark > self.state.compacted_through || self.deletable_prefix(mark) > 0 {
+            let hard_state = self.state.hard_state;
+            self.write_records(Some(&hard_state), &[], Some(mark), true)?;
+        }
+        assert_eq!(self.state.compacted_through, mark);
+        let deletable = self.deletable_prefix(mark);
+        let sequences: Vec<u64> = self
+            .state
+            .live_entries
+            .keys()
+            .take(deletable)
+            .copied()
+            .collect();
+        for sequence in sequences {
+            assert!(sequence < self.current.sequence);
+            assert_eq!(self.state.live_entries.get(&sequence), Some(&0));
+            let path = segment_path(&self.directory, sequence);
+            self.readers.remove(&sequence);
+            fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
+            self.state.live_entries.remove(&sequence);
+            // One directory sync per deletion keeps the surviving segments contiguous even
+            // on a file system that would reorder the removals.
+            sync_directory(&self.directory)?;
+        }
+        Ok(deletable)
+    }
+
+    /// How many of the oldest segments hold no entry above `mark` and are not current.
+    fn deletable_prefix(&self, mark: Slot) -> usize {
+        let lowest_live = match mark.checked_add(1) {
+            Some(first_kept) => self
+                .state
+                .index
+                .range(first_kept..)
+                .map(|(_, location)| location.segment)
+                .min(),
+            None => None,
+        };
+        let limit = lowest_live
+            .unwrap_or(self.current.sequence)
+            .min(self.current.sequence);
+        self.state
+            .live_entries
+            .keys()
+            .take_while(|&&sequence| sequence < limit)
+            .count()
+    }
+
+    fn check_usable(&self) -> Result<(), StorageError> {
+        match &self.failure {
+            None => Ok(()),
+            Some(reason) => Err(io_error(
+                &self.current.path,
+                io::Error::other(format!(
+                    "an earlier write failed ({reason}); reopen the storage"
+                )),
+            )),
+        }
+    }
+
+    /// Stops accepting writes after a failure.
+    fn fail(&mut self, error: StorageError) -> StorageError {
+        self.failure = Some(error.to_string());
+        error
+    }
+
+    /// Appends one batch and applies it; the common path of `write` and `compact`.
+    fn write_records(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+        compaction: Option<Slot>,
+        must_sync: bool,
+    ) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if let Some(entry) = entries
+            .iter()
+            .find(|entry| entry.value.size_bytes() > self.options.command_bytes_max)
+        {
+            return Err(io_error(
+                &self.current.path,
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "entry for slot {} carries {} bytes, above command_bytes_max {}",
+                        entry.slot,
+                        entry.value.size_bytes(),
+                        self.options.command_bytes_max
+                    ),
+                ),
+            ));
+        }
+        self.rotate_if_full()?;
+
+        let mut buffer = std::mem::take(&mut self.write_buffer);
+        buffer.clear();
+        let mut pending = Vec::with_capacity(entries.len() + 2);
+        for entry in entries {
+            let offset = self.current.length + buffer.len() as u64;
+            let record_bytes = append_record(&mut buffer, Kind::Entry, |body| {
+                encode_entry(body, entry);
+            });
+            pending.push(Pending::Entry {
+                slot: entry.slot,
+                location: Location {
+                    segment: self.current.sequence,
+                    offset,
+                    record_bytes,
+                },
+            });
+        }
+        if let Some(hard_state) = hard_state {
+            append_record(&mut buffer, Kind::HardState, |body| {
+                encode_hard_state(body, hard_state);
+            });
+            pending.push(Pending::HardState(*hard_state));
+        }
+        if let Some(mark) = compaction {
+            append_record(&mut buffer, Kind::Compaction, |body| put_u64(body, mark));
+            pending.push(Pending::Compaction(mark));
+        }
+        let commit = Commit {
+            batch: self.state.next_batch,
+            records: u32::try_from(pending.len()).expect("a batch has fewer than 2^32 records"),
+            flags: if must_sync { COMMIT_FLAG_SYNCED } else { 0 },
+        };
+        append_record(&mut buffer, Kind::Commit, |body| {
+            put_u64(body, commit.batch);
+            body.extend_from_slice(&commit.records.to_le_bytes());
+            body.push(commit.flags);
+        });
+
+        let written = self.current.file.write_all(&buffer);
+        let batch_bytes = buffer.len() as u64;
+        // Give a big batch's memory back; keep a small buffer for the next write.
+        if buffer.capacity() <= 1 << 20 {
+            self.write_buffer = buffer;
+        }
+        if let Err(error) = written {
+            // Best effort to cut the partial batch off; recovery would truncate it anyway.
+            let _ = self.current.file.set_len(self.current.length);
+            let error = io_error(&self.current.path, error);
+            return Err(self.fail(error));
+        }
+        self.current.length += batch_bytes;
+        self.current.unsynced = true;
+        if must_sync {
+            self.sync_current()?;
+        }
+
+        self.state.next_batch += 1;
+        if let Some(mark) = compaction {
+            self.cache.discard_through(mark);
+        }
+        self.state.apply(&pending);
+        for entry in entries {
+            if entry.slot > self.state.compacted_through {
+                self.cache.insert(entry.clone());
+            }
+        }
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn sync_current(&mut self) -> Result<(), StorageError> {
+        if let Err(error) = self.current.file.sync_data() {
+            let error = io_error(&self.current.path, error);
+            return Err(self.fail(error));
+        }
+        self.current.unsynced = false;
+        self.syncs += 1;
+        Ok(())
+    }
+
+    /// Starts a new segment if the current one is full (and holds at least one batch).
+    fn rotate_if_full(&mut self) -> Result<(), StorageError> {
+        if self.current.length < self.options.segment_bytes_max
+            || self.current.length <= SEGMENT_HEADER_BYTES
+        {
+            return Ok(());
+        }
+        // The closed segment must be durable before a later one exists: recovery treats
+        // damage in any segment but the last as corruption.
+        if self.current.unsynced {
+            self.sync_current()?;
+        }
+        let sequence = self.current.sequence + 1;
+        let created = create_segment(
+            &self.directory,
+            sequence,
+            self.state.next_batch,
+            self.cluster_id,
+            self.node_id,
+        );
+        match created {
+            Ok(current) => {
+                self.current = current;
+                self.state.live_entries.insert(sequence, 0);
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    /// Reads one entry record back from its segment.
+    fn read_entry(&mut self, location: Location) -> Result<Entry, StorageError> {
+        let path = segment_path(&self.directory, location.segment);
+        if !self.readers.contains_key(&location.segment) {
+            if self.readers.len() >= self.options.open_files_max {
+                self.readers.pop_first();
+            }
+            let file = File::open(&path).map_err(|error| io_error(&path, error))?;
+            self.readers.insert(location.segment, file);
+        }
+        let file = self
+            .readers
+            .get_mut(&location.segment)
+            .expect("opened above");
+        let mut record = vec![0; location.record_bytes as usize];
+        file.seek(SeekFrom::Start(location.offset))
+            .and_then(|_| file.read_exact(&mut record))
+            .map_err(|error| io_error(&path, error))?;
+        let (kind, body) =
+            check_record(&record).map_err(|reason| corrupt(&path, location.offset, reason))?;
+        if kind != Kind::Entry {
+            return Err(corrupt(
+                &path,
+                location.offset,
+                format!("expected an entry record, found {kind:?}"),
+            ));
+        }
+        decode_entry(body).ok_or_else(|| corrupt(&path, location.offset, "ill-formed entry"))
+    }
+
+    /// Reads the entries at `locations`, from the cache when it has them.
+    fn read_entries(
+        &mut self,
+        locations: Vec<(Slot, Location)>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut entries = Vec::with_capacity(locations.len());
+        for (slot, location) in locations {
+            let entry = match self.cache.entries.get(&slot) {
+                Some(entry) => entry.clone(),
+                None => self.read_entry(location)?,
+            };
+            if entry.slot != slot {
+                let path = segment_path(&self.directory, location.segment);
+                return Err(corrupt(
+                    &path,
+                    location.offset,
+                    format!("record holds slot {}, index says {slot}", entry.slot),
+                ));
+            }
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl Storage for FileStorage {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        let locations: Vec<(Slot, Location)> = self
+            .state
+            .index
+            .iter()
+            .map(|(&slot, &location)| (slot, location))
+            .collect();
+        Ok(Recovered {
+            hard_state: self.state.hard_state,
+            entries: self.read_entries(locations)?,
+        })
+    }
+
+    /// Appends the batch's entries, its hard state and a commit record in one `write`, then
+    /// syncs the data if `batch.must_sync`. An empty batch writes nothing; if it asks for a
+    /// sync, earlier unsynced writes are synced.
+    ///
+    /// An entry for a slot at or below [`FileStorage::compacted_through`] is written but
+    /// ignored: that slot is covered by a snapshot.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the write or the sync failed (the storage then refuses further
+    /// writes until reopened), or if an entry's command exceeds
+    /// [`FileStorageOptions::command_bytes_max`] (nothing is written then).
+    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+        self.check_usable()?;
+        if batch.is_empty() {
+            if batch.must_sync && self.current.unsynced {
+                self.sync_current()?;
+            }
+            self.writes += 1;
+            return Ok(());
+        }
+        self.write_records(
+            batch.hard_state.as_ref(),
+            &batch.entries,
+            None,
+            batch.must_sync,
+        )
+    }
+
+    /// # Errors
+    /// [`StorageError::Unavailable`] if `first` is at or below the compaction mark;
+    /// [`StorageError::Io`] or [`StorageError::Corrupt`] if a record cannot be read back
+    /// intact.
+    fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
+        if first > last {
+            return Ok(Vec::new());
+        }
+        if first <= self.state.compacted_through {
+            let compacted_through = self.state.compacted_through;
+            return Err(StorageError::Unavailable {
+                slot: first,
+                first: compacted_through + 1,
+                last: self
+                    .state
+                    .index
+                    .last_key_value()
+                    .map_or(compacted_through, |(&slot, _)| slot),
+            });
+        }
+        let locations: Vec<(Slot, Location)> = self
+            .state
+            .index
+            .range(first..=last)
+            .map(|(&slot, &location)| (slot, location))
+            .collect();
+        self.read_entries(locations)
+    }
+}
+
+/// The sequence numbers of the segment files in `directory`, ascending.
+fn list_segments(directory: &Path) -> Result<Vec<u64>, StorageError> {
+    let mut sequences = Vec::new();
+    let listing = fs::read_dir(directory).map_err(|error| io_error(directory, error))?;
+    for item in listing {
+        let item = item.map_err(|error| io_error(directory, error))?;
+        if let Some(sequence) = item.file_name().to_str().and_then(parse_segment_name) {
+            sequences.push(sequence);
+        }
+    }
+    sequences.sort_unstable();
+    Ok(sequences)
+}
+
+/// True if the segment's header was never completely written: the file is shorter than a
+/// header, or exactly as long as one and all zero (space allocated, data never written).
+fn has_torn_header(path: &Path) -> Result<bool, StorageError> {
+    let mut file = File::open(path).map_err(|error| io_error(path, error))?;
+    let length = file
+        .metadata()
+        .map_err(|error| io_error(path, error))?
+        .len();
+    if length > SEGMENT_HEADER_BYTES {
+        return Ok(false);
+    }
+    if length < SEGMENT_HEADER_BYTES {
+        return Ok(true);
+    }
+    let mut header = [0; SEGMENT_HEADER_BYTES as usize];
+    file.read_exact(&mut header)
+        .map_err(|error| io_error(path, error))?;
+    Ok(header.iter().all(|&byte| byte == 0))
+}
+
+/// Creates segment `sequence`, writes and syncs its header, and syncs the directory.
+fn create_segment(
+    directory: &Path,
+    sequence: u64,
+    first_batch: u64,
+    cluster_id: u64,
+    node_id: NodeId,
+) -> Result<CurrentSegment, StorageError> {
+    let path = segment_path(directory, sequence);
+    let mut file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|error| io_error(&path, error))?;
+    let header = SegmentHeader {
+        magic: SEGMENT_MAGIC,
+        version: FORMAT_VERSION,
+        cluster_id,
+        node_id: node_id.0,
+        sequence,
+        first_batch,
+    };
+    let mut buffer = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize);
+    append_record(&mut buffer, Kind::Header, |body| {
+        encode_segment_header(body, &header);
+    });
+    assert_eq!(buffer.len() as u64, SEGMENT_HEADER_BYTES);
+    file.write_all(&buffer)
+        .and_then(|()| file.sync_data())
+        .map_err(|error| io_error(&path, error))?;
+    sync_directory(directory)?;
+    Ok(CurrentSegment {
+        sequence,
+        path,
+        file,
+        length: SEGMENT_HEADER_BYTES,
+        unsynced: false,
+    })
+}
+
+/// Reads up to `buffer.len()` bytes, fewer only at the end of the file.
+fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// Replays segment `sequence` into `state`. In the last segment a torn tail is truncated; in
+/// any other, damage is an error.
+#[allow(clippy::too_many_arguments)]
+fn scan_segment(
+    directory: &Path,
+    sequence: u64,
+    is_last: bool,
+    has_previous: bool,
+    cluster_id: u64,
+    node_id: NodeId,
+    options: &FileStorageOptions,
+    state: &mut State,
+) -> Result<SegmentScan, StorageError> {
+    let path = segment_path(directory, sequence);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(is_last)
+        .open(&path)
+        .map_err(|error| io_error(&path, error))?;
+    let file_bytes = file
+        .metadata()
+        .map_err(|error| io_error(&path, error))?
+        .len();
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+
+    // The header.
+    let mut header_bytes = [0; SEGMENT_HEADER_BYTES as usize];
+    let read =
+        read_up_to(&mut reader, &mut header_bytes).map_err(|error| io_error(&path, error))?;
+    if read < header_bytes.len() {
+        return Err(corrupt(&path, 0, "segment shorter than its header"));
+    }
+    let header = check_record(&header_bytes)
+        .map_err(|reason| corrupt(&path, 0, format!("bad segment header: {reason}")))
+        .and_then(|(kind, body)| match (kind, decode_segment_header(body)) {
+            (Kind::Header, Some(header)) => Ok(header),
+            _ => Err(corrupt(&path, 0, "first record is not a segment header")),
+        })?;
+    if header.magic != SEGMENT_MAGIC {
+        return Err(corrupt(&path, 0, "not a synod segment (bad magic)"));
+    }
+    if header.version != FORMAT_VERSION {
+        return Err(corrupt(
+            &path,
+            0,
+            format!("unsupported segment format version {}", header.version),
+        ));
+    }
+    if header.cluster_id != cluster_id || header.node_id != node_id.0 {
+        return Err(StorageError::Foreign {
+            path: path.display().to_string(),
+            cluster_id: header.cluster_id,
+            node: NodeId(header.node_id),
+        });
+    }
+    if header.sequence != sequence {
+        return Err(corrupt(
+            &path,
+            0,
+            format!("header says segment {}", header.sequence),
+        ));
+    }
+    if has_previous && header.first_batch != state.next_batch {
+        return Err(corrupt(
+            &path,
+            0,
+            format!(
+                "segment starts at batch {}, but the previous one ends before batch {}",
+                header.first_batch, state.next_batch
+            ),
+        ));
+    }
+    state.next_batch = header.first_batch;
+    state.live_entries.insert(sequence, 0);
+
+    // The records. Each turn consumes one whole record, so the loop is bounded by the file.
+    let body_bytes_max = options.record_body_bytes_max();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut committed_end = offset;
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut record = Vec::new();
+    let damage = loop {
+        if offset == file_bytes {
+            if pending.is_empty() {
+                break None;
+            }
+            break Some(Damage {
+                offset: committed_end,
+                reason: format!(
+                    "{} records without their commit record (a torn batch)",
+                    pending.len()
+                ),
+            });
+        }
+        if file_bytes - offset < RECORD_HEADER_BYTES as u64 {
+            break Some(Damage {
+                offset,
+                reason: "incomplete record header at the end of the file".into(),
+            });
+        }
+        record.resize(RECORD_HEADER_BYTES, 0);
+        reader
+            .read_exact(&mut record)
+            .map_err(|error| io_error(&path, error))?;
+        let body_bytes = u32::from_le_bytes(record[0..4].try_into().expect("4 bytes")) as usize;
+        if body_bytes > body_bytes_max {
+            break Some(Damage {
+                offset,
+                reason: format!("record length {body_bytes} is above the limit {body_bytes_max}"),
+            });
+        }
+        let record_bytes = (RECORD_HEADER_BYTES + body_bytes) as u64;
+        if record_bytes > file_bytes - offset {
+            break Some(Damage {
+                offset,
+                reason: format!("record of {record_bytes} bytes runs past the end of the file"),
+            });
+        }
+        record.resize(RECORD_HEADER_BYTES + body_bytes, 0);
+        reader
+            .read_exact(&mut record[RECORD_HEADER_BYTES..])
+            .map_err(|error| io_error(&path, error))?;
+        let (kind, body) = match check_record(&record) {
+            Ok(checked) => checked,
+            Err(reason) => break Some(Damage { offset, reason }),
+        };
+        let location = Location {
+            segment: sequence,
+            offset,
+            record_bytes: u32::try_from(record_bytes).expect("bounded by body_bytes_max"),
+        };
+        let parsed = match kind {
+            Kind::Entry => entry_slot(body).map(|slot| Pending::Entry { slot, location }),
+            Kind::HardState => decode_hard_state(body).map(Pending::HardState),
+            Kind::Compaction => (body.len() == COMPACTION_BODY_BYTES).then(|| {
+                Pending::Compaction(u64::from_le_bytes(body.try_into().expect("8 bytes")))
+            }),
+            Kind::Commit => {
+                let Some(commit) = decode_commit(body) else {
+                    break Some(Damage {
+                        offset,
+                        reason: "ill-formed commit record".into(),
+                    });
+                };
+                if commit.batch != state.next_batch || commit.records as usize != pending.len() {
+                    break Some(Damage {
+                        offset,
+                        reason: format!(
+                            "commit of batch {} with {} records, expected batch {} with {}",
+                            commit.batch,
+                            commit.records,
+                            state.next_batch,
+                            pending.len()
+                        ),
+                    });
+                }
+                state.apply(&pending);
+                pending.clear();
+                state.next_batch += 1;
+                offset += record_bytes;
+                committed_end = offset;
+                continue;
+            }
+            Kind::Header => None,
+        };
+        match parsed {
+            Some(parsed) => pending.push(parsed),
+            None => {
+                break Some(Damage {
+                    offset,
+                    reason: format!("ill-formed {kind:?} record"),
+                })
+            }
+        }
+        offset += record_bytes;
+    };
+    // Keep memory bounded: the record buffer may have grown to a large entry.
+    drop(record);
+
+    let Some(damage) = damage else {
+        return Ok(SegmentScan { length: file_bytes });
+    };
+    if !is_last {
+        return Err(corrupt(&path, damage.offset, damage.reason));
+    }
+    let mut file = reader.into_inner();
+    if let Some((commit_offset, batch)) =
+        find_synced_commit(&mut file, damage.offset, file_bytes, state.next_batch)
+            .map_err(|error| io_error(&path, error))?
+    {
+        return Err(corrupt(
+            &path,
+            damage.offset,
+            format!(
+                "{}; the synced batch {batch} at offset {commit_offset} follows it, so this is \
+                 not a torn tail",
+                damage.reason
+            ),
+        ));
+    }
+    tracing::warn!(
+        path = %path.display(),
+        offset = damage.offset,
+        truncated_to = committed_end,
+        reason = %damage.reason,
+        "truncating the torn tail of the log"
+    );
+    file.set_len(committed_end)
+        .and_then(|()| file.sync_all())
+        .map_err(|error| io_error(&path, error))?;
+    Ok(SegmentScan {
+        length: committed_end,
+    })
+}
+
+/// Looks in `file[from..file_bytes]`, at every byte offset, for an intact commit record of a
+/// batch after `damaged_batch` that was synced. Returns its offset and batch number.
+fn find_synced_commit(
+    file: &mut File,
+    from: u64,
+    file_bytes: u64,
+    damaged_batch: u64,
+) -> io::Result<Option<(u64, u64)>> {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let mut chunk = Vec::new();
+    let mut chunk_start = from;
+    // Each turn advances `chunk_start` by at least one byte until a record no longer fits.
+    while file_bytes.saturating_sub(chunk_start) >= COMMIT_RECORD_BYTES as u64 {
+        let chunk_bytes = (file_bytes - chunk_start).min(CHUNK_BYTES as u64) as usize;
+        chunk.resize(chunk_bytes, 0);
+        file.seek(SeekFrom::Start(chunk_start))?;
+        file.read_exact(&mut chunk)?;
+        for position in 0..=(chunk_bytes - COMMIT_RECORD_BYTES) {
+            let candidate = &chunk[position..position + COMMIT_RECORD_BYTES];
+            if candidate[0..4] != (COMMIT_BODY_BYTES as u32).to_le_bytes()
+                || candidate[8] != Kind::Commit as u8
+            {
+                continue;
+            }
+            let Ok((_, body)) = check_record(candidate) else {
+                continue;
+            };
+            let commit = decode_commit(body).expect("length checked");
+            if commit.batch > damaged_batch && commit.flags & COMMIT_FLAG_SYNCED != 0 {
+                return Ok(Some((chunk_start + position as u64, commit.batch)));
+            }
+        }
+        // The next chunk starts where a record could still begin unseen.
+        chunk_start += (chunk_bytes - COMMIT_RECORD_BYTES + 1) as u64;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip_and_other_files_are_ignored() {
+        let path = segment_path(Path::new("/x"), 42);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "00000000000000000042.seg");
+        assert_eq!(parse_segment_name(name), Some(42));
+        assert_eq!(parse_segment_name("42.seg"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.seg.tmp"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
+    }
+
+    #[test]
+    fn entries_encode_and_decode() {
+        for value in [
+            Value::Noop,
+            Value::Command {
+                id: ProposalId {
+                    node: NodeId(1),
+                    incarnation: 2,
+                    sequence: 3,
+                },
+                data: Bytes::from_static(b"abc"),
+            },
+        ] {
+            let entry = Entry {
+                slot: 9,
+                ballot: Ballot::new(4, NodeId(5)),
+                value,
+            };
+            let mut body = Vec::new();
+            encode_entry(&mut body, &entry);
+            assert_eq!(entry_slot(&body), Some(9));
+            assert_eq!(decode_entry(&body), Some(entry));
+        }
+        assert_eq!(entry_slot(&[0; 10]), None);
+        assert_eq!(decode_entry(&[0; ENTRY_FIXED_BYTES + 1]), None);
+    }
+
+    #[test]
+    fn cache_stays_within_its_bound_and_evicts_low_slots() {
+        let entry = |slot| Entry {
+            slot,
+            ballot: Ballot::ZERO,
+            value: Value::Command {
+                id: ProposalId::default(),
+                data: Bytes::from(vec![0; 100]),
+            },
+        };
+        let cost = EntryCache::cost(&entry(1));
+        let mut cache = EntryCache {
+            bytes_max: cost * 3,
+            ..EntryCache::default()
+        };
+        for slot in 1..=10 {
+            cache.insert(entry(slot));
+            assert!(cache.bytes <= cache.bytes_max);
+        }
+        assert_eq!(
+            cache.entries.keys().copied().collect::<Vec<_>>(),
+            [8, 9, 10]
+        );
+        cache.discard_through(9);
+        assert_eq!(cache.entries.keys().copied().collect::<Vec<_>>(), [10]);
+        assert_eq!(cache.bytes, cost);
+    }
+}
