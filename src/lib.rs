@@ -77,8 +77,11 @@
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).
-//! - [`storage`]: the [`Storage`] trait and [`MemStorage`].
-//! - [`transport`]: the [`Transport`] trait and the framed wire codec.
+//! - [`storage`]: the [`Storage`] trait, [`MemStorage`] and the durable [`FileStorage`]
+//!   (checksummed segments, fsync, torn-tail recovery).
+//! - [`transport`]: the [`Transport`] trait and the framed wire [`Codec`].
+//! - [`driver`]: runs a replica over a storage and a transport with `futures`, with group
+//!   commit.
 //! - [`sim`]: the deterministic simulator with fault injection and safety checkers.
 //! - [`quorum`], [`types`], [`message`], [`config`], [`error`]: the vocabulary.
 #![deny(missing_docs)]
@@ -100,7 +103,8 @@ pub use config::Config;
 pub use error::{ConfigError, DecodeError, ProposeError, StepError, StorageError};
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};
-pub use storage::{MemStorage, Recovered, Storage, WriteBatch};
+pub use storage::{FileStorage, FileStorageOptions, MemStorage, Recovered, Storage, WriteBatch};
+pub use transport::codec::Codec;
 pub use transport::Transport;
 pub use types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};
 

@@ -3,6 +3,9 @@
 //! of elections, proposals, ticks and crash-restarts. Every reachable state is checked for
 //! agreement and validity.
 //!
+//! Run: `cargo test --release --test model_multipaxos -- --nocapture` (prints the state
+//! counts); in debug builds these tests are skipped as too slow.
+//!
 //! The state is the replicas themselves (`Replica: Clone + Eq + Hash`), their durable storage
 //! and the multiset of messages in flight; each action runs the replica's Ready loop to
 //! completion with synchronous writes.
@@ -31,7 +34,10 @@ impl Disk {
     }
 
     fn recovered(&self) -> Recovered {
-        Recovered { hard_state: self.hard_state, entries: self.entries.values().cloned().collect() }
+        Recovered {
+            hard_state: self.hard_state,
+            entries: self.entries.values().cloned().collect(),
+        }
     }
 }
 
@@ -87,7 +93,9 @@ fn message_key(message: &Message) -> String {
 impl World {
     /// Runs node `index`'s Ready loop to completion: synchronous writes, then messages out.
     fn drain(&mut self, index: usize) {
-        let Some(replica) = self.replicas[index].as_mut() else { return };
+        let Some(replica) = self.replicas[index].as_mut() else {
+            return;
+        };
         while replica.has_ready() {
             let mut ready = replica.ready();
             let mut out = ready.take_messages();
@@ -110,7 +118,9 @@ impl Model for MultiPaxos {
     fn init_states(&self) -> Vec<World> {
         let mut world = World {
             replicas: (0..self.nodes)
-                .map(|index| Some(Replica::new(config(index, self.nodes), Recovered::default()).unwrap()))
+                .map(|index| {
+                    Some(Replica::new(config(index, self.nodes), Recovered::default()).unwrap())
+                })
                 .collect(),
             disks: vec![Disk::default(); self.nodes],
             network: Vec::new(),
@@ -167,7 +177,9 @@ impl Model for MultiPaxos {
                 let message = next.network.remove(index);
                 let to = message.to.0 as usize - 1;
                 if let Some(replica) = next.replicas[to].as_mut() {
-                    replica.step(message).expect("replicas only send valid messages");
+                    replica
+                        .step(message)
+                        .expect("replicas only send valid messages");
                     next.drain(to);
                 }
             }
@@ -195,11 +207,13 @@ impl Model for MultiPaxos {
             Action::Crash(node) => {
                 next.crashes_left -= 1;
                 next.replicas[node] = None;
-                next.network.retain(|message| message.to.0 as usize - 1 != node);
+                next.network
+                    .retain(|message| message.to.0 as usize - 1 != node);
             }
             Action::Restart(node) => {
                 let recovered = next.disks[node].recovered();
-                next.replicas[node] = Some(Replica::new(config(node, self.nodes), recovered).unwrap());
+                next.replicas[node] =
+                    Some(Replica::new(config(node, self.nodes), recovered).unwrap());
                 next.drain(node);
             }
         }
@@ -210,29 +224,44 @@ impl Model for MultiPaxos {
         vec![
             // Paxos Made Simple §2.1 safety: only a single value is chosen (per slot), and
             // every node learns only that one.
-            Property::always("agreement: one value applied per slot", |_, world: &World| {
-                let mut by_slot: BTreeMap<Slot, &Value> = BTreeMap::new();
-                world.applied.iter().flatten().all(|(slot, value)| *by_slot.entry(*slot).or_insert(value) == value)
-            }),
+            Property::always(
+                "agreement: one value applied per slot",
+                |_, world: &World| {
+                    let mut by_slot: BTreeMap<Slot, &Value> = BTreeMap::new();
+                    world
+                        .applied
+                        .iter()
+                        .flatten()
+                        .all(|(slot, value)| *by_slot.entry(*slot).or_insert(value) == value)
+                },
+            ),
             // Only a proposed value may be chosen.
-            Property::always("validity: applied commands were proposed", |_, world: &World| {
-                world.applied.iter().flatten().all(|(_, value)| match value {
-                    Value::Noop => true,
-                    Value::Command { data, .. } => world.proposed.contains(data),
-                })
-            }),
+            Property::always(
+                "validity: applied commands were proposed",
+                |_, world: &World| {
+                    world
+                        .applied
+                        .iter()
+                        .flatten()
+                        .all(|(_, value)| match value {
+                            Value::Noop => true,
+                            Value::Command { data, .. } => world.proposed.contains(data),
+                        })
+                },
+            ),
             // Applied logs are gap-free prefixes.
             Property::always("applied logs are prefixes", |_, world: &World| {
-                world
-                    .applied
-                    .iter()
-                    .all(|log| log.keys().enumerate().all(|(position, slot)| *slot == position as Slot + 1))
+                world.applied.iter().all(|log| {
+                    log.keys()
+                        .enumerate()
+                        .all(|(position, slot)| *slot == position as Slot + 1)
+                })
             }),
             Property::sometimes("a command is applied everywhere", |_, world: &World| {
-                world
-                    .applied
-                    .iter()
-                    .all(|log| log.values().any(|value| matches!(value, Value::Command { .. })))
+                world.applied.iter().all(|log| {
+                    log.values()
+                        .any(|value| matches!(value, Value::Command { .. }))
+                })
             }),
         ]
     }
@@ -243,39 +272,74 @@ fn check(model: MultiPaxos, label: &str) -> usize {
     let checker = model.checker().spawn_bfs().join();
     checker.assert_properties();
     let states = checker.unique_state_count();
-    eprintln!("{label}: {states} unique states in {:.1?}, all properties hold", started.elapsed());
+    eprintln!(
+        "{label}: {states} unique states in {:.1?}, all properties hold",
+        started.elapsed()
+    );
     states
 }
 
 #[test]
+#[cfg_attr(debug_assertions, ignore = "exhaustive: run in release (.ci/run does)")]
 fn one_election_one_proposal() {
     let states = check(
-        MultiPaxos { nodes: 3, campaigns: 1, proposals: 1, drops: 0, ticks: 0, crashes: 0 },
+        MultiPaxos {
+            nodes: 3,
+            campaigns: 1,
+            proposals: 1,
+            drops: 0,
+            ticks: 0,
+            crashes: 0,
+        },
         "1 election, 1 proposal",
     );
     assert!(states > 100);
 }
 
 #[test]
+#[cfg_attr(debug_assertions, ignore = "exhaustive: run in release (.ci/run does)")]
 fn one_election_one_proposal_one_loss() {
     check(
-        MultiPaxos { nodes: 3, campaigns: 1, proposals: 1, drops: 1, ticks: 0, crashes: 0 },
+        MultiPaxos {
+            nodes: 3,
+            campaigns: 1,
+            proposals: 1,
+            drops: 1,
+            ticks: 0,
+            crashes: 0,
+        },
         "1 election, 1 proposal, 1 loss",
     );
 }
 
 #[test]
+#[cfg_attr(debug_assertions, ignore = "exhaustive: run in release (.ci/run does)")]
 fn dueling_candidates() {
     check(
-        MultiPaxos { nodes: 3, campaigns: 2, proposals: 1, drops: 0, ticks: 0, crashes: 0 },
+        MultiPaxos {
+            nodes: 3,
+            campaigns: 2,
+            proposals: 1,
+            drops: 0,
+            ticks: 0,
+            crashes: 0,
+        },
         "2 elections, 1 proposal",
     );
 }
 
 #[test]
+#[cfg_attr(debug_assertions, ignore = "exhaustive: run in release (.ci/run does)")]
 fn crash_and_restart() {
     check(
-        MultiPaxos { nodes: 3, campaigns: 2, proposals: 1, drops: 0, ticks: 0, crashes: 1 },
+        MultiPaxos {
+            nodes: 3,
+            campaigns: 2,
+            proposals: 1,
+            drops: 0,
+            ticks: 0,
+            crashes: 1,
+        },
         "2 elections, 1 proposal, 1 crash",
     );
 }
@@ -285,7 +349,14 @@ fn crash_and_restart() {
 #[ignore]
 fn larger_bounds() {
     check(
-        MultiPaxos { nodes: 3, campaigns: 2, proposals: 2, drops: 1, ticks: 1, crashes: 1 },
+        MultiPaxos {
+            nodes: 3,
+            campaigns: 2,
+            proposals: 2,
+            drops: 1,
+            ticks: 1,
+            crashes: 1,
+        },
         "2 elections, 2 proposals, 1 loss, 1 tick, 1 crash",
     );
 }

@@ -88,10 +88,19 @@ impl Checker {
             .is_some_and(|by| by.contains_all(nodes))
     }
 
-    /// Every command acknowledged to its proposer was applied by every node in `nodes` (called
-    /// once they have all applied past a later command).
-    pub(crate) fn check_acknowledged_survive(&self, nodes: VoteSet) -> Result<(), Violation> {
-        for id in &self.acknowledged {
+    /// The commands acknowledged so far.
+    pub(crate) fn acknowledged(&self) -> BTreeSet<ProposalId> {
+        self.acknowledged.clone()
+    }
+
+    /// Every command of `acknowledged` was applied by every node in `nodes`. Call it once they
+    /// have all applied a command proposed after those were acknowledged.
+    pub(crate) fn check_acknowledged_survive(
+        &self,
+        acknowledged: &BTreeSet<ProposalId>,
+        nodes: VoteSet,
+    ) -> Result<(), Violation> {
+        for id in acknowledged {
             if !self.applied_by_all(*id, nodes) {
                 return Err(Violation::new(
                     "check_acknowledged_survive",
@@ -429,6 +438,42 @@ mod tests {
         };
         let violation = checker.on_release(1, &storage, &accepted).unwrap_err();
         assert_eq!(violation.property, "check_persistence_before_promise");
+    }
+
+    #[test]
+    fn catches_an_acknowledged_command_missing_from_a_live_node() {
+        let mut checker = Checker::new(3);
+        let a = command(&mut checker, 1, "a");
+        let Value::Command { id, .. } = a.clone() else {
+            unreachable!()
+        };
+        accept(&mut checker, 0, 1, 1, &a).unwrap();
+        accept(&mut checker, 1, 1, 1, &a).unwrap();
+        checker
+            .on_applied(
+                0,
+                &Entry {
+                    slot: 1,
+                    ballot: ballot(1),
+                    value: a,
+                },
+            )
+            .unwrap();
+        checker.on_acknowledged(id);
+        let acknowledged = checker.acknowledged();
+        let mut everyone = VoteSet::EMPTY;
+        for index in 0..3 {
+            everyone.insert(index);
+        }
+        let violation = checker
+            .check_acknowledged_survive(&acknowledged, everyone)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_acknowledged_survive");
+        let mut only_zero = VoteSet::EMPTY;
+        only_zero.insert(0);
+        checker
+            .check_acknowledged_survive(&acknowledged, only_zero)
+            .unwrap();
     }
 
     #[test]

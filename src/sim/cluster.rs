@@ -539,6 +539,10 @@ impl Simulation {
         self.heal_all();
         let deadline = self.now + steps_max;
         let mut probe: Option<(NodeId, ProposalId)> = None;
+        // Commands acknowledged before the probe is proposed must be everywhere once the probe
+        // is; later ones (forwards still queued from the safety phase) may legitimately follow
+        // the probe in the log.
+        let mut acknowledged_before_probe = BTreeSet::new();
         while self.now < deadline {
             self.step()?;
             match probe {
@@ -546,13 +550,16 @@ impl Simulation {
                     if let [leader] = self.leaders()[..] {
                         self.command_counter += 1;
                         let data = Bytes::from(format!("probe-{}", self.command_counter));
+                        acknowledged_before_probe = self.checker.acknowledged();
                         probe = self.propose(leader, data).map(|id| (leader, id));
                     }
                 }
                 Some((proposer, id)) => {
                     let live = self.live_set();
                     if self.checker.applied_by_all(id, live) {
-                        return self.checker.check_acknowledged_survive(live);
+                        return self
+                            .checker
+                            .check_acknowledged_survive(&acknowledged_before_probe, live);
                     }
                     if self.leaders() != [proposer] {
                         // Leadership moved before the probe was chosen; an unchosen value may
