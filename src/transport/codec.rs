@@ -546,7 +546,10 @@ mod tests {
     /// One message of every `Body` variant.
     fn every_body() -> Vec<Body> {
         vec![
-            Body::PreVote { ballot: ballot() },
+            Body::PreVote {
+                ballot: ballot(),
+                chosen: 3,
+            },
             Body::PreVoteReply {
                 ballot: ballot(),
                 granted: true,
@@ -690,7 +693,10 @@ mod tests {
     #[test]
     fn foreign_cluster_is_refused() {
         let frame = Codec::new(CLUSTER + 1, 1 << 20)
-            .encode(&message(Body::PreVote { ballot: ballot() }))
+            .encode(&message(Body::PreVote {
+                ballot: ballot(),
+                chosen: 3,
+            }))
             .unwrap();
         let error = codec().decode::<Message>(&frame).unwrap_err();
         assert_eq!(
