@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod message;
 pub mod quorum;
+pub mod session;
 pub mod storage;
 pub mod transport;
 pub mod types;
