@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod kv;
 pub mod message;
 pub mod quorum;
 pub mod session;
