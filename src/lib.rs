@@ -8,6 +8,7 @@ pub mod kv;
 pub mod message;
 pub mod quorum;
 pub mod session;
+pub mod sim;
 pub mod storage;
 pub mod transport;
 pub mod types;

@@ -1,0 +1,3 @@
+//! The deterministic simulator and its checkers.
+
+pub mod linearizability;
