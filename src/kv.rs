@@ -422,13 +422,22 @@ pub struct KvStateMachine {
     last_applied_slot: Slot,
 }
 
-/// The serialized form of a [`KvStateMachine`] (its snapshot), in canonical order.
-#[derive(Serialize, Deserialize)]
+/// The serialized form of a [`KvStateMachine`] (its snapshot), as read back.
+#[derive(Deserialize)]
 struct KvSnapshot {
     limits: KvLimits,
     last_applied_slot: Slot,
     data: BTreeMap<Bytes, Bytes>,
     sessions: SessionTable<Response>,
+}
+
+/// The serialized form as written: the fields of [`KvSnapshot`], in the same order, borrowed.
+#[derive(Serialize)]
+struct KvSnapshotRef<'a> {
+    limits: &'a KvLimits,
+    last_applied_slot: Slot,
+    data: &'a BTreeMap<Bytes, Bytes>,
+    sessions: &'a SessionTable<Response>,
 }
 
 impl KvStateMachine {
@@ -549,11 +558,11 @@ impl KvStateMachine {
 
     /// Encodes the whole state, canonically: equal states give equal bytes.
     pub fn snapshot(&self) -> Vec<u8> {
-        encode(&KvSnapshot {
-            limits: self.limits,
+        encode(&KvSnapshotRef {
+            limits: &self.limits,
             last_applied_slot: self.last_applied_slot,
-            data: self.data.clone(),
-            sessions: self.sessions.clone(),
+            data: &self.data,
+            sessions: &self.sessions,
         })
     }
 

@@ -215,14 +215,12 @@ struct Session<R> {
 ///
 /// Serializes (for snapshots) to a canonical form: equal tables encode to equal bytes, so a
 /// digest of the encoding compares replicas. Deserializing validates every invariant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Serializing between a `New` [`check`](Self::check) and its [`record`](Self::record) is a
+/// programming error (the table is mid-apply) and panics.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(
     try_from = "SessionTableState<R>",
-    into = "SessionTableState<R>",
-    bound(
-        serialize = "R: Serialize + Clone",
-        deserialize = "R: Deserialize<'de> + ResponseSize"
-    )
+    bound(deserialize = "R: Deserialize<'de> + ResponseSize")
 )]
 pub struct SessionTable<R = Bytes> {
     limits: SessionLimits,
@@ -240,8 +238,8 @@ pub struct SessionTable<R = Bytes> {
     awaiting_record: Option<RequestHeader>,
 }
 
-/// The serialized form of a [`SessionTable`].
-#[derive(Serialize, Deserialize)]
+/// The serialized form of a [`SessionTable`], as read back.
+#[derive(Deserialize)]
 struct SessionTableState<R> {
     limits: SessionLimits,
     next_client: u64,
@@ -249,18 +247,29 @@ struct SessionTableState<R> {
     sessions: BTreeMap<ClientId, Session<R>>,
 }
 
-impl<R: Clone> From<SessionTable<R>> for SessionTableState<R> {
-    fn from(table: SessionTable<R>) -> SessionTableState<R> {
+/// The serialized form of a [`SessionTable`], as written: the same fields as
+/// [`SessionTableState`], in the same order, borrowed so that saving copies nothing.
+#[derive(Serialize)]
+struct SessionTableStateRef<'a, R> {
+    limits: &'a SessionLimits,
+    next_client: u64,
+    last_index: u64,
+    sessions: &'a BTreeMap<ClientId, Session<R>>,
+}
+
+impl<R: Serialize> Serialize for SessionTable<R> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         assert!(
-            table.awaiting_record.is_none(),
+            self.awaiting_record.is_none(),
             "a session table cannot be saved between check and record"
         );
-        SessionTableState {
-            limits: table.limits,
-            next_client: table.next_client,
-            last_index: table.last_index,
-            sessions: table.sessions,
+        SessionTableStateRef {
+            limits: &self.limits,
+            next_client: self.next_client,
+            last_index: self.last_index,
+            sessions: &self.sessions,
         }
+        .serialize(serializer)
     }
 }
 
