@@ -82,7 +82,11 @@
 //! - [`transport`]: the [`Transport`] trait and the framed wire [`Codec`].
 //! - [`driver`]: runs a replica over a storage and a transport with `futures`, with group
 //!   commit.
-//! - [`sim`]: the deterministic simulator with fault injection and safety checkers.
+//! - [`sim`]: the deterministic simulator with fault injection, safety checkers and a
+//!   linearizability checker.
+//! - [`session`]: client sessions — exactly-once application of retried requests.
+//! - [`kv`]: a deterministic key-value state machine built on sessions (the simulator's
+//!   standard workload).
 //! - [`quorum`], [`types`], [`message`], [`config`], [`error`]: the vocabulary.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -90,10 +94,12 @@
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod kv;
 mod log;
 pub mod message;
 pub mod quorum;
 pub mod replica;
+pub mod session;
 pub mod sim;
 pub mod storage;
 pub mod transport;

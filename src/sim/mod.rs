@@ -10,6 +10,7 @@
 
 mod checkers;
 mod cluster;
+pub mod linearizability;
 
 pub use checkers::Violation;
 pub use cluster::{Bugs, Faults, SimConfig, SimStats, Simulation};
