@@ -41,6 +41,10 @@ struct Args {
     /// loss,duplicate,delay,crash,partition,disk,pause,clog,skew,corrupt.
     #[arg(long, default_value = "all")]
     faults: String,
+    /// Key-value clients per run (0: opaque commands). With clients, each run ends with a
+    /// linearizability check of their history.
+    #[arg(long, default_value_t = 0)]
+    kv_clients: usize,
     /// Run every seed twice and require identical trace hashes.
     #[arg(long)]
     check_determinism: bool,
@@ -95,6 +99,7 @@ fn run_one(
 ) -> (Simulation, Result<(), synod::sim::Violation>) {
     let mut config = SimConfig::new(args.nodes, seed);
     config.faults = faults.clone();
+    config.kv_clients = args.kv_clients;
     let mut simulation = Simulation::new(config);
     let result = simulation
         .run(args.steps)
@@ -118,6 +123,8 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.proposed += stats.proposed;
     total.acknowledged += stats.acknowledged;
     total.elections += stats.elections;
+    total.kv_operations += stats.kv_operations;
+    total.kv_returned += stats.kv_returned;
 }
 
 fn main() {
@@ -160,8 +167,8 @@ fn main() {
                 eprintln!("    {line}");
             }
             eprintln!(
-                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {}",
-                args.nodes, args.steps, args.liveness_steps, args.faults
+                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {}",
+                args.nodes, args.steps, args.liveness_steps, args.faults, args.kv_clients
             );
         }
         let done = seed - first + 1;
@@ -206,6 +213,11 @@ fn main() {
         ("unsynced writes kept at crash", total.writes_kept),
         ("pauses", total.pauses),
         ("corrupt disks (node lost)", total.corrupt_disks),
+        (
+            "kv operations issued (linearizability-checked)",
+            total.kv_operations,
+        ),
+        ("kv operations answered", total.kv_returned),
     ] {
         println!("| {name} | {value} |");
     }

@@ -103,3 +103,44 @@ fn liveness_checker_fails_when_the_bound_is_too_short() {
     let violation = simulation.check_liveness(1).unwrap_err();
     assert_eq!(violation.property, "check_liveness");
 }
+
+#[test]
+fn kv_clients_histories_are_linearizable_under_all_faults() {
+    let mut operations = 0;
+    for seed in 0..12 {
+        let mut config = SimConfig::new(3, seed);
+        config.kv_clients = 4;
+        let mut simulation = Simulation::new(config);
+        if let Err(violation) = simulation
+            .run(1_500)
+            .and_then(|()| simulation.check_liveness(3_000))
+        {
+            panic!("seed {seed}: {violation}");
+        }
+        operations += simulation.stats().kv_returned;
+    }
+    assert!(operations > 200, "only {operations} operations answered");
+}
+
+#[test]
+fn linearizability_checker_catches_stale_local_reads() {
+    let bugs = synod::sim::Bugs {
+        stale_reads: true,
+        ..Default::default()
+    };
+    for seed in 0..50 {
+        let mut config = SimConfig::new(3, seed);
+        config.kv_clients = 4;
+        config.bugs = bugs.clone();
+        let mut simulation = Simulation::new(config);
+        match simulation
+            .run(1_500)
+            .and_then(|()| simulation.check_liveness(3_000))
+        {
+            Err(violation) if violation.property == "check_linearizable" => return,
+            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
+            Ok(()) => {}
+        }
+    }
+    panic!("stale reads were never caught in 50 seeds");
+}

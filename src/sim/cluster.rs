@@ -111,6 +111,9 @@ pub struct Bugs {
     /// The disk acknowledges syncs it does not perform: a crash loses acknowledged writes (the
     /// node forgets promises and acceptances it revealed).
     pub lying_disk: bool,
+    /// Key-value reads are served from the local state machine of whichever replica the client
+    /// asked, without going through the log (breaks linearizability: stale reads).
+    pub stale_reads: bool,
 }
 
 /// How to build a simulation.
@@ -128,6 +131,10 @@ pub struct SimConfig {
     pub replica: Config,
     /// Deliberate bugs (all off by default).
     pub bugs: Bugs,
+    /// Key-value clients (0: the client proposes opaque commands instead). With clients, every
+    /// node runs a [`KvStateMachine`](crate::kv::KvStateMachine) and the clients' history is
+    /// checked for linearizability at the end of the liveness phase.
+    pub kv_clients: usize,
 }
 
 impl SimConfig {
@@ -144,6 +151,7 @@ impl SimConfig {
             propose_rate: 0.3,
             replica,
             bugs: Bugs::default(),
+            kv_clients: 0,
         }
     }
 }
@@ -181,6 +189,10 @@ pub struct SimStats {
     pub acknowledged: u64,
     /// Leaders elected.
     pub elections: u64,
+    /// Key-value operations issued by clients (with `kv_clients`).
+    pub kv_operations: u64,
+    /// Key-value operations that got their response.
+    pub kv_returned: u64,
 }
 
 /// A write in progress on a node's disk.
@@ -212,6 +224,10 @@ struct SimNode {
     tick_carry: f64,
     /// The disk was found corrupt: the node never starts again.
     lost: bool,
+    /// The node's key-value state machine (with `kv_clients`), rebuilt from slot 1 at restart.
+    kv: Option<crate::kv::KvStateMachine>,
+    /// Client waiting for the response to each of its commands proposed through this node.
+    kv_waiters: BTreeMap<ProposalId, (usize, u64)>,
 }
 
 #[derive(Debug)]
@@ -244,6 +260,8 @@ pub struct Simulation {
     recent: VecDeque<String>,
     /// A violation found outside `step`'s own checks (at a restart), reported by `step`.
     violation: Option<Violation>,
+    /// The key-value clients, with `kv_clients`.
+    clients: Option<super::clients::Clients>,
 }
 
 impl Simulation {
@@ -277,6 +295,9 @@ impl Simulation {
                     tick_rate: 1.0,
                     tick_carry: 0.0,
                     lost: false,
+                    kv: (config.kv_clients > 0)
+                        .then(|| crate::kv::KvStateMachine::new(Default::default())),
+                    kv_waiters: BTreeMap::new(),
                 }
             })
             .collect();
@@ -296,7 +317,11 @@ impl Simulation {
             faults_on: true,
             recent: VecDeque::new(),
             violation: None,
+            clients: None,
         };
+        if simulation.config.kv_clients > 0 {
+            simulation.clients = Some(super::clients::Clients::new(simulation.config.kv_clients));
+        }
         simulation.assign_clock_rates();
         simulation
     }
@@ -424,6 +449,7 @@ impl Simulation {
                 }
             }
             let node = &mut self.nodes[index];
+            node.kv_waiters.clear();
             if self.config.bugs.lying_disk {
                 node.storage = node.truly_synced.clone();
             }
@@ -459,6 +485,9 @@ impl Simulation {
         node.replica =
             Some(Replica::new(node.config.clone(), recovered).expect("recoverable state"));
         node.next_apply = 1;
+        if node.kv.is_some() {
+            node.kv = Some(crate::kv::KvStateMachine::new(Default::default()));
+        }
         self.stats.restarts += 1;
         self.note(format!("restart {id}"));
     }
@@ -486,7 +515,9 @@ impl Simulation {
         if self.faults_on {
             self.inject_faults();
         }
-        if self.faults_on && self.chance(self.config.propose_rate) {
+        if self.clients.is_some() {
+            self.step_clients();
+        } else if self.faults_on && self.chance(self.config.propose_rate) {
             self.propose_random()
         }
         self.deliver_due()?;
@@ -557,9 +588,9 @@ impl Simulation {
                 Some((proposer, id)) => {
                     let live = self.live_set();
                     if self.checker.applied_by_all(id, live) {
-                        return self
-                            .checker
-                            .check_acknowledged_survive(&acknowledged_before_probe, live);
+                        self.checker
+                            .check_acknowledged_survive(&acknowledged_before_probe, live)?;
+                        return self.check_linearizable();
                     }
                     if self.leaders() != [proposer] {
                         // Leadership moved before the probe was chosen; an unchosen value may
@@ -593,6 +624,19 @@ impl Simulation {
             "check_liveness",
             format!("no probe command applied on every live node within {steps_max} steps; probe {probe:?}{states}"),
         ))
+    }
+
+    /// Checks the key-value clients' history (if any) for linearizability.
+    ///
+    /// # Errors
+    /// A `check_linearizable` violation with a compact report of the offending key's history.
+    pub fn check_linearizable(&self) -> Result<(), Violation> {
+        match &self.clients {
+            Some(clients) => clients
+                .check()
+                .map_err(|report| Violation::new("check_linearizable", report)),
+            None => Ok(()),
+        }
     }
 
     /// The nodes not lost to disk corruption, as a vote set of indexes.
@@ -687,6 +731,39 @@ impl Simulation {
             self.blocked.clear();
             self.note("heal".to_string());
         }
+    }
+
+    fn step_clients(&mut self) {
+        let mut clients = self.clients.take().expect("kv mode");
+        let nodes = self.config.nodes as u64;
+        let (now, issue) = (self.now, self.faults_on);
+        let sends = clients.step(now, nodes, issue, &mut |bound| self.below(bound));
+        for send in sends {
+            let index = self.index(send.node);
+            if self.config.bugs.stale_reads {
+                if let Ok(crate::kv::Command::Request {
+                    operation: crate::kv::Operation::Get { key },
+                    ..
+                }) = crate::kv::Command::decode(&send.command)
+                {
+                    if let Some(kv) = self.nodes[index].kv.as_ref() {
+                        let value = kv.get(&key).cloned();
+                        let response = crate::kv::Response::Output(crate::kv::Output::Value(value));
+                        clients.on_response(send.client, send.sequence, now, response);
+                    }
+                    continue;
+                }
+            }
+            if let Some(id) = self.propose(send.node, send.command) {
+                self.nodes[index]
+                    .kv_waiters
+                    .insert(id, (send.client, send.sequence));
+            }
+        }
+        let (operations, returned) = clients.counts();
+        self.stats.kv_operations = operations as u64;
+        self.stats.kv_returned = returned as u64;
+        self.clients = Some(clients);
     }
 
     fn propose_random(&mut self) {
@@ -882,6 +959,15 @@ impl Simulation {
             }
             entry.hash(&mut self.trace);
             self.checker.on_applied(index, &entry)?;
+            let node = &mut self.nodes[index];
+            if let (Some(kv), Value::Command { id, data }) = (node.kv.as_mut(), &entry.value) {
+                let response = kv.apply(entry.slot, data);
+                if let Some((client, sequence)) = node.kv_waiters.remove(id) {
+                    if let Some(clients) = self.clients.as_mut() {
+                        clients.on_response(client, sequence, self.now, response);
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! ```
 
 mod checkers;
+mod clients;
 mod cluster;
 pub mod linearizability;
 
