@@ -30,10 +30,17 @@ pub struct Tuning {
     pub buffer_size: usize,
 }
 
-impl Default for Tuning {
-    fn default() -> Tuning {
+impl Tuning {
+    /// The tuning for a client window of `window` commands: batches as large as possible, up to
+    /// 64 entries, but dividing the window, so that the client's refills (which in this
+    /// harness come in whole windows) never leave a partial batch waiting for the flush timer.
+    pub fn for_window(window: u64) -> Tuning {
+        let batch_size = (1..=64.min(window.max(1)))
+            .rev()
+            .find(|size| window % size == 0)
+            .unwrap_or(1) as usize;
         Tuning {
-            batch_size: 1,
+            batch_size,
             flush_batch_tick_timeout: 1,
             buffer_size: 100_000,
         }
@@ -87,8 +94,11 @@ impl OmniCluster {
             leader: usize::MAX,
             delivered: 0,
         };
-        // Heartbeat rounds (one tick each) until every node follows one leader in its accept
-        // phase; then let everything settle.
+        // Heartbeat rounds (one tick each) until every node has followed the same leader, in
+        // its accept phase, for several rounds in a row (right after the first agreement the
+        // ballot leader election may still move once); then let everything settle.
+        let mut stable_rounds = 0;
+        let mut last = None;
         for _ in 0..1_000 {
             cluster.tick();
             while cluster.round() {}
@@ -97,11 +107,17 @@ impl OmniCluster {
                 .iter()
                 .map(|node| node.get_current_leader())
                 .collect();
-            if let Some((leader, true)) = leaders[0] {
-                if leaders.iter().all(|l| *l == Some((leader, true))) {
-                    cluster.leader = leader as usize - 1;
-                    break;
+            let agreed = match leaders[0] {
+                Some((leader, true)) if leaders.iter().all(|l| *l == Some((leader, true))) => {
+                    Some(leader)
                 }
+                _ => None,
+            };
+            stable_rounds = if agreed.is_some() && agreed == last { stable_rounds + 1 } else { 0 };
+            last = agreed;
+            if stable_rounds == 10 {
+                cluster.leader = agreed.expect("agreed") as usize - 1;
+                break;
             }
         }
         assert!(cluster.leader < count, "OmniPaxos elected no leader");
