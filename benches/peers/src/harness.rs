@@ -230,3 +230,40 @@ mod tests {
         assert_eq!(&payload(7, 64)[..8], &7u64.to_le_bytes());
     }
 }
+
+/// No consensus at all: every proposal is applied on every "replica" at once. Its cost per
+/// entry is the harness's own floor (building the payload, the digests, the client loop), to
+/// subtract from a library's figure.
+pub struct NullCluster {
+    appliers: Vec<Digest>,
+}
+
+impl NullCluster {
+    pub fn new(nodes: usize) -> NullCluster {
+        NullCluster {
+            appliers: vec![Digest::default(); nodes],
+        }
+    }
+}
+
+impl Cluster for NullCluster {
+    fn propose(&mut self, payload: Vec<u8>) {
+        for digest in &mut self.appliers {
+            digest.apply(&payload);
+        }
+    }
+
+    fn round(&mut self) -> bool {
+        false
+    }
+
+    fn tick(&mut self) {}
+
+    fn appliers(&self) -> &[Digest] {
+        &self.appliers
+    }
+
+    fn messages(&self) -> u64 {
+        0
+    }
+}

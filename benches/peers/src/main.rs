@@ -38,7 +38,7 @@ struct Case {
 
 const CASES: [Case; 4] = [
     Case { nodes: 3, window: 1000, payload: 64, count: 200_000 },
-    Case { nodes: 3, window: 1, payload: 64, count: 20_000 },
+    Case { nodes: 3, window: 1, payload: 64, count: 50_000 },
     Case { nodes: 5, window: 1000, payload: 64, count: 200_000 },
     Case { nodes: 3, window: 1000, payload: 1024, count: 100_000 },
 ];
@@ -79,7 +79,8 @@ usage:
   synod-peers plot [--out FILE] [--runs N] commits/s vs in-flight window, SVG
   synod-peers one LIB NODES WINDOW PAYLOAD COUNT [KNOB=VALUE ...]
                                           one run in this process; LIB is synod, raft-rs or
-                                          omnipaxos; knobs override the tuning (see README.md)
+                                          omnipaxos (or null: the harness alone, no consensus);
+                                          knobs override the tuning (see README.md)
 ";
 
 fn flag_value(args: &[String], name: &str) -> Option<String> {
@@ -162,7 +163,8 @@ fn one(args: &[String]) {
             let cluster = omni_cluster::OmniCluster::new(case.nodes, tuning);
             run(cluster, warmup, case)
         }
-        other => panic!("unknown library {other:?}: synod, raft-rs or omnipaxos"),
+        "null" => run(harness::NullCluster::new(case.nodes), warmup, case),
+        other => panic!("unknown library {other:?}: synod, raft-rs, omnipaxos (or null)"),
     };
     if let Some((name, _)) = knobs.first() {
         panic!("knob {name:?} does not apply to {library}");
