@@ -49,7 +49,9 @@ impl Digest {
         let mut chunks = data.chunks_exact(8);
         for chunk in &mut chunks {
             let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-            hash = (hash ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+            hash = (hash ^ word)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
         }
         for &byte in chunks.remainder() {
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3);
@@ -165,7 +167,11 @@ pub fn measured_section<C: Cluster>(
 }
 
 fn applied_everywhere(appliers: &[Digest]) -> u64 {
-    appliers.iter().map(|digest| digest.count).min().unwrap_or(0)
+    appliers
+        .iter()
+        .map(|digest| digest.count)
+        .min()
+        .unwrap_or(0)
 }
 
 /// Warms `cluster` up with `warmup` commands (untimed), then times `count` more, and checks

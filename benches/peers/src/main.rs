@@ -37,10 +37,30 @@ struct Case {
 }
 
 const CASES: [Case; 4] = [
-    Case { nodes: 3, window: 1000, payload: 64, count: 200_000 },
-    Case { nodes: 3, window: 1, payload: 64, count: 50_000 },
-    Case { nodes: 5, window: 1000, payload: 64, count: 200_000 },
-    Case { nodes: 3, window: 1000, payload: 1024, count: 100_000 },
+    Case {
+        nodes: 3,
+        window: 1000,
+        payload: 64,
+        count: 200_000,
+    },
+    Case {
+        nodes: 3,
+        window: 1,
+        payload: 64,
+        count: 50_000,
+    },
+    Case {
+        nodes: 5,
+        window: 1000,
+        payload: 64,
+        count: 200_000,
+    },
+    Case {
+        nodes: 3,
+        window: 1000,
+        payload: 1024,
+        count: 100_000,
+    },
 ];
 
 /// What one child run reports.
@@ -85,7 +105,11 @@ usage:
 
 fn flag_value(args: &[String], name: &str) -> Option<String> {
     let at = args.iter().position(|arg| arg == name)?;
-    Some(args.get(at + 1).unwrap_or_else(|| panic!("{name} needs a value")).clone())
+    Some(
+        args.get(at + 1)
+            .unwrap_or_else(|| panic!("{name} needs a value"))
+            .clone(),
+    )
 }
 
 fn parse_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
@@ -103,7 +127,10 @@ fn one(args: &[String]) {
         eprint!("{USAGE}");
         std::process::exit(2);
     };
-    let number = |text: &str| -> u64 { text.parse().unwrap_or_else(|_| panic!("bad number {text:?}")) };
+    let number = |text: &str| -> u64 {
+        text.parse()
+            .unwrap_or_else(|_| panic!("bad number {text:?}"))
+    };
     let case = Case {
         nodes: number(nodes) as usize,
         window: number(window),
@@ -307,7 +334,10 @@ fn table(runs: usize) {
                 reports[index].push(report);
             }
         }
-        rows.push((case, reports.iter().map(|r| median_report(r)).collect::<Vec<_>>()));
+        rows.push((
+            case,
+            reports.iter().map(|r| median_report(r)).collect::<Vec<_>>(),
+        ));
     }
     println!(
         "| case | library | commits/CPU-s | synod/peer | commits/s (wall) | msgs/commit | \
@@ -345,7 +375,11 @@ fn table(runs: usize) {
             );
         }
     }
-    eprintln!("({} runs per case, {:?})", runs, round_secs(started.elapsed()));
+    eprintln!(
+        "({} runs per case, {:?})",
+        runs,
+        round_secs(started.elapsed())
+    );
 }
 
 fn round_secs(duration: Duration) -> Duration {

@@ -82,7 +82,9 @@ impl OmniCluster {
                         ..ServerConfig::default()
                     },
                 };
-                config.build(MemoryStorage::default()).expect("valid config")
+                config
+                    .build(MemoryStorage::default())
+                    .expect("valid config")
             })
             .collect();
         let mut cluster = OmniCluster {
@@ -113,7 +115,11 @@ impl OmniCluster {
                 }
                 _ => None,
             };
-            stable_rounds = if agreed.is_some() && agreed == last { stable_rounds + 1 } else { 0 };
+            stable_rounds = if agreed.is_some() && agreed == last {
+                stable_rounds + 1
+            } else {
+                0
+            };
             last = agreed;
             if stable_rounds == 10 {
                 cluster.leader = agreed.expect("agreed") as usize - 1;

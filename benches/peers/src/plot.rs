@@ -67,14 +67,23 @@ fn draw(out: &str, series: &[Vec<(u64, f64)>]) -> Result<(), Box<dyn std::error:
         .x_label_formatter(&|x| format!("{:.0}", x))
         .y_label_formatter(&|y| format!("{:.0}k", y / 1e3))
         .draw()?;
-    let colors = [RGBColor(200, 40, 40), RGBColor(40, 90, 200), RGBColor(30, 150, 60)];
+    let colors = [
+        RGBColor(200, 40, 40),
+        RGBColor(40, 90, 200),
+        RGBColor(30, 150, 60),
+    ];
     for ((library, points), color) in LIBRARIES.iter().zip(series).zip(colors) {
         let line: Vec<(f64, f64)> = points.iter().map(|&(w, v)| (w as f64, v)).collect();
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))?
             .label(*library)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-        chart.draw_series(line.iter().map(|&point| Circle::new(point, 4, color.filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            line.iter()
+                .map(|&point| Circle::new(point, 4, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()

@@ -104,7 +104,9 @@ impl Cluster for RaftCluster {
         for message in self.delivering.drain(..) {
             self.delivered += 1;
             let to = message.to as usize - 1;
-            self.nodes[to].step(message).expect("raft-rs refused a message");
+            self.nodes[to]
+                .step(message)
+                .expect("raft-rs refused a message");
         }
         for index in 0..self.nodes.len() {
             let node = &mut self.nodes[index];

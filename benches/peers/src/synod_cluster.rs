@@ -46,7 +46,8 @@ impl SynodCluster {
                 config.accept_bytes_max = tuning.accept_bytes_max;
                 // The client's window bounds what is uncommitted; these only must not refuse it.
                 config.uncommitted_entries_max = (window as usize).max(1) * 2;
-                config.uncommitted_bytes_max = ((window as usize).max(1) * payload * 2).max(1 << 20);
+                config.uncommitted_bytes_max =
+                    ((window as usize).max(1) * payload * 2).max(1 << 20);
                 config.inflight_bytes_max = usize::MAX / 2;
                 let recovered: Recovered = storage.recover().expect("fresh storage");
                 Replica::new(config, recovered).expect("valid config")
