@@ -1,0 +1,275 @@
+//! The harness every library runs under: one cluster in memory, one thread, one client.
+//!
+//! A [`Cluster`] adapter owns the replicas of one library, their storages and an in-memory
+//! message queue (messages travel as Rust values; nothing is serialized). The [`drive`] loop is
+//! the client: it keeps at most `window` commands in flight — in flight meaning proposed but
+//! not yet applied on *every* replica — and advances the cluster one delivery round at a time.
+//! Every replica folds each applied command into an order-sensitive [`Digest`]; after the run
+//! the digests must equal the digest of the proposed sequence, or the run fails loudly.
+
+use crate::alloc;
+use std::time::{Duration, Instant};
+
+/// One library's cluster, seen by the client.
+pub trait Cluster {
+    /// Proposes `payload` at the leader. Panics if the library refuses it: the adapters size
+    /// every limit above the client's window, so a refusal is a harness bug.
+    fn propose(&mut self, payload: Vec<u8>);
+
+    /// One delivery round: every queued message is delivered to its recipient, then every
+    /// replica drains its output (messages are queued for the next round, writes go to its
+    /// storage, chosen commands are applied). Returns false if nothing happened at all.
+    fn round(&mut self) -> bool;
+
+    /// One tick on every replica. The client ticks only when a round did nothing while
+    /// commands are in flight (a library that batches on a timer needs it); the count of such
+    /// ticks is reported.
+    fn tick(&mut self);
+
+    /// What each replica has applied.
+    fn appliers(&self) -> &[Digest];
+
+    /// Messages delivered so far.
+    fn messages(&self) -> u64;
+}
+
+/// What one replica applied: a count and an order-sensitive digest of the commands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Digest {
+    pub count: u64,
+    pub value: u64,
+}
+
+impl Digest {
+    /// Folds one command in. The fold is not commutative: the same commands in another order
+    /// give another digest.
+    #[inline]
+    pub fn apply(&mut self, data: &[u8]) {
+        let mut hash = 0x243F_6A88_85A3_08D3 ^ data.len() as u64;
+        let mut chunks = data.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            hash = (hash ^ word)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+        }
+        for &byte in chunks.remainder() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01B3);
+        }
+        self.count += 1;
+        self.value = (self.value.rotate_left(7) ^ hash).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    }
+}
+
+/// The command the client proposes as number `sequence`: `size` bytes (at least 8), the
+/// sequence number first, then a pattern derived from it, so every command is distinct.
+pub fn payload(sequence: u64, size: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(size.max(8));
+    data.extend_from_slice(&sequence.to_le_bytes());
+    let seed = sequence as u8;
+    data.extend((8..size).map(|index| seed.wrapping_add(index as u8)));
+    data
+}
+
+/// The digest every replica must reach after applying commands `0..count`.
+pub fn expected_digest(count: u64, size: usize) -> Digest {
+    let mut digest = Digest::default();
+    for sequence in 0..count {
+        digest.apply(&payload(sequence, size));
+    }
+    digest
+}
+
+/// What one timed run measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Measured {
+    pub commits: u64,
+    /// Wall-clock time of the timed section.
+    pub elapsed: Duration,
+    /// CPU time this process spent in the timed section. On a shared machine, where the
+    /// scheduler may take the core away mid-run, commits per CPU-second is the steadier figure.
+    pub cpu: Duration,
+    pub messages: u64,
+    pub allocations: alloc::Counts,
+    /// Ticks the client had to give because a round did nothing (0 for a library that needs
+    /// no timer to make progress).
+    pub stall_ticks: u64,
+}
+
+impl Measured {
+    pub fn commits_per_second(&self) -> f64 {
+        self.commits as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn commits_per_cpu_second(&self) -> f64 {
+        self.commits as f64 / self.cpu.as_secs_f64()
+    }
+}
+
+/// Proposes `count` more commands (numbered from `first`), keeping at most `window` in flight,
+/// until every replica has applied all of them.
+#[inline(never)]
+pub fn timed_section<C: Cluster>(
+    cluster: &mut C,
+    first: u64,
+    count: u64,
+    window: u64,
+    size: usize,
+) -> u64 {
+    let end = first + count;
+    let mut next = first;
+    let mut stall_ticks = 0;
+    loop {
+        let applied = applied_everywhere(cluster.appliers());
+        if applied >= end {
+            return stall_ticks;
+        }
+        while next < end && next - applied < window {
+            let command = alloc::uncounted(|| payload(next, size));
+            cluster.propose(command);
+            next += 1;
+        }
+        if !cluster.round() {
+            cluster.tick();
+            stall_ticks += 1;
+            assert!(
+                stall_ticks < 1_000_000,
+                "no progress: {applied} of {end} applied everywhere"
+            );
+        }
+    }
+}
+
+/// CPU time consumed by this process so far (`CLOCK_PROCESS_CPUTIME_ID`, nanosecond
+/// resolution).
+pub fn cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// The timed run itself: a function of its own so that a profiler can collect exactly it
+/// (`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_section*'`).
+#[inline(never)]
+pub fn measured_section<C: Cluster>(
+    cluster: &mut C,
+    first: u64,
+    count: u64,
+    window: u64,
+    size: usize,
+) -> u64 {
+    timed_section(cluster, first, count, window, size)
+}
+
+fn applied_everywhere(appliers: &[Digest]) -> u64 {
+    appliers
+        .iter()
+        .map(|digest| digest.count)
+        .min()
+        .unwrap_or(0)
+}
+
+/// Warms `cluster` up with `warmup` commands (untimed), then times `count` more, and checks
+/// that every replica applied exactly the proposed sequence.
+pub fn drive<C: Cluster>(
+    cluster: &mut C,
+    warmup: u64,
+    count: u64,
+    window: u64,
+    size: usize,
+) -> Measured {
+    assert!(
+        cluster.appliers().iter().all(|d| d.count == 0),
+        "no command may be applied before the run"
+    );
+    timed_section(cluster, 0, warmup, window, size);
+    let messages_before = cluster.messages();
+    alloc::start();
+    let started = Instant::now();
+    let cpu_started = cpu_time();
+    let stall_ticks = measured_section(cluster, warmup, count, window, size);
+    let cpu = cpu_time() - cpu_started;
+    let elapsed = started.elapsed();
+    let allocations = alloc::stop();
+    let messages = cluster.messages() - messages_before;
+    let expected = expected_digest(warmup + count, size);
+    for (index, digest) in cluster.appliers().iter().enumerate() {
+        assert_eq!(
+            *digest, expected,
+            "replica #{index} applied something other than the proposed sequence"
+        );
+    }
+    Measured {
+        commits: count,
+        elapsed,
+        cpu,
+        messages,
+        allocations,
+        stall_ticks,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_depends_on_order_and_content() {
+        let (a, b) = (payload(1, 64), payload(2, 64));
+        let mut ab = Digest::default();
+        ab.apply(&a);
+        ab.apply(&b);
+        let mut ba = Digest::default();
+        ba.apply(&b);
+        ba.apply(&a);
+        assert_ne!(ab, ba);
+        let mut aa = Digest::default();
+        aa.apply(&a);
+        aa.apply(&a);
+        assert_ne!(ab, aa);
+        assert_eq!(payload(7, 1024).len(), 1024);
+        assert_eq!(&payload(7, 64)[..8], &7u64.to_le_bytes());
+    }
+}
+
+/// No consensus at all: every proposal is applied on every "replica" at once. Its cost per
+/// entry is the harness's own floor (building the payload, the digests, the client loop), to
+/// subtract from a library's figure.
+pub struct NullCluster {
+    appliers: Vec<Digest>,
+}
+
+impl NullCluster {
+    pub fn new(nodes: usize) -> NullCluster {
+        NullCluster {
+            appliers: vec![Digest::default(); nodes],
+        }
+    }
+}
+
+impl Cluster for NullCluster {
+    fn propose(&mut self, payload: Vec<u8>) {
+        for digest in &mut self.appliers {
+            digest.apply(&payload);
+        }
+    }
+
+    fn round(&mut self) -> bool {
+        false
+    }
+
+    fn tick(&mut self) {}
+
+    fn appliers(&self) -> &[Digest] {
+        &self.appliers
+    }
+
+    fn messages(&self) -> u64 {
+        0
+    }
+}

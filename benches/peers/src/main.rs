@@ -1,0 +1,387 @@
+//! synod side by side with raft-rs and OmniPaxos, under one harness.
+//!
+//! ```text
+//! cargo run --release                 # the whole table (every case, 5 alternating runs each)
+//! cargo run --release -- plot         # commits/s vs in-flight window -> peers.svg
+//! cargo run --release -- one synod 3 1000 64 200000   # one run, in this process
+//! ```
+//!
+//! `table` and `plot` run every measurement in a child process (`one`), so that each one's
+//! peak RSS is its own. See README.md for what is measured and how each library is tuned.
+
+mod alloc;
+mod harness;
+mod omni_cluster;
+mod plot;
+mod raft_cluster;
+mod synod_cluster;
+
+use harness::{drive, Measured};
+use std::process::Command;
+use std::time::Duration;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
+/// The libraries, in table order; synod first, the peers after it.
+const LIBRARIES: [&str; 3] = ["synod", "raft-rs", "omnipaxos"];
+
+/// One benchmark case.
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    nodes: usize,
+    window: u64,
+    payload: usize,
+    /// Commands committed in the timed section.
+    count: u64,
+}
+
+const CASES: [Case; 4] = [
+    Case {
+        nodes: 3,
+        window: 1000,
+        payload: 64,
+        count: 200_000,
+    },
+    Case {
+        nodes: 3,
+        window: 1,
+        payload: 64,
+        count: 50_000,
+    },
+    Case {
+        nodes: 5,
+        window: 1000,
+        payload: 64,
+        count: 200_000,
+    },
+    Case {
+        nodes: 3,
+        window: 1000,
+        payload: 1024,
+        count: 100_000,
+    },
+];
+
+/// What one child run reports.
+#[derive(Clone, Copy, Debug, Default)]
+struct Report {
+    commits_per_second: f64,
+    commits_per_cpu_second: f64,
+    messages_per_commit: f64,
+    allocations_per_commit: f64,
+    allocated_bytes_per_commit: f64,
+    peak_rss_kib: f64,
+    stall_ticks: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = args.first().map(String::as_str).unwrap_or("table");
+    match command {
+        "table" => table(parse_flag(&args, "--runs").unwrap_or(5)),
+        "plot" => {
+            let out = flag_value(&args, "--out").unwrap_or_else(|| "peers.svg".to_owned());
+            plot::sweep(&out, parse_flag(&args, "--runs").unwrap_or(3));
+        }
+        "one" => one(&args[1..]),
+        "help" | "--help" | "-h" => print!("{}", USAGE),
+        other => {
+            eprint!("unknown command {other:?}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+const USAGE: &str = "\
+usage:
+  synod-peers [table] [--runs N]          every case, N alternating runs each, Markdown table
+  synod-peers plot [--out FILE] [--runs N] commits/s vs in-flight window, SVG
+  synod-peers one LIB NODES WINDOW PAYLOAD COUNT [KNOB=VALUE ...]
+                                          one run in this process; LIB is synod, raft-rs or
+                                          omnipaxos (or null: the harness alone, no consensus);
+                                          knobs override the tuning (see README.md)
+";
+
+fn flag_value(args: &[String], name: &str) -> Option<String> {
+    let at = args.iter().position(|arg| arg == name)?;
+    Some(
+        args.get(at + 1)
+            .unwrap_or_else(|| panic!("{name} needs a value"))
+            .clone(),
+    )
+}
+
+fn parse_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
+    flag_value(args, name).map(|value| {
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value {value:?} for {name}"))
+    })
+}
+
+/// `one LIB NODES WINDOW PAYLOAD COUNT [KNOB=VALUE ...]`: runs one measurement here and prints
+/// it as one `RESULT key=value ...` line.
+fn one(args: &[String]) {
+    let [library, nodes, window, payload, count, knobs @ ..] = args else {
+        eprint!("{USAGE}");
+        std::process::exit(2);
+    };
+    let number = |text: &str| -> u64 {
+        text.parse()
+            .unwrap_or_else(|_| panic!("bad number {text:?}"))
+    };
+    let case = Case {
+        nodes: number(nodes) as usize,
+        window: number(window),
+        payload: number(payload) as usize,
+        count: number(count),
+    };
+    let mut knobs: Vec<(String, u64)> = knobs
+        .iter()
+        .map(|knob| {
+            let (name, value) = knob
+                .split_once('=')
+                .unwrap_or_else(|| panic!("knob {knob:?} is not NAME=VALUE"));
+            (name.to_owned(), number(value))
+        })
+        .collect();
+    let mut knob = |name: &str, default: u64| -> u64 {
+        match knobs.iter().position(|(known, _)| known == name) {
+            Some(at) => knobs.remove(at).1,
+            None => default,
+        }
+    };
+    let warmup = (case.count / 10).max(case.window.min(1000));
+    let measured = match library.as_str() {
+        "synod" => {
+            let defaults = synod_cluster::Tuning::default();
+            let tuning = synod_cluster::Tuning {
+                inflight_msgs_max: knob("inflight_msgs_max", defaults.inflight_msgs_max as u64)
+                    as usize,
+                accept_bytes_max: knob("accept_bytes_max", defaults.accept_bytes_max as u64)
+                    as usize,
+            };
+            let cluster =
+                synod_cluster::SynodCluster::new(case.nodes, case.window, case.payload, tuning);
+            run(cluster, warmup, case)
+        }
+        "raft-rs" => {
+            let defaults = raft_cluster::Tuning::default();
+            let tuning = raft_cluster::Tuning {
+                max_inflight_msgs: knob("max_inflight_msgs", defaults.max_inflight_msgs as u64)
+                    as usize,
+                max_size_per_msg: knob("max_size_per_msg", defaults.max_size_per_msg),
+                batch_append: knob("batch_append", defaults.batch_append as u64) != 0,
+            };
+            let cluster = raft_cluster::RaftCluster::new(case.nodes, tuning);
+            run(cluster, warmup, case)
+        }
+        "omnipaxos" => {
+            let defaults = omni_cluster::Tuning::for_window(case.window);
+            let tuning = omni_cluster::Tuning {
+                batch_size: knob("batch_size", defaults.batch_size as u64) as usize,
+                flush_batch_tick_timeout: knob(
+                    "flush_batch_tick_timeout",
+                    defaults.flush_batch_tick_timeout,
+                ),
+                buffer_size: knob("buffer_size", defaults.buffer_size as u64) as usize,
+            };
+            let cluster = omni_cluster::OmniCluster::new(case.nodes, tuning);
+            run(cluster, warmup, case)
+        }
+        "null" => run(harness::NullCluster::new(case.nodes), warmup, case),
+        other => panic!("unknown library {other:?}: synod, raft-rs, omnipaxos (or null)"),
+    };
+    if let Some((name, _)) = knobs.first() {
+        panic!("knob {name:?} does not apply to {library}");
+    }
+    let report = report(&measured);
+    println!(
+        "RESULT commits_per_second={:.0} commits_per_cpu_second={:.0} messages_per_commit={:.4} allocations_per_commit={:.3} \
+         allocated_bytes_per_commit={:.1} peak_rss_kib={:.0} stall_ticks={:.0} elapsed_ms={:.1}",
+        report.commits_per_second,
+        report.commits_per_cpu_second,
+        report.messages_per_commit,
+        report.allocations_per_commit,
+        report.allocated_bytes_per_commit,
+        report.peak_rss_kib,
+        report.stall_ticks,
+        measured.elapsed.as_secs_f64() * 1e3,
+    );
+}
+
+/// Leaks the cluster: tearing down millions of log entries would only slow the run down (and
+/// show up in profiles); the process exits right after.
+fn run<C: harness::Cluster>(mut cluster: C, warmup: u64, case: Case) -> Measured {
+    let measured = drive(&mut cluster, warmup, case.count, case.window, case.payload);
+    std::mem::forget(cluster);
+    measured
+}
+
+fn report(measured: &Measured) -> Report {
+    let commits = measured.commits as f64;
+    Report {
+        commits_per_second: measured.commits_per_second(),
+        commits_per_cpu_second: measured.commits_per_cpu_second(),
+        messages_per_commit: measured.messages as f64 / commits,
+        allocations_per_commit: measured.allocations.calls as f64 / commits,
+        allocated_bytes_per_commit: measured.allocations.bytes as f64 / commits,
+        peak_rss_kib: peak_rss_kib(),
+        stall_ticks: measured.stall_ticks as f64,
+    }
+}
+
+/// The process's peak resident set size (VmHWM), in KiB.
+fn peak_rss_kib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status")
+}
+
+/// Runs `one` in a child process and parses its report.
+fn run_child(library: &str, case: Case, knobs: &[String]) -> Report {
+    let exe = std::env::current_exe().expect("current executable");
+    let output = Command::new(exe)
+        .arg("one")
+        .arg(library)
+        .args([
+            case.nodes.to_string(),
+            case.window.to_string(),
+            case.payload.to_string(),
+            case.count.to_string(),
+        ])
+        .args(knobs)
+        .output()
+        .expect("spawn child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        panic!(
+            "{library} {case:?} failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("{library} {case:?} printed no RESULT:\n{stdout}"));
+    let mut report = Report::default();
+    for pair in line.split_whitespace() {
+        let (key, value) = pair.split_once('=').expect("key=value");
+        let value: f64 = value.parse().expect("number");
+        match key {
+            "commits_per_second" => report.commits_per_second = value,
+            "commits_per_cpu_second" => report.commits_per_cpu_second = value,
+            "messages_per_commit" => report.messages_per_commit = value,
+            "allocations_per_commit" => report.allocations_per_commit = value,
+            "allocated_bytes_per_commit" => report.allocated_bytes_per_commit = value,
+            "peak_rss_kib" => report.peak_rss_kib = value,
+            "stall_ticks" => report.stall_ticks = value,
+            _ => {}
+        }
+    }
+    report
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    }
+}
+
+/// The median of each field over `reports`, field by field.
+fn median_report(reports: &[Report]) -> Report {
+    let field = |get: fn(&Report) -> f64| median(reports.iter().map(get).collect());
+    Report {
+        commits_per_second: field(|r| r.commits_per_second),
+        commits_per_cpu_second: field(|r| r.commits_per_cpu_second),
+        messages_per_commit: field(|r| r.messages_per_commit),
+        allocations_per_commit: field(|r| r.allocations_per_commit),
+        allocated_bytes_per_commit: field(|r| r.allocated_bytes_per_commit),
+        peak_rss_kib: field(|r| r.peak_rss_kib),
+        stall_ticks: field(|r| r.stall_ticks),
+    }
+}
+
+/// Runs every case `runs` times, the libraries alternating within each run, and prints the
+/// medians as a Markdown table.
+fn table(runs: usize) {
+    let started = std::time::Instant::now();
+    let mut rows = Vec::new();
+    for case in CASES {
+        let mut reports: Vec<Vec<Report>> = vec![Vec::new(); LIBRARIES.len()];
+        for run in 0..runs {
+            for (index, library) in LIBRARIES.iter().enumerate() {
+                let report = run_child(library, case, &[]);
+                eprintln!(
+                    "{} replicas, B={}, {} B, run {}/{runs}: {library:>9} {:>10.0} commits/CPU-s \
+                     {:>10.0} commits/s",
+                    case.nodes,
+                    case.window,
+                    case.payload,
+                    run + 1,
+                    report.commits_per_cpu_second,
+                    report.commits_per_second
+                );
+                reports[index].push(report);
+            }
+        }
+        rows.push((
+            case,
+            reports.iter().map(|r| median_report(r)).collect::<Vec<_>>(),
+        ));
+    }
+    println!(
+        "| case | library | commits/CPU-s | synod/peer | commits/s (wall) | msgs/commit | \
+         allocs/commit | alloc bytes/commit | peak RSS (MiB) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (case, medians) in &rows {
+        let synod = medians[0];
+        for (library, report) in LIBRARIES.iter().zip(medians) {
+            let ratio = if *library == "synod" {
+                "—".to_owned()
+            } else {
+                format!(
+                    "{:.2}×",
+                    synod.commits_per_cpu_second / report.commits_per_cpu_second
+                )
+            };
+            let stalls = if report.stall_ticks > 0.0 {
+                format!(" ({:.0} stall ticks)", report.stall_ticks)
+            } else {
+                String::new()
+            };
+            println!(
+                "| {} replicas, B={}, {} B | {library}{stalls} | {:.0} | {ratio} | {:.0} | {:.3} | \
+                 {:.2} | {:.0} | {:.1} |",
+                case.nodes,
+                case.window,
+                case.payload,
+                report.commits_per_cpu_second,
+                report.commits_per_second,
+                report.messages_per_commit,
+                report.allocations_per_commit,
+                report.allocated_bytes_per_commit,
+                report.peak_rss_kib / 1024.0,
+            );
+        }
+    }
+    eprintln!(
+        "({} runs per case, {:?})",
+        runs,
+        round_secs(started.elapsed())
+    );
+}
+
+fn round_secs(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs())
+}
