@@ -13,7 +13,7 @@
 //!
 //! 1. (with TLS) the TLS 1.3 handshake: each side presents a certificate signed by the
 //!    cluster's CA, and the dialer checks the acceptor's certificate names the node it dialed
-//!    (see [`tls`](crate::transport::tls));
+//!    (see the `tls` module, feature `tls`);
 //! 2. the dialer sends [`WireFrame::Hello`]: protocol version, cluster id, its node id and the
 //!    node id it means to reach;
 //! 3. the acceptor checks the hello (and, with TLS, that the dialer's certificate names the
@@ -614,7 +614,7 @@ impl TcpTransport {
     ///
     /// # Errors
     /// [`TcpError::Config`] for an invalid config, [`TcpError::Bind`] if the address cannot be
-    /// bound, [`TcpError::Tls`] for unusable TLS material.
+    /// bound, `TcpError::Tls` (feature `tls`) for unusable TLS material.
     ///
     /// # Panics
     /// If called outside a tokio runtime (as `tokio::spawn` does).
@@ -1431,5 +1431,100 @@ impl Reader<'_> {
         };
         bump(counter);
         InboundEnd::Refused(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TcpConfig {
+        let address: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let peers = [(NodeId(1), address), (NodeId(2), address)].into();
+        TcpConfig::new(NodeId(1), 7, address, peers)
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter_in_the_upper_half() {
+        let config = config();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for failures in 0..40 {
+            let capped = config
+                .reconnect_backoff_min
+                .saturating_mul(1 << failures.min(20))
+                .min(config.reconnect_backoff_max);
+            for _ in 0..20 {
+                let delay = backoff_delay(&config, failures, &mut rng);
+                assert!(delay <= capped, "{failures}: {delay:?} > {capped:?}");
+                assert!(
+                    delay >= capped / 2,
+                    "{failures}: {delay:?} < half {capped:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn backoff_is_reproducible_from_its_seed() {
+        let config = config();
+        let draw = |seed| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            (0..10)
+                .map(|failures| backoff_delay(&config, failures, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(draw(5), draw(5));
+        assert_ne!(draw(5), draw(6));
+    }
+
+    #[test]
+    fn validate_names_the_wrong_field() {
+        assert_eq!(config().validate(), Ok(()));
+        type Breaker = fn(&mut TcpConfig);
+        let cases: [(&str, Breaker); 9] = [
+            ("send_queue_messages_max", |c| c.send_queue_messages_max = 0),
+            ("inbound_messages_max", |c| c.inbound_messages_max = 0),
+            ("frame_bytes_max", |c| c.frame_bytes_max = 100),
+            ("frame_bytes_max", |c| {
+                c.frame_bytes_max = FRAME_BYTES_MAX_LIMIT + 1
+            }),
+            ("reconnect_backoff_min", |c| {
+                c.reconnect_backoff_min = Duration::ZERO
+            }),
+            ("reconnect_backoff_max", |c| {
+                c.reconnect_backoff_max = Duration::from_millis(1)
+            }),
+            ("handshake_timeout", |c| {
+                c.handshake_timeout = Duration::ZERO
+            }),
+            ("connections_per_peer_max", |c| {
+                c.connections_per_peer_max = 0
+            }),
+            ("handshake_connections_max", |c| {
+                c.handshake_connections_max = 0
+            }),
+        ];
+        for (field, break_it) in cases {
+            let mut config = config();
+            break_it(&mut config);
+            assert_eq!(config.validate().unwrap_err().field, field);
+        }
+    }
+
+    #[test]
+    fn a_hello_fits_the_handshake_frame_limit() {
+        let codec = Codec::new(u64::MAX, HANDSHAKE_FRAME_BYTES_MAX);
+        let hello = WireFrame::Hello(Hello {
+            protocol_version: u16::MAX,
+            cluster_id: u64::MAX,
+            from: NodeId(u64::MAX),
+            to: NodeId(u64::MAX),
+        });
+        assert!(codec.encode(&hello).unwrap().len() < 64);
+    }
+
+    #[test]
+    fn the_peer_set_leaves_this_node_out() {
+        assert_eq!(config().peer_ids(), [NodeId(2)].into());
     }
 }
