@@ -5,6 +5,50 @@
 //! [`Transport`]) and a [`TcpInbound`] stream of the messages peers sent to this node (hand it
 //! to the driver as its inbound stream, `inbound.boxed()`).
 //!
+//! ```no_run
+//! use futures::StreamExt;
+//! use std::collections::BTreeMap;
+//! use std::net::SocketAddr;
+//! use std::time::Duration;
+//! use synod::driver::{Driver, DriverConfig};
+//! use synod::transport::tcp::{TcpConfig, TcpTransport};
+//! use synod::{Config, MemStorage, NodeId, Replica, Storage};
+//!
+//! # async fn node_one() -> Result<(), Box<dyn std::error::Error>> {
+//! let cluster_id = 42;
+//! let peers: BTreeMap<NodeId, SocketAddr> = [
+//!     (NodeId(1), "127.0.0.1:7001".parse()?),
+//!     (NodeId(2), "127.0.0.1:7002".parse()?),
+//!     (NodeId(3), "127.0.0.1:7003".parse()?),
+//! ]
+//! .into();
+//! let tcp = TcpConfig::new(NodeId(1), cluster_id, peers[&NodeId(1)], peers.clone());
+//! let (transport, inbound) = TcpTransport::start(tcp).await?;
+//! let transport_stats = transport.stats_handle(); // readable after the driver took it
+//!
+//! let mut config = Config::new(NodeId(1), peers.keys().copied().collect());
+//! config.cluster_id = cluster_id;
+//! let mut storage = MemStorage::new();
+//! let replica = Replica::new(config, storage.recover()?)?;
+//! let interval = tokio::time::interval(Duration::from_millis(10)); // one tick
+//! let ticks = futures::stream::unfold(interval, |mut interval| async move {
+//!     interval.tick().await;
+//!     Some(((), interval))
+//! });
+//! let (driver, handle, committed) = Driver::new(
+//!     replica,
+//!     storage,
+//!     transport,
+//!     ticks.boxed(),
+//!     inbound.boxed(),
+//!     DriverConfig::default(),
+//! );
+//! tokio::spawn(driver.run());
+//! # drop((handle, committed, transport_stats));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Connections
 //!
 //! Every node dials one outbound connection to each peer and writes only on it; it reads only
