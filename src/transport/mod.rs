@@ -5,6 +5,10 @@
 
 pub mod codec;
 mod local;
+#[cfg(feature = "net")]
+pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use local::LocalTransport;
 
