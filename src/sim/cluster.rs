@@ -237,7 +237,7 @@ struct InTransit {
     message: Message,
 }
 
-/// A deterministic world of replicas. See the [module documentation](self).
+/// A deterministic world of replicas. See the [module documentation](crate::sim).
 #[derive(Debug)]
 pub struct Simulation {
     config: SimConfig,
