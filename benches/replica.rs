@@ -53,7 +53,7 @@ impl Cluster {
                     idle = false;
                     let mut ready = self.replicas[index].ready();
                     self.inbox.extend(ready.take_messages());
-                    self.storages[index].write(ready.persist()).unwrap();
+                    self.storages[index].write(ready.take_persist()).unwrap();
                     self.inbox.extend(ready.take_persisted_messages());
                     let committed = ready.take_committed();
                     if let Some(last) = committed.last() {

@@ -80,7 +80,7 @@ impl Cluster {
             while replica.has_ready() {
                 let mut ready = replica.ready();
                 self.network.extend(ready.take_messages());
-                node.storage.write(ready.persist())?;
+                node.storage.write(ready.take_persist())?;
                 self.network.extend(ready.take_persisted_messages());
                 for entry in ready.take_committed() {
                     if let Value::Command { data, .. } = entry.value {

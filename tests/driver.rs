@@ -27,11 +27,11 @@ impl Storage for SlowStorage {
         self.inner.recover()
     }
 
-    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        let (entries, must_sync) = (batch.entries.len() as u64, batch.must_sync);
         self.inner.write(batch)?;
-        self.entries_written
-            .fetch_add(batch.entries.len() as u64, Ordering::Relaxed);
-        if batch.must_sync {
+        self.entries_written.fetch_add(entries, Ordering::Relaxed);
+        if must_sync {
             std::thread::sleep(Duration::from_micros(500));
             self.syncs.fetch_add(1, Ordering::Relaxed);
         }
@@ -205,7 +205,7 @@ impl Storage for BrokenDisk {
         Ok(Recovered::default())
     }
 
-    fn write(&mut self, _batch: &WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, _batch: WriteBatch) -> Result<(), StorageError> {
         Err(StorageError::Io {
             path: "disk0".to_string(),
             source: std::io::Error::other("device gone"),

@@ -24,9 +24,9 @@ struct Disk {
 }
 
 impl Disk {
-    fn write(&mut self, batch: &WriteBatch) {
-        for entry in &batch.entries {
-            self.entries.insert(entry.slot, entry.clone());
+    fn write(&mut self, batch: WriteBatch) {
+        for entry in batch.entries {
+            self.entries.insert(entry.slot, entry);
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
@@ -99,7 +99,7 @@ impl World {
         while replica.has_ready() {
             let mut ready = replica.ready();
             let mut out = ready.take_messages();
-            self.disks[index].write(ready.persist());
+            self.disks[index].write(ready.take_persist());
             out.extend(ready.take_persisted_messages());
             for entry in ready.take_committed() {
                 self.applied[index].insert(entry.slot, entry.value);

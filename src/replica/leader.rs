@@ -8,6 +8,10 @@ use crate::quorum::VoteSet;
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 
+/// The most entries an Accept's vector reserves room for up front (it grows past it if the
+/// byte limit allows more).
+const ACCEPT_ENTRIES_RESERVE_MAX: usize = 1024;
+
 impl Replica {
     /// True if a command of `size_bytes` fits within the uncommitted bounds.
     pub(super) fn has_room_for(&self, size_bytes: usize) -> bool {
@@ -89,7 +93,10 @@ impl Replica {
             {
                 let first_slot = progress.next_slot;
                 let mut bytes = 0;
-                let mut entries = Vec::new();
+                // Sized for the common case (the whole backlog fits one Accept) without
+                // reserving much more than a byte-limited Accept can carry.
+                let backlog = (next_slot - first_slot) as usize;
+                let mut entries = Vec::with_capacity(backlog.min(ACCEPT_ENTRIES_RESERVE_MAX));
                 for entry in self.log.range(first_slot, next_slot - 1) {
                     let size = entry.value.size_bytes();
                     if !entries.is_empty() && bytes + size > self.config.accept_bytes_max {

@@ -619,17 +619,14 @@ impl Replica {
         let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         let write = WriteBatch {
             hard_state: self.hard_dirty.then_some(self.hard),
-            entries: std::mem::take(&mut self.unpersisted),
+            entries: take_keeping_capacity(&mut self.unpersisted),
             must_sync,
         };
         self.hard_dirty = false;
         self.hard_needs_sync = false;
         let committed = if self.applied < self.hard.chosen {
-            let entries: Vec<Entry> = self
-                .log
-                .range(self.applied + 1, self.hard.chosen)
-                .cloned()
-                .collect();
+            let mut entries = Vec::with_capacity((self.hard.chosen - self.applied) as usize);
+            entries.extend(self.log.range(self.applied + 1, self.hard.chosen).cloned());
             debug_assert_eq!(entries.len() as Slot, self.hard.chosen - self.applied);
             self.applied = self.hard.chosen;
             entries
@@ -639,8 +636,8 @@ impl Replica {
         Ready {
             number,
             write,
-            messages: std::mem::take(&mut self.messages),
-            persisted_messages: std::mem::take(&mut self.persisted_messages),
+            messages: take_keeping_capacity(&mut self.messages),
+            persisted_messages: take_keeping_capacity(&mut self.persisted_messages),
             committed,
             events: std::mem::take(&mut self.events),
         }
@@ -805,4 +802,16 @@ impl Replica {
             self.events.push(Event::LeaderChanged { leader, ballot });
         }
     }
+}
+
+/// Takes the contents of `vector`, leaving it with room for as many elements: output buffers
+/// are refilled at about the same rate they are drained, so the next batch is gathered without
+/// growing a vector from nothing (one allocation instead of a chain of reallocations).
+/// An empty vector is not taken at all: it keeps its buffer and an unallocated one is returned.
+fn take_keeping_capacity<T>(vector: &mut Vec<T>) -> Vec<T> {
+    if vector.is_empty() {
+        return Vec::new();
+    }
+    let capacity = vector.len();
+    std::mem::replace(vector, Vec::with_capacity(capacity))
 }

@@ -51,7 +51,7 @@ pub enum StepDownReason {
 ///
 /// Drain it in this order:
 /// 1. [`take_messages`](Ready::take_messages): send at once (safe before the write);
-/// 2. [`persist`](Ready::persist): write atomically; sync if `must_sync`;
+/// 2. [`take_persist`](Ready::take_persist): write atomically; sync if `must_sync`;
 /// 3. [`take_persisted_messages`](Ready::take_persisted_messages): send only once the write
 ///    is durable (promises and acceptances);
 /// 4. [`take_committed`](Ready::take_committed): apply, in order, exactly once;
@@ -75,13 +75,16 @@ impl Ready {
         self.number
     }
 
-    /// What to write to storage, atomically, before sending the persisted messages.
+    /// What to write to storage, to look at (tests, metrics); take it with
+    /// [`take_persist`](Ready::take_persist) to write it.
     pub fn persist(&self) -> &WriteBatch {
         &self.write
     }
 
-    /// Takes the write out of the ready, for a writer that completes it later (asynchronous
-    /// storage); acknowledge it with `on_persisted(number)` once durable.
+    /// Takes the write out of the ready, to hand to [`Storage::write`](crate::Storage::write)
+    /// (by value: the storage keeps the entries without copying them). Write it atomically,
+    /// before sending the persisted messages; if the write completes later (asynchronous
+    /// storage), acknowledge it with `on_persisted(number)` once durable.
     pub fn take_persist(&mut self) -> WriteBatch {
         std::mem::take(&mut self.write)
     }

@@ -435,10 +435,10 @@ impl Simulation {
                 let node = &mut self.nodes[index];
                 if kept {
                     node.storage
-                        .write(&write.batch)
+                        .write(write.batch.clone())
                         .expect("MemStorage cannot fail");
                     node.truly_synced
-                        .write(&write.batch)
+                        .write(write.batch.clone())
                         .expect("MemStorage cannot fail");
                     self.stats.writes_kept += 1;
                     if let Err(violation) = self.checker.on_durable(index, &write.batch) {
@@ -865,7 +865,7 @@ impl Simulation {
             }
             let write = node.writes.pop_front().expect("checked");
             node.storage
-                .write(&write.batch)
+                .write(write.batch.clone())
                 .expect("MemStorage cannot fail");
             write.batch.hash(&mut self.trace);
             self.checker.on_durable(index, &write.batch)?;
@@ -918,7 +918,7 @@ impl Simulation {
                 0
             };
             let complete_at = self.now + self.below(delay + 1);
-            let batch = ready.persist().clone();
+            let batch = ready.take_persist();
             let mut messages = ready.take_persisted_messages();
             if self.config.bugs.send_before_persist {
                 for message in messages.drain(..) {

@@ -60,7 +60,7 @@ pub trait Storage {
     /// # Errors
     /// [`StorageError::Io`] if the write or the sync failed; nothing of the batch may be
     /// acknowledged then.
-    fn write(&mut self, batch: &WriteBatch) -> Result<(), StorageError>;
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError>;
 
     /// The stored entries for slots `first..=last`, in slot order, skipping slots with no
     /// entry.
