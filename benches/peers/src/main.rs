@@ -190,6 +190,44 @@ fn one(args: &[String]) {
             let cluster = omni_cluster::OmniCluster::new(case.nodes, tuning);
             run(cluster, warmup, case)
         }
+        "synod-file" => {
+            // FileStorage in fresh directories, fsync on every write that asks for it (every
+            // write that carries a promise or an acceptance), in this one thread.
+            let root = std::env::temp_dir().join(format!("synod-peers-{}", std::process::id()));
+            let storages: Vec<synod::FileStorage> = (1..=case.nodes as u64)
+                .map(|node| {
+                    synod::FileStorage::open(
+                        root.join(format!("node-{node}")),
+                        1,
+                        synod::NodeId(node),
+                        synod::FileStorageOptions::default(),
+                    )
+                    .expect("open FileStorage")
+                })
+                .collect();
+            let mut cluster = synod_cluster::SynodCluster::with_storages(
+                storages,
+                case.window,
+                case.payload,
+                synod_cluster::Tuning::default(),
+            );
+            let before: Vec<u64> = cluster.storages().iter().map(|s| s.sync_count()).collect();
+            let measured = drive(&mut cluster, warmup, case.count, case.window, case.payload);
+            let syncs: Vec<u64> = cluster
+                .storages()
+                .iter()
+                .zip(&before)
+                .map(|(storage, before)| storage.sync_count() - before)
+                .collect();
+            println!(
+                "FILE fsyncs_per_replica={syncs:?} proposals_per_leader_fsync={:.1} (warm-up and timed run; \
+                 the leader is node 1)",
+                (warmup + case.count) as f64 / syncs[0].max(1) as f64
+            );
+            drop(cluster);
+            let _ = std::fs::remove_dir_all(&root);
+            measured
+        }
         "null" => run(harness::NullCluster::new(case.nodes), warmup, case),
         other => panic!("unknown library {other:?}: synod, raft-rs, omnipaxos (or null)"),
     };

@@ -1,4 +1,5 @@
-//! synod: `Replica` + `MemStorage`, driven by the Ready loop of the crate documentation.
+//! synod: `Replica` + `MemStorage` (or `FileStorage`), driven by the Ready loop of the crate
+//! documentation.
 
 use crate::harness::{Cluster, Digest};
 use bytes::Bytes;
@@ -22,9 +23,9 @@ impl Default for Tuning {
     }
 }
 
-pub struct SynodCluster {
+pub struct SynodCluster<S: Storage = MemStorage> {
     replicas: Vec<Replica>,
-    storages: Vec<MemStorage>,
+    storages: Vec<S>,
     appliers: Vec<Digest>,
     /// Messages to deliver in the next round, and the buffer the current round drains.
     queue: Vec<Message>,
@@ -33,10 +34,23 @@ pub struct SynodCluster {
     delivered: u64,
 }
 
-impl SynodCluster {
+impl SynodCluster<MemStorage> {
     pub fn new(nodes: usize, window: u64, payload: usize, tuning: Tuning) -> SynodCluster {
+        let storages = (0..nodes).map(|_| MemStorage::new()).collect();
+        SynodCluster::with_storages(storages, window, payload, tuning)
+    }
+}
+
+impl<S: Storage> SynodCluster<S> {
+    /// A cluster of one replica per storage (fresh storages: this is a benchmark).
+    pub fn with_storages(
+        mut storages: Vec<S>,
+        window: u64,
+        payload: usize,
+        tuning: Tuning,
+    ) -> SynodCluster<S> {
+        let nodes = storages.len();
         let members: Vec<NodeId> = (1..=nodes as u64).map(NodeId).collect();
-        let mut storages: Vec<MemStorage> = (0..nodes).map(|_| MemStorage::new()).collect();
         let replicas = members
             .iter()
             .zip(&mut storages)
@@ -76,7 +90,14 @@ impl SynodCluster {
     }
 }
 
-impl Cluster for SynodCluster {
+impl<S: Storage> SynodCluster<S> {
+    /// The storages, to read their counters after a run.
+    pub fn storages(&self) -> &[S] {
+        &self.storages
+    }
+}
+
+impl<S: Storage> Cluster for SynodCluster<S> {
     fn propose(&mut self, payload: Vec<u8>) {
         if let Err(error) = self.replicas[self.leader].propose(Bytes::from(payload)) {
             panic!("synod refused a proposal: {error}");
@@ -100,8 +121,8 @@ impl Cluster for SynodCluster {
                 let mut ready = replica.ready();
                 self.queue.extend(ready.take_messages());
                 self.storages[index]
-                    .write(ready.persist())
-                    .expect("MemStorage write");
+                    .write(ready.take_persist())
+                    .expect("storage write");
                 self.queue.extend(ready.take_persisted_messages());
                 for entry in ready.take_committed() {
                     if let Value::Command { data, .. } = &entry.value {
