@@ -52,10 +52,10 @@ impl Cluster {
                 if self.replicas[index].has_ready() {
                     idle = false;
                     let mut ready = self.replicas[index].ready();
-                    self.inbox.extend(ready.take_messages());
+                    self.inbox.extend(ready.drain_messages());
                     self.storages[index].write(ready.take_persist()).unwrap();
-                    self.inbox.extend(ready.take_persisted_messages());
-                    let committed = ready.take_committed();
+                    self.inbox.extend(ready.drain_persisted_messages());
+                    let committed = ready.drain_committed();
                     if let Some(last) = committed.last() {
                         self.applied[index] = last.slot;
                     }

@@ -167,7 +167,23 @@ pub struct Replica {
     persisted_number: u64,
     /// Messages refused or dropped since start, for `Status`.
     dropped_messages: u64,
+    /// Emptied buffers handed back through `advance`, reused by the next `ready` so a steady
+    /// stream of batches allocates nothing for them. Always empty (only their capacity
+    /// matters), so they are not part of the replica's identity.
+    spare: Spare,
 }
+
+/// Empty output buffers kept for reuse (see `Replica::spare`).
+#[derive(Clone, Debug, Default)]
+struct Spare {
+    messages: Vec<Message>,
+    persisted_messages: Vec<Message>,
+    committed: Vec<Entry>,
+}
+
+/// A recycled buffer keeps at most this many elements' room: one huge batch must not pin its
+/// memory for the replica's lifetime.
+const SPARE_CAPACITY_MAX: usize = 4096;
 
 impl Replica {
     /// Every field but the RNG, plus the RNG's seed and position: the replica's whole state.
@@ -350,6 +366,7 @@ impl Replica {
             ready_number: 0,
             persisted_number: 0,
             dropped_messages: 0,
+            spare: Spare::default(),
             config,
         };
         replica.reset_election_timer();
@@ -625,7 +642,8 @@ impl Replica {
         self.hard_dirty = false;
         self.hard_needs_sync = false;
         let committed = if self.applied < self.hard.chosen {
-            let mut entries = Vec::with_capacity((self.hard.chosen - self.applied) as usize);
+            let mut entries = std::mem::take(&mut self.spare.committed);
+            entries.reserve((self.hard.chosen - self.applied) as usize);
             entries.extend(self.log.range(self.applied + 1, self.hard.chosen).cloned());
             debug_assert_eq!(entries.len() as Slot, self.hard.chosen - self.applied);
             self.applied = self.hard.chosen;
@@ -636,8 +654,11 @@ impl Replica {
         Ready {
             number,
             write,
-            messages: take_keeping_capacity(&mut self.messages),
-            persisted_messages: take_keeping_capacity(&mut self.persisted_messages),
+            messages: hand_out(&mut self.messages, &mut self.spare.messages),
+            persisted_messages: hand_out(
+                &mut self.persisted_messages,
+                &mut self.spare.persisted_messages,
+            ),
             committed,
             events: std::mem::take(&mut self.events),
         }
@@ -645,8 +666,14 @@ impl Replica {
 
     /// Acknowledges a ready whose write is durable and whose messages were handed to the
     /// transport. Same as `on_persisted(ready.number())`.
+    ///
+    /// The ready's buffers are kept for reuse: drain it with the `drain_*` methods rather than
+    /// the `take_*` ones and steady-state batches allocate no output vectors.
     pub fn advance(&mut self, ready: Ready) {
         self.on_persisted(ready.number);
+        recycle(&mut self.spare.messages, ready.messages);
+        recycle(&mut self.spare.persisted_messages, ready.persisted_messages);
+        recycle(&mut self.spare.committed, ready.committed);
     }
 
     /// Tells the replica that the writes of every ready up to `number` are durable, so its own
@@ -801,6 +828,30 @@ impl Replica {
             }
             self.events.push(Event::LeaderChanged { leader, ballot });
         }
+    }
+}
+
+/// Hands out what `gathered` holds, leaving in its place the spare buffer if there is one, or
+/// else a buffer with room for as many elements (the next batch is likely about as large).
+fn hand_out<T>(gathered: &mut Vec<T>, spare: &mut Vec<T>) -> Vec<T> {
+    if gathered.is_empty() {
+        return Vec::new();
+    }
+    let replacement = if spare.capacity() > 0 {
+        std::mem::take(spare)
+    } else {
+        Vec::with_capacity(gathered.len())
+    };
+    std::mem::replace(gathered, replacement)
+}
+
+/// Keeps `used` (emptied) as the spare buffer if it is larger than the current spare and not
+/// oversized. Elements the application did not drain are dropped here, as they would have been
+/// with the ready.
+fn recycle<T>(spare: &mut Vec<T>, mut used: Vec<T>) {
+    if used.capacity() > spare.capacity() && used.capacity() <= SPARE_CAPACITY_MAX {
+        used.clear();
+        *spare = used;
     }
 }
 

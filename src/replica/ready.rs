@@ -58,6 +58,9 @@ pub enum StepDownReason {
 /// 5. hand the ready back with [`Replica::advance`](super::Replica::advance), or, if the
 ///    write completes later, call [`Replica::on_persisted`](super::Replica::on_persisted)
 ///    with [`number`](Ready::number) when it does (writes must complete in order).
+///
+/// Each `take_*` method has a `drain_*` twin that leaves the emptied buffer in the ready;
+/// `advance` then keeps it for the next batch, so a hot loop allocates no output vectors.
 #[derive(Debug, Default)]
 #[must_use = "a Ready carries messages and writes that must be handled"]
 pub struct Ready {
@@ -94,15 +97,33 @@ impl Ready {
         std::mem::take(&mut self.messages)
     }
 
+    /// Like [`take_messages`](Ready::take_messages), but leaves the emptied buffer in the
+    /// ready, so [`Replica::advance`](super::Replica::advance) can reuse it.
+    pub fn drain_messages(&mut self) -> std::vec::Drain<'_, Message> {
+        self.messages.drain(..)
+    }
+
     /// Messages that may be sent only after the write is durable.
     pub fn take_persisted_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.persisted_messages)
+    }
+
+    /// Like [`take_persisted_messages`](Ready::take_persisted_messages), but leaves the emptied
+    /// buffer in the ready for reuse.
+    pub fn drain_persisted_messages(&mut self) -> std::vec::Drain<'_, Message> {
+        self.persisted_messages.drain(..)
     }
 
     /// Entries newly chosen, in slot order, each handed out exactly once. `Value::Noop`
     /// entries fill slots and carry no command; skip them.
     pub fn take_committed(&mut self) -> Vec<Entry> {
         std::mem::take(&mut self.committed)
+    }
+
+    /// Like [`take_committed`](Ready::take_committed), but leaves the emptied buffer in the
+    /// ready for reuse.
+    pub fn drain_committed(&mut self) -> std::vec::Drain<'_, Entry> {
+        self.committed.drain(..)
     }
 
     /// What happened since the last ready (elections, leader changes).

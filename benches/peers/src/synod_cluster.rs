@@ -119,12 +119,12 @@ impl<S: Storage> Cluster for SynodCluster<S> {
             while replica.has_ready() {
                 busy = true;
                 let mut ready = replica.ready();
-                self.queue.extend(ready.take_messages());
+                self.queue.extend(ready.drain_messages());
                 self.storages[index]
                     .write(ready.take_persist())
                     .expect("storage write");
-                self.queue.extend(ready.take_persisted_messages());
-                for entry in ready.take_committed() {
+                self.queue.extend(ready.drain_persisted_messages());
+                for entry in ready.drain_committed() {
                     if let Value::Command { data, .. } = &entry.value {
                         self.appliers[index].apply(data);
                     }
