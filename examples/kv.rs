@@ -394,6 +394,7 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     );
     let mut driver = tokio::spawn(driver.run());
     let applier = tokio::spawn(apply_committed(node.clone(), committed));
+    let role_logger = tokio::spawn(log_role_changes(id, handle.clone()));
     let acceptor = tokio::spawn(accept_clients(node.clone(), handle, client_listener));
     eprintln!(
         "kv[{id}]: serving clients on {}, peers on {}, data in {} ({recovered_slots} slots recovered)",
@@ -424,7 +425,32 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         }
     };
     applier.abort();
+    role_logger.abort();
     outcome
+}
+
+/// Logs every change of role or leader (polled from the driver's status), for operators and
+/// for the logs a failed test prints.
+async fn log_role_changes(id: NodeId, mut handle: Handle) {
+    let mut last = None;
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        let Some(status) = handle.status().await else {
+            return;
+        };
+        let now = (status.role, status.leader, status.leader_ballot);
+        if last != Some(now) {
+            let leader = status
+                .leader
+                .map_or_else(|| "none".to_string(), |leader| leader.to_string());
+            eprintln!(
+                "kv[{id}]: {:?}, leader {leader} (ballot {}), chosen slot {}",
+                status.role, status.leader_ballot, status.chosen
+            );
+            last = Some(now);
+        }
+    }
 }
 
 /// Resolves on ctrl-c or `SIGTERM`, naming it.

@@ -374,17 +374,35 @@ impl Cluster {
         let deadline = Instant::now() + PATIENCE;
         loop {
             self.check_running();
-            let leaders: Vec<usize> = (0..NODES)
-                .filter(|&index| self.children[index].is_some())
-                .filter(|&index| {
-                    query(self.client_ports[index], &[b"INFO"])
-                        .is_ok_and(|reply| fields(&reply)["role"] == "leader")
-                })
+            let mut roles = Vec::new();
+            for index in 0..NODES {
+                if self.children[index].is_none() {
+                    roles.push((index, "down".to_string()));
+                    continue;
+                }
+                let role = Client::connect(self.client_ports[index], Duration::from_secs(5))
+                    .and_then(|mut client| client.command(&[b"INFO"]))
+                    .map_or_else(
+                        |error| format!("no answer: {error}"),
+                        |reply| match reply {
+                            Reply::Bulk(Some(_)) => fields(&reply)["role"].clone(),
+                            other => format!("{other:?}"),
+                        },
+                    );
+                roles.push((index, role));
+            }
+            let leaders: Vec<usize> = roles
+                .iter()
+                .filter(|(_, role)| role == "leader")
+                .map(|(index, _)| *index)
                 .collect();
             if let [leader] = leaders[..] {
                 return leader;
             }
-            assert!(Instant::now() < deadline, "no single leader: {leaders:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {PATIENCE:?}; roles by node index: {roles:?}"
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
