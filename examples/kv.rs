@@ -43,7 +43,8 @@
 //!   the leader (synod's `forward_proposals`) and still answers only once the entry is
 //!   applied locally, so a client never needs to know the leader and never follows a
 //!   redirection (the alternative, a `-MOVED`-style error, would push that work onto every
-//!   client and is not correct with stock redis clients). While no leader is known (an
+//!   client, and plain Redis clients such as `redis-cli` and `redis-benchmark` only report
+//!   such an error instead of following it). While no leader is known (an
 //!   election), requests wait and are retried; after [`REQUEST_TIMEOUT`] the client gets
 //!   `-TRYAGAIN`, and the command may or may not have taken effect (as after any timeout).
 //! - **Exactly once.** Each connection has a client session in the replicated state machine
@@ -213,6 +214,13 @@ fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
 }
 
 fn main() -> ExitCode {
+    // Crash-only: a panic anywhere (a broken invariant) stops the whole node, which then
+    // restarts from its storage, rather than leaving it half alive with a dead task.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let args = Args::parse();
     let id = args.id;
     match run(args) {
@@ -322,7 +330,7 @@ struct Node {
 
 impl Node {
     fn applied(&self) -> MutexGuard<'_, Applied> {
-        // A panic while holding the lock is a bug that already took the process down.
+        // Poisoning needs a panic, and a panic aborts the process (see `main`).
         self.applied.lock().expect("applier lock poisoned")
     }
 }
@@ -340,7 +348,7 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     config.cluster_id = args.cluster_id;
     config.election_ticks = args.election_ticks;
     config.heartbeat_ticks = args.heartbeat_ticks;
-    config.retransmit_ticks = (args.heartbeat_ticks * 4).max(1);
+    config.retransmit_ticks = args.heartbeat_ticks.saturating_mul(4).max(1);
     config.forward_proposals = true;
     // The state machine is rebuilt from the whole log: every chosen entry is applied again.
     config.applied = 0;
