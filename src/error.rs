@@ -165,6 +165,17 @@ pub enum StorageError {
         /// Its node id.
         node: NodeId,
     },
+    /// The storage directory is in use: another [`FileStorage`](crate::FileStorage) (in this
+    /// process or another one) holds its lock file. Two writers would corrupt the log: stop
+    /// the other process, or use another directory. The lock is released when the holder
+    /// drops its storage or exits, however it exits (the operating system releases it).
+    #[error("storage in {path} is locked by another process{}", holder_text(*.holder_pid))]
+    Locked {
+        /// The lock file.
+        path: String,
+        /// The process id the holder wrote into the lock file, if it could be read.
+        holder_pid: Option<u32>,
+    },
     /// Entries were asked for that are not stored (compacted away, or never written).
     #[error("slot {slot} is not available (stored range {first}..={last})")]
     Unavailable {
@@ -175,4 +186,12 @@ pub enum StorageError {
         /// Last stored slot.
         last: Slot,
     },
+}
+
+/// The holder part of [`StorageError::Locked`]'s message.
+fn holder_text(holder_pid: Option<u32>) -> String {
+    match holder_pid {
+        Some(pid) => format!(" (pid {pid})"),
+        None => String::new(),
+    }
 }

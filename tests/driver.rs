@@ -170,6 +170,12 @@ fn three_drivers_replicate_in_order_with_group_commit() {
             logs.push(take_commands(&mut node.committed, COUNT + 1).await);
         }
         let syncs = nodes[leader].syncs.load(Ordering::Relaxed) - syncs_before;
+        // The live counters: every storage write merged one or more ready batches.
+        let stats = handles[leader].stats().await.expect("the driver runs");
+        assert!(
+            stats.storage_writes > 0 && stats.writes >= stats.storage_writes,
+            "{stats:?}"
+        );
         (logs, syncs)
     };
     let all_drivers = futures::future::join_all(drivers);

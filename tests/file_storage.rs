@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
-use synod::storage::file::SEGMENT_HEADER_BYTES;
+use synod::storage::file::{LOCK_FILE_NAME, SEGMENT_HEADER_BYTES};
 use synod::storage::{FileStorage, FileStorageOptions};
 use synod::{
     Ballot, Entry, HardState, MemStorage, NodeId, ProposalId, Recovered, Storage, StorageError,
@@ -390,6 +390,36 @@ fn foreign_storage_is_refused() {
         }
     }
     assert!(open(directory.path(), options()).is_ok());
+}
+
+#[test]
+fn a_directory_in_use_is_refused_until_its_storage_is_dropped() {
+    let directory = TempDir::new().unwrap();
+    let mut storage = open(directory.path(), options()).unwrap();
+    storage.write(sample_batches([true; 6])[0].clone()).unwrap();
+    // flock locks belong to the open file, so a second open in this same process conflicts
+    // exactly as one in another process would.
+    for _ in 0..2 {
+        match open(directory.path(), options()) {
+            Err(StorageError::Locked { path, holder_pid }) => {
+                assert_eq!(Path::new(&path), directory.path().join(LOCK_FILE_NAME));
+                assert_eq!(holder_pid, Some(std::process::id()));
+                let message = open(directory.path(), options()).unwrap_err().to_string();
+                assert!(message.contains("locked by another process"), "{message}");
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+    }
+    // A refused open changed nothing: the holder goes on writing.
+    storage.write(sample_batches([true; 6])[1].clone()).unwrap();
+    drop(storage);
+    let mut storage = open(directory.path(), options()).unwrap();
+    assert_eq!(
+        storage.recover().unwrap(),
+        model(&sample_batches([true; 6])[..2])
+    );
+    // The lock file is not a segment.
+    assert_eq!(segment_files(directory.path()).len(), 1);
 }
 
 #[test]

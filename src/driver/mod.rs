@@ -95,6 +95,9 @@ enum Request {
     Status {
         reply: oneshot::Sender<Status>,
     },
+    Stats {
+        reply: oneshot::Sender<DriverStats>,
+    },
 }
 
 /// Submits proposals to a running [`Driver`] and queries it. Cheap to clone.
@@ -110,6 +113,7 @@ impl std::fmt::Debug for Request {
                 write!(formatter, "Propose({} bytes)", command.len())
             }
             Request::Status { .. } => write!(formatter, "Status"),
+            Request::Stats { .. } => write!(formatter, "Stats"),
         }
     }
 }
@@ -157,7 +161,7 @@ impl Handle {
         if let Err(error) = self.requests.try_send(request) {
             let command = match error.into_inner() {
                 Request::Propose { command, .. } => command,
-                Request::Status { .. } => Bytes::new(),
+                Request::Status { .. } | Request::Stats { .. } => Bytes::new(),
             };
             return Err(ProposalError::Stopped { command });
         }
@@ -168,6 +172,15 @@ impl Handle {
     pub async fn status(&mut self) -> Option<Status> {
         let (reply, response) = oneshot::channel();
         self.requests.send(Request::Status { reply }).await.ok()?;
+        response.await.ok()
+    }
+
+    /// The driver's counters so far (what [`Driver::run`] returns at the end), or `None` if
+    /// the driver has stopped. For monitoring: `writes / storage_writes` is how many ready
+    /// batches one storage write (one sync) covered on average — the group-commit factor.
+    pub async fn stats(&mut self) -> Option<DriverStats> {
+        let (reply, response) = oneshot::channel();
+        self.requests.send(Request::Stats { reply }).await.ok()?;
         response.await.ok()
     }
 }
@@ -352,6 +365,9 @@ where
         match request {
             Request::Status { reply } => {
                 let _ = reply.send(self.replica.status());
+            }
+            Request::Stats { reply } => {
+                let _ = reply.send(self.stats);
             }
             Request::Propose {
                 command,

@@ -8,6 +8,14 @@
 //! (created, its header written and synced, the directory synced). Other files in the
 //! directory are left alone.
 //!
+//! One more file, `LOCK`, keeps two processes (or two `FileStorage`s in one process) from
+//! writing the same log: [`FileStorage::open`] takes an exclusive `flock` on it and holds it
+//! until the storage is dropped; a second open fails with [`StorageError::Locked`]. The
+//! operating system releases the lock when its holder exits, even by `SIGKILL`, so a crashed
+//! node restarts without cleanup. The file holds the holder's process id, for the error
+//! message only. (On platforms without `flock` — not Linux, macOS or the BSDs — there is no
+//! lock.)
+//!
 //! # Records
 //!
 //! A segment is a sequence of records. All integers are little-endian.
@@ -84,6 +92,8 @@ const FORMAT_VERSION: u16 = 1;
 const SEGMENT_EXTENSION: &str = "seg";
 /// Digits in a segment file name: a zero-padded `u64`.
 const SEGMENT_NAME_DIGITS: usize = 20;
+/// The name of the lock file in the storage directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// Bytes before a record's body: length, checksum, kind.
 const RECORD_HEADER_BYTES: usize = 4 + 4 + 1;
@@ -341,6 +351,9 @@ pub struct FileStorage {
     failure: Option<String>,
     writes: u64,
     syncs: u64,
+    /// The open lock file; its `flock` is held as long as this storage lives (`None` where
+    /// there is no `flock`).
+    _lock: Option<File>,
 }
 
 impl fmt::Debug for FileStorage {
@@ -388,6 +401,64 @@ fn parse_segment_name(name: &str) -> Option<u64> {
         return None;
     }
     digits.parse().ok()
+}
+
+/// Takes the exclusive lock of `directory` (see the module documentation): opens or creates
+/// its lock file, locks it without waiting, and writes this process's id into it.
+#[cfg(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+fn lock_directory(directory: &Path) -> Result<Option<File>, StorageError> {
+    use rustix::fs::{flock, FlockOperation};
+    let path = directory.join(LOCK_FILE_NAME);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|error| io_error(&path, error))?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(errno) if errno == rustix::io::Errno::WOULDBLOCK => {
+            let holder_pid = fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+            return Err(StorageError::Locked {
+                path: path.display().to_string(),
+                holder_pid,
+            });
+        }
+        Err(errno) => return Err(io_error(&path, errno.into())),
+    }
+    // The pid is for the error message of a later open only: not synced, not checked.
+    file.set_len(0)
+        .and_then(|()| file.seek(SeekFrom::Start(0)))
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .map_err(|error| io_error(&path, error))?;
+    Ok(Some(file))
+}
+
+/// No `flock` on this platform: no lock (see the module documentation).
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)))]
+fn lock_directory(_directory: &Path) -> Result<Option<File>, StorageError> {
+    Ok(None)
 }
 
 /// Makes the directory entries (created or removed files) durable.
@@ -632,6 +703,7 @@ impl FileStorage {
     /// documentation).
     ///
     /// # Errors
+    /// - [`StorageError::Locked`] if another storage (in any process) has the directory open.
     /// - [`StorageError::Foreign`] if a segment belongs to another cluster or node.
     /// - [`StorageError::Corrupt`] if a segment is missing, a header is bad, or data other
     ///   than a torn tail is damaged; the error names the file and the byte offset.
@@ -653,6 +725,8 @@ impl FileStorage {
                 sync_directory(parent)?;
             }
         }
+        // Before anything is read or repaired: a second writer would corrupt the log.
+        let lock = lock_directory(&directory)?;
         let mut sequences = list_segments(&directory)?;
         for pair in sequences.windows(2) {
             if pair[1] != pair[0] + 1 {
@@ -745,6 +819,7 @@ impl FileStorage {
             failure: None,
             writes: 0,
             syncs: 0,
+            _lock: lock,
         })
     }
 

@@ -1,0 +1,1194 @@
+//! A replicated key-value server that speaks the Redis protocol (RESP2): one process per
+//! replica, each with its own durable [`FileStorage`], replicating over TCP with the synod
+//! [`Driver`] on tokio. `redis-cli` and `redis-benchmark` work against any replica.
+//!
+//! # Run a three-node cluster on one machine
+//!
+//! ```text
+//! cargo build --release --example kv --features net
+//! PEERS=1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003
+//! target/release/examples/kv --id 1 --peers $PEERS --client 127.0.0.1:6379 --data /tmp/kv1 &
+//! target/release/examples/kv --id 2 --peers $PEERS --client 127.0.0.1:6380 --data /tmp/kv2 &
+//! target/release/examples/kv --id 3 --peers $PEERS --client 127.0.0.1:6381 --data /tmp/kv3 &
+//! redis-cli -p 6380 set greeting hello      # any node: followers forward to the leader
+//! redis-cli -p 6381 get greeting
+//! redis-cli -p 6379 info                    # role, leader, slots, fsyncs, proposals per fsync
+//! ```
+//!
+//! Options: `--cluster-id X` (every node alike; frames of other clusters are refused),
+//! `--tick-ms 10` (one replica tick), `--election-ticks 50`, `--heartbeat-ticks 5`,
+//! `--connections-max 1024`. `SIGTERM` or ctrl-c stops a node cleanly (the writes in progress
+//! finish); `SIGKILL` is a crash, which the node recovers from on restart with the same
+//! `--data`. A directory is locked by the process using it ([`StorageError::Locked`]), so two
+//! nodes can never share one.
+//!
+//! # Commands
+//!
+//! `GET`, `SET key value` (no options), `DEL`, `EXISTS`, `INCR`, `DECR`, `INCRBY`, `DECRBY`,
+//! `DBSIZE`, `PING`, `ECHO`, `INFO`, `QUIT`, `SELECT 0`, and minimal `COMMAND` and
+//! `CONFIG GET` replies so that `redis-cli` and `redis-benchmark` start quietly. Debugging:
+//! `SYNOD.DIGEST` answers `applied_slot:N log_digest:X state_digest:Y keys:K` — replicas
+//! that applied the same slots have equal digests exactly when they applied the same entries
+//! in the same order (`log_digest` chains every applied entry) and hold the same state
+//! (`state_digest` is [`KvStateMachine::digest`]); `SYNOD.LOCALGET key` reads this replica's
+//! copy without going through the log (it may be stale: for tests and debugging only).
+//!
+//! # Semantics
+//!
+//! - **Writes are acknowledged once durable and applied.** A write is proposed to the log and
+//!   answered only after its entry is chosen (accepted, and fsync'd, by a majority) *and*
+//!   applied to this replica's state machine. A write that was answered `+OK` survives any
+//!   minority of crashes.
+//! - **Any replica serves any client: followers forward.** A follower forwards proposals to
+//!   the leader (synod's `forward_proposals`) and still answers only once the entry is
+//!   applied locally, so a client never needs to know the leader and never follows a
+//!   redirection (the alternative, a `-MOVED`-style error, would push that work onto every
+//!   client, and plain Redis clients such as `redis-cli` and `redis-benchmark` only report
+//!   such an error instead of following it). While no leader is known (an
+//!   election), requests wait and are retried; after [`REQUEST_TIMEOUT`] the client gets
+//!   `-TRYAGAIN`, and the command may or may not have taken effect (as after any timeout).
+//! - **Exactly once.** Each connection has a client session in the replicated state machine
+//!   ([`synod::session`]). The server retries a proposal that may have been lost (a forwarded
+//!   proposal dies with the leader it was forwarded to) with the same session sequence
+//!   number, so a retried write is applied once even if both copies are chosen.
+//! - **Reads are linearizable: they go through the log.** `GET` is proposed like a write and
+//!   answered with the value at its slot. `EXISTS` and `DBSIZE` propose a read barrier and
+//!   then read the local copy, which then includes every write acknowledged before the
+//!   command started. Reads therefore cost a log round trip and an fsync, like writes;
+//!   synod's read index and leases would make them cheaper, and are not used here.
+//! - **Multi-key commands are not atomic.** `DEL a b` deletes each key with its own log
+//!   entry; `EXISTS a b` is a consistent snapshot (one barrier).
+//! - **`INCR` is a read and a compare-and-swap** ([`synod::kv`] has no increment), retried on
+//!   conflict, so concurrent increments are never lost; it costs two log round trips, and
+//!   increments of one key from one node run one at a time. A hot counter is therefore slow
+//!   (about one increment per two commits).
+//! - **Bounded.** Requests: at most [`ARGS_MAX`] arguments, arguments of at most
+//!   [`ARG_BYTES_MAX`] bytes (the largest value), [`REQUEST_BYTES_MAX`] bytes in all. A
+//!   malformed or oversized request gets `-ERR Protocol error: ...` and the connection is
+//!   closed (the stream cannot be resynchronized); an unknown command or a wrong argument
+//!   count gets `-ERR` and the connection stays. At most `--connections-max` clients.
+//! - **Restart rebuilds the state from the log.** The state machine is not snapshotted: a
+//!   restarted replica replays its whole log (then catches up from the leader). The log is
+//!   never compacted, so it grows without bound; fine for a demonstration, not for production.
+//!
+//! # Measure throughput and proposals per fsync
+//!
+//! ```text
+//! apt-get install -y redis-tools            # redis-cli and redis-benchmark
+//! # start the three nodes as above (release build), then, against the leader:
+//! redis-benchmark -p 6379 -t set -n 20000 -c 50 -q        # 50 clients, pipeline depth 1
+//! redis-cli -p 6379 info | grep -E 'role|per_sync|syncs|commands_applied'
+//! ```
+//!
+//! or `examples/kv/bench.sh` (`REQUESTS=20000 CLIENTS=50 TESTS=set,get` by default), which
+//! starts three release nodes on fresh directories, benchmarks the leader and then a
+//! follower, and prints the proposals per fsync of each run from the `INFO` counters before
+//! and after it. The README has the figures measured so far. A connection's pipelined
+//! commands are committed one after another, so throughput grows with connections, not with
+//! `redis-benchmark -P`.
+//!
+//! `INFO` counts since the process started: `storage_syncs` (fsyncs of the log, from
+//! [`FileStorage::sync_count`]), `commands_applied_per_sync` (commands applied per fsync of
+//! this node: on the leader, the proposals each fsync covered), `entries_written_per_sync`,
+//! and the driver's group-commit factor `driver_batches_per_storage_write` (from
+//! [`DriverStats`], via [`Handle::stats`]).
+//!
+//! # Tests
+//!
+//! `tests/kv_processes.rs` runs three of these processes on loopback, kills the leader with
+//! `SIGKILL` under load, restarts it, and checks that every acknowledged write is on every
+//! replica, in the same order.
+
+#[path = "kv/resp.rs"]
+mod resp;
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use synod::driver::{Driver, DriverConfig, DriverStats, Handle, ProposalError};
+use synod::kv::{Command, KvError, KvLimits, KvStateMachine, Operation, Output, Response};
+use synod::session::{ClientId, RequestHeader};
+use synod::storage::{Recovered, WriteBatch};
+use synod::transport::tcp::{TcpConfig, TcpStatsHandle, TcpTransport};
+use synod::{
+    Config, Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, ProposeError, Replica,
+    Role, Slot, Storage, StorageError, Value,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+/// Arguments in one request, the command name included.
+pub const ARGS_MAX: usize = 1024;
+/// Bytes of one argument: the largest value the store accepts.
+pub const ARG_BYTES_MAX: usize = 1024 * 1024;
+/// Bytes of one request.
+pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Bytes of an inline (telnet-style) request line.
+const INLINE_BYTES_MAX: usize = 64 * 1024;
+/// How long a command may wait for the cluster (an election, a lost forward) before the
+/// client gets `-TRYAGAIN`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A proposal not applied within this long is proposed again (same session sequence number:
+/// applied at most once).
+const REPROPOSE_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before retrying a proposal the replica refused (no leader yet, or busy).
+const REFUSED_BACKOFF: Duration = Duration::from_millis(10);
+/// Compare-and-swap rounds an `INCR` tries before giving up under contention.
+const INCR_ATTEMPTS_MAX: usize = 64;
+/// Stripes of the per-node `INCR` serialization (see [`Node`]).
+const INCREMENT_STRIPES: usize = 64;
+/// Replies gathered before they are written out mid-pipeline.
+const OUTPUT_FLUSH_BYTES: usize = 64 * 1024;
+
+const REQUEST_LIMITS: resp::Limits = resp::Limits {
+    args_max: ARGS_MAX,
+    arg_bytes_max: ARG_BYTES_MAX,
+    request_bytes_max: REQUEST_BYTES_MAX,
+    inline_bytes_max: INLINE_BYTES_MAX,
+};
+
+/// A replicated key-value server speaking RESP2 (see the module documentation).
+#[derive(Parser, Debug)]
+#[command(
+    name = "kv",
+    about = "A replicated key-value server (synod, Redis protocol)"
+)]
+struct Args {
+    /// This node's id: one of the ids in --peers.
+    #[arg(long)]
+    id: u64,
+    /// Every node's id and replication address: 1=127.0.0.1:7001,2=127.0.0.1:7002,...
+    #[arg(long, value_parser = parse_peers)]
+    peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where this node serves clients (RESP).
+    #[arg(long, default_value = "127.0.0.1:6379")]
+    client: SocketAddr,
+    /// This node's storage directory (created if missing, locked while in use).
+    #[arg(long)]
+    data: PathBuf,
+    /// The cluster id; the same on every node.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// Milliseconds per replica tick.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Ticks without a leader before an election (randomized up to twice this).
+    #[arg(long, default_value_t = 50)]
+    election_ticks: u32,
+    /// Ticks between the leader's heartbeats.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_ticks: u32,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    connections_max: usize,
+}
+
+fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').filter(|item| !item.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not ID=ADDRESS"))?;
+        let id: u64 = id.parse().map_err(|_| format!("bad node id `{id}`"))?;
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|_| format!("bad address `{address}`"))?;
+        if peers.insert(NodeId(id), address).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers".to_string());
+    }
+    Ok(peers)
+}
+
+fn main() -> ExitCode {
+    // Crash-only: a panic anywhere (a broken invariant) stops the whole node, which then
+    // restarts from its storage, rather than leaving it half alive with a dead task.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+    let args = Args::parse();
+    let id = args.id;
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kv[{id}]: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn Error>> {
+    let id = NodeId(args.id);
+    if !args.peers.contains_key(&id) {
+        return Err(format!("--id {} is not in --peers", args.id).into());
+    }
+    // The lock first: a second process on this directory stops here, before touching a port.
+    let storage = FileStorage::open(
+        &args.data,
+        args.cluster_id,
+        id,
+        FileStorageOptions::default(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args, storage))
+}
+
+/// Counters of the storage, readable while the driver's storage thread owns it.
+#[derive(Debug, Default)]
+struct StorageMeters {
+    syncs: AtomicU64,
+    writes: AtomicU64,
+    entries_written: AtomicU64,
+}
+
+/// A [`FileStorage`] that publishes its counters after every write.
+struct MeteredStorage {
+    inner: FileStorage,
+    meters: Arc<StorageMeters>,
+}
+
+impl Storage for MeteredStorage {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        self.inner.recover()
+    }
+
+    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+        let entries = batch.entries.len() as u64;
+        self.inner.write(batch)?;
+        let meters = &self.meters;
+        meters
+            .syncs
+            .store(self.inner.sync_count(), Ordering::Relaxed);
+        meters
+            .writes
+            .store(self.inner.write_count(), Ordering::Relaxed);
+        meters.entries_written.fetch_add(entries, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
+        self.inner.entries(first, last)
+    }
+}
+
+/// What the applier maintains, behind one lock.
+struct Applied {
+    kv: KvStateMachine,
+    /// The last slot applied (no-ops included).
+    slot: Slot,
+    /// A chain of every applied entry: equal on two replicas at the same slot exactly when
+    /// they applied the same entries in the same order (up to hash collisions).
+    log_digest: u64,
+    commands_applied: u64,
+    /// Requests of this node's connections waiting for their response, by session and
+    /// sequence number. Registered before the proposal, so none is missed.
+    waiters: HashMap<(ClientId, u64), oneshot::Sender<Response>>,
+    /// Sessions opened by this node's proposals, by proposal id, until the opener takes them.
+    opened: HashMap<ProposalId, (ClientId, Slot)>,
+}
+
+/// Sessions opened for connections that went away before taking them are forgotten past
+/// this many slots.
+const OPENED_RETAIN_SLOTS: u64 = 100_000;
+
+/// What every task of the node shares.
+struct Node {
+    id: NodeId,
+    client_address: SocketAddr,
+    data: PathBuf,
+    applied: Mutex<Applied>,
+    /// The last applied slot, for connections waiting for one.
+    applied_slot: watch::Sender<Slot>,
+    meters: Arc<StorageMeters>,
+    transport: TcpStatsHandle,
+    connections: AtomicUsize,
+    connections_max: usize,
+    started: Instant,
+    /// `INCR`s of keys in the same stripe run one at a time on this node, so that clients of
+    /// one node do not make each other's compare-and-swap fail.
+    increment_stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Node {
+    fn applied(&self) -> MutexGuard<'_, Applied> {
+        // Poisoning needs a panic, and a panic aborts the process (see `main`).
+        self.applied.lock().expect("applier lock poisoned")
+    }
+}
+
+async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
+    let id = NodeId(args.id);
+    let meters = Arc::new(StorageMeters::default());
+    let mut storage = MeteredStorage {
+        inner: storage,
+        meters: meters.clone(),
+    };
+    let recovered = storage.recover()?;
+    let recovered_slots = recovered.entries.len();
+    let mut config = Config::new(id, args.peers.keys().copied().collect());
+    config.cluster_id = args.cluster_id;
+    config.election_ticks = args.election_ticks;
+    config.heartbeat_ticks = args.heartbeat_ticks;
+    config.retransmit_ticks = args.heartbeat_ticks.saturating_mul(4).max(1);
+    config.forward_proposals = true;
+    // The state machine is rebuilt from the whole log: every chosen entry is applied again.
+    config.applied = 0;
+    let replica = Replica::new(config, recovered)?;
+
+    let client_listener = TcpListener::bind(args.client)
+        .await
+        .map_err(|error| format!("cannot listen for clients on {}: {error}", args.client))?;
+    let mut tcp = TcpConfig::new(id, args.cluster_id, args.peers[&id], args.peers.clone());
+    tcp.reconnect_backoff_max = Duration::from_millis(500);
+    let (transport, inbound) = TcpTransport::start(tcp).await?;
+    let node = Arc::new(Node {
+        id,
+        client_address: client_listener.local_addr()?,
+        data: args.data.clone(),
+        applied: Mutex::new(Applied {
+            kv: KvStateMachine::new(KvLimits::default()),
+            slot: 0,
+            log_digest: FNV_OFFSET,
+            commands_applied: 0,
+            waiters: HashMap::new(),
+            opened: HashMap::new(),
+        }),
+        applied_slot: watch::Sender::new(0),
+        meters,
+        transport: transport.stats_handle(),
+        connections: AtomicUsize::new(0),
+        connections_max: args.connections_max,
+        started: Instant::now(),
+        increment_stripes: (0..INCREMENT_STRIPES)
+            .map(|_| tokio::sync::Mutex::new(()))
+            .collect(),
+    });
+
+    let (stop_ticks, ticks_stopped) = futures::channel::oneshot::channel::<()>();
+    let mut interval = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticks = futures::stream::unfold(interval, |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    })
+    .take_until(ticks_stopped)
+    .boxed();
+    let (driver, handle, committed) = Driver::new(
+        replica,
+        storage,
+        transport,
+        ticks,
+        inbound.boxed(),
+        DriverConfig::default(),
+    );
+    let mut driver = tokio::spawn(driver.run());
+    let applier = tokio::spawn(apply_committed(node.clone(), committed));
+    let role_logger = tokio::spawn(log_role_changes(id, handle.clone()));
+    let acceptor = tokio::spawn(accept_clients(node.clone(), handle, client_listener));
+    eprintln!(
+        "kv[{id}]: serving clients on {}, peers on {}, data in {} ({recovered_slots} slots recovered)",
+        node.client_address,
+        args.peers[&id],
+        args.data.display()
+    );
+
+    let outcome = tokio::select! {
+        result = &mut driver => match result {
+            Ok(Ok(_)) => Err("the driver stopped".into()),
+            Ok(Err(error)) => Err(format!("the driver stopped: {error}").into()),
+            Err(error) => Err(format!("the driver panicked: {error}").into()),
+        },
+        signal = shutdown_signal() => {
+            eprintln!("kv[{id}]: {signal}: stopping");
+            acceptor.abort();
+            let _ = stop_ticks.send(());
+            match tokio::time::timeout(Duration::from_secs(5), &mut driver).await {
+                Ok(Ok(Ok(stats))) => {
+                    eprintln!("kv[{id}]: stopped cleanly; {}", describe_driver(&stats));
+                    Ok(())
+                }
+                Ok(Ok(Err(error))) => Err(format!("the driver stopped: {error}").into()),
+                Ok(Err(error)) => Err(format!("the driver panicked: {error}").into()),
+                Err(_) => Err("the driver did not stop within 5 s".into()),
+            }
+        }
+    };
+    applier.abort();
+    role_logger.abort();
+    outcome
+}
+
+/// Logs every change of role or leader (polled from the driver's status), for operators and
+/// for the logs a failed test prints.
+async fn log_role_changes(id: NodeId, mut handle: Handle) {
+    let mut last = None;
+    let mut interval = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        interval.tick().await;
+        let Some(status) = handle.status().await else {
+            return;
+        };
+        let now = (status.role, status.leader, status.leader_ballot);
+        if last != Some(now) {
+            let leader = status
+                .leader
+                .map_or_else(|| "none".to_string(), |leader| leader.to_string());
+            eprintln!(
+                "kv[{id}]: {:?}, leader {leader} (ballot {}), chosen slot {}",
+                status.role, status.leader_ballot, status.chosen
+            );
+            last = Some(now);
+        }
+    }
+}
+
+/// Resolves on ctrl-c or `SIGTERM`, naming it.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupted",
+                _ = terminate.recv() => "terminated",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "interrupted"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupted"
+    }
+}
+
+fn describe_driver(stats: &DriverStats) -> String {
+    format!(
+        "{} ready batches in {} storage writes",
+        stats.writes, stats.storage_writes
+    )
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+/// The log digest after `entry`: the previous digest, chained with the entry's slot and
+/// value (what was chosen, which is the same on every replica).
+fn chain_digest(previous: u64, entry: &Entry) -> u64 {
+    let mut hash = fnv1a(previous, &entry.slot.to_le_bytes());
+    match &entry.value {
+        Value::Noop => fnv1a(hash, &[0]),
+        Value::Command { id, data } => {
+            hash = fnv1a(hash, &[1]);
+            for part in [id.node.0, id.incarnation, id.sequence, data.len() as u64] {
+                hash = fnv1a(hash, &part.to_le_bytes());
+            }
+            fnv1a(hash, data)
+        }
+    }
+}
+
+/// Applies every committed entry, in slot order, and answers the connections waiting for it.
+async fn apply_committed(node: Arc<Node>, mut committed: synod::driver::Committed) {
+    while let Some(entry) = committed.next().await {
+        let slot = entry.slot;
+        let mut applied = node.applied();
+        applied.log_digest = chain_digest(applied.log_digest, &entry);
+        applied.slot = slot;
+        if let Value::Command { id, data } = &entry.value {
+            applied.commands_applied += 1;
+            apply_command(&node, &mut applied, slot, *id, data);
+        }
+        drop(applied);
+        node.applied_slot.send_replace(slot);
+    }
+}
+
+fn apply_command(node: &Node, applied: &mut Applied, slot: Slot, id: ProposalId, data: &[u8]) {
+    // `KvStateMachine::apply` refuses oversized and undecodable commands the same way on
+    // every replica; decode here only to learn who waits for the response.
+    let decoded = if data.len() > applied.kv.limits().command_bytes_max {
+        None
+    } else {
+        Command::decode(data).ok()
+    };
+    let Some(command) = decoded else {
+        applied.kv.apply(slot, data);
+        return;
+    };
+    let waiter = match &command {
+        Command::Request { header, .. } => Some((header.client, header.sequence)),
+        _ => None,
+    };
+    let opens_session = matches!(command, Command::OpenSession);
+    let response = applied.kv.apply_command(slot, command);
+    if let Some(key) = waiter {
+        if let Some(sender) = applied.waiters.remove(&key) {
+            let _ = sender.send(response);
+        }
+    } else if opens_session && id.node == node.id {
+        if let Response::SessionOpened { client } = response {
+            if applied.opened.len() >= 1024 {
+                applied
+                    .opened
+                    .retain(|_, (_, opened_slot)| *opened_slot + OPENED_RETAIN_SLOTS > slot);
+            }
+            applied.opened.insert(id, (client, slot));
+        }
+    }
+}
+
+async fn accept_clients(node: Arc<Node>, handle: Handle, listener: TcpListener) {
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                eprintln!("kv[{}]: accept failed: {error}", node.id);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if node.connections.fetch_add(1, Ordering::AcqRel) >= node.connections_max {
+            node.connections.fetch_sub(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            node: node.clone(),
+            handle: handle.clone(),
+            session: None,
+            next_sequence: 1,
+        };
+        tokio::spawn(async move {
+            connection.serve(stream).await;
+        });
+    }
+}
+
+/// One client connection: its session in the replicated state machine, and the handle it
+/// proposes through.
+struct Connection {
+    node: Arc<Node>,
+    handle: Handle,
+    /// The session, once opened (lazily, by the first command that needs the log).
+    session: Option<ClientId>,
+    /// The next request's sequence number within the session.
+    next_sequence: u64,
+}
+
+/// Why a command got no result: the error reply to send.
+type Failure = String;
+
+/// Whether to keep the connection after a command.
+#[derive(PartialEq, Eq)]
+enum After {
+    Continue,
+    Close,
+}
+
+impl Connection {
+    async fn serve(mut self, mut stream: TcpStream) {
+        let mut input = BytesMut::with_capacity(16 * 1024);
+        let mut output = Vec::with_capacity(16 * 1024);
+        'connection: loop {
+            // Answer every complete request buffered (a pipeline), then write the replies.
+            loop {
+                match resp::parse(&input, &REQUEST_LIMITS) {
+                    resp::Parsed::Incomplete => break,
+                    resp::Parsed::Error(error) => {
+                        resp::error(&mut output, &format!("ERR {error}"));
+                        let _ = stream.write_all(&output).await;
+                        break 'connection;
+                    }
+                    resp::Parsed::Request { args, consumed } => {
+                        let request = input.split_to(consumed).freeze();
+                        let args: Vec<Bytes> =
+                            args.into_iter().map(|range| request.slice(range)).collect();
+                        if args.is_empty() {
+                            continue;
+                        }
+                        let after = self.execute(&args, &mut output).await;
+                        if after == After::Close {
+                            let _ = stream.write_all(&output).await;
+                            break 'connection;
+                        }
+                        if output.len() >= OUTPUT_FLUSH_BYTES {
+                            if stream.write_all(&output).await.is_err() {
+                                break 'connection;
+                            }
+                            output.clear();
+                        }
+                    }
+                }
+            }
+            if !output.is_empty() {
+                if stream.write_all(&output).await.is_err() {
+                    break;
+                }
+                output.clear();
+            }
+            input.reserve(16 * 1024);
+            match stream.read_buf(&mut input).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        self.close_session().await;
+        self.node.connections.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Runs one command and appends its reply to `out`.
+    async fn execute(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> After {
+        let name = args[0].to_ascii_uppercase();
+        let arity_ok = |min: usize, max: usize| (min..=max).contains(&args.len());
+        let arity_error = |out: &mut Vec<u8>| {
+            resp::error(
+                out,
+                &format!(
+                    "ERR wrong number of arguments for '{}' command",
+                    String::from_utf8_lossy(&args[0]).to_lowercase()
+                ),
+            );
+        };
+        let result = match name.as_slice() {
+            b"PING" if arity_ok(1, 2) => {
+                match args.get(1) {
+                    Some(message) => resp::bulk(out, Some(message)),
+                    None => resp::simple(out, "PONG"),
+                }
+                Ok(())
+            }
+            b"ECHO" if arity_ok(2, 2) => {
+                resp::bulk(out, Some(&args[1]));
+                Ok(())
+            }
+            b"QUIT" => {
+                resp::simple(out, "OK");
+                return After::Close;
+            }
+            b"SELECT" if arity_ok(2, 2) => {
+                if args[1].as_ref() == b"0" {
+                    resp::simple(out, "OK");
+                } else {
+                    resp::error(out, "ERR DB index is out of range");
+                }
+                Ok(())
+            }
+            b"GET" if arity_ok(2, 2) => self.get(args[1].clone(), out).await,
+            b"SET" if arity_ok(3, 3) => self.set(args[1].clone(), args[2].clone(), out).await,
+            b"SET" if args.len() > 3 => {
+                resp::error(out, "ERR syntax error (SET options are not supported)");
+                Ok(())
+            }
+            b"DEL" if args.len() >= 2 => self.delete(&args[1..], out).await,
+            b"EXISTS" if args.len() >= 2 => self.exists(&args[1..], out).await,
+            b"DBSIZE" if arity_ok(1, 1) => self.dbsize(out).await,
+            b"INCR" if arity_ok(2, 2) => self.increment(args[1].clone(), 1, out).await,
+            b"DECR" if arity_ok(2, 2) => self.increment(args[1].clone(), -1, out).await,
+            b"INCRBY" | b"DECRBY" if arity_ok(3, 3) => match integer(&args[2]) {
+                Some(delta) => {
+                    let delta = if name.as_slice() == b"DECRBY" {
+                        delta.checked_neg()
+                    } else {
+                        Some(delta)
+                    };
+                    match delta {
+                        Some(delta) => self.increment(args[1].clone(), delta, out).await,
+                        None => Err("ERR decrement would overflow".to_string()),
+                    }
+                }
+                None => Err("ERR value is not an integer or out of range".to_string()),
+            },
+            b"INFO" if arity_ok(1, 2) => {
+                let text = self.info().await;
+                resp::bulk(out, Some(text.as_bytes()));
+                Ok(())
+            }
+            b"COMMAND" => {
+                match args.get(1).map(|sub| sub.to_ascii_uppercase()) {
+                    Some(sub) if sub == b"COUNT" => resp::integer_reply(out, COMMANDS.len() as i64),
+                    // `COMMAND`, `COMMAND DOCS` (redis-cli asks at start), ...: nothing to
+                    // describe, which clients accept.
+                    _ => resp::array(out, 0),
+                }
+                Ok(())
+            }
+            b"CONFIG" if args.len() >= 2 => {
+                if args[1].eq_ignore_ascii_case(b"GET") && args.len() == 3 {
+                    // redis-benchmark asks for these two at start; answer what is true.
+                    let parameter = args[2].to_ascii_lowercase();
+                    match parameter.as_slice() {
+                        b"save" => config_pair(out, "save", ""),
+                        b"appendonly" => config_pair(out, "appendonly", "no"),
+                        _ => resp::array(out, 0),
+                    }
+                } else {
+                    resp::error(out, "ERR only CONFIG GET is supported");
+                }
+                Ok(())
+            }
+            b"SYNOD.DIGEST" if arity_ok(1, 1) => {
+                let text = self.digest();
+                resp::bulk(out, Some(text.as_bytes()));
+                Ok(())
+            }
+            b"SYNOD.LOCALGET" if arity_ok(2, 2) => {
+                let value = self.node.applied().kv.get(&args[1]).cloned();
+                resp::bulk(out, value.as_deref());
+                Ok(())
+            }
+            _ if COMMANDS.contains(&name.as_slice()) => {
+                arity_error(out);
+                Ok(())
+            }
+            _ => {
+                resp::error(
+                    out,
+                    &format!(
+                        "ERR unknown command '{}'",
+                        String::from_utf8_lossy(&args[0]).escape_default()
+                    ),
+                );
+                Ok(())
+            }
+        };
+        if let Err(failure) = result {
+            resp::error(out, &failure);
+        }
+        After::Continue
+    }
+
+    async fn get(&mut self, key: Bytes, out: &mut Vec<u8>) -> Result<(), Failure> {
+        match self.submit(Operation::Get { key }).await? {
+            Output::Value(value) => resp::bulk(out, value.as_deref()),
+            other => return Err(unexpected(&other)),
+        }
+        Ok(())
+    }
+
+    async fn set(&mut self, key: Bytes, value: Bytes, out: &mut Vec<u8>) -> Result<(), Failure> {
+        match self.submit(Operation::Put { key, value }).await? {
+            Output::Written => resp::simple(out, "OK"),
+            other => return Err(unexpected(&other)),
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, keys: &[Bytes], out: &mut Vec<u8>) -> Result<(), Failure> {
+        let mut deleted = 0;
+        for key in keys {
+            match self.submit(Operation::Delete { key: key.clone() }).await? {
+                Output::Deleted(existed) => deleted += i64::from(existed),
+                other => return Err(unexpected(&other)),
+            }
+        }
+        resp::integer_reply(out, deleted);
+        Ok(())
+    }
+
+    /// A read barrier: once it is applied, the local copy holds every write acknowledged
+    /// before it was proposed (see the module documentation).
+    async fn barrier(&mut self) -> Result<(), Failure> {
+        self.submit(Operation::Get { key: Bytes::new() })
+            .await
+            .map(|_| ())
+    }
+
+    async fn exists(&mut self, keys: &[Bytes], out: &mut Vec<u8>) -> Result<(), Failure> {
+        self.barrier().await?;
+        let applied = self.node.applied();
+        let count = keys
+            .iter()
+            .filter(|key| applied.kv.get(key).is_some())
+            .count();
+        drop(applied);
+        resp::integer_reply(out, count as i64);
+        Ok(())
+    }
+
+    async fn dbsize(&mut self, out: &mut Vec<u8>) -> Result<(), Failure> {
+        self.barrier().await?;
+        let count = self.node.applied().kv.len();
+        resp::integer_reply(out, count as i64);
+        Ok(())
+    }
+
+    /// `INCR` and friends: a read, then a compare-and-swap from what was read, retried when
+    /// another client changed the value in between.
+    async fn increment(
+        &mut self,
+        key: Bytes,
+        delta: i64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Failure> {
+        let node = self.node.clone();
+        let stripe = fnv1a(FNV_OFFSET, &key) as usize % INCREMENT_STRIPES;
+        let _serialized = node.increment_stripes[stripe].lock().await;
+        for attempt in 0..INCR_ATTEMPTS_MAX {
+            if attempt > 0 {
+                // Another node's client won the swap: back off a little, differently per
+                // connection, so the contenders do not collide again in lockstep.
+                let jitter = fnv1a(FNV_OFFSET, &self.next_sequence.to_le_bytes()) % 10;
+                tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
+            }
+            let current = match self.submit(Operation::Get { key: key.clone() }).await? {
+                Output::Value(value) => value,
+                other => return Err(unexpected(&other)),
+            };
+            let number = match &current {
+                None => 0,
+                Some(bytes) => integer(bytes)
+                    .ok_or_else(|| "ERR value is not an integer or out of range".to_string())?,
+            };
+            let new = number
+                .checked_add(delta)
+                .ok_or_else(|| "ERR increment or decrement would overflow".to_string())?;
+            let swap = Operation::CompareAndSwap {
+                key: key.clone(),
+                expected: current,
+                new: Some(Bytes::from(new.to_string())),
+            };
+            match self.submit(swap).await? {
+                Output::Swapped(true) => {
+                    resp::integer_reply(out, new);
+                    return Ok(());
+                }
+                Output::Swapped(false) => continue,
+                other => return Err(unexpected(&other)),
+            }
+        }
+        Err("TRYAGAIN too many concurrent updates of the key".to_string())
+    }
+
+    /// Proposes `operation` in this connection's session and waits for its output.
+    async fn submit(&mut self, operation: Operation) -> Result<Output, Failure> {
+        // A session can expire (evicted by newer ones): open another and try again, but only
+        // when the refused copy is the only one that was proposed.
+        for _ in 0..2 {
+            let client = self.session().await?;
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            let header = RequestHeader {
+                client,
+                sequence,
+                // One request at a time: every earlier response has been received.
+                acknowledged_below: sequence,
+            };
+            let command = Command::Request {
+                header,
+                operation: operation.clone(),
+            };
+            let (response, proposals) = self
+                .propose_until_applied(Bytes::from(command.encode()), (client, sequence))
+                .await?;
+            match response {
+                Response::Output(output) => return Ok(output),
+                Response::Error(KvError::SessionExpired | KvError::UnknownSession)
+                    if proposals == 1 =>
+                {
+                    self.session = None;
+                }
+                Response::Error(error) => return Err(format!("ERR {error}")),
+                other => return Err(format!("ERR unexpected response {other:?}")),
+            }
+        }
+        Err("ERR the session expired twice; retry".to_string())
+    }
+
+    /// Proposes `command` until it is applied here; returns its response and how many
+    /// copies were proposed. The waiter is registered before the first proposal.
+    async fn propose_until_applied(
+        &mut self,
+        command: Bytes,
+        key: (ClientId, u64),
+    ) -> Result<(Response, usize), Failure> {
+        let (sender, mut receiver) = oneshot::channel();
+        self.node.applied().waiters.insert(key, sender);
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut proposals = 0;
+        let outcome = loop {
+            if Instant::now() >= deadline {
+                break Err(timeout_failure());
+            }
+            match self.handle.propose(command.clone()).await {
+                Ok(_) => {
+                    proposals += 1;
+                    let wait_until = (Instant::now() + REPROPOSE_INTERVAL).min(deadline);
+                    match tokio::time::timeout_at(wait_until, &mut receiver).await {
+                        Ok(Ok(response)) => break Ok((response, proposals)),
+                        Ok(Err(_)) => break Err("ERR internal: response lost".to_string()),
+                        // Lost with a leader, or just slow: propose again (applied once).
+                        Err(_) => continue,
+                    }
+                }
+                Err(ProposalError::Rejected(ProposeError::NotLeader { .. }))
+                | Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
+                    // Refused, so not proposed: wait for a leader or for room.
+                    tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline))
+                        .await;
+                }
+                Err(ProposalError::Stopped { .. }) | Err(ProposalError::Unknown) => {
+                    break Err("ERR the node is stopping".to_string());
+                }
+            }
+        };
+        if outcome.is_err() {
+            self.node.applied().waiters.remove(&key);
+        }
+        outcome
+    }
+
+    /// This connection's session, opened through the log on first use.
+    async fn session(&mut self) -> Result<ClientId, Failure> {
+        if let Some(client) = self.session {
+            return Ok(client);
+        }
+        let command = Bytes::from(Command::OpenSession.encode());
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        while Instant::now() < deadline {
+            let wait_until = (Instant::now() + REPROPOSE_INTERVAL).min(deadline);
+            let proposed =
+                tokio::time::timeout_at(wait_until, self.handle.propose_and_wait(command.clone()))
+                    .await;
+            match proposed {
+                Ok(Ok((id, slot))) => {
+                    let mut applied_slot = self.node.applied_slot.subscribe();
+                    if applied_slot
+                        .wait_for(|applied| *applied >= slot)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    let opened = self.node.applied().opened.remove(&id);
+                    let Some((client, _)) = opened else {
+                        return Err("ERR internal: opened session not found".to_string());
+                    };
+                    self.session = Some(client);
+                    self.next_sequence = 1;
+                    return Ok(client);
+                }
+                Ok(Err(ProposalError::Rejected(_))) => {
+                    tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline))
+                        .await;
+                }
+                Ok(Err(ProposalError::Stopped { .. })) => {
+                    return Err("ERR the node is stopping".to_string());
+                }
+                // Lost or slow: open another (an unused session is evicted in time).
+                Ok(Err(ProposalError::Unknown)) | Err(_) => {}
+            }
+        }
+        Err(timeout_failure())
+    }
+
+    /// Closes the session when the client leaves, without waiting (if the proposal is lost,
+    /// the session is evicted in time).
+    async fn close_session(&mut self) {
+        if let Some(client) = self.session.take() {
+            let command = Command::CloseSession { client };
+            let _ = self.handle.propose(Bytes::from(command.encode())).await;
+        }
+    }
+
+    fn digest(&self) -> String {
+        let applied = self.node.applied();
+        format!(
+            "applied_slot:{} log_digest:{:016x} state_digest:{:016x} keys:{}",
+            applied.slot,
+            applied.log_digest,
+            applied.kv.digest(),
+            applied.kv.len()
+        )
+    }
+
+    async fn info(&mut self) -> String {
+        let status = self.handle.status().await;
+        let stats = self.handle.stats().await.unwrap_or_default();
+        let (slot, commands_applied, keys, sessions) = {
+            let applied = self.node.applied();
+            (
+                applied.slot,
+                applied.commands_applied,
+                applied.kv.len(),
+                applied.kv.sessions().len(),
+            )
+        };
+        let meters = &self.node.meters;
+        let syncs = meters.syncs.load(Ordering::Relaxed);
+        let entries_written = meters.entries_written.load(Ordering::Relaxed);
+        let transport = self.node.transport.get();
+        let ratio = |numerator: u64, denominator: u64| {
+            if denominator == 0 {
+                0.0
+            } else {
+                numerator as f64 / denominator as f64
+            }
+        };
+        let mut text = String::new();
+        let mut line = |key: &str, value: String| {
+            text.push_str(key);
+            if !key.starts_with('#') {
+                text.push(':');
+                text.push_str(&value);
+            }
+            text.push_str("\r\n");
+        };
+        line("# Server", String::new());
+        line("synod_node_id", self.node.id.0.to_string());
+        line("client_address", self.node.client_address.to_string());
+        line("data_directory", self.node.data.display().to_string());
+        line("process_id", std::process::id().to_string());
+        line(
+            "uptime_in_seconds",
+            self.node.started.elapsed().as_secs().to_string(),
+        );
+        line(
+            "connected_clients",
+            self.node.connections.load(Ordering::Relaxed).to_string(),
+        );
+        line("# Replication", String::new());
+        match &status {
+            Some(status) => {
+                let role = match status.role {
+                    Role::Leader => "leader",
+                    Role::Follower => "follower",
+                    Role::PreCandidate => "precandidate",
+                    Role::Candidate => "candidate",
+                };
+                line("role", role.to_string());
+                line(
+                    "leader_id",
+                    status
+                        .leader
+                        .map_or_else(|| "none".to_string(), |leader| leader.0.to_string()),
+                );
+                line("leader_ballot", status.leader_ballot.to_string());
+                line("chosen_slot", status.chosen.to_string());
+                line("last_slot", status.last_slot.to_string());
+                line("incarnation", status.incarnation.to_string());
+            }
+            None => line("role", "stopped".to_string()),
+        }
+        line("applied_slot", slot.to_string());
+        line("commands_applied", commands_applied.to_string());
+        line("keys", keys.to_string());
+        line("sessions", sessions.to_string());
+        line("# Storage", String::new());
+        line("storage_syncs", syncs.to_string());
+        line(
+            "storage_writes",
+            meters.writes.load(Ordering::Relaxed).to_string(),
+        );
+        line("storage_entries_written", entries_written.to_string());
+        line(
+            "entries_written_per_sync",
+            format!("{:.2}", ratio(entries_written, syncs)),
+        );
+        line(
+            "commands_applied_per_sync",
+            format!("{:.2}", ratio(commands_applied, syncs)),
+        );
+        line("# Driver", String::new());
+        line("driver_ready_batches", stats.writes.to_string());
+        line("driver_storage_writes", stats.storage_writes.to_string());
+        line(
+            "driver_batches_per_storage_write",
+            format!("{:.2}", ratio(stats.writes, stats.storage_writes)),
+        );
+        line(
+            "driver_refused_messages",
+            stats.refused_messages.to_string(),
+        );
+        line("# Transport", String::new());
+        line("transport_messages_sent", transport.sent.to_string());
+        line(
+            "transport_frames_received",
+            transport.frames_received.to_string(),
+        );
+        line("transport_dropped", transport.dropped_total().to_string());
+        text
+    }
+}
+
+/// The commands this server knows (for `COMMAND COUNT` and arity errors).
+const COMMANDS: [&[u8]; 18] = [
+    b"PING",
+    b"ECHO",
+    b"QUIT",
+    b"SELECT",
+    b"GET",
+    b"SET",
+    b"DEL",
+    b"EXISTS",
+    b"DBSIZE",
+    b"INCR",
+    b"DECR",
+    b"INCRBY",
+    b"DECRBY",
+    b"INFO",
+    b"COMMAND",
+    b"CONFIG",
+    b"SYNOD.DIGEST",
+    b"SYNOD.LOCALGET",
+];
+
+fn config_pair(out: &mut Vec<u8>, name: &str, value: &str) {
+    resp::array(out, 2);
+    resp::bulk(out, Some(name.as_bytes()));
+    resp::bulk(out, Some(value.as_bytes()));
+}
+
+/// A signed 64-bit decimal, as Redis writes and reads them: no sign `+`, no leading zeros
+/// beyond a lone `0`, no spaces.
+fn integer(bytes: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let value: i64 = text.parse().ok()?;
+    (value.to_string() == text).then_some(value)
+}
+
+fn unexpected(output: &Output) -> Failure {
+    format!("ERR internal: unexpected output {output:?}")
+}
+
+fn timeout_failure() -> Failure {
+    format!(
+        "TRYAGAIN no answer from the cluster within {} s (no leader?); the command may or may not have taken effect",
+        REQUEST_TIMEOUT.as_secs()
+    )
+}

@@ -1,0 +1,659 @@
+//! Three `kv` example servers as separate OS processes on loopback, each with its own
+//! `FileStorage` directory, replicating over TCP. Clients write under load; the leader's
+//! process is killed with `SIGKILL` mid-load and restarted on the same directory and ports.
+//! Afterwards every acknowledged write is on every replica, and every replica applied the
+//! same entries in the same order (equal log digests at equal slots).
+//!
+//! # How the server binary is found
+//!
+//! Integration tests get `CARGO_BIN_EXE_<name>` for `[[bin]]` targets only, not for examples.
+//! So the test builds the example itself, once, with the cargo that is running it
+//! (`$CARGO`), the same manifest, target directory, profile and features as this test
+//! (`cargo build --example kv --features net[,tls]`), and takes the executable's path from
+//! cargo's JSON messages. (Nesting is safe: `cargo test` releases the build lock before it
+//! runs tests. The package variables `cargo test` sets for a test are not passed on: some
+//! dependencies' build scripts watch them and would rebuild.) When `cargo test` already built the example (it builds examples),
+//! that build is a no-op; after `cargo test --test kv_processes` alone it compiles the
+//! example first (its time is not part of the scenario's). Either way the test runs the
+//! example as it is in the working tree, never a stale binary, and it never skips.
+//!
+//! Run: `cargo test --all-features --test kv_processes -- --nocapture`
+#![cfg(unix)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const NODES: usize = 3;
+const WRITERS: usize = 4;
+/// Waits below end as soon as their condition holds; this bounds them on a slow machine.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Building the example.
+
+/// The `kv` example's executable, built for this test's profile and features.
+fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(build_server)
+}
+
+fn build_server() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    // This test runs from <target>/<profile>/deps/kv_processes-<hash>.
+    let test_exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("a target directory");
+    let features = if cfg!(feature = "tls") {
+        "net,tls"
+    } else {
+        "net"
+    };
+    let mut command = Command::new(&cargo);
+    command
+        .arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .args(["--example", "kv", "--features", features])
+        .arg("--message-format=json-render-diagnostics");
+    match profile_dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            command.arg("--release");
+        }
+        Some(other) => {
+            command.args(["--profile", other]);
+        }
+        None => panic!("unexpected test path {}", test_exe.display()),
+    }
+    // `cargo test` gives this process the package's own variables (CARGO_MANIFEST_DIR, ...).
+    // Build scripts of dependencies watch some of them, so passing them on would make the
+    // inner build see them as changed and rebuild those dependencies every time.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    let started = Instant::now();
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("running {cargo}: {error}"));
+    assert!(
+        output.status.success(),
+        "building the kv example failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let binary = stdout
+        .lines()
+        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
+        .filter(|line| line.contains(r#""kind":["example"]"#) && line.contains(r#""name":"kv""#))
+        .find_map(json_executable)
+        .unwrap_or_else(|| panic!("cargo named no kv executable:\n{stdout}"));
+    eprintln!(
+        "kv example: {} (cargo build: {:.1} s)",
+        binary.display(),
+        started.elapsed().as_secs_f64()
+    );
+    binary
+}
+
+/// The `"executable":"..."` field of one cargo JSON message.
+fn json_executable(line: &str) -> Option<PathBuf> {
+    let start = line.find(r#""executable":""#)? + r#""executable":""#.len();
+    let mut path = String::new();
+    let mut characters = line[start..].chars();
+    while let Some(character) = characters.next() {
+        match character {
+            '"' => return Some(PathBuf::from(path)),
+            '\\' => path.push(characters.next()?),
+            other => path.push(other),
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// A hand-written RESP client.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(port: u16, timeout: Duration) -> std::io::Result<Client> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            request.extend_from_slice(arg);
+            request.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&request)
+    }
+
+    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
+        self.send(args)?;
+        self.read_reply()
+    }
+
+    fn read_line(&mut self) -> std::io::Result<String> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if !line.ends_with(b"\r\n") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed mid-reply",
+            ));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| std::io::Error::other("reply line not UTF-8"))
+    }
+
+    fn read_reply(&mut self) -> std::io::Result<Reply> {
+        let line = self.read_line()?;
+        let (kind, rest) = line.split_at(1.min(line.len()));
+        let number = || {
+            rest.parse::<i64>()
+                .map_err(|_| std::io::Error::other(format!("bad reply line {line:?}")))
+        };
+        Ok(match kind {
+            "+" => Reply::Simple(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Integer(number()?),
+            "$" => match number()? {
+                -1 => Reply::Bulk(None),
+                length => {
+                    let mut data = vec![0; length as usize + 2];
+                    std::io::Read::read_exact(&mut self.reader, &mut data)?;
+                    data.truncate(length as usize);
+                    Reply::Bulk(Some(data))
+                }
+            },
+            "*" => {
+                let count = number()?;
+                let mut items = Vec::new();
+                for _ in 0..count {
+                    items.push(self.read_reply()?);
+                }
+                Reply::Array(items)
+            }
+            _ => return Err(std::io::Error::other(format!("bad reply line {line:?}"))),
+        })
+    }
+}
+
+fn text(reply: &Reply) -> String {
+    match reply {
+        Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Reply::Simple(text) => text.clone(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// `key:value` lines of a reply (INFO, SYNOD.DIGEST), as a map.
+fn fields(reply: &Reply) -> HashMap<String, String> {
+    text(reply)
+        .split(['\r', '\n', ' '])
+        .filter_map(|item| item.split_once(':'))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+fn query(port: u16, args: &[&[u8]]) -> std::io::Result<Reply> {
+    Client::connect(port, Duration::from_secs(15))?.command(args)
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster of processes.
+
+/// Three server processes; every one still running is killed when this is dropped, also
+/// when the test fails.
+struct Cluster {
+    root: TempDir,
+    peers: String,
+    client_ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    starts: Vec<usize>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if thread::panicking() {
+            self.print_logs();
+        }
+    }
+}
+
+/// Ports that were free a moment ago (the processes bind them right away).
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| listener.local_addr().unwrap().port())
+        .collect()
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let ports = free_ports(2 * NODES);
+        let peers = (0..NODES)
+            .map(|index| format!("{}=127.0.0.1:{}", index + 1, ports[index]))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            root: TempDir::new().unwrap(),
+            peers,
+            client_ports: ports[NODES..].to_vec(),
+            children: (0..NODES).map(|_| None).collect(),
+            starts: vec![0; NODES],
+        }
+    }
+
+    fn data(&self, index: usize) -> PathBuf {
+        self.root.path().join(format!("node-{}", index + 1))
+    }
+
+    fn server(&self, index: usize, client_port: u16, log_name: &str) -> Command {
+        let log = File::create(self.root.path().join(log_name)).unwrap();
+        let mut command = Command::new(server_binary());
+        command
+            .arg("--id")
+            .arg((index + 1).to_string())
+            .arg("--peers")
+            .arg(&self.peers)
+            .arg("--client")
+            .arg(format!("127.0.0.1:{client_port}"))
+            .arg("--data")
+            .arg(self.data(index))
+            .args(["--cluster-id", "77", "--tick-ms", "10"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        command
+    }
+
+    fn start(&mut self, index: usize) {
+        assert!(self.children[index].is_none());
+        self.starts[index] += 1;
+        let log_name = format!("node-{}.{}.log", index + 1, self.starts[index]);
+        let child = self
+            .server(index, self.client_ports[index], &log_name)
+            .spawn()
+            .expect("starting the kv example");
+        self.children[index] = Some(child);
+    }
+
+    /// `SIGKILL`: no chance to flush or say goodbye.
+    fn kill(&mut self, index: usize) {
+        let mut child = self.children[index].take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Panics if a node process exited (it failed to start, or crashed).
+    fn check_running(&mut self) {
+        for (index, child) in self.children.iter_mut().enumerate() {
+            if let Some(child) = child {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("node {} exited: {status}", index + 1);
+                }
+            }
+        }
+    }
+
+    fn wait_until_serving(&mut self, index: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.check_running();
+            if let Ok(Reply::Simple(pong)) = query(self.client_ports[index], &[b"PING"]) {
+                assert_eq!(pong, "PONG");
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} never served", index + 1);
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The index of the node whose INFO says it leads, once exactly one does.
+    fn wait_for_leader(&mut self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            self.check_running();
+            let mut roles = Vec::new();
+            for index in 0..NODES {
+                if self.children[index].is_none() {
+                    roles.push((index, "down".to_string()));
+                    continue;
+                }
+                let role = Client::connect(self.client_ports[index], Duration::from_secs(5))
+                    .and_then(|mut client| client.command(&[b"INFO"]))
+                    .map_or_else(
+                        |error| format!("no answer: {error}"),
+                        |reply| match reply {
+                            Reply::Bulk(Some(_)) => fields(&reply)["role"].clone(),
+                            other => format!("{other:?}"),
+                        },
+                    );
+                roles.push((index, role));
+            }
+            let leaders: Vec<usize> = roles
+                .iter()
+                .filter(|(_, role)| role == "leader")
+                .map(|(index, _)| *index)
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no single leader within {PATIENCE:?}; roles by node index: {roles:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn print_logs(&self) {
+        let Ok(listing) = std::fs::read_dir(self.root.path()) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = listing
+            .filter_map(|item| item.ok().map(|item| item.path()))
+            .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let content = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = content.lines().collect();
+            eprintln!("--- {} (last 30 lines)", log.display());
+            for line in &lines[lines.len().saturating_sub(30)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The load.
+
+#[derive(Default)]
+struct WriterReport {
+    /// Writes answered `+OK`, in the order they were acknowledged.
+    acknowledged: Vec<(String, String)>,
+    /// Error replies (no leader yet, ...) and broken connections, each retried.
+    failures: usize,
+}
+
+/// Writes unique keys, each with its own value, until `stop`; a write that fails is retried
+/// (on another node if the connection broke) and counted only once acknowledged.
+fn writer(
+    number: usize,
+    ports: Vec<u16>,
+    stop: Arc<AtomicBool>,
+    acknowledged: Arc<AtomicUsize>,
+) -> WriterReport {
+    let mut report = WriterReport::default();
+    let mut node = number % ports.len();
+    let mut client: Option<Client> = None;
+    let mut sequence = 0;
+    'writes: while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{number}-k{sequence}");
+        let value = format!("w{number}-v{sequence}");
+        sequence += 1;
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break 'writes;
+            }
+            if client.is_none() {
+                match Client::connect(ports[node], Duration::from_secs(15)) {
+                    Ok(connected) => client = Some(connected),
+                    Err(_) => {
+                        report.failures += 1;
+                        node = (node + 1) % ports.len();
+                        thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                }
+            }
+            let connection = client.as_mut().expect("connected");
+            match connection.command(&[b"SET", key.as_bytes(), value.as_bytes()]) {
+                Ok(Reply::Simple(ok)) if ok == "OK" => {
+                    report.acknowledged.push((key, value));
+                    acknowledged.fetch_add(1, Ordering::Relaxed);
+                    continue 'writes;
+                }
+                Ok(Reply::Error(_)) => {
+                    report.failures += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Ok(other) => panic!("SET answered {other:?}"),
+                Err(_) => {
+                    // The node died (or the connection broke): try the next one.
+                    report.failures += 1;
+                    client = None;
+                    node = (node + 1) % ports.len();
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    report
+}
+
+fn wait_for_count(counter: &AtomicUsize, at_least: usize, cluster: &mut Cluster) {
+    let deadline = Instant::now() + PATIENCE;
+    while counter.load(Ordering::Relaxed) < at_least {
+        cluster.check_running();
+        assert!(
+            Instant::now() < deadline,
+            "only {} writes acknowledged, waiting for {at_least}",
+            counter.load(Ordering::Relaxed)
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The scenario.
+
+#[test]
+fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order() {
+    server_binary(); // built before the clock of the scenario starts
+    let scenario_started = Instant::now();
+    let mut cluster = Cluster::new();
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    for index in 0..NODES {
+        cluster.wait_until_serving(index);
+    }
+    let first_leader = cluster.wait_for_leader();
+
+    // A second process on a directory in use is refused: the storage lock.
+    let intruder_port = free_ports(1)[0];
+    let intruder = cluster
+        .server(0, intruder_port, "intruder.log")
+        .status()
+        .expect("running the intruder");
+    assert!(!intruder.success(), "a second process opened node 1's data");
+    let intruder_log =
+        std::fs::read_to_string(cluster.root.path().join("intruder.log")).unwrap_or_default();
+    assert!(
+        intruder_log.contains("locked by another process"),
+        "{intruder_log}"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|number| {
+            let ports = cluster.client_ports.clone();
+            let stop = stop.clone();
+            let acknowledged = acknowledged.clone();
+            thread::spawn(move || writer(number, ports, stop, acknowledged))
+        })
+        .collect();
+    // Stops the writers also when an assertion below fails.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_writers = StopOnDrop(stop.clone());
+
+    wait_for_count(&acknowledged, 300, &mut cluster);
+    thread::sleep(Duration::from_millis(500));
+    let leader = cluster.wait_for_leader();
+    let before_kill = acknowledged.load(Ordering::Relaxed);
+    cluster.kill(leader);
+    let killed_at = Instant::now();
+    eprintln!(
+        "killed the leader, node {} (first leader: node {}), after {before_kill} acknowledged writes",
+        leader + 1,
+        first_leader + 1
+    );
+
+    // The survivors elect a leader and go on acknowledging writes.
+    let new_leader = cluster.wait_for_leader();
+    assert_ne!(new_leader, leader);
+    wait_for_count(&acknowledged, before_kill + 300, &mut cluster);
+    let failover = killed_at.elapsed();
+    thread::sleep(Duration::from_millis(1000));
+
+    cluster.start(leader);
+    cluster.wait_until_serving(leader);
+    let at_restart = acknowledged.load(Ordering::Relaxed);
+    wait_for_count(&acknowledged, at_restart + 300, &mut cluster);
+    thread::sleep(Duration::from_millis(1000));
+    stop.store(true, Ordering::Relaxed);
+    let reports: Vec<WriterReport> = writers
+        .into_iter()
+        .map(|writer| writer.join().expect("writer thread"))
+        .collect();
+    let acknowledged_writes: Vec<(String, String)> = reports
+        .iter()
+        .flat_map(|report| report.acknowledged.iter().cloned())
+        .collect();
+    let failures: usize = reports.iter().map(|report| report.failures).sum();
+    assert!(acknowledged_writes.len() >= before_kill + 600);
+
+    // Every replica reaches the same slot with the same log and state digests.
+    let deadline = Instant::now() + PATIENCE;
+    let digests = loop {
+        cluster.check_running();
+        let digests: Vec<HashMap<String, String>> = cluster
+            .client_ports
+            .iter()
+            .filter_map(|&port| query(port, &[b"SYNOD.DIGEST"]).ok())
+            .map(|reply| fields(&reply))
+            .collect();
+        if digests.len() == NODES && digests.iter().all(|digest| digest == &digests[0]) {
+            break digests;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {digests:#?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    let applied_slot: u64 = digests[0]["applied_slot"].parse().unwrap();
+    assert!(applied_slot as usize >= acknowledged_writes.len());
+
+    // Every acknowledged write is in every replica's copy (pipelined local reads, which are
+    // exact now that the replicas have converged)...
+    for (index, &port) in cluster.client_ports.iter().enumerate() {
+        let mut client = Client::connect(port, Duration::from_secs(15)).unwrap();
+        for chunk in acknowledged_writes.chunks(256) {
+            for (key, _) in chunk {
+                client.send(&[b"SYNOD.LOCALGET", key.as_bytes()]).unwrap();
+            }
+            for (key, value) in chunk {
+                let reply = client.read_reply().unwrap();
+                assert_eq!(
+                    reply,
+                    Reply::Bulk(Some(value.clone().into_bytes())),
+                    "node {}: acknowledged write {key} = {value} is missing",
+                    index + 1
+                );
+            }
+        }
+        // ... and linearizable reads through the log see them too.
+        for (key, value) in acknowledged_writes.iter().step_by(97) {
+            let reply = query(port, &[b"GET", key.as_bytes()]).unwrap();
+            assert_eq!(reply, Reply::Bulk(Some(value.clone().into_bytes())));
+        }
+    }
+
+    let leader_now = cluster.wait_for_leader();
+    let info = fields(&query(cluster.client_ports[leader_now], &[b"INFO"]).unwrap());
+    eprintln!(
+        "{} writes acknowledged ({before_kill} before the kill), {failures} failed attempts retried; \
+         failover to node {} took {:.1} s; {applied_slot} slots applied on every replica; \
+         leader node {}: {} commands applied per fsync, {} ready batches per storage write; \
+         scenario {:.1} s",
+        acknowledged_writes.len(),
+        new_leader + 1,
+        failover.as_secs_f64(),
+        leader_now + 1,
+        info["commands_applied_per_sync"],
+        info["driver_batches_per_storage_write"],
+        scenario_started.elapsed().as_secs_f64()
+    );
+    let syncs: u64 = info["storage_syncs"].parse().unwrap();
+    assert!(syncs > 0, "the leader never synced: {info:?}");
+}
