@@ -221,6 +221,10 @@ impl Node {
     /// a value is chosen: its own, or one some acceptor had already accepted (P2c), which it then
     /// drives to completion. Watch for [`Event::Chosen`] or poll [`chosen`](Node::chosen).
     ///
+    /// Proposing is also how a node that missed the outcome (its Accepteds and the `Decided`
+    /// announcement were lost) finds it out for sure: the new ballot adopts the chosen value,
+    /// and members that know it answer with `Decided`. Propose a value you can live with.
+    ///
     /// # Errors
     /// [`ProposeError::AlreadyChosen`] with the outcome, [`ProposeError::InProgress`] while
     /// this node is already proposing, [`ProposeError::TooLarge`] above `value_bytes_max`. The
@@ -585,7 +589,7 @@ impl Node {
     fn on_accepted(&mut self, voter: usize, ballot: Ballot, value: Bytes) {
         self.see(ballot);
         match self.learner.on_accepted(voter, ballot, value) {
-            Ok(Some(value)) => self.on_chosen(value, true),
+            Ok(Some(value)) => self.on_chosen(value),
             Ok(None) => {}
             // Only a peer that broke the protocol gets here (validation caught remote ones).
             Err(conflict) => {
@@ -596,25 +600,24 @@ impl Node {
 
     fn on_decided(&mut self, value: Bytes) {
         if let Ok(Some(value)) = self.learner.on_decided(value) {
-            self.on_chosen(value, false);
+            self.on_chosen(value);
         }
     }
 
-    /// Learned the chosen value. A proposer still at work stops, and, if it learned from the
-    /// votes, announces the value to every member whose Accepteds may have been lost.
-    fn on_chosen(&mut self, value: Bytes, announce: bool) {
+    /// Learned the chosen value. A proposer still at work stops and announces the value to
+    /// every other member: some may have missed the Accepteds (lost, or sent before they
+    /// restarted), and a proposer is what set them waiting.
+    fn on_chosen(&mut self, value: Bytes) {
         tracing::debug!(node = %self.config.id, instance = %self.config.instance, "chosen");
         self.mark_durable_changed(true, false);
         if self.proposer.is_active() {
             self.proposer.finish();
-            if announce {
-                for index in 0..self.members.len() {
-                    if index != self.self_index {
-                        let body = Body::Decided {
-                            value: value.clone(),
-                        };
-                        self.send(self.members[index], body);
-                    }
+            for index in 0..self.members.len() {
+                if index != self.self_index {
+                    let body = Body::Decided {
+                        value: value.clone(),
+                    };
+                    self.send(self.members[index], body);
                 }
             }
         }
