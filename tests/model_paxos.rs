@@ -104,7 +104,7 @@ impl World {
                 .iter()
                 .filter(|(_, b, v)| b == ballot && v == value)
                 .count();
-            if voters >= NODES / 2 + 1 {
+            if voters >= synod::quorum::majority(NODES) {
                 chosen.insert(value.clone());
             }
         }

@@ -800,6 +800,23 @@ fn bad_input_is_refused_with_a_typed_error_and_changes_nothing() {
                 }),
             },
         ),
+        // Answers to a ballot this node does not own.
+        message(
+            2,
+            1,
+            Body::Promise {
+                ballot: ballot(1, 3),
+                accepted: None,
+            },
+        ),
+        message(
+            2,
+            1,
+            Body::Nack {
+                ballot: ballot(1, 3),
+                promised: ballot(2, 2),
+            },
+        ),
         // A Nack whose promise is not above the refused ballot.
         message(
             2,
@@ -834,7 +851,7 @@ fn bad_input_is_refused_with_a_typed_error_and_changes_nothing() {
             other => panic!("{kind}: expected Malformed, got {other:?}"),
         }
     }
-    assert_eq!(node.dropped_messages(), before.dropped_messages() + 11);
+    assert_eq!(node.dropped_messages(), before.dropped_messages() + 13);
     assert_eq!(node.durable_state(), before.durable_state());
     assert_eq!(node.proposer_phase(), before.proposer_phase());
     assert!(!node.has_ready(), "nothing to send, write or report");

@@ -34,9 +34,10 @@ pub enum StepError {
     /// roles talk to each other directly), so it is forged or misrouted.
     #[error("message from this node itself ({0})")]
     FromSelf(NodeId),
-    /// The message is well-formed but breaks a protocol invariant: a ballot owned by another
-    /// node than the sender, round 0, a value above `value_bytes_max`, or a value that
-    /// contradicts one already known for the same ballot (or the chosen value).
+    /// The message is well-formed but breaks a protocol invariant: a Prepare or Accept for a
+    /// ballot owned by another node than the sender, a Promise or Nack for a ballot this node
+    /// does not own, round 0, a value above `value_bytes_max`, or a value that contradicts one
+    /// already known for the same ballot (or the chosen value).
     #[error("malformed {kind} from {from}: {reason}")]
     Malformed {
         /// The sender.

@@ -309,6 +309,11 @@ impl Node {
                     return Err(malformed("ballot owned by another node than the sender"));
                 }
             }
+            Body::Promise { ballot, .. } | Body::Nack { ballot, .. }
+                if ballot.node != self.config.id =>
+            {
+                return Err(malformed("answers a ballot this node does not own"));
+            }
             Body::Promise { ballot, accepted } => {
                 if accepted.as_ref().is_some_and(|a| a.ballot > *ballot) {
                     return Err(malformed("reports an accepted ballot above the promise"));
