@@ -942,3 +942,34 @@ fn a_proposer_that_learns_from_a_decided_message_announces_it_too() {
     assert_eq!(chosen_everywhere(&net), Some(bytes("v1")));
     net.check_safety().unwrap();
 }
+
+#[test]
+fn messages_and_durable_state_round_trip_through_the_wire_codec() {
+    // Messages derive serde so they travel over the crate's framed codec, like the replica's.
+    let codec = synod::Codec::new(1, 1 << 20);
+    let mut node = lone(1, 3);
+    node.propose(bytes("commit")).unwrap();
+    let mut ready = node.ready();
+    let state = ready.take_persist().unwrap();
+    let mut messages = ready.take_persisted_messages();
+    messages.push(message(
+        2,
+        1,
+        Body::Promise {
+            ballot: ballot(1, 1),
+            accepted: Some(Proposal {
+                ballot: ballot(1, 1),
+                value: bytes("v"),
+            }),
+        },
+    ));
+    messages.push(message(3, 1, Body::Decided { value: bytes("v") }));
+    for original in messages {
+        let frame = codec.encode(&original).unwrap();
+        let (decoded, used): (Message, usize) = codec.decode(&frame).unwrap();
+        assert_eq!((decoded, used), (original, frame.len()));
+    }
+    let frame = codec.encode(&state).unwrap();
+    let (decoded, _): (DurableState, usize) = codec.decode(&frame).unwrap();
+    assert_eq!(decoded, state);
+}
