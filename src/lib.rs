@@ -77,6 +77,8 @@
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).
+//! - [`paxos`]: single-decree Paxos (the Synod protocol): one value per instance, with the same
+//!   face as the replica — the building block for non-blocking commit.
 //! - [`storage`]: the [`Storage`] trait, [`MemStorage`] and the durable [`FileStorage`]
 //!   (checksummed segments, fsync, torn-tail recovery).
 //! - [`transport`]: the [`Transport`] trait and the framed wire [`Codec`].
@@ -97,6 +99,7 @@ pub mod error;
 pub mod kv;
 mod log;
 pub mod message;
+pub mod paxos;
 pub mod quorum;
 pub mod replica;
 pub mod session;
