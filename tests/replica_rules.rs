@@ -1,0 +1,215 @@
+//! One deterministic test per acceptor and election rule that an earlier suite left unpinned
+//! (each was found by `cargo mutants`: a mutation of the rule survived every other test). Each
+//! test names the rule it checks.
+
+mod common;
+
+use bytes::Bytes;
+use common::Net;
+use synod::message::{Body, Message};
+use synod::{Ballot, Entry, NodeId, ProposalId, Recovered, Replica, Value};
+
+/// A fresh acceptor `id` of a 3-member cluster whose incarnation write is done.
+fn acceptor(id: u64) -> Replica {
+    let mut replica = Replica::new(common::config(id, 3), Recovered::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+}
+
+fn prepare(from: u64, to: u64, ballot: Ballot) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        body: Body::Prepare {
+            ballot,
+            first_slot: 1,
+        },
+    }
+}
+
+fn command(data: &'static str) -> Value {
+    Value::Command {
+        id: ProposalId::default(),
+        data: Bytes::from_static(data.as_bytes()),
+    }
+}
+
+#[test]
+fn an_acceptor_refuses_a_prepare_below_its_promise() {
+    // Paxos Made Simple §2.2, P1a: having promised ballot 2.3, an acceptor must never promise
+    // (or report its votes to) the lower ballot 1.1: it answers Reject with its promise.
+    let mut replica = acceptor(2);
+    let high = Ballot::new(2, NodeId(3));
+    let low = Ballot::new(1, NodeId(1));
+    replica.step(prepare(3, 2, high)).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica.step(prepare(1, 2, low)).unwrap();
+    let mut ready = replica.ready();
+    assert!(ready.persist().is_empty(), "a refusal writes nothing");
+    assert!(
+        ready.take_persisted_messages().is_empty(),
+        "no promise for 1.1"
+    );
+    assert_eq!(
+        ready.take_messages(),
+        vec![Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Reject {
+                ballot: low,
+                promised: high
+            }
+        }]
+    );
+    assert_eq!(replica.status().promised, high);
+}
+
+#[test]
+fn a_repeated_prepare_for_the_promised_ballot_is_promised_again_without_a_write() {
+    // P1a allows a promise to a ballot not below the promise: a retransmitted Prepare (its
+    // Promise may have been lost) is answered with a Promise again; the promise is already
+    // durable, so the answer needs no new write.
+    let mut replica = acceptor(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    replica.step(prepare(1, 2, ballot)).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica.step(prepare(1, 2, ballot)).unwrap();
+    let mut ready = replica.ready();
+    assert!(
+        ready.persist().hard_state.is_none(),
+        "the promise is not written twice"
+    );
+    assert!(
+        ready.take_messages().is_empty(),
+        "no Reject for the promised ballot"
+    );
+    let promises = ready.take_persisted_messages();
+    assert!(
+        matches!(promises[..], [Message { body: Body::Promise { ballot: b, .. }, .. }] if b == ballot),
+        "{promises:?}"
+    );
+}
+
+#[test]
+fn a_late_duplicate_of_the_leaders_prepare_does_not_unseat_it_at_a_follower() {
+    // Leader stickiness: a follower forgets its leader only for a higher ballot. The leader's
+    // own Prepare, duplicated and delivered after phase 2 began, changes nothing.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    let old_prepare = net
+        .sent
+        .iter()
+        .find(|message| {
+            message.to == NodeId(2)
+                && matches!(message.body, Body::Prepare { ballot, .. } if ballot == net.replica(1).status().promised)
+        })
+        .expect("n1 sent n2 a Prepare")
+        .clone();
+    net.propose(1, "x");
+    net.stabilize();
+    let follower = net.replica_mut(2);
+    assert_eq!(follower.leader(), Some(NodeId(1)));
+    follower.step(old_prepare).unwrap();
+    assert_eq!(
+        follower.leader(),
+        Some(NodeId(1)),
+        "the duplicate unseated n1"
+    );
+    let ready = follower.ready();
+    assert!(
+        ready.persist().hard_state.is_none(),
+        "no new promise to write"
+    );
+    follower.advance(ready);
+}
+
+#[test]
+fn an_accept_for_slots_already_chosen_writes_nothing() {
+    // A slot known chosen holds the chosen value, which every higher ballot proposes again
+    // (P2c): a later Accept for it, even in a higher ballot, is acknowledged but not stored.
+    let mut replica = acceptor(2);
+    let first = Ballot::new(1, NodeId(1));
+    let value = command("v");
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot: first,
+                chosen: 0,
+                entries: vec![Entry {
+                    slot: 1,
+                    ballot: first,
+                    value: value.clone(),
+                }],
+            },
+        })
+        .unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Commit {
+                ballot: first,
+                chosen: 1,
+            },
+        })
+        .unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    assert_eq!(replica.status().chosen, 1);
+    let second = Ballot::new(2, NodeId(3));
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot: second,
+                chosen: 1,
+                entries: vec![Entry {
+                    slot: 1,
+                    ballot: second,
+                    value,
+                }],
+            },
+        })
+        .unwrap();
+    let mut ready = replica.ready();
+    assert!(
+        ready.persist().entries.is_empty(),
+        "a chosen slot was stored again: {:?}",
+        ready.persist().entries
+    );
+    let acknowledged = ready.take_persisted_messages();
+    assert!(
+        matches!(acknowledged[..], [Message { body: Body::Accepted { ballot, .. }, .. }] if ballot == second),
+        "{acknowledged:?}"
+    );
+}
+
+#[test]
+fn a_healthy_leader_ignores_a_higher_prepare() {
+    // Leader stickiness on the leader itself: however long it has led, a leader that hears its
+    // quorum does not promise a returning replica's higher ballot (only a Reject of its own
+    // Accepts, from an acceptor that promised higher, can depose it).
+    let mut net = Net::new(3);
+    net.elect(1);
+    let election_ticks = net.replica(1).config().election_ticks;
+    net.tick_all(election_ticks * 3);
+    assert!(net.replica(1).is_leader());
+    let promised = net.replica(1).status().promised;
+    let higher = Ballot::new(promised.round + 10, NodeId(3));
+    let leader = net.replica_mut(1);
+    leader.step(prepare(3, 1, higher)).unwrap();
+    assert!(leader.is_leader(), "the leader stepped down");
+    assert_eq!(leader.status().promised, promised);
+    let mut ready = leader.ready();
+    assert!(ready.take_persisted_messages().is_empty(), "no promise");
+    leader.advance(ready);
+}
