@@ -13,7 +13,8 @@ use synod::{Config, FileStorage, FileStorageOptions, Message, NodeId, Replica, S
 
 struct Node {
     replica: Option<Replica>,
-    storage: FileStorage,
+    /// `None` while the node is down (its files closed, their lock released).
+    storage: Option<FileStorage>,
     directory: PathBuf,
     config: Config,
     log: Vec<String>,
@@ -36,7 +37,7 @@ impl Cluster {
             let replica = Replica::new(config.clone(), storage.recover()?)?;
             nodes.push(Node {
                 replica: Some(replica),
-                storage,
+                storage: Some(storage),
                 directory,
                 config,
                 log: Vec::new(),
@@ -74,13 +75,13 @@ impl Cluster {
 
     fn drain(&mut self) -> Result<(), Box<dyn std::error::Error>> {
         for node in &mut self.nodes {
-            let Some(replica) = &mut node.replica else {
+            let (Some(replica), Some(storage)) = (&mut node.replica, &mut node.storage) else {
                 continue;
             };
             while replica.has_ready() {
                 let mut ready = replica.ready();
                 self.network.extend(ready.take_messages());
-                node.storage.write(ready.take_persist())?;
+                storage.write(ready.take_persist())?;
                 self.network.extend(ready.take_persisted_messages());
                 for entry in ready.take_committed() {
                     if let Value::Command { data, .. } = entry.value {
@@ -160,6 +161,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("crashing the leader {}...", cluster.nodes[leader].config.id);
     cluster.nodes[leader].replica = None;
+    cluster.nodes[leader].storage = None; // a dead process holds no files (nor their lock)
     cluster
         .network
         .retain(|message| message.to != cluster.nodes[leader].config.id);
@@ -178,8 +180,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let node = &mut cluster.nodes[leader];
     node.log.clear(); // its state machine is rebuilt from the log
                       // Reopen the files as a fresh process would: recovery checks every record's checksum.
-    node.storage = open(&node.directory, &node.config)?;
-    node.replica = Some(Replica::new(node.config.clone(), node.storage.recover()?)?);
+    let mut storage = open(&node.directory, &node.config)?;
+    node.replica = Some(Replica::new(node.config.clone(), storage.recover()?)?);
+    node.storage = Some(storage);
     for _ in 0..30 {
         cluster.round()?;
     }

@@ -213,3 +213,133 @@ fn a_healthy_leader_ignores_a_higher_prepare() {
     assert!(ready.take_persisted_messages().is_empty(), "no promise");
     leader.advance(ready);
 }
+
+#[test]
+fn stickiness_holds_however_long_the_cluster_has_run() {
+    // Leader stickiness counts the ticks since the leader was last heard, not since start: a
+    // follower that heard its leader a moment ago ignores a higher Prepare after many ticks.
+    let mut net = Net::new(3);
+    net.elect(1);
+    let election_ticks = net.replica(1).config().election_ticks;
+    net.tick_all(election_ticks * 10);
+    assert_eq!(net.replica(2).leader(), Some(NodeId(1)));
+    let promised = net.replica(2).status().promised;
+    let higher = Ballot::new(promised.round + 10, NodeId(3));
+    let follower = net.replica_mut(2);
+    follower.step(prepare(3, 2, higher)).unwrap();
+    assert_eq!(follower.status().promised, promised, "promised a usurper");
+    assert_eq!(follower.leader(), Some(NodeId(1)));
+}
+
+#[test]
+fn a_candidate_retransmits_its_prepare_to_acceptors_that_have_not_promised() {
+    // Phase 1 over a lossy network: Prepares lost on the way are sent again after
+    // `retransmit_ticks`, before any election timeout, and only to acceptors still silent.
+    let mut net = Net::new(3);
+    net.replica_mut(1).campaign();
+    net.process(NodeId(1));
+    // Let the pre-vote through, then lose every Prepare.
+    for _ in 0..100 {
+        if net.replica(1).role() == synod::Role::Candidate {
+            break;
+        }
+        assert!(!net.queue.is_empty(), "the campaign stalled before phase 1");
+        net.deliver(0);
+    }
+    assert_eq!(net.replica(1).role(), synod::Role::Candidate);
+    let lost = net.drop_where(|message| matches!(message.body, Body::Prepare { .. }));
+    assert_eq!(lost, 2);
+    let sent_before = net.sent.len();
+    let retransmit_ticks = net.replica(1).config().retransmit_ticks;
+    for _ in 0..retransmit_ticks {
+        net.tick(1);
+    }
+    let resent = net.sent[sent_before..]
+        .iter()
+        .filter(|message| matches!(message.body, Body::Prepare { .. }))
+        .count();
+    assert_eq!(resent, 2, "the lost Prepares were not sent again");
+    net.stabilize();
+    assert!(net.replica(1).is_leader());
+}
+
+/// A replica of a 3-member cluster that has chosen slot 1 and whose leader went silent long
+/// ago (so no leader lease protects anyone).
+fn acceptor_with_one_chosen_slot_and_no_live_leader() -> Replica {
+    let mut replica = acceptor(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot,
+                chosen: 1,
+                entries: vec![Entry {
+                    slot: 1,
+                    ballot,
+                    value: command("v"),
+                }],
+            },
+        })
+        .unwrap();
+    for _ in 0..replica.config().election_ticks * 2 {
+        replica.tick();
+        while replica.has_ready() {
+            let ready = replica.ready();
+            replica.advance(ready);
+        }
+    }
+    assert_eq!(replica.status().chosen, 1);
+    replica
+}
+
+fn pre_vote_granted(replica: &mut Replica, ballot: Ballot, chosen: u64) -> bool {
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::PreVote { ballot, chosen },
+        })
+        .unwrap();
+    let mut ready = replica.ready();
+    let replies = ready.take_messages();
+    replica.advance(ready);
+    let granted: Vec<bool> = replies
+        .iter()
+        .filter_map(|message| match message.body {
+            Body::PreVoteReply { granted, .. } if message.to == NodeId(3) => Some(granted),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted.len(), 1, "{replies:?}");
+    granted[0]
+}
+
+#[test]
+fn a_pre_vote_is_denied_to_a_replica_that_knows_fewer_chosen_slots() {
+    // Pre-vote: a replica whose chosen mark is behind ours would have to fetch before it could
+    // lead well; with no live leader, it gets our vote only if it knows as much as we do.
+    let mut replica = acceptor_with_one_chosen_slot_and_no_live_leader();
+    let round = replica.status().promised.round + 5;
+    let ballot = Ballot::new(round, NodeId(3));
+    assert!(
+        !pre_vote_granted(&mut replica, ballot, 0),
+        "granted to a replica behind"
+    );
+    assert!(pre_vote_granted(&mut replica, ballot, 1));
+}
+
+#[test]
+fn a_pre_vote_is_denied_for_a_ballot_not_above_the_promise() {
+    // Pre-vote asks "would you promise this ballot?": not if it is not above the promise (P1a).
+    let mut replica = acceptor_with_one_chosen_slot_and_no_live_leader();
+    let promised = Ballot::new(replica.status().promised.round + 2, NodeId(3));
+    replica.step(prepare(3, 2, promised)).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    assert_eq!(replica.status().promised, promised);
+    assert!(!pre_vote_granted(&mut replica, promised, 1));
+    let above = Ballot::new(promised.round + 1, NodeId(3));
+    assert!(pre_vote_granted(&mut replica, above, 1));
+}
