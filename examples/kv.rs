@@ -116,7 +116,7 @@ use std::time::Duration;
 use synod::driver::{Driver, DriverConfig, DriverStats, Handle, ProposalError};
 use synod::kv::{Command, KvError, KvLimits, KvStateMachine, Operation, Output, Response};
 use synod::session::{ClientId, RequestHeader};
-use synod::storage::{Recovered, WriteBatch};
+use synod::storage::{Recovered, Snapshot, WriteBatch};
 use synod::transport::tcp::{TcpConfig, TcpStatsHandle, TcpTransport};
 use synod::{
     Config, Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, ProposeError, Replica,
@@ -286,6 +286,26 @@ impl Storage for MeteredStorage {
 
     fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
         self.inner.entries(first, last)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.inner.save_snapshot(snapshot)?;
+        self.meters
+            .syncs
+            .store(self.inner.sync_count(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.inner.load_snapshot()
+    }
+
+    fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        Storage::compact(&mut self.inner, through)?;
+        self.meters
+            .syncs
+            .store(self.inner.sync_count(), Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -112,7 +112,9 @@ pub use config::Config;
 pub use error::{ConfigError, DecodeError, ProposeError, StepError, StorageError};
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};
-pub use storage::{FileStorage, FileStorageOptions, MemStorage, Recovered, Storage, WriteBatch};
+pub use storage::{
+    FileStorage, FileStorageOptions, MemStorage, Recovered, Snapshot, Storage, WriteBatch,
+};
 pub use transport::codec::Codec;
 pub use transport::Transport;
 pub use types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};

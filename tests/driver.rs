@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use synod::driver::{Driver, DriverConfig, Handle, ProposalError};
-use synod::storage::{Recovered, WriteBatch};
+use synod::storage::{Recovered, Snapshot, WriteBatch};
 use synod::transport::LocalTransport;
 use synod::{
     Config, Entry, MemStorage, NodeId, ProposeError, Replica, Slot, Storage, StorageError, Value,
@@ -40,6 +40,18 @@ impl Storage for SlowStorage {
 
     fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
         self.inner.entries(first, last)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.inner.save_snapshot(snapshot)
+    }
+
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.inner.load_snapshot()
+    }
+
+    fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        Storage::compact(&mut self.inner, through)
     }
 }
 
@@ -220,6 +232,21 @@ impl Storage for BrokenDisk {
 
     fn entries(&mut self, _first: Slot, _last: Slot) -> Result<Vec<Entry>, StorageError> {
         Ok(Vec::new())
+    }
+
+    fn save_snapshot(&mut self, _snapshot: &Snapshot) -> Result<(), StorageError> {
+        Err(StorageError::Io {
+            path: "disk0".to_string(),
+            source: std::io::Error::other("device gone"),
+        })
+    }
+
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(None)
+    }
+
+    fn compact(&mut self, _through: Slot) -> Result<(), StorageError> {
+        Ok(())
     }
 }
 

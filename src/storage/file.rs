@@ -16,6 +16,31 @@
 //! message only. (On platforms without `flock` — not Linux, macOS or the BSDs — there is no
 //! lock.)
 //!
+//! # Snapshot
+//!
+//! The file `snapshot` holds the last [`Snapshot`] saved with [`Storage::save_snapshot`]:
+//!
+//! ```text
+//! snapshot := magic b"SYNODSNP" | format version u16 | cluster id u64 | node id u64
+//!             | slot u64 | data length u64 | checksum u32 | data[data length]
+//! checksum = CRC32C(every header byte before the checksum, data)
+//! ```
+//!
+//! It is replaced atomically: the new snapshot is written to `snapshot.tmp`, the file is
+//! synced, renamed over `snapshot`, and the directory is synced. A crash at any point leaves
+//! either the old or the new snapshot in force, never a mix. A `snapshot.tmp` found by
+//! [`FileStorage::open`] was never renamed, so it never counted: it is deleted.
+//!
+//! The snapshot is checked whole on open and on every [`Storage::load_snapshot`]: a bad
+//! magic, format version, length (one that disagrees with the file's size, or is above
+//! [`FileStorageOptions::snapshot_bytes_max`], so a corrupt length cannot make recovery
+//! allocate) or checksum is [`StorageError::Corrupt`]; a snapshot of another cluster or
+//! node is [`StorageError::Foreign`]. Neither is ever ignored: a snapshot that silently
+//! vanished would lose the state that the compacted log no longer holds.
+//!
+//! Saving a snapshot does not compact the log; [`FileStorage::compact`] (or
+//! [`Storage::compact`]) through the snapshot's slot is the caller's call.
+//!
 //! # Records
 //!
 //! A segment is a sequence of records. All integers are little-endian.
@@ -74,7 +99,7 @@
 //! oldest segments that no longer hold a live entry. The newest hard state and compaction mark
 //! always live in a segment that is kept.
 
-use super::{Recovered, Storage, WriteBatch};
+use super::{Recovered, Snapshot, Storage, WriteBatch};
 use crate::error::StorageError;
 use crate::types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
@@ -94,6 +119,22 @@ const SEGMENT_EXTENSION: &str = "seg";
 const SEGMENT_NAME_DIGITS: usize = 20;
 /// The name of the lock file in the storage directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// The name of the snapshot file in the storage directory.
+pub const SNAPSHOT_FILE_NAME: &str = "snapshot";
+/// The name of the file a new snapshot is written to before it is renamed to
+/// [`SNAPSHOT_FILE_NAME`].
+pub const SNAPSHOT_TMP_FILE_NAME: &str = "snapshot.tmp";
+/// The magic at the start of the snapshot file.
+const SNAPSHOT_MAGIC: [u8; 8] = *b"SYNODSNP";
+/// The snapshot format version this build writes and the only one it reads.
+const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+/// Offset of the data length field in the snapshot header.
+const SNAPSHOT_LENGTH_OFFSET: usize = 8 + 2 + 8 + 8 + 8;
+/// Offset of the checksum field in the snapshot header.
+const SNAPSHOT_CHECKSUM_OFFSET: usize = SNAPSHOT_LENGTH_OFFSET + 8;
+/// Bytes of the snapshot file's header, before the data.
+pub const SNAPSHOT_HEADER_BYTES: u64 = (SNAPSHOT_CHECKSUM_OFFSET + 4) as u64;
 
 /// Bytes before a record's body: length, checksum, kind.
 const RECORD_HEADER_BYTES: usize = 4 + 4 + 1;
@@ -152,6 +193,10 @@ pub struct FileStorageOptions {
     pub command_bytes_max: usize,
     /// The most segment files kept open for reading at once.
     pub open_files_max: usize,
+    /// The largest snapshot data accepted. Saving a larger snapshot is refused; a snapshot
+    /// file claiming more is refused as corrupt, so a corrupt length cannot make recovery
+    /// allocate. [`Storage::load_snapshot`] holds the whole snapshot in memory.
+    pub snapshot_bytes_max: u64,
 }
 
 impl Default for FileStorageOptions {
@@ -161,6 +206,7 @@ impl Default for FileStorageOptions {
             cache_bytes_max: 8 << 20,
             command_bytes_max: 64 << 20,
             open_files_max: 16,
+            snapshot_bytes_max: 1 << 30,
         }
     }
 }
@@ -351,6 +397,8 @@ pub struct FileStorage {
     failure: Option<String>,
     writes: u64,
     syncs: u64,
+    /// The slot of the snapshot in force, if there is one.
+    snapshot_slot: Option<Slot>,
     /// The open lock file; its `flock` is held as long as this storage lives (`None` where
     /// there is no `flock`).
     _lock: Option<File>,
@@ -367,6 +415,7 @@ impl fmt::Debug for FileStorage {
             .field("current_segment", &self.current.sequence)
             .field("slots", &self.state.index.len())
             .field("compacted_through", &self.state.compacted_through)
+            .field("snapshot_slot", &self.snapshot_slot)
             .field("failure", &self.failure)
             .finish_non_exhaustive()
     }
@@ -704,9 +753,11 @@ impl FileStorage {
     ///
     /// # Errors
     /// - [`StorageError::Locked`] if another storage (in any process) has the directory open.
-    /// - [`StorageError::Foreign`] if a segment belongs to another cluster or node.
-    /// - [`StorageError::Corrupt`] if a segment is missing, a header is bad, or data other
-    ///   than a torn tail is damaged; the error names the file and the byte offset.
+    /// - [`StorageError::Foreign`] if a segment or the snapshot belongs to another cluster or
+    ///   node.
+    /// - [`StorageError::Corrupt`] if a segment is missing, a header is bad, data other than
+    ///   a torn tail is damaged, or the snapshot file does not check out (see
+    ///   [Snapshot](self#snapshot)); the error names the file and the byte offset.
     /// - [`StorageError::Io`] if the directory or a file cannot be read, written or synced.
     ///
     /// # Panics
@@ -727,6 +778,9 @@ impl FileStorage {
         }
         // Before anything is read or repaired: a second writer would corrupt the log.
         let lock = lock_directory(&directory)?;
+        remove_snapshot_tmp(&directory)?;
+        let snapshot_slot = read_snapshot(&directory, cluster_id, node_id, &options, false)?
+            .map(|snapshot| snapshot.slot);
         let mut sequences = list_segments(&directory)?;
         for pair in sequences.windows(2) {
             if pair[1] != pair[0] + 1 {
@@ -819,6 +873,7 @@ impl FileStorage {
             failure: None,
             writes: 0,
             syncs: 0,
+            snapshot_slot,
             _lock: lock,
         })
     }
@@ -833,8 +888,9 @@ impl FileStorage {
         self.writes
     }
 
-    /// The number of times segment data was synced to stable storage since open (by writes
-    /// that asked for it, by segment rotation and by compaction).
+    /// The number of times segment data or a snapshot was synced to stable storage since open
+    /// (by writes that asked for it, by segment rotation, by compaction, and once per saved
+    /// snapshot).
     pub fn sync_count(&self) -> u64 {
         self.syncs
     }
@@ -846,6 +902,16 @@ impl FileStorage {
             .keys()
             .map(|&sequence| segment_path(&self.directory, sequence))
             .collect()
+    }
+
+    /// The slot of the snapshot in force, if one was saved.
+    pub fn snapshot_slot(&self) -> Option<Slot> {
+        self.snapshot_slot
+    }
+
+    /// The path of the snapshot file (which exists only once a snapshot was saved).
+    pub fn snapshot_path(&self) -> PathBuf {
+        self.directory.join(SNAPSHOT_FILE_NAME)
     }
 
     /// Every slot up to this one has been discarded by [`FileStorage::compact`] (0: none).
@@ -915,6 +981,45 @@ impl FileStorage {
             sync_directory(&self.directory)?;
         }
         Ok(deletable)
+    }
+
+    /// Writes `snapshot` to the temporary file, syncs it and renames it over the snapshot
+    /// file; the directory sync is left to the caller. On failure the temporary file is
+    /// removed (best effort) and the previous snapshot file is untouched.
+    fn write_snapshot_file(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let tmp_path = self.directory.join(SNAPSHOT_TMP_FILE_NAME);
+        let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES as usize);
+        header.extend_from_slice(&SNAPSHOT_MAGIC);
+        header.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        put_u64(&mut header, self.cluster_id);
+        put_u64(&mut header, self.node_id.0);
+        put_u64(&mut header, snapshot.slot);
+        put_u64(&mut header, snapshot.data.len() as u64);
+        let checksum = crc32c::crc32c_append(crc32c::crc32c(&header), &snapshot.data);
+        header.extend_from_slice(&checksum.to_le_bytes());
+        debug_assert_eq!(header.len() as u64, SNAPSHOT_HEADER_BYTES);
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp_path)
+            .and_then(|mut file| {
+                file.write_all(&header)?;
+                file.write_all(&snapshot.data)?;
+                file.sync_all()
+            });
+        if let Err(error) = written {
+            // Best effort: a leftover is deleted by the next open anyway.
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_error(&tmp_path, error));
+        }
+        self.syncs += 1;
+        let path = self.snapshot_path();
+        if let Err(error) = fs::rename(&tmp_path, &path) {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_error(&path, error));
+        }
+        Ok(())
     }
 
     /// How many of the oldest segments hold no entry above `mark` and are not current.
@@ -1219,6 +1324,186 @@ impl Storage for FileStorage {
             .collect();
         self.read_entries(locations)
     }
+
+    /// Writes the snapshot atomically (see [Snapshot](self#snapshot)): it is durable, and in
+    /// force, when this returns `Ok`. A snapshot at or below the slot of the one in force is
+    /// ignored. The log is not compacted.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if `snapshot.data` is larger than
+    /// [`FileStorageOptions::snapshot_bytes_max`] (nothing is written then), or if writing,
+    /// syncing or renaming the file, or syncing the directory, fails. If the failure came
+    /// before the rename, the previous snapshot stays in force. If only the directory sync
+    /// failed, the new snapshot is in force in this process (later saves must be newer), but
+    /// after a crash either snapshot may be found. The log is unaffected either way.
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        if self
+            .snapshot_slot
+            .is_some_and(|current| snapshot.slot <= current)
+        {
+            return Ok(());
+        }
+        if snapshot.data.len() as u64 > self.options.snapshot_bytes_max {
+            return Err(io_error(
+                &self.snapshot_path(),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "snapshot of {} bytes is above snapshot_bytes_max {}",
+                        snapshot.data.len(),
+                        self.options.snapshot_bytes_max
+                    ),
+                ),
+            ));
+        }
+        self.write_snapshot_file(snapshot)?;
+        self.snapshot_slot = Some(snapshot.slot);
+        sync_directory(&self.directory)
+    }
+
+    /// Reads the snapshot file and checks it whole.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] (naming the file and the offset of the bad field) if the
+    /// file's magic, format version, length or checksum is bad; [`StorageError::Foreign`] if
+    /// it belongs to another cluster or node; [`StorageError::Io`] if it cannot be read.
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        read_snapshot(
+            &self.directory,
+            self.cluster_id,
+            self.node_id,
+            &self.options,
+            true,
+        )
+    }
+
+    /// Delegates to [`FileStorage::compact`].
+    ///
+    /// # Errors
+    /// As [`FileStorage::compact`].
+    fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        FileStorage::compact(self, through).map(|_| ())
+    }
+}
+
+/// Deletes a snapshot file that was written but never renamed (a save cut short by a crash),
+/// and syncs the directory if there was one.
+fn remove_snapshot_tmp(directory: &Path) -> Result<(), StorageError> {
+    let path = directory.join(SNAPSHOT_TMP_FILE_NAME);
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), "removing an unfinished snapshot");
+            sync_directory(directory)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(io_error(&path, error)),
+    }
+}
+
+/// Reads and checks the snapshot file of `directory`; `None` if there is none. With
+/// `keep_data` false the data is checked but not kept (the returned snapshot's data is
+/// empty), so memory stays bounded by a read buffer.
+fn read_snapshot(
+    directory: &Path,
+    cluster_id: u64,
+    node_id: NodeId,
+    options: &FileStorageOptions,
+    keep_data: bool,
+) -> Result<Option<Snapshot>, StorageError> {
+    let path = directory.join(SNAPSHOT_FILE_NAME);
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error(&path, error)),
+    };
+    let file_bytes = file
+        .metadata()
+        .map_err(|error| io_error(&path, error))?
+        .len();
+    let mut header = [0; SNAPSHOT_HEADER_BYTES as usize];
+    let read = read_up_to(&mut file, &mut header).map_err(|error| io_error(&path, error))?;
+    if read < header.len() {
+        return Err(corrupt(
+            &path,
+            read as u64,
+            format!("snapshot file of {file_bytes} bytes is shorter than its header"),
+        ));
+    }
+    if header[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt(&path, 0, "not a synod snapshot (bad magic)"));
+    }
+    let mut reader = BodyReader { rest: &header[8..] };
+    let version = reader.u16().expect("in the header");
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(corrupt(
+            &path,
+            8,
+            format!("unsupported snapshot format version {version}"),
+        ));
+    }
+    let file_cluster = reader.u64().expect("in the header");
+    let file_node = reader.u64().expect("in the header");
+    let slot = reader.u64().expect("in the header");
+    let data_bytes = reader.u64().expect("in the header");
+    let expected = reader.u32().expect("in the header");
+    if data_bytes > options.snapshot_bytes_max {
+        return Err(corrupt(
+            &path,
+            SNAPSHOT_LENGTH_OFFSET as u64,
+            format!(
+                "snapshot length {data_bytes} is above snapshot_bytes_max {}",
+                options.snapshot_bytes_max
+            ),
+        ));
+    }
+    if data_bytes != file_bytes - SNAPSHOT_HEADER_BYTES {
+        return Err(corrupt(
+            &path,
+            SNAPSHOT_LENGTH_OFFSET as u64,
+            format!(
+                "snapshot length {data_bytes} does not match the {} data bytes in the file",
+                file_bytes - SNAPSHOT_HEADER_BYTES
+            ),
+        ));
+    }
+    // Bounded by `snapshot_bytes_max` just above.
+    let mut data = Vec::new();
+    let mut checksum = crc32c::crc32c(&header[..SNAPSHOT_CHECKSUM_OFFSET]);
+    if keep_data {
+        data.resize(data_bytes as usize, 0);
+        file.read_exact(&mut data)
+            .map_err(|error| io_error(&path, error))?;
+        checksum = crc32c::crc32c_append(checksum, &data);
+    } else {
+        let mut chunk = vec![0; 64 << 10];
+        let mut left = data_bytes;
+        while left > 0 {
+            let take = left.min(chunk.len() as u64) as usize;
+            file.read_exact(&mut chunk[..take])
+                .map_err(|error| io_error(&path, error))?;
+            checksum = crc32c::crc32c_append(checksum, &chunk[..take]);
+            left -= take as u64;
+        }
+    }
+    if checksum != expected {
+        return Err(corrupt(
+            &path,
+            SNAPSHOT_CHECKSUM_OFFSET as u64,
+            format!("snapshot checksum mismatch: file says {expected:#010x}, bytes have {checksum:#010x}"),
+        ));
+    }
+    // After the checksum: a damaged id field is corruption, not a foreign snapshot.
+    if file_cluster != cluster_id || file_node != node_id.0 {
+        return Err(StorageError::Foreign {
+            path: path.display().to_string(),
+            cluster_id: file_cluster,
+            node: NodeId(file_node),
+        });
+    }
+    Ok(Some(Snapshot {
+        slot,
+        data: Bytes::from(data),
+    }))
 }
 
 /// The sequence numbers of the segment files in `directory`, ascending.

@@ -1,6 +1,6 @@
 //! In-memory storage for tests, benchmarks and the simulator.
 
-use super::{Recovered, Storage, WriteBatch};
+use super::{Recovered, Snapshot, Storage, WriteBatch};
 use crate::error::StorageError;
 use crate::types::{Entry, HardState, Slot};
 use std::collections::VecDeque;
@@ -17,6 +17,7 @@ pub struct MemStorage {
     first: Slot,
     cells: VecDeque<Option<Entry>>,
     stored: usize,
+    snapshot: Option<Snapshot>,
     writes: u64,
     syncs: u64,
 }
@@ -61,6 +62,11 @@ impl MemStorage {
             }
             self.first += 1;
         }
+    }
+
+    /// The snapshot last saved, if any.
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     fn store(&mut self, entry: Entry) {
@@ -120,12 +126,37 @@ impl Storage for MemStorage {
         }
         Ok(self.cells.range(from..to).flatten().cloned().collect())
     }
+
+    /// Keeps `snapshot` unless the current snapshot is at the same or a later slot. Never
+    /// fails.
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let newer = match &self.snapshot {
+            Some(current) => snapshot.slot > current.slot,
+            None => true,
+        };
+        if newer {
+            self.snapshot = Some(snapshot.clone());
+        }
+        Ok(())
+    }
+
+    /// Never fails.
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.snapshot.clone())
+    }
+
+    /// Delegates to [`MemStorage::compact`]; never fails.
+    fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        MemStorage::compact(self, through);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::types::{Ballot, NodeId, Value};
+    use bytes::Bytes;
 
     fn entry(slot: Slot, round: u64) -> Entry {
         Entry {
@@ -176,8 +207,34 @@ mod tests {
         assert_eq!(storage.entries(0, 4).unwrap(), vec![entry(3, 1)]);
         assert_eq!(storage.entries(6, 8).unwrap(), vec![]);
         assert_eq!(storage.entries(10, 20).unwrap(), vec![]);
-        storage.compact(5);
+        Storage::compact(&mut storage, 5).unwrap();
         assert_eq!(storage.len(), 1);
         assert_eq!(storage.entries(0, 100).unwrap(), vec![entry(9, 1)]);
+    }
+
+    #[test]
+    fn snapshots_round_trip_and_an_older_one_is_ignored() {
+        let mut storage = MemStorage::new();
+        assert_eq!(storage.load_snapshot().unwrap(), None);
+        let newer = Snapshot {
+            slot: 7,
+            data: Bytes::from_static(b"seven"),
+        };
+        storage.save_snapshot(&newer).unwrap();
+        assert_eq!(storage.load_snapshot().unwrap(), Some(newer.clone()));
+        for slot in [3, 7] {
+            let older = Snapshot {
+                slot,
+                data: Bytes::from_static(b"older"),
+            };
+            storage.save_snapshot(&older).unwrap();
+            assert_eq!(storage.load_snapshot().unwrap(), Some(newer.clone()));
+        }
+        let newest = Snapshot {
+            slot: 8,
+            data: Bytes::new(),
+        };
+        storage.save_snapshot(&newest).unwrap();
+        assert_eq!(storage.snapshot(), Some(&newest));
     }
 }

@@ -4,6 +4,11 @@
 //! and its log: for each slot, the entry it accepted with the highest ballot. The replica hands
 //! the application a [`WriteBatch`] in every `Ready`; the application writes it with
 //! [`Storage::write`] and only then sends the messages that depend on it.
+//!
+//! The application's state machine can save its state as a [`Snapshot`] with
+//! [`Storage::save_snapshot`]; the log prefix the snapshot covers may then be discarded with
+//! [`Storage::compact`]. Saving a snapshot never compacts by itself: when to discard the
+//! prefix (for instance, only once every peer has caught up past it) is the caller's choice.
 
 pub mod file;
 mod mem;
@@ -13,6 +18,7 @@ pub use mem::MemStorage;
 
 use crate::error::StorageError;
 use crate::types::{Entry, HardState, Slot};
+use bytes::Bytes;
 
 /// One atomic write: either all of it is durable after a crash, or none of it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -43,6 +49,20 @@ pub struct Recovered {
     pub entries: Vec<Entry>,
 }
 
+/// The state the application's state machine saved after applying every slot up to and
+/// including `slot`: restoring `data` and then applying the entries after `slot` rebuilds the
+/// state machine.
+///
+/// `data` is opaque to synod; its format is the application's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Snapshot {
+    /// The last slot the snapshot covers: every chosen entry up to and including it is
+    /// reflected in `data`.
+    pub slot: Slot,
+    /// The serialized state machine.
+    pub data: Bytes,
+}
+
 /// Durable storage for one replica.
 ///
 /// Every method returns a `Result`: a storage failure is the application's to handle (usually
@@ -69,4 +89,32 @@ pub trait Storage {
     /// [`StorageError::Unavailable`] if part of the range was compacted away;
     /// [`StorageError::Io`] or [`StorageError::Corrupt`] if it cannot be read.
     fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError>;
+
+    /// Saves `snapshot`, replacing the current one if it is newer; it is durable when this
+    /// returns `Ok`.
+    ///
+    /// A snapshot whose slot is at or below the current snapshot's slot is **ignored**: it
+    /// returns `Ok(())` without writing anything, and the current (newer or equal) snapshot
+    /// stays in force. Nothing is compacted: call [`Storage::compact`] for that.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the snapshot cannot be written or synced, or is larger than
+    /// the implementation accepts. The previous snapshot then stays in force, unless the
+    /// implementation documents otherwise.
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError>;
+
+    /// The snapshot last saved, or `None` if none was ever saved.
+    ///
+    /// # Errors
+    /// [`StorageError::Corrupt`] or [`StorageError::Foreign`] if the stored snapshot cannot be
+    /// trusted; [`StorageError::Io`] if it cannot be read.
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError>;
+
+    /// Discards every entry up to and including `through` (they are covered by a snapshot).
+    /// Compacting below an earlier mark discards nothing more. Entries in the discarded range
+    /// are no longer returned by [`Storage::recover`] or [`Storage::entries`].
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] if the discard cannot be made durable.
+    fn compact(&mut self, through: Slot) -> Result<(), StorageError>;
 }
