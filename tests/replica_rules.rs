@@ -343,3 +343,32 @@ fn a_pre_vote_is_denied_for_a_ballot_not_above_the_promise() {
     let above = Ballot::new(promised.round + 1, NodeId(3));
     assert!(pre_vote_granted(&mut replica, above, 1));
 }
+
+#[test]
+fn denied_pre_votes_never_add_up_to_an_election() {
+    // Pre-vote: only grants count. A replica cut off from the leader, whose pre-votes the
+    // leader's followers deny, never starts phase 1: its promise stays where it was.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.blocked.insert((NodeId(1), NodeId(3)));
+    net.blocked.insert((NodeId(3), NodeId(1)));
+    let promised = net.replica(3).status().promised;
+    let election_ticks = net.replica(3).config().election_ticks;
+    let mut denials = 0;
+    for _ in 0..election_ticks * 6 {
+        net.tick_all(1);
+        denials += net
+            .sent
+            .iter()
+            .filter(|message| {
+                message.to == NodeId(3)
+                    && matches!(message.body, Body::PreVoteReply { granted: false, .. })
+            })
+            .count();
+        net.sent.clear();
+        assert_ne!(net.replica(3).role(), synod::Role::Candidate);
+    }
+    assert!(denials > 0, "n3 never asked for a pre-vote");
+    assert_eq!(net.replica(3).status().promised, promised);
+    assert!(net.replica(1).is_leader());
+}
