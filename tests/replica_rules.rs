@@ -372,3 +372,60 @@ fn denied_pre_votes_never_add_up_to_an_election() {
     assert_eq!(net.replica(3).status().promised, promised);
     assert!(net.replica(1).is_leader());
 }
+
+/// Delivers the first queued message that matches `predicate` (and processes its recipient).
+fn deliver_first(net: &mut Net, predicate: impl Fn(&Message) -> bool) {
+    let index = net
+        .queue
+        .iter()
+        .position(predicate)
+        .expect("a matching message is queued");
+    net.deliver(index);
+}
+
+fn is_accept_to(message: &Message, to: u64) -> bool {
+    message.to == NodeId(to) && matches!(message.body, Body::Accept { .. })
+}
+
+fn is_accepted_from(message: &Message, from: u64) -> bool {
+    message.from == NodeId(from) && matches!(message.body, Body::Accepted { .. })
+}
+
+fn accept_slots(message: &Message) -> Vec<u64> {
+    match &message.body {
+        Body::Accept { entries, .. } => entries.iter().map(|entry| entry.slot).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn a_follower_whose_window_frees_gets_the_next_accept_at_once() {
+    // Flow control: a follower's window (here one Accept) holds back later slots, and the
+    // acknowledgement that frees it releases the next Accept in the same batch, not a tick
+    // later, even when that acknowledgement chooses nothing (5 members: the leader and one
+    // follower are not a quorum).
+    let mut net = Net::with(5, |config| config.inflight_msgs_max = 1);
+    net.elect(1);
+    net.stabilize();
+    net.propose(1, "a");
+    net.propose(1, "b");
+    let to_n4: Vec<Vec<u64>> = net
+        .queue
+        .iter()
+        .filter(|message| is_accept_to(message, 4))
+        .map(accept_slots)
+        .collect();
+    assert_eq!(to_n4.len(), 1, "the window holds one Accept: {to_n4:?}");
+    let slot_b = to_n4[0][0] + 1;
+    let chosen = net.replica(1).status().chosen;
+    deliver_first(&mut net, |message| is_accept_to(message, 4));
+    let sent_before = net.sent.len();
+    deliver_first(&mut net, |message| is_accepted_from(message, 4));
+    assert_eq!(net.replica(1).status().chosen, chosen, "nothing was chosen");
+    let released: Vec<Vec<u64>> = net.sent[sent_before..]
+        .iter()
+        .filter(|message| is_accept_to(message, 4))
+        .map(accept_slots)
+        .collect();
+    assert_eq!(released, vec![vec![slot_b]], "b was not sent to n4 at once");
+}
