@@ -429,3 +429,30 @@ fn a_follower_whose_window_frees_gets_the_next_accept_at_once() {
         .collect();
     assert_eq!(released, vec![vec![slot_b]], "b was not sent to n4 at once");
 }
+
+#[test]
+fn an_accept_carries_entries_up_to_exactly_its_byte_limit() {
+    // Batching: `accept_bytes_max` is an inclusive bound on the payload bytes of one Accept.
+    let mut net = Net::with(3, |config| {
+        config.accept_bytes_max = 8;
+        config.inflight_msgs_max = 16;
+    });
+    net.elect(1);
+    net.stabilize();
+    let leader = net.replica_mut(1);
+    for command in ["aaaa", "bbbb", "cccc"] {
+        leader
+            .propose(Bytes::from_static(command.as_bytes()))
+            .unwrap();
+    }
+    net.process(NodeId(1));
+    let batches: Vec<Vec<u64>> = net
+        .queue
+        .iter()
+        .filter(|message| is_accept_to(message, 2))
+        .map(accept_slots)
+        .collect();
+    assert_eq!(batches.len(), 2, "4 + 4 bytes fill one Accept: {batches:?}");
+    assert_eq!(batches[0].len(), 2);
+    assert_eq!(batches[1].len(), 1);
+}
