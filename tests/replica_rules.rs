@@ -456,3 +456,112 @@ fn an_accept_carries_entries_up_to_exactly_its_byte_limit() {
     assert_eq!(batches[0].len(), 2);
     assert_eq!(batches[1].len(), 1);
 }
+
+#[test]
+fn an_accepted_for_slots_never_proposed_is_ignored() {
+    // Bad input never panics: a (buggy or forged) Accepted in the leader's ballot that claims
+    // slots beyond the last one proposed counts for nothing.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "x");
+    net.stabilize();
+    let before = net.replica(1).status();
+    let ballot = before.promised;
+    let leader = net.replica_mut(1);
+    leader
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Accepted {
+                ballot,
+                first_slot: before.last_slot + 1,
+                last_slot: before.last_slot + 1000,
+            },
+        })
+        .ok();
+    let after = leader.status();
+    assert_eq!(after.chosen, before.chosen);
+    assert_eq!(after.last_slot, before.last_slot);
+    assert!(leader.is_leader());
+}
+
+#[test]
+fn uncommitted_bytes_return_to_zero_once_everything_is_chosen() {
+    // Flow control: the uncommitted backlog counts payload bytes proposed and not yet chosen;
+    // choosing releases them (or the leader would end up refusing everything with Busy).
+    let mut net = Net::new(3);
+    net.elect(1);
+    for command in ["aaaa", "bb", "c"] {
+        net.propose(1, command);
+    }
+    assert_eq!(net.replica(1).status().uncommitted_bytes, 7);
+    net.stabilize();
+    assert_eq!(net.replica(1).status().uncommitted_bytes, 0);
+}
+
+#[test]
+fn duplicated_forwards_are_counted_as_dropped() {
+    // Forwarding dedup (per-origin proposal ids only grow): every refused copy is counted in
+    // `Status::dropped_messages`, so an operator sees it.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.replica_mut(2)
+        .propose(Bytes::from_static(b"once"))
+        .unwrap();
+    net.process(NodeId(2));
+    let forward = net
+        .queue
+        .iter()
+        .find(|message| matches!(message.body, Body::Forward { .. }))
+        .cloned()
+        .expect("a forward");
+    net.queue.push(forward.clone());
+    net.queue.push(forward);
+    let dropped = net.replica(1).status().dropped_messages;
+    net.stabilize();
+    assert_eq!(net.replica(1).status().dropped_messages, dropped + 2);
+}
+
+#[test]
+fn a_follower_sent_an_accept_gets_no_separate_commit() {
+    // The chosen mark rides on Accepts: a batch that carries an Accept to a follower sends it
+    // no Commit as well.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    let sent_before = net.sent.len();
+    net.propose(1, "b");
+    let to_n2: Vec<&Message> = net.sent[sent_before..]
+        .iter()
+        .filter(|message| message.to == NodeId(2))
+        .collect();
+    assert_eq!(to_n2.len(), 1, "{to_n2:?}");
+    assert!(matches!(to_n2[0].body, Body::Accept { .. }));
+}
+
+#[test]
+fn no_commit_is_sent_when_the_chosen_mark_did_not_move() {
+    // A Commit only announces a chosen mark the follower has not been sent; a quiet leader's
+    // batches (heartbeats) carry no Commits.
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    let sent_before = net.sent.len();
+    for _ in 0..net.replica(1).config().election_ticks {
+        net.tick(1);
+        net.stabilize();
+    }
+    let commits = net.sent[sent_before..]
+        .iter()
+        .filter(|message| matches!(message.body, Body::Commit { .. }))
+        .count();
+    assert!(
+        net.sent[sent_before..]
+            .iter()
+            .any(|message| matches!(message.body, Body::Heartbeat { .. })),
+        "the leader sent no heartbeat"
+    );
+    assert_eq!(commits, 0);
+}
