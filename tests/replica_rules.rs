@@ -565,3 +565,24 @@ fn no_commit_is_sent_when_the_chosen_mark_did_not_move() {
     );
     assert_eq!(commits, 0);
 }
+
+#[test]
+fn a_leader_heartbeats_every_heartbeat_ticks_not_every_tick() {
+    // Heartbeats are paced by `heartbeat_ticks` (a quiet cluster costs little).
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    let heartbeat_ticks = u64::from(net.replica(1).config().heartbeat_ticks);
+    assert!(heartbeat_ticks > 1, "the test needs heartbeat_ticks > 1");
+    let ticks = heartbeat_ticks * 10;
+    let sent_before = net.sent.len();
+    for _ in 0..ticks {
+        net.tick(1);
+        net.stabilize();
+    }
+    let heartbeats_to_n2 = net.sent[sent_before..]
+        .iter()
+        .filter(|message| message.to == NodeId(2) && matches!(message.body, Body::Heartbeat { .. }))
+        .count() as u64;
+    assert_eq!(heartbeats_to_n2, ticks / heartbeat_ticks);
+}
