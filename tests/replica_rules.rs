@@ -586,3 +586,98 @@ fn a_leader_heartbeats_every_heartbeat_ticks_not_every_tick() {
         .count() as u64;
     assert_eq!(heartbeats_to_n2, ticks / heartbeat_ticks);
 }
+
+#[test]
+fn a_follower_fetches_once_what_it_lacks_and_never_what_it_holds() {
+    // Learning (Paxos Made Simple §3): a chosen mark beyond the local log triggers one Fetch
+    // (retried by ticks, not by every message); a mark the log already covers triggers none.
+    let mut replica = acceptor(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot,
+                chosen: 0,
+                entries: vec![Entry {
+                    slot: 1,
+                    ballot,
+                    value: command("a"),
+                }],
+            },
+        })
+        .unwrap();
+    let commit = |chosen| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Commit { ballot, chosen },
+    };
+    let fetches = |replica: &mut Replica| {
+        let mut ready = replica.ready();
+        let count = ready
+            .take_messages()
+            .iter()
+            .filter(|message| matches!(message.body, Body::Fetch { .. }))
+            .count();
+        replica.advance(ready);
+        count
+    };
+    fetches(&mut replica);
+    replica.step(commit(1)).unwrap();
+    assert_eq!(fetches(&mut replica), 0, "slot 1 is held: nothing to fetch");
+    assert_eq!(replica.status().chosen, 1);
+    replica.step(commit(3)).unwrap();
+    assert_eq!(fetches(&mut replica), 1, "slots 2 and 3 are missing");
+    replica.step(commit(3)).unwrap();
+    assert_eq!(fetches(&mut replica), 0, "a Fetch is already outstanding");
+}
+
+fn fetch_reply_slots(net: &mut Net, first_slot: u64) -> Option<Vec<u64>> {
+    let ballot = net.replica(1).status().promised;
+    let leader = net.replica_mut(1);
+    leader
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Fetch { ballot, first_slot },
+        })
+        .unwrap();
+    let mut ready = leader.ready();
+    let replies: Vec<Vec<u64>> = ready
+        .take_messages()
+        .into_iter()
+        .filter_map(|message| match message.body {
+            Body::FetchReply { entries, .. } => {
+                Some(entries.iter().map(|entry| entry.slot).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    leader.advance(ready);
+    assert!(replies.len() <= 1);
+    replies.into_iter().next()
+}
+
+#[test]
+fn a_fetch_is_served_from_its_first_slot_to_the_chosen_mark_within_the_byte_limit() {
+    // Catch-up: any replica serves the chosen entries it holds, from the asked slot through
+    // its chosen mark, at most `fetch_bytes_max` payload bytes (inclusive) per reply; a Fetch
+    // above the chosen mark gets no answer.
+    let mut net = Net::with(3, |config| config.fetch_bytes_max = 8);
+    net.elect(1);
+    for command in ["aaaa", "bbbb", "cccc"] {
+        net.propose(1, command);
+    }
+    net.stabilize();
+    let chosen = net.replica(1).status().chosen;
+    assert!(chosen >= 3);
+    assert_eq!(fetch_reply_slots(&mut net, chosen), Some(vec![chosen]));
+    assert_eq!(fetch_reply_slots(&mut net, chosen + 1), None);
+    let from = chosen - 2;
+    assert_eq!(
+        fetch_reply_slots(&mut net, from),
+        Some(vec![from, from + 1]),
+        "4 + 4 bytes fill one reply"
+    );
+}
