@@ -681,3 +681,47 @@ fn a_fetch_is_served_from_its_first_slot_to_the_chosen_mark_within_the_byte_limi
         "4 + 4 bytes fill one reply"
     );
 }
+
+#[test]
+fn lost_accepts_to_a_live_follower_are_all_sent_again_after_retransmit_ticks_and_not_before() {
+    // Retransmission: every Accept unanswered for `retransmit_ticks` is sent again, once per
+    // interval (not on every tick), to a follower heard from recently (a silent one gets only
+    // the oldest, as a probe).
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    net.propose(1, "a");
+    net.propose(1, "b");
+    let last = net.replica(1).status().last_slot;
+    assert_eq!(
+        net.drop_where(|message| matches!(message.body, Body::Accept { .. })),
+        4,
+        "two Accepts to each follower"
+    );
+    let retransmit_ticks = net.replica(1).config().retransmit_ticks;
+    let accepts_to_n3 = |net: &Net, from: usize| {
+        net.sent[from..]
+            .iter()
+            .filter(|message| is_accept_to(message, 3))
+            .map(accept_slots)
+            .collect::<Vec<_>>()
+    };
+    let sent_before = net.sent.len();
+    for _ in 1..retransmit_ticks {
+        net.tick(1);
+        net.queue
+            .retain(|message| !matches!(message.body, Body::Accept { .. }));
+        net.stabilize(); // heartbeats and their replies keep n3 live
+    }
+    assert!(
+        accepts_to_n3(&net, sent_before).is_empty(),
+        "sent too early"
+    );
+    net.tick(1);
+    assert_eq!(
+        accepts_to_n3(&net, sent_before),
+        vec![vec![last - 1], vec![last]]
+    );
+    net.stabilize();
+    assert!(net.replica(1).status().chosen >= last);
+}
