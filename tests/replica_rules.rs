@@ -725,3 +725,89 @@ fn lost_accepts_to_a_live_follower_are_all_sent_again_after_retransmit_ticks_and
     net.stabilize();
     assert!(net.replica(1).status().chosen >= last);
 }
+
+#[test]
+fn a_new_leader_adopts_the_highest_ballot_value_whatever_order_promises_arrive_in() {
+    // Paxos Made Simple §2.2, P2c: among the values the promises report for a slot, the leader
+    // proposes the one accepted in the highest ballot, even when a lower one is reported later.
+    let mut replica = Replica::new(common::config(1, 5), Recovered::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica.campaign();
+    let mut ready = replica.ready();
+    let pre_vote = ready
+        .take_messages()
+        .into_iter()
+        .find_map(|message| match message.body {
+            Body::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    replica.advance(ready);
+    for from in [2, 3] {
+        replica
+            .step(Message {
+                from: NodeId(from),
+                to: NodeId(1),
+                body: Body::PreVoteReply {
+                    ballot: pre_vote,
+                    granted: true,
+                    promised: Ballot::ZERO,
+                },
+            })
+            .unwrap();
+    }
+    let mut ready = replica.ready();
+    let ballot = ready
+        .take_messages()
+        .into_iter()
+        .find_map(|message| match message.body {
+            Body::Prepare { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("phase 1 started");
+    replica.advance(ready); // the candidate's own promise is durable
+    let high = Entry {
+        slot: 1,
+        ballot: Ballot::new(ballot.round - 1, NodeId(4)),
+        value: command("high"),
+    };
+    let low = Entry {
+        slot: 1,
+        ballot: Ballot::new(ballot.round - 1, NodeId(2)),
+        value: command("low"),
+    };
+    assert!(low.ballot < high.ballot && high.ballot < ballot);
+    for (from, accepted) in [(2, high.clone()), (3, low)] {
+        replica
+            .step(Message {
+                from: NodeId(from),
+                to: NodeId(1),
+                body: Body::Promise {
+                    ballot,
+                    first_slot: 1,
+                    accepted: vec![accepted],
+                    chosen: 0,
+                },
+            })
+            .unwrap();
+    }
+    let mut ready = replica.ready();
+    let proposed: Vec<Value> = ready
+        .take_messages()
+        .into_iter()
+        .filter_map(|message| match message.body {
+            Body::Accept { entries, .. } => entries
+                .into_iter()
+                .find(|entry| entry.slot == 1)
+                .map(|entry| entry.value),
+            _ => None,
+        })
+        .collect();
+    assert!(replica.is_leader());
+    assert!(!proposed.is_empty(), "slot 1 was not re-proposed");
+    assert!(
+        proposed.iter().all(|value| *value == high.value),
+        "P2c: proposed {proposed:?}"
+    );
+}
