@@ -1,4 +1,4 @@
-//! One deterministic test per acceptor and election rule that an earlier suite left unpinned
+//! One deterministic test per acceptor, election, leader and learner rule that the other suites left unpinned
 //! (each was found by `cargo mutants`: a mutation of the rule survived every other test). Each
 //! test names the rule it checks.
 
