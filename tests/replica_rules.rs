@@ -500,29 +500,6 @@ fn uncommitted_bytes_return_to_zero_once_everything_is_chosen() {
 }
 
 #[test]
-fn duplicated_forwards_are_counted_as_dropped() {
-    // Forwarding dedup (per-origin proposal ids only grow): every refused copy is counted in
-    // `Status::dropped_messages`, so an operator sees it.
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.replica_mut(2)
-        .propose(Bytes::from_static(b"once"))
-        .unwrap();
-    net.process(NodeId(2));
-    let forward = net
-        .queue
-        .iter()
-        .find(|message| matches!(message.body, Body::Forward { .. }))
-        .cloned()
-        .expect("a forward");
-    net.queue.push(forward.clone());
-    net.queue.push(forward);
-    let dropped = net.replica(1).status().dropped_messages;
-    net.stabilize();
-    assert_eq!(net.replica(1).status().dropped_messages, dropped + 2);
-}
-
-#[test]
 fn a_follower_sent_an_accept_gets_no_separate_commit() {
     // The chosen mark rides on Accepts: a batch that carries an Accept to a follower sends it
     // no Commit as well.

@@ -937,10 +937,13 @@ fn a_duplicated_forward_is_proposed_once() {
         .expect("a forward");
     net.queue.push(forward.clone());
     net.queue.push(forward);
+    let dropped = net.replica(1).status().dropped_messages;
     net.stabilize();
     for id in 1..=3 {
         assert_eq!(net.commands(id), vec!["once"], "n{id}");
     }
+    // Every refused copy is counted, so an operator sees it.
+    assert_eq!(net.replica(1).status().dropped_messages, dropped + 2);
 }
 
 #[test]

@@ -638,7 +638,8 @@ impl Replica {
         let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         let write = WriteBatch {
             hard_state: self.hard_dirty.then_some(self.hard),
-            entries: take_keeping_capacity(&mut self.unpersisted),
+            // Storage consumes the entries' vector, so there is never a spare to hand back here.
+            entries: hand_out(&mut self.unpersisted, &mut Vec::new()),
             must_sync,
         };
         self.hard_dirty = false;
@@ -855,16 +856,4 @@ fn recycle<T>(spare: &mut Vec<T>, mut used: Vec<T>) {
         used.clear();
         *spare = used;
     }
-}
-
-/// Takes the contents of `vector`, leaving it with room for as many elements: output buffers
-/// are refilled at about the same rate they are drained, so the next batch is gathered without
-/// growing a vector from nothing (one allocation instead of a chain of reallocations).
-/// An empty vector is not taken at all: it keeps its buffer and an unallocated one is returned.
-fn take_keeping_capacity<T>(vector: &mut Vec<T>) -> Vec<T> {
-    if vector.is_empty() {
-        return Vec::new();
-    }
-    let capacity = vector.len();
-    std::mem::replace(vector, Vec::with_capacity(capacity))
 }
