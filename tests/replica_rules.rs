@@ -28,6 +28,23 @@ fn prepare(from: u64, to: u64, ballot: Ballot) -> Message {
     }
 }
 
+/// An Accept from `from` to n2 for slot 1 alone, in `ballot`, carrying the chosen mark.
+fn accept_slot_1(from: u64, ballot: Ballot, chosen: u64, value: Value) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(2),
+        body: Body::Accept {
+            ballot,
+            chosen,
+            entries: vec![Entry {
+                slot: 1,
+                ballot,
+                value,
+            }],
+        },
+    }
+}
+
 fn command(data: &'static str) -> Value {
     Value::Command {
         id: ProposalId::default(),
@@ -135,19 +152,7 @@ fn an_accept_for_slots_already_chosen_writes_nothing() {
     let first = Ballot::new(1, NodeId(1));
     let value = command("v");
     replica
-        .step(Message {
-            from: NodeId(1),
-            to: NodeId(2),
-            body: Body::Accept {
-                ballot: first,
-                chosen: 0,
-                entries: vec![Entry {
-                    slot: 1,
-                    ballot: first,
-                    value: value.clone(),
-                }],
-            },
-        })
+        .step(accept_slot_1(1, first, 0, value.clone()))
         .unwrap();
     let ready = replica.ready();
     replica.advance(ready);
@@ -165,21 +170,7 @@ fn an_accept_for_slots_already_chosen_writes_nothing() {
     replica.advance(ready);
     assert_eq!(replica.status().chosen, 1);
     let second = Ballot::new(2, NodeId(3));
-    replica
-        .step(Message {
-            from: NodeId(3),
-            to: NodeId(2),
-            body: Body::Accept {
-                ballot: second,
-                chosen: 1,
-                entries: vec![Entry {
-                    slot: 1,
-                    ballot: second,
-                    value,
-                }],
-            },
-        })
-        .unwrap();
+    replica.step(accept_slot_1(3, second, 1, value)).unwrap();
     let mut ready = replica.ready();
     assert!(
         ready.persist().entries.is_empty(),
@@ -269,19 +260,7 @@ fn acceptor_with_one_chosen_slot_and_no_live_leader() -> Replica {
     let mut replica = acceptor(2);
     let ballot = Ballot::new(1, NodeId(1));
     replica
-        .step(Message {
-            from: NodeId(1),
-            to: NodeId(2),
-            body: Body::Accept {
-                ballot,
-                chosen: 1,
-                entries: vec![Entry {
-                    slot: 1,
-                    ballot,
-                    value: command("v"),
-                }],
-            },
-        })
+        .step(accept_slot_1(1, ballot, 1, command("v")))
         .unwrap();
     for _ in 0..replica.config().election_ticks * 2 {
         replica.tick();
@@ -571,19 +550,7 @@ fn a_follower_fetches_once_what_it_lacks_and_never_what_it_holds() {
     let mut replica = acceptor(2);
     let ballot = Ballot::new(1, NodeId(1));
     replica
-        .step(Message {
-            from: NodeId(1),
-            to: NodeId(2),
-            body: Body::Accept {
-                ballot,
-                chosen: 0,
-                entries: vec![Entry {
-                    slot: 1,
-                    ballot,
-                    value: command("a"),
-                }],
-            },
-        })
+        .step(accept_slot_1(1, ballot, 0, command("a")))
         .unwrap();
     let commit = |chosen| Message {
         from: NodeId(1),
