@@ -48,6 +48,35 @@ struct Args {
     /// Run every seed twice and require identical trace hashes.
     #[arg(long)]
     check_determinism: bool,
+    /// Disks: "mem" (in memory), "file" (every node also on a real FileStorage, so crashes
+    /// tear writes at a byte and corruption flips real bytes), or "mixed" (every fourth seed
+    /// on files).
+    #[arg(long, default_value = "mixed")]
+    disk: String,
+    /// Where file disks live (default: /dev/shm if it exists, else the temp directory).
+    #[arg(long)]
+    disk_dir: Option<std::path::PathBuf>,
+}
+
+impl Args {
+    /// The root of the file disks for `seed`, or `None` for memory disks.
+    fn file_disks(&self, seed: u64) -> Option<std::path::PathBuf> {
+        let on_files = match self.disk.as_str() {
+            "file" => true,
+            "mixed" => seed % 4 == 3,
+            _ => false,
+        };
+        on_files.then(|| {
+            self.disk_dir.clone().unwrap_or_else(|| {
+                let shm = std::path::Path::new("/dev/shm");
+                if shm.is_dir() {
+                    shm.to_path_buf()
+                } else {
+                    std::env::temp_dir()
+                }
+            })
+        })
+    }
 }
 
 fn faults(spec: &str) -> Result<Faults, String> {
@@ -75,6 +104,7 @@ fn faults(spec: &str) -> Result<Faults, String> {
             "disk" => {
                 faults.write_delay_ticks_max = all.write_delay_ticks_max;
                 faults.unsynced_kept = all.unsynced_kept;
+                faults.torn_write = all.torn_write;
             }
             "pause" => {
                 faults.pause = all.pause;
@@ -100,6 +130,7 @@ fn run_one(
     let mut config = SimConfig::new(args.nodes, seed);
     config.faults = faults.clone();
     config.kv_clients = args.kv_clients;
+    config.file_disks = args.file_disks(seed);
     let mut simulation = Simulation::new(config);
     let result = simulation
         .run(args.steps)
@@ -117,6 +148,8 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.partitions += stats.partitions;
     total.writes_lost += stats.writes_lost;
     total.writes_kept += stats.writes_kept;
+    total.writes_torn += stats.writes_torn;
+    total.file_recoveries += stats.file_recoveries;
     total.pauses += stats.pauses;
     total.clogs += stats.clogs;
     total.corrupt_disks += stats.corrupt_disks;
@@ -129,6 +162,10 @@ fn add(total: &mut SimStats, stats: &SimStats) {
 
 fn main() {
     let args = Args::parse();
+    if !["mem", "file", "mixed"].contains(&args.disk.as_str()) {
+        eprintln!("--disk must be mem, file or mixed, not '{}'", args.disk);
+        std::process::exit(2);
+    }
     let faults = match faults(&args.faults) {
         Ok(faults) => faults,
         Err(error) => {
@@ -144,9 +181,11 @@ fn main() {
     let started = Instant::now();
     let mut total = SimStats::default();
     let mut failures = 0u64;
+    let mut on_files = 0u64;
     for seed in first..first + count {
         let (simulation, result) = run_one(&args, &faults, seed);
         add(&mut total, simulation.stats());
+        on_files += u64::from(args.file_disks(seed).is_some());
         if args.check_determinism {
             let (again, _) = run_one(&args, &faults, seed);
             if again.trace_hash() != simulation.trace_hash() {
@@ -167,8 +206,8 @@ fn main() {
                 eprintln!("    {line}");
             }
             eprintln!(
-                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {}",
-                args.nodes, args.steps, args.liveness_steps, args.faults, args.kv_clients
+                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {} --disk {}",
+                args.nodes, args.steps, args.liveness_steps, args.faults, args.kv_clients, args.disk
             );
         }
         let done = seed - first + 1;
@@ -211,6 +250,12 @@ fn main() {
         ("crashes", total.crashes),
         ("unsynced writes lost at crash", total.writes_lost),
         ("unsynced writes kept at crash", total.writes_kept),
+        ("unsynced writes torn at crash", total.writes_torn),
+        ("seeds on file disks", on_files),
+        (
+            "restarts recovered from files (checked)",
+            total.file_recoveries,
+        ),
         ("pauses", total.pauses),
         ("corrupt disks (node lost)", total.corrupt_disks),
         (

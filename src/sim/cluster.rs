@@ -7,10 +7,12 @@
 //! [`trace_hash`](Simulation::trace_hash) proves it.
 
 use super::checkers::{Checker, Violation};
+use super::disk::{FileDisk, ScratchDir};
 use crate::config::Config;
+use crate::error::StorageError;
 use crate::message::{Body, Message};
 use crate::replica::{Event, Replica, Role};
-use crate::storage::{MemStorage, Storage, WriteBatch};
+use crate::storage::{MemStorage, Recovered, Storage, WriteBatch};
 use crate::types::{Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -53,8 +55,14 @@ pub struct Faults {
     pub tick_skew: f64,
     /// At a restart, the disk reports corruption (detected by checksums) with this
     /// probability: the node refuses to start and stays down for good. At most a minority of
-    /// nodes is ever lost this way.
+    /// nodes is ever lost this way. With [file disks](SimConfig::file_disks) one byte of a
+    /// synced segment is really flipped, and the restart must find it.
     pub corrupt_disk: f64,
+    /// At a crash, the first unfinished write that did not make it whole is torn instead of
+    /// lost, with this probability: with [file disks](SimConfig::file_disks) the batch is
+    /// written and cut at a random byte, and recovery must drop it whole. (In memory a torn
+    /// batch is a lost one: [`Storage::write`] is atomic, so it is counted but changes nothing.)
+    pub torn_write: f64,
 }
 
 impl Faults {
@@ -76,6 +84,7 @@ impl Faults {
             clog_ticks_max: 0,
             tick_skew: 0.0,
             corrupt_disk: 0.0,
+            torn_write: 0.0,
         }
     }
 
@@ -97,6 +106,7 @@ impl Faults {
             clog_ticks_max: 30,
             tick_skew: 0.3,
             corrupt_disk: 0.02,
+            torn_write: 0.5,
         }
     }
 }
@@ -114,6 +124,12 @@ pub struct Bugs {
     /// Key-value reads are served from the local state machine of whichever replica the client
     /// asked, without going through the log (breaks linearizability: stale reads).
     pub stale_reads: bool,
+    /// With file disks: a torn write is left whole in the files while the model counts it
+    /// lost (a disk that keeps what it never finished; `check_file_recovery` must notice).
+    pub torn_writes_land: bool,
+    /// With file disks: corruption hits the last batch of the open segment, which recovery
+    /// cannot tell from a torn write and truncates (`check_corruption_detected` must notice).
+    pub corruption_in_open_tail: bool,
 }
 
 /// How to build a simulation.
@@ -135,6 +151,12 @@ pub struct SimConfig {
     /// node runs a [`KvStateMachine`](crate::kv::KvStateMachine) and the clients' history is
     /// checked for linearizability at the end of the liveness phase.
     pub kv_clients: usize,
+    /// `None`: disks are in memory. `Some(root)`: every node's disk is also a real
+    /// [`FileStorage`](crate::FileStorage) in a fresh directory under `root` (removed when the
+    /// simulation is dropped), nodes restart from what it recovers, and torn writes and
+    /// corruption are applied to its bytes (see [`Faults::torn_write`]). A tmpfs such as
+    /// `/dev/shm` keeps this fast. The [`Bugs`] act on the in-memory model only.
+    pub file_disks: Option<std::path::PathBuf>,
 }
 
 impl SimConfig {
@@ -152,6 +174,7 @@ impl SimConfig {
             replica,
             bugs: Bugs::default(),
             kv_clients: 0,
+            file_disks: None,
         }
     }
 }
@@ -183,6 +206,10 @@ pub struct SimStats {
     pub corrupt_disks: u64,
     /// Writes lost to crashes.
     pub writes_lost: u64,
+    /// Writes torn by crashes (cut inside the batch, with file disks).
+    pub writes_torn: u64,
+    /// Restarts whose file storage recovery was compared with the model (file disks).
+    pub file_recoveries: u64,
     /// Commands proposed (accepted by `propose`).
     pub proposed: u64,
     /// Commands committed at the node that proposed them.
@@ -224,6 +251,8 @@ struct SimNode {
     tick_carry: f64,
     /// The disk was found corrupt: the node never starts again.
     lost: bool,
+    /// The node's file-backed disk, with `SimConfig::file_disks`.
+    file: Option<FileDisk>,
     /// The node's key-value state machine (with `kv_clients`), rebuilt from slot 1 at restart.
     kv: Option<crate::kv::KvStateMachine>,
     /// Client waiting for the response to each of its commands proposed through this node.
@@ -262,16 +291,22 @@ pub struct Simulation {
     violation: Option<Violation>,
     /// The key-value clients, with `kv_clients`.
     clients: Option<super::clients::Clients>,
+    /// The directory of the file disks, with `file_disks`: held only to be removed on drop.
+    _scratch: Option<ScratchDir>,
 }
 
 impl Simulation {
     /// Builds the world: every node starts fresh.
     ///
     /// # Panics
-    /// If `config.nodes` is 0 or above 64, or the replica template is invalid.
+    /// If `config.nodes` is 0 or above 64, the replica template is invalid, or the file disks'
+    /// directory cannot be created.
     pub fn new(config: SimConfig) -> Simulation {
         assert!((1..=64).contains(&config.nodes), "1 to 64 nodes");
         let members: Vec<NodeId> = (1..=config.nodes as u64).map(NodeId).collect();
+        let scratch = config.file_disks.as_ref().map(|root| {
+            ScratchDir::create(root, config.seed).unwrap_or_else(|error| panic!("{error}"))
+        });
         let nodes = members
             .iter()
             .map(|&id| {
@@ -295,6 +330,10 @@ impl Simulation {
                     tick_rate: 1.0,
                     tick_carry: 0.0,
                     lost: false,
+                    file: scratch.as_ref().map(|scratch| {
+                        FileDisk::create(scratch.path().join(format!("node-{id}")), id)
+                            .unwrap_or_else(|error| panic!("file disk of {id}: {error}"))
+                    }),
                     kv: (config.kv_clients > 0)
                         .then(|| crate::kv::KvStateMachine::new(Default::default())),
                     kv_waiters: BTreeMap::new(),
@@ -318,6 +357,7 @@ impl Simulation {
             recent: VecDeque::new(),
             violation: None,
             clients: None,
+            _scratch: scratch,
         };
         if simulation.config.kv_clients > 0 {
             simulation.clients = Some(super::clients::Clients::new(simulation.config.kv_clients));
@@ -422,18 +462,21 @@ impl Simulation {
         let node = &mut self.nodes[index];
         if node.replica.take().is_some() {
             self.stats.crashes += 1;
-            // Unfinished writes reach the disk in order; a prefix of them may have made it.
+            // Unfinished writes reach the disk in order: a prefix of them may have made it, and
+            // the first one that did not may be torn.
             let writes = std::mem::take(&mut node.writes);
             let mut kept_all_so_far = true;
             for write in writes {
                 let kept = kept_all_so_far
                     && self.faults_on
-                    && self.config.faults.unsynced_kept > 0.0
-                    && (self.rng.next_u64() as f64 / u64::MAX as f64)
-                        < self.config.faults.unsynced_kept;
+                    && self.chance(self.config.faults.unsynced_kept);
+                let torn = kept_all_so_far
+                    && !kept
+                    && self.faults_on
+                    && self.chance(self.config.faults.torn_write);
                 kept_all_so_far = kept;
-                let node = &mut self.nodes[index];
                 if kept {
+                    let node = &mut self.nodes[index];
                     node.storage
                         .write(write.batch.clone())
                         .expect("MemStorage cannot fail");
@@ -441,14 +484,57 @@ impl Simulation {
                         .write(write.batch.clone())
                         .expect("MemStorage cannot fail");
                     self.stats.writes_kept += 1;
+                    if let Err(error) = node
+                        .file
+                        .as_mut()
+                        .map_or(Ok(()), |file| file.write(write.batch.clone()))
+                    {
+                        self.violation
+                            .get_or_insert(Violation::new("file_storage", error));
+                    }
                     if let Err(violation) = self.checker.on_durable(index, &write.batch) {
                         self.violation.get_or_insert(violation);
+                    }
+                } else if torn {
+                    self.stats.writes_torn += 1;
+                    if let Some(mut file) = self.nodes[index].file.take() {
+                        let land = self.config.bugs.torn_writes_land;
+                        let result = file
+                            .write_torn(write.batch.clone(), land, &mut |bound| self.below(bound));
+                        self.nodes[index].file = Some(file);
+                        match result {
+                            Ok((note, whole)) => {
+                                self.note(format!("{id}: write {note}"));
+                                if whole {
+                                    // The bytes that survived are the whole batch: it made it.
+                                    let node = &mut self.nodes[index];
+                                    node.storage
+                                        .write(write.batch.clone())
+                                        .expect("MemStorage cannot fail");
+                                    node.truly_synced
+                                        .write(write.batch.clone())
+                                        .expect("MemStorage cannot fail");
+                                    if let Err(violation) =
+                                        self.checker.on_durable(index, &write.batch)
+                                    {
+                                        self.violation.get_or_insert(violation);
+                                    }
+                                }
+                            }
+                            Err(error) => {
+                                self.violation
+                                    .get_or_insert(Violation::new("file_storage", error));
+                            }
+                        }
                     }
                 } else {
                     self.stats.writes_lost += 1;
                 }
             }
             let node = &mut self.nodes[index];
+            if let Some(file) = node.file.as_mut() {
+                file.crash();
+            }
             node.kv_waiters.clear();
             if self.config.bugs.lying_disk {
                 node.storage = node.truly_synced.clone();
@@ -471,14 +557,28 @@ impl Simulation {
         let lost_nodes = self.nodes.iter().filter(|node| node.lost).count();
         let minority = (self.config.nodes - 1) / 2;
         if self.faults_on && lost_nodes < minority && self.chance(self.config.faults.corrupt_disk) {
-            // The disk's checksums caught corruption: the node refuses to start, for good.
+            // The disk's checksums catch corruption: the node refuses to start, for good.
+            if let Err(violation) = self.corrupt_file_disk(index) {
+                self.violation.get_or_insert(violation);
+                return;
+            }
             self.nodes[index].lost = true;
             self.stats.corrupt_disks += 1;
             self.note(format!("{id}: corrupt disk, node lost"));
             return;
         }
         let node = &mut self.nodes[index];
-        let recovered = node.storage.recover().expect("MemStorage cannot fail");
+        let mut recovered = node.storage.recover().expect("MemStorage cannot fail");
+        if node.file.is_some() {
+            match self.recover_file_disk(index, recovered) {
+                Ok(from_file) => recovered = from_file,
+                Err(violation) => {
+                    self.violation.get_or_insert(violation);
+                    return;
+                }
+            }
+        }
+        let node = &mut self.nodes[index];
         if let Err(violation) = self.checker.on_restart(index, &recovered) {
             self.violation.get_or_insert(violation);
         }
@@ -490,6 +590,73 @@ impl Simulation {
         }
         self.stats.restarts += 1;
         self.note(format!("restart {id}"));
+    }
+
+    /// With a file disk: flips a byte of it and requires that opening it now fails as
+    /// corrupt (or foreign, if the flip hit the owner's ids). Without one: nothing to do.
+    fn corrupt_file_disk(&mut self, index: usize) -> Result<(), Violation> {
+        let Some(mut file) = self.nodes[index].file.take() else {
+            return Ok(());
+        };
+        let id = self.nodes[index].id;
+        let in_tail = self.config.bugs.corruption_in_open_tail;
+        let result = file
+            .corrupt(in_tail, &mut |bound| self.below(bound))
+            .and_then(|note| {
+                self.note(format!("{id}: {note}"));
+                match file.open() {
+                    Err(StorageError::Corrupt { .. } | StorageError::Foreign { .. }) => Ok(()),
+                    Err(other) => Err(format!(
+                        "reopening failed with an unexpected error: {other}"
+                    )),
+                    Ok(_) => Err(format!("{note}, yet the storage opened without an error")),
+                }
+            });
+        self.nodes[index].file = Some(file);
+        result.map_err(|detail| Violation::new("check_corruption_detected", detail))
+    }
+
+    /// With a file disk: opens it and requires that it recovered exactly the model's state
+    /// (every completed write, nothing of a torn one). Returns what it recovered.
+    fn recover_file_disk(
+        &mut self,
+        index: usize,
+        model: Recovered,
+    ) -> Result<Recovered, Violation> {
+        let lying = self.config.bugs.lying_disk;
+        let node = &mut self.nodes[index];
+        let file = node.file.as_mut().expect("file disk");
+        let recovered = file.open().map_err(|error| {
+            Violation::new(
+                "check_file_recovery",
+                format!("{}: the file storage did not open: {error}", node.id),
+            )
+        })?;
+        self.stats.file_recoveries += 1;
+        if lying {
+            // The lying disk is a bug of the model; the files hold every completed write.
+            return Ok(model);
+        }
+        if recovered != model {
+            let slot = recovered
+                .entries
+                .iter()
+                .zip(&model.entries)
+                .find(|(file, model)| file != model)
+                .map(|(entry, _)| entry.slot);
+            return Err(Violation::new(
+                "check_file_recovery",
+                format!(
+                    "{} recovered from its files a state other than its disk's: hard state {:?} vs {:?}, {} vs {} entries, first difference at slot {slot:?}",
+                    node.id,
+                    recovered.hard_state,
+                    model.hard_state,
+                    recovered.entries.len(),
+                    model.entries.len()
+                ),
+            ));
+        }
+        Ok(recovered)
     }
 
     /// Proposes `data` at `id`. Returns the proposal id, or `None` if the node is down or
@@ -721,11 +888,20 @@ impl Simulation {
         }
         if nodes > 1 && self.chance(faults.clog) {
             let from = NodeId(1 + self.below(nodes));
-            let to = NodeId(1 + (from.0 + self.below(nodes - 1)) % nodes);
             let until = self.now + 1 + self.below(faults.clog_ticks_max.max(1));
-            self.clogged.insert((from, to), until);
             self.stats.clogs += 1;
-            self.note(format!("clog {from}->{to} until {until}"));
+            if self.below(2) == 0 {
+                let to = NodeId(1 + (from.0 + self.below(nodes - 1)) % nodes);
+                self.clogged.insert((from, to), until);
+                self.note(format!("clog {from}->{to} until {until}"));
+            } else {
+                // The whole node: every link into and out of it.
+                for other in (1..=nodes).map(NodeId).filter(|&other| other != from) {
+                    self.clogged.insert((from, other), until);
+                    self.clogged.insert((other, from), until);
+                }
+                self.note(format!("clog node {from} until {until}"));
+            }
         }
         if !self.blocked.is_empty() && self.chance(faults.heal) {
             self.blocked.clear();
@@ -867,6 +1043,10 @@ impl Simulation {
             node.storage
                 .write(write.batch.clone())
                 .expect("MemStorage cannot fail");
+            if let Some(file) = node.file.as_mut() {
+                file.write(write.batch.clone())
+                    .map_err(|error| Violation::new("file_storage", error))?;
+            }
             write.batch.hash(&mut self.trace);
             self.checker.on_durable(index, &write.batch)?;
             for message in &write.messages {

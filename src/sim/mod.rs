@@ -11,6 +11,7 @@
 mod checkers;
 mod clients;
 mod cluster;
+mod disk;
 pub mod linearizability;
 
 pub use checkers::Violation;

@@ -144,7 +144,7 @@ pub const SEGMENT_HEADER_BYTES: u64 = (RECORD_HEADER_BYTES + HEADER_BODY_BYTES) 
 const HARD_STATE_BODY_BYTES: usize = 4 * 8;
 const COMPACTION_BODY_BYTES: usize = 8;
 const COMMIT_BODY_BYTES: usize = 8 + 4 + 1;
-const COMMIT_RECORD_BYTES: usize = RECORD_HEADER_BYTES + COMMIT_BODY_BYTES;
+pub(crate) const COMMIT_RECORD_BYTES: usize = RECORD_HEADER_BYTES + COMMIT_BODY_BYTES;
 /// Entry body bytes before the value's own fields: slot, ballot round, ballot node, tag.
 const ENTRY_FIXED_BYTES: usize = 8 + 8 + 8 + 1;
 /// Entry body bytes of a command before its data: the fixed part and the proposal id.
