@@ -876,6 +876,10 @@ fn propose_errors_hand_the_value_back() {
     let error = node.propose(huge.clone()).unwrap_err();
     assert!(matches!(error, ProposeError::TooLarge { bytes, .. } if bytes == huge.len()));
     assert_eq!(error.into_value(), huge);
+    let largest = Bytes::from(vec![1; 1 << 20]);
+    node.propose(largest)
+        .expect("a value of exactly value_bytes_max is accepted");
+    let mut node = lone(1, 3);
     node.propose(bytes("a")).unwrap();
     assert_eq!(
         node.propose(bytes("b")),

@@ -150,4 +150,36 @@ mod tests {
             }
         );
     }
+
+    /// P2b: a higher ballot's Accept replaces the accepted proposal (its promise then reports
+    /// the newer one); a repeated Accept of the same ballot keeps it.
+    #[test]
+    fn a_higher_accept_replaces_the_accepted_proposal() {
+        let mut acceptor = Acceptor::new(Ballot::ZERO, None, FaultInjection::None);
+        let (low, high) = (ballot(1, 1), ballot(2, 2));
+        assert_eq!(
+            acceptor.on_accept(low, Bytes::from_static(b"old")),
+            AcceptReply::Accepted
+        );
+        assert_eq!(
+            acceptor.on_accept(high, Bytes::from_static(b"new")),
+            AcceptReply::Accepted
+        );
+        let expected = Proposal {
+            ballot: high,
+            value: Bytes::from_static(b"new"),
+        };
+        assert_eq!(acceptor.accepted(), Some(&expected));
+        assert_eq!(
+            acceptor.on_accept(high, Bytes::from_static(b"new")),
+            AcceptReply::Accepted
+        );
+        assert_eq!(acceptor.accepted(), Some(&expected));
+        assert_eq!(
+            acceptor.on_prepare(ballot(3, 1)),
+            PrepareReply::Promise {
+                accepted: Some(expected)
+            }
+        );
+    }
 }

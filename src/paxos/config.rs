@@ -167,4 +167,13 @@ mod tests {
             "members"
         );
     }
+
+    #[test]
+    fn sixty_four_members_is_the_limit() {
+        let members: Vec<NodeId> = (1..=MEMBERS_MAX as u64).map(NodeId).collect();
+        let mut config = Config::new(InstanceId(1), NodeId(1), members.clone());
+        assert_eq!(config.validate(), Ok(()));
+        config.members.push(NodeId(MEMBERS_MAX as u64 + 1));
+        assert_eq!(config.validate().unwrap_err().field, "members");
+    }
 }

@@ -172,4 +172,35 @@ mod tests {
             Ok(Some(Bytes::from_static(b"v")))
         );
     }
+
+    /// With the vote table full, a vote for a ballot older than every tracked one is dropped;
+    /// it must not evict a tracked ballot that may still gather a majority.
+    #[test]
+    fn an_older_ballot_does_not_evict_tracked_ones() {
+        let mut learner = Learner::new(3, None);
+        for round in 2..=4 {
+            learner
+                .on_accepted(0, ballot(round), Bytes::from_static(b"v"))
+                .unwrap();
+        }
+        assert_eq!(
+            learner.on_accepted(1, ballot(1), Bytes::from_static(b"v")),
+            Ok(None)
+        );
+        assert_eq!(
+            learner.on_accepted(1, ballot(2), Bytes::from_static(b"v")),
+            Ok(Some(Bytes::from_static(b"v"))),
+            "ballot 2 had to stay tracked"
+        );
+    }
+
+    /// A repeated announcement of the chosen value is not news and not a conflict.
+    #[test]
+    fn a_repeated_decision_is_accepted_quietly() {
+        let mut learner = Learner::new(3, None);
+        let value = Bytes::from_static(b"v");
+        assert_eq!(learner.on_decided(value.clone()), Ok(Some(value.clone())));
+        assert_eq!(learner.on_decided(value.clone()), Ok(None));
+        assert_eq!(learner.chosen(), Some(&value));
+    }
 }

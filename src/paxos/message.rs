@@ -89,3 +89,50 @@ impl Body {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Ballot, NodeId};
+
+    #[test]
+    fn kinds_name_the_message() {
+        let ballot = Ballot::new(1, NodeId(1));
+        let value = Bytes::from_static(b"v");
+        let kinds = [
+            (Body::Prepare { ballot }, "Prepare"),
+            (
+                Body::Promise {
+                    ballot,
+                    accepted: None,
+                },
+                "Promise",
+            ),
+            (
+                Body::Accept {
+                    ballot,
+                    value: value.clone(),
+                },
+                "Accept",
+            ),
+            (
+                Body::Accepted {
+                    ballot,
+                    value: value.clone(),
+                },
+                "Accepted",
+            ),
+            (
+                Body::Nack {
+                    ballot,
+                    promised: ballot,
+                },
+                "Nack",
+            ),
+            (Body::Decided { value }, "Decided"),
+        ];
+        for (body, kind) in kinds {
+            assert_eq!(body.kind(), kind);
+        }
+    }
+}

@@ -172,3 +172,13 @@ pub struct DurableState {
     /// The chosen value, once learned. Recording it needs no sync (it can be learned again).
     pub chosen: Option<Bytes>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_display_with_an_i() {
+        assert_eq!(InstanceId(7).to_string(), "i7");
+    }
+}
