@@ -977,3 +977,62 @@ fn messages_and_durable_state_round_trip_through_the_wire_codec() {
     let (decoded, _): (DurableState, usize) = codec.decode(&frame).unwrap();
     assert_eq!(decoded, state);
 }
+
+/// Input validation at the size bound: a value of exactly `value_bytes_max` is valid in every
+/// message that carries one, one byte more is malformed, and so is a promise reporting a
+/// proposal no acceptor can have accepted (round 0).
+#[test]
+fn values_at_the_size_bound_are_valid_and_one_byte_more_is_not() {
+    let max = 1 << 20;
+    let carrying = |size: usize| {
+        let value = Bytes::from(vec![7; size]);
+        vec![
+            Body::Promise {
+                ballot: ballot(2, 1),
+                accepted: Some(Proposal {
+                    ballot: ballot(1, 3),
+                    value: value.clone(),
+                }),
+            },
+            Body::Accept {
+                ballot: ballot(2, 2),
+                value: value.clone(),
+            },
+            Body::Accepted {
+                ballot: ballot(3, 2),
+                value: value.clone(),
+            },
+            Body::Decided { value },
+        ]
+    };
+    for body in carrying(max + 1) {
+        let kind = body.kind();
+        let mut node = lone(1, 3);
+        assert!(
+            matches!(
+                node.step(message(2, 1, body)),
+                Err(StepError::Malformed { .. })
+            ),
+            "{kind} over the bound"
+        );
+    }
+    for body in carrying(max) {
+        let kind = body.kind();
+        let mut node = lone(1, 3);
+        if let Err(error) = node.step(message(2, 1, body)) {
+            panic!("{kind} at the bound refused: {error}");
+        }
+    }
+    let mut node = lone(1, 3);
+    let impossible = Body::Promise {
+        ballot: ballot(1, 1),
+        accepted: Some(Proposal {
+            ballot: ballot(0, 3),
+            value: bytes("v"),
+        }),
+    };
+    assert!(matches!(
+        node.step(message(2, 1, impossible)),
+        Err(StepError::Malformed { .. })
+    ));
+}
