@@ -1036,3 +1036,112 @@ fn values_at_the_size_bound_are_valid_and_one_byte_more_is_not() {
         Err(StepError::Malformed { .. })
     ));
 }
+
+/// A beaten proposer retries above the promise the Nack reported (not one round above its own,
+/// which would only be beaten again), after a randomized backoff whose window doubles with every
+/// retry and is capped by `backoff_ticks_max`.
+#[test]
+fn a_beaten_proposer_retries_above_the_reported_promise_with_growing_backoff() {
+    let mut node = lone(1, 3);
+    node.propose(bytes("v")).unwrap();
+    let mut round = 1;
+    let mut backoffs = Vec::new();
+    for attempt in 0..8u64 {
+        let (_, after, _) = drain(&mut node);
+        let prepared = after
+            .iter()
+            .find_map(|message| match message.body {
+                Body::Prepare { ballot } => Some(ballot),
+                _ => None,
+            })
+            .expect("the proposer prepares");
+        assert_eq!(prepared.round, round, "attempt {attempt}");
+        let promised = ballot(round + 10, 2);
+        node.step(message(
+            2,
+            1,
+            Body::Nack {
+                ballot: prepared,
+                promised,
+            },
+        ))
+        .unwrap();
+        let (_, _, events) = drain(&mut node);
+        let backoff = events
+            .iter()
+            .find_map(|event| match event {
+                Event::Abandoned { backoff_ticks, .. } => Some(*backoff_ticks),
+                _ => None,
+            })
+            .expect("a Nack of the current ballot abandons it");
+        backoffs.push(backoff);
+        for _ in 0..backoff {
+            node.tick();
+        }
+        round = promised.round + 1;
+    }
+    let config = config(1, 3);
+    assert!(backoffs
+        .iter()
+        .all(|&b| b >= 1 && b <= config.backoff_ticks_max));
+    assert!(
+        backoffs
+            .iter()
+            .any(|&b| b > 2 * config.backoff_ticks_initial),
+        "the window never grew past its second size: {backoffs:?}"
+    );
+}
+
+/// A member that knows the chosen value answers a late Accept with `Decided` (as it answers a
+/// late Prepare), so the proposer stops at once.
+#[test]
+fn a_late_accept_is_answered_with_the_decision() {
+    let mut node = lone(3, 3);
+    node.step(message(1, 3, Body::Decided { value: bytes("v") }))
+        .unwrap();
+    drain(&mut node);
+    node.step(message(
+        2,
+        3,
+        Body::Accept {
+            ballot: ballot(4, 2),
+            value: bytes("w"),
+        },
+    ))
+    .unwrap();
+    let (before, after, _) = drain(&mut node);
+    assert!(
+        before
+            .iter()
+            .chain(&after)
+            .any(|m| m.to == NodeId(2) && m.body == Body::Decided { value: bytes("v") }),
+        "{before:?} {after:?}"
+    );
+}
+
+/// A repeated Accept changes nothing durable: the acceptance is sent again, without a write.
+#[test]
+fn a_repeated_accept_is_answered_without_a_write() {
+    let mut node = lone(2, 3);
+    let accept = message(
+        1,
+        2,
+        Body::Accept {
+            ballot: ballot(1, 1),
+            value: bytes("v"),
+        },
+    );
+    node.step(accept.clone()).unwrap();
+    drain(&mut node);
+    node.step(accept).unwrap();
+    let mut ready = node.ready();
+    assert!(ready.persist().is_none(), "nothing durable changed");
+    let mut sent = ready.take_messages();
+    sent.extend(ready.take_persisted_messages());
+    node.advance(ready);
+    let acceptances = sent
+        .iter()
+        .filter(|m| matches!(m.body, Body::Accepted { ballot: b, .. } if b == ballot(1, 1)))
+        .count();
+    assert_eq!(acceptances, 2, "to both other members: {sent:?}");
+}

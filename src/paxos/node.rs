@@ -522,10 +522,9 @@ impl Node {
                 self.send_after_persist(self.members[index], Body::Prepare { ballot });
             }
         }
-        let before = self.acceptor.promised();
         match self.acceptor.on_prepare(ballot) {
             PrepareReply::Promise { accepted } => {
-                self.mark_durable_changed(before != self.acceptor.promised(), true);
+                // The raised promise goes out with the round, already marked for a synced write.
                 self.pending_self_votes
                     .push(SelfVote::Promise { ballot, accepted });
             }
