@@ -1145,3 +1145,46 @@ fn a_repeated_accept_is_answered_without_a_write() {
         .count();
     assert_eq!(acceptances, 2, "to both other members: {sent:?}");
 }
+
+/// `has_ready` reports output of each kind on its own: a repeated Prepare's promise (a message
+/// to release after a write that changes nothing), and a value learned from other members'
+/// acceptances (an event alone).
+#[test]
+fn has_ready_reports_a_lone_promise_or_a_lone_event() {
+    let mut node = lone(2, 3);
+    let prepare = message(
+        1,
+        2,
+        Body::Prepare {
+            ballot: ballot(1, 1),
+        },
+    );
+    node.step(prepare.clone()).unwrap();
+    drain(&mut node);
+    node.step(prepare).unwrap();
+    assert!(node.has_ready(), "the repeated promise waits to be sent");
+    let (before, after, _) = drain(&mut node);
+    assert!(before
+        .iter()
+        .chain(&after)
+        .any(|m| matches!(m.body, Body::Promise { .. })));
+
+    let mut learner = lone(3, 3);
+    for from in [1, 2] {
+        learner
+            .step(message(
+                from,
+                3,
+                Body::Accepted {
+                    ballot: ballot(1, 1),
+                    value: bytes("v"),
+                },
+            ))
+            .unwrap();
+    }
+    assert!(learner.has_ready(), "the Chosen event waits to be reported");
+    let (_, _, events) = drain(&mut learner);
+    assert!(events
+        .iter()
+        .any(|event| matches!(event, Event::Chosen { .. })));
+}
