@@ -1,6 +1,7 @@
-//! A seeded, single-threaded world of [`Replica`]s: a network that loses, duplicates, delays
-//! and partitions messages; disks whose writes complete late and are lost on a crash; crashes
-//! and restarts; and checkers run after every step.
+//! A seeded, single-threaded world of [`Replica`]s: a network that loses, duplicates, delays,
+//! partitions and clogs messages; disks whose writes complete late and are lost, kept or torn
+//! on a crash (optionally real [`FileStorage`](crate::FileStorage)s, see
+//! [`SimConfig::file_disks`]); crashes and restarts; and checkers run after every step.
 //!
 //! Every random choice comes from one ChaCha8 RNG seeded by [`SimConfig::seed`], and every
 //! collection iterates in a fixed order, so a seed replays the same run, byte for byte; the

@@ -7,6 +7,11 @@
 //! simulation.run(500).expect("no safety violation");
 //! simulation.check_liveness(2_000).expect("progress once faults stop");
 //! ```
+//!
+//! Set [`SimConfig::file_disks`] to a directory (a tmpfs such as `/dev/shm` is fastest) and
+//! every node also writes a real [`FileStorage`](crate::FileStorage) there: crashes tear the
+//! unfinished write at a byte, restarts recover from the files and must find exactly what was
+//! durable, and corruption flips real bytes that recovery must refuse.
 
 mod checkers;
 mod clients;
