@@ -53,7 +53,8 @@ struct Args {
     /// on files).
     #[arg(long, default_value = "mixed")]
     disk: String,
-    /// Where file disks live (default: /dev/shm if it exists, else the temp directory).
+    /// Where file disks live (default: /dev/shm if it is writable, else the temp directory;
+    /// FileStorage syncs often, so a tmpfs is much faster than a real disk).
     #[arg(long)]
     disk_dir: Option<std::path::PathBuf>,
 }
@@ -66,17 +67,17 @@ impl Args {
             "mixed" => seed % 4 == 3,
             _ => false,
         };
-        on_files.then(|| {
-            self.disk_dir.clone().unwrap_or_else(|| {
-                let shm = std::path::Path::new("/dev/shm");
-                if shm.is_dir() {
-                    shm.to_path_buf()
-                } else {
-                    std::env::temp_dir()
-                }
-            })
-        })
+        on_files.then(|| self.disk_dir.clone().unwrap_or_else(std::env::temp_dir))
     }
+}
+
+/// `/dev/shm` if a directory can be created there, else `None`.
+fn writable_shm() -> Option<std::path::PathBuf> {
+    let probe =
+        std::path::Path::new("/dev/shm").join(format!("synod-sim-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    std::fs::remove_dir(&probe).ok()?;
+    Some("/dev/shm".into())
 }
 
 fn faults(spec: &str) -> Result<Faults, String> {
@@ -161,7 +162,10 @@ fn add(total: &mut SimStats, stats: &SimStats) {
 }
 
 fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.disk_dir.is_none() && args.disk != "mem" {
+        args.disk_dir = writable_shm();
+    }
     if !["mem", "file", "mixed"].contains(&args.disk.as_str()) {
         eprintln!("--disk must be mem, file or mixed, not '{}'", args.disk);
         std::process::exit(2);
