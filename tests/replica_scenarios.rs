@@ -652,6 +652,30 @@ fn bad_input_is_refused_without_changing_state() {
             },
             "from itself",
         ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::FetchReply {
+                    ballot,
+                    entries: vec![entry(2), entry(4)],
+                    chosen: 4,
+                },
+            },
+            "gap in FetchReply",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::FetchReply {
+                    ballot,
+                    entries: vec![entry(0), entry(1)],
+                    chosen: 1,
+                },
+            },
+            "slot zero in FetchReply",
+        ),
     ];
     for (message, case) in cases {
         let error = replica.step(message).expect_err(case);
@@ -668,7 +692,7 @@ fn bad_input_is_refused_without_changing_state() {
         );
     }
     let mut after = replica.status();
-    assert_eq!(after.dropped_messages, before.dropped_messages + 9);
+    assert_eq!(after.dropped_messages, before.dropped_messages + 11);
     after.dropped_messages = before.dropped_messages;
     assert_eq!(after, before, "refused input changed nothing");
 }
@@ -961,8 +985,10 @@ fn replicas_clone_compare_and_hash_by_their_whole_state() {
     let mut fork = original.clone();
     assert_eq!(fork, original);
     assert_eq!(hash(&fork), hash(&original));
+    assert_eq!(original.id(), NodeId(2));
     fork.tick();
     assert_ne!(fork, original, "time is state");
+    assert_ne!(hash(&fork), hash(&original), "different states hash apart");
     let mut other = original.clone();
     other.tick();
     assert_eq!(fork, other, "same inputs, same state (determinism)");
