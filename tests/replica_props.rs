@@ -5,7 +5,8 @@
 //! - at most one value is applied per slot, across all nodes and restarts (agreement);
 //! - every applied command was proposed (validity);
 //! - every node's applied log is a gap-free prefix 1..=n (so applied logs are prefixes of each
-//!   other, given agreement).
+//!   other, given agreement);
+//! - a replica whose `has_ready()` is false hands out an empty `ready()`.
 
 mod common;
 
@@ -81,6 +82,22 @@ fn run(nodes: u64, actions: Vec<Action>) -> Result<usize, TestCaseError> {
             _ => {}
         }
         for (id, node) in &net.nodes {
+            if let Some(replica) = node.replica.as_ref().filter(|r| !r.has_ready()) {
+                // `has_ready` false means `ready` has nothing: the Ready loop stopped for good.
+                let mut probe = replica.clone();
+                let mut ready = probe.ready();
+                let persist = ready.take_persist();
+                prop_assert!(
+                    persist.entries.is_empty()
+                        && persist.hard_state.is_none()
+                        && ready.take_messages().is_empty()
+                        && ready.take_persisted_messages().is_empty()
+                        && ready.take_committed().is_empty()
+                        && ready.take_events().is_empty(),
+                    "{} has_ready() is false but ready() is not empty",
+                    id
+                );
+            }
             for (position, (slot, value)) in node.applied.iter().enumerate() {
                 prop_assert_eq!(*slot, position as u64 + 1, "{} applied with a gap", id);
                 if let Value::Command { data, .. } = value {
