@@ -755,3 +755,130 @@ fn a_new_leader_adopts_the_highest_ballot_value_whatever_order_promises_arrive_i
         "P2c: proposed {proposed:?}"
     );
 }
+
+/// Persistence before promise, at the leader: its own acceptance of a slot counts toward the
+/// quorum only once the write of the ready that carried it is acknowledged, not when an
+/// earlier ready's write is.
+#[test]
+fn a_leader_counts_its_own_acceptance_only_once_that_write_is_durable() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    let leader = net.replica_mut(1);
+    let ballot = leader.status().promised;
+    let slot_x = leader.status().last_slot + 1;
+    leader.propose(Bytes::from_static(b"x")).unwrap();
+    let ready_x = leader.ready();
+    leader.propose(Bytes::from_static(b"y")).unwrap();
+    let ready_y = leader.ready();
+    assert!(ready_y.number() > ready_x.number());
+    leader.on_persisted(ready_x.number());
+    leader
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Accepted {
+                ballot,
+                first_slot: slot_x,
+                last_slot: slot_x + 1,
+            },
+        })
+        .unwrap();
+    assert_eq!(
+        leader.status().chosen,
+        slot_x,
+        "y is accepted by n2 only: the leader's own acceptance of it is not durable yet"
+    );
+    leader.on_persisted(ready_y.number());
+    assert_eq!(leader.status().chosen, slot_x + 1);
+}
+
+/// A follower's election timeout is drawn from `election_ticks..2 * election_ticks`: it starts
+/// a pre-vote no sooner and no later, whatever the seed.
+#[test]
+fn election_timeouts_fall_in_their_window() {
+    for seed in 0..16 {
+        let mut config = common::config(2, 3);
+        config.seed = seed;
+        config.election_ticks = 10;
+        let mut replica = Replica::new(config, Recovered::default()).unwrap();
+        let ready = replica.ready();
+        replica.advance(ready);
+        let mut ticks = 0;
+        let started = loop {
+            ticks += 1;
+            replica.tick();
+            let mut ready = replica.ready();
+            let pre_vote = ready
+                .take_messages()
+                .iter()
+                .any(|message| matches!(message.body, Body::PreVote { .. }));
+            replica.advance(ready);
+            if pre_vote || ticks > 100 {
+                break ticks;
+            }
+        };
+        assert!(
+            (10..20).contains(&started),
+            "seed {seed}: pre-vote after {started} ticks"
+        );
+    }
+}
+
+/// The application learns of each change of leader once: followers report the new leader when
+/// they first hear of it, and not again on every heartbeat.
+#[test]
+fn a_change_of_leader_is_reported_once() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    net.tick_all(10);
+    for id in [2, 3] {
+        let reports = net.nodes[&NodeId(id)]
+            .events
+            .iter()
+            .filter(|event| {
+                matches!(event, synod::Event::LeaderChanged { leader: Some(leader), .. } if *leader == NodeId(1))
+            })
+            .count();
+        assert_eq!(reports, 1, "n{id}");
+    }
+}
+
+/// Status reports how long ago the leader heard from each follower, and where the log starts
+/// after compaction.
+#[test]
+fn status_reports_silence_and_compaction() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    for index in 0..5 {
+        net.propose(1, &format!("c{index}"));
+    }
+    net.stabilize();
+    let silence = |net: &Net| {
+        net.replica(1)
+            .status()
+            .followers
+            .iter()
+            .map(|follower| follower.ticks_since_heard)
+            .collect::<Vec<_>>()
+    };
+    let before = silence(&net);
+    assert!(
+        before.iter().all(|&ticks| ticks <= 1),
+        "followers were just heard: {before:?}"
+    );
+    net.tick(1);
+    net.tick(1);
+    net.queue.clear();
+    let after = silence(&net);
+    assert_eq!(
+        after,
+        before.iter().map(|ticks| ticks + 2).collect::<Vec<_>>()
+    );
+    let follower = net.replica_mut(2);
+    let applied = follower.status().applied;
+    assert!(applied >= 3);
+    follower.compact(3);
+    assert_eq!(follower.status().first_slot, 4);
+}
