@@ -882,3 +882,41 @@ fn status_reports_silence_and_compaction() {
     follower.compact(3);
     assert_eq!(follower.status().first_slot, 4);
 }
+
+fn forward(from: u64, to: u64, sequences: std::ops::RangeInclusive<u64>) -> Message {
+    let commands = sequences
+        .map(|sequence| synod::message::Command {
+            id: ProposalId {
+                node: NodeId(from),
+                incarnation: 1,
+                sequence,
+            },
+            data: Bytes::from_static(b"f"),
+        })
+        .collect();
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        body: Body::Forward { commands },
+    }
+}
+
+/// Forwarded proposals that cannot be taken are dropped, and counted: at a replica that is not
+/// the leader (the follower's client retries), and at a leader whose uncommitted bound is full.
+#[test]
+fn forwards_that_cannot_be_taken_are_dropped_and_counted() {
+    let mut net = Net::with(3, |config| config.uncommitted_entries_max = 2);
+    net.elect(1);
+    net.stabilize();
+    let follower = net.replica_mut(2);
+    let before = follower.status().dropped_messages;
+    follower.step(forward(3, 2, 1..=1)).unwrap();
+    assert_eq!(follower.status().dropped_messages, before + 1);
+
+    let leader = net.replica_mut(1);
+    let before = leader.status();
+    leader.step(forward(2, 1, 1..=5)).unwrap();
+    let after = leader.status();
+    assert_eq!(after.last_slot, before.last_slot + 2, "room for two");
+    assert_eq!(after.dropped_messages, before.dropped_messages + 3);
+}
