@@ -920,3 +920,34 @@ fn forwards_that_cannot_be_taken_are_dropped_and_counted() {
     assert_eq!(after.last_slot, before.last_slot + 2, "room for two");
     assert_eq!(after.dropped_messages, before.dropped_messages + 3);
 }
+
+/// A fetched entry is taken as chosen only up to the chosen mark the reply carries: entries
+/// past it (the leader's uncommitted tail) are not chosen yet.
+#[test]
+fn a_fetch_reply_counts_as_chosen_only_up_to_its_mark() {
+    let mut follower = acceptor(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    let entries = (1..=3)
+        .map(|slot| Entry {
+            slot,
+            ballot,
+            value: command("f"),
+        })
+        .collect();
+    follower
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::FetchReply {
+                ballot,
+                entries,
+                chosen: 2,
+            },
+        })
+        .unwrap();
+    assert_eq!(follower.status().chosen, 2);
+    let mut ready = follower.ready();
+    let committed: Vec<u64> = ready.take_committed().iter().map(|e| e.slot).collect();
+    assert_eq!(committed, vec![1, 2]);
+    follower.advance(ready);
+}
