@@ -951,3 +951,66 @@ fn a_fetch_reply_counts_as_chosen_only_up_to_its_mark() {
     assert_eq!(committed, vec![1, 2]);
     follower.advance(ready);
 }
+
+/// Lost Prepares are sent again after `retransmit_ticks` (to the members that have not
+/// promised yet), not before and not only at the next election.
+#[test]
+fn a_candidate_resends_prepares_after_retransmit_ticks() {
+    let mut candidate = acceptor(1);
+    for _ in 0..5 {
+        candidate.tick(); // a clock that does not start at 0 (below the election timeout)
+    }
+    assert!(!candidate.has_ready());
+    candidate.campaign();
+    let mut ready = candidate.ready();
+    let ballot = ready
+        .take_messages()
+        .iter()
+        .find_map(|message| match message.body {
+            Body::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    candidate.advance(ready);
+    candidate
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::PreVoteReply {
+                ballot,
+                granted: true,
+                promised: Ballot::ZERO,
+            },
+        })
+        .unwrap();
+    let prepares = |candidate: &mut Replica| {
+        let mut sent = 0;
+        while candidate.has_ready() {
+            let mut ready = candidate.ready();
+            let mut messages = ready.take_messages();
+            messages.extend(ready.take_persisted_messages());
+            sent += messages
+                .iter()
+                .filter(|message| matches!(message.body, Body::Prepare { .. }))
+                .count();
+            candidate.advance(ready);
+        }
+        sent
+    };
+    assert_eq!(prepares(&mut candidate), 2, "the first round of Prepares");
+    let retransmit = candidate.config().retransmit_ticks;
+    for tick in 1..retransmit {
+        candidate.tick();
+        assert_eq!(
+            prepares(&mut candidate),
+            0,
+            "resent after {tick} ticks only"
+        );
+    }
+    candidate.tick();
+    assert_eq!(
+        prepares(&mut candidate),
+        2,
+        "resent after {retransmit} ticks"
+    );
+}
