@@ -1014,3 +1014,99 @@ fn a_candidate_resends_prepares_after_retransmit_ticks() {
         "resent after {retransmit} ticks"
     );
 }
+
+/// A leader steps down only for a rejection of its current ballot by a higher promise: a
+/// rejection naming a promise that is not higher (a stale or garbled one) changes nothing.
+#[test]
+fn a_rejection_without_a_higher_promise_does_not_depose_the_leader() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    let leader = net.replica_mut(1);
+    let ballot = leader.status().promised;
+    leader
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Reject {
+                ballot,
+                promised: ballot,
+            },
+        })
+        .unwrap();
+    assert!(leader.is_leader());
+    let higher = Ballot::new(ballot.round + 1, NodeId(2));
+    leader
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::Reject {
+                ballot,
+                promised: higher,
+            },
+        })
+        .unwrap();
+    assert!(!leader.is_leader(), "a higher promise deposes it");
+}
+
+/// Phase 1 counts only promises of the candidate's current ballot: a late promise for an older
+/// ballot of the same candidate must not complete the quorum.
+#[test]
+fn a_promise_for_an_older_ballot_does_not_count() {
+    let mut candidate = acceptor(1);
+    let drain = |replica: &mut Replica| {
+        let mut sent = Vec::new();
+        while replica.has_ready() {
+            let mut ready = replica.ready();
+            sent.extend(ready.take_messages());
+            sent.extend(ready.take_persisted_messages());
+            replica.advance(ready);
+        }
+        sent
+    };
+    candidate
+        .step(prepare(3, 1, Ballot::new(3, NodeId(3))))
+        .unwrap();
+    drain(&mut candidate);
+    candidate.campaign();
+    let pre_vote = drain(&mut candidate)
+        .iter()
+        .find_map(|message| match message.body {
+            Body::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    candidate
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::PreVoteReply {
+                ballot: pre_vote,
+                granted: true,
+                promised: Ballot::new(3, NodeId(3)),
+            },
+        })
+        .unwrap();
+    drain(&mut candidate);
+    let current = candidate.status().promised;
+    assert!(current.round >= 4 && current.node == NodeId(1), "{current}");
+    let promise = |ballot| Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        body: Body::Promise {
+            ballot,
+            first_slot: 1,
+            accepted: Vec::new(),
+            chosen: 0,
+        },
+    };
+    candidate.step(promise(Ballot::new(2, NodeId(1)))).unwrap();
+    drain(&mut candidate);
+    assert!(
+        !candidate.is_leader(),
+        "a promise for an older ballot counted"
+    );
+    candidate.step(promise(current)).unwrap();
+    drain(&mut candidate);
+    assert!(candidate.is_leader());
+}
