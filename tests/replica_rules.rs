@@ -1110,3 +1110,69 @@ fn a_promise_for_an_older_ballot_does_not_count() {
     drain(&mut candidate);
     assert!(candidate.is_leader());
 }
+
+/// Flow control: a follower has at most `inflight_msgs_max` unacknowledged Accepts.
+#[test]
+fn a_follower_has_at_most_inflight_msgs_max_accepts_outstanding() {
+    let mut net = Net::with(3, |config| {
+        config.inflight_msgs_max = 2;
+        config.accept_bytes_max = 1; // one command per Accept
+    });
+    net.elect(1);
+    net.stabilize();
+    let leader = net.replica_mut(1);
+    for index in 0..5 {
+        leader.propose(Bytes::from(format!("c{index}"))).unwrap();
+    }
+    let mut accepts = 0;
+    while leader.has_ready() {
+        let mut ready = leader.ready();
+        let mut messages = ready.take_messages();
+        messages.extend(ready.take_persisted_messages());
+        accepts += messages
+            .iter()
+            .filter(|m| m.to == NodeId(2) && matches!(m.body, Body::Accept { .. }))
+            .count();
+        leader.advance(ready);
+    }
+    assert_eq!(accepts, 2);
+}
+
+/// Check-quorum: a leader that hears from no follower steps down at the first check at which a
+/// whole `election_ticks` has passed since it last heard from a quorum, not a check later. The
+/// check runs every `election_ticks`; over every phase of that cycle, the earliest step-down
+/// comes exactly `election_ticks` ticks after the leader last heard from a follower.
+#[test]
+fn an_isolated_leader_steps_down_at_the_first_check_past_the_window() {
+    let election_ticks = u64::from(common::config(1, 3).election_ticks);
+    let mut earliest = u64::MAX;
+    for phase in 0..election_ticks {
+        let mut net = Net::new(3);
+        net.elect(1);
+        net.stabilize();
+        for _ in 0..phase {
+            net.tick_all(1);
+        }
+        let silence = net
+            .replica(1)
+            .status()
+            .followers
+            .iter()
+            .map(|follower| follower.ticks_since_heard)
+            .min()
+            .unwrap();
+        let mut ticks = 0;
+        while net.replica(1).is_leader() {
+            let leader = net.replica_mut(1);
+            leader.tick();
+            ticks += 1;
+            while leader.has_ready() {
+                let ready = leader.ready();
+                leader.advance(ready); // nothing reaches the followers, nothing comes back
+            }
+            assert!(ticks <= 3 * election_ticks, "never stepped down");
+        }
+        earliest = earliest.min(silence + ticks);
+    }
+    assert_eq!(earliest, election_ticks);
+}
