@@ -12,8 +12,7 @@ use synod::{Ballot, Entry, NodeId, ProposalId, Recovered, Replica, Value};
 /// A fresh acceptor `id` of a 3-member cluster whose incarnation write is done.
 fn acceptor(id: u64) -> Replica {
     let mut replica = Replica::new(common::config(id, 3), Recovered::default()).unwrap();
-    let ready = replica.ready();
-    replica.advance(ready);
+    drain(&mut replica);
     replica
 }
 
@@ -49,6 +48,45 @@ fn command(data: &'static str) -> Value {
     Value::Command {
         id: ProposalId::default(),
         data: Bytes::from_static(data.as_bytes()),
+    }
+}
+
+/// Runs `replica`'s Ready loop until it is idle, with synchronous writes; returns every
+/// message it sent (before and after its writes).
+fn drain(replica: &mut Replica) -> Vec<Message> {
+    let mut sent = Vec::new();
+    while replica.has_ready() {
+        let mut ready = replica.ready();
+        sent.extend(ready.take_messages());
+        sent.extend(ready.take_persisted_messages());
+        replica.advance(ready);
+    }
+    sent
+}
+
+/// Makes `candidate` (node 1) campaign and grants its pre-vote from each of `voters`, who
+/// report `promised`; the candidate then starts phase 1 (not yet drained).
+fn win_pre_vote(candidate: &mut Replica, voters: &[u64], promised: Ballot) {
+    candidate.campaign();
+    let ballot = drain(candidate)
+        .iter()
+        .find_map(|message| match message.body {
+            Body::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    for &from in voters {
+        candidate
+            .step(Message {
+                from: NodeId(from),
+                to: NodeId(1),
+                body: Body::PreVoteReply {
+                    ballot,
+                    granted: true,
+                    promised,
+                },
+            })
+            .unwrap();
     }
 }
 
@@ -264,10 +302,7 @@ fn acceptor_with_one_chosen_slot_and_no_live_leader() -> Replica {
         .unwrap();
     for _ in 0..replica.config().election_ticks * 2 {
         replica.tick();
-        while replica.has_ready() {
-            let ready = replica.ready();
-            replica.advance(ready);
-        }
+        drain(&mut replica);
     }
     assert_eq!(replica.status().chosen, 1);
     replica
@@ -675,42 +710,16 @@ fn a_new_leader_adopts_the_highest_ballot_value_whatever_order_promises_arrive_i
     // Paxos Made Simple §2.2, P2c: among the values the promises report for a slot, the leader
     // proposes the one accepted in the highest ballot, even when a lower one is reported later.
     let mut replica = Replica::new(common::config(1, 5), Recovered::default()).unwrap();
-    let ready = replica.ready();
-    replica.advance(ready);
-    replica.campaign();
-    let mut ready = replica.ready();
-    let pre_vote = ready
-        .take_messages()
-        .into_iter()
-        .find_map(|message| match message.body {
-            Body::PreVote { ballot, .. } => Some(ballot),
-            _ => None,
-        })
-        .expect("a pre-vote");
-    replica.advance(ready);
-    for from in [2, 3] {
-        replica
-            .step(Message {
-                from: NodeId(from),
-                to: NodeId(1),
-                body: Body::PreVoteReply {
-                    ballot: pre_vote,
-                    granted: true,
-                    promised: Ballot::ZERO,
-                },
-            })
-            .unwrap();
-    }
-    let mut ready = replica.ready();
-    let ballot = ready
-        .take_messages()
-        .into_iter()
+    drain(&mut replica);
+    win_pre_vote(&mut replica, &[2, 3], Ballot::ZERO);
+    // Drained: the candidate's own promise is durable.
+    let ballot = drain(&mut replica)
+        .iter()
         .find_map(|message| match message.body {
             Body::Prepare { ballot, .. } => Some(ballot),
             _ => None,
         })
         .expect("phase 1 started");
-    replica.advance(ready); // the candidate's own promise is durable
     let high = Entry {
         slot: 1,
         ballot: Ballot::new(ballot.round - 1, NodeId(4)),
@@ -802,18 +811,14 @@ fn election_timeouts_fall_in_their_window() {
         config.seed = seed;
         config.election_ticks = 10;
         let mut replica = Replica::new(config, Recovered::default()).unwrap();
-        let ready = replica.ready();
-        replica.advance(ready);
+        drain(&mut replica);
         let mut ticks = 0;
         let started = loop {
             ticks += 1;
             replica.tick();
-            let mut ready = replica.ready();
-            let pre_vote = ready
-                .take_messages()
+            let pre_vote = drain(&mut replica)
                 .iter()
                 .any(|message| matches!(message.body, Body::PreVote { .. }));
-            replica.advance(ready);
             if pre_vote || ticks > 100 {
                 break ticks;
             }
@@ -961,41 +966,12 @@ fn a_candidate_resends_prepares_after_retransmit_ticks() {
         candidate.tick(); // a clock that does not start at 0 (below the election timeout)
     }
     assert!(!candidate.has_ready());
-    candidate.campaign();
-    let mut ready = candidate.ready();
-    let ballot = ready
-        .take_messages()
-        .iter()
-        .find_map(|message| match message.body {
-            Body::PreVote { ballot, .. } => Some(ballot),
-            _ => None,
-        })
-        .expect("a pre-vote");
-    candidate.advance(ready);
-    candidate
-        .step(Message {
-            from: NodeId(2),
-            to: NodeId(1),
-            body: Body::PreVoteReply {
-                ballot,
-                granted: true,
-                promised: Ballot::ZERO,
-            },
-        })
-        .unwrap();
+    win_pre_vote(&mut candidate, &[2], Ballot::ZERO);
     let prepares = |candidate: &mut Replica| {
-        let mut sent = 0;
-        while candidate.has_ready() {
-            let mut ready = candidate.ready();
-            let mut messages = ready.take_messages();
-            messages.extend(ready.take_persisted_messages());
-            sent += messages
-                .iter()
-                .filter(|message| matches!(message.body, Body::Prepare { .. }))
-                .count();
-            candidate.advance(ready);
-        }
-        sent
+        drain(candidate)
+            .iter()
+            .filter(|message| matches!(message.body, Body::Prepare { .. }))
+            .count()
     };
     assert_eq!(prepares(&mut candidate), 2, "the first round of Prepares");
     let retransmit = candidate.config().retransmit_ticks;
@@ -1054,39 +1030,11 @@ fn a_rejection_without_a_higher_promise_does_not_depose_the_leader() {
 #[test]
 fn a_promise_for_an_older_ballot_does_not_count() {
     let mut candidate = acceptor(1);
-    let drain = |replica: &mut Replica| {
-        let mut sent = Vec::new();
-        while replica.has_ready() {
-            let mut ready = replica.ready();
-            sent.extend(ready.take_messages());
-            sent.extend(ready.take_persisted_messages());
-            replica.advance(ready);
-        }
-        sent
-    };
     candidate
         .step(prepare(3, 1, Ballot::new(3, NodeId(3))))
         .unwrap();
     drain(&mut candidate);
-    candidate.campaign();
-    let pre_vote = drain(&mut candidate)
-        .iter()
-        .find_map(|message| match message.body {
-            Body::PreVote { ballot, .. } => Some(ballot),
-            _ => None,
-        })
-        .expect("a pre-vote");
-    candidate
-        .step(Message {
-            from: NodeId(2),
-            to: NodeId(1),
-            body: Body::PreVoteReply {
-                ballot: pre_vote,
-                granted: true,
-                promised: Ballot::new(3, NodeId(3)),
-            },
-        })
-        .unwrap();
+    win_pre_vote(&mut candidate, &[2], Ballot::new(3, NodeId(3)));
     drain(&mut candidate);
     let current = candidate.status().promised;
     assert!(current.round >= 4 && current.node == NodeId(1), "{current}");
@@ -1124,17 +1072,10 @@ fn a_follower_has_at_most_inflight_msgs_max_accepts_outstanding() {
     for index in 0..5 {
         leader.propose(Bytes::from(format!("c{index}"))).unwrap();
     }
-    let mut accepts = 0;
-    while leader.has_ready() {
-        let mut ready = leader.ready();
-        let mut messages = ready.take_messages();
-        messages.extend(ready.take_persisted_messages());
-        accepts += messages
-            .iter()
-            .filter(|m| m.to == NodeId(2) && matches!(m.body, Body::Accept { .. }))
-            .count();
-        leader.advance(ready);
-    }
+    let accepts = drain(leader)
+        .iter()
+        .filter(|m| m.to == NodeId(2) && matches!(m.body, Body::Accept { .. }))
+        .count();
     assert_eq!(accepts, 2);
 }
 
@@ -1166,10 +1107,7 @@ fn an_isolated_leader_steps_down_at_the_first_check_past_the_window() {
             let leader = net.replica_mut(1);
             leader.tick();
             ticks += 1;
-            while leader.has_ready() {
-                let ready = leader.ready();
-                leader.advance(ready); // nothing reaches the followers, nothing comes back
-            }
+            drain(leader); // nothing reaches the followers, nothing comes back
             assert!(ticks <= 3 * election_ticks, "never stepped down");
         }
         earliest = earliest.min(silence + ticks);
