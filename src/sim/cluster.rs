@@ -477,25 +477,14 @@ impl Simulation {
                     && self.chance(self.config.faults.torn_write);
                 kept_all_so_far = kept;
                 if kept {
-                    let node = &mut self.nodes[index];
-                    node.storage
-                        .write(write.batch.clone())
-                        .expect("MemStorage cannot fail");
-                    node.truly_synced
-                        .write(write.batch.clone())
-                        .expect("MemStorage cannot fail");
                     self.stats.writes_kept += 1;
-                    if let Err(error) = node
-                        .file
-                        .as_mut()
-                        .map_or(Ok(()), |file| file.write(write.batch.clone()))
+                    let file = self.nodes[index].file.as_mut();
+                    if let Err(error) = file.map_or(Ok(()), |file| file.write(write.batch.clone()))
                     {
                         self.violation
                             .get_or_insert(Violation::new("file_storage", error));
                     }
-                    if let Err(violation) = self.checker.on_durable(index, &write.batch) {
-                        self.violation.get_or_insert(violation);
-                    }
+                    self.reached_disk(index, &write.batch);
                 } else if torn {
                     self.stats.writes_torn += 1;
                     if let Some(mut file) = self.nodes[index].file.take() {
@@ -508,18 +497,7 @@ impl Simulation {
                                 self.note(format!("{id}: write {note}"));
                                 if whole {
                                     // The bytes that survived are the whole batch: it made it.
-                                    let node = &mut self.nodes[index];
-                                    node.storage
-                                        .write(write.batch.clone())
-                                        .expect("MemStorage cannot fail");
-                                    node.truly_synced
-                                        .write(write.batch.clone())
-                                        .expect("MemStorage cannot fail");
-                                    if let Err(violation) =
-                                        self.checker.on_durable(index, &write.batch)
-                                    {
-                                        self.violation.get_or_insert(violation);
-                                    }
+                                    self.reached_disk(index, &write.batch);
                                 }
                             }
                             Err(error) => {
@@ -591,6 +569,21 @@ impl Simulation {
         }
         self.stats.restarts += 1;
         self.note(format!("restart {id}"));
+    }
+
+    /// An unfinished write reached `index`'s disk at a crash: the model disk (and the lying
+    /// disk's truth) take it, and the checkers see it durable.
+    fn reached_disk(&mut self, index: usize, batch: &WriteBatch) {
+        let node = &mut self.nodes[index];
+        node.storage
+            .write(batch.clone())
+            .expect("MemStorage cannot fail");
+        node.truly_synced
+            .write(batch.clone())
+            .expect("MemStorage cannot fail");
+        if let Err(violation) = self.checker.on_durable(index, batch) {
+            self.violation.get_or_insert(violation);
+        }
     }
 
     /// With a file disk: flips a byte of it and requires that opening it now fails as
