@@ -83,24 +83,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the field that is wrong and why.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.members.is_empty() {
-            return Err(ConfigError::new("members", "must not be empty"));
-        }
-        if self.members.len() > MEMBERS_MAX {
-            return Err(ConfigError::new(
-                "members",
-                "at most 64 members are supported",
-            ));
-        }
-        let mut sorted = self.members.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != self.members.len() {
-            return Err(ConfigError::new("members", "must not contain duplicates"));
-        }
-        if !self.members.contains(&self.id) {
-            return Err(ConfigError::new("id", "must be one of the members"));
-        }
+        validate_membership(self.id, &self.members)?;
         if self.heartbeat_ticks == 0 {
             return Err(ConfigError::new("heartbeat_ticks", "must be at least 1"));
         }
@@ -138,6 +121,30 @@ impl Config {
     pub fn quorum(&self) -> usize {
         crate::quorum::majority(self.members.len())
     }
+}
+
+/// Checks a member list and this node's place in it (shared by every configuration that names
+/// members): not empty, at most [`MEMBERS_MAX`], no duplicates, and `id` among them.
+pub(crate) fn validate_membership(id: NodeId, members: &[NodeId]) -> Result<(), ConfigError> {
+    if members.is_empty() {
+        return Err(ConfigError::new("members", "must not be empty"));
+    }
+    if members.len() > MEMBERS_MAX {
+        return Err(ConfigError::new(
+            "members",
+            "at most 64 members are supported",
+        ));
+    }
+    let mut sorted = members.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != members.len() {
+        return Err(ConfigError::new("members", "must not contain duplicates"));
+    }
+    if !members.contains(&id) {
+        return Err(ConfigError::new("id", "must be one of the members"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! and limits.
 
 use super::InstanceId;
-use crate::config::MEMBERS_MAX;
+use crate::config::validate_membership;
 use crate::error::ConfigError;
 use crate::types::NodeId;
 
@@ -79,24 +79,7 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the field that is wrong and why.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.members.is_empty() {
-            return Err(ConfigError::new("members", "must not be empty"));
-        }
-        if self.members.len() > MEMBERS_MAX {
-            return Err(ConfigError::new(
-                "members",
-                "at most 64 members are supported",
-            ));
-        }
-        let mut sorted = self.members.clone();
-        sorted.sort_unstable();
-        sorted.dedup();
-        if sorted.len() != self.members.len() {
-            return Err(ConfigError::new("members", "must not contain duplicates"));
-        }
-        if !self.members.contains(&self.id) {
-            return Err(ConfigError::new("id", "must be one of the members"));
-        }
+        validate_membership(self.id, &self.members)?;
         if self.phase_ticks == 0 {
             return Err(ConfigError::new("phase_ticks", "must be at least 1"));
         }
@@ -127,6 +110,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MEMBERS_MAX;
 
     fn three() -> Config {
         Config::new(
