@@ -53,7 +53,7 @@ impl Cluster {
                     idle = false;
                     let mut ready = self.replicas[index].ready();
                     self.inbox.extend(ready.drain_messages());
-                    self.storages[index].write(ready.take_persist()).unwrap();
+                    self.storages[index].write(ready.persist_mut()).unwrap();
                     self.inbox.extend(ready.drain_persisted_messages());
                     let committed = ready.drain_committed();
                     if let Some(last) = committed.last() {

@@ -81,7 +81,7 @@ impl Cluster {
             while replica.has_ready() {
                 let mut ready = replica.ready();
                 self.network.extend(ready.take_messages());
-                storage.write(ready.take_persist())?;
+                storage.write(ready.persist_mut())?;
                 self.network.extend(ready.take_persisted_messages());
                 for entry in ready.take_committed() {
                     if let Value::Command { data, .. } = entry.value {

@@ -270,7 +270,7 @@ impl Storage for MeteredStorage {
         self.inner.recover()
     }
 
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         let entries = batch.entries.len() as u64;
         self.inner.write(batch)?;
         let meters = &self.meters;

@@ -46,7 +46,7 @@
 //!     while replica.has_ready() {
 //!         let mut ready = replica.ready();
 //!         network.extend(ready.take_messages()); // safe to send before the write
-//!         storages[index].write(ready.take_persist())?; // atomic; fsync if must_sync
+//!         storages[index].write(ready.persist_mut())?; // atomic; fsync if must_sync
 //!         network.extend(ready.take_persisted_messages()); // promises: only once durable
 //!         for entry in ready.take_committed() {
 //!             // chosen entries, in slot order, exactly once

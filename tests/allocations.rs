@@ -99,7 +99,7 @@ impl Cluster {
                 busy = true;
                 let mut ready = replica.ready();
                 self.queue.extend(ready.drain_messages());
-                self.storages[index].write(ready.take_persist()).unwrap();
+                self.storages[index].write(ready.persist_mut()).unwrap();
                 self.queue.extend(ready.drain_persisted_messages());
                 self.applied[index] += ready.drain_committed().count() as u64;
                 replica.advance(ready);
@@ -139,17 +139,19 @@ fn a_full_window_allocates_under_one_allocation_per_entry_per_replica() {
     let allocations = per_command(100, 20_000);
     eprintln!("window 100: {allocations:.3} allocations per command (3 replicas)");
     assert!(
-        allocations < 0.1,
+        allocations < 0.05,
         "{allocations:.3} allocations per command, over 3 replicas"
     );
 }
 
 #[test]
 fn one_command_in_flight_reuses_the_ready_buffers() {
+    // 2.0 measured: the leader's two Accepts each carry a new entry vector (the transport
+    // consumes it). Every Ready buffer, the write batch's entry vector included, is reused.
     let allocations = per_command(1, 5_000);
     eprintln!("window 1: {allocations:.3} allocations per command (3 replicas)");
     assert!(
-        allocations <= 5.1,
+        allocations <= 2.1,
         "{allocations:.3} allocations per command, over 3 replicas"
     );
 }

@@ -27,7 +27,7 @@ impl Storage for SlowStorage {
         self.inner.recover()
     }
 
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         let (entries, must_sync) = (batch.entries.len() as u64, batch.must_sync);
         self.inner.write(batch)?;
         self.entries_written.fetch_add(entries, Ordering::Relaxed);
@@ -223,7 +223,7 @@ impl Storage for BrokenDisk {
         Ok(Recovered::default())
     }
 
-    fn write(&mut self, _batch: WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, _batch: &mut WriteBatch) -> Result<(), StorageError> {
         Err(StorageError::Io {
             path: "disk0".to_string(),
             source: std::io::Error::other("device gone"),

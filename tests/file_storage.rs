@@ -100,7 +100,7 @@ fn sample_batches(must_sync: [bool; 6]) -> Vec<WriteBatch> {
 fn model(batches: &[WriteBatch]) -> Recovered {
     let mut memory = MemStorage::new();
     for batch in batches {
-        memory.write(batch.clone()).unwrap();
+        memory.write(&mut batch.clone()).unwrap();
     }
     memory.recover().unwrap()
 }
@@ -129,7 +129,7 @@ fn written_log(batches: &[WriteBatch]) -> (Vec<u8>, Vec<u64>) {
     let path = only_segment(directory.path());
     let mut ends = Vec::new();
     for batch in batches {
-        storage.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
         ends.push(fs::metadata(&path).unwrap().len());
     }
     drop(storage);
@@ -155,7 +155,7 @@ fn written_batches_round_trip_across_reopen() {
     };
     let mut storage = open(directory.path(), no_cache).unwrap();
     for batch in &batches {
-        storage.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
     }
     let expected = model(&batches);
     assert_eq!(storage.recover().unwrap(), expected);
@@ -170,7 +170,7 @@ fn written_batches_round_trip_across_reopen() {
         assert_eq!(storage.len(), 6);
         let mut memory = MemStorage::new();
         for batch in &batches {
-            memory.write(batch.clone()).unwrap();
+            memory.write(&mut batch.clone()).unwrap();
         }
         for first in 1..=7 {
             for last in first..=7 {
@@ -189,7 +189,7 @@ fn writes_continue_after_reopen() {
     let batches = sample_batches([true; 6]);
     for batch in &batches {
         let mut storage = open(directory.path(), small_segments()).unwrap();
-        storage.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
     }
     let mut storage = open(directory.path(), small_segments()).unwrap();
     assert_eq!(storage.recover().unwrap(), model(&batches));
@@ -216,7 +216,7 @@ fn every_truncation_recovers_exactly_the_wholly_written_batches() {
                 entries: vec![entry(2, 9, 2)],
                 must_sync: false,
             };
-            storage.write(extra.clone()).unwrap();
+            storage.write(&mut extra.clone()).unwrap();
             drop(storage);
             let mut expected: Vec<WriteBatch> = batches[..whole].to_vec();
             expected.push(extra);
@@ -300,7 +300,7 @@ fn multi_segment_log() -> (TempDir, Vec<WriteBatch>) {
     let batches = sample_batches([false; 6]);
     let mut storage = open(directory.path(), small_segments()).unwrap();
     for batch in &batches {
-        storage.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
     }
     assert!(storage.segment_paths().len() >= 3);
     assert_eq!(storage.segment_paths(), segment_files(directory.path()));
@@ -353,7 +353,7 @@ fn a_torn_header_of_the_last_segment_is_removed() {
     let mut probe = open(scratch.path(), small_segments()).unwrap();
     let mut before_last = Vec::new();
     for batch in &batches {
-        probe.write(batch.clone()).unwrap();
+        probe.write(&mut batch.clone()).unwrap();
         if probe.segment_paths().len() < segments.len() {
             before_last.push(batch.clone());
         }
@@ -367,7 +367,7 @@ fn a_torn_header_of_the_last_segment_is_removed() {
     assert_eq!(storage.recover().unwrap(), model(&before_last));
     assert_eq!(segment_files(directory.path()).len(), segments.len() - 1);
     // It goes on writing, into a new segment.
-    storage.write(batches[5].clone()).unwrap();
+    storage.write(&mut batches[5].clone()).unwrap();
     assert_eq!(segment_files(directory.path()).len(), segments.len());
 }
 
@@ -375,7 +375,9 @@ fn a_torn_header_of_the_last_segment_is_removed() {
 fn foreign_storage_is_refused() {
     let directory = TempDir::new().unwrap();
     let mut storage = open(directory.path(), options()).unwrap();
-    storage.write(sample_batches([true; 6])[0].clone()).unwrap();
+    storage
+        .write(&mut sample_batches([true; 6])[0].clone())
+        .unwrap();
     drop(storage);
     for (cluster_id, node) in [(CLUSTER + 1, NODE), (CLUSTER, NodeId(NODE.0 + 1))] {
         match FileStorage::open(directory.path(), cluster_id, node, options()) {
@@ -396,7 +398,9 @@ fn foreign_storage_is_refused() {
 fn a_directory_in_use_is_refused_until_its_storage_is_dropped() {
     let directory = TempDir::new().unwrap();
     let mut storage = open(directory.path(), options()).unwrap();
-    storage.write(sample_batches([true; 6])[0].clone()).unwrap();
+    storage
+        .write(&mut sample_batches([true; 6])[0].clone())
+        .unwrap();
     // flock locks belong to the open file, so a second open in this same process conflicts
     // exactly as one in another process would.
     for _ in 0..2 {
@@ -411,7 +415,9 @@ fn a_directory_in_use_is_refused_until_its_storage_is_dropped() {
         }
     }
     // A refused open changed nothing: the holder goes on writing.
-    storage.write(sample_batches([true; 6])[1].clone()).unwrap();
+    storage
+        .write(&mut sample_batches([true; 6])[1].clone())
+        .unwrap();
     drop(storage);
     let mut storage = open(directory.path(), options()).unwrap();
     assert_eq!(
@@ -429,7 +435,7 @@ fn a_sync_happens_exactly_when_asked() {
     let batches = sample_batches([true, false, true, false, false, true]);
     for (index, batch) in batches.iter().enumerate() {
         let before = storage.sync_count();
-        storage.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
         assert_eq!(
             storage.sync_count() - before,
             u64::from(batch.must_sync),
@@ -437,14 +443,14 @@ fn a_sync_happens_exactly_when_asked() {
         );
     }
     // An empty batch asking for a sync syncs the unsynced writes before it, once.
-    storage.write(batches[4].clone()).unwrap();
+    storage.write(&mut batches[4].clone()).unwrap();
     let sync_request = WriteBatch {
         must_sync: true,
         ..WriteBatch::default()
     };
     let before = storage.sync_count();
-    storage.write(sync_request.clone()).unwrap();
-    storage.write(sync_request.clone()).unwrap();
+    storage.write(&mut sync_request.clone()).unwrap();
+    storage.write(&mut sync_request.clone()).unwrap();
     assert_eq!(storage.sync_count() - before, 1);
     assert_eq!(storage.write_count(), 9);
 }
@@ -462,11 +468,13 @@ fn an_oversize_command_is_refused_without_writing_anything() {
         entries: vec![entry(1, 1, 4), entry(2, 1, 9)],
         must_sync: true,
     };
-    let error = storage.write(batch.clone()).unwrap_err();
+    let error = storage.write(&mut batch.clone()).unwrap_err();
     assert!(matches!(error, StorageError::Io { .. }), "{error}");
     assert_eq!(storage.recover().unwrap(), Recovered::default());
     // The storage is still usable.
-    storage.write(sample_batches([true; 6])[0].clone()).unwrap();
+    storage
+        .write(&mut sample_batches([true; 6])[0].clone())
+        .unwrap();
 }
 
 #[test]
@@ -480,16 +488,16 @@ fn compaction_deletes_whole_segments_and_keeps_the_hard_state() {
         entries: vec![entry(1, 7, 20)],
         must_sync: true,
     };
-    storage.write(first.clone()).unwrap();
-    memory.write(first.clone()).unwrap();
+    storage.write(&mut first.clone()).unwrap();
+    memory.write(&mut first.clone()).unwrap();
     for slot in 2..=40 {
         let batch = WriteBatch {
             hard_state: None,
             entries: vec![entry(slot, 7, 20)],
             must_sync: false,
         };
-        storage.write(batch.clone()).unwrap();
-        memory.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
+        memory.write(&mut batch.clone()).unwrap();
     }
     // Slot 3 rewritten late: its newest entry lives in a late segment.
     let late = WriteBatch {
@@ -497,8 +505,8 @@ fn compaction_deletes_whole_segments_and_keeps_the_hard_state() {
         entries: vec![entry(3, 8, 1)],
         must_sync: false,
     };
-    storage.write(late.clone()).unwrap();
-    memory.write(late.clone()).unwrap();
+    storage.write(&mut late.clone()).unwrap();
+    memory.write(&mut late.clone()).unwrap();
     let segments_before = storage.segment_paths().len();
     assert!(segments_before > 5);
 
@@ -613,7 +621,7 @@ proptest! {
             match step {
                 Step::Write(batch) => {
                     let handle = storage.as_mut().unwrap();
-                    handle.write(batch.clone()).unwrap();
+                    handle.write(&mut batch.clone()).unwrap();
                     let (segment, end) = last_segment(handle);
                     if unsynced.first().is_some_and(|first| first.segment != segment) {
                         // A rotation synced the closed segment.
@@ -684,7 +692,7 @@ fn measure_synced_writes_per_second() {
             entries: vec![entry(writes, 1, 100)],
             must_sync: true,
         };
-        storage.write(batch.clone()).unwrap();
+        storage.write(&mut batch.clone()).unwrap();
     }
     let seconds = start.elapsed().as_secs_f64();
     println!(

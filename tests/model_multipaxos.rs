@@ -82,8 +82,8 @@ struct Disk {
 }
 
 impl Disk {
-    fn write(&mut self, batch: WriteBatch) {
-        for entry in batch.entries {
+    fn write(&mut self, batch: &mut WriteBatch) {
+        for entry in batch.entries.drain(..) {
             self.entries.insert(entry.slot, entry);
         }
         if let Some(hard_state) = batch.hard_state {
@@ -188,7 +188,7 @@ impl World {
         while replica.has_ready() {
             let mut ready = replica.ready();
             let mut out = ready.take_messages();
-            self.disks[index].write(ready.take_persist());
+            self.disks[index].write(ready.persist_mut());
             out.extend(ready.take_persisted_messages());
             for entry in ready.take_committed() {
                 if let (Value::Command { id, data }, false) =

@@ -462,7 +462,7 @@ fn write_loop<S: Storage>(
         let result = if batch.is_empty() {
             Ok(())
         } else {
-            storage.write(batch)
+            storage.write(&mut batch)
         };
         let outcome = result.map(|()| Completed {
             number,

@@ -179,6 +179,8 @@ struct Spare {
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
     committed: Vec<Entry>,
+    /// The write batch's entry vector, emptied by `Storage::write` (or cleared by `advance`).
+    persist: Vec<Entry>,
 }
 
 /// A recycled buffer keeps at most this many elements' room: one huge batch must not pin its
@@ -638,8 +640,7 @@ impl Replica {
         let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         let write = WriteBatch {
             hard_state: self.hard_dirty.then_some(self.hard),
-            // Storage consumes the entries' vector, so there is never a spare to hand back here.
-            entries: hand_out(&mut self.unpersisted, &mut Vec::new()),
+            entries: hand_out(&mut self.unpersisted, &mut self.spare.persist),
             must_sync,
         };
         self.hard_dirty = false;
@@ -677,6 +678,7 @@ impl Replica {
         recycle(&mut self.spare.messages, ready.messages);
         recycle(&mut self.spare.persisted_messages, ready.persisted_messages);
         recycle(&mut self.spare.committed, ready.committed);
+        recycle(&mut self.spare.persist, ready.write.entries);
     }
 
     /// Tells the replica that the writes of every ready up to `number` are durable, so its own

@@ -51,7 +51,8 @@ pub enum StepDownReason {
 ///
 /// Drain it in this order:
 /// 1. [`take_messages`](Ready::take_messages): send at once (safe before the write);
-/// 2. [`take_persist`](Ready::take_persist): write atomically; sync if `must_sync`;
+/// 2. [`persist_mut`](Ready::persist_mut) (or [`take_persist`](Ready::take_persist) for a
+///    write that completes later): write atomically; sync if `must_sync`;
 /// 3. [`take_persisted_messages`](Ready::take_persisted_messages): send only once the write
 ///    is durable (promises and acceptances);
 /// 4. [`take_committed`](Ready::take_committed): apply, in order, exactly once;
@@ -78,16 +79,24 @@ impl Ready {
         self.number
     }
 
-    /// What to write to storage, to look at (tests, metrics); take it with
-    /// [`take_persist`](Ready::take_persist) to write it.
+    /// What to write to storage, to look at (tests, metrics); lend it to
+    /// [`Storage::write`](crate::Storage::write) with [`persist_mut`](Ready::persist_mut).
     pub fn persist(&self) -> &WriteBatch {
         &self.write
     }
 
-    /// Takes the write out of the ready, to hand to [`Storage::write`](crate::Storage::write)
-    /// (by value: the storage keeps the entries without copying them). Write it atomically,
-    /// before sending the persisted messages; if the write completes later (asynchronous
-    /// storage), acknowledge it with `on_persisted(number)` once durable.
+    /// The write, to lend to [`Storage::write`](crate::Storage::write) in the drain loop:
+    /// `storage.write(ready.persist_mut())?`. The storage may move the entries out (a memory
+    /// storage keeps them without copying); the emptied vector stays in the ready and
+    /// [`Replica::advance`](super::Replica::advance) reuses it for the next batch.
+    pub fn persist_mut(&mut self) -> &mut WriteBatch {
+        &mut self.write
+    }
+
+    /// Takes the write out of the ready, for a write that completes later (a storage thread):
+    /// write it atomically, then acknowledge it with `on_persisted(number)` once durable, and
+    /// only then send the persisted messages. A write done in the drain loop should use
+    /// [`persist_mut`](Ready::persist_mut), which lets the buffer be reused.
     pub fn take_persist(&mut self) -> WriteBatch {
         std::mem::take(&mut self.write)
     }

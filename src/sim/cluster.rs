@@ -576,10 +576,10 @@ impl Simulation {
     fn reached_disk(&mut self, index: usize, batch: &WriteBatch) {
         let node = &mut self.nodes[index];
         node.storage
-            .write(batch.clone())
+            .write(&mut batch.clone())
             .expect("MemStorage cannot fail");
         node.truly_synced
-            .write(batch.clone())
+            .write(&mut batch.clone())
             .expect("MemStorage cannot fail");
         if let Err(violation) = self.checker.on_durable(index, batch) {
             self.violation.get_or_insert(violation);
@@ -1035,7 +1035,7 @@ impl Simulation {
             }
             let write = node.writes.pop_front().expect("checked");
             node.storage
-                .write(write.batch.clone())
+                .write(&mut write.batch.clone())
                 .expect("MemStorage cannot fail");
             if let Some(file) = node.file.as_mut() {
                 file.write(write.batch.clone())

@@ -104,12 +104,12 @@ impl FileDisk {
     }
 
     /// Writes `batch` (a completed write: it reached the files).
-    pub(super) fn write(&mut self, batch: WriteBatch) -> Result<(), String> {
+    pub(super) fn write(&mut self, mut batch: WriteBatch) -> Result<(), String> {
         let storage = self
             .storage
             .as_mut()
             .ok_or_else(|| "write to a file disk whose node is down".to_string())?;
-        storage.write(batch).map_err(|error| error.to_string())
+        storage.write(&mut batch).map_err(|error| error.to_string())
     }
 
     /// The process died: files are closed and the lock released, nothing else changes.

@@ -1279,7 +1279,7 @@ impl Storage for FileStorage {
     /// [`StorageError::Io`] if the write or the sync failed (the storage then refuses further
     /// writes until reopened), or if an entry's command exceeds
     /// [`FileStorageOptions::command_bytes_max`] (nothing is written then).
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError> {
+    fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         self.check_usable()?;
         if batch.is_empty() {
             if batch.must_sync && self.current.unsynced {

@@ -77,10 +77,16 @@ pub trait Storage {
 
     /// Writes `batch` atomically; if `batch.must_sync`, it is durable when this returns `Ok`.
     ///
+    /// The batch is lent, not given: the storage may move the entries out of `batch.entries`
+    /// (a memory storage keeps them that way, without a copy) or leave them, and the caller
+    /// must not rely on what is left. A replica's [`Ready`](crate::Ready) lends its batch with
+    /// [`persist_mut`](crate::Ready::persist_mut) and reuses the emptied buffer once handed
+    /// back with `advance`, so steady-state writes allocate no entry vectors.
+    ///
     /// # Errors
     /// [`StorageError::Io`] if the write or the sync failed; nothing of the batch may be
     /// acknowledged then.
-    fn write(&mut self, batch: WriteBatch) -> Result<(), StorageError>;
+    fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError>;
 
     /// The stored entries for slots `first..=last`, in slot order, skipping slots with no
     /// entry.

@@ -110,7 +110,7 @@ impl Net {
                     "promise or acceptance offered before its write"
                 );
             }
-            node.storage.write(ready.take_persist()).unwrap();
+            node.storage.write(ready.persist_mut()).unwrap();
             out.extend(ready.take_persisted_messages());
             for entry in ready.take_committed() {
                 if let Some(previous) = node.applied.insert(entry.slot, entry.value.clone()) {
