@@ -4,7 +4,7 @@
 use super::progress::Inflight;
 use super::{Replica, Role, SelfVote, StepDownReason};
 use crate::message::{Body, Command};
-use crate::quorum::VoteSet;
+use crate::quorum::{majority, VoteSet};
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 
@@ -194,23 +194,25 @@ impl Replica {
         if first > last {
             return;
         }
-        for slot in first..=last {
-            leadership.votes[(slot - base) as usize].insert(index);
+        let range = (first - base) as usize..=(last - base) as usize;
+        for votes in leadership.votes.range_mut(range) {
+            votes.insert(index);
         }
+        let quorum = majority(members);
         let mut chosen = self.hard.chosen;
-        while let Some(votes) = leadership.votes.front() {
-            if !votes.is_majority_of(members) {
-                break;
-            }
+        while leadership
+            .votes
+            .front()
+            .is_some_and(|votes| votes.len() >= quorum)
+        {
             leadership.votes.pop_front();
             chosen += 1;
-            let size = self
-                .log
-                .get(chosen)
-                .map_or(0, |entry| entry.value.size_bytes());
-            leadership.uncommitted_bytes -= size;
         }
         if chosen > self.hard.chosen {
+            let newly_chosen = self.log.range(self.hard.chosen + 1, chosen);
+            leadership.uncommitted_bytes -= newly_chosen
+                .map(|entry| entry.value.size_bytes())
+                .sum::<usize>();
             for progress in &mut leadership.followers {
                 progress.forget_chosen(chosen);
             }
