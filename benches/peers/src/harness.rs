@@ -26,6 +26,11 @@ pub trait Cluster {
     /// ticks is reported.
     fn tick(&mut self);
 
+    /// Discards, on every replica, the log prefix that every replica has applied: what a
+    /// long-running deployment does once its state machines have snapshotted that far (the
+    /// snapshot itself is not modelled). The client calls it every `compact_every` commands.
+    fn compact(&mut self);
+
     /// What each replica has applied.
     fn appliers(&self) -> &[Digest];
 
@@ -106,23 +111,45 @@ impl Measured {
     }
 }
 
+/// What the client does: how many commands, how many in flight, how large, and how often the
+/// logs are compacted.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Commands proposed before the timed run.
+    pub warmup: u64,
+    /// Commands proposed in the timed run.
+    pub count: u64,
+    /// At most this many commands in flight.
+    pub window: u64,
+    /// Bytes per command.
+    pub size: usize,
+    /// Compact every replica's log each time this many more commands have been applied
+    /// everywhere (0: never; the logs grow for the whole run).
+    pub compact_every: u64,
+}
+
 /// Proposes `count` more commands (numbered from `first`), keeping at most `window` in flight,
 /// until every replica has applied all of them.
 #[inline(never)]
-pub fn timed_section<C: Cluster>(
-    cluster: &mut C,
-    first: u64,
-    count: u64,
-    window: u64,
-    size: usize,
-) -> u64 {
+pub fn timed_section<C: Cluster>(cluster: &mut C, first: u64, count: u64, load: Load) -> u64 {
+    let Load {
+        window,
+        size,
+        compact_every,
+        ..
+    } = load;
     let end = first + count;
     let mut next = first;
     let mut stall_ticks = 0;
+    let mut compacted = applied_everywhere(cluster.appliers());
     loop {
         let applied = applied_everywhere(cluster.appliers());
         if applied >= end {
             return stall_ticks;
+        }
+        if compact_every > 0 && applied >= compacted + compact_every {
+            cluster.compact();
+            compacted = applied;
         }
         while next < end && next - applied < window {
             let command = alloc::uncounted(|| payload(next, size));
@@ -156,14 +183,8 @@ pub fn cpu_time() -> Duration {
 /// The timed run itself: a function of its own so that a profiler can collect exactly it
 /// (`valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_section*'`).
 #[inline(never)]
-pub fn measured_section<C: Cluster>(
-    cluster: &mut C,
-    first: u64,
-    count: u64,
-    window: u64,
-    size: usize,
-) -> u64 {
-    timed_section(cluster, first, count, window, size)
+pub fn measured_section<C: Cluster>(cluster: &mut C, first: u64, count: u64, load: Load) -> u64 {
+    timed_section(cluster, first, count, load)
 }
 
 fn applied_everywhere(appliers: &[Digest]) -> u64 {
@@ -174,25 +195,25 @@ fn applied_everywhere(appliers: &[Digest]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Warms `cluster` up with `warmup` commands (untimed), then times `count` more, and checks
-/// that every replica applied exactly the proposed sequence.
-pub fn drive<C: Cluster>(
-    cluster: &mut C,
-    warmup: u64,
-    count: u64,
-    window: u64,
-    size: usize,
-) -> Measured {
+/// Warms `cluster` up with `load.warmup` commands (untimed), then times `load.count` more, and
+/// checks that every replica applied exactly the proposed sequence.
+pub fn drive<C: Cluster>(cluster: &mut C, load: Load) -> Measured {
+    let Load {
+        warmup,
+        count,
+        size,
+        ..
+    } = load;
     assert!(
         cluster.appliers().iter().all(|d| d.count == 0),
         "no command may be applied before the run"
     );
-    timed_section(cluster, 0, warmup, window, size);
+    timed_section(cluster, 0, warmup, load);
     let messages_before = cluster.messages();
     alloc::start();
     let started = Instant::now();
     let cpu_started = cpu_time();
-    let stall_ticks = measured_section(cluster, warmup, count, window, size);
+    let stall_ticks = measured_section(cluster, warmup, count, load);
     let cpu = cpu_time() - cpu_started;
     let elapsed = started.elapsed();
     let allocations = alloc::stop();
@@ -211,29 +232,6 @@ pub fn drive<C: Cluster>(
         messages,
         allocations,
         stall_ticks,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digest_depends_on_order_and_content() {
-        let (a, b) = (payload(1, 64), payload(2, 64));
-        let mut ab = Digest::default();
-        ab.apply(&a);
-        ab.apply(&b);
-        let mut ba = Digest::default();
-        ba.apply(&b);
-        ba.apply(&a);
-        assert_ne!(ab, ba);
-        let mut aa = Digest::default();
-        aa.apply(&a);
-        aa.apply(&a);
-        assert_ne!(ab, aa);
-        assert_eq!(payload(7, 1024).len(), 1024);
-        assert_eq!(&payload(7, 64)[..8], &7u64.to_le_bytes());
     }
 }
 
@@ -265,11 +263,36 @@ impl Cluster for NullCluster {
 
     fn tick(&mut self) {}
 
+    fn compact(&mut self) {}
+
     fn appliers(&self) -> &[Digest] {
         &self.appliers
     }
 
     fn messages(&self) -> u64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_depends_on_order_and_content() {
+        let (a, b) = (payload(1, 64), payload(2, 64));
+        let mut ab = Digest::default();
+        ab.apply(&a);
+        ab.apply(&b);
+        let mut ba = Digest::default();
+        ba.apply(&b);
+        ba.apply(&a);
+        assert_ne!(ab, ba);
+        let mut aa = Digest::default();
+        aa.apply(&a);
+        aa.apply(&a);
+        assert_ne!(ab, aa);
+        assert_eq!(payload(7, 1024).len(), 1024);
+        assert_eq!(&payload(7, 64)[..8], &7u64.to_le_bytes());
     }
 }

@@ -34,32 +34,65 @@ struct Case {
     payload: usize,
     /// Commands committed in the timed section.
     count: u64,
+    /// Compact every replica's log each time this many more commands were applied everywhere
+    /// (0: never, the logs grow for the whole run).
+    compact_every: u64,
 }
 
-const CASES: [Case; 4] = [
+impl Case {
+    /// How the case is named in tables.
+    fn label(&self) -> String {
+        let log = if self.compact_every == 0 {
+            ", log never compacted".to_owned()
+        } else {
+            String::new()
+        };
+        format!(
+            "{} replicas, B={}, {} B{log}",
+            self.nodes, self.window, self.payload
+        )
+    }
+}
+
+/// Every case but one compacts the logs every this many commands, as a long-running deployment
+/// does once its state machines have snapshotted: the logs stay bounded, as in production.
+const COMPACT_EVERY: u64 = 10_000;
+
+const CASES: [Case; 5] = [
     Case {
         nodes: 3,
         window: 1000,
         payload: 64,
         count: 200_000,
+        compact_every: COMPACT_EVERY,
     },
     Case {
         nodes: 3,
         window: 1,
         payload: 64,
         count: 50_000,
+        compact_every: COMPACT_EVERY,
     },
     Case {
         nodes: 5,
         window: 1000,
         payload: 64,
         count: 200_000,
+        compact_every: COMPACT_EVERY,
     },
     Case {
         nodes: 3,
         window: 1000,
         payload: 1024,
         count: 100_000,
+        compact_every: COMPACT_EVERY,
+    },
+    Case {
+        nodes: 3,
+        window: 1000,
+        payload: 64,
+        count: 200_000,
+        compact_every: 0,
     },
 ];
 
@@ -100,7 +133,9 @@ usage:
   synod-peers one LIB NODES WINDOW PAYLOAD COUNT [KNOB=VALUE ...]
                                           one run in this process; LIB is synod, raft-rs or
                                           omnipaxos (or null: the harness alone, no consensus);
-                                          knobs override the tuning (see README.md)
+                                          knobs override the tuning (see README.md);
+                                          compact_every=K (any LIB) compacts the logs every K
+                                          commands (default 0: never)
 ";
 
 fn flag_value(args: &[String], name: &str) -> Option<String> {
@@ -131,11 +166,12 @@ fn one(args: &[String]) {
         text.parse()
             .unwrap_or_else(|_| panic!("bad number {text:?}"))
     };
-    let case = Case {
+    let mut case = Case {
         nodes: number(nodes) as usize,
         window: number(window),
         payload: number(payload) as usize,
         count: number(count),
+        compact_every: 0,
     };
     let mut knobs: Vec<(String, u64)> = knobs
         .iter()
@@ -152,7 +188,14 @@ fn one(args: &[String]) {
             None => default,
         }
     };
-    let warmup = (case.count / 10).max(case.window.min(1000));
+    case.compact_every = knob("compact_every", 0);
+    let load = harness::Load {
+        warmup: (case.count / 10).max(case.window.min(1000)),
+        count: case.count,
+        window: case.window,
+        size: case.payload,
+        compact_every: case.compact_every,
+    };
     let measured = match library.as_str() {
         "synod" => {
             let defaults = synod_cluster::Tuning::default();
@@ -164,7 +207,7 @@ fn one(args: &[String]) {
             };
             let cluster =
                 synod_cluster::SynodCluster::new(case.nodes, case.window, case.payload, tuning);
-            run(cluster, warmup, case)
+            run(cluster, load)
         }
         "raft-rs" => {
             let defaults = raft_cluster::Tuning::default();
@@ -175,7 +218,7 @@ fn one(args: &[String]) {
                 batch_append: knob("batch_append", defaults.batch_append as u64) != 0,
             };
             let cluster = raft_cluster::RaftCluster::new(case.nodes, tuning);
-            run(cluster, warmup, case)
+            run(cluster, load)
         }
         "omnipaxos" => {
             let defaults = omni_cluster::Tuning::for_window(case.window);
@@ -188,7 +231,7 @@ fn one(args: &[String]) {
                 buffer_size: knob("buffer_size", defaults.buffer_size as u64) as usize,
             };
             let cluster = omni_cluster::OmniCluster::new(case.nodes, tuning);
-            run(cluster, warmup, case)
+            run(cluster, load)
         }
         "synod-file" => {
             // FileStorage in fresh directories, fsync on every write that asks for it (every
@@ -212,7 +255,7 @@ fn one(args: &[String]) {
                 synod_cluster::Tuning::default(),
             );
             let before: Vec<u64> = cluster.storages().iter().map(|s| s.sync_count()).collect();
-            let measured = drive(&mut cluster, warmup, case.count, case.window, case.payload);
+            let measured = drive(&mut cluster, load);
             let syncs: Vec<u64> = cluster
                 .storages()
                 .iter()
@@ -222,13 +265,13 @@ fn one(args: &[String]) {
             println!(
                 "FILE fsyncs_per_replica={syncs:?} proposals_per_leader_fsync={:.1} (warm-up and timed run; \
                  the leader is node 1)",
-                (warmup + case.count) as f64 / syncs[0].max(1) as f64
+                (load.warmup + load.count) as f64 / syncs[0].max(1) as f64
             );
             drop(cluster);
             let _ = std::fs::remove_dir_all(&root);
             measured
         }
-        "null" => run(harness::NullCluster::new(case.nodes), warmup, case),
+        "null" => run(harness::NullCluster::new(case.nodes), load),
         other => panic!("unknown library {other:?}: synod, raft-rs, omnipaxos (or null)"),
     };
     if let Some((name, _)) = knobs.first() {
@@ -251,8 +294,8 @@ fn one(args: &[String]) {
 
 /// Leaks the cluster: tearing down millions of log entries would only slow the run down (and
 /// show up in profiles); the process exits right after.
-fn run<C: harness::Cluster>(mut cluster: C, warmup: u64, case: Case) -> Measured {
-    let measured = drive(&mut cluster, warmup, case.count, case.window, case.payload);
+fn run<C: harness::Cluster>(mut cluster: C, load: harness::Load) -> Measured {
+    let measured = drive(&mut cluster, load);
     std::mem::forget(cluster);
     measured
 }
@@ -292,6 +335,7 @@ fn run_child(library: &str, case: Case, knobs: &[String]) -> Report {
             case.payload.to_string(),
             case.count.to_string(),
         ])
+        .arg(format!("compact_every={}", case.compact_every))
         .args(knobs)
         .output()
         .expect("spawn child");
@@ -360,11 +404,8 @@ fn table(runs: usize) {
             for (index, library) in LIBRARIES.iter().enumerate() {
                 let report = run_child(library, case, &[]);
                 eprintln!(
-                    "{} replicas, B={}, {} B, run {}/{runs}: {library:>9} {:>10.0} commits/CPU-s \
-                     {:>10.0} commits/s",
-                    case.nodes,
-                    case.window,
-                    case.payload,
+                    "{}, run {}/{runs}: {library:>9} {:>10.0} commits/CPU-s {:>10.0} commits/s",
+                    case.label(),
                     run + 1,
                     report.commits_per_cpu_second,
                     report.commits_per_second
@@ -399,11 +440,8 @@ fn table(runs: usize) {
                 String::new()
             };
             println!(
-                "| {} replicas, B={}, {} B | {library}{stalls} | {:.0} | {ratio} | {:.0} | {:.3} | \
-                 {:.2} | {:.0} | {:.1} |",
-                case.nodes,
-                case.window,
-                case.payload,
+                "| {} | {library}{stalls} | {:.0} | {ratio} | {:.0} | {:.3} | {:.2} | {:.0} | {:.1} |",
+                case.label(),
                 report.commits_per_cpu_second,
                 report.commits_per_second,
                 report.messages_per_commit,

@@ -37,7 +37,7 @@ impl Tuning {
     pub fn for_window(window: u64) -> Tuning {
         let batch_size = (1..=64.min(window.max(1)))
             .rev()
-            .find(|size| window % size == 0)
+            .find(|size| window.is_multiple_of(*size))
             .unwrap_or(1) as usize;
         Tuning {
             batch_size,
@@ -169,6 +169,15 @@ impl Cluster for OmniCluster {
             }
         }
         busy
+    }
+
+    /// `trim` at the leader, which trims its own storage and tells the followers to trim
+    /// theirs (one Compaction message each).
+    fn compact(&mut self) {
+        let through = self.applied_idx.iter().copied().min().unwrap_or(0);
+        if let Err(error) = self.nodes[self.leader].trim(Some(through)) {
+            panic!("OmniPaxos refused to trim at {through}: {error:?}");
+        }
     }
 
     fn tick(&mut self) {

@@ -18,6 +18,7 @@ pub fn sweep(out: &str, runs: usize) {
             window,
             payload: 64,
             count: (window * 2000).clamp(20_000, 200_000),
+            compact_every: crate::COMPACT_EVERY,
         };
         let mut samples: Vec<Vec<f64>> = vec![Vec::new(); LIBRARIES.len()];
         for _ in 0..runs {

@@ -36,6 +36,8 @@ pub struct RaftCluster {
     delivering: Vec<Message>,
     leader: usize,
     delivered: u64,
+    /// Per node, the index of the last entry it applied.
+    applied: Vec<u64>,
 }
 
 impl RaftCluster {
@@ -68,6 +70,7 @@ impl RaftCluster {
             delivering: Vec::new(),
             leader: 0,
             delivered: 0,
+            applied: vec![0; count],
         };
         cluster.nodes[0].campaign().expect("campaign");
         while cluster.round() {}
@@ -80,8 +83,9 @@ impl RaftCluster {
     }
 }
 
-fn apply(digest: &mut Digest, entries: Vec<raft::eraftpb::Entry>) {
+fn apply(digest: &mut Digest, applied: &mut u64, entries: Vec<raft::eraftpb::Entry>) {
     for entry in entries {
+        *applied = entry.index;
         // The new leader's empty entry carries no command.
         if entry.data.is_empty() {
             continue;
@@ -115,10 +119,15 @@ impl Cluster for RaftCluster {
                 let mut ready = node.ready();
                 // 1. Messages (the leader sends before its write).
                 self.queue.extend(ready.take_messages());
-                // 2. Snapshots never happen here: nothing is compacted.
+                // 2. Snapshots never happen here: logs are compacted only below what every
+                //    node has applied, so no follower ever needs one.
                 assert!(ready.snapshot().is_empty(), "unexpected snapshot");
                 // 3. Committed entries.
-                apply(&mut self.appliers[index], ready.take_committed_entries());
+                apply(
+                    &mut self.appliers[index],
+                    &mut self.applied[index],
+                    ready.take_committed_entries(),
+                );
                 // 4. Entries to the log, 5. the hard state.
                 if !ready.entries().is_empty() {
                     node.mut_store()
@@ -137,11 +146,27 @@ impl Cluster for RaftCluster {
                     node.mut_store().wl().mut_hard_state().set_commit(commit);
                 }
                 self.queue.extend(light.take_messages());
-                apply(&mut self.appliers[index], light.take_committed_entries());
+                apply(
+                    &mut self.appliers[index],
+                    &mut self.applied[index],
+                    light.take_committed_entries(),
+                );
                 node.advance_apply();
             }
         }
         busy
+    }
+
+    /// `MemStorage::compact` on every node (raft-rs compacts locally; it keeps the entry at
+    /// the compaction index itself).
+    fn compact(&mut self) {
+        let through = self.applied.iter().copied().min().unwrap_or(0);
+        for node in &mut self.nodes {
+            node.mut_store()
+                .wl()
+                .compact(through)
+                .expect("raft-rs compaction");
+        }
     }
 
     fn tick(&mut self) {

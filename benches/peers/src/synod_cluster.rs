@@ -3,7 +3,7 @@
 
 use crate::harness::{Cluster, Digest};
 use bytes::Bytes;
-use synod::{Config, MemStorage, Message, NodeId, Recovered, Replica, Storage, Value};
+use synod::{Config, MemStorage, Message, NodeId, Recovered, Replica, Slot, Storage, Value};
 
 /// The knobs tuned for throughput (see README.md).
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +32,8 @@ pub struct SynodCluster<S: Storage = MemStorage> {
     delivering: Vec<Message>,
     leader: usize,
     delivered: u64,
+    /// Per replica, the last slot it applied.
+    applied_slots: Vec<Slot>,
 }
 
 impl SynodCluster<MemStorage> {
@@ -75,6 +77,7 @@ impl<S: Storage> SynodCluster<S> {
             delivering: Vec::new(),
             leader: 0,
             delivered: 0,
+            applied_slots: vec![0; nodes],
         };
         // Elect replica 0: tick it alone until it leads, then let everything settle.
         for _ in 0..10_000 {
@@ -121,10 +124,11 @@ impl<S: Storage> Cluster for SynodCluster<S> {
                 let mut ready = replica.ready();
                 self.queue.extend(ready.drain_messages());
                 self.storages[index]
-                    .write(ready.take_persist())
+                    .write(ready.persist_mut())
                     .expect("storage write");
                 self.queue.extend(ready.drain_persisted_messages());
                 for entry in ready.drain_committed() {
+                    self.applied_slots[index] = entry.slot;
                     if let Value::Command { data, .. } = &entry.value {
                         self.appliers[index].apply(data);
                     }
@@ -133,6 +137,14 @@ impl<S: Storage> Cluster for SynodCluster<S> {
             }
         }
         busy
+    }
+
+    fn compact(&mut self) {
+        let through = self.applied_slots.iter().copied().min().unwrap_or(0);
+        for (replica, storage) in self.replicas.iter_mut().zip(&mut self.storages) {
+            replica.compact(through);
+            storage.compact(through).expect("storage compaction");
+        }
     }
 
     fn tick(&mut self) {
