@@ -49,7 +49,9 @@ pub struct Config {
     /// Seed of the RNG that randomizes election timeouts; runs are reproducible from it.
     pub seed: u64,
     /// The last slot the application has already applied (after a restart): committed entries
-    /// are handed out from the slot after it.
+    /// are handed out from the slot after it. If the storage compacted its log, this must be at
+    /// least the compaction point (the slot of the snapshot the application restored):
+    /// `Replica::new` refuses a mark below it.
     pub applied: Slot,
 }
 

@@ -37,6 +37,7 @@ impl Log {
     }
 
     /// The entry at `slot`, if held.
+    #[inline]
     pub(crate) fn get(&self, slot: Slot) -> Option<&Entry> {
         if slot < self.first {
             return None;
@@ -50,6 +51,7 @@ impl Log {
     ///
     /// # Panics
     /// If the slot was compacted away (the caller checks `first()` first).
+    #[inline(always)]
     pub(crate) fn set(&mut self, entry: Entry) {
         assert!(
             entry.slot >= self.first,

@@ -1114,3 +1114,186 @@ fn an_isolated_leader_steps_down_at_the_first_check_past_the_window() {
     }
     assert_eq!(earliest, election_ticks);
 }
+
+/// A cluster where n1 led and n1, n2 chose and applied "a", "b", "c" in slots 1..=3 while n3
+/// was cut off, then compacted their logs through slot 3; n1 has crashed and n2's lease on it
+/// has run out. n3 knows nothing of slots 1..=3.
+fn compacted_majority_and_a_blank_node() -> Net {
+    let mut net = Net::new(3);
+    net.isolate(3);
+    net.elect(1);
+    for data in ["a", "b", "c"] {
+        net.propose(1, data);
+    }
+    net.stabilize();
+    assert_eq!(net.commands(2), ["a", "b", "c"]);
+    for id in [1, 2] {
+        let replica = net.replica_mut(id);
+        let applied = replica.status().applied;
+        assert_eq!(applied, 3);
+        replica.compact(applied);
+    }
+    net.crash(1);
+    net.heal();
+    let ticks = net.replica(2).config().election_ticks * 2;
+    for _ in 0..ticks {
+        net.tick(2);
+    }
+    net.queue.clear(); // n2's own campaign goes nowhere
+    net
+}
+
+#[test]
+fn an_acceptor_does_not_promise_a_candidate_that_needs_slots_it_compacted() {
+    // P1b (Paxos Made Simple §2.2): a promise reports every value the acceptor accepted from
+    // the candidate's first unchosen slot on. An acceptor that compacted some of those slots
+    // away cannot report them; a promise without them would read as "nothing accepted there".
+    // It stays silent and promises nothing (the candidate needs a snapshot, not votes).
+    let mut net = compacted_majority_and_a_blank_node();
+    let replica = net.replica_mut(2);
+    let promised = replica.status().promised;
+    let ballot = Ballot::new(promised.round + 1, NodeId(3));
+    for first_slot in [1, 3] {
+        replica
+            .step(Message {
+                from: NodeId(3),
+                to: NodeId(2),
+                body: Body::Prepare { ballot, first_slot },
+            })
+            .unwrap();
+        let sent = drain(replica);
+        assert!(
+            !sent
+                .iter()
+                .any(|message| matches!(message.body, Body::Promise { .. })),
+            "promised from slot {first_slot} without the compacted slots: {sent:?}"
+        );
+        assert_eq!(replica.status().promised, promised, "nothing promised");
+    }
+    // A candidate that needs nothing compacted is promised as usual.
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::Prepare {
+                ballot,
+                first_slot: 4,
+            },
+        })
+        .unwrap();
+    let sent = drain(replica);
+    assert!(
+        sent.iter()
+            .any(|message| matches!(message.body, Body::Promise { first_slot: 4, .. })),
+        "no promise from slot 4: {sent:?}"
+    );
+    assert_eq!(replica.status().promised, ballot);
+}
+
+#[test]
+fn a_candidate_behind_the_compaction_point_cannot_overwrite_chosen_slots() {
+    // The same rule, end to end: n3 (blank) campaigns with n2's pre-vote (granted earlier, say,
+    // and delivered late). Were n2 to promise without its compacted slots, n3 would lead with
+    // next slot 1 and choose a new command in slot 1, where n1 and n2 applied "a".
+    let mut net = compacted_majority_and_a_blank_node();
+    net.replica_mut(3).campaign();
+    net.process(NodeId(3));
+    let ballot = net
+        .queue
+        .iter()
+        .find_map(|message| match message.body {
+            Body::PreVote { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("a pre-vote");
+    net.queue.clear();
+    let promised = net.replica(2).status().promised;
+    net.replica_mut(3)
+        .step(Message {
+            from: NodeId(2),
+            to: NodeId(3),
+            body: Body::PreVoteReply {
+                ballot,
+                granted: true,
+                promised,
+            },
+        })
+        .unwrap();
+    net.process(NodeId(3));
+    net.stabilize();
+    assert!(
+        !net.replica(3).is_leader(),
+        "n3 won phase 1 without learning the chosen slots 1..=3"
+    );
+    net.assert_agreement();
+}
+
+#[test]
+fn a_replica_restarted_after_compacting_every_entry_starts_its_log_after_the_chosen_mark() {
+    // Storage compacted through the chosen mark recovers no entry at all. The replica must
+    // start (no "chosen slot has no entry" error) with its log after the chosen mark, and
+    // treat slots 1..=3 as compacted: no promise to a candidate that needs them.
+    let hard_state = synod::HardState {
+        promised: Ballot::new(1, NodeId(1)),
+        chosen: 3,
+        incarnation: 1,
+    };
+    let recovered = Recovered {
+        hard_state,
+        entries: Vec::new(),
+    };
+    let mut config = common::config(2, 3);
+    config.applied = 3;
+    let mut replica = Replica::new(config, recovered).expect("restarts after full compaction");
+    drain(&mut replica);
+    assert_eq!(replica.status().first_slot, 4);
+    let ballot = Ballot::new(2, NodeId(3));
+    let promise_from = |replica: &mut Replica, first_slot| {
+        replica
+            .step(Message {
+                from: NodeId(3),
+                to: NodeId(2),
+                body: Body::Prepare { ballot, first_slot },
+            })
+            .unwrap();
+        drain(replica)
+            .into_iter()
+            .any(|message| matches!(message.body, Body::Promise { .. }))
+    };
+    assert!(
+        !promise_from(&mut replica, 2),
+        "promised over compacted slots"
+    );
+    assert!(promise_from(&mut replica, 4), "no promise from slot 4");
+}
+
+#[test]
+fn a_restart_below_the_compaction_point_is_refused() {
+    // Committed entries are handed out again from `config.applied + 1` after a restart. If the
+    // storage compacted those slots away, they cannot be: the application must restore its
+    // snapshot and pass the snapshot's slot, else the replica would silently skip commands.
+    let entries = (4..=5)
+        .map(|slot| Entry {
+            slot,
+            ballot: Ballot::new(1, NodeId(1)),
+            value: command("x"),
+        })
+        .collect();
+    let recovered = Recovered {
+        hard_state: synod::HardState {
+            promised: Ballot::new(1, NodeId(1)),
+            chosen: 5,
+            incarnation: 1,
+        },
+        entries,
+    };
+    let mut config = common::config(2, 3);
+    config.applied = 2;
+    let error = Replica::new(config.clone(), recovered.clone()).unwrap_err();
+    assert!(error.to_string().contains("applied"), "{error}");
+    config.applied = 3;
+    let mut replica = Replica::new(config, recovered).expect("snapshot at slot 3");
+    let mut ready = replica.ready();
+    let slots: Vec<u64> = ready.take_committed().iter().map(|e| e.slot).collect();
+    assert_eq!(slots, [4, 5]);
+}

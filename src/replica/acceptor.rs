@@ -20,6 +20,19 @@ impl Replica {
             tracing::debug!(node = %self.config.id, %ballot, "prepare ignored: leader is live");
             return;
         }
+        let first_slot = first_slot.max(1);
+        if first_slot < self.log.first() {
+            // P1b: the promise must report every value accepted from `first_slot` on, and the
+            // slots below `log.first()` were compacted away. A promise without them would read
+            // as "nothing accepted there" and let the candidate fill chosen slots with no-ops
+            // or new commands. Such a candidate is behind a snapshot: promise nothing.
+            tracing::debug!(
+                node = %self.config.id, %from, %ballot, first_slot,
+                compacted_through = self.log.first() - 1,
+                "prepare ignored: it needs compacted slots"
+            );
+            return;
+        }
         if ballot > self.hard.promised {
             if self.role != Role::Follower {
                 self.step_down(StepDownReason::Preempted);
@@ -31,7 +44,6 @@ impl Replica {
             // Give the candidate time to finish phase 1 before campaigning ourselves.
             self.election_elapsed = 0;
         }
-        let first_slot = first_slot.max(1);
         let accepted: Vec<Entry> = self
             .log
             .range(first_slot, self.log.last())

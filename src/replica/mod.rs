@@ -294,7 +294,9 @@ impl Replica {
     ///
     /// # Errors
     /// A [`ConfigError`] if the configuration is invalid, or if `recovered` is inconsistent
-    /// with it (`config.applied` beyond the recovered chosen mark, entries out of order).
+    /// with it (`config.applied` beyond the recovered chosen mark, or below the first recovered
+    /// entry when earlier ones were compacted away, so they could not be handed out again;
+    /// entries out of order).
     pub fn new(config: Config, recovered: Recovered) -> Result<Replica, ConfigError> {
         config.validate()?;
         let mut members = config.members.clone();
@@ -309,10 +311,12 @@ impl Replica {
                 "beyond the recovered chosen mark",
             ));
         }
+        // With no entry at all, every chosen slot was compacted away (or none is chosen yet):
+        // the log starts after the chosen mark, which also tells phase 1 where it stops.
         let first = recovered
             .entries
             .first()
-            .map_or(1, |entry| entry.slot)
+            .map_or(hard.chosen + 1, |entry| entry.slot)
             .max(1);
         let mut log = Log::new(first.min(hard.chosen + 1).max(1));
         let mut previous = 0;
@@ -330,6 +334,13 @@ impl Replica {
             if log.get(slot).is_none() {
                 return Err(ConfigError::new("recovered", "a chosen slot has no entry"));
             }
+        }
+        if config.applied + 1 < log.first() {
+            return Err(ConfigError::new(
+                "applied",
+                "below the storage's compaction point: restore the snapshot first and pass its \
+                 slot",
+            ));
         }
         hard.incarnation += 1;
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ hard.incarnation.rotate_left(32));
@@ -714,7 +725,9 @@ impl Replica {
 
     /// Forgets in-memory entries up to `through`, which the application has applied and made
     /// durable in its own state (a snapshot). A follower that later needs them is reported
-    /// with [`Event::SnapshotNeeded`].
+    /// with [`Event::SnapshotNeeded`]; a candidate that needs them (its first unchosen slot is
+    /// at or below `through`) gets no promise from this replica, which could not report the
+    /// values it accepted there.
     ///
     /// # Panics
     /// If `through` is beyond the applied mark.
@@ -805,6 +818,7 @@ impl Replica {
     }
 
     /// Stores an entry in the log and queues it for the next write.
+    #[inline]
     fn store(&mut self, entry: Entry) {
         self.unpersisted.push(entry.clone());
         self.log.set(entry);
