@@ -158,6 +158,7 @@ fn parse_flag<T: std::str::FromStr>(args: &[String], name: &str) -> Option<T> {
 /// `one LIB NODES WINDOW PAYLOAD COUNT [KNOB=VALUE ...]`: runs one measurement here and prints
 /// it as one `RESULT key=value ...` line.
 fn one(args: &[String]) {
+    fix_heap_trimming();
     let [library, nodes, window, payload, count, knobs @ ..] = args else {
         eprint!("{USAGE}");
         std::process::exit(2);
@@ -290,6 +291,21 @@ fn one(args: &[String]) {
         report.stall_ticks,
         measured.elapsed.as_secs_f64() * 1e3,
     );
+}
+
+/// Pins glibc's heap trimming for every library alike. By default glibc returns the top of
+/// the heap to the kernel once more than `M_TRIM_THRESHOLD` (128 KiB) of it is free, and raises
+/// that threshold by itself the first time a large `mmap`ed block is freed: whether a
+/// library's freed log memory goes back to the kernel (to be faulted in again, page by page,
+/// by the next allocations) then depends on incidental allocation history. Seen here: with
+/// 1 KiB commands and compaction, one library took 5x the page faults of another and lost 20%
+/// of its throughput to them, for no reason of its own. A fixed threshold (what a server gets
+/// by choosing its allocator) makes the runs comparable.
+fn fix_heap_trimming() {
+    // SAFETY: `mallopt` only sets an allocator parameter; it is called before this process
+    // allocates anything that matters, with a valid parameter and value.
+    let status = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20) };
+    assert_eq!(status, 1, "mallopt(M_TRIM_THRESHOLD) failed");
 }
 
 /// Leaks the cluster: tearing down millions of log entries would only slow the run down (and
