@@ -85,6 +85,33 @@ impl Log {
         self.cells.range(from..to).filter_map(Option::as_ref)
     }
 
+    /// The entries of `first..=last`, which must all be held (chosen slots, say): an exact-size
+    /// iterator, so collecting it reserves once instead of checking capacity per entry.
+    ///
+    /// # Panics
+    /// If a slot of the range is not held (a hole, or outside the log).
+    pub(crate) fn contiguous(
+        &self,
+        first: Slot,
+        last: Slot,
+    ) -> impl ExactSizeIterator<Item = &Entry> + '_ {
+        let (from, to) = if first > last {
+            (0, 0)
+        } else {
+            assert!(
+                first >= self.first && last <= self.last(),
+                "slots {first}..={last} outside the log"
+            );
+            (
+                (first - self.first) as usize,
+                (last - self.first) as usize + 1,
+            )
+        };
+        self.cells
+            .range(from..to)
+            .map(|cell| cell.as_ref().expect("a held range has no hole"))
+    }
+
     /// Forgets every slot up to and including `through`.
     pub(crate) fn compact(&mut self, through: Slot) {
         if through < self.first {

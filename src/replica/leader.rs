@@ -8,10 +8,6 @@ use crate::quorum::{majority, VoteSet};
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 
-/// The most entries an Accept's vector reserves room for up front (it grows past it if the
-/// byte limit allows more).
-const ACCEPT_ENTRIES_RESERVE_MAX: usize = 1024;
-
 impl Replica {
     /// True if a command of `size_bytes` fits within the uncommitted bounds.
     pub(super) fn has_room_for(&self, size_bytes: usize) -> bool {
@@ -92,14 +88,14 @@ impl Replica {
                 )
             {
                 let first_slot = progress.next_slot;
+                // The leader holds every slot from its first unchosen one to `next_slot - 1`
+                // (phase 1 filled the holes with no-ops). Take as many as fit the byte limit
+                // (at least one), then clone them in one exact-size pass.
                 let mut bytes = 0;
-                // Sized for the common case (the whole backlog fits one Accept) without
-                // reserving much more than a byte-limited Accept can carry.
-                let backlog = (next_slot - first_slot) as usize;
-                let mut entries = Vec::with_capacity(backlog.min(ACCEPT_ENTRIES_RESERVE_MAX));
-                for entry in self.log.range(first_slot, next_slot - 1) {
+                let mut count = 0;
+                for entry in self.log.contiguous(first_slot, next_slot - 1) {
                     let size = entry.value.size_bytes();
-                    if !entries.is_empty() && bytes + size > self.config.accept_bytes_max {
+                    if count > 0 && bytes + size > self.config.accept_bytes_max {
                         break;
                     }
                     debug_assert_eq!(
@@ -107,9 +103,14 @@ impl Replica {
                         "unchosen slots carry the leader's ballot"
                     );
                     bytes += size;
-                    entries.push(entry.clone());
+                    count += 1;
                 }
-                let last_slot = first_slot + entries.len() as Slot - 1;
+                let last_slot = first_slot + count as Slot - 1;
+                let entries: Vec<Entry> = self
+                    .log
+                    .contiguous(first_slot, last_slot)
+                    .cloned()
+                    .collect();
                 debug_assert_eq!(entries.last().map(|entry| entry.slot), Some(last_slot));
                 progress.next_slot = last_slot + 1;
                 progress.push(Inflight {

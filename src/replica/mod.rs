@@ -658,8 +658,11 @@ impl Replica {
         self.hard_needs_sync = false;
         let committed = if self.applied < self.hard.chosen {
             let mut entries = std::mem::take(&mut self.spare.committed);
-            entries.reserve((self.hard.chosen - self.applied) as usize);
-            entries.extend(self.log.range(self.applied + 1, self.hard.chosen).cloned());
+            entries.extend(
+                self.log
+                    .contiguous(self.applied + 1, self.hard.chosen)
+                    .cloned(),
+            );
             debug_assert_eq!(entries.len() as Slot, self.hard.chosen - self.applied);
             self.applied = self.hard.chosen;
             entries

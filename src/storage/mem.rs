@@ -17,6 +17,8 @@ pub struct MemStorage {
     first: Slot,
     cells: VecDeque<Option<Entry>>,
     stored: usize,
+    /// Every slot up to and including this one was compacted away (0: none).
+    compacted_through: Slot,
     snapshot: Option<Snapshot>,
     writes: u64,
     syncs: u64,
@@ -54,14 +56,25 @@ impl MemStorage {
     }
 
     /// Forgets every entry up to and including `through` (after the application saved its
-    /// state up to there).
+    /// state up to there). Later writes for those slots are ignored, and reading them is
+    /// [`StorageError::Unavailable`]. Compacting below an earlier mark does nothing.
     pub fn compact(&mut self, through: Slot) {
-        while !self.cells.is_empty() && self.first <= through {
-            if self.cells.pop_front().flatten().is_some() {
-                self.stored -= 1;
-            }
-            self.first += 1;
+        if through <= self.compacted_through {
+            return;
         }
+        self.compacted_through = through;
+        if self.cells.is_empty() || through < self.first {
+            return;
+        }
+        let count = ((through - self.first + 1) as usize).min(self.cells.len());
+        let dropped = self.cells.drain(..count).filter(Option::is_some).count();
+        self.stored -= dropped;
+        self.first = through + 1;
+    }
+
+    /// The compaction mark: every slot up to and including it was discarded (0: none).
+    pub fn compacted_through(&self) -> Slot {
+        self.compacted_through
     }
 
     /// The snapshot last saved, if any.
@@ -70,6 +83,9 @@ impl MemStorage {
     }
 
     fn store(&mut self, entry: Entry) {
+        if entry.slot <= self.compacted_through {
+            return; // covered by the snapshot
+        }
         if self.cells.is_empty() {
             self.first = entry.slot;
         }
@@ -116,7 +132,21 @@ impl Storage for MemStorage {
         Ok(())
     }
 
+    /// # Errors
+    /// [`StorageError::Unavailable`] if `first` is at or below the compaction mark.
     fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
+        if first <= last && self.compacted_through > 0 && first <= self.compacted_through {
+            return Err(StorageError::Unavailable {
+                slot: first,
+                first: self.compacted_through + 1,
+                last: self
+                    .cells
+                    .iter()
+                    .rev()
+                    .find_map(|cell| cell.as_ref().map(|entry| entry.slot))
+                    .unwrap_or(self.compacted_through),
+            });
+        }
         if self.cells.is_empty() || last < self.first || first > last {
             return Ok(Vec::new());
         }
@@ -189,6 +219,51 @@ mod tests {
     }
 
     #[test]
+    fn compaction_discards_the_prefix_and_ignores_late_writes_below_it() {
+        let mut storage = MemStorage::new();
+        let mut batch = WriteBatch {
+            entries: (1..=5).map(|slot| entry(slot, 1)).collect(),
+            ..Default::default()
+        };
+        storage.write(&mut batch).unwrap();
+        storage.compact(3);
+        storage.compact(2); // below the mark: nothing more
+        assert_eq!(storage.compacted_through(), 3);
+        assert_eq!(storage.len(), 2);
+        let mut late = WriteBatch {
+            entries: vec![entry(2, 2), entry(6, 1)],
+            ..Default::default()
+        };
+        storage.write(&mut late).unwrap();
+        let slots: Vec<Slot> = storage
+            .recover()
+            .unwrap()
+            .entries
+            .iter()
+            .map(|entry| entry.slot)
+            .collect();
+        assert_eq!(slots, [4, 5, 6], "slot 2 is covered by the snapshot");
+        assert!(matches!(
+            storage.entries(3, 5),
+            Err(StorageError::Unavailable {
+                slot: 3,
+                first: 4,
+                last: 6
+            })
+        ));
+        assert_eq!(storage.entries(4, 4).unwrap(), vec![entry(4, 1)]);
+        storage.compact(9); // past everything stored
+        assert!(storage.is_empty());
+        let mut next = WriteBatch {
+            entries: vec![entry(9, 1), entry(10, 1)],
+            ..Default::default()
+        };
+        storage.write(&mut next).unwrap();
+        assert_eq!(storage.entries(10, 10).unwrap(), vec![entry(10, 1)]);
+        assert_eq!(storage.len(), 1);
+    }
+
+    #[test]
     fn holes_and_out_of_order_slots() {
         let mut storage = MemStorage::new();
         let mut batch = WriteBatch {
@@ -210,7 +285,11 @@ mod tests {
         assert_eq!(storage.entries(10, 20).unwrap(), vec![]);
         Storage::compact(&mut storage, 5).unwrap();
         assert_eq!(storage.len(), 1);
-        assert_eq!(storage.entries(0, 100).unwrap(), vec![entry(9, 1)]);
+        assert!(matches!(
+            storage.entries(0, 100),
+            Err(StorageError::Unavailable { slot: 0, .. })
+        ));
+        assert_eq!(storage.entries(6, 100).unwrap(), vec![entry(9, 1)]);
     }
 
     #[test]
