@@ -72,6 +72,8 @@ impl Replica {
         let ballot = self.hard.promised;
         let chosen = self.hard.chosen;
         let next_slot = leadership.next_slot;
+        // Every unchosen slot fits one Accept: no need to count against the byte limit.
+        let all_fit = leadership.uncommitted_bytes <= self.config.accept_bytes_max;
         for index in 0..self.members.len() {
             if index == self.self_index {
                 continue;
@@ -89,27 +91,33 @@ impl Replica {
             {
                 let first_slot = progress.next_slot;
                 // The leader holds every slot from its first unchosen one to `next_slot - 1`
-                // (phase 1 filled the holes with no-ops). Take as many as fit the byte limit
-                // (at least one), then clone them in one exact-size pass.
+                // (phase 1 filled the holes with no-ops), and they carry its ballot.
                 let mut bytes = 0;
-                let mut count = 0;
-                for entry in self.log.contiguous(first_slot, next_slot - 1) {
-                    let size = entry.value.size_bytes();
-                    if count > 0 && bytes + size > self.config.accept_bytes_max {
-                        break;
+                let last_slot = if all_fit {
+                    next_slot - 1
+                } else {
+                    // Count as many as fit the byte limit (at least one).
+                    let mut count = 0;
+                    for entry in self.log.contiguous(first_slot, next_slot - 1) {
+                        let size = entry.value.size_bytes();
+                        if count > 0 && bytes + size > self.config.accept_bytes_max {
+                            break;
+                        }
+                        bytes += size;
+                        count += 1;
                     }
-                    debug_assert_eq!(
-                        entry.ballot, ballot,
-                        "unchosen slots carry the leader's ballot"
-                    );
-                    bytes += size;
-                    count += 1;
-                }
-                let last_slot = first_slot + count as Slot - 1;
+                    bytes = 0;
+                    first_slot + count - 1
+                };
+                // One exact-size pass: the vector is allocated once, at its final size.
                 let entries: Vec<Entry> = self
                     .log
                     .contiguous(first_slot, last_slot)
-                    .cloned()
+                    .map(|entry| {
+                        debug_assert_eq!(entry.ballot, ballot, "an unchosen slot's ballot");
+                        bytes += entry.value.size_bytes();
+                        entry.clone()
+                    })
                     .collect();
                 debug_assert_eq!(entries.last().map(|entry| entry.slot), Some(last_slot));
                 progress.next_slot = last_slot + 1;
