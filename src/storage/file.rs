@@ -393,6 +393,8 @@ pub struct FileStorage {
     readers: BTreeMap<u64, File>,
     /// The records of the batch being written (kept to reuse its allocation).
     write_buffer: Vec<u8>,
+    /// The records of the write in progress, kept between writes for its capacity.
+    pending_buffer: Vec<Pending>,
     /// Why the storage stopped accepting writes, if it did.
     failure: Option<String>,
     writes: u64,
@@ -870,6 +872,7 @@ impl FileStorage {
             current,
             readers: BTreeMap::new(),
             write_buffer: Vec::new(),
+            pending_buffer: Vec::new(),
             failure: None,
             writes: 0,
             syncs: 0,
@@ -1091,7 +1094,9 @@ impl FileStorage {
 
         let mut buffer = std::mem::take(&mut self.write_buffer);
         buffer.clear();
-        let mut pending = Vec::with_capacity(entries.len() + 2);
+        let mut pending = std::mem::take(&mut self.pending_buffer);
+        pending.clear();
+        pending.reserve(entries.len() + 2);
         for entry in entries {
             let offset = self.current.length + buffer.len() as u64;
             let record_bytes = append_record(&mut buffer, Kind::Entry, |body| {
@@ -1150,6 +1155,9 @@ impl FileStorage {
             self.cache.discard_through(mark);
         }
         self.state.apply(&pending);
+        if pending.capacity() <= 1 << 16 {
+            self.pending_buffer = pending;
+        }
         for entry in entries {
             if entry.slot > self.state.compacted_through {
                 self.cache.insert(entry.clone());
