@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 args=("$@")
-if [ ${#args[@]} -eq 0 ]; then args=(synod 3 1000 64 200000); fi
+if [ ${#args[@]} -eq 0 ]; then args=(synod 3 1000 64 50000 compact_every=10000); fi
 count=${args[4]}
 cargo build --release --quiet
 out=$(mktemp -d)/callgrind.out
