@@ -38,7 +38,7 @@ struct Args {
     #[arg(long, default_value_t = 4000)]
     liveness_steps: u64,
     /// Faults to inject: "all", "none", or a comma list of
-    /// loss,duplicate,delay,crash,partition,disk,pause,clog,skew,corrupt.
+    /// loss,duplicate,delay,crash,partition,disk,pause,clog,skew,corrupt,compaction.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Key-value clients per run (0: opaque commands). With clients, each run ends with a
@@ -117,6 +117,7 @@ fn faults(spec: &str) -> Result<Faults, String> {
             }
             "skew" => faults.tick_skew = all.tick_skew,
             "corrupt" => faults.corrupt_disk = all.corrupt_disk,
+            "compaction" => faults.compaction = all.compaction,
             other => return Err(format!("unknown fault '{other}'")),
         }
     }
@@ -151,6 +152,8 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.writes_kept += stats.writes_kept;
     total.writes_torn += stats.writes_torn;
     total.file_recoveries += stats.file_recoveries;
+    total.compactions += stats.compactions;
+    total.snapshot_restarts += stats.snapshot_restarts;
     total.pauses += stats.pauses;
     total.clogs += stats.clogs;
     total.corrupt_disks += stats.corrupt_disks;
@@ -262,6 +265,8 @@ fn main() {
         ),
         ("pauses", total.pauses),
         ("corrupt disks (node lost)", total.corrupt_disks),
+        ("snapshots taken and logs compacted", total.compactions),
+        ("restarts from a snapshot", total.snapshot_restarts),
         (
             "kv operations issued (linearizability-checked)",
             total.kv_operations,

@@ -41,9 +41,18 @@ fn quiet_network_three_nodes() {
 
 #[test]
 fn all_faults_three_nodes_many_seeds() {
+    let (mut compactions, mut snapshot_restarts) = (0, 0);
     for seed in 0..40 {
-        run_seed(3, seed, Faults::all());
+        let stats = run_seed(3, seed, Faults::all()).stats().clone();
+        compactions += stats.compactions;
+        snapshot_restarts += stats.snapshot_restarts;
     }
+    // Compaction and restarts from a snapshot are part of every run: they must happen.
+    assert!(compactions >= 40, "only {compactions} compactions");
+    assert!(
+        snapshot_restarts >= 40,
+        "only {snapshot_restarts} restarts from a snapshot"
+    );
 }
 
 #[test]
@@ -88,6 +97,7 @@ fn file_disks_tear_and_corrupt_real_bytes_under_all_faults() {
     let mut torn = 0;
     let mut recoveries = 0;
     let mut corrupt = 0;
+    let mut compactions = 0;
     for seed in 0..24 {
         let mut config = SimConfig::new(3, seed);
         config.file_disks = Some(std::env::temp_dir());
@@ -96,8 +106,10 @@ fn file_disks_tear_and_corrupt_real_bytes_under_all_faults() {
         torn += stats.writes_torn;
         recoveries += stats.file_recoveries;
         corrupt += stats.corrupt_disks;
+        compactions += stats.compactions;
     }
     assert!(torn >= 10, "only {torn} torn writes");
+    assert!(compactions >= 24, "only {compactions} file compactions");
     assert!(recoveries >= 100, "only {recoveries} recoveries from files");
     assert!(corrupt >= 1, "no corruption injected");
 }

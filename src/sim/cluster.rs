@@ -1,7 +1,8 @@
 //! A seeded, single-threaded world of [`Replica`]s: a network that loses, duplicates, delays,
 //! partitions and clogs messages; disks whose writes complete late and are lost, kept or torn
 //! on a crash (optionally real [`FileStorage`](crate::FileStorage)s, see
-//! [`SimConfig::file_disks`]); crashes and restarts; and checkers run after every step.
+//! [`SimConfig::file_disks`]); crashes and restarts; snapshots with log compaction
+//! ([`Faults::compaction`]); and checkers run after every step.
 //!
 //! Every random choice comes from one ChaCha8 RNG seeded by [`SimConfig::seed`], and every
 //! collection iterates in a fixed order, so a seed replays the same run, byte for byte; the
@@ -64,6 +65,13 @@ pub struct Faults {
     /// written and cut at a random byte, and recovery must drop it whole. (In memory a torn
     /// batch is a lost one: [`Storage::write`] is atomic, so it is counted but changes nothing.)
     pub torn_write: f64,
+    /// Not a fault but an application action, at random: a live node snapshots its state
+    /// machine at its applied mark and compacts its replica's log and its storage (the model
+    /// disk, and the files with [file disks](SimConfig::file_disks)) through the highest slot
+    /// that every node has durably chosen, so that no node ever needs a compacted entry from
+    /// another (installing a snapshot on a lagging node is not part of the protocol yet). A
+    /// restart then starts from the snapshot.
+    pub compaction: f64,
 }
 
 impl Faults {
@@ -86,6 +94,7 @@ impl Faults {
             tick_skew: 0.0,
             corrupt_disk: 0.0,
             torn_write: 0.0,
+            compaction: 0.0,
         }
     }
 
@@ -108,6 +117,7 @@ impl Faults {
             tick_skew: 0.3,
             corrupt_disk: 0.02,
             torn_write: 0.5,
+            compaction: 0.005,
         }
     }
 }
@@ -211,6 +221,10 @@ pub struct SimStats {
     pub writes_torn: u64,
     /// Restarts whose file storage recovery was compared with the model (file disks).
     pub file_recoveries: u64,
+    /// Snapshots taken and logs compacted ([`Faults::compaction`]).
+    pub compactions: u64,
+    /// Restarts that started from a snapshot.
+    pub snapshot_restarts: u64,
     /// Commands proposed (accepted by `propose`).
     pub proposed: u64,
     /// Commands committed at the node that proposed them.
@@ -254,8 +268,12 @@ struct SimNode {
     lost: bool,
     /// The node's file-backed disk, with `SimConfig::file_disks`.
     file: Option<FileDisk>,
-    /// The node's key-value state machine (with `kv_clients`), rebuilt from slot 1 at restart.
+    /// The node's key-value state machine (with `kv_clients`), rebuilt at restart from the
+    /// snapshot (or from slot 1).
     kv: Option<crate::kv::KvStateMachine>,
+    /// The application's last snapshot: the applied mark it covers and the key-value state
+    /// machine's bytes then. Durable (the application's own storage); survives crashes.
+    snapshot: Option<(Slot, Option<Vec<u8>>)>,
     /// Client waiting for the response to each of its commands proposed through this node.
     kv_waiters: BTreeMap<ProposalId, (usize, u64)>,
 }
@@ -337,6 +355,7 @@ impl Simulation {
                     }),
                     kv: (config.kv_clients > 0)
                         .then(|| crate::kv::KvStateMachine::new(Default::default())),
+                    snapshot: None,
                     kv_waiters: BTreeMap::new(),
                 }
             })
@@ -561,12 +580,24 @@ impl Simulation {
         if let Err(violation) = self.checker.on_restart(index, &recovered) {
             self.violation.get_or_insert(violation);
         }
-        node.replica =
-            Some(Replica::new(node.config.clone(), recovered).expect("recoverable state"));
-        node.next_apply = 1;
-        if node.kv.is_some() {
-            node.kv = Some(crate::kv::KvStateMachine::new(Default::default()));
+        let mut config = node.config.clone();
+        let mut kv = node
+            .kv
+            .is_some()
+            .then(|| crate::kv::KvStateMachine::new(Default::default()));
+        if let Some((slot, kv_bytes)) = &node.snapshot {
+            config.applied = *slot;
+            if let Some(bytes) = kv_bytes {
+                kv = Some(
+                    crate::kv::KvStateMachine::restore(bytes).expect("the sim's own snapshot"),
+                );
+            }
+            self.stats.snapshot_restarts += 1;
         }
+        let node = &mut self.nodes[index];
+        node.replica = Some(Replica::new(config.clone(), recovered).expect("recoverable state"));
+        node.next_apply = config.applied + 1;
+        node.kv = kv;
         self.stats.restarts += 1;
         self.note(format!("restart {id}"));
     }
@@ -835,6 +866,45 @@ impl Simulation {
         }
     }
 
+    /// Node `index`, if live, snapshots its state machine at its applied mark and compacts
+    /// through the highest slot every node (but the lost ones) has durably chosen.
+    fn compact(&mut self, index: usize) -> Result<(), Violation> {
+        let durable_everywhere = self
+            .nodes
+            .iter()
+            .filter(|node| !node.lost)
+            .map(|node| node.storage.hard_state().chosen)
+            .min()
+            .unwrap_or(0);
+        let node = &mut self.nodes[index];
+        let Some(replica) = node.replica.as_mut() else {
+            return Ok(());
+        };
+        let applied = node.next_apply - 1;
+        // A snapshot is good for a restart only up to the node's own durable chosen mark.
+        if applied > node.storage.hard_state().chosen {
+            return Ok(());
+        }
+        let through = applied.min(durable_everywhere);
+        if through <= node.storage.compacted_through() {
+            return Ok(());
+        }
+        node.snapshot = Some((applied, node.kv.as_ref().map(|kv| kv.snapshot())));
+        replica.compact(through);
+        node.storage.compact(through);
+        node.truly_synced.compact(through);
+        if let Some(file) = node.file.as_mut() {
+            file.compact(through)
+                .map_err(|error| Violation::new("file_storage", error))?;
+        }
+        let id = node.id;
+        self.stats.compactions += 1;
+        self.note(format!(
+            "{id}: snapshot at {applied}, compacted through {through}"
+        ));
+        Ok(())
+    }
+
     fn note(&mut self, line: String) {
         if self.recent.len() == 64 {
             self.recent.pop_front();
@@ -870,6 +940,12 @@ impl Simulation {
                 }
             }
             self.note(format!("partition around {victim}"));
+        }
+        if self.chance(faults.compaction) {
+            let index = self.below(nodes) as usize;
+            if let Err(violation) = self.compact(index) {
+                self.violation.get_or_insert(violation);
+            }
         }
         for index in 0..self.nodes.len() {
             if self.nodes[index].replica.is_some() && self.chance(faults.pause) {

@@ -21,7 +21,7 @@
 use crate::error::StorageError;
 use crate::storage::file::{COMMIT_RECORD_BYTES, SEGMENT_HEADER_BYTES};
 use crate::storage::{FileStorage, FileStorageOptions, Recovered, Storage, WriteBatch};
-use crate::types::NodeId;
+use crate::types::{NodeId, Slot};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -110,6 +110,18 @@ impl FileDisk {
             .as_mut()
             .ok_or_else(|| "write to a file disk whose node is down".to_string())?;
         storage.write(&mut batch).map_err(|error| error.to_string())
+    }
+
+    /// Compacts the files through `through` (durable when this returns).
+    pub(super) fn compact(&mut self, through: Slot) -> Result<(), String> {
+        let storage = self
+            .storage
+            .as_mut()
+            .ok_or_else(|| "compaction of a file disk whose node is down".to_string())?;
+        storage
+            .compact(through)
+            .map(|_| ())
+            .map_err(|error| error.to_string())
     }
 
     /// The process died: files are closed and the lock released, nothing else changes.
