@@ -264,6 +264,29 @@ mod tests {
     }
 
     #[test]
+    fn compaction_at_and_below_the_first_stored_slot() {
+        let mut storage = MemStorage::new();
+        let mut batch = WriteBatch {
+            entries: vec![entry(5, 1), entry(6, 1)],
+            ..Default::default()
+        };
+        storage.write(&mut batch).unwrap();
+        storage.compact(3); // below the first stored slot: nothing stored is dropped
+        assert_eq!(storage.len(), 2);
+        assert_eq!(
+            storage.entries(5, 6).unwrap(),
+            vec![entry(5, 1), entry(6, 1)]
+        );
+        storage.compact(5); // exactly the first stored slot
+        assert_eq!(storage.len(), 1);
+        assert_eq!(storage.entries(6, 6).unwrap(), vec![entry(6, 1)]);
+        assert_eq!(storage.write_count(), 1);
+        storage.write(&mut WriteBatch::default()).unwrap();
+        assert_eq!(storage.write_count(), 2, "every write is counted");
+        assert_eq!(storage.sync_count(), 0);
+    }
+
+    #[test]
     fn holes_and_out_of_order_slots() {
         let mut storage = MemStorage::new();
         let mut batch = WriteBatch {
