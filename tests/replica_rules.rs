@@ -511,6 +511,11 @@ fn uncommitted_bytes_return_to_zero_once_everything_is_chosen() {
     assert_eq!(net.replica(1).status().uncommitted_bytes, 7);
     net.stabilize();
     assert_eq!(net.replica(1).status().uncommitted_bytes, 0);
+    // One command chosen alone releases exactly its bytes.
+    net.propose(1, "eeeee");
+    assert_eq!(net.replica(1).status().uncommitted_bytes, 5);
+    net.stabilize();
+    assert_eq!(net.replica(1).status().uncommitted_bytes, 0);
 }
 
 #[test]
