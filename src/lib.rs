@@ -74,6 +74,13 @@
 //!   ([`Config::seed`]): the same inputs in the same order give the same outputs.
 //! - **Bounded.** Every window and backlog has a limit in [`Config`]; past it
 //!   [`Replica::propose`] returns [`ProposeError::Busy`] with the command handed back.
+//! - **Snapshots and compaction.** Once your state machine's snapshot of slot `s` is durable,
+//!   [`Replica::compact`]`(s)` and [`Storage::compact`]`(s)` drop the log up to `s`; at a
+//!   restart, restore the snapshot and pass `s` as [`Config::applied`] (a lower mark is
+//!   refused). A replica never promises a candidate that needs slots it compacted, and a
+//!   follower that needs them is reported with [`Event::SnapshotNeeded`]: install your
+//!   snapshot on it by restarting it from the snapshot (its storage's chosen mark raised to
+//!   `s` and compacted through `s`; `tests/replica_rules.rs` shows it end to end).
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).

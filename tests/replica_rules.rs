@@ -7,7 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::Net;
 use synod::message::{Body, Message};
-use synod::{Ballot, Entry, NodeId, ProposalId, Recovered, Replica, Value};
+use synod::replica::Event;
+use synod::{Ballot, Entry, NodeId, ProposalId, Recovered, Replica, Storage, Value};
 
 /// A fresh acceptor `id` of a 3-member cluster whose incarnation write is done.
 fn acceptor(id: u64) -> Replica {
@@ -1301,4 +1302,68 @@ fn a_restart_below_the_compaction_point_is_refused() {
     let mut ready = replica.ready();
     let slots: Vec<u64> = ready.take_committed().iter().map(|e| e.slot).collect();
     assert_eq!(slots, [4, 5]);
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_by_restart() {
+    // With the log compacted on the others, a lagging follower cannot fetch the slots it lacks:
+    // the leader reports `SnapshotNeeded`. The application installs its snapshot by restarting
+    // the follower from it: its storage gets a hard state whose chosen mark is the snapshot's
+    // slot (its promise kept) and is compacted through that slot, its state machine restores
+    // the snapshot, and the replica restarts with `Config::applied` at the slot. It then
+    // follows the log from the slot after.
+    let mut net = Net::new(3);
+    net.isolate(3);
+    net.elect(1);
+    for data in ["a", "b", "c"] {
+        net.propose(1, data);
+    }
+    net.stabilize();
+    let snapshot_slot = net.replica(1).status().applied;
+    assert_eq!(snapshot_slot, 3);
+    for id in [1, 2] {
+        net.replica_mut(id).compact(snapshot_slot);
+        let node = net.nodes.get_mut(&NodeId(id)).unwrap();
+        node.storage.compact(snapshot_slot);
+    }
+    net.heal();
+    net.propose(1, "d");
+    net.stabilize();
+    net.tick_all(3);
+    let leader_events = &net.nodes[&NodeId(1)].events;
+    assert!(
+        leader_events.iter().any(
+            |event| matches!(event, Event::SnapshotNeeded { follower } if *follower == NodeId(3))
+        ),
+        "the leader reports the follower it cannot serve: {leader_events:?}"
+    );
+    assert!(net.commands(3).is_empty(), "n3 cannot apply past its gap");
+
+    // Install the snapshot of slot 3 on n3.
+    net.crash(3);
+    let snapshot: Vec<(u64, Value)> = net
+        .applied(1)
+        .range(..=snapshot_slot)
+        .map(|(slot, value)| (*slot, value.clone()))
+        .collect();
+    let node = net.nodes.get_mut(&NodeId(3)).unwrap();
+    let mut hard_state = node.storage.hard_state();
+    hard_state.chosen = hard_state.chosen.max(snapshot_slot);
+    node.storage
+        .write(&mut synod::WriteBatch {
+            hard_state: Some(hard_state),
+            entries: Vec::new(),
+            must_sync: true,
+        })
+        .unwrap();
+    node.storage.compact(snapshot_slot);
+    node.config.applied = snapshot_slot;
+    node.applied.extend(snapshot); // the state machine restored from the snapshot
+    net.restart(3);
+
+    net.propose(1, "e");
+    net.stabilize();
+    net.tick_all(3);
+    assert_eq!(net.commands(3), ["a", "b", "c", "d", "e"]);
+    net.assert_agreement();
 }
