@@ -72,17 +72,8 @@ impl Log {
 
     /// The entries held in `first..=last`, skipping holes.
     pub(crate) fn range(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
-        let start = first.max(self.first);
-        let end = last.min(self.last());
-        let (from, to) = if start > end {
-            (0, 0)
-        } else {
-            (
-                (start - self.first) as usize,
-                (end - self.first) as usize + 1,
-            )
-        };
-        self.cells.range(from..to).filter_map(Option::as_ref)
+        let cells = self.cell_indices(first.max(self.first), last.min(self.last()));
+        self.cells.range(cells).filter_map(Option::as_ref)
     }
 
     /// The entries of `first..=last`, which must all be held (chosen slots, say): an exact-size
@@ -95,21 +86,23 @@ impl Log {
         first: Slot,
         last: Slot,
     ) -> impl ExactSizeIterator<Item = &Entry> + '_ {
-        let (from, to) = if first > last {
-            (0, 0)
-        } else {
-            assert!(
-                first >= self.first && last <= self.last(),
-                "slots {first}..={last} outside the log"
-            );
-            (
-                (first - self.first) as usize,
-                (last - self.first) as usize + 1,
-            )
-        };
+        assert!(
+            first > last || (first >= self.first && last <= self.last()),
+            "slots {first}..={last} outside the log"
+        );
         self.cells
-            .range(from..to)
+            .range(self.cell_indices(first, last))
             .map(|cell| cell.as_ref().expect("a held range has no hole"))
+    }
+
+    /// The indices in `cells` of slots `first..=last` (empty if `first > last`); both must be
+    /// within the log unless the range is empty.
+    fn cell_indices(&self, first: Slot, last: Slot) -> std::ops::Range<usize> {
+        if first > last {
+            0..0
+        } else {
+            (first - self.first) as usize..(last - self.first) as usize + 1
+        }
     }
 
     /// Forgets every slot up to and including `through`.

@@ -52,6 +52,14 @@ fn command(data: &'static str) -> Value {
     }
 }
 
+/// A quiet 3-member cluster led by n1.
+fn elected() -> Net {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.stabilize();
+    net
+}
+
 /// Runs `replica`'s Ready loop until it is idle, with synchronous writes; returns every
 /// message it sent (before and after its writes).
 fn drain(replica: &mut Replica) -> Vec<Message> {
@@ -153,9 +161,7 @@ fn a_repeated_prepare_for_the_promised_ballot_is_promised_again_without_a_write(
 fn a_late_duplicate_of_the_leaders_prepare_does_not_unseat_it_at_a_follower() {
     // Leader stickiness: a follower forgets its leader only for a higher ballot. The leader's
     // own Prepare, duplicated and delivered after phase 2 began, changes nothing.
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.stabilize();
+    let mut net = elected();
     let old_prepare = net
         .sent
         .iter()
@@ -566,9 +572,7 @@ fn no_commit_is_sent_when_the_chosen_mark_did_not_move() {
 #[test]
 fn a_leader_heartbeats_every_heartbeat_ticks_not_every_tick() {
     // Heartbeats are paced by `heartbeat_ticks` (a quiet cluster costs little).
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.stabilize();
+    let mut net = elected();
     let heartbeat_ticks = u64::from(net.replica(1).config().heartbeat_ticks);
     assert!(heartbeat_ticks > 1, "the test needs heartbeat_ticks > 1");
     let ticks = heartbeat_ticks * 10;
@@ -672,9 +676,7 @@ fn lost_accepts_to_a_live_follower_are_all_sent_again_after_retransmit_ticks_and
     // Retransmission: every Accept unanswered for `retransmit_ticks` is sent again, once per
     // interval (not on every tick), to a follower heard from recently (a silent one gets only
     // the oldest, as a probe).
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.stabilize();
+    let mut net = elected();
     net.propose(1, "a");
     net.propose(1, "b");
     let last = net.replica(1).status().last_slot;
@@ -776,9 +778,7 @@ fn a_new_leader_adopts_the_highest_ballot_value_whatever_order_promises_arrive_i
 /// earlier ready's write is.
 #[test]
 fn a_leader_counts_its_own_acceptance_only_once_that_write_is_durable() {
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.stabilize();
+    let mut net = elected();
     let leader = net.replica_mut(1);
     let ballot = leader.status().promised;
     let slot_x = leader.status().last_slot + 1;
@@ -840,9 +840,7 @@ fn election_timeouts_fall_in_their_window() {
 /// they first hear of it, and not again on every heartbeat.
 #[test]
 fn a_change_of_leader_is_reported_once() {
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.stabilize();
+    let mut net = elected();
     net.tick_all(10);
     for id in [2, 3] {
         let reports = net.nodes[&NodeId(id)]
@@ -1001,9 +999,7 @@ fn a_candidate_resends_prepares_after_retransmit_ticks() {
 /// rejection naming a promise that is not higher (a stale or garbled one) changes nothing.
 #[test]
 fn a_rejection_without_a_higher_promise_does_not_depose_the_leader() {
-    let mut net = Net::new(3);
-    net.elect(1);
-    net.stabilize();
+    let mut net = elected();
     let leader = net.replica_mut(1);
     let ballot = leader.status().promised;
     leader

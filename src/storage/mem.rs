@@ -197,6 +197,21 @@ mod tests {
         }
     }
 
+    /// Writes `entries` in one batch (no hard state, no sync).
+    fn write_entries(storage: &mut MemStorage, entries: Vec<Entry>) {
+        let mut batch = WriteBatch {
+            entries,
+            ..Default::default()
+        };
+        storage.write(&mut batch).unwrap();
+    }
+
+    /// The slots `recover` returns.
+    fn recovered_slots(storage: &mut MemStorage) -> Vec<Slot> {
+        let recovered = storage.recover().unwrap();
+        recovered.entries.iter().map(|entry| entry.slot).collect()
+    }
+
     #[test]
     fn later_entry_for_a_slot_replaces_the_earlier() {
         let mut storage = MemStorage::new();
@@ -221,27 +236,13 @@ mod tests {
     #[test]
     fn compaction_discards_the_prefix_and_ignores_late_writes_below_it() {
         let mut storage = MemStorage::new();
-        let mut batch = WriteBatch {
-            entries: (1..=5).map(|slot| entry(slot, 1)).collect(),
-            ..Default::default()
-        };
-        storage.write(&mut batch).unwrap();
+        write_entries(&mut storage, (1..=5).map(|slot| entry(slot, 1)).collect());
         storage.compact(3);
         storage.compact(2); // below the mark: nothing more
         assert_eq!(storage.compacted_through(), 3);
         assert_eq!(storage.len(), 2);
-        let mut late = WriteBatch {
-            entries: vec![entry(2, 2), entry(6, 1)],
-            ..Default::default()
-        };
-        storage.write(&mut late).unwrap();
-        let slots: Vec<Slot> = storage
-            .recover()
-            .unwrap()
-            .entries
-            .iter()
-            .map(|entry| entry.slot)
-            .collect();
+        write_entries(&mut storage, vec![entry(2, 2), entry(6, 1)]);
+        let slots = recovered_slots(&mut storage);
         assert_eq!(slots, [4, 5, 6], "slot 2 is covered by the snapshot");
         assert!(matches!(
             storage.entries(3, 5),
@@ -254,11 +255,7 @@ mod tests {
         assert_eq!(storage.entries(4, 4).unwrap(), vec![entry(4, 1)]);
         storage.compact(9); // past everything stored
         assert!(storage.is_empty());
-        let mut next = WriteBatch {
-            entries: vec![entry(9, 1), entry(10, 1)],
-            ..Default::default()
-        };
-        storage.write(&mut next).unwrap();
+        write_entries(&mut storage, vec![entry(9, 1), entry(10, 1)]);
         assert_eq!(storage.entries(10, 10).unwrap(), vec![entry(10, 1)]);
         assert_eq!(storage.len(), 1);
     }
@@ -266,11 +263,7 @@ mod tests {
     #[test]
     fn compaction_at_and_below_the_first_stored_slot() {
         let mut storage = MemStorage::new();
-        let mut batch = WriteBatch {
-            entries: vec![entry(5, 1), entry(6, 1)],
-            ..Default::default()
-        };
-        storage.write(&mut batch).unwrap();
+        write_entries(&mut storage, vec![entry(5, 1), entry(6, 1)]);
         storage.compact(3); // below the first stored slot: nothing stored is dropped
         assert_eq!(storage.len(), 2);
         assert_eq!(
@@ -289,19 +282,9 @@ mod tests {
     #[test]
     fn holes_and_out_of_order_slots() {
         let mut storage = MemStorage::new();
-        let mut batch = WriteBatch {
-            entries: vec![entry(5, 1), entry(3, 1), entry(9, 1)],
-            ..Default::default()
-        };
-        storage.write(&mut batch).unwrap();
+        write_entries(&mut storage, vec![entry(5, 1), entry(3, 1), entry(9, 1)]);
         assert_eq!(storage.len(), 3);
-        let slots: Vec<Slot> = storage
-            .recover()
-            .unwrap()
-            .entries
-            .iter()
-            .map(|entry| entry.slot)
-            .collect();
+        let slots = recovered_slots(&mut storage);
         assert_eq!(slots, vec![3, 5, 9]);
         assert_eq!(storage.entries(0, 4).unwrap(), vec![entry(3, 1)]);
         assert_eq!(storage.entries(6, 8).unwrap(), vec![]);
