@@ -409,13 +409,19 @@ fn median_report(reports: &[Report]) -> Report {
     }
 }
 
-/// Runs every case `runs` times, the libraries alternating within each run, and prints the
-/// medians as a Markdown table.
+/// Runs every case `runs` times, the libraries alternating within each run (and the harness
+/// alone, `null`, with them), and prints the medians as a Markdown table.
+///
+/// Besides each library's commits per CPU-second the table gives its own cost: nanoseconds of
+/// CPU per committed entry beyond what the harness alone spends (building the command, the
+/// client loop, every replica's digest). The `null` row is that floor; its throughput over the
+/// faster peer's is the best ratio any library could reach on the case.
 fn table(runs: usize) {
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
     for case in CASES {
         let mut reports: Vec<Vec<Report>> = vec![Vec::new(); LIBRARIES.len()];
+        let mut floor = Vec::new();
         for run in 0..runs {
             for (index, library) in LIBRARIES.iter().enumerate() {
                 let report = run_child(library, case, &[]);
@@ -428,18 +434,21 @@ fn table(runs: usize) {
                 );
                 reports[index].push(report);
             }
+            floor.push(run_child("null", case, &[]));
         }
         rows.push((
             case,
             reports.iter().map(|r| median_report(r)).collect::<Vec<_>>(),
+            median_report(&floor),
         ));
     }
     println!(
-        "| case | library | commits/CPU-s | synod/peer | commits/s (wall) | msgs/commit | \
-         allocs/commit | alloc bytes/commit | peak RSS (MiB) |"
+        "| case | library | commits/CPU-s | synod/peer | own ns/entry | commits/s (wall) | \
+         msgs/commit | allocs/commit | alloc bytes/commit | peak RSS (MiB) |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (case, medians) in &rows {
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let nanos = |report: &Report| 1e9 / report.commits_per_cpu_second;
+    for (case, medians, floor) in &rows {
         let synod = medians[0];
         for (library, report) in LIBRARIES.iter().zip(medians) {
             let ratio = if *library == "synod" {
@@ -456,9 +465,10 @@ fn table(runs: usize) {
                 String::new()
             };
             println!(
-                "| {} | {library}{stalls} | {:.0} | {ratio} | {:.0} | {:.3} | {:.2} | {:.0} | {:.1} |",
+                "| {} | {library}{stalls} | {:.0} | {ratio} | {:.0} | {:.0} | {:.3} | {:.2} | {:.0} | {:.1} |",
                 case.label(),
                 report.commits_per_cpu_second,
+                nanos(report) - nanos(floor),
                 report.commits_per_second,
                 report.messages_per_commit,
                 report.allocations_per_commit,
@@ -466,6 +476,18 @@ fn table(runs: usize) {
                 report.peak_rss_kib / 1024.0,
             );
         }
+        let fastest_peer = medians[1..]
+            .iter()
+            .map(|report| report.commits_per_cpu_second)
+            .fold(0.0, f64::max);
+        println!(
+            "| {} | harness alone (ceiling {:.1}× the faster peer) | {:.0} | | 0 | {:.0} | | | | {:.1} |",
+            case.label(),
+            floor.commits_per_cpu_second / fastest_peer,
+            floor.commits_per_cpu_second,
+            floor.commits_per_second,
+            floor.peak_rss_kib / 1024.0,
+        );
     }
     eprintln!(
         "({} runs per case, {:?})",
