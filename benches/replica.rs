@@ -55,8 +55,7 @@ impl Cluster {
                     self.inbox.extend(ready.drain_messages());
                     self.storages[index].write(ready.persist_mut()).unwrap();
                     self.inbox.extend(ready.drain_persisted_messages());
-                    let committed = ready.drain_committed();
-                    if let Some(last) = committed.last() {
+                    if let Some(last) = self.replicas[index].committed(&ready).last() {
                         self.applied[index] = last.slot;
                     }
                     self.replicas[index].advance(ready);

@@ -83,9 +83,9 @@ impl Cluster {
                 self.network.extend(ready.take_messages());
                 storage.write(ready.persist_mut())?;
                 self.network.extend(ready.take_persisted_messages());
-                for entry in ready.take_committed() {
-                    if let Value::Command { data, .. } = entry.value {
-                        node.log.push(String::from_utf8_lossy(&data).into_owned());
+                for entry in replica.committed(&ready) {
+                    if let Value::Command { data, .. } = &entry.value {
+                        node.log.push(String::from_utf8_lossy(data).into_owned());
                     }
                 }
                 for event in ready.take_events() {

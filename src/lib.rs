@@ -48,10 +48,10 @@
 //!         network.extend(ready.take_messages()); // safe to send before the write
 //!         storages[index].write(ready.persist_mut())?; // atomic; fsync if must_sync
 //!         network.extend(ready.take_persisted_messages()); // promises: only once durable
-//!         for entry in ready.take_committed() {
-//!             // chosen entries, in slot order, exactly once
-//!             if let synod::Value::Command { data, .. } = entry.value {
-//!                 applied[index].push(data);
+//!         for entry in replica.committed(&ready) {
+//!             // chosen entries, in slot order, exactly once, borrowed from the log
+//!             if let synod::Value::Command { data, .. } = &entry.value {
+//!                 applied[index].push(data.clone()); // shares the bytes, copies none
 //!             }
 //!         }
 //!         replica.advance(ready); // or on_persisted(number) when the write finishes later

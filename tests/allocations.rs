@@ -101,7 +101,7 @@ impl Cluster {
                 self.queue.extend(ready.drain_messages());
                 self.storages[index].write(ready.persist_mut()).unwrap();
                 self.queue.extend(ready.drain_persisted_messages());
-                self.applied[index] += ready.drain_committed().count() as u64;
+                self.applied[index] += replica.committed(&ready).count() as u64;
                 replica.advance(ready);
             }
         }

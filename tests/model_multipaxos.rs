@@ -190,7 +190,7 @@ impl World {
             let mut out = ready.take_messages();
             self.disks[index].write(ready.persist_mut());
             out.extend(ready.take_persisted_messages());
-            for entry in ready.take_committed() {
+            for entry in replica.committed(&ready) {
                 if let (Value::Command { id, data }, false) =
                     (&entry.value, self.registers.is_empty())
                 {
@@ -210,7 +210,7 @@ impl World {
                         let _ = self.history.on_return(client, ret);
                     }
                 }
-                self.applied[index].insert(entry.slot, entry.value);
+                self.applied[index].insert(entry.slot, entry.value.clone());
             }
             replica.advance(ready);
             self.network.extend(out);

@@ -92,7 +92,8 @@ fn run(nodes: u64, actions: Vec<Action>) -> Result<usize, TestCaseError> {
                         && persist.hard_state.is_none()
                         && ready.take_messages().is_empty()
                         && ready.take_persisted_messages().is_empty()
-                        && ready.take_committed().is_empty()
+                        && probe.committed(&ready).next().is_none()
+                        && ready.committed_slots().is_empty()
                         && ready.take_events().is_empty(),
                     "{} has_ready() is false but ready() is not empty",
                     id

@@ -955,8 +955,8 @@ fn a_fetch_reply_counts_as_chosen_only_up_to_its_mark() {
         })
         .unwrap();
     assert_eq!(follower.status().chosen, 2);
-    let mut ready = follower.ready();
-    let committed: Vec<u64> = ready.take_committed().iter().map(|e| e.slot).collect();
+    let ready = follower.ready();
+    let committed: Vec<u64> = follower.committed(&ready).map(|e| e.slot).collect();
     assert_eq!(committed, vec![1, 2]);
     follower.advance(ready);
 }
@@ -1295,8 +1295,8 @@ fn a_restart_below_the_compaction_point_is_refused() {
     assert!(error.to_string().contains("applied"), "{error}");
     config.applied = 3;
     let mut replica = Replica::new(config, recovered).expect("snapshot at slot 3");
-    let mut ready = replica.ready();
-    let slots: Vec<u64> = ready.take_committed().iter().map(|e| e.slot).collect();
+    let ready = replica.ready();
+    let slots: Vec<u64> = replica.committed(&ready).map(|e| e.slot).collect();
     assert_eq!(slots, [4, 5]);
 }
 

@@ -78,10 +78,10 @@ fn leader_counts_its_own_vote_only_after_its_write() {
         }
     }
     replica.propose(Bytes::from_static(b"x")).unwrap();
-    let mut ready = replica.ready();
+    let ready = replica.ready();
     assert_eq!(ready.persist().entries.len(), 1);
     assert!(ready.persist().must_sync);
-    assert!(ready.take_committed().is_empty());
+    assert!(replica.committed(&ready).next().is_none());
     assert_eq!(
         replica.status().chosen,
         0,
@@ -92,8 +92,73 @@ fn leader_counts_its_own_vote_only_after_its_write() {
     assert!(second.persist().is_empty());
     replica.on_persisted(ready.number());
     assert_eq!(replica.status().chosen, 1);
-    let mut third = replica.ready();
-    assert_eq!(third.take_committed().len(), 1);
+    let third = replica.ready();
+    assert_eq!(replica.committed(&third).count(), 1);
+    assert_eq!(third.committed_slots(), 1..=1);
+}
+
+#[test]
+fn committed_entries_are_read_from_the_log_and_outlive_later_calls() {
+    // `Replica::committed` borrows the chosen entries from the log instead of copying them
+    // into the ready: they must stay readable (and unchanged) while the replica moves on,
+    // and slots the application compacted meanwhile are skipped, never a panic.
+    let mut replica = Replica::new(common::config(1, 1), Recovered::default()).unwrap();
+    while !replica.is_leader() {
+        replica.tick();
+        while replica.has_ready() {
+            let ready = replica.ready();
+            replica.advance(ready);
+        }
+    }
+    let before = replica.status().chosen;
+    for command in [&b"a"[..], b"b", b"c"] {
+        replica.propose(Bytes::copy_from_slice(command)).unwrap();
+    }
+    let write = replica.ready();
+    replica.advance(write);
+    let ready = replica.ready();
+    assert_eq!(ready.committed_slots(), before + 1..=before + 3);
+    let commands = |replica: &Replica, ready: &synod::replica::Ready| -> Vec<(u64, Bytes)> {
+        replica
+            .committed(ready)
+            .filter_map(|entry| match &entry.value {
+                Value::Command { data, .. } => Some((entry.slot, data.clone())),
+                Value::Noop => None,
+            })
+            .collect()
+    };
+    let first = commands(&replica, &ready);
+    assert_eq!(
+        first.iter().map(|(_, data)| &data[..]).collect::<Vec<_>>(),
+        [&b"a"[..], b"b", b"c"]
+    );
+    // The replica moves on: more proposals, writes, readies, a tick.
+    replica.propose(Bytes::from_static(b"d")).unwrap();
+    while replica.has_ready() {
+        let next = replica.ready();
+        replica.advance(next);
+    }
+    replica.tick();
+    assert_eq!(
+        commands(&replica, &ready),
+        first,
+        "chosen entries never change"
+    );
+    // Each slot is handed out once: later readies hand out only later slots.
+    replica.propose(Bytes::from_static(b"e")).unwrap();
+    while replica.has_ready() {
+        let later = replica.ready();
+        assert!(later.committed_slots().all(|slot| slot > before + 3));
+        assert!(replica
+            .committed(&later)
+            .all(|entry| entry.slot > before + 3));
+        replica.advance(later);
+    }
+    // Compacting part of the range skips those slots; compacting all of it leaves nothing.
+    replica.compact(before + 2);
+    assert_eq!(commands(&replica, &ready), first[2..]);
+    replica.compact(before + 3);
+    assert!(replica.committed(&ready).next().is_none());
 }
 
 #[test]

@@ -402,7 +402,7 @@ where
         while self.replica.has_ready() {
             let mut ready = self.replica.ready();
             self.transport.send_all(ready.take_messages());
-            let committed = ready.take_committed();
+            let committed: Vec<Entry> = self.replica.committed(&ready).cloned().collect();
             let job = WriteJob {
                 number: ready.number(),
                 batch: ready.take_persist(),

@@ -178,7 +178,6 @@ pub struct Replica {
 struct Spare {
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
-    committed: Vec<Entry>,
     /// The write batch's entry vector, emptied by `Storage::write` (or cleared by `advance`).
     persist: Vec<Entry>,
 }
@@ -656,19 +655,11 @@ impl Replica {
         };
         self.hard_dirty = false;
         self.hard_needs_sync = false;
-        let committed = if self.applied < self.hard.chosen {
-            let mut entries = std::mem::take(&mut self.spare.committed);
-            entries.extend(
-                self.log
-                    .contiguous(self.applied + 1, self.hard.chosen)
-                    .cloned(),
-            );
-            debug_assert_eq!(entries.len() as Slot, self.hard.chosen - self.applied);
-            self.applied = self.hard.chosen;
-            entries
-        } else {
-            Vec::new()
-        };
+        // Committed entries are not copied into the ready: the application reads them from the
+        // log through `committed(&ready)`. Chosen slots never change, so the range stays valid
+        // until the application itself compacts it.
+        let committed = (self.applied + 1, self.hard.chosen);
+        self.applied = self.hard.chosen;
         Ready {
             number,
             write,
@@ -682,6 +673,20 @@ impl Replica {
         }
     }
 
+    /// The entries `ready` hands out as newly chosen ([`Ready::committed_slots`]), in slot
+    /// order, borrowed from the log: apply each exactly once. `Value::Noop` entries fill slots
+    /// and carry no command; skip them. Clone an entry (its payload is a shared `Bytes`, so a
+    /// clone copies no command bytes) to keep it past the next call that changes the replica.
+    ///
+    /// Chosen slots never change, so the entries stay readable after later calls to `step`,
+    /// `ready` or `advance`, until the application compacts them away: slots compacted since
+    /// `ready` was taken are skipped (compacting them says they were applied). A ready from
+    /// another replica reads this replica's log over the same slots.
+    pub fn committed<'a>(&'a self, ready: &Ready) -> impl Iterator<Item = &'a Entry> + 'a {
+        let (first, last) = ready.committed;
+        self.log.range(first, last)
+    }
+
     /// Acknowledges a ready whose write is durable and whose messages were handed to the
     /// transport. Same as `on_persisted(ready.number())`.
     ///
@@ -691,7 +696,6 @@ impl Replica {
         self.on_persisted(ready.number);
         recycle(&mut self.spare.messages, ready.messages);
         recycle(&mut self.spare.persisted_messages, ready.persisted_messages);
-        recycle(&mut self.spare.committed, ready.committed);
         recycle(&mut self.spare.persist, ready.write.entries);
     }
 

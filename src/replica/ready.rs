@@ -2,7 +2,7 @@
 
 use crate::message::Message;
 use crate::storage::WriteBatch;
-use crate::types::{Ballot, Entry, NodeId};
+use crate::types::{Ballot, NodeId, Slot};
 
 /// Something that happened inside the replica that the application may want to know.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -55,7 +55,8 @@ pub enum StepDownReason {
 ///    write that completes later): write atomically; sync if `must_sync`;
 /// 3. [`take_persisted_messages`](Ready::take_persisted_messages): send only once the write
 ///    is durable (promises and acceptances);
-/// 4. [`take_committed`](Ready::take_committed): apply, in order, exactly once;
+/// 4. [`Replica::committed`](super::Replica::committed): apply the newly chosen entries, in
+///    order, exactly once (borrowed from the log: nothing is copied);
 /// 5. hand the ready back with [`Replica::advance`](super::Replica::advance), or, if the
 ///    write completes later, call [`Replica::on_persisted`](super::Replica::on_persisted)
 ///    with [`number`](Ready::number) when it does (writes must complete in order).
@@ -69,7 +70,8 @@ pub struct Ready {
     pub(super) write: WriteBatch,
     pub(super) messages: Vec<Message>,
     pub(super) persisted_messages: Vec<Message>,
-    pub(super) committed: Vec<Entry>,
+    /// The newly chosen slots handed out, `first..=last` (empty if `first > last`).
+    pub(super) committed: (Slot, Slot),
     pub(super) events: Vec<Event>,
 }
 
@@ -123,16 +125,11 @@ impl Ready {
         self.persisted_messages.drain(..)
     }
 
-    /// Entries newly chosen, in slot order, each handed out exactly once. `Value::Noop`
-    /// entries fill slots and carry no command; skip them.
-    pub fn take_committed(&mut self) -> Vec<Entry> {
-        std::mem::take(&mut self.committed)
-    }
-
-    /// Like [`take_committed`](Ready::take_committed), but leaves the emptied buffer in the
-    /// ready for reuse.
-    pub fn drain_committed(&mut self) -> std::vec::Drain<'_, Entry> {
-        self.committed.drain(..)
+    /// The slots this ready hands out as newly chosen (empty if none); read their entries
+    /// with [`Replica::committed`](super::Replica::committed).
+    pub fn committed_slots(&self) -> std::ops::RangeInclusive<Slot> {
+        let (first, last) = self.committed;
+        first..=last
     }
 
     /// What happened since the last ready (elections, leader changes).

@@ -1160,7 +1160,10 @@ impl Simulation {
                         .on_leader(index, self.nodes[index].id, ballot)?;
                 }
             }
-            let committed = ready.take_committed();
+            let committed: Vec<Entry> = match self.nodes[index].replica.as_ref() {
+                Some(replica) => replica.committed(&ready).cloned().collect(),
+                None => Vec::new(),
+            };
             self.apply(index, committed)?;
             let delay = if self.faults_on {
                 self.config.faults.write_delay_ticks_max

@@ -112,7 +112,7 @@ impl Net {
             }
             node.storage.write(ready.persist_mut()).unwrap();
             out.extend(ready.take_persisted_messages());
-            for entry in ready.take_committed() {
+            for entry in replica.committed(&ready) {
                 if let Some(previous) = node.applied.insert(entry.slot, entry.value.clone()) {
                     assert_eq!(
                         previous, entry.value,

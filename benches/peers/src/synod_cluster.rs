@@ -127,7 +127,7 @@ impl<S: Storage> Cluster for SynodCluster<S> {
                     .write(ready.persist_mut())
                     .expect("storage write");
                 self.queue.extend(ready.drain_persisted_messages());
-                for entry in ready.drain_committed() {
+                for entry in replica.committed(&ready) {
                     self.applied_slots[index] = entry.slot;
                     if let Value::Command { data, .. } = &entry.value {
                         self.appliers[index].apply(data);
