@@ -41,6 +41,11 @@ pub struct Config {
     pub uncommitted_entries_max: usize,
     /// Payload bytes in one FetchReply.
     pub fetch_bytes_max: usize,
+    /// The largest snapshot, in bytes of state-machine data, that this replica sends with
+    /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) or accepts from a peer. A
+    /// snapshot travels in one message: keep this below the transport's frame limit (the TCP
+    /// transport's default `frame_bytes_max` is 16 MiB).
+    pub snapshot_bytes_max: usize,
     /// Commands a follower holds for forwarding before `propose` returns `Busy`.
     pub forward_commands_max: usize,
     /// An acceptor ignores Accepts for slots more than this far beyond its chosen mark (it
@@ -51,7 +56,9 @@ pub struct Config {
     /// The last slot the application has already applied (after a restart): committed entries
     /// are handed out from the slot after it. If the storage compacted its log, this must be at
     /// least the compaction point (the slot of the snapshot the application restored):
-    /// `Replica::new` refuses a mark below it.
+    /// `Replica::new` refuses a mark below it. A mark beyond the recovered chosen mark is the
+    /// slot of a snapshot installed from a peer (whose chosen mark had not been written yet at
+    /// a crash): those slots are chosen, and the replica starts from the snapshot.
     pub applied: Slot,
 }
 
@@ -73,6 +80,7 @@ impl Config {
             uncommitted_bytes_max: 64 << 20,
             uncommitted_entries_max: 65_536,
             fetch_bytes_max: 1 << 20,
+            snapshot_bytes_max: 15 << 20,
             forward_commands_max: 4096,
             accept_lookahead_slots_max: 1 << 18,
             seed: id.0,
@@ -105,6 +113,7 @@ impl Config {
             ("uncommitted_bytes_max", self.uncommitted_bytes_max),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("fetch_bytes_max", self.fetch_bytes_max),
+            ("snapshot_bytes_max", self.snapshot_bytes_max),
             ("forward_commands_max", self.forward_commands_max),
             (
                 "accept_lookahead_slots_max",

@@ -57,6 +57,37 @@ impl ProposeError {
     }
 }
 
+/// [`Replica::send_snapshot`](crate::Replica::send_snapshot) refused to send a snapshot;
+/// nothing was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum SnapshotError {
+    /// The destination is not another member of this cluster. Check the id (the one an
+    /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded) names is always valid).
+    #[error("{0} is not another member of this cluster")]
+    UnknownNode(NodeId),
+    /// The snapshot covers no slot (slot 0): there is nothing to send.
+    #[error("a snapshot at slot 0 covers nothing")]
+    Empty,
+    /// The snapshot covers slots this replica does not know to be chosen: it cannot vouch for
+    /// them. Send a snapshot taken at or below the replica's chosen mark (its applied mark is).
+    #[error("the snapshot covers slots through {slot}, beyond the chosen mark {chosen}")]
+    NotChosen {
+        /// The snapshot's slot.
+        slot: Slot,
+        /// This replica's chosen mark.
+        chosen: Slot,
+    },
+    /// The snapshot is larger than `Config::snapshot_bytes_max`. Raise the limit (and the
+    /// transport's frame limit with it) or make the state machine's snapshot smaller.
+    #[error("the snapshot has {size} bytes, more than snapshot_bytes_max ({max})")]
+    TooLarge {
+        /// The snapshot's data size.
+        size: usize,
+        /// `Config::snapshot_bytes_max`.
+        max: usize,
+    },
+}
+
 /// A message given to `step` was refused. The replica's state is unchanged; count it and move
 /// on (it usually means a misrouted, stale or forged message).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]

@@ -78,9 +78,11 @@
 //!   [`Replica::compact`]`(s)` and [`Storage::compact`]`(s)` drop the log up to `s`; at a
 //!   restart, restore the snapshot and pass `s` as [`Config::applied`] (a lower mark is
 //!   refused). A replica never promises a candidate that needs slots it compacted, and a
-//!   follower that needs them is reported with [`Event::SnapshotNeeded`]: install your
-//!   snapshot on it by restarting it from the snapshot (its storage's chosen mark raised to
-//!   `s` and compacted through `s`; `tests/replica_rules.rs` shows it end to end).
+//!   follower that needs them is reported with [`Event::SnapshotNeeded`]: answer with
+//!   [`Replica::send_snapshot`] and the snapshot you saved. The follower's next ready hands it
+//!   out ([`Ready::take_snapshot`]): restore the state machine from it, save it and compact
+//!   the storage through its slot before writing that ready's batch; the follower then fetches
+//!   the slots after it (`tests/replica_snapshots.rs` shows it end to end).
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).
@@ -116,7 +118,7 @@ pub mod transport;
 pub mod types;
 
 pub use config::Config;
-pub use error::{ConfigError, DecodeError, ProposeError, StepError, StorageError};
+pub use error::{ConfigError, DecodeError, ProposeError, SnapshotError, StepError, StorageError};
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};
 pub use storage::{

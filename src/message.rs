@@ -143,6 +143,17 @@ pub enum Body {
         /// The commands, in the order they were proposed.
         commands: Vec<Command>,
     },
+    /// The application's snapshot, for a replica that needs slots the sender compacted away
+    /// (sent by [`Replica::send_snapshot`](crate::Replica::send_snapshot) after an
+    /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded)).
+    Snapshot {
+        /// The sender's promised ballot (informative: a snapshot holds only chosen state).
+        ballot: Ballot,
+        /// The last slot the snapshot covers; every slot up to it is chosen.
+        slot: Slot,
+        /// The state machine's bytes, opaque to synod.
+        data: Bytes,
+    },
 }
 
 impl Body {
@@ -160,7 +171,8 @@ impl Body {
             | Body::HeartbeatReply { ballot, .. }
             | Body::Commit { ballot, .. }
             | Body::Fetch { ballot, .. }
-            | Body::FetchReply { ballot, .. } => Some(*ballot),
+            | Body::FetchReply { ballot, .. }
+            | Body::Snapshot { ballot, .. } => Some(*ballot),
             Body::Forward { .. } => None,
         }
     }
@@ -181,6 +193,7 @@ impl Body {
             Body::Fetch { .. } => "Fetch",
             Body::FetchReply { .. } => "FetchReply",
             Body::Forward { .. } => "Forward",
+            Body::Snapshot { .. } => "Snapshot",
         }
     }
 }

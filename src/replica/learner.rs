@@ -2,7 +2,9 @@
 
 use super::{Event, Replica, Role};
 use crate::message::Body;
+use crate::storage::Snapshot;
 use crate::types::{Ballot, Entry, NodeId, Slot};
+use bytes::Bytes;
 
 impl Replica {
     /// The leader of `ballot` says every slot up to `chosen` is chosen. A local entry accepted in
@@ -55,7 +57,16 @@ impl Replica {
             return;
         }
         if first_slot < self.log.first() {
-            self.events.push(Event::SnapshotNeeded { follower: from });
+            // Report the lagging member once per election timeout, not at every Fetch it
+            // retries while the application prepares and sends the snapshot.
+            let index = self.member_index(from).expect("validated sender");
+            let quiet = self.snapshot_wanted_tick[index].is_some_and(|reported| {
+                self.now.saturating_sub(reported) < u64::from(self.config.election_ticks)
+            });
+            if !quiet {
+                self.snapshot_wanted_tick[index] = Some(self.now);
+                self.events.push(Event::SnapshotNeeded { follower: from });
+            }
             return;
         }
         let mut bytes = 0;
@@ -77,6 +88,47 @@ impl Replica {
                 chosen,
             },
         );
+    }
+
+    /// A peer's snapshot: every slot up to `slot` is chosen and reflected in `data`. A follower
+    /// behind it installs it (the next ready hands it to the application, which restores its
+    /// state machine and saves it before writing that ready's batch) and fetches what follows.
+    pub(super) fn on_snapshot(&mut self, from: NodeId, slot: Slot, data: Bytes) {
+        if self.role != Role::Follower || slot <= self.hard.chosen {
+            // A leader's vote window starts at its chosen mark and a candidate's phase 1 at
+            // its own: neither moves here. A follower already past `slot` needs nothing.
+            return;
+        }
+        tracing::debug!(
+            node = %self.config.id, %from, slot, chosen = self.hard.chosen,
+            "installing a snapshot"
+        );
+        // Slots up to `slot` are chosen and now reflected in the snapshot: what the log holds
+        // there (accepted values, perhaps not the chosen ones) is dropped, unwritten entries
+        // with it. Entries after `slot` stay: they are accepted values like any other.
+        self.unpersisted.retain(|entry| entry.slot > slot);
+        // An acceptance waiting for the write must not claim entries that will not be written.
+        self.persisted_messages
+            .retain_mut(|message| match &mut message.body {
+                Body::Accepted {
+                    first_slot,
+                    last_slot,
+                    ..
+                } => {
+                    *first_slot = (*first_slot).max(slot + 1);
+                    first_slot <= last_slot
+                }
+                _ => true,
+            });
+        self.log.compact(slot);
+        self.set_chosen(slot);
+        self.applied = slot;
+        self.leader_chosen = self.leader_chosen.max(slot);
+        self.fetch_sent_tick = None;
+        self.installed_snapshot = Some(Snapshot { slot, data });
+        if self.hard.chosen < self.leader_chosen {
+            self.send_fetch();
+        }
     }
 
     /// Stores fetched chosen values that extend the chosen prefix.

@@ -43,11 +43,11 @@ pub use ready::{Event, Ready, StepDownReason};
 pub use status::{FollowerStatus, Role, Status};
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, StepError};
+use crate::error::{ConfigError, ProposeError, SnapshotError, StepError};
 use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
-use crate::storage::{Recovered, WriteBatch};
+use crate::storage::{Recovered, Snapshot, WriteBatch};
 use crate::types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot};
 use bytes::Bytes;
 use progress::Progress;
@@ -149,6 +149,12 @@ pub struct Replica {
     leadership: Option<Leadership>,
     /// Tick a Fetch was last sent (`None`: no fetch outstanding).
     fetch_sent_tick: Option<u64>,
+    /// Per member (indexed like `members`), the tick this replica last reported it with
+    /// `Event::SnapshotNeeded`, to report a lagging member once per election timeout rather
+    /// than at every Fetch it retries.
+    snapshot_wanted_tick: Vec<Option<u64>>,
+    /// A snapshot received from a peer and installed, for the next ready to hand out.
+    installed_snapshot: Option<Snapshot>,
 
     /// The incarnation write is durable; proposals may be numbered.
     incarnation_durable: bool,
@@ -210,6 +216,7 @@ type Identity<'a> = (
         &'a Vec<SelfVote>,
     ),
     (&'a VecDeque<(u64, SelfVote)>, u64, u64, u64),
+    (&'a Vec<Option<u64>>, &'a Option<Snapshot>),
 );
 
 impl Replica {
@@ -266,6 +273,7 @@ impl Replica {
                 self.persisted_number,
                 self.dropped_messages,
             ),
+            (&self.snapshot_wanted_tick, &self.installed_snapshot),
         )
     }
 }
@@ -304,22 +312,24 @@ impl Replica {
             .binary_search(&config.id)
             .expect("validated: id is a member");
         let mut hard = recovered.hard_state;
+        let mut recovered_entries = recovered.entries;
         if config.applied > hard.chosen {
-            return Err(ConfigError::new(
-                "applied",
-                "beyond the recovered chosen mark",
-            ));
+            // The application restored a snapshot installed from a peer whose chosen mark did
+            // not reach the disk before a crash (the snapshot is saved first). The snapshot
+            // covers only chosen slots: they are chosen, and what the log holds up to there
+            // (older accepted values, perhaps not the chosen ones) must never be served.
+            hard.chosen = config.applied;
+            recovered_entries.retain(|entry| entry.slot > config.applied);
         }
         // With no entry at all, every chosen slot was compacted away (or none is chosen yet):
         // the log starts after the chosen mark, which also tells phase 1 where it stops.
-        let first = recovered
-            .entries
+        let first = recovered_entries
             .first()
             .map_or(hard.chosen + 1, |entry| entry.slot)
             .max(1);
         let mut log = Log::new(first.min(hard.chosen + 1).max(1));
         let mut previous = 0;
-        for entry in recovered.entries {
+        for entry in recovered_entries {
             if entry.slot <= previous || entry.slot == 0 {
                 return Err(ConfigError::new(
                     "recovered",
@@ -345,6 +355,7 @@ impl Replica {
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ hard.incarnation.rotate_left(32));
         let applied = config.applied;
         let round_seen = hard.promised.round;
+        let member_count = members.len();
         let mut replica = Replica {
             members,
             self_index,
@@ -368,6 +379,8 @@ impl Replica {
             candidacy: None,
             leadership: None,
             fetch_sent_tick: None,
+            snapshot_wanted_tick: vec![None; member_count],
+            installed_snapshot: None,
             incarnation_durable: false,
             proposal_sequence: 0,
             forward_queue: Vec::new(),
@@ -485,6 +498,7 @@ impl Replica {
                 entries, chosen, ..
             } => self.on_fetch_reply(from, entries, chosen),
             Body::Forward { commands } => self.on_forward(from, commands),
+            Body::Snapshot { slot, data, .. } => self.on_snapshot(from, slot, data),
         }
         Ok(())
     }
@@ -551,6 +565,14 @@ impl Replica {
                     if first == 0 || entry.slot != first.wrapping_add(offset as Slot) {
                         return Err(malformed("entries are not contiguous"));
                     }
+                }
+            }
+            Body::Snapshot { slot, data, .. } => {
+                if *slot == 0 {
+                    return Err(malformed("a snapshot at slot 0 covers nothing"));
+                }
+                if data.len() > self.config.snapshot_bytes_max {
+                    return Err(malformed("snapshot larger than snapshot_bytes_max"));
                 }
             }
             Body::Promise {
@@ -632,6 +654,7 @@ impl Replica {
             || !self.pending_self_votes.is_empty()
             || !self.forward_queue.is_empty()
             || self.applied < self.hard.chosen
+            || self.installed_snapshot.is_some()
             || self.leader_has_work()
     }
 
@@ -669,6 +692,7 @@ impl Replica {
                 &mut self.spare.persisted_messages,
             ),
             committed,
+            snapshot: self.installed_snapshot.take(),
             events: std::mem::take(&mut self.events),
         }
     }
@@ -744,6 +768,51 @@ impl Replica {
             "cannot compact entries not yet applied"
         );
         self.log.compact(through);
+    }
+
+    /// Sends `snapshot` to `to`: the answer to an [`Event::SnapshotNeeded`] naming `to`, a
+    /// replica that needs slots this one compacted away. Pass the snapshot the application
+    /// saved (with [`Storage::save_snapshot`](crate::Storage::save_snapshot)) before it
+    /// compacted: it must cover every compacted slot, and may cover more.
+    ///
+    /// The snapshot travels in one [`Body::Snapshot`] message in the next ready. The receiver
+    /// installs it only if it is a follower behind `snapshot.slot`, and then keeps catching up
+    /// by fetching the slots after it. A lost snapshot is asked for again: the event is
+    /// raised again once an election timeout has passed and the replica still needs it.
+    ///
+    /// # Errors
+    /// A [`SnapshotError`] if `to` is not another member, the snapshot covers nothing (slot
+    /// 0) or slots this replica does not know chosen, or it exceeds
+    /// `Config::snapshot_bytes_max`. Nothing is sent then.
+    pub fn send_snapshot(&mut self, to: NodeId, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+        if to == self.config.id || self.member_index(to).is_none() {
+            return Err(SnapshotError::UnknownNode(to));
+        }
+        if snapshot.slot == 0 {
+            return Err(SnapshotError::Empty);
+        }
+        if snapshot.slot > self.hard.chosen {
+            return Err(SnapshotError::NotChosen {
+                slot: snapshot.slot,
+                chosen: self.hard.chosen,
+            });
+        }
+        if snapshot.data.len() > self.config.snapshot_bytes_max {
+            return Err(SnapshotError::TooLarge {
+                size: snapshot.data.len(),
+                max: self.config.snapshot_bytes_max,
+            });
+        }
+        let ballot = self.hard.promised;
+        self.send(
+            to,
+            Body::Snapshot {
+                ballot,
+                slot: snapshot.slot,
+                data: snapshot.data.clone(),
+            },
+        );
+        Ok(())
     }
 
     /// A snapshot of the replica's state, for monitoring and tests.

@@ -1,7 +1,7 @@
 //! The batch of work a replica hands the application: [`Ready`], and the [`Event`]s in it.
 
 use crate::message::Message;
-use crate::storage::WriteBatch;
+use crate::storage::{Snapshot, WriteBatch};
 use crate::types::{Ballot, NodeId, Slot};
 
 /// Something that happened inside the replica that the application may want to know.
@@ -32,6 +32,9 @@ pub enum Event {
         ballot: Ballot,
     },
     /// A follower asked for entries this replica has compacted away: it needs a snapshot.
+    /// Answer with [`Replica::send_snapshot`](super::Replica::send_snapshot) and the snapshot
+    /// the application saved. Raised at most once per election timeout for the same follower
+    /// while it keeps asking.
     SnapshotNeeded {
         /// The lagging follower.
         follower: NodeId,
@@ -51,6 +54,8 @@ pub enum StepDownReason {
 ///
 /// Drain it in this order:
 /// 1. [`take_messages`](Ready::take_messages): send at once (safe before the write);
+///    then, if [`take_snapshot`](Ready::take_snapshot) returns a snapshot a peer sent,
+///    restore the state machine from it, save it and compact the storage through its slot;
 /// 2. [`persist_mut`](Ready::persist_mut) (or [`take_persist`](Ready::take_persist) for a
 ///    write that completes later): write atomically; sync if `must_sync`;
 /// 3. [`take_persisted_messages`](Ready::take_persisted_messages): send only once the write
@@ -72,6 +77,7 @@ pub struct Ready {
     pub(super) persisted_messages: Vec<Message>,
     /// The newly chosen slots handed out, `first..=last` (empty if `first > last`).
     pub(super) committed: (Slot, Slot),
+    pub(super) snapshot: Option<Snapshot>,
     pub(super) events: Vec<Event>,
 }
 
@@ -130,6 +136,23 @@ impl Ready {
     pub fn committed_slots(&self) -> std::ops::RangeInclusive<Slot> {
         let (first, last) = self.committed;
         first..=last
+    }
+
+    /// A snapshot received from a peer and installed: every slot up to its `slot` is chosen
+    /// and reflected in its data, and the replica's chosen and applied marks moved there (the
+    /// ready's committed entries start after it). Before writing this ready's batch (which
+    /// records the new chosen mark), the application must restore its state machine from the
+    /// data, save the snapshot ([`Storage::save_snapshot`](crate::Storage::save_snapshot)) and
+    /// compact its storage through the slot ([`Storage::compact`](crate::Storage::compact)):
+    /// after a crash it then restarts from the snapshot, with `Config::applied` at its slot.
+    pub fn take_snapshot(&mut self) -> Option<Snapshot> {
+        self.snapshot.take()
+    }
+
+    /// The installed snapshot, if any, without taking it (see
+    /// [`take_snapshot`](Ready::take_snapshot)).
+    pub fn snapshot(&self) -> Option<&Snapshot> {
+        self.snapshot.as_ref()
     }
 
     /// What happened since the last ready (elections, leader changes).

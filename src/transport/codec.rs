@@ -610,6 +610,11 @@ mod tests {
                     data: Bytes::from(vec![0u8; 300]),
                 }],
             },
+            Body::Snapshot {
+                ballot: ballot(),
+                slot: 6,
+                data: Bytes::from(vec![5u8; 200]),
+            },
         ]
     }
 

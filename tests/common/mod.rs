@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use synod::message::{Body, Message};
 use synod::replica::Event;
-use synod::{Config, Entry, MemStorage, NodeId, ProposalId, Replica, Storage, Value};
+use synod::{Config, Entry, MemStorage, NodeId, ProposalId, Replica, Snapshot, Storage, Value};
 
 pub struct Node {
     pub config: Config,
@@ -16,6 +16,8 @@ pub struct Node {
     /// from slot 1 and must apply the same values).
     pub applied: BTreeMap<u64, Value>,
     pub events: Vec<Event>,
+    /// Snapshots received from a peer and installed.
+    pub snapshots_installed: u64,
 }
 
 pub struct Net {
@@ -57,6 +59,7 @@ impl Net {
                     storage: MemStorage::new(),
                     applied: BTreeMap::new(),
                     events: Vec::new(),
+                    snapshots_installed: 0,
                 },
             );
         }
@@ -110,6 +113,21 @@ impl Net {
                     "promise or acceptance offered before its write"
                 );
             }
+            if let Some(snapshot) = ready.take_snapshot() {
+                // Installed from a peer: restore the "state machine" (the applied map), then
+                // save the snapshot and compact, all before the ready's write.
+                for (slot, value) in decode_snapshot(&snapshot) {
+                    if let Some(previous) = node.applied.insert(slot, value.clone()) {
+                        assert_eq!(
+                            previous, value,
+                            "{id}: the snapshot disagrees in slot {slot}"
+                        );
+                    }
+                }
+                node.storage.save_snapshot(&snapshot).unwrap();
+                node.storage.compact(snapshot.slot);
+                node.snapshots_installed += 1;
+            }
             node.storage.write(ready.persist_mut()).unwrap();
             out.extend(ready.take_persisted_messages());
             for entry in replica.committed(&ready) {
@@ -121,8 +139,17 @@ impl Net {
                     );
                 }
             }
-            node.events.extend(ready.take_events());
+            let events = ready.take_events();
             replica.advance(ready);
+            for event in &events {
+                // Answer a lagging follower with the saved snapshot, if there is one.
+                if let Event::SnapshotNeeded { follower } = event {
+                    if let Some(snapshot) = node.storage.load_snapshot().unwrap() {
+                        replica.send_snapshot(*follower, &snapshot).unwrap();
+                    }
+                }
+            }
+            node.events.extend(events);
             for message in out {
                 self.sent.push(message.clone());
                 if !self.blocked.contains(&(message.from, message.to)) {
@@ -254,6 +281,9 @@ impl Net {
     pub fn restart(&mut self, id: u64) {
         let node = self.nodes.get_mut(&NodeId(id)).unwrap();
         let recovered = node.storage.recover().unwrap();
+        if let Some(snapshot) = node.storage.load_snapshot().unwrap() {
+            node.config.applied = snapshot.slot; // the state machine restarts from it
+        }
         node.replica = Some(Replica::new(node.config.clone(), recovered).unwrap());
         self.process(NodeId(id));
     }
@@ -300,6 +330,41 @@ impl Net {
             }
         }
     }
+}
+
+impl Net {
+    /// `id` snapshots its "state machine" (the applied map) at its applied mark, saves the
+    /// snapshot and compacts its replica and storage through it, as an application does.
+    /// Returns the snapshot's slot.
+    pub fn snapshot_and_compact(&mut self, id: u64) -> u64 {
+        let applied = self.replica(id).status().applied;
+        let node = self.nodes.get_mut(&NodeId(id)).unwrap();
+        let snapshot = encode_snapshot(applied, &node.applied);
+        node.storage.save_snapshot(&snapshot).unwrap();
+        node.replica.as_mut().expect("node is up").compact(applied);
+        node.storage.compact(applied);
+        applied
+    }
+}
+
+/// The applied values up to `slot`, as a snapshot's bytes.
+pub fn encode_snapshot(slot: u64, applied: &BTreeMap<u64, Value>) -> Snapshot {
+    let values: Vec<(u64, Value)> = applied
+        .range(..=slot)
+        .map(|(slot, value)| (*slot, value.clone()))
+        .collect();
+    let data = bincode::serde::encode_to_vec(&values, bincode::config::standard()).unwrap();
+    Snapshot {
+        slot,
+        data: Bytes::from(data),
+    }
+}
+
+/// The applied values a snapshot holds.
+pub fn decode_snapshot(snapshot: &Snapshot) -> Vec<(u64, Value)> {
+    let (values, _): (Vec<(u64, Value)>, usize) =
+        bincode::serde::decode_from_slice(&snapshot.data, bincode::config::standard()).unwrap();
+    values
 }
 
 pub fn command(entry: &Entry) -> Option<&[u8]> {

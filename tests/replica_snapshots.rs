@@ -1,0 +1,363 @@
+//! Snapshot transfer: a replica behind a peer's compaction point is sent the application's
+//! snapshot (`Event::SnapshotNeeded` -> `Replica::send_snapshot` -> `Body::Snapshot` ->
+//! `Ready::take_snapshot`), installs it and follows the log from the slot after it.
+
+mod common;
+
+use bytes::Bytes;
+use common::Net;
+use synod::message::{Body, Message};
+use synod::replica::Event;
+use synod::{
+    Ballot, Entry, HardState, NodeId, ProposalId, Recovered, Replica, Snapshot, SnapshotError,
+    StepError, Storage, Value,
+};
+
+fn command(data: &'static str) -> Value {
+    Value::Command {
+        id: ProposalId::default(),
+        data: Bytes::from_static(data.as_bytes()),
+    }
+}
+
+/// A fresh follower `id` of a 3-member cluster whose incarnation write is done.
+fn follower(id: u64) -> Replica {
+    let mut replica = Replica::new(common::config(id, 3), Recovered::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+}
+
+fn snapshot_message(from: u64, to: u64, slot: u64, data: &'static [u8]) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        body: Body::Snapshot {
+            ballot: Ballot::new(1, NodeId(from)),
+            slot,
+            data: Bytes::from_static(data),
+        },
+    }
+}
+
+/// n3 misses slots 1..=3 while n1 and n2 choose, apply, snapshot and compact them.
+fn n3_behind_the_compaction_point() -> Net {
+    let mut net = Net::new(3);
+    net.isolate(3);
+    net.elect(1);
+    for data in ["a", "b", "c"] {
+        net.propose(1, data);
+    }
+    net.stabilize();
+    for id in [1, 2] {
+        assert_eq!(net.snapshot_and_compact(id), 3);
+    }
+    net
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_is_sent_the_snapshot_and_catches_up() {
+    let mut net = n3_behind_the_compaction_point();
+    net.heal();
+    net.propose(1, "d");
+    net.stabilize();
+    net.tick_all(5);
+    let leader_events = &net.nodes[&NodeId(1)].events;
+    assert!(
+        leader_events.iter().any(
+            |event| matches!(event, Event::SnapshotNeeded { follower } if *follower == NodeId(3))
+        ),
+        "{leader_events:?}"
+    );
+    assert_eq!(net.nodes[&NodeId(3)].snapshots_installed, 1);
+    assert_eq!(net.commands(3), ["a", "b", "c", "d"]);
+    assert_eq!(net.replica(3).status().chosen, 4);
+    // The snapshot is durable at n3, with its storage compacted through it.
+    let storage = &mut net.nodes.get_mut(&NodeId(3)).unwrap().storage;
+    assert_eq!(storage.load_snapshot().unwrap().map(|s| s.slot), Some(3));
+    assert_eq!(storage.compacted_through(), 3);
+    // It keeps up afterwards, and restarts from the snapshot.
+    net.propose(1, "e");
+    net.stabilize();
+    net.crash(3);
+    net.restart(3);
+    net.propose(1, "f");
+    net.stabilize();
+    net.tick_all(3);
+    assert_eq!(net.commands(3), ["a", "b", "c", "d", "e", "f"]);
+    assert_eq!(net.replica(3).status().applied, 6);
+    net.assert_agreement();
+}
+
+#[test]
+fn the_snapshot_needed_event_is_raised_once_per_election_timeout_per_follower() {
+    // Without a saved snapshot the Net cannot answer, so n3 keeps fetching every
+    // retransmit_ticks; the leader reports it once per election timeout, not per Fetch.
+    let mut net = Net::new(3);
+    net.isolate(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    for id in [1, 2] {
+        let applied = net.replica(id).status().applied;
+        net.replica_mut(id).compact(applied);
+        net.nodes
+            .get_mut(&NodeId(id))
+            .unwrap()
+            .storage
+            .compact(applied);
+    }
+    net.heal();
+    net.propose(1, "b");
+    net.stabilize();
+    let election_ticks = net.replica(1).config().election_ticks;
+    let retransmit_ticks = net.replica(1).config().retransmit_ticks;
+    net.tick_all(3 * election_ticks);
+    let fetches = net
+        .sent
+        .iter()
+        .filter(|m| m.from == NodeId(3) && matches!(m.body, Body::Fetch { .. }))
+        .count();
+    let reports = net.nodes[&NodeId(1)]
+        .events
+        .iter()
+        .filter(|event| matches!(event, Event::SnapshotNeeded { .. }))
+        .count();
+    assert!(
+        fetches as u32 >= 3 * election_ticks / retransmit_ticks,
+        "n3 kept asking: {fetches} fetches"
+    );
+    assert!(
+        (3..=4).contains(&reports),
+        "{reports} reports for {fetches} fetches"
+    );
+}
+
+#[test]
+fn only_a_follower_behind_the_snapshot_installs_it() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    net.tick_all(2);
+    // The leader never installs one (its vote window starts at its chosen mark).
+    let before = net.replica(1).status();
+    net.replica_mut(1)
+        .step(snapshot_message(2, 1, 9, b"state"))
+        .unwrap();
+    assert!(!net.replica(1).has_ready() || net.replica_mut(1).ready().snapshot().is_none());
+    assert_eq!(net.replica(1).status().chosen, before.chosen);
+    // A follower already at or past the slot ignores it.
+    let chosen = net.replica(2).status().chosen;
+    net.replica_mut(2)
+        .step(snapshot_message(1, 2, chosen, b"state"))
+        .unwrap();
+    let mut ready = net.replica_mut(2).ready();
+    assert!(ready.take_snapshot().is_none());
+    net.replica_mut(2).advance(ready);
+    assert_eq!(net.replica(2).status().chosen, chosen);
+}
+
+#[test]
+fn an_installed_snapshot_moves_the_marks_and_drops_what_it_covers() {
+    // n2 accepted slots 1 and 2 from n1 (not yet written) when a snapshot of slot 1 arrives
+    // from n3: the ready hands the snapshot out, writes only slot 2 with chosen mark 1, and the
+    // acceptance waiting for that write no longer claims slot 1.
+    let mut replica = follower(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    let entries = vec![
+        Entry {
+            slot: 1,
+            ballot,
+            value: command("x"),
+        },
+        Entry {
+            slot: 2,
+            ballot,
+            value: command("y"),
+        },
+    ];
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Accept {
+                ballot,
+                chosen: 0,
+                entries,
+            },
+        })
+        .unwrap();
+    replica
+        .step(snapshot_message(3, 2, 1, b"state at 1"))
+        .unwrap();
+    let mut ready = replica.ready();
+    let snapshot = ready.take_snapshot().expect("installed");
+    assert_eq!(snapshot.slot, 1);
+    assert_eq!(&snapshot.data[..], b"state at 1");
+    let write = ready.persist();
+    assert_eq!(write.hard_state.map(|hard| hard.chosen), Some(1));
+    assert_eq!(
+        write
+            .entries
+            .iter()
+            .map(|entry| entry.slot)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    assert!(
+        ready.committed_slots().is_empty(),
+        "slot 1 is in the snapshot"
+    );
+    assert!(replica.committed(&ready).next().is_none());
+    let acceptances: Vec<(u64, u64)> = ready
+        .take_persisted_messages()
+        .into_iter()
+        .filter_map(|message| match message.body {
+            Body::Accepted {
+                first_slot,
+                last_slot,
+                ..
+            } => Some((first_slot, last_slot)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acceptances, [(2, 2)]);
+    replica.advance(ready);
+    let status = replica.status();
+    assert_eq!((status.chosen, status.applied), (1, 1));
+}
+
+#[test]
+fn send_snapshot_refuses_what_it_cannot_vouch_for() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.propose(1, "a");
+    net.stabilize();
+    let chosen = net.replica(1).status().chosen;
+    let snapshot = |slot, size| Snapshot {
+        slot,
+        data: Bytes::from(vec![7u8; size]),
+    };
+    let replica = net.replica_mut(1);
+    let max = replica.config().snapshot_bytes_max;
+    assert_eq!(
+        replica.send_snapshot(NodeId(9), &snapshot(1, 1)),
+        Err(SnapshotError::UnknownNode(NodeId(9)))
+    );
+    assert_eq!(
+        replica.send_snapshot(NodeId(1), &snapshot(1, 1)),
+        Err(SnapshotError::UnknownNode(NodeId(1)))
+    );
+    assert_eq!(
+        replica.send_snapshot(NodeId(2), &snapshot(0, 1)),
+        Err(SnapshotError::Empty)
+    );
+    assert_eq!(
+        replica.send_snapshot(NodeId(2), &snapshot(chosen + 1, 1)),
+        Err(SnapshotError::NotChosen {
+            slot: chosen + 1,
+            chosen
+        })
+    );
+    assert_eq!(
+        replica.send_snapshot(NodeId(2), &snapshot(chosen, max + 1)),
+        Err(SnapshotError::TooLarge { size: max + 1, max })
+    );
+    assert!(!replica.has_ready(), "nothing was sent");
+    replica
+        .send_snapshot(NodeId(2), &snapshot(chosen, max))
+        .unwrap();
+    let mut ready = replica.ready();
+    let sent = ready.take_messages();
+    replica.advance(ready);
+    assert!(matches!(
+        &sent[..],
+        [Message { to: NodeId(2), body: Body::Snapshot { slot, data, .. }, .. }]
+            if *slot == chosen && data.len() == max
+    ));
+}
+
+#[test]
+fn malformed_snapshots_are_refused_without_a_change() {
+    let mut replica = follower(2);
+    let before = replica.clone();
+    let error = replica.step(snapshot_message(1, 2, 0, b"x")).unwrap_err();
+    assert!(matches!(error, StepError::Malformed { .. }), "{error}");
+    let max = replica.config().snapshot_bytes_max;
+    let huge = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Snapshot {
+            ballot: Ballot::new(1, NodeId(1)),
+            slot: 5,
+            data: Bytes::from(vec![0u8; max + 1]),
+        },
+    };
+    assert!(matches!(
+        replica.step(huge).unwrap_err(),
+        StepError::Malformed { .. }
+    ));
+    let error = replica.step(snapshot_message(7, 2, 5, b"x")).unwrap_err();
+    assert_eq!(error, StepError::UnknownNode(NodeId(7)));
+    // Only the refused-message counter moved.
+    assert_eq!(replica.status().dropped_messages, 3);
+    assert_eq!(replica.status().chosen, before.status().chosen);
+    assert!(!replica.has_ready());
+}
+
+#[test]
+fn a_crash_after_saving_the_snapshot_but_before_the_chosen_mark_restarts_from_the_snapshot() {
+    // The application saved the snapshot of slot 3 and crashed before the ready's write: its
+    // storage still says chosen = 1 and holds accepted values for slots 2..=4 that may not be
+    // the chosen ones. Restarting with `Config::applied` = 3 makes slots up to 3 chosen and
+    // never serves those old values.
+    let ballot = Ballot::new(1, NodeId(1));
+    let entry = |slot, data| Entry {
+        slot,
+        ballot,
+        value: command(data),
+    };
+    let recovered = Recovered {
+        hard_state: HardState {
+            promised: ballot,
+            chosen: 1,
+            incarnation: 1,
+        },
+        entries: vec![
+            entry(1, "a"),
+            entry(2, "stale"),
+            entry(3, "stale"),
+            entry(4, "d"),
+        ],
+    };
+    let mut config = common::config(2, 3);
+    config.applied = 3;
+    let mut replica = Replica::new(config, recovered).unwrap();
+    let status = replica.status();
+    assert_eq!((status.chosen, status.applied), (3, 3));
+    let ready = replica.ready();
+    assert_eq!(ready.persist().hard_state.map(|hard| hard.chosen), Some(3));
+    assert!(replica.committed(&ready).next().is_none());
+    replica.advance(ready);
+    // A peer asking for slot 2 is told it needs a snapshot, not given the stale value.
+    replica
+        .step(Message {
+            from: NodeId(3),
+            to: NodeId(2),
+            body: Body::Fetch {
+                ballot,
+                first_slot: 2,
+            },
+        })
+        .unwrap();
+    let mut ready = replica.ready();
+    assert!(ready.take_messages().is_empty());
+    assert_eq!(
+        ready.take_events(),
+        [Event::SnapshotNeeded {
+            follower: NodeId(3)
+        }]
+    );
+    replica.advance(ready);
+}
