@@ -154,6 +154,8 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.file_recoveries += stats.file_recoveries;
     total.compactions += stats.compactions;
     total.snapshot_restarts += stats.snapshot_restarts;
+    total.snapshots_sent += stats.snapshots_sent;
+    total.snapshots_installed += stats.snapshots_installed;
     total.pauses += stats.pauses;
     total.clogs += stats.clogs;
     total.corrupt_disks += stats.corrupt_disks;
@@ -267,6 +269,8 @@ fn main() {
         ("corrupt disks (node lost)", total.corrupt_disks),
         ("snapshots taken and logs compacted", total.compactions),
         ("restarts from a snapshot", total.snapshot_restarts),
+        ("snapshots sent to a lagging node", total.snapshots_sent),
+        ("snapshots installed from a peer", total.snapshots_installed),
         (
             "kv operations issued (linearizability-checked)",
             total.kv_operations,

@@ -41,17 +41,23 @@ fn quiet_network_three_nodes() {
 
 #[test]
 fn all_faults_three_nodes_many_seeds() {
-    let (mut compactions, mut snapshot_restarts) = (0, 0);
+    let (mut compactions, mut snapshot_restarts, mut installed) = (0, 0, 0);
     for seed in 0..40 {
         let stats = run_seed(3, seed, Faults::all()).stats().clone();
         compactions += stats.compactions;
         snapshot_restarts += stats.snapshot_restarts;
+        installed += stats.snapshots_installed;
     }
-    // Compaction and restarts from a snapshot are part of every run: they must happen.
+    // Compaction, restarts from a snapshot and snapshots sent to lagging nodes are part of
+    // every run: they must happen.
     assert!(compactions >= 40, "only {compactions} compactions");
     assert!(
         snapshot_restarts >= 40,
         "only {snapshot_restarts} restarts from a snapshot"
+    );
+    assert!(
+        installed >= 10,
+        "only {installed} snapshots installed from a peer"
     );
 }
 

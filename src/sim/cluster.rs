@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::StorageError;
 use crate::message::{Body, Message};
 use crate::replica::{Event, Replica, Role};
-use crate::storage::{MemStorage, Recovered, Storage, WriteBatch};
+use crate::storage::{MemStorage, Recovered, Snapshot, Storage, WriteBatch};
 use crate::types::{Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -67,10 +67,10 @@ pub struct Faults {
     pub torn_write: f64,
     /// Not a fault but an application action, at random: a live node snapshots its state
     /// machine at its applied mark and compacts its replica's log and its storage (the model
-    /// disk, and the files with [file disks](SimConfig::file_disks)) through the highest slot
-    /// that every node has durably chosen, so that no node ever needs a compacted entry from
-    /// another (installing a snapshot on a lagging node is not part of the protocol yet). A
-    /// restart then starts from the snapshot.
+    /// disk, and the files with [file disks](SimConfig::file_disks)) through that mark. A
+    /// restart then starts from the snapshot, and a node that lags behind the compaction point
+    /// is sent the snapshot when it asks for compacted slots ([`Event::SnapshotNeeded`] ->
+    /// [`Replica::send_snapshot`]) and installs it.
     pub compaction: f64,
 }
 
@@ -225,6 +225,10 @@ pub struct SimStats {
     pub compactions: u64,
     /// Restarts that started from a snapshot.
     pub snapshot_restarts: u64,
+    /// Snapshots sent to a lagging node.
+    pub snapshots_sent: u64,
+    /// Snapshots received from a peer and installed.
+    pub snapshots_installed: u64,
     /// Commands proposed (accepted by `propose`).
     pub proposed: u64,
     /// Commands committed at the node that proposed them.
@@ -276,6 +280,17 @@ struct SimNode {
     snapshot: Option<(Slot, Option<Vec<u8>>)>,
     /// Client waiting for the response to each of its commands proposed through this node.
     kv_waiters: BTreeMap<ProposalId, (usize, u64)>,
+}
+
+impl SimNode {
+    /// The application's snapshot as the protocol carries it: the key-value state machine's
+    /// bytes (empty without one).
+    fn snapshot_data(&self) -> Bytes {
+        match &self.snapshot {
+            Some((_, Some(bytes))) => Bytes::from(bytes.clone()),
+            _ => Bytes::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -867,29 +882,24 @@ impl Simulation {
     }
 
     /// Node `index`, if live, snapshots its state machine at its applied mark and compacts
-    /// through the highest slot every node (but the lost ones) has durably chosen.
+    /// through it: nodes behind it are sent the snapshot when they need it.
     fn compact(&mut self, index: usize) -> Result<(), Violation> {
-        let durable_everywhere = self
-            .nodes
-            .iter()
-            .filter(|node| !node.lost)
-            .map(|node| node.storage.hard_state().chosen)
-            .min()
-            .unwrap_or(0);
         let node = &mut self.nodes[index];
-        let Some(replica) = node.replica.as_mut() else {
-            return Ok(());
-        };
-        let applied = node.next_apply - 1;
-        // A snapshot is good for a restart only up to the node's own durable chosen mark.
-        if applied > node.storage.hard_state().chosen {
+        if node.replica.is_none() {
             return Ok(());
         }
-        let through = applied.min(durable_everywhere);
+        // The snapshot may cover slots whose chosen mark is not durable yet: a restart from it
+        // raises the chosen mark to its slot (they are chosen: they were applied).
+        let applied = node.next_apply - 1;
+        let through = applied;
         if through <= node.storage.compacted_through() {
             return Ok(());
         }
         node.snapshot = Some((applied, node.kv.as_ref().map(|kv| kv.snapshot())));
+        let data = node.snapshot_data();
+        self.checker.on_snapshot(applied, &data)?;
+        let node = &mut self.nodes[index];
+        let replica = node.replica.as_mut().expect("live");
         replica.compact(through);
         node.storage.compact(through);
         node.truly_synced.compact(through);
@@ -1152,12 +1162,19 @@ impl Simulation {
                 }
                 self.send(message);
             }
+            if let Some(snapshot) = ready.take_snapshot() {
+                self.install_snapshot(index, snapshot)?;
+            }
             for event in ready.take_events() {
-                if let Event::BecameLeader { ballot } = event {
-                    self.stats.elections += 1;
-                    self.note(format!("{} leads in {ballot}", self.nodes[index].id));
-                    self.checker
-                        .on_leader(index, self.nodes[index].id, ballot)?;
+                match event {
+                    Event::BecameLeader { ballot } => {
+                        self.stats.elections += 1;
+                        self.note(format!("{} leads in {ballot}", self.nodes[index].id));
+                        self.checker
+                            .on_leader(index, self.nodes[index].id, ballot)?;
+                    }
+                    Event::SnapshotNeeded { follower } => self.send_snapshot(index, follower)?,
+                    _ => {}
                 }
             }
             let committed: Vec<Entry> = match self.nodes[index].replica.as_ref() {
@@ -1188,6 +1205,72 @@ impl Simulation {
             });
             self.complete_writes(index)?;
         }
+        Ok(())
+    }
+
+    /// Node `index` reports that `follower` needs compacted slots: it sends its snapshot, as an
+    /// application answering `Event::SnapshotNeeded` does.
+    fn send_snapshot(&mut self, index: usize, follower: NodeId) -> Result<(), Violation> {
+        let node = &mut self.nodes[index];
+        let Some((slot, _)) = node.snapshot else {
+            return Err(Violation::new(
+                "check_snapshot_needed_only_after_compaction",
+                format!("{} has no snapshot but compacted", node.id),
+            ));
+        };
+        let snapshot = Snapshot {
+            slot,
+            data: node.snapshot_data(),
+        };
+        let id = node.id;
+        let replica = node.replica.as_mut().expect("a live node raised the event");
+        replica
+            .send_snapshot(follower, &snapshot)
+            .map_err(|error| Violation::new("send_snapshot", format!("{id}: {error}")))?;
+        self.stats.snapshots_sent += 1;
+        self.note(format!("{id}: snapshot at {slot} sent to {follower}"));
+        Ok(())
+    }
+
+    /// Node `index`'s replica installed a snapshot from a peer: the application restores its
+    /// state machine from it, keeps it as its own snapshot and compacts its disks through it,
+    /// all before the ready's write.
+    fn install_snapshot(&mut self, index: usize, snapshot: Snapshot) -> Result<(), Violation> {
+        self.checker.on_snapshot(snapshot.slot, &snapshot.data)?;
+        self.checker.on_snapshot_installed(index, snapshot.slot)?;
+        snapshot.hash(&mut self.trace);
+        let node = &mut self.nodes[index];
+        let id = node.id;
+        if snapshot.slot < node.next_apply {
+            return Err(Violation::new(
+                "check_applied_in_order",
+                format!(
+                    "{id} installed a snapshot of slot {} after applying slot {}",
+                    snapshot.slot,
+                    node.next_apply - 1
+                ),
+            ));
+        }
+        let kv_bytes = node.kv.as_ref().map(|_| snapshot.data.to_vec());
+        if let Some(bytes) = &kv_bytes {
+            let restored = crate::kv::KvStateMachine::restore(bytes).map_err(|error| {
+                Violation::new("check_snapshot_restores", format!("{id}: {error}"))
+            })?;
+            node.kv = Some(restored);
+        }
+        node.snapshot = Some((snapshot.slot, kv_bytes));
+        node.next_apply = snapshot.slot + 1;
+        node.storage.compact(snapshot.slot);
+        node.truly_synced.compact(snapshot.slot);
+        if let Some(file) = node.file.as_mut() {
+            file.compact(snapshot.slot)
+                .map_err(|error| Violation::new("file_storage", error))?;
+        }
+        self.stats.snapshots_installed += 1;
+        self.note(format!(
+            "{id}: installed a snapshot of slot {}",
+            snapshot.slot
+        ));
         Ok(())
     }
 
