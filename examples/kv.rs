@@ -67,9 +67,13 @@
 //!   malformed or oversized request gets `-ERR Protocol error: ...` and the connection is
 //!   closed (the stream cannot be resynchronized); an unknown command or a wrong argument
 //!   count gets `-ERR` and the connection stays. At most `--connections-max` clients.
-//! - **Restart rebuilds the state from the log.** The state machine is not snapshotted: a
-//!   restarted replica replays its whole log (then catches up from the leader). The log is
-//!   never compacted, so it grows without bound; fine for a demonstration, not for production.
+//! - **Snapshots bound the log.** Every `--snapshot-every` applied slots (default 100 000)
+//!   the applier snapshots the state machine and the driver saves it and compacts the log
+//!   through it ([`synod::driver::Handle::compact`]). A restarted replica restores its last
+//!   snapshot and replays the log after it; a replica that fell behind the others' compacted
+//!   log is sent their snapshot and starts over from it
+//!   ([`synod::driver::Applied::Snapshot`]). Requests waiting on that replica for slots the
+//!   snapshot covers are answered with an error (the client retries under its session).
 //!
 //! # Measure throughput and proposals per fsync
 //!
@@ -110,7 +114,7 @@ use std::error::Error;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use synod::driver::{Driver, DriverConfig, DriverStats, Handle, ProposalError};
@@ -191,6 +195,10 @@ struct Args {
     /// Client connections served at once.
     #[arg(long, default_value_t = 1024)]
     connections_max: usize,
+    /// Snapshot the state machine and compact the log every this many applied slots (0:
+    /// never). A peer that falls behind the compacted log is sent the snapshot.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_every: u64,
 }
 
 fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
@@ -309,6 +317,73 @@ impl Storage for MeteredStorage {
     }
 }
 
+/// A peer's snapshot (installed by the driver after this node fell behind the compacted log):
+/// the state machine starts over from it.
+fn install_snapshot(node: &Node, snapshot: &Snapshot) {
+    let state = match SnapshotState::decode(snapshot) {
+        Ok(state) => state,
+        // Checksummed on the wire and produced by a replica running this same program: a
+        // snapshot that does not decode is a bug, and half a state machine is worse than none.
+        Err(error) => panic!(
+            "kv[{}]: a peer's snapshot cannot be restored: {error}",
+            node.id
+        ),
+    };
+    let mut applied = node.applied();
+    applied.kv = state.kv;
+    applied.slot = state.slot;
+    applied.log_digest = state.log_digest;
+    applied.commands_applied = state.commands_applied;
+    // Requests waiting here were proposed through this node; if they were chosen, the
+    // snapshot holds their effect but their responses are gone: the dropped senders tell the
+    // connections to answer with an error, and the client retries under its session.
+    applied.waiters.clear();
+    drop(applied);
+    node.applied_slot.send_replace(state.slot);
+    eprintln!(
+        "kv[{}]: installed a peer's snapshot of slot {}",
+        node.id, state.slot
+    );
+}
+
+/// What a kv snapshot holds: the state machine's own snapshot, plus the applier's counters so
+/// that `INFO` (the log digest) stays comparable across replicas.
+struct SnapshotState {
+    slot: Slot,
+    kv: KvStateMachine,
+    log_digest: u64,
+    commands_applied: u64,
+}
+
+impl SnapshotState {
+    /// `[log_digest u64 LE][commands_applied u64 LE][KvStateMachine::snapshot()]`.
+    fn encode(applied: &Applied) -> Snapshot {
+        let mut data = Vec::new();
+        data.extend_from_slice(&applied.log_digest.to_le_bytes());
+        data.extend_from_slice(&applied.commands_applied.to_le_bytes());
+        data.extend_from_slice(&applied.kv.snapshot());
+        Snapshot {
+            slot: applied.slot,
+            data: Bytes::from(data),
+        }
+    }
+
+    fn decode(snapshot: &Snapshot) -> Result<SnapshotState, String> {
+        let data = &snapshot.data[..];
+        if data.len() < 16 {
+            return Err(format!("{} bytes is too short", data.len()));
+        }
+        let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"));
+        let kv = KvStateMachine::restore(&data[16..]).map_err(|error| error.to_string())?;
+        Ok(SnapshotState {
+            slot: snapshot.slot,
+            kv,
+            log_digest: word(0),
+            commands_applied: word(8),
+        })
+    }
+}
+
 /// What the applier maintains, behind one lock.
 struct Applied {
     kv: KvStateMachine,
@@ -363,14 +438,23 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     };
     let recovered = storage.recover()?;
     let recovered_slots = recovered.entries.len();
+    // The state machine restarts from the last snapshot (if any) and applies what follows.
+    let restored = match storage.load_snapshot()? {
+        Some(snapshot) => Some(
+            SnapshotState::decode(&snapshot)
+                .map_err(|error| format!("the saved snapshot cannot be restored: {error}"))?,
+        ),
+        None => None,
+    };
     let mut config = Config::new(id, args.peers.keys().copied().collect());
     config.cluster_id = args.cluster_id;
     config.election_ticks = args.election_ticks;
     config.heartbeat_ticks = args.heartbeat_ticks;
     config.retransmit_ticks = args.heartbeat_ticks.saturating_mul(4).max(1);
     config.forward_proposals = true;
-    // The state machine is rebuilt from the whole log: every chosen entry is applied again.
-    config.applied = 0;
+    // The state machine is rebuilt from the snapshot, then from the log after it.
+    config.applied = restored.as_ref().map_or(0, |state| state.slot);
+    let config_applied = config.applied;
     let replica = Replica::new(config, recovered)?;
 
     let client_listener = TcpListener::bind(args.client)
@@ -383,15 +467,25 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         id,
         client_address: client_listener.local_addr()?,
         data: args.data.clone(),
-        applied: Mutex::new(Applied {
-            kv: KvStateMachine::new(KvLimits::default()),
-            slot: 0,
-            log_digest: FNV_OFFSET,
-            commands_applied: 0,
-            waiters: HashMap::new(),
-            opened: HashMap::new(),
+        applied: Mutex::new(match restored {
+            Some(state) => Applied {
+                kv: state.kv,
+                slot: state.slot,
+                log_digest: state.log_digest,
+                commands_applied: state.commands_applied,
+                waiters: HashMap::new(),
+                opened: HashMap::new(),
+            },
+            None => Applied {
+                kv: KvStateMachine::new(KvLimits::default()),
+                slot: 0,
+                log_digest: FNV_OFFSET,
+                commands_applied: 0,
+                waiters: HashMap::new(),
+                opened: HashMap::new(),
+            },
         }),
-        applied_slot: watch::Sender::new(0),
+        applied_slot: watch::Sender::new(config_applied),
         meters,
         transport: transport.stats_handle(),
         connections: AtomicUsize::new(0),
@@ -420,7 +514,12 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         DriverConfig::default(),
     );
     let mut driver = tokio::spawn(driver.run());
-    let applier = tokio::spawn(apply_committed(node.clone(), committed));
+    let applier = tokio::spawn(apply_committed(
+        node.clone(),
+        committed,
+        handle.clone(),
+        args.snapshot_every,
+    ));
     let role_logger = tokio::spawn(log_role_changes(id, handle.clone()));
     let acceptor = tokio::spawn(accept_clients(node.clone(), handle, client_listener));
     eprintln!(
@@ -538,8 +637,38 @@ fn chain_digest(previous: u64, entry: &Entry) -> u64 {
 }
 
 /// Applies every committed entry, in slot order, and answers the connections waiting for it.
-async fn apply_committed(node: Arc<Node>, mut committed: synod::driver::Committed) {
-    while let Some(entry) = committed.next().await {
+async fn apply_committed(
+    node: Arc<Node>,
+    mut committed: synod::driver::Committed,
+    handle: Handle,
+    snapshot_every: u64,
+) {
+    // One compaction at a time, off this task: the driver must keep handing out entries
+    // while the snapshot is written.
+    let compacting = Arc::new(AtomicBool::new(false));
+    let mut last_snapshot = node.applied().slot;
+    while let Some(applied) = committed.next().await {
+        if snapshot_every > 0
+            && node.applied().slot >= last_snapshot + snapshot_every
+            && !compacting.swap(true, Ordering::AcqRel)
+        {
+            let snapshot = SnapshotState::encode(&node.applied());
+            last_snapshot = snapshot.slot;
+            let (mut handle, compacting, id) = (handle.clone(), compacting.clone(), node.id);
+            tokio::spawn(async move {
+                if let Err(error) = handle.compact(snapshot).await {
+                    eprintln!("kv[{id}]: compaction failed: {error}");
+                }
+                compacting.store(false, Ordering::Release);
+            });
+        }
+        let entry = match applied {
+            synod::driver::Applied::Entry(entry) => entry,
+            synod::driver::Applied::Snapshot(snapshot) => {
+                install_snapshot(&node, &snapshot);
+                continue;
+            }
+        };
         let slot = entry.slot;
         let mut applied = node.applied();
         applied.log_digest = chain_digest(applied.log_digest, &entry);

@@ -60,7 +60,7 @@ impl ProposeError {
 /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) refused to send a snapshot;
 /// nothing was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
-pub enum SnapshotError {
+pub enum SendSnapshotError {
     /// The destination is not another member of this cluster. Check the id (the one an
     /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded) names is always valid).
     #[error("{0} is not another member of this cluster")]

@@ -118,7 +118,9 @@ pub mod transport;
 pub mod types;
 
 pub use config::Config;
-pub use error::{ConfigError, DecodeError, ProposeError, SnapshotError, StepError, StorageError};
+pub use error::{
+    ConfigError, DecodeError, ProposeError, SendSnapshotError, StepError, StorageError,
+};
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};
 pub use storage::{

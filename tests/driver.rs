@@ -8,7 +8,7 @@ use futures::{FutureExt, StreamExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use synod::driver::{Driver, DriverConfig, Handle, ProposalError};
+use synod::driver::{Applied, Driver, DriverConfig, Handle, ProposalError};
 use synod::storage::{Recovered, Snapshot, WriteBatch};
 use synod::transport::LocalTransport;
 use synod::{
@@ -57,7 +57,7 @@ impl Storage for SlowStorage {
 
 struct Node {
     handle: Handle,
-    committed: mpsc::Receiver<Entry>,
+    committed: mpsc::Receiver<Applied>,
     syncs: Arc<AtomicU64>,
 }
 
@@ -76,12 +76,16 @@ async fn wait_for_leader(handles: &mut [Handle], ticks: &mut mpsc::UnboundedRece
     }
 }
 
-async fn take_commands(committed: &mut mpsc::Receiver<Entry>, count: usize) -> Vec<Bytes> {
+async fn take_commands(committed: &mut mpsc::Receiver<Applied>, count: usize) -> Vec<Bytes> {
     let mut commands = Vec::new();
     while commands.len() < count {
-        let entry = committed.next().await.expect("driver running");
-        if let Value::Command { data, .. } = entry.value {
-            commands.push(data);
+        match committed.next().await.expect("driver running") {
+            Applied::Entry(Entry {
+                value: Value::Command { data, .. },
+                ..
+            }) => commands.push(data),
+            Applied::Entry(_) => {}
+            Applied::Snapshot(snapshot) => panic!("no node compacts here: {snapshot:?}"),
         }
     }
     commands
@@ -297,4 +301,123 @@ fn the_driver_stops_cleanly_when_ticks_end() {
     );
     let stats = block_on(driver.run()).expect("clean stop");
     assert!(stats.writes >= 1 && stats.storage_writes >= 1, "{stats:?}");
+}
+
+/// MemStorage shared with the test, to look at after the driver is done with it.
+struct SharedStorage(Arc<std::sync::Mutex<MemStorage>>);
+
+impl Storage for SharedStorage {
+    fn recover(&mut self) -> Result<Recovered, StorageError> {
+        self.0.lock().unwrap().recover()
+    }
+
+    fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        self.0.lock().unwrap().write(batch)
+    }
+
+    fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
+        self.0.lock().unwrap().entries(first, last)
+    }
+
+    fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        self.0.lock().unwrap().save_snapshot(snapshot)
+    }
+
+    fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.0.lock().unwrap().load_snapshot()
+    }
+
+    fn compact(&mut self, through: Slot) -> Result<(), StorageError> {
+        Storage::compact(&mut *self.0.lock().unwrap(), through)
+    }
+}
+
+#[test]
+fn compact_saves_the_snapshot_and_compacts_only_what_was_handed_out() {
+    let shared = Arc::new(std::sync::Mutex::new(MemStorage::new()));
+    let mut storage = SharedStorage(shared.clone());
+    let config = Config::new(NodeId(1), vec![NodeId(1)]);
+    let replica = Replica::new(config, storage.recover().unwrap()).unwrap();
+    let (tick_sender, ticks) = mpsc::unbounded();
+    let inbound = futures::stream::pending().boxed();
+    let (driver, mut handle, mut committed) = Driver::new(
+        replica,
+        storage,
+        Vec::new(),
+        ticks.boxed(),
+        inbound,
+        DriverConfig::default(),
+    );
+    let running = std::thread::spawn(move || block_on(driver.run()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) && tick_sender.unbounded_send(()).is_ok() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    block_on(async {
+        let mut last = 0;
+        for command in ["a", "b", "c"] {
+            loop {
+                match handle
+                    .propose_and_wait(Bytes::from_static(command.as_bytes()))
+                    .await
+                {
+                    Ok((_, slot)) => {
+                        last = slot;
+                        break;
+                    }
+                    Err(ProposalError::Rejected(_)) => {
+                        futures_timer_sleep().await;
+                    }
+                    Err(error) => panic!("{error}"),
+                }
+            }
+        }
+        // Everything up to `last` has been handed out on `committed` once it is read.
+        let mut handed_out = 0;
+        while handed_out < last {
+            match committed.next().await.expect("driver running") {
+                Applied::Entry(entry) => handed_out = entry.slot,
+                Applied::Snapshot(snapshot) => panic!("unexpected {snapshot:?}"),
+            }
+        }
+        let beyond = Snapshot {
+            slot: last + 10,
+            data: Bytes::from_static(b"state"),
+        };
+        assert_eq!(
+            handle.compact(beyond).await,
+            Err(synod::driver::CompactError::NotApplied {
+                slot: last + 10,
+                applied: last
+            })
+        );
+        let snapshot = Snapshot {
+            slot: last,
+            data: Bytes::from_static(b"state"),
+        };
+        handle.compact(snapshot.clone()).await.expect("compacted");
+        let mut storage = shared.lock().unwrap();
+        assert_eq!(storage.load_snapshot().unwrap(), Some(snapshot));
+        assert_eq!(storage.compacted_through(), last);
+    });
+    // Ending the ticks stops the driver cleanly.
+    stop.store(true, Ordering::Relaxed);
+    ticker.join().unwrap();
+    let stats = running.join().unwrap().expect("clean stop");
+    assert_eq!(stats.snapshots_installed, 0);
+}
+
+/// A short pause without a runtime timer.
+async fn futures_timer_sleep() {
+    let (sender, receiver) = futures::channel::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(5));
+        let _ = sender.send(());
+    });
+    let _ = receiver.await;
 }

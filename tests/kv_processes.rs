@@ -321,6 +321,9 @@ impl Cluster {
             .arg("--data")
             .arg(self.data(index))
             .args(["--cluster-id", "77", "--tick-ms", "10"])
+            // Snapshots and compaction every few hundred slots: the restarted leader finds the
+            // others compacted past its log and is sent a snapshot.
+            .args(["--snapshot-every", "200"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -613,6 +616,19 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
     };
     let applied_slot: u64 = digests[0]["applied_slot"].parse().unwrap();
     assert!(applied_slot as usize >= acknowledged_writes.len());
+    // The restarted node restored its own snapshot, then installed a peer's: the survivors
+    // had compacted past what it held.
+    let restarted_log = std::fs::read_to_string(
+        cluster
+            .root
+            .path()
+            .join(format!("node-{}.2.log", leader + 1)),
+    )
+    .unwrap_or_default();
+    assert!(
+        restarted_log.contains("installed a peer's snapshot"),
+        "the restarted node was not sent a snapshot:\n{restarted_log}"
+    );
 
     // Every acknowledged write is in every replica's copy (pipelined local reads, which are
     // exact now that the replicas have converged)...

@@ -9,7 +9,7 @@ use common::Net;
 use synod::message::{Body, Message};
 use synod::replica::Event;
 use synod::{
-    Ballot, Entry, HardState, NodeId, ProposalId, Recovered, Replica, Snapshot, SnapshotError,
+    Ballot, Entry, HardState, NodeId, ProposalId, Recovered, Replica, SendSnapshotError, Snapshot,
     StepError, Storage, Value,
 };
 
@@ -243,26 +243,26 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
     let max = replica.config().snapshot_bytes_max;
     assert_eq!(
         replica.send_snapshot(NodeId(9), &snapshot(1, 1)),
-        Err(SnapshotError::UnknownNode(NodeId(9)))
+        Err(SendSnapshotError::UnknownNode(NodeId(9)))
     );
     assert_eq!(
         replica.send_snapshot(NodeId(1), &snapshot(1, 1)),
-        Err(SnapshotError::UnknownNode(NodeId(1)))
+        Err(SendSnapshotError::UnknownNode(NodeId(1)))
     );
     assert_eq!(
         replica.send_snapshot(NodeId(2), &snapshot(0, 1)),
-        Err(SnapshotError::Empty)
+        Err(SendSnapshotError::Empty)
     );
     assert_eq!(
         replica.send_snapshot(NodeId(2), &snapshot(chosen + 1, 1)),
-        Err(SnapshotError::NotChosen {
+        Err(SendSnapshotError::NotChosen {
             slot: chosen + 1,
             chosen
         })
     );
     assert_eq!(
         replica.send_snapshot(NodeId(2), &snapshot(chosen, max + 1)),
-        Err(SnapshotError::TooLarge { size: max + 1, max })
+        Err(SendSnapshotError::TooLarge { size: max + 1, max })
     );
     assert!(!replica.has_ready(), "nothing was sent");
     replica

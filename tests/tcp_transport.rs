@@ -678,7 +678,11 @@ async fn three_drivers_commit_the_same_order_over_tcp() {
                 .await
                 .expect("entries committed in time")
                 .expect("driver running");
-            if let Value::Command { data, .. } = entry.value {
+            if let synod::driver::Applied::Entry(synod::Entry {
+                value: Value::Command { data, .. },
+                ..
+            }) = entry
+            {
                 log.push(data);
             }
         }

@@ -6,7 +6,10 @@
 //! - inbound messages come from a stream (your transport's receiving side);
 //! - proposals come from [`Handle`]s;
 //! - committed entries go out, in slot order, on a bounded channel ([`Committed`]); a slow
-//!   consumer slows the driver down rather than growing a queue;
+//!   consumer slows the driver down rather than growing a queue. A snapshot installed from a
+//!   peer goes out on the same channel, in its place in the order ([`Applied::Snapshot`]);
+//! - the application compacts with [`Handle::compact`] once its snapshot is taken; a peer
+//!   that needs compacted slots is sent the snapshot the storage holds;
 //! - writes go to a dedicated storage thread, off the event loop. The thread merges every
 //!   write queued behind the one in progress into a single atomic write with a single sync:
 //!   **group commit** — under load, one fsync covers many proposals. Messages that reveal a
@@ -17,9 +20,11 @@
 
 use crate::error::{ProposeError, StorageError};
 use crate::message::Message;
-use crate::replica::{Replica, Status};
+use crate::replica::{Event, Replica, Status};
+use crate::storage::Snapshot;
 use crate::storage::{Storage, WriteBatch};
 use crate::transport::Transport;
+use crate::types::NodeId;
 use crate::types::{Entry, ProposalId, Slot, Value};
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
@@ -64,6 +69,23 @@ pub enum DriverError {
     StorageThread(String),
 }
 
+/// [`Handle::compact`] was refused; nothing was saved or compacted.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CompactError {
+    /// The snapshot covers slots the driver has not yet handed out on [`Committed`]: take
+    /// snapshots only of what the state machine applied.
+    #[error("the snapshot covers slots through {slot}, beyond the applied mark {applied}")]
+    NotApplied {
+        /// The snapshot's slot.
+        slot: Slot,
+        /// The last slot handed out.
+        applied: Slot,
+    },
+    /// The driver has stopped (or its storage failed while saving the snapshot).
+    #[error("the driver has stopped")]
+    Stopped,
+}
+
 /// A proposal made through a [`Handle`] failed.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProposalError {
@@ -98,6 +120,10 @@ enum Request {
     Stats {
         reply: oneshot::Sender<DriverStats>,
     },
+    Compact {
+        snapshot: Snapshot,
+        reply: oneshot::Sender<Result<(), CompactError>>,
+    },
 }
 
 /// Submits proposals to a running [`Driver`] and queries it. Cheap to clone.
@@ -114,6 +140,7 @@ impl std::fmt::Debug for Request {
             }
             Request::Status { .. } => write!(formatter, "Status"),
             Request::Stats { .. } => write!(formatter, "Stats"),
+            Request::Compact { snapshot, .. } => write!(formatter, "Compact({})", snapshot.slot),
         }
     }
 }
@@ -161,7 +188,9 @@ impl Handle {
         if let Err(error) = self.requests.try_send(request) {
             let command = match error.into_inner() {
                 Request::Propose { command, .. } => command,
-                Request::Status { .. } | Request::Stats { .. } => Bytes::new(),
+                Request::Status { .. } | Request::Stats { .. } | Request::Compact { .. } => {
+                    Bytes::new()
+                }
             };
             return Err(ProposalError::Stopped { command });
         }
@@ -175,6 +204,23 @@ impl Handle {
         response.await.ok()
     }
 
+    /// Saves `snapshot` (the state machine's, taken after applying every entry up to
+    /// `snapshot.slot` from [`Committed`]) to the storage and compacts the log through its
+    /// slot, in the replica and in the storage. Returns once the snapshot is durable. Peers
+    /// that later need the compacted slots are sent this snapshot.
+    ///
+    /// # Errors
+    /// [`CompactError::NotApplied`] if the snapshot is beyond what the driver handed out;
+    /// [`CompactError::Stopped`] if the driver is gone or its storage failed.
+    pub async fn compact(&mut self, snapshot: Snapshot) -> Result<(), CompactError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::Compact { snapshot, reply })
+            .await
+            .map_err(|_| CompactError::Stopped)?;
+        response.await.map_err(|_| CompactError::Stopped)?
+    }
+
     /// The driver's counters so far (what [`Driver::run`] returns at the end), or `None` if
     /// the driver has stopped. For monitoring: `writes / storage_writes` is how many ready
     /// batches one storage write (one sync) covered on average — the group-commit factor.
@@ -185,15 +231,49 @@ impl Handle {
     }
 }
 
-/// The stream of committed entries, in slot order, each exactly once (no-ops included: skip
-/// them).
-pub type Committed = mpsc::Receiver<Entry>;
+/// What the driver hands the application on [`Committed`], in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// A chosen entry: apply it (skip no-ops). Entries come in slot order, each exactly once.
+    Entry(Entry),
+    /// A snapshot a peer sent because this node lagged behind its compacted log: replace the
+    /// state machine with it. Every slot up to `slot` is in it; the next entry is `slot + 1`.
+    /// The driver has already saved it to the storage (and compacted the log through it), so
+    /// a restart restores it (`Storage::load_snapshot`) with `Config::applied` at its slot.
+    Snapshot(Snapshot),
+}
+
+/// The stream of what to apply: committed entries in slot order, each exactly once (no-ops
+/// included: skip them), and snapshots installed from peers.
+pub type Committed = mpsc::Receiver<Applied>;
+
+/// Work for the storage thread, done in order.
+enum Job {
+    /// A ready's write; with a snapshot installed from a peer, the snapshot is saved and the
+    /// log compacted through it first (the write records the chosen mark it moved).
+    Write(WriteJob),
+    /// The application's snapshot: save it, then compact through its slot.
+    Compact(Snapshot),
+    /// Read the saved snapshot, for a peer that needs it.
+    LoadSnapshot(NodeId),
+}
 
 /// A write handed to the storage thread.
 struct WriteJob {
     number: u64,
     batch: WriteBatch,
     messages: Vec<Message>,
+    snapshot: Option<Snapshot>,
+}
+
+/// What the storage thread finished.
+enum Done {
+    /// A write (or several merged ones) is durable.
+    Written(Completed),
+    /// A `Job::Compact` is done.
+    Compacted,
+    /// The saved snapshot, read for a peer.
+    SnapshotLoaded(NodeId, Option<Snapshot>),
 }
 
 /// A write (or several merged ones) made durable.
@@ -212,6 +292,8 @@ pub struct DriverStats {
     pub storage_writes: u64,
     /// Messages refused by `Replica::step`.
     pub refused_messages: u64,
+    /// Snapshots installed from a peer (handed out as [`Applied::Snapshot`]).
+    pub snapshots_installed: u64,
 }
 
 /// Runs a replica: see the [module documentation](self).
@@ -222,8 +304,13 @@ pub struct Driver<S, T> {
     ticks: BoxStream<'static, ()>,
     inbound: BoxStream<'static, Message>,
     requests: mpsc::Receiver<Request>,
-    committed: mpsc::Sender<Entry>,
+    committed: mpsc::Sender<Applied>,
     waiters: BTreeMap<ProposalId, oneshot::Sender<Slot>>,
+    /// Replies to `Handle::compact`, answered in order as the storage thread finishes.
+    compactions: std::collections::VecDeque<oneshot::Sender<Result<(), CompactError>>>,
+    /// Jobs handed to the storage thread and not yet finished (a merged write counts as
+    /// the writes it merged).
+    in_progress: u64,
     config: DriverConfig,
     stats: DriverStats,
 }
@@ -264,6 +351,8 @@ where
             requests,
             committed,
             waiters: BTreeMap::new(),
+            compactions: std::collections::VecDeque::new(),
+            in_progress: 0,
             config,
             stats: DriverStats::default(),
         };
@@ -284,8 +373,8 @@ where
     /// storage thread could not run.
     pub async fn run(mut self) -> Result<DriverStats, DriverError> {
         let storage = self.storage.take().expect("run is called once");
-        let (job_sender, job_receiver) = std::sync::mpsc::channel::<WriteJob>();
-        let (done_sender, done) = mpsc::unbounded::<Result<Completed, StorageError>>();
+        let (job_sender, job_receiver) = std::sync::mpsc::channel::<Job>();
+        let (done_sender, done) = mpsc::unbounded::<Result<Done, StorageError>>();
         let group_max = self.config.group_commit_writes_max;
         let writer = std::thread::Builder::new()
             .name(format!("synod-storage-{}", self.replica.id()))
@@ -301,14 +390,13 @@ where
 
     async fn event_loop(
         &mut self,
-        jobs: &std::sync::mpsc::Sender<WriteJob>,
-        mut done: mpsc::UnboundedReceiver<Result<Completed, StorageError>>,
+        jobs: &std::sync::mpsc::Sender<Job>,
+        mut done: mpsc::UnboundedReceiver<Result<Done, StorageError>>,
     ) -> Result<(), DriverError> {
         let mut inbound_open = true;
         let mut requests_open = true;
-        let mut in_progress = 0u64;
         loop {
-            if let Err(error) = self.drain(jobs, &mut in_progress).await {
+            if let Err(error) = self.drain(jobs).await {
                 // The storage thread stops after a failed write: report that failure, not the
                 // closed channel it left behind.
                 while let Some(outcome) = done.next().await {
@@ -319,7 +407,7 @@ where
             futures::select_biased! {
                 completed = done.next() => {
                     let completed = completed.ok_or_else(|| DriverError::StorageThread("stopped".into()))??;
-                    self.on_completed(completed, &mut in_progress);
+                    self.on_completed(completed);
                 }
                 message = next_if(&mut self.inbound, inbound_open).fuse() => match message {
                     Some(message) => {
@@ -330,7 +418,7 @@ where
                     None => inbound_open = false,
                 },
                 request = next_if(&mut self.requests, requests_open).fuse() => match request {
-                    Some(request) => self.handle(request),
+                    Some(request) => self.handle(request, jobs)?,
                     None => requests_open = false,
                 },
                 tick = self.ticks.next().fuse() => match tick {
@@ -343,9 +431,9 @@ where
             }
         }
         // Clean stop: let the writes already queued finish so their messages are not lost.
-        while in_progress > 0 {
+        while self.in_progress > 0 {
             match done.next().await {
-                Some(Ok(completed)) => self.on_completed(completed, &mut in_progress),
+                Some(Ok(completed)) => self.on_completed(completed),
                 Some(Err(error)) => return Err(error.into()),
                 None => break,
             }
@@ -353,16 +441,56 @@ where
         Ok(())
     }
 
-    /// A write is durable: release the messages that revealed it, then count own votes.
-    fn on_completed(&mut self, completed: Completed, in_progress: &mut u64) {
-        *in_progress -= completed.merged_writes as u64;
-        self.stats.storage_writes += 1;
-        self.transport.send_all(completed.messages);
-        self.replica.on_persisted(completed.number);
+    /// The storage thread finished a job. A write is durable: release the messages that
+    /// revealed it, then count own votes.
+    fn on_completed(&mut self, done: Done) {
+        match done {
+            Done::Written(completed) => {
+                self.in_progress -= completed.merged_writes as u64;
+                self.stats.storage_writes += 1;
+                self.transport.send_all(completed.messages);
+                self.replica.on_persisted(completed.number);
+            }
+            Done::Compacted => {
+                self.in_progress -= 1;
+                if let Some(reply) = self.compactions.pop_front() {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Done::SnapshotLoaded(follower, snapshot) => {
+                self.in_progress -= 1;
+                if let Some(snapshot) = snapshot {
+                    // Refused only if the storage's snapshot is not one this replica can vouch
+                    // for (or too large): the follower asks again, and is reported again.
+                    if let Err(error) = self.replica.send_snapshot(follower, &snapshot) {
+                        tracing::warn!(node = %self.replica.id(), %follower, %error, "snapshot not sent");
+                    }
+                }
+            }
+        }
     }
 
-    fn handle(&mut self, request: Request) {
+    fn handle(
+        &mut self,
+        request: Request,
+        jobs: &std::sync::mpsc::Sender<Job>,
+    ) -> Result<(), DriverError> {
         match request {
+            Request::Compact { snapshot, reply } => {
+                let applied = self.replica.status().applied;
+                if snapshot.slot > applied {
+                    let slot = snapshot.slot;
+                    let _ = reply.send(Err(CompactError::NotApplied { slot, applied }));
+                    return Ok(());
+                }
+                // The replica forgets the prefix now; the storage saves the snapshot before
+                // any later job, so a peer's request for it (a later job) reads this one.
+                self.replica.compact(snapshot.slot);
+                jobs.send(Job::Compact(snapshot))
+                    .map_err(|_| DriverError::StorageThread("stopped".into()))?;
+                self.in_progress += 1;
+                self.compactions.push_back(reply);
+            }
             Request::Status { reply } => {
                 let _ = reply.send(self.replica.status());
             }
@@ -376,7 +504,7 @@ where
             } => {
                 if wait && self.waiters.len() >= self.config.waiters_max {
                     let _ = reply.send(Err(ProposeError::Busy { command }.into()));
-                    return;
+                    return Ok(());
                 }
                 let result = match self.replica.propose(command) {
                     Ok(id) if wait => {
@@ -390,28 +518,38 @@ where
                 let _ = reply.send(result);
             }
         }
+        Ok(())
     }
 
     /// Hands out every ready: messages now, the write to the storage thread, committed entries
     /// to the application (waiting for room: backpressure).
-    async fn drain(
-        &mut self,
-        jobs: &std::sync::mpsc::Sender<WriteJob>,
-        in_progress: &mut u64,
-    ) -> Result<(), DriverError> {
+    async fn drain(&mut self, jobs: &std::sync::mpsc::Sender<Job>) -> Result<(), DriverError> {
+        let stopped = || DriverError::StorageThread("stopped".into());
         while self.replica.has_ready() {
             let mut ready = self.replica.ready();
             self.transport.send_all(ready.take_messages());
             let committed: Vec<Entry> = self.replica.committed(&ready).cloned().collect();
+            let snapshot = ready.take_snapshot();
             let job = WriteJob {
                 number: ready.number(),
                 batch: ready.take_persist(),
                 messages: ready.take_persisted_messages(),
+                snapshot: snapshot.clone(),
             };
-            jobs.send(job)
-                .map_err(|_| DriverError::StorageThread("stopped".into()))?;
-            *in_progress += 1;
+            jobs.send(Job::Write(job)).map_err(|_| stopped())?;
+            self.in_progress += 1;
             self.stats.writes += 1;
+            for event in ready.take_events() {
+                if let Event::SnapshotNeeded { follower } = event {
+                    jobs.send(Job::LoadSnapshot(follower))
+                        .map_err(|_| stopped())?;
+                    self.in_progress += 1;
+                }
+            }
+            if let Some(snapshot) = snapshot {
+                self.stats.snapshots_installed += 1;
+                let _ = self.committed.send(Applied::Snapshot(snapshot)).await;
+            }
             for entry in committed {
                 if let Value::Command { id, .. } = &entry.value {
                     if let Some(waiter) = self.waiters.remove(id) {
@@ -419,7 +557,7 @@ where
                     }
                 }
                 // A closed receiver means the application does not read entries: drop them.
-                let _ = self.committed.send(entry).await;
+                let _ = self.committed.send(Applied::Entry(entry)).await;
             }
         }
         Ok(())
@@ -435,40 +573,75 @@ async fn next_if<St: futures::Stream + Unpin>(stream: &mut St, open: bool) -> Op
     }
 }
 
-/// The storage thread: writes jobs in order, merging every job already queued (up to
-/// `group_max`) into one atomic write with one sync.
+/// The storage thread: does jobs in order, merging every write queued behind the first one
+/// (up to `group_max`, and up to the next job of another kind or the next write carrying a
+/// snapshot) into one atomic write with one sync.
 fn write_loop<S: Storage>(
     mut storage: S,
-    jobs: std::sync::mpsc::Receiver<WriteJob>,
-    done: mpsc::UnboundedSender<Result<Completed, StorageError>>,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Result<Done, StorageError>>,
     group_max: usize,
 ) {
-    while let Ok(first) = jobs.recv() {
-        let mut number = first.number;
-        let mut batch = first.batch;
-        let mut messages = first.messages;
-        let mut merged_writes = 1;
-        while merged_writes < group_max {
-            let Ok(next) = jobs.try_recv() else { break };
-            number = next.number;
-            if next.batch.hard_state.is_some() {
-                batch.hard_state = next.batch.hard_state;
+    let mut next_job = None;
+    while let Some(job) = next_job.take().or_else(|| jobs.recv().ok()) {
+        let outcome = match job {
+            Job::Compact(snapshot) => storage
+                .save_snapshot(&snapshot)
+                .and_then(|()| storage.compact(snapshot.slot))
+                .map(|()| Done::Compacted),
+            Job::LoadSnapshot(follower) => storage
+                .load_snapshot()
+                .map(|snapshot| Done::SnapshotLoaded(follower, snapshot)),
+            Job::Write(first) => {
+                let mut number = first.number;
+                let mut batch = first.batch;
+                let mut messages = first.messages;
+                let mut merged_writes = 1;
+                while merged_writes < group_max {
+                    match jobs.try_recv() {
+                        Ok(Job::Write(next)) if next.snapshot.is_none() => {
+                            number = next.number;
+                            if next.batch.hard_state.is_some() {
+                                batch.hard_state = next.batch.hard_state;
+                            }
+                            batch.entries.extend(next.batch.entries);
+                            batch.must_sync |= next.batch.must_sync;
+                            messages.extend(next.messages);
+                            merged_writes += 1;
+                        }
+                        Ok(other) => {
+                            next_job = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // A snapshot installed from a peer is saved (and the log compacted through it)
+                // before the write that records its chosen mark: a crash in between restarts
+                // from the snapshot.
+                let installed = match &first.snapshot {
+                    Some(snapshot) => storage
+                        .save_snapshot(snapshot)
+                        .and_then(|()| storage.compact(snapshot.slot)),
+                    None => Ok(()),
+                };
+                installed
+                    .and_then(|()| {
+                        if batch.is_empty() {
+                            Ok(())
+                        } else {
+                            storage.write(&mut batch)
+                        }
+                    })
+                    .map(|()| {
+                        Done::Written(Completed {
+                            number,
+                            messages,
+                            merged_writes,
+                        })
+                    })
             }
-            batch.entries.extend(next.batch.entries);
-            batch.must_sync |= next.batch.must_sync;
-            messages.extend(next.messages);
-            merged_writes += 1;
-        }
-        let result = if batch.is_empty() {
-            Ok(())
-        } else {
-            storage.write(&mut batch)
         };
-        let outcome = result.map(|()| Completed {
-            number,
-            messages,
-            merged_writes,
-        });
         let failed = outcome.is_err();
         if done.unbounded_send(outcome).is_err() || failed {
             return;

@@ -43,7 +43,7 @@ pub use ready::{Event, Ready, StepDownReason};
 pub use status::{FollowerStatus, Role, Status};
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, SnapshotError, StepError};
+use crate::error::{ConfigError, ProposeError, SendSnapshotError, StepError};
 use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
@@ -781,24 +781,28 @@ impl Replica {
     /// raised again once an election timeout has passed and the replica still needs it.
     ///
     /// # Errors
-    /// A [`SnapshotError`] if `to` is not another member, the snapshot covers nothing (slot
+    /// A [`SendSnapshotError`] if `to` is not another member, the snapshot covers nothing (slot
     /// 0) or slots this replica does not know chosen, or it exceeds
     /// `Config::snapshot_bytes_max`. Nothing is sent then.
-    pub fn send_snapshot(&mut self, to: NodeId, snapshot: &Snapshot) -> Result<(), SnapshotError> {
+    pub fn send_snapshot(
+        &mut self,
+        to: NodeId,
+        snapshot: &Snapshot,
+    ) -> Result<(), SendSnapshotError> {
         if to == self.config.id || self.member_index(to).is_none() {
-            return Err(SnapshotError::UnknownNode(to));
+            return Err(SendSnapshotError::UnknownNode(to));
         }
         if snapshot.slot == 0 {
-            return Err(SnapshotError::Empty);
+            return Err(SendSnapshotError::Empty);
         }
         if snapshot.slot > self.hard.chosen {
-            return Err(SnapshotError::NotChosen {
+            return Err(SendSnapshotError::NotChosen {
                 slot: snapshot.slot,
                 chosen: self.hard.chosen,
             });
         }
         if snapshot.data.len() > self.config.snapshot_bytes_max {
-            return Err(SnapshotError::TooLarge {
+            return Err(SendSnapshotError::TooLarge {
                 size: snapshot.data.len(),
                 max: self.config.snapshot_bytes_max,
             });
