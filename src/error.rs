@@ -77,6 +77,15 @@ pub enum SendSnapshotError {
         /// This replica's chosen mark.
         chosen: Slot,
     },
+    /// The snapshot is older than this replica's compaction point: the receiver would still
+    /// lack slots only the compacted log had. Send the snapshot saved when compacting.
+    #[error("the snapshot covers slots through {slot}, but the log is compacted through {compacted_through}")]
+    TooOld {
+        /// The snapshot's slot.
+        slot: Slot,
+        /// The last slot compacted away.
+        compacted_through: Slot,
+    },
     /// The snapshot is larger than `Config::snapshot_bytes_max`. Raise the limit (and the
     /// transport's frame limit with it) or make the state machine's snapshot smaller.
     #[error("the snapshot has {size} bytes, more than snapshot_bytes_max ({max})")]

@@ -233,8 +233,10 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
     let mut net = Net::new(3);
     net.elect(1);
     net.propose(1, "a");
+    net.propose(1, "b");
     net.stabilize();
     let chosen = net.replica(1).status().chosen;
+    assert!(chosen >= 2);
     let snapshot = |slot, size| Snapshot {
         slot,
         data: Bytes::from(vec![7u8; size]),
@@ -263,6 +265,15 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
     assert_eq!(
         replica.send_snapshot(NodeId(2), &snapshot(chosen, max + 1)),
         Err(SendSnapshotError::TooLarge { size: max + 1, max })
+    );
+    // Older than the compaction point: the receiver would still lack compacted slots.
+    replica.compact(chosen);
+    assert_eq!(
+        replica.send_snapshot(NodeId(2), &snapshot(chosen - 1, 1)),
+        Err(SendSnapshotError::TooOld {
+            slot: chosen - 1,
+            compacted_through: chosen
+        })
     );
     assert!(!replica.has_ready(), "nothing was sent");
     replica
@@ -304,6 +315,20 @@ fn malformed_snapshots_are_refused_without_a_change() {
     assert_eq!(replica.status().dropped_messages, 3);
     assert_eq!(replica.status().chosen, before.status().chosen);
     assert!(!replica.has_ready());
+    // A snapshot of exactly snapshot_bytes_max bytes is within the limit.
+    let largest = Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Snapshot {
+            ballot: Ballot::new(1, NodeId(1)),
+            slot: 5,
+            data: Bytes::from(vec![0u8; max]),
+        },
+    };
+    replica.step(largest).unwrap();
+    let mut ready = replica.ready();
+    assert_eq!(ready.take_snapshot().map(|s| s.data.len()), Some(max));
+    replica.advance(ready);
 }
 
 #[test]

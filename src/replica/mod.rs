@@ -782,8 +782,8 @@ impl Replica {
     ///
     /// # Errors
     /// A [`SendSnapshotError`] if `to` is not another member, the snapshot covers nothing (slot
-    /// 0) or slots this replica does not know chosen, or it exceeds
-    /// `Config::snapshot_bytes_max`. Nothing is sent then.
+    /// 0), slots this replica does not know chosen, or not every slot it compacted, or it
+    /// exceeds `Config::snapshot_bytes_max`. Nothing is sent then.
     pub fn send_snapshot(
         &mut self,
         to: NodeId,
@@ -799,6 +799,12 @@ impl Replica {
             return Err(SendSnapshotError::NotChosen {
                 slot: snapshot.slot,
                 chosen: self.hard.chosen,
+            });
+        }
+        if snapshot.slot + 1 < self.log.first() {
+            return Err(SendSnapshotError::TooOld {
+                slot: snapshot.slot,
+                compacted_through: self.log.first() - 1,
             });
         }
         if snapshot.data.len() > self.config.snapshot_bytes_max {
