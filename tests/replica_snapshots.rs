@@ -386,3 +386,148 @@ fn a_crash_after_saving_the_snapshot_but_before_the_chosen_mark_restarts_from_th
     );
     replica.advance(ready);
 }
+
+/// A replica of a 3-member cluster restarted after compacting through slot 3 (its log starts
+/// at slot 4), with its incarnation write done.
+fn compacted_through_3(id: u64) -> Replica {
+    let recovered = Recovered {
+        hard_state: HardState {
+            promised: Ballot::new(1, NodeId(1)),
+            chosen: 3,
+            incarnation: 1,
+        },
+        entries: Vec::new(),
+    };
+    let mut config = common::config(id, 3);
+    config.applied = 3;
+    let mut replica = Replica::new(config, recovered).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+}
+
+fn fetch(from: u64, to: u64, first_slot: u64) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(to),
+        body: Body::Fetch {
+            ballot: Ballot::new(1, NodeId(1)),
+            first_slot,
+        },
+    }
+}
+
+fn snapshot_needed(replica: &mut Replica) -> usize {
+    let mut ready = replica.ready();
+    let count = ready
+        .take_events()
+        .iter()
+        .filter(|event| matches!(event, Event::SnapshotNeeded { .. }))
+        .count();
+    replica.advance(ready);
+    count
+}
+
+#[test]
+fn a_lagging_member_is_reported_again_exactly_when_an_election_timeout_has_passed() {
+    let mut replica = compacted_through_3(1);
+    let election_ticks = replica.config().election_ticks;
+    replica.step(fetch(2, 1, 1)).unwrap();
+    assert_eq!(snapshot_needed(&mut replica), 1);
+    for _ in 1..election_ticks {
+        replica.tick();
+        replica.step(fetch(2, 1, 1)).unwrap();
+        assert_eq!(
+            snapshot_needed(&mut replica),
+            0,
+            "within the election timeout"
+        );
+    }
+    replica.tick();
+    replica.step(fetch(2, 1, 1)).unwrap();
+    assert_eq!(
+        snapshot_needed(&mut replica),
+        1,
+        "an election timeout later"
+    );
+    // Another member is reported on its own schedule.
+    replica.step(fetch(3, 1, 2)).unwrap();
+    assert_eq!(snapshot_needed(&mut replica), 1);
+}
+
+fn fetches(messages: &[Message]) -> Vec<u64> {
+    messages
+        .iter()
+        .filter_map(|message| match message.body {
+            Body::Fetch { first_slot, .. } => Some(first_slot),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn after_installing_a_snapshot_a_follower_fetches_only_what_is_still_missing() {
+    // n2 hears that slots up to 5 are chosen and fetches; a snapshot of slot 3 arrives first:
+    // it fetches from slot 4 at once. A snapshot of slot 5 instead leaves nothing to fetch.
+    for (snapshot_slot, expected) in [(3, vec![4]), (5, vec![])] {
+        let mut replica = follower(2);
+        replica
+            .step(Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::Commit {
+                    ballot: Ballot::new(1, NodeId(1)),
+                    chosen: 5,
+                },
+            })
+            .unwrap();
+        let mut ready = replica.ready();
+        assert_eq!(fetches(&ready.take_messages()), [1]);
+        replica.advance(ready);
+        replica
+            .step(snapshot_message(1, 2, snapshot_slot, b"state"))
+            .unwrap();
+        let mut ready = replica.ready();
+        assert_eq!(
+            fetches(&ready.take_messages()),
+            expected,
+            "snapshot of {snapshot_slot}"
+        );
+        replica.advance(ready);
+    }
+}
+
+#[test]
+fn a_fetch_reply_that_reaches_the_leaders_mark_asks_for_nothing_more() {
+    let mut replica = follower(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::Commit { ballot, chosen: 1 },
+        })
+        .unwrap();
+    let mut ready = replica.ready();
+    assert_eq!(fetches(&ready.take_messages()), [1]);
+    replica.advance(ready);
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::FetchReply {
+                ballot,
+                entries: vec![Entry {
+                    slot: 1,
+                    ballot,
+                    value: command("a"),
+                }],
+                chosen: 1,
+            },
+        })
+        .unwrap();
+    assert_eq!(replica.status().chosen, 1);
+    let mut ready = replica.ready();
+    assert!(fetches(&ready.take_messages()).is_empty());
+    replica.advance(ready);
+}
