@@ -70,6 +70,24 @@ impl Log {
         debug_assert!(self.cells.back().is_some_and(Option::is_some));
     }
 
+    /// Stores `entries`, contiguous and all beyond `last()` (a hole before them if they do not
+    /// start right after it).
+    ///
+    /// # Panics
+    /// If the first entry is not beyond `last()` (the caller checks).
+    pub(crate) fn append(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        assert!(first.slot > self.last(), "append below the log's end");
+        debug_assert!(entries
+            .windows(2)
+            .all(|pair| pair[1].slot == pair[0].slot + 1));
+        let index = (first.slot - self.first) as usize;
+        self.cells.resize(index, None);
+        self.cells.extend(entries.into_iter().map(Some));
+    }
+
     /// The entries held in `first..=last`, skipping holes.
     pub(crate) fn range(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
         let cells = self.cell_indices(first.max(self.first), last.min(self.last()));
@@ -146,6 +164,33 @@ mod tests {
         );
         assert_eq!(log.range(4, 10).count(), 0);
         assert_eq!(log.range(0, 0).count(), 0);
+    }
+
+    #[test]
+    fn append_extends_the_log_leaving_a_hole_before_a_gap() {
+        let mut log = Log::new(1);
+        log.append(vec![entry(1), entry(2)]);
+        log.append(vec![entry(5), entry(6)]);
+        assert_eq!(log.last(), 6);
+        assert_eq!(
+            log.range(1, 10).map(|e| e.slot).collect::<Vec<_>>(),
+            vec![1, 2, 5, 6]
+        );
+        assert!(log.get(3).is_none() && log.get(4).is_none());
+        // After a compaction past the end, appending starts the new window.
+        log.compact(8);
+        log.append(vec![entry(9)]);
+        log.append(Vec::new());
+        assert_eq!((log.first(), log.last()), (9, 9));
+        assert_eq!(log.get(9).map(|e| e.slot), Some(9));
+    }
+
+    #[test]
+    #[should_panic(expected = "append below the log's end")]
+    fn append_refuses_slots_already_in_the_log() {
+        let mut log = Log::new(1);
+        log.append(vec![entry(1), entry(2)]);
+        log.append(vec![entry(2)]);
     }
 
     #[test]

@@ -83,7 +83,23 @@ impl Replica {
                 .hard
                 .chosen
                 .saturating_add(self.config.accept_lookahead_slots_max);
-            if last_slot <= horizon {
+            if last_slot <= horizon
+                && first_slot > self.hard.chosen.max(self.log.last())
+                && first_slot >= self.log.first()
+            {
+                // The common case: every slot is beyond anything held (the entries are
+                // contiguous, `step` checked), so none is chosen, compacted or a duplicate.
+                self.unpersisted.extend(entries.iter().cloned());
+                self.log.append(entries);
+                self.send_after_persist(
+                    from,
+                    Body::Accepted {
+                        ballot,
+                        first_slot,
+                        last_slot,
+                    },
+                );
+            } else if last_slot <= horizon {
                 for entry in entries {
                     // A slot already known chosen holds the chosen value, which is the value any
                     // higher ballot proposes (P2c): nothing to store.
