@@ -1363,3 +1363,55 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_b
     assert_eq!(net.commands(3), ["a", "b", "c", "d", "e"]);
     net.assert_agreement();
 }
+
+#[test]
+fn an_acceptor_ignores_an_accept_reaching_past_its_lookahead() {
+    // Config::accept_lookahead_slots_max: slots more than that far beyond the chosen mark are
+    // not stored (the follower catches up first), however new they are.
+    let mut config = common::config(2, 3);
+    config.accept_lookahead_slots_max = 4;
+    let mut replica = Replica::new(config, Recovered::default()).unwrap();
+    drain(&mut replica);
+    let ballot = Ballot::new(1, NodeId(1));
+    let accept = |slots: std::ops::RangeInclusive<u64>| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Accept {
+            ballot,
+            chosen: 0,
+            entries: slots
+                .map(|slot| Entry {
+                    slot,
+                    ballot,
+                    value: command("x"),
+                })
+                .collect(),
+        },
+    };
+    for beyond in [5..=6, 4..=5] {
+        replica.step(accept(beyond.clone())).unwrap();
+        let mut ready = replica.ready();
+        assert!(ready.persist().entries.is_empty(), "{beyond:?} stored");
+        assert!(
+            ready.take_persisted_messages().is_empty(),
+            "{beyond:?} acknowledged"
+        );
+        replica.advance(ready);
+    }
+    replica.step(accept(3..=4)).unwrap();
+    let mut ready = replica.ready();
+    let stored: Vec<u64> = ready.persist().entries.iter().map(|e| e.slot).collect();
+    assert_eq!(stored, [3, 4]);
+    assert!(matches!(
+        ready.take_persisted_messages()[..],
+        [Message {
+            body: Body::Accepted {
+                first_slot: 3,
+                last_slot: 4,
+                ..
+            },
+            ..
+        }]
+    ));
+    replica.advance(ready);
+}

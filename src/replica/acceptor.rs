@@ -83,12 +83,10 @@ impl Replica {
                 .hard
                 .chosen
                 .saturating_add(self.config.accept_lookahead_slots_max);
-            if last_slot <= horizon
-                && first_slot > self.hard.chosen.max(self.log.last())
-                && first_slot >= self.log.first()
-            {
+            if last_slot <= horizon && first_slot > self.hard.chosen.max(self.log.last()) {
                 // The common case: every slot is beyond anything held (the entries are
-                // contiguous, `step` checked), so none is chosen, compacted or a duplicate.
+                // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
+                // is chosen, compacted or a duplicate.
                 self.unpersisted.extend(entries.iter().cloned());
                 self.log.append(entries);
                 self.send_after_persist(
