@@ -1415,3 +1415,42 @@ fn an_acceptor_ignores_an_accept_reaching_past_its_lookahead() {
     ));
     replica.advance(ready);
 }
+
+#[test]
+fn a_higher_ballot_overwrites_an_unchosen_slot_and_a_duplicate_is_not_written_twice() {
+    // Acceptors accept per slot (P1a): an Accept in a higher ballot for a slot holding an
+    // older, unchosen acceptance is stored (its Accepted claims the new ballot, so the new
+    // entry must be what is written); the same Accept delivered again is acknowledged without
+    // a second write.
+    let mut replica = acceptor(2);
+    let first = Ballot::new(1, NodeId(1));
+    replica
+        .step(accept_slot_1(1, first, 0, command("old")))
+        .unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    let second = Ballot::new(2, NodeId(3));
+    for (delivery, written) in [("first", true), ("duplicate", false)] {
+        replica
+            .step(accept_slot_1(3, second, 0, command("new")))
+            .unwrap();
+        let mut ready = replica.ready();
+        let entries: Vec<(Ballot, Value)> = ready
+            .persist()
+            .entries
+            .iter()
+            .map(|entry| (entry.ballot, entry.value.clone()))
+            .collect();
+        if written {
+            assert_eq!(entries, [(second, command("new"))], "{delivery}");
+        } else {
+            assert!(entries.is_empty(), "{delivery}: written again: {entries:?}");
+        }
+        let acknowledged = ready.take_persisted_messages();
+        assert!(
+            matches!(acknowledged[..], [Message { body: Body::Accepted { ballot, .. }, .. }] if ballot == second),
+            "{delivery}: {acknowledged:?}"
+        );
+        replica.advance(ready);
+    }
+}
