@@ -396,6 +396,20 @@ fn compact_saves_the_snapshot_and_compacts_only_what_was_handed_out() {
                 applied: last
             })
         );
+        let max = Config::new(NodeId(1), vec![NodeId(1)]).snapshot_bytes_max;
+        let huge = Snapshot {
+            slot: last,
+            data: Bytes::from(vec![0u8; max + 1]),
+        };
+        assert_eq!(
+            handle.compact(huge).await,
+            Err(synod::driver::CompactError::TooLarge { size: max + 1, max })
+        );
+        assert_eq!(
+            shared.lock().unwrap().compacted_through(),
+            0,
+            "nothing compacted"
+        );
         let snapshot = Snapshot {
             slot: last,
             data: Bytes::from_static(b"state"),

@@ -81,6 +81,18 @@ pub enum CompactError {
         /// The last slot handed out.
         applied: Slot,
     },
+    /// The snapshot is larger than `Config::snapshot_bytes_max`: a peer that falls behind the
+    /// compacted log could not be sent it, and would never catch up. Nothing is compacted;
+    /// raise the limit (and the transport's frame limit with it) or keep the log.
+    #[error(
+        "the snapshot has {size} bytes, more than snapshot_bytes_max ({max}) lets a peer receive"
+    )]
+    TooLarge {
+        /// The snapshot's data size.
+        size: usize,
+        /// `Config::snapshot_bytes_max`.
+        max: usize,
+    },
     /// The driver has stopped (or its storage failed while saving the snapshot).
     #[error("the driver has stopped")]
     Stopped,
@@ -211,7 +223,8 @@ impl Handle {
     ///
     /// # Errors
     /// [`CompactError::NotApplied`] if the snapshot is beyond what the driver handed out;
-    /// [`CompactError::Stopped`] if the driver is gone or its storage failed.
+    /// [`CompactError::TooLarge`] if it could not be sent to a peer; [`CompactError::Stopped`]
+    /// if the driver is gone or its storage failed.
     pub async fn compact(&mut self, snapshot: Snapshot) -> Result<(), CompactError> {
         let (reply, response) = oneshot::channel();
         self.requests
@@ -481,6 +494,12 @@ where
                 if snapshot.slot > applied {
                     let slot = snapshot.slot;
                     let _ = reply.send(Err(CompactError::NotApplied { slot, applied }));
+                    return Ok(());
+                }
+                let max = self.replica.config().snapshot_bytes_max;
+                if snapshot.data.len() > max {
+                    let size = snapshot.data.len();
+                    let _ = reply.send(Err(CompactError::TooLarge { size, max }));
                     return Ok(());
                 }
                 // The replica forgets the prefix now; the storage saves the snapshot before

@@ -755,7 +755,9 @@ impl Replica {
     }
 
     /// Forgets in-memory entries up to `through`, which the application has applied and made
-    /// durable in its own state (a snapshot). A follower that later needs them is reported
+    /// durable in its own state (a snapshot). Compact only with a snapshot a peer can be sent
+    /// (at most `Config::snapshot_bytes_max`, see [`send_snapshot`](Replica::send_snapshot)):
+    /// a follower behind the compaction point catches up only through it. A follower that later needs them is reported
     /// with [`Event::SnapshotNeeded`]; a candidate that needs them (its first unchosen slot is
     /// at or below `through`) gets no promise from this replica, which could not report the
     /// values it accepted there.
