@@ -15,7 +15,10 @@
 //! and the multiset of messages in flight; each action runs the replica's Ready loop to
 //! completion with synchronous writes.
 
+mod common;
+
 use bytes::Bytes;
+use common::{decode_snapshot, encode_snapshot};
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 use stateright::{Checker, Model, Property};
 use std::collections::BTreeMap;
@@ -509,25 +512,6 @@ impl Model for MultiPaxos {
             }),
         ]
     }
-}
-
-/// The applied values up to `slot`, as a snapshot's bytes.
-fn encode_snapshot(slot: Slot, applied: &BTreeMap<Slot, Value>) -> Snapshot {
-    let values: Vec<(Slot, Value)> = applied
-        .range(..=slot)
-        .map(|(slot, value)| (*slot, value.clone()))
-        .collect();
-    let data = bincode::serde::encode_to_vec(&values, bincode::config::standard()).unwrap();
-    Snapshot {
-        slot,
-        data: Bytes::from(data),
-    }
-}
-
-fn decode_snapshot(snapshot: &Snapshot) -> Vec<(Slot, Value)> {
-    bincode::serde::decode_from_slice(&snapshot.data, bincode::config::standard())
-        .unwrap()
-        .0
 }
 
 fn check(model: MultiPaxos, label: &str) -> usize {

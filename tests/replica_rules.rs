@@ -620,6 +620,31 @@ fn a_follower_fetches_once_what_it_lacks_and_never_what_it_holds() {
     assert_eq!(fetches(&mut replica), 1, "slots 2 and 3 are missing");
     replica.step(commit(3)).unwrap();
     assert_eq!(fetches(&mut replica), 0, "a Fetch is already outstanding");
+    // A reply that reaches the leader's mark asks for nothing more.
+    let entries = [2, 3]
+        .map(|slot| Entry {
+            slot,
+            ballot,
+            value: command("b"),
+        })
+        .to_vec();
+    replica
+        .step(Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body: Body::FetchReply {
+                ballot,
+                entries,
+                chosen: 3,
+            },
+        })
+        .unwrap();
+    assert_eq!(replica.status().chosen, 3);
+    assert_eq!(
+        fetches(&mut replica),
+        0,
+        "the reply reached the leader's mark"
+    );
 }
 
 fn fetch_reply_slots(net: &mut Net, first_slot: u64) -> Option<Vec<u64>> {

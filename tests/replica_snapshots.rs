@@ -20,22 +20,14 @@ fn command(data: &'static str) -> Value {
     }
 }
 
-/// A fresh follower `id` of a 3-member cluster whose incarnation write is done.
-fn follower(id: u64) -> Replica {
-    let mut replica = Replica::new(common::config(id, 3), Recovered::default()).unwrap();
-    let ready = replica.ready();
-    replica.advance(ready);
-    replica
-}
-
-fn snapshot_message(from: u64, to: u64, slot: u64, data: &'static [u8]) -> Message {
+fn snapshot_message(from: u64, to: u64, slot: u64, data: &[u8]) -> Message {
     Message {
         from: NodeId(from),
         to: NodeId(to),
         body: Body::Snapshot {
             ballot: Ballot::new(1, NodeId(from)),
             slot,
-            data: Bytes::from_static(data),
+            data: Bytes::copy_from_slice(data),
         },
     }
 }
@@ -145,7 +137,10 @@ fn only_a_follower_behind_the_snapshot_installs_it() {
     net.replica_mut(1)
         .step(snapshot_message(2, 1, 9, b"state"))
         .unwrap();
-    assert!(!net.replica(1).has_ready() || net.replica_mut(1).ready().snapshot().is_none());
+    let leader = net.replica_mut(1);
+    let ready = leader.ready();
+    assert!(ready.snapshot().is_none());
+    leader.advance(ready);
     assert_eq!(net.replica(1).status().chosen, before.chosen);
     // A follower already at or past the slot ignores it.
     let chosen = net.replica(2).status().chosen;
@@ -163,7 +158,7 @@ fn an_installed_snapshot_moves_the_marks_and_drops_what_it_covers() {
     // n2 accepted slots 1 and 2 from n1 (not yet written) when a snapshot of slot 1 arrives
     // from n3: the ready hands the snapshot out, writes only slot 2 with chosen mark 1, and the
     // acceptance waiting for that write no longer claims slot 1.
-    let mut replica = follower(2);
+    let mut replica = common::started(2, 3);
     let ballot = Ballot::new(1, NodeId(1));
     let entries = vec![
         Entry {
@@ -291,20 +286,12 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
 
 #[test]
 fn malformed_snapshots_are_refused_without_a_change() {
-    let mut replica = follower(2);
+    let mut replica = common::started(2, 3);
     let before = replica.clone();
     let error = replica.step(snapshot_message(1, 2, 0, b"x")).unwrap_err();
     assert!(matches!(error, StepError::Malformed { .. }), "{error}");
     let max = replica.config().snapshot_bytes_max;
-    let huge = Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        body: Body::Snapshot {
-            ballot: Ballot::new(1, NodeId(1)),
-            slot: 5,
-            data: Bytes::from(vec![0u8; max + 1]),
-        },
-    };
+    let huge = snapshot_message(1, 2, 5, &vec![0u8; max + 1]);
     assert!(matches!(
         replica.step(huge).unwrap_err(),
         StepError::Malformed { .. }
@@ -316,16 +303,9 @@ fn malformed_snapshots_are_refused_without_a_change() {
     assert_eq!(replica.status().chosen, before.status().chosen);
     assert!(!replica.has_ready());
     // A snapshot of exactly snapshot_bytes_max bytes is within the limit.
-    let largest = Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        body: Body::Snapshot {
-            ballot: Ballot::new(1, NodeId(1)),
-            slot: 5,
-            data: Bytes::from(vec![0u8; max]),
-        },
-    };
-    replica.step(largest).unwrap();
+    replica
+        .step(snapshot_message(1, 2, 5, &vec![0u8; max]))
+        .unwrap();
     let mut ready = replica.ready();
     assert_eq!(ready.take_snapshot().map(|s| s.data.len()), Some(max));
     replica.advance(ready);
@@ -470,7 +450,7 @@ fn after_installing_a_snapshot_a_follower_fetches_only_what_is_still_missing() {
     // n2 hears that slots up to 5 are chosen and fetches; a snapshot of slot 3 arrives first:
     // it fetches from slot 4 at once. A snapshot of slot 5 instead leaves nothing to fetch.
     for (snapshot_slot, expected) in [(3, vec![4]), (5, vec![])] {
-        let mut replica = follower(2);
+        let mut replica = common::started(2, 3);
         replica
             .step(Message {
                 from: NodeId(1),
@@ -495,39 +475,4 @@ fn after_installing_a_snapshot_a_follower_fetches_only_what_is_still_missing() {
         );
         replica.advance(ready);
     }
-}
-
-#[test]
-fn a_fetch_reply_that_reaches_the_leaders_mark_asks_for_nothing_more() {
-    let mut replica = follower(2);
-    let ballot = Ballot::new(1, NodeId(1));
-    replica
-        .step(Message {
-            from: NodeId(1),
-            to: NodeId(2),
-            body: Body::Commit { ballot, chosen: 1 },
-        })
-        .unwrap();
-    let mut ready = replica.ready();
-    assert_eq!(fetches(&ready.take_messages()), [1]);
-    replica.advance(ready);
-    replica
-        .step(Message {
-            from: NodeId(1),
-            to: NodeId(2),
-            body: Body::FetchReply {
-                ballot,
-                entries: vec![Entry {
-                    slot: 1,
-                    ballot,
-                    value: command("a"),
-                }],
-                chosen: 1,
-            },
-        })
-        .unwrap();
-    assert_eq!(replica.status().chosen, 1);
-    let mut ready = replica.ready();
-    assert!(fetches(&ready.take_messages()).is_empty());
-    replica.advance(ready);
 }

@@ -83,32 +83,26 @@ impl Replica {
                 .hard
                 .chosen
                 .saturating_add(self.config.accept_lookahead_slots_max);
-            if last_slot <= horizon && first_slot > self.hard.chosen.max(self.log.last()) {
-                // The common case: every slot is beyond anything held (the entries are
-                // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
-                // is chosen, compacted or a duplicate.
-                self.unpersisted.extend(entries.iter().cloned());
-                self.log.append(entries);
-                self.send_after_persist(
-                    from,
-                    Body::Accepted {
-                        ballot,
-                        first_slot,
-                        last_slot,
-                    },
-                );
-            } else if last_slot <= horizon {
-                for entry in entries {
-                    // A slot already known chosen holds the chosen value, which is the value any
-                    // higher ballot proposes (P2c): nothing to store.
-                    if entry.slot <= self.hard.chosen || entry.slot < self.log.first() {
-                        continue;
+            if last_slot <= horizon {
+                if first_slot > self.hard.chosen.max(self.log.last()) {
+                    // The common case: every slot is beyond anything held (the entries are
+                    // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
+                    // is chosen, compacted or a duplicate.
+                    self.unpersisted.extend(entries.iter().cloned());
+                    self.log.append(entries);
+                } else {
+                    for entry in entries {
+                        // A slot already known chosen holds the chosen value, which is the value
+                        // any higher ballot proposes (P2c): nothing to store.
+                        if entry.slot <= self.hard.chosen || entry.slot < self.log.first() {
+                            continue;
+                        }
+                        let known = self.log.get(entry.slot);
+                        if known.is_some_and(|known| known.ballot == entry.ballot) {
+                            continue; // a duplicate: the first copy is (being) written
+                        }
+                        self.store(entry);
                     }
-                    let known = self.log.get(entry.slot);
-                    if known.is_some_and(|known| known.ballot == entry.ballot) {
-                        continue; // a duplicate: the first copy is (being) written
-                    }
-                    self.store(entry);
                 }
                 self.send_after_persist(
                     from,

@@ -299,10 +299,14 @@ impl Replica {
     /// The first ready carries a hard-state write (the incarnation is bumped so proposal ids
     /// stay unique across restarts); proposals return `Busy` until it is acknowledged.
     ///
+    /// A `config.applied` beyond the recovered chosen mark is the slot of a snapshot the
+    /// application restored (installed from a peer before its chosen mark reached the disk):
+    /// the chosen mark is raised to it and recovered entries up to it are dropped.
+    ///
     /// # Errors
     /// A [`ConfigError`] if the configuration is invalid, or if `recovered` is inconsistent
-    /// with it (`config.applied` beyond the recovered chosen mark, or below the first recovered
-    /// entry when earlier ones were compacted away, so they could not be handed out again;
+    /// with it (`config.applied` below the first recovered entry when earlier ones were
+    /// compacted away, so they could not be handed out again; a chosen slot without an entry;
     /// entries out of order).
     pub fn new(config: Config, recovered: Recovered) -> Result<Replica, ConfigError> {
         config.validate()?;

@@ -291,6 +291,18 @@ impl SimNode {
             _ => Bytes::new(),
         }
     }
+
+    /// Drops the log through `slot` on every disk the node has: the model disk, the lying
+    /// disk's truth and the files.
+    fn compact_disks(&mut self, slot: Slot) -> Result<(), Violation> {
+        self.storage.compact(slot);
+        self.truly_synced.compact(slot);
+        if let Some(file) = self.file.as_mut() {
+            file.compact(slot)
+                .map_err(|error| Violation::new("file_storage", error))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -891,27 +903,18 @@ impl Simulation {
         // The snapshot may cover slots whose chosen mark is not durable yet: a restart from it
         // raises the chosen mark to its slot (they are chosen: they were applied).
         let applied = node.next_apply - 1;
-        let through = applied;
-        if through <= node.storage.compacted_through() {
+        if applied <= node.storage.compacted_through() {
             return Ok(());
         }
         node.snapshot = Some((applied, node.kv.as_ref().map(|kv| kv.snapshot())));
         let data = node.snapshot_data();
         self.checker.on_snapshot(applied, &data)?;
         let node = &mut self.nodes[index];
-        let replica = node.replica.as_mut().expect("live");
-        replica.compact(through);
-        node.storage.compact(through);
-        node.truly_synced.compact(through);
-        if let Some(file) = node.file.as_mut() {
-            file.compact(through)
-                .map_err(|error| Violation::new("file_storage", error))?;
-        }
+        node.replica.as_mut().expect("live").compact(applied);
+        node.compact_disks(applied)?;
         let id = node.id;
         self.stats.compactions += 1;
-        self.note(format!(
-            "{id}: snapshot at {applied}, compacted through {through}"
-        ));
+        self.note(format!("{id}: snapshot at {applied}, compacted through it"));
         Ok(())
     }
 
@@ -1260,12 +1263,7 @@ impl Simulation {
         }
         node.snapshot = Some((snapshot.slot, kv_bytes));
         node.next_apply = snapshot.slot + 1;
-        node.storage.compact(snapshot.slot);
-        node.truly_synced.compact(snapshot.slot);
-        if let Some(file) = node.file.as_mut() {
-            file.compact(snapshot.slot)
-                .map_err(|error| Violation::new("file_storage", error))?;
-        }
+        node.compact_disks(snapshot.slot)?;
         self.stats.snapshots_installed += 1;
         self.note(format!(
             "{id}: installed a snapshot of slot {}",

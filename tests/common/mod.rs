@@ -40,6 +40,15 @@ pub fn config(id: u64, members: u64) -> Config {
     config
 }
 
+/// A fresh replica `id` of a cluster of `members`, its first ready (the incarnation write)
+/// written and acknowledged.
+pub fn started(id: u64, members: u64) -> Replica {
+    let mut replica = Replica::new(config(id, members), Default::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
+    replica
+}
+
 impl Net {
     pub fn new(members: u64) -> Net {
         Net::with(members, |_| {})
