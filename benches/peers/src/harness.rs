@@ -259,14 +259,20 @@ pub fn drive<C: Cluster>(cluster: &mut C, load: Load) -> Measured {
 /// No consensus at all: every proposal is applied on every "replica" at once. Its cost per
 /// entry is the harness's own floor (building the payload, the digests, the client loop), to
 /// subtract from a library's figure.
+///
+/// With `retain`, it also keeps every command (once, as `Bytes`) until the next `compact`, as a
+/// replicated log must: the floor of any library that holds its log in memory until the
+/// application compacts it.
 pub struct NullCluster {
     appliers: Vec<Digest>,
+    retained: Option<Vec<bytes::Bytes>>,
 }
 
 impl NullCluster {
-    pub fn new(nodes: usize) -> NullCluster {
+    pub fn new(nodes: usize, retain: bool) -> NullCluster {
         NullCluster {
             appliers: vec![Digest::default(); nodes],
+            retained: retain.then(Vec::new),
         }
     }
 }
@@ -276,6 +282,9 @@ impl Cluster for NullCluster {
         for digest in &mut self.appliers {
             digest.apply(&payload);
         }
+        if let Some(retained) = &mut self.retained {
+            retained.push(bytes::Bytes::from(payload));
+        }
     }
 
     fn round(&mut self) -> bool {
@@ -284,7 +293,11 @@ impl Cluster for NullCluster {
 
     fn tick(&mut self) {}
 
-    fn compact(&mut self) {}
+    fn compact(&mut self) {
+        if let Some(retained) = &mut self.retained {
+            retained.clear();
+        }
+    }
 
     fn appliers(&self) -> &[Digest] {
         &self.appliers

@@ -272,7 +272,8 @@ fn one(args: &[String]) {
             let _ = std::fs::remove_dir_all(&root);
             measured
         }
-        "null" => run(harness::NullCluster::new(case.nodes), load),
+        "null" => run(harness::NullCluster::new(case.nodes, false), load),
+        "null-retain" => run(harness::NullCluster::new(case.nodes, true), load),
         other => panic!("unknown library {other:?}: synod, raft-rs, omnipaxos (or null)"),
     };
     if let Some((name, _)) = knobs.first() {
