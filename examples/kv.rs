@@ -279,7 +279,7 @@ impl Storage for MeteredStorage {
     }
 
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
-        let entries = batch.entries.len() as u64;
+        let entries = batch.entries().count() as u64;
         self.inner.write(batch)?;
         let meters = &self.meters;
         meters

@@ -128,7 +128,7 @@ pub use storage::{
 };
 pub use transport::codec::Codec;
 pub use transport::Transport;
-pub use types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot, Value};
+pub use types::{Ballot, Entries, Entry, HardState, NodeId, ProposalId, Slot, Value};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

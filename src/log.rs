@@ -1,19 +1,56 @@
 //! The replica's in-memory view of its log: for each slot from `first` on, the entry with the
 //! highest ballot it has accepted (or the chosen value it fetched), or nothing (a hole).
 //!
-//! Slots below `first` were compacted away by the application. The log is a window of
-//! `Option<Entry>` indexed by `slot - first`; holes cost one empty cell.
+//! Slots below `first` were compacted away by the application. The log is a sequence of shared
+//! runs ([`Entries`]) in slot order, with holes between them, followed by an open *tail*: the
+//! entries stored one by one since the tail was last sealed. Sealing moves the tail into one
+//! shared run and hands a reference to it to a *sink* (the replica's unwritten entries), so the
+//! log, the storage write and every follower's Accept share one allocation per batch, and no
+//! entry is cloned on the steady-state path.
+//!
+//! [`MemStorage`](crate::MemStorage) keeps its entries in a `Log` too, through
+//! [`Log::put`].
 
-use crate::types::{Entry, Slot};
+use crate::types::{Entries, Entry, Slot};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Entries by slot, from `first` on, with holes.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub(crate) struct Log {
-    /// The slot of `cells[0]`. Every slot below it was chosen, applied and compacted.
+    /// Every slot below it was chosen, applied and compacted.
     first: Slot,
-    /// `cells[i]` holds the entry of slot `first + i`, if any. Never ends with `None`.
-    cells: VecDeque<Option<Entry>>,
+    /// Non-empty runs of consecutive slots, in slot order, not overlapping, all at or above
+    /// `first` and below `tail_first` when the tail holds entries.
+    runs: VecDeque<Entries>,
+    /// Entries of consecutive slots from `tail_first` on, beyond every run, not yet sealed.
+    tail: Vec<Entry>,
+    /// The slot of `tail[0]` (meaningless while the tail is empty).
+    tail_first: Slot,
+}
+
+/// The first slot of a run (runs in a log are never empty).
+#[inline]
+fn run_first(run: &Entries) -> Slot {
+    run[0].slot
+}
+
+/// The last slot of a run.
+#[inline]
+fn run_last(run: &Entries) -> Slot {
+    run[run.len() - 1].slot
+}
+
+/// The entries of `run` in `first..=last` (both clipped to the run).
+#[inline]
+fn clip(run: &Entries, first: Slot, last: Slot) -> &[Entry] {
+    let low = run_first(run);
+    let (first, last) = (first.max(low), last.min(run_last(run)));
+    if first > last {
+        &[]
+    } else {
+        &run[(first - low) as usize..=(last - low) as usize]
+    }
 }
 
 impl Log {
@@ -22,7 +59,9 @@ impl Log {
         assert!(first >= 1, "slots start at 1");
         Log {
             first,
-            cells: VecDeque::new(),
+            runs: VecDeque::new(),
+            tail: Vec::new(),
+            tail_first: 0,
         }
     }
 
@@ -33,7 +72,26 @@ impl Log {
 
     /// The highest slot holding an entry, or `first - 1` if none.
     pub(crate) fn last(&self) -> Slot {
-        self.first + self.cells.len() as Slot - 1
+        if !self.tail.is_empty() {
+            self.tail_first + self.tail.len() as Slot - 1
+        } else {
+            self.runs.back().map_or(self.first - 1, run_last)
+        }
+    }
+
+    /// The number of slots holding an entry.
+    pub(crate) fn len(&self) -> usize {
+        self.runs.iter().map(|run| run.len()).sum::<usize>() + self.tail.len()
+    }
+
+    /// True if the tail holds entries not yet sealed into a run (and handed to a sink).
+    pub(crate) fn has_unsealed(&self) -> bool {
+        !self.tail.is_empty()
+    }
+
+    /// The entries of the tail, not yet sealed (in slot order).
+    pub(crate) fn unsealed(&self) -> &[Entry] {
+        &self.tail
     }
 
     /// The entry at `slot`, if held.
@@ -42,85 +100,193 @@ impl Log {
         if slot < self.first {
             return None;
         }
-        self.cells
-            .get((slot - self.first) as usize)
-            .and_then(Option::as_ref)
+        if !self.tail.is_empty() && slot >= self.tail_first {
+            return self.tail.get((slot - self.tail_first) as usize);
+        }
+        let index = self.runs.partition_point(|run| run_last(run) < slot);
+        let run = self.runs.get(index)?;
+        let low = run_first(run);
+        (slot >= low).then(|| &run[(slot - low) as usize])
     }
 
-    /// Stores `entry` in its slot, replacing what was there.
+    /// Stores `entry` in its slot, replacing what was there. An entry for the slot after the
+    /// tail (the common case) or inside it goes into the tail, to be handed to `sink` when the
+    /// tail is sealed; any other becomes a run of its own, handed to `sink` at once (after the
+    /// tail, if storing it seals the tail first).
     ///
     /// # Panics
     /// If the slot was compacted away (the caller checks `first()` first).
-    #[inline(always)]
-    pub(crate) fn set(&mut self, entry: Entry) {
+    #[inline]
+    pub(crate) fn set(&mut self, entry: Entry, sink: &mut Vec<Entries>) {
         assert!(
             entry.slot >= self.first,
             "slot {} below the log's first slot",
             entry.slot
         );
-        let index = (entry.slot - self.first) as usize;
-        if index == self.cells.len() {
-            self.cells.push_back(Some(entry)); // the common case: the next slot
-        } else {
-            if index > self.cells.len() {
-                self.cells.resize(index + 1, None);
+        let slot = entry.slot;
+        if self.tail.is_empty() {
+            if !self.runs.back().is_some_and(|run| run_last(run) >= slot) {
+                self.tail_first = slot;
+                self.tail.push(entry);
+                return;
             }
-            self.cells[index] = Some(entry);
+        } else {
+            let end = self.tail_first + self.tail.len() as Slot;
+            if slot == end {
+                self.tail.push(entry);
+                return;
+            }
+            if slot > end {
+                self.seal(sink);
+                self.tail_first = slot;
+                self.tail.push(entry);
+                return;
+            }
+            if slot >= self.tail_first {
+                self.tail[(slot - self.tail_first) as usize] = entry;
+                return;
+            }
         }
-        debug_assert!(self.cells.back().is_some_and(Option::is_some));
+        // Below the tail: a run of one, spliced in.
+        let run = Entries::one(entry);
+        sink.push(run.clone());
+        self.put(run);
     }
 
-    /// Stores `entries`, contiguous and all beyond `last()` (a hole before them if they do not
-    /// start right after it).
+    /// Stores `run` (consecutive slots, all beyond `last()`; a hole before it if it does not
+    /// start right after it) without copying it, and hands it to `sink` after the tail, which
+    /// it seals first.
     ///
     /// # Panics
-    /// If the first entry is not beyond `last()` (the caller checks).
-    pub(crate) fn append(&mut self, entries: Vec<Entry>) {
-        let Some(first) = entries.first() else {
+    /// If the run does not start beyond `last()` (the caller checks).
+    pub(crate) fn append(&mut self, run: Entries, sink: &mut Vec<Entries>) {
+        let Some(first) = run.first_slot() else {
             return;
         };
-        assert!(first.slot > self.last(), "append below the log's end");
-        debug_assert!(entries
-            .windows(2)
-            .all(|pair| pair[1].slot == pair[0].slot + 1));
-        let index = (first.slot - self.first) as usize;
-        self.cells.resize(index, None);
-        self.cells.extend(entries.into_iter().map(Some));
+        assert!(first > self.last(), "append below the log's end");
+        debug_assert!(run.windows(2).all(|pair| pair[1].slot == pair[0].slot + 1));
+        self.seal(sink);
+        sink.push(run.clone());
+        self.runs.push_back(run);
+    }
+
+    /// Moves the tail into a run of its own (one allocation, no entry cloned) and hands the
+    /// run to `sink`.
+    pub(crate) fn seal(&mut self, sink: &mut Vec<Entries>) {
+        if self.tail.is_empty() {
+            return;
+        }
+        let all: Arc<[Entry]> = self.tail.drain(..).collect();
+        let run = Entries::from_shared(all);
+        sink.push(run.clone());
+        self.runs.push_back(run);
+    }
+
+    /// Stores `run` (consecutive slots), replacing whatever the log held in its slots. The part
+    /// below `first()` is ignored (compacted slots).
+    ///
+    /// # Panics
+    /// If the tail holds entries at or below the run's last slot (a replica's log stores
+    /// through `set` and `append`, which take care of the tail).
+    pub(crate) fn put(&mut self, mut run: Entries) {
+        run.drop_below(self.first);
+        let (Some(first), Some(last)) = (run.first_slot(), run.last_slot()) else {
+            return;
+        };
+        assert!(
+            self.tail.is_empty() || last < self.tail_first,
+            "a run put over the log's tail"
+        );
+        if !self.runs.back().is_some_and(|back| run_last(back) >= first) {
+            self.runs.push_back(run);
+            return;
+        }
+        // Runs `low..high` overlap `first..=last`; keep what sticks out on either side.
+        let low = self.runs.partition_point(|held| run_last(held) < first);
+        let high = self.runs.partition_point(|held| run_first(held) <= last);
+        let mut pieces = Vec::with_capacity(3);
+        if low < high {
+            let left = &self.runs[low];
+            if run_first(left) < first {
+                pieces.push(left.slots(run_first(left), first - 1));
+            }
+        }
+        pieces.push(run);
+        if low < high {
+            let right = &self.runs[high - 1];
+            if run_last(right) > last {
+                pieces.push(right.slots(last + 1, run_last(right)));
+            }
+        }
+        self.runs.drain(low..high);
+        for (offset, piece) in pieces.into_iter().enumerate() {
+            self.runs.insert(low + offset, piece);
+        }
     }
 
     /// The entries held in `first..=last`, skipping holes.
     pub(crate) fn range(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
-        let cells = self.cell_indices(first.max(self.first), last.min(self.last()));
-        self.cells.range(cells).filter_map(Option::as_ref)
+        let first = first.max(self.first);
+        let start = self.runs.partition_point(|run| run_last(run) < first);
+        let runs = self
+            .runs
+            .range(start..)
+            .take_while(move |run| run_first(run) <= last)
+            .flat_map(move |run| clip(run, first, last));
+        let tail: &[Entry] = if self.tail.is_empty() {
+            &[]
+        } else {
+            let tail_last = self.tail_first + self.tail.len() as Slot - 1;
+            let (low, high) = (first.max(self.tail_first), last.min(tail_last));
+            if low > high {
+                &[]
+            } else {
+                &self.tail[(low - self.tail_first) as usize..=(high - self.tail_first) as usize]
+            }
+        };
+        runs.chain(tail)
     }
 
-    /// The entries of `first..=last`, which must all be held (chosen slots, say): an exact-size
-    /// iterator, so collecting it reserves once instead of checking capacity per entry.
+    /// The entries of `first..=last`, which must all be held (chosen slots, say).
     ///
     /// # Panics
     /// If a slot of the range is not held (a hole, or outside the log).
-    pub(crate) fn contiguous(
-        &self,
-        first: Slot,
-        last: Slot,
-    ) -> impl ExactSizeIterator<Item = &Entry> + '_ {
+    pub(crate) fn contiguous(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
         assert!(
             first > last || (first >= self.first && last <= self.last()),
             "slots {first}..={last} outside the log"
         );
-        self.cells
-            .range(self.cell_indices(first, last))
-            .map(|cell| cell.as_ref().expect("a held range has no hole"))
+        let mut expected = first;
+        self.range(first, last).inspect(move |entry| {
+            assert_eq!(entry.slot, expected, "a held range has no hole");
+            expected += 1;
+        })
     }
 
-    /// The indices in `cells` of slots `first..=last` (empty if `first > last`); both must be
-    /// within the log unless the range is empty.
-    fn cell_indices(&self, first: Slot, last: Slot) -> std::ops::Range<usize> {
+    /// The entries of `first..=last` as one run: shared with the log (no entry copied) when a
+    /// single sealed run holds them all, as in steady state; copied otherwise.
+    ///
+    /// # Panics
+    /// If a slot of the range is not held.
+    pub(crate) fn slice(&self, first: Slot, last: Slot) -> Entries {
         if first > last {
-            0..0
-        } else {
-            (first - self.first) as usize..(last - self.first) as usize + 1
+            return Entries::new();
         }
+        if self.tail.is_empty() || last < self.tail_first {
+            let index = self.runs.partition_point(|run| run_last(run) < first);
+            if let Some(run) = self.runs.get(index) {
+                if run_first(run) <= first && last <= run_last(run) {
+                    return run.slots(first, last);
+                }
+            }
+        }
+        let entries: Vec<Entry> = self.contiguous(first, last).cloned().collect();
+        assert_eq!(
+            entries.len() as Slot,
+            last - first + 1,
+            "slots {first}..={last} not all held"
+        );
+        Entries::from(entries)
     }
 
     /// Forgets every slot up to and including `through`.
@@ -128,11 +294,43 @@ impl Log {
         if through < self.first {
             return;
         }
-        let count = ((through - self.first + 1) as usize).min(self.cells.len());
-        self.cells.drain(..count);
+        while self
+            .runs
+            .front()
+            .is_some_and(|run| run_last(run) <= through)
+        {
+            self.runs.pop_front();
+        }
+        if let Some(run) = self.runs.front_mut() {
+            run.drop_below(through + 1);
+        }
+        if !self.tail.is_empty() && through >= self.tail_first {
+            let count = ((through + 1 - self.tail_first) as usize).min(self.tail.len());
+            self.tail.drain(..count);
+            self.tail_first += count as Slot;
+        }
         self.first = through + 1;
-        while self.cells.back().is_some_and(Option::is_none) {
-            self.cells.pop_back();
+    }
+}
+
+/// Logs are equal if they hold the same entries from the same first slot, however the
+/// entries are split into runs.
+impl PartialEq for Log {
+    fn eq(&self, other: &Log) -> bool {
+        self.first == other.first
+            && self
+                .range(self.first, self.last())
+                .eq(other.range(other.first, other.last()))
+    }
+}
+
+impl Eq for Log {}
+
+impl std::hash::Hash for Log {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.first.hash(state);
+        for entry in self.range(self.first, self.last()) {
+            entry.hash(state);
         }
     }
 }
@@ -143,44 +341,87 @@ mod tests {
     use crate::types::{Ballot, NodeId, Value};
 
     fn entry(slot: Slot) -> Entry {
+        entry_in(slot, 1)
+    }
+
+    fn entry_in(slot: Slot, round: u64) -> Entry {
         Entry {
             slot,
-            ballot: Ballot::new(1, NodeId(1)),
+            ballot: Ballot::new(round, NodeId(1)),
             value: Value::Noop,
         }
+    }
+
+    fn slots(log: &Log) -> Vec<Slot> {
+        log.range(0, Slot::MAX).map(|e| e.slot).collect()
+    }
+
+    fn run(first: Slot, last: Slot, round: u64) -> Entries {
+        (first..=last).map(|slot| entry_in(slot, round)).collect()
     }
 
     #[test]
     fn holes_are_empty_and_ranges_skip_them() {
         let mut log = Log::new(1);
+        let mut sink = Vec::new();
         assert_eq!(log.last(), 0);
-        log.set(entry(3));
-        log.set(entry(1));
+        log.set(entry(3), &mut sink);
+        log.set(entry(1), &mut sink);
         assert_eq!(log.last(), 3);
         assert!(log.get(2).is_none());
-        assert_eq!(
-            log.range(1, 10).map(|e| e.slot).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(slots(&log), vec![1, 3]);
         assert_eq!(log.range(4, 10).count(), 0);
         assert_eq!(log.range(0, 0).count(), 0);
+        assert_eq!(log.len(), 2);
     }
 
     #[test]
-    fn append_extends_the_log_leaving_a_hole_before_a_gap() {
+    fn the_tail_is_handed_to_the_sink_when_sealed() {
         let mut log = Log::new(1);
-        log.append(vec![entry(1), entry(2)]);
-        log.append(vec![entry(5), entry(6)]);
-        assert_eq!(log.last(), 6);
+        let mut sink = Vec::new();
+        for slot in 1..=3 {
+            log.set(entry(slot), &mut sink);
+        }
+        log.set(entry_in(2, 2), &mut sink); // inside the tail: replaced in place
+        assert!(sink.is_empty() && log.has_unsealed());
+        log.seal(&mut sink);
+        assert!(!log.has_unsealed());
         assert_eq!(
-            log.range(1, 10).map(|e| e.slot).collect::<Vec<_>>(),
-            vec![1, 2, 5, 6]
+            sink,
+            vec![Entries::from(vec![entry(1), entry_in(2, 2), entry(3)])]
         );
-        assert!(log.get(3).is_none() && log.get(4).is_none());
+        // Below the tail: a run of its own, handed out at once; the sealed run is split.
+        log.set(entry(4), &mut sink);
+        log.set(entry_in(2, 3), &mut sink);
+        assert_eq!(sink.len(), 2);
+        assert_eq!(sink[1], Entries::one(entry_in(2, 3)));
+        assert_eq!(log.get(2), Some(&entry_in(2, 3)));
+        assert_eq!(slots(&log), vec![1, 2, 3, 4]);
+        // A gap after the tail seals it first, so the sink keeps the order of the writes.
+        log.set(entry(7), &mut sink);
+        assert_eq!(sink.len(), 3);
+        assert_eq!(sink[2], Entries::one(entry(4)));
+        assert!(log.get(5).is_none() && log.get(7).is_some());
+    }
+
+    #[test]
+    fn append_shares_the_run_and_leaves_a_hole_before_a_gap() {
+        let mut log = Log::new(1);
+        let mut sink = Vec::new();
+        log.set(entry(1), &mut sink);
+        let appended = run(2, 3, 1);
+        log.append(appended.clone(), &mut sink);
+        log.append(run(6, 7, 1), &mut sink);
+        assert_eq!(sink.len(), 3, "the tail, then each run");
+        assert_eq!(sink[1], appended);
+        assert_eq!(slots(&log), vec![1, 2, 3, 6, 7]);
+        assert!(log.get(4).is_none() && log.get(5).is_none());
+        assert_eq!(log.slice(2, 3), appended);
+        assert_eq!(log.slice(1, 3), run(1, 3, 1), "across runs: copied");
         // After a compaction past the end, appending starts the new window.
         log.compact(8);
-        log.append(vec![entry(9)]);
-        log.append(Vec::new());
+        log.append(run(9, 9, 1), &mut sink);
+        log.append(Entries::new(), &mut sink);
         assert_eq!((log.first(), log.last()), (9, 9));
         assert_eq!(log.get(9).map(|e| e.slot), Some(9));
     }
@@ -189,25 +430,103 @@ mod tests {
     #[should_panic(expected = "append below the log's end")]
     fn append_refuses_slots_already_in_the_log() {
         let mut log = Log::new(1);
-        log.append(vec![entry(1), entry(2)]);
-        log.append(vec![entry(2)]);
+        let mut sink = Vec::new();
+        log.append(run(1, 2, 1), &mut sink);
+        log.append(run(2, 2, 1), &mut sink);
+    }
+
+    #[test]
+    #[should_panic(expected = "a held range has no hole")]
+    fn slice_refuses_a_range_with_a_hole() {
+        let mut log = Log::new(1);
+        let mut sink = Vec::new();
+        log.set(entry(1), &mut sink);
+        log.set(entry(3), &mut sink);
+        log.seal(&mut sink);
+        let _ = log.slice(1, 3);
+    }
+
+    #[test]
+    fn put_replaces_what_it_overlaps() {
+        let mut log = Log::new(1);
+        log.put(run(1, 5, 1));
+        log.put(run(8, 9, 1));
+        log.put(run(4, 8, 2));
+        let rounds: Vec<(Slot, u64)> = log
+            .range(0, 100)
+            .map(|e| (e.slot, e.ballot.round))
+            .collect();
+        assert_eq!(
+            rounds,
+            [
+                (1, 1),
+                (2, 1),
+                (3, 1),
+                (4, 2),
+                (5, 2),
+                (6, 2),
+                (7, 2),
+                (8, 2),
+                (9, 1)
+            ]
+        );
+        log.put(run(2, 2, 3)); // inside one run: split in three
+        assert_eq!(log.get(2).unwrap().ballot.round, 3);
+        assert_eq!(log.get(3).unwrap().ballot.round, 1);
+        assert_eq!(log.len(), 9);
+        log.compact(3);
+        log.put(run(1, 4, 4)); // compacted slots ignored
+        assert_eq!(slots(&log), (4..=9).collect::<Vec<_>>());
+        assert_eq!(log.get(4).unwrap().ballot.round, 4);
+    }
+
+    #[test]
+    fn logs_compare_by_content_not_by_runs() {
+        let mut sink = Vec::new();
+        let mut sealed = Log::new(1);
+        let mut open = Log::new(1);
+        for slot in 1..=4 {
+            sealed.set(entry(slot), &mut sink);
+            open.set(entry(slot), &mut sink);
+            if slot == 2 {
+                sealed.seal(&mut sink);
+            }
+        }
+        assert_eq!(sealed, open);
+        let hash = |log: &Log| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            log.hash(&mut hasher);
+            hasher.finish()
+        };
+        assert_eq!(hash(&sealed), hash(&open));
+        open.set(entry_in(4, 2), &mut sink);
+        assert_ne!(sealed, open);
     }
 
     #[test]
     fn compaction_moves_the_first_slot() {
         let mut log = Log::new(1);
-        for slot in 1..=5 {
-            log.set(entry(slot));
+        let mut sink = Vec::new();
+        for slot in 1..=3 {
+            log.set(entry(slot), &mut sink);
         }
-        log.compact(3);
-        assert_eq!(log.first(), 4);
-        assert!(log.get(3).is_none());
-        assert_eq!(log.get(4).unwrap().slot, 4);
+        log.seal(&mut sink);
+        for slot in 4..=5 {
+            log.set(entry(slot), &mut sink);
+        }
+        log.compact(2);
+        assert_eq!((log.first(), slots(&log)), (3, vec![3, 4, 5]));
+        log.compact(4); // through the runs and into the tail
+        assert_eq!(log.first(), 5);
+        assert!(log.get(3).is_none() && log.get(4).is_none());
+        assert_eq!(log.get(5).unwrap().slot, 5);
         assert_eq!(log.last(), 5);
         log.compact(9);
         assert_eq!(log.first(), 10);
         assert_eq!(log.last(), 9);
-        log.set(entry(12));
+        log.set(entry(12), &mut sink);
         assert_eq!(log.last(), 12);
+        assert_eq!(slots(&log), vec![12]);
     }
 }

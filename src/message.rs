@@ -6,7 +6,7 @@
 //! and check-quorum), chosen marks (`Commit`), catch-up (`Fetch`/`FetchReply`) and forwarded
 //! proposals.
 
-use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot};
+use crate::types::{Ballot, Entries, Entry, NodeId, ProposalId, Slot};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -79,8 +79,9 @@ pub enum Body {
         ballot: Ballot,
         /// The leader's chosen mark (every slot up to it is chosen).
         chosen: Slot,
-        /// The entries, contiguous and in slot order, each with `ballot` as its ballot.
-        entries: Vec<Entry>,
+        /// The entries, contiguous and in slot order, each with `ballot` as its ballot: a run
+        /// shared with the leader's log, not a copy (encoded as a vector).
+        entries: Entries,
     },
     /// Phase 2b: "I accepted every slot in `first_slot..=last_slot` under `ballot`". Sent only
     /// once those entries are durable.

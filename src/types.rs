@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// The identity of one replica within a cluster. Must be unique within the cluster.
 #[derive(
@@ -104,6 +105,170 @@ pub struct Entry {
     pub value: Value,
 }
 
+/// A run of log entries in consecutive slots, shared and immutable: cloning it, or taking a
+/// sub-run with [`Entries::slots`], costs one reference-count increment for the whole run, not
+/// one per entry.
+///
+/// The replica hands runs out without copying them: the leader's Accept to every follower, its
+/// log and its storage write hold the same run, and a follower keeps the run an Accept brought
+/// (see `Body::Accept` and `WriteBatch::runs`). It dereferences to `&[Entry]`; on the wire it
+/// is encoded exactly as a `Vec<Entry>`.
+///
+/// Building one from a `Vec<Entry>` moves the entries into a single allocation. A run built by
+/// the replica always holds consecutive slots; one built by the application should too (a
+/// replica refuses an Accept whose entries are not, with `StepError::Malformed`).
+#[derive(Clone, Default)]
+pub struct Entries {
+    /// The shared allocation (`None`: the empty run, which allocates nothing).
+    all: Option<Arc<[Entry]>>,
+    /// The part of `all` this run covers.
+    start: usize,
+    end: usize,
+}
+
+impl Entries {
+    /// The empty run.
+    pub const fn new() -> Entries {
+        Entries {
+            all: None,
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The run of every entry of `all` (which must hold consecutive slots).
+    pub(crate) fn from_shared(all: Arc<[Entry]>) -> Entries {
+        let end = all.len();
+        if end == 0 {
+            return Entries::new();
+        }
+        Entries {
+            all: Some(all),
+            start: 0,
+            end,
+        }
+    }
+
+    /// A run of one entry.
+    pub fn one(entry: Entry) -> Entries {
+        Entries::from(vec![entry])
+    }
+
+    /// The slot of the first entry, if any.
+    pub fn first_slot(&self) -> Option<Slot> {
+        self.first().map(|entry| entry.slot)
+    }
+
+    /// The slot of the last entry, if any.
+    pub fn last_slot(&self) -> Option<Slot> {
+        self.last().map(|entry| entry.slot)
+    }
+
+    /// The sub-run of the entries whose slots lie in `first..=last`, sharing this run's
+    /// allocation (no entry is copied). Assumes the run holds consecutive slots; an empty range
+    /// or one outside the run gives the empty run.
+    pub fn slots(&self, first: Slot, last: Slot) -> Entries {
+        let (Some(low), Some(high)) = (self.first_slot(), self.last_slot()) else {
+            return Entries::new();
+        };
+        let (first, last) = (first.max(low), last.min(high));
+        if first > last {
+            return Entries::new();
+        }
+        Entries {
+            all: self.all.clone(),
+            start: self.start + (first - low) as usize,
+            end: self.start + (last - low) as usize + 1,
+        }
+    }
+
+    /// Drops the entries of slots below `slot` from the front (no copy).
+    pub(crate) fn drop_below(&mut self, slot: Slot) {
+        if let Some(low) = self.first_slot() {
+            if slot > low {
+                self.start = (self.start + (slot - low) as usize).min(self.end);
+                if self.start == self.end {
+                    *self = Entries::new();
+                }
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Entries {
+    type Target = [Entry];
+
+    #[inline]
+    fn deref(&self) -> &[Entry] {
+        match &self.all {
+            Some(all) => &all[self.start..self.end],
+            None => &[],
+        }
+    }
+}
+
+impl From<Vec<Entry>> for Entries {
+    /// Moves the entries into one shared allocation (none for an empty vector).
+    fn from(entries: Vec<Entry>) -> Entries {
+        if entries.is_empty() {
+            return Entries::new();
+        }
+        let end = entries.len();
+        Entries {
+            all: Some(Arc::from(entries)),
+            start: 0,
+            end,
+        }
+    }
+}
+
+impl FromIterator<Entry> for Entries {
+    fn from_iter<I: IntoIterator<Item = Entry>>(entries: I) -> Entries {
+        Entries::from(entries.into_iter().collect::<Vec<_>>())
+    }
+}
+
+impl<'a> IntoIterator for &'a Entries {
+    type Item = &'a Entry;
+    type IntoIter = std::slice::Iter<'a, Entry>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl PartialEq for Entries {
+    fn eq(&self, other: &Entries) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Entries {}
+
+impl std::hash::Hash for Entries {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (**self).hash(state);
+    }
+}
+
+impl fmt::Debug for Entries {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Entries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Entries, D::Error> {
+        Vec::<Entry>::deserialize(deserializer).map(Entries::from)
+    }
+}
+
 /// The state an acceptor must keep durable besides its log.
 ///
 /// `promised` must reach stable storage before any Promise or Accepted that depends on it is
@@ -122,6 +287,57 @@ pub struct HardState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(slot: Slot) -> Entry {
+        Entry {
+            slot,
+            ballot: Ballot::new(1, NodeId(1)),
+            value: Value::Noop,
+        }
+    }
+
+    #[test]
+    fn entries_share_and_slice_by_slot() {
+        let run = Entries::from((3..=7).map(entry).collect::<Vec<_>>());
+        assert_eq!(
+            (run.first_slot(), run.last_slot(), run.len()),
+            (Some(3), Some(7), 5)
+        );
+        let middle = run.slots(4, 5);
+        assert_eq!(middle.iter().map(|e| e.slot).collect::<Vec<_>>(), [4, 5]);
+        assert!(Arc::ptr_eq(
+            run.all.as_ref().unwrap(),
+            middle.all.as_ref().unwrap()
+        ));
+        assert_eq!(run.slots(0, 100), run);
+        assert!(run.slots(8, 9).is_empty() && run.slots(5, 4).is_empty());
+        assert_eq!(middle.slots(5, 9).first_slot(), Some(5));
+        let mut tail = run.clone();
+        tail.drop_below(6);
+        assert_eq!(tail.first_slot(), Some(6));
+        tail.drop_below(100);
+        assert!(tail.is_empty() && tail.all.is_none());
+        assert!(Entries::from(Vec::new()).all.is_none());
+        assert_eq!(
+            format!("{:?}", Entries::one(entry(1))),
+            format!("{:?}", [entry(1)])
+        );
+    }
+
+    #[test]
+    fn entries_encode_as_a_vector() {
+        let entries: Vec<Entry> = (1..=3).map(entry).collect();
+        let config = bincode::config::standard();
+        let run = Entries::from(entries.clone()).slots(2, 3);
+        let bytes = bincode::serde::encode_to_vec(&run, config).unwrap();
+        assert_eq!(
+            bytes,
+            bincode::serde::encode_to_vec(&entries[1..], config).unwrap()
+        );
+        let (back, _): (Entries, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(back, run);
+    }
 
     #[test]
     fn ballots_order_by_round_then_node() {

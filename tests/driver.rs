@@ -28,7 +28,7 @@ impl Storage for SlowStorage {
     }
 
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
-        let (entries, must_sync) = (batch.entries.len() as u64, batch.must_sync);
+        let (entries, must_sync) = (batch.entries().count() as u64, batch.must_sync);
         self.inner.write(batch)?;
         self.entries_written.fetch_add(entries, Ordering::Relaxed);
         if must_sync {

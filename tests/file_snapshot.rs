@@ -286,7 +286,7 @@ fn compacting_through_the_snapshot_keeps_the_rest_across_reopen() {
     storage
         .write(&mut WriteBatch {
             hard_state: Some(hard_state),
-            entries: (1..=6).map(noop).collect(),
+            runs: vec![(1..=6).map(noop).collect()],
             must_sync: true,
         })
         .unwrap();

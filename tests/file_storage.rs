@@ -63,36 +63,24 @@ fn hard_state(round: u64, chosen: u64) -> HardState {
 /// hard-state-only batch. `must_sync[i]` says whether batch `i` asks for a sync.
 fn sample_batches(must_sync: [bool; 6]) -> Vec<WriteBatch> {
     vec![
-        WriteBatch {
-            hard_state: Some(hard_state(1, 0)),
-            entries: vec![entry(1, 1, 5), entry(2, 1, 0)],
-            must_sync: must_sync[0],
-        },
-        WriteBatch {
-            hard_state: None,
-            entries: vec![entry(3, 1, 12)],
-            must_sync: must_sync[1],
-        },
-        WriteBatch {
-            hard_state: Some(hard_state(2, 1)),
-            entries: vec![entry(2, 2, 7), entry(4, 2, 1)],
-            must_sync: must_sync[2],
-        },
-        WriteBatch {
-            hard_state: Some(hard_state(3, 2)),
-            entries: vec![],
-            must_sync: must_sync[3],
-        },
-        WriteBatch {
-            hard_state: None,
-            entries: vec![entry(5, 3, 3), entry(1, 3, 0), entry(5, 3, 4)],
-            must_sync: must_sync[4],
-        },
-        WriteBatch {
-            hard_state: Some(hard_state(4, 4)),
-            entries: vec![entry(6, 4, 9)],
-            must_sync: must_sync[5],
-        },
+        WriteBatch::new(
+            Some(hard_state(1, 0)),
+            vec![entry(1, 1, 5), entry(2, 1, 0)],
+            must_sync[0],
+        ),
+        WriteBatch::new(None, vec![entry(3, 1, 12)], must_sync[1]),
+        WriteBatch::new(
+            Some(hard_state(2, 1)),
+            vec![entry(2, 2, 7), entry(4, 2, 1)],
+            must_sync[2],
+        ),
+        WriteBatch::new(Some(hard_state(3, 2)), vec![], must_sync[3]),
+        WriteBatch::new(
+            None,
+            vec![entry(5, 3, 3), entry(1, 3, 0), entry(5, 3, 4)],
+            must_sync[4],
+        ),
+        WriteBatch::new(Some(hard_state(4, 4)), vec![entry(6, 4, 9)], must_sync[5]),
     ]
 }
 
@@ -211,11 +199,7 @@ fn every_truncation_recovers_exactly_the_wholly_written_batches() {
         );
         // The repaired log takes new writes and replays them after them.
         if cut % 7 == 0 {
-            let extra = WriteBatch {
-                hard_state: Some(hard_state(9, 0)),
-                entries: vec![entry(2, 9, 2)],
-                must_sync: false,
-            };
+            let extra = WriteBatch::new(Some(hard_state(9, 0)), vec![entry(2, 9, 2)], false);
             storage.write(&mut extra.clone()).unwrap();
             drop(storage);
             let mut expected: Vec<WriteBatch> = batches[..whole].to_vec();
@@ -463,11 +447,11 @@ fn an_oversize_command_is_refused_without_writing_anything() {
         ..options()
     };
     let mut storage = open(directory.path(), limited).unwrap();
-    let batch = WriteBatch {
-        hard_state: Some(hard_state(1, 0)),
-        entries: vec![entry(1, 1, 4), entry(2, 1, 9)],
-        must_sync: true,
-    };
+    let batch = WriteBatch::new(
+        Some(hard_state(1, 0)),
+        vec![entry(1, 1, 4), entry(2, 1, 9)],
+        true,
+    );
     let error = storage.write(&mut batch.clone()).unwrap_err();
     assert!(matches!(error, StorageError::Io { .. }), "{error}");
     assert_eq!(storage.recover().unwrap(), Recovered::default());
@@ -483,28 +467,16 @@ fn compaction_deletes_whole_segments_and_keeps_the_hard_state() {
     let mut storage = open(directory.path(), small_segments()).unwrap();
     let mut memory = MemStorage::new();
     // The hard state is written once, first: it lives in the oldest segment.
-    let first = WriteBatch {
-        hard_state: Some(hard_state(7, 3)),
-        entries: vec![entry(1, 7, 20)],
-        must_sync: true,
-    };
+    let first = WriteBatch::new(Some(hard_state(7, 3)), vec![entry(1, 7, 20)], true);
     storage.write(&mut first.clone()).unwrap();
     memory.write(&mut first.clone()).unwrap();
     for slot in 2..=40 {
-        let batch = WriteBatch {
-            hard_state: None,
-            entries: vec![entry(slot, 7, 20)],
-            must_sync: false,
-        };
+        let batch = WriteBatch::new(None, vec![entry(slot, 7, 20)], false);
         storage.write(&mut batch.clone()).unwrap();
         memory.write(&mut batch.clone()).unwrap();
     }
     // Slot 3 rewritten late: its newest entry lives in a late segment.
-    let late = WriteBatch {
-        hard_state: None,
-        entries: vec![entry(3, 8, 1)],
-        must_sync: false,
-    };
+    let late = WriteBatch::new(None, vec![entry(3, 8, 1)], false);
     storage.write(&mut late.clone()).unwrap();
     memory.write(&mut late.clone()).unwrap();
     let segments_before = storage.segment_paths().len();
@@ -572,13 +544,15 @@ fn arbitrary_batch() -> impl Strategy<Value = WriteBatch> {
         proptest::collection::vec((1..24u64, 1..10u64, 0..40usize), 0..5),
         any::<bool>(),
     )
-        .prop_map(|(hard, entries, must_sync)| WriteBatch {
-            hard_state: hard.map(|(round, chosen)| hard_state(round, chosen)),
-            entries: entries
-                .into_iter()
-                .map(|(slot, round, data_bytes)| entry(slot, round, data_bytes))
-                .collect(),
-            must_sync,
+        .prop_map(|(hard, entries, must_sync)| {
+            WriteBatch::new(
+                hard.map(|(round, chosen)| hard_state(round, chosen)),
+                entries
+                    .into_iter()
+                    .map(|(slot, round, data_bytes)| entry(slot, round, data_bytes))
+                    .collect(),
+                must_sync,
+            )
         })
 }
 
@@ -687,11 +661,7 @@ fn measure_synced_writes_per_second() {
     let mut writes = 0u64;
     while start.elapsed() < std::time::Duration::from_secs(3) {
         writes += 1;
-        let batch = WriteBatch {
-            hard_state: None,
-            entries: vec![entry(writes, 1, 100)],
-            must_sync: true,
-        };
+        let batch = WriteBatch::new(None, vec![entry(writes, 1, 100)], true);
         storage.write(&mut batch.clone()).unwrap();
     }
     let seconds = start.elapsed().as_secs_f64();

@@ -101,9 +101,9 @@ impl Disk {
 
     fn write(&mut self, batch: &mut WriteBatch) {
         let compacted_through = self.compacted_through();
-        for entry in batch.entries.drain(..) {
+        for entry in batch.entries() {
             if entry.slot > compacted_through {
-                self.entries.insert(entry.slot, entry);
+                self.entries.insert(entry.slot, entry.clone());
             }
         }
         if let Some(hard_state) = batch.hard_state {

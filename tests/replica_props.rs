@@ -88,7 +88,7 @@ fn run(nodes: u64, actions: Vec<Action>) -> Result<usize, TestCaseError> {
                 let mut ready = probe.ready();
                 let persist = ready.take_persist();
                 prop_assert!(
-                    persist.entries.is_empty()
+                    persist.runs.is_empty()
                         && persist.hard_state.is_none()
                         && ready.take_messages().is_empty()
                         && ready.take_persisted_messages().is_empty()

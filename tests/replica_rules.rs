@@ -40,7 +40,8 @@ fn accept_slot_1(from: u64, ballot: Ballot, chosen: u64, value: Value) -> Messag
                 slot: 1,
                 ballot,
                 value,
-            }],
+            }]
+            .into(),
         },
     }
 }
@@ -218,9 +219,9 @@ fn an_accept_for_slots_already_chosen_writes_nothing() {
     replica.step(accept_slot_1(3, second, 1, value)).unwrap();
     let mut ready = replica.ready();
     assert!(
-        ready.persist().entries.is_empty(),
+        ready.persist().runs.is_empty(),
         "a chosen slot was stored again: {:?}",
-        ready.persist().entries
+        ready.persist().runs
     );
     let acknowledged = ready.take_persisted_messages();
     assert!(
@@ -786,7 +787,7 @@ fn a_new_leader_adopts_the_highest_ballot_value_whatever_order_promises_arrive_i
             Body::Accept { entries, .. } => entries
                 .into_iter()
                 .find(|entry| entry.slot == 1)
-                .map(|entry| entry.value),
+                .map(|entry| entry.value.clone()),
             _ => None,
         })
         .collect();
@@ -1373,7 +1374,7 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_b
     node.storage
         .write(&mut synod::WriteBatch {
             hard_state: Some(hard_state),
-            entries: Vec::new(),
+            runs: Vec::new(),
             must_sync: true,
         })
         .unwrap();
@@ -1416,7 +1417,7 @@ fn an_acceptor_ignores_an_accept_reaching_past_its_lookahead() {
     for beyond in [5..=6, 4..=5] {
         replica.step(accept(beyond.clone())).unwrap();
         let mut ready = replica.ready();
-        assert!(ready.persist().entries.is_empty(), "{beyond:?} stored");
+        assert!(ready.persist().runs.is_empty(), "{beyond:?} stored");
         assert!(
             ready.take_persisted_messages().is_empty(),
             "{beyond:?} acknowledged"
@@ -1425,7 +1426,7 @@ fn an_acceptor_ignores_an_accept_reaching_past_its_lookahead() {
     }
     replica.step(accept(3..=4)).unwrap();
     let mut ready = replica.ready();
-    let stored: Vec<u64> = ready.persist().entries.iter().map(|e| e.slot).collect();
+    let stored: Vec<u64> = ready.persist().entries().map(|e| e.slot).collect();
     assert_eq!(stored, [3, 4]);
     assert!(matches!(
         ready.take_persisted_messages()[..],
@@ -1462,8 +1463,7 @@ fn a_higher_ballot_overwrites_an_unchosen_slot_and_a_duplicate_is_not_written_tw
         let mut ready = replica.ready();
         let entries: Vec<(Ballot, Value)> = ready
             .persist()
-            .entries
-            .iter()
+            .entries()
             .map(|entry| (entry.ballot, entry.value.clone()))
             .collect();
         if written {

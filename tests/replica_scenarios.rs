@@ -79,7 +79,7 @@ fn leader_counts_its_own_vote_only_after_its_write() {
     }
     replica.propose(Bytes::from_static(b"x")).unwrap();
     let ready = replica.ready();
-    assert_eq!(ready.persist().entries.len(), 1);
+    assert_eq!(ready.persist().entries().count(), 1);
     assert!(ready.persist().must_sync);
     assert!(replica.committed(&ready).next().is_none());
     assert_eq!(
@@ -651,7 +651,7 @@ fn bad_input_is_refused_without_changing_state() {
                 body: Body::Accept {
                     ballot,
                     chosen: 0,
-                    entries: vec![entry(5), entry(7)],
+                    entries: vec![entry(5), entry(7)].into(),
                 },
             },
             "gap in Accept",
@@ -667,7 +667,8 @@ fn bad_input_is_refused_without_changing_state() {
                         slot: 5,
                         ballot: Ballot::new(1, NodeId(1)),
                         value: Value::Noop,
-                    }],
+                    }]
+                    .into(),
                 },
             },
             "entry ballot differs",
@@ -679,7 +680,7 @@ fn bad_input_is_refused_without_changing_state() {
                 body: Body::Accept {
                     ballot,
                     chosen: 0,
-                    entries: vec![entry(0)],
+                    entries: vec![entry(0)].into(),
                 },
             },
             "slot zero",
@@ -818,12 +819,15 @@ fn an_acceptor_never_accepts_below_its_promise() {
             body: Body::Accept {
                 ballot: low,
                 chosen: 0,
-                entries,
+                entries: entries.into(),
             },
         })
         .unwrap();
     let mut ready = replica.ready();
-    assert!(ready.persist().entries.is_empty(), "nothing accepted");
+    assert!(
+        ready.persist().entries().next().is_none(),
+        "nothing accepted"
+    );
     let replies = ready.take_messages();
     assert_eq!(
         replies,
@@ -863,7 +867,7 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
             body: Body::Accept {
                 ballot: first,
                 chosen: 0,
-                entries,
+                entries: entries.into(),
             },
         })
         .unwrap();

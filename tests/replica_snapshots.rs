@@ -179,7 +179,7 @@ fn an_installed_snapshot_moves_the_marks_and_drops_what_it_covers() {
             body: Body::Accept {
                 ballot,
                 chosen: 0,
-                entries,
+                entries: entries.into(),
             },
         })
         .unwrap();
@@ -193,11 +193,7 @@ fn an_installed_snapshot_moves_the_marks_and_drops_what_it_covers() {
     let write = ready.persist();
     assert_eq!(write.hard_state.map(|hard| hard.chosen), Some(1));
     assert_eq!(
-        write
-            .entries
-            .iter()
-            .map(|entry| entry.slot)
-            .collect::<Vec<_>>(),
+        write.entries().map(|entry| entry.slot).collect::<Vec<_>>(),
         [2]
     );
     assert!(

@@ -623,7 +623,7 @@ fn write_loop<S: Storage>(
                             if next.batch.hard_state.is_some() {
                                 batch.hard_state = next.batch.hard_state;
                             }
-                            batch.entries.extend(next.batch.entries);
+                            batch.runs.extend(next.batch.runs);
                             batch.must_sync |= next.batch.must_sync;
                             messages.extend(next.messages);
                             merged_writes += 1;

@@ -3,7 +3,7 @@
 
 use super::{Replica, Role, StepDownReason};
 use crate::message::Body;
-use crate::types::{Ballot, Entry, NodeId, Slot};
+use crate::types::{Ballot, Entries, Entry, NodeId, Slot};
 
 impl Replica {
     /// Phase 1b. *Paxos Made Simple* §2.2, P1a: an acceptor may promise `ballot` iff it has not
@@ -68,7 +68,7 @@ impl Replica {
         from: NodeId,
         ballot: Ballot,
         chosen: Slot,
-        entries: Vec<Entry>,
+        entries: Entries,
     ) {
         if ballot < self.hard.promised {
             let promised = self.hard.promised;
@@ -87,11 +87,11 @@ impl Replica {
                 if first_slot > self.hard.chosen.max(self.log.last()) {
                     // The common case: every slot is beyond anything held (the entries are
                     // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
-                    // is chosen, compacted or a duplicate.
-                    self.unpersisted.extend(entries.iter().cloned());
-                    self.log.append(entries);
+                    // is chosen, compacted or a duplicate. The run is kept as it came, shared
+                    // by the log and the write.
+                    self.log.append(entries, &mut self.unpersisted);
                 } else {
-                    for entry in entries {
+                    for entry in entries.iter().cloned() {
                         // A slot already known chosen holds the chosen value, which is the value
                         // any higher ballot proposes (P2c): nothing to store.
                         if entry.slot <= self.hard.chosen || entry.slot < self.log.first() {

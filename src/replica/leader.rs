@@ -69,6 +69,8 @@ impl Replica {
         let Some(leadership) = &mut self.leadership else {
             return;
         };
+        // The new entries become one run, shared by every Accept and the write.
+        self.log.seal(&mut self.unpersisted);
         let ballot = self.hard.promised;
         let chosen = self.hard.chosen;
         let next_slot = leadership.next_slot;
@@ -109,17 +111,13 @@ impl Replica {
                     bytes = 0;
                     first_slot + count - 1
                 };
-                // One exact-size pass: the vector is allocated once, at its final size.
-                let entries: Vec<Entry> = self
-                    .log
-                    .contiguous(first_slot, last_slot)
-                    .map(|entry| {
-                        debug_assert_eq!(entry.ballot, ballot, "an unchosen slot's ballot");
-                        bytes += entry.value.size_bytes();
-                        entry.clone()
-                    })
-                    .collect();
-                debug_assert_eq!(entries.last().map(|entry| entry.slot), Some(last_slot));
+                // Shared with the log (one reference count), not copied.
+                let entries = self.log.slice(first_slot, last_slot);
+                for entry in entries.iter() {
+                    debug_assert_eq!(entry.ballot, ballot, "an unchosen slot's ballot");
+                    bytes += entry.value.size_bytes();
+                }
+                debug_assert_eq!(entries.last_slot(), Some(last_slot));
                 progress.next_slot = last_slot + 1;
                 progress.push(Inflight {
                     first_slot,
@@ -330,6 +328,7 @@ impl Replica {
         let Some(leadership) = &mut self.leadership else {
             return;
         };
+        self.log.seal(&mut self.unpersisted);
         let (ballot, chosen) = (self.hard.promised, self.hard.chosen);
         let retransmit = u64::from(self.config.retransmit_ticks);
         let window = u64::from(self.config.election_ticks);
@@ -350,12 +349,7 @@ impl Replica {
                 inflight.sent_tick = self.now;
                 // Slots chosen since the first send need no more votes.
                 let first_slot = inflight.first_slot.max(chosen + 1);
-                let entries: Vec<Entry> = self
-                    .log
-                    .range(first_slot, inflight.last_slot)
-                    .cloned()
-                    .collect();
-                debug_assert_eq!(entries.len() as Slot, inflight.last_slot + 1 - first_slot);
+                let entries = self.log.slice(first_slot, inflight.last_slot);
                 self.messages.push(crate::message::Message {
                     from: self.config.id,
                     to,

@@ -106,7 +106,10 @@ impl Replica {
         // Slots up to `slot` are chosen and now reflected in the snapshot: what the log holds
         // there (accepted values, perhaps not the chosen ones) is dropped, unwritten entries
         // with it. Entries after `slot` stay: they are accepted values like any other.
-        self.unpersisted.retain(|entry| entry.slot > slot);
+        for run in &mut self.unpersisted {
+            run.drop_below(slot + 1);
+        }
+        self.unpersisted.retain(|run| !run.is_empty());
         // An acceptance waiting for the write must not claim entries that will not be written.
         self.persisted_messages
             .retain_mut(|message| match &mut message.body {

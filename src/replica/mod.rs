@@ -48,7 +48,7 @@ use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
 use crate::storage::{Recovered, Snapshot, WriteBatch};
-use crate::types::{Ballot, Entry, HardState, NodeId, ProposalId, Slot};
+use crate::types::{Ballot, Entries, Entry, HardState, NodeId, ProposalId, Slot};
 use bytes::Bytes;
 use progress::Progress;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -164,7 +164,8 @@ pub struct Replica {
     // Output, gathered until the next `ready()`.
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
-    unpersisted: Vec<Entry>,
+    /// Runs stored in the log and not yet handed to a write (the log's unsealed tail is too).
+    unpersisted: Vec<Entries>,
     events: Vec<Event>,
     pending_self_votes: Vec<SelfVote>,
     /// Self votes waiting for the write of the ready numbered with them.
@@ -184,8 +185,8 @@ pub struct Replica {
 struct Spare {
     messages: Vec<Message>,
     persisted_messages: Vec<Message>,
-    /// The write batch's entry vector, emptied by `Storage::write` (or cleared by `advance`).
-    persist: Vec<Entry>,
+    /// The write batch's run vector, emptied by `Storage::write` (or cleared by `advance`).
+    persist: Vec<Entries>,
 }
 
 /// A recycled buffer keeps at most this many elements' room: one huge batch must not pin its
@@ -211,7 +212,7 @@ type Identity<'a> = (
     (
         &'a Vec<Message>,
         &'a Vec<Message>,
-        &'a Vec<Entry>,
+        Vec<&'a Entry>,
         &'a Vec<Event>,
         &'a Vec<SelfVote>,
     ),
@@ -263,7 +264,12 @@ impl Replica {
             (
                 &self.messages,
                 &self.persisted_messages,
-                &self.unpersisted,
+                // What the next write will hold, however it is split into runs so far.
+                self.unpersisted
+                    .iter()
+                    .flat_map(|run| run.iter())
+                    .chain(self.log.unsealed())
+                    .collect(),
                 &self.events,
                 &self.pending_self_votes,
             ),
@@ -341,8 +347,9 @@ impl Replica {
                 ));
             }
             previous = entry.slot;
-            log.set(entry);
+            log.set(entry, &mut Vec::new());
         }
+        log.seal(&mut Vec::new()); // recovered entries are durable already
         for slot in log.first()..=hard.chosen {
             if log.get(slot).is_none() {
                 return Err(ConfigError::new("recovered", "a chosen slot has no entry"));
@@ -654,6 +661,7 @@ impl Replica {
             || !self.messages.is_empty()
             || !self.persisted_messages.is_empty()
             || !self.unpersisted.is_empty()
+            || self.log.has_unsealed()
             || !self.events.is_empty()
             || !self.pending_self_votes.is_empty()
             || !self.forward_queue.is_empty()
@@ -674,10 +682,11 @@ impl Replica {
         for vote in self.pending_self_votes.drain(..) {
             self.self_votes.push_back((number, vote));
         }
+        self.log.seal(&mut self.unpersisted);
         let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         let write = WriteBatch {
             hard_state: self.hard_dirty.then_some(self.hard),
-            entries: hand_out(&mut self.unpersisted, &mut self.spare.persist),
+            runs: hand_out(&mut self.unpersisted, &mut self.spare.persist),
             must_sync,
         };
         self.hard_dirty = false;
@@ -724,7 +733,7 @@ impl Replica {
         self.on_persisted(ready.number);
         recycle(&mut self.spare.messages, ready.messages);
         recycle(&mut self.spare.persisted_messages, ready.persisted_messages);
-        recycle(&mut self.spare.persist, ready.write.entries);
+        recycle(&mut self.spare.persist, ready.write.runs);
     }
 
     /// Tells the replica that the writes of every ready up to `number` are durable, so its own
@@ -911,9 +920,10 @@ impl Replica {
 
     /// Stores an entry in the log and queues it for the next write.
     #[inline]
+    /// Stores `entry` in the log; it reaches the next write (`unpersisted`, or the log's tail
+    /// until sealed).
     fn store(&mut self, entry: Entry) {
-        self.unpersisted.push(entry.clone());
-        self.log.set(entry);
+        self.log.set(entry, &mut self.unpersisted);
     }
 
     fn set_chosen(&mut self, chosen: Slot) {

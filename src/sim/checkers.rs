@@ -167,7 +167,7 @@ impl Checker {
             }
             self.promised[index] = hard_state.promised;
         }
-        for entry in &batch.entries {
+        for entry in batch.entries() {
             self.on_accepted(index, entry)?;
         }
         Ok(())
@@ -384,15 +384,15 @@ mod tests {
         round: u64,
         value: &Value,
     ) -> Result<(), Violation> {
-        let batch = WriteBatch {
-            hard_state: None,
-            entries: vec![Entry {
+        let batch = WriteBatch::new(
+            None,
+            vec![Entry {
                 slot,
                 ballot: ballot(round),
                 value: value.clone(),
             }],
-            must_sync: true,
-        };
+            true,
+        );
         checker.on_durable(index, &batch)
     }
 
@@ -440,7 +440,7 @@ mod tests {
                 chosen: 0,
                 incarnation: 1,
             }),
-            entries: vec![],
+            runs: vec![],
             must_sync: true,
         };
         checker.on_durable(0, &write(5)).unwrap();

@@ -961,7 +961,7 @@ impl FileStorage {
         let mark = up_to_slot.max(self.state.compacted_through);
         if mark > self.state.compacted_through || self.deletable_prefix(mark) > 0 {
             let hard_state = self.state.hard_state;
-            self.write_records(Some(&hard_state), &[], Some(mark), true)?;
+            self.write_records(Some(&hard_state), std::iter::empty(), Some(mark), true)?;
         }
         assert_eq!(self.state.compacted_through, mark);
         let deletable = self.deletable_prefix(mark);
@@ -1065,16 +1065,16 @@ impl FileStorage {
     }
 
     /// Appends one batch and applies it; the common path of `write` and `compact`.
-    fn write_records(
+    fn write_records<'a>(
         &mut self,
         hard_state: Option<&HardState>,
-        entries: &[Entry],
+        entries: impl Iterator<Item = &'a Entry> + Clone,
         compaction: Option<Slot>,
         must_sync: bool,
     ) -> Result<(), StorageError> {
         self.check_usable()?;
         if let Some(entry) = entries
-            .iter()
+            .clone()
             .find(|entry| entry.value.size_bytes() > self.options.command_bytes_max)
         {
             return Err(io_error(
@@ -1096,8 +1096,8 @@ impl FileStorage {
         buffer.clear();
         let mut pending = std::mem::take(&mut self.pending_buffer);
         pending.clear();
-        pending.reserve(entries.len() + 2);
-        for entry in entries {
+        pending.reserve(entries.clone().count() + 2);
+        for entry in entries.clone() {
             let offset = self.current.length + buffer.len() as u64;
             let record_bytes = append_record(&mut buffer, Kind::Entry, |body| {
                 encode_entry(body, entry);
@@ -1298,7 +1298,7 @@ impl Storage for FileStorage {
         }
         self.write_records(
             batch.hard_state.as_ref(),
-            &batch.entries,
+            batch.entries(),
             None,
             batch.must_sync,
         )

@@ -2,26 +2,34 @@
 
 use super::{Recovered, Snapshot, Storage, WriteBatch};
 use crate::error::StorageError;
+use crate::log::Log;
 use crate::types::{Entry, HardState, Slot};
-use std::collections::VecDeque;
 
 /// Storage held in memory. Every write is "durable" at once; it survives a simulated restart
 /// of the replica as long as the `MemStorage` value itself is kept.
 ///
-/// Entries live in a window indexed by slot (holes are empty cells), so the common append costs
-/// O(1).
-#[derive(Clone, Debug, Default)]
+/// Entries are kept in the runs the replica hands out, shared rather than copied (a write costs
+/// one reference count per run), so the common append costs O(1) whatever the batch size.
+#[derive(Clone, Debug)]
 pub struct MemStorage {
     hard_state: HardState,
-    /// The slot of `cells[0]` (meaningless while `cells` is empty).
-    first: Slot,
-    cells: VecDeque<Option<Entry>>,
-    stored: usize,
-    /// Every slot up to and including this one was compacted away (0: none).
-    compacted_through: Slot,
+    /// The stored entries; its first slot is one past the compaction mark.
+    log: Log,
     snapshot: Option<Snapshot>,
     writes: u64,
     syncs: u64,
+}
+
+impl Default for MemStorage {
+    fn default() -> MemStorage {
+        MemStorage {
+            hard_state: HardState::default(),
+            log: Log::new(1),
+            snapshot: None,
+            writes: 0,
+            syncs: 0,
+        }
+    }
 }
 
 impl MemStorage {
@@ -47,65 +55,29 @@ impl MemStorage {
 
     /// The number of slots stored.
     pub fn len(&self) -> usize {
-        self.stored
+        self.log.len()
     }
 
     /// True if no entry is stored.
     pub fn is_empty(&self) -> bool {
-        self.stored == 0
+        self.log.len() == 0
     }
 
     /// Forgets every entry up to and including `through` (after the application saved its
     /// state up to there). Later writes for those slots are ignored, and reading them is
     /// [`StorageError::Unavailable`]. Compacting below an earlier mark does nothing.
     pub fn compact(&mut self, through: Slot) {
-        if through <= self.compacted_through {
-            return;
-        }
-        self.compacted_through = through;
-        if self.cells.is_empty() || through < self.first {
-            return;
-        }
-        let count = ((through - self.first + 1) as usize).min(self.cells.len());
-        let dropped = self.cells.drain(..count).filter(Option::is_some).count();
-        self.stored -= dropped;
-        self.first = through + 1;
+        self.log.compact(through);
     }
 
     /// The compaction mark: every slot up to and including it was discarded (0: none).
     pub fn compacted_through(&self) -> Slot {
-        self.compacted_through
+        self.log.first() - 1
     }
 
     /// The snapshot last saved, if any.
     pub fn snapshot(&self) -> Option<&Snapshot> {
         self.snapshot.as_ref()
-    }
-
-    fn store(&mut self, entry: Entry) {
-        if entry.slot <= self.compacted_through {
-            return; // covered by the snapshot
-        }
-        if self.cells.is_empty() {
-            self.first = entry.slot;
-        }
-        while entry.slot < self.first {
-            self.cells.push_front(None);
-            self.first -= 1;
-        }
-        let index = (entry.slot - self.first) as usize;
-        if index == self.cells.len() {
-            // The common case, the next slot: a plain push (`resize` is far slower for one).
-            self.cells.push_back(Some(entry));
-            self.stored += 1;
-            return;
-        }
-        if index > self.cells.len() {
-            self.cells.resize(index + 1, None);
-        }
-        if self.cells[index].replace(entry).is_none() {
-            self.stored += 1;
-        }
     }
 }
 
@@ -113,14 +85,14 @@ impl Storage for MemStorage {
     fn recover(&mut self) -> Result<Recovered, StorageError> {
         Ok(Recovered {
             hard_state: self.hard_state,
-            entries: self.cells.iter().flatten().cloned().collect(),
+            entries: self.log.range(0, Slot::MAX).cloned().collect(),
         })
     }
 
-    /// Moves the batch's entries in (no copy), leaving `batch.entries` empty. Never fails.
+    /// Keeps the batch's runs (no copy), leaving `batch.runs` empty. Never fails.
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
-        for entry in batch.entries.drain(..) {
-            self.store(entry);
+        for run in batch.runs.drain(..) {
+            self.log.put(run);
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
@@ -135,27 +107,15 @@ impl Storage for MemStorage {
     /// # Errors
     /// [`StorageError::Unavailable`] if `first` is at or below the compaction mark.
     fn entries(&mut self, first: Slot, last: Slot) -> Result<Vec<Entry>, StorageError> {
-        if first <= last && self.compacted_through > 0 && first <= self.compacted_through {
+        let compacted_through = self.compacted_through();
+        if first <= last && compacted_through > 0 && first <= compacted_through {
             return Err(StorageError::Unavailable {
                 slot: first,
-                first: self.compacted_through + 1,
-                last: self
-                    .cells
-                    .iter()
-                    .rev()
-                    .find_map(|cell| cell.as_ref().map(|entry| entry.slot))
-                    .unwrap_or(self.compacted_through),
+                first: compacted_through + 1,
+                last: self.log.last(),
             });
         }
-        if self.cells.is_empty() || last < self.first || first > last {
-            return Ok(Vec::new());
-        }
-        let from = first.saturating_sub(self.first) as usize;
-        let to = ((last - self.first) as usize + 1).min(self.cells.len());
-        if from >= to {
-            return Ok(Vec::new());
-        }
-        Ok(self.cells.range(from..to).flatten().cloned().collect())
+        Ok(self.log.range(first, last).cloned().collect())
     }
 
     /// Keeps `snapshot` unless the current snapshot is at the same or a later slot. Never
@@ -199,10 +159,7 @@ mod tests {
 
     /// Writes `entries` in one batch (no hard state, no sync).
     fn write_entries(storage: &mut MemStorage, entries: Vec<Entry>) {
-        let mut batch = WriteBatch {
-            entries,
-            ..Default::default()
-        };
+        let mut batch = WriteBatch::new(None, entries, false);
         storage.write(&mut batch).unwrap();
     }
 
@@ -215,15 +172,15 @@ mod tests {
     #[test]
     fn later_entry_for_a_slot_replaces_the_earlier() {
         let mut storage = MemStorage::new();
-        let mut batch = WriteBatch {
-            hard_state: Some(HardState {
+        let mut batch = WriteBatch::new(
+            Some(HardState {
                 promised: Ballot::new(2, NodeId(1)),
                 chosen: 0,
                 incarnation: 1,
             }),
-            entries: vec![entry(1, 1), entry(2, 1), entry(1, 2)],
-            must_sync: true,
-        };
+            vec![entry(1, 1), entry(2, 1), entry(1, 2)],
+            true,
+        );
         storage.write(&mut batch).unwrap();
         let recovered = storage.recover().unwrap();
         assert_eq!(recovered.entries, vec![entry(1, 2), entry(2, 1)]);

@@ -17,7 +17,7 @@ pub use file::{FileStorage, FileStorageOptions};
 pub use mem::MemStorage;
 
 use crate::error::StorageError;
-use crate::types::{Entry, HardState, Slot};
+use crate::types::{Entries, Entry, HardState, Slot};
 use bytes::Bytes;
 
 /// One atomic write: either all of it is durable after a crash, or none of it is.
@@ -25,18 +25,49 @@ use bytes::Bytes;
 pub struct WriteBatch {
     /// The new hard state, if it changed.
     pub hard_state: Option<HardState>,
-    /// Entries to store, in the order produced; a later entry for a slot replaces an earlier
-    /// one (a higher ballot's value, or the chosen value fetched from the leader).
-    pub entries: Vec<Entry>,
+    /// Entries to store, in runs of consecutive slots, in the order produced; a later entry for
+    /// a slot replaces an earlier one (a higher ballot's value, or the chosen value fetched
+    /// from the leader). The runs are shared with the replica's log and its Accepts: keeping
+    /// one costs a reference count, not a copy. [`WriteBatch::entries`] iterates them.
+    pub runs: Vec<Entries>,
     /// The write must be on stable storage (fsync) before it is acknowledged: it carries a
     /// promise or an accepted value that a message will reveal.
     pub must_sync: bool,
 }
 
 impl WriteBatch {
+    /// A batch of `entries` (any slots, in the order to write them; consecutive slots are
+    /// grouped into runs) and `hard_state`.
+    pub fn new(hard_state: Option<HardState>, entries: Vec<Entry>, must_sync: bool) -> WriteBatch {
+        let mut runs = Vec::new();
+        let mut current: Vec<Entry> = Vec::new();
+        for entry in entries {
+            if current
+                .last()
+                .is_some_and(|last| last.slot + 1 != entry.slot)
+            {
+                runs.push(Entries::from(std::mem::take(&mut current)));
+            }
+            current.push(entry);
+        }
+        if !current.is_empty() {
+            runs.push(Entries::from(current));
+        }
+        WriteBatch {
+            hard_state,
+            runs,
+            must_sync,
+        }
+    }
+
     /// True if there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.entries.is_empty()
+        self.hard_state.is_none() && self.runs.iter().all(|run| run.is_empty())
+    }
+
+    /// Every entry of the batch, run after run, in the order to write them.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> + Clone + '_ {
+        self.runs.iter().flat_map(|run| run.iter())
     }
 }
 
@@ -77,7 +108,7 @@ pub trait Storage {
 
     /// Writes `batch` atomically; if `batch.must_sync`, it is durable when this returns `Ok`.
     ///
-    /// The batch is lent, not given: the storage may move the entries out of `batch.entries`
+    /// The batch is lent, not given: the storage may move the runs out of `batch.runs`
     /// (a memory storage keeps them that way, without a copy) or leave them, and the caller
     /// must not rely on what is left. A replica's [`Ready`](crate::Ready) lends its batch with
     /// [`persist_mut`](crate::Ready::persist_mut) and reuses the emptied buffer once handed

@@ -568,7 +568,7 @@ mod tests {
             Body::Accept {
                 ballot: ballot(),
                 chosen: 4,
-                entries: entries(),
+                entries: entries().into(),
             },
             Body::Accepted {
                 ballot: ballot(),
@@ -862,11 +862,13 @@ mod tests {
                     Body::Prepare { first_slot, .. } => *first_slot = slot,
                     Body::Forward { commands } => commands[0].data = Bytes::from(data),
                     Body::Accept { entries, .. } => {
-                        entries[0].slot = slot;
-                        entries[1].value = Value::Command {
+                        let mut changed = entries.to_vec();
+                        changed[0].slot = slot;
+                        changed[1].value = Value::Command {
                             id: ProposalId::default(),
                             data: Bytes::from(data),
                         };
+                        *entries = changed.into();
                     }
                     _ => {}
                 }
