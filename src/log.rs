@@ -29,16 +29,16 @@ pub(crate) struct Log {
     tail_first: Slot,
 }
 
-/// The first slot of a run (runs in a log are never empty).
+/// The first slot of a run (runs in a log are never empty); reads no entry.
 #[inline]
 fn run_first(run: &Entries) -> Slot {
-    run[0].slot
+    run.first_slot().unwrap_or(0)
 }
 
-/// The last slot of a run.
+/// The last slot of a run; reads no entry.
 #[inline]
 fn run_last(run: &Entries) -> Slot {
-    run[run.len() - 1].slot
+    run.last_slot().unwrap_or(0)
 }
 
 /// The entries of `run` in `first..=last` (both clipped to the run).
@@ -89,6 +89,27 @@ impl Log {
         !self.tail.is_empty()
     }
 
+    /// The index of the first run whose last slot is at or beyond `slot` (`runs.len()` if
+    /// none). Most lookups are for recent slots, so the last few runs are tried before a binary
+    /// search: with one-entry batches the log holds thousands of runs.
+    #[inline]
+    fn locate(&self, slot: Slot) -> usize {
+        const RECENT: usize = 4;
+        let count = self.runs.len();
+        for index in (count.saturating_sub(RECENT)..count).rev() {
+            let run = &self.runs[index];
+            if run_first(run) <= slot {
+                return if run_last(run) >= slot {
+                    index
+                } else {
+                    index + 1
+                };
+            }
+        }
+        // Every recent run starts beyond `slot`: the answer is among the older ones.
+        self.runs.partition_point(|run| run_last(run) < slot)
+    }
+
     /// The entries of the tail, not yet sealed (in slot order).
     pub(crate) fn unsealed(&self) -> &[Entry] {
         &self.tail
@@ -103,7 +124,7 @@ impl Log {
         if !self.tail.is_empty() && slot >= self.tail_first {
             return self.tail.get((slot - self.tail_first) as usize);
         }
-        let index = self.runs.partition_point(|run| run_last(run) < slot);
+        let index = self.locate(slot);
         let run = self.runs.get(index)?;
         let low = run_first(run);
         (slot >= low).then(|| &run[(slot - low) as usize])
@@ -202,7 +223,7 @@ impl Log {
             return;
         }
         // Runs `low..high` overlap `first..=last`; keep what sticks out on either side.
-        let low = self.runs.partition_point(|held| run_last(held) < first);
+        let low = self.locate(first);
         let high = self.runs.partition_point(|held| run_first(held) <= last);
         let mut pieces = Vec::with_capacity(3);
         if low < high {
@@ -227,7 +248,11 @@ impl Log {
     /// The entries held in `first..=last`, skipping holes.
     pub(crate) fn range(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
         let first = first.max(self.first);
-        let start = self.runs.partition_point(|run| run_last(run) < first);
+        let start = if first > last {
+            self.runs.len() // empty: nothing to look up
+        } else {
+            self.locate(first)
+        };
         let runs = self
             .runs
             .range(start..)
@@ -273,7 +298,7 @@ impl Log {
             return Entries::new();
         }
         if self.tail.is_empty() || last < self.tail_first {
-            let index = self.runs.partition_point(|run| run_last(run) < first);
+            let index = self.locate(first);
             if let Some(run) = self.runs.get(index) {
                 if run_first(run) <= first && last <= run_last(run) {
                     return run.slots(first, last);

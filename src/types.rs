@@ -124,6 +124,9 @@ pub struct Entries {
     /// The part of `all` this run covers.
     start: usize,
     end: usize,
+    /// The slot of `all[start]` (0 for the empty run), so that finding a slot in a run reads
+    /// no entry.
+    first: Slot,
 }
 
 impl Entries {
@@ -133,6 +136,7 @@ impl Entries {
             all: None,
             start: 0,
             end: 0,
+            first: 0,
         }
     }
 
@@ -143,6 +147,7 @@ impl Entries {
             return Entries::new();
         }
         Entries {
+            first: all[0].slot,
             all: Some(all),
             start: 0,
             end,
@@ -155,13 +160,16 @@ impl Entries {
     }
 
     /// The slot of the first entry, if any.
+    #[inline]
     pub fn first_slot(&self) -> Option<Slot> {
-        self.first().map(|entry| entry.slot)
+        (self.start < self.end).then_some(self.first)
     }
 
-    /// The slot of the last entry, if any.
+    /// The slot of the last entry, if any (computed from the first: the run holds
+    /// consecutive slots).
+    #[inline]
     pub fn last_slot(&self) -> Option<Slot> {
-        self.last().map(|entry| entry.slot)
+        (self.start < self.end).then(|| self.first + (self.end - self.start) as Slot - 1)
     }
 
     /// The sub-run of the entries whose slots lie in `first..=last`, sharing this run's
@@ -179,6 +187,7 @@ impl Entries {
             all: self.all.clone(),
             start: self.start + (first - low) as usize,
             end: self.start + (last - low) as usize + 1,
+            first,
         }
     }
 
@@ -187,6 +196,7 @@ impl Entries {
         if let Some(low) = self.first_slot() {
             if slot > low {
                 self.start = (self.start + (slot - low) as usize).min(self.end);
+                self.first = slot;
                 if self.start == self.end {
                     *self = Entries::new();
                 }
@@ -215,6 +225,7 @@ impl From<Vec<Entry>> for Entries {
         }
         let end = entries.len();
         Entries {
+            first: entries[0].slot,
             all: Some(Arc::from(entries)),
             start: 0,
             end,
