@@ -216,9 +216,14 @@ impl Replica {
             chosen += 1;
         }
         if chosen > self.hard.chosen {
-            let newly_chosen = self.log.range(self.hard.chosen + 1, chosen);
-            leadership.uncommitted_bytes -= newly_chosen
-                .map(|entry| entry.value.size_bytes())
+            leadership.uncommitted_bytes -= self
+                .log
+                .slices(self.hard.chosen + 1, chosen)
+                .map(|run| {
+                    run.iter()
+                        .map(|entry| entry.value.size_bytes())
+                        .sum::<usize>()
+                })
                 .sum::<usize>();
             for progress in &mut leadership.followers {
                 progress.forget_chosen(chosen);

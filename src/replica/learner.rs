@@ -13,10 +13,16 @@ impl Replica {
     pub(super) fn learn_chosen(&mut self, ballot: Ballot, chosen: Slot) {
         self.leader_chosen = self.leader_chosen.max(chosen);
         let mut mark = self.hard.chosen;
-        while mark < chosen {
-            match self.log.get(mark + 1) {
-                Some(entry) if entry.ballot == ballot => mark += 1,
-                _ => break,
+        // One pass over the log (no lookup per slot), up to the first hole or other ballot.
+        'runs: for run in self.log.slices(mark + 1, chosen) {
+            if run[0].slot != mark + 1 {
+                break; // a hole
+            }
+            for entry in run {
+                if entry.ballot != ballot {
+                    break 'runs;
+                }
+                mark += 1;
             }
         }
         self.set_chosen(mark);
