@@ -252,18 +252,16 @@ impl Log {
 
     /// The entries held in `first..=last` as slices of consecutive slots, in slot order (a
     /// hole between two slices, or none): for loops that want a tight inner loop.
-    pub(crate) fn slices(&self, first: Slot, last: Slot) -> impl Iterator<Item = &[Entry]> + '_ {
+    pub(crate) fn slices(&self, first: Slot, last: Slot) -> Slices<'_> {
         let first = first.max(self.first);
-        let start = if first > last {
-            self.runs.len() // empty: nothing to look up
-        } else {
-            self.locate(first)
-        };
-        let runs = self
-            .runs
-            .range(start..)
-            .take_while(move |run| run_first(run) <= last)
-            .map(move |run| clip(run, first, last));
+        if first > last {
+            return Slices {
+                runs: self.runs.range(0..0),
+                first,
+                last,
+                tail: &[],
+            };
+        }
         let tail: &[Entry] = if self.tail.is_empty() {
             &[]
         } else {
@@ -275,8 +273,12 @@ impl Log {
                 &self.tail[(low - self.tail_first) as usize..=(high - self.tail_first) as usize]
             }
         };
-        runs.chain(std::iter::once(tail))
-            .filter(|slice| !slice.is_empty())
+        Slices {
+            runs: self.runs.range(self.locate(first)..),
+            first,
+            last,
+            tail,
+        }
     }
 
     /// The entries of `first..=last`, which must all be held (chosen slots, say).
@@ -342,6 +344,39 @@ impl Log {
             self.tail_first += count as Slot;
         }
         self.first = through + 1;
+    }
+}
+
+/// The iterator of [`Log::slices`]: the sealed runs' parts in range, then the tail's.
+pub(crate) struct Slices<'a> {
+    /// The runs from the first that may hold a slot in range.
+    runs: std::collections::vec_deque::Iter<'a, Entries>,
+    first: Slot,
+    last: Slot,
+    /// The tail's part in range (empty if none), handed out after the runs.
+    tail: &'a [Entry],
+}
+
+impl<'a> Iterator for Slices<'a> {
+    type Item = &'a [Entry];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [Entry]> {
+        for run in self.runs.by_ref() {
+            if run_first(run) > self.last {
+                self.runs = Default::default();
+                break;
+            }
+            let slice = clip(run, self.first, self.last);
+            if !slice.is_empty() {
+                return Some(slice);
+            }
+        }
+        if self.tail.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut self.tail))
+        }
     }
 }
 

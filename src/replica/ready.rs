@@ -120,6 +120,19 @@ impl Ready {
         self.messages.drain(..)
     }
 
+    /// Moves the messages that may be sent before the write to the end of `out` (one bulk
+    /// copy), leaving the emptied buffer in the ready for reuse: for an application that
+    /// queues messages itself.
+    pub fn append_messages_to(&mut self, out: &mut Vec<Message>) {
+        out.append(&mut self.messages);
+    }
+
+    /// Like [`append_messages_to`](Ready::append_messages_to), for the messages that may be
+    /// sent only after the write is durable.
+    pub fn append_persisted_messages_to(&mut self, out: &mut Vec<Message>) {
+        out.append(&mut self.persisted_messages);
+    }
+
     /// Messages that may be sent only after the write is durable.
     pub fn take_persisted_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.persisted_messages)

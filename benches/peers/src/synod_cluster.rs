@@ -122,11 +122,11 @@ impl<S: Storage> Cluster for SynodCluster<S> {
             while replica.has_ready() {
                 busy = true;
                 let mut ready = replica.ready();
-                self.queue.extend(ready.drain_messages());
+                ready.append_messages_to(&mut self.queue);
                 self.storages[index]
                     .write(ready.persist_mut())
                     .expect("storage write");
-                self.queue.extend(ready.drain_persisted_messages());
+                ready.append_persisted_messages_to(&mut self.queue);
                 for entry in replica.committed(&ready) {
                     self.applied_slots[index] = entry.slot;
                     if let Value::Command { data, .. } = &entry.value {
