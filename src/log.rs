@@ -256,7 +256,8 @@ impl Log {
         let first = first.max(self.first);
         if first > last {
             return Slices {
-                runs: self.runs.range(0..0),
+                runs: &self.runs,
+                next: self.runs.len(),
                 first,
                 last,
                 tail: &[],
@@ -274,7 +275,8 @@ impl Log {
             }
         };
         Slices {
-            runs: self.runs.range(self.locate(first)..),
+            runs: &self.runs,
+            next: self.locate(first),
             first,
             last,
             tail,
@@ -349,8 +351,9 @@ impl Log {
 
 /// The iterator of [`Log::slices`]: the sealed runs' parts in range, then the tail's.
 pub(crate) struct Slices<'a> {
-    /// The runs from the first that may hold a slot in range.
-    runs: std::collections::vec_deque::Iter<'a, Entries>,
+    /// The log's runs, and the index of the next one that may hold a slot in range.
+    runs: &'a VecDeque<Entries>,
+    next: usize,
     first: Slot,
     last: Slot,
     /// The tail's part in range (empty if none), handed out after the runs.
@@ -362,11 +365,12 @@ impl<'a> Iterator for Slices<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<&'a [Entry]> {
-        for run in self.runs.by_ref() {
+        while let Some(run) = self.runs.get(self.next) {
             if run_first(run) > self.last {
-                self.runs = Default::default();
+                self.next = self.runs.len();
                 break;
             }
+            self.next += 1;
             let slice = clip(run, self.first, self.last);
             if !slice.is_empty() {
                 return Some(slice);

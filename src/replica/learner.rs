@@ -13,19 +13,21 @@ impl Replica {
     pub(super) fn learn_chosen(&mut self, ballot: Ballot, chosen: Slot) {
         self.leader_chosen = self.leader_chosen.max(chosen);
         let mut mark = self.hard.chosen;
-        // One pass over the log (no lookup per slot), up to the first hole or other ballot.
-        'runs: for run in self.log.slices(mark + 1, chosen) {
-            if run[0].slot != mark + 1 {
-                break; // a hole
-            }
-            for entry in run {
-                if entry.ballot != ballot {
-                    break 'runs;
+        if chosen > mark {
+            // One pass over the log (no lookup per slot), up to the first hole or other ballot.
+            'runs: for run in self.log.slices(mark + 1, chosen) {
+                if run[0].slot != mark + 1 {
+                    break; // a hole
                 }
-                mark += 1;
+                for entry in run {
+                    if entry.ballot != ballot {
+                        break 'runs;
+                    }
+                    mark += 1;
+                }
             }
+            self.set_chosen(mark);
         }
-        self.set_chosen(mark);
         if self.hard.chosen < self.leader_chosen && self.fetch_sent_tick.is_none() {
             self.send_fetch();
         }
