@@ -250,8 +250,9 @@ impl Log {
         self.slices(first, last).flatten()
     }
 
-    /// The entries held in `first..=last` as slices of consecutive slots, in slot order (a
-    /// hole between two slices, or none): for loops that want a tight inner loop.
+    /// The entries held in `first..=last` as slices of consecutive slots, in slot order (the
+    /// next slice starts right after the previous one, where two runs meet, or after a hole):
+    /// for loops that want a tight inner loop.
     pub(crate) fn slices(&self, first: Slot, last: Slot) -> Slices<'_> {
         let first = first.max(self.first);
         if first > last {
@@ -599,5 +600,162 @@ mod tests {
         log.set(entry(12), &mut sink);
         assert_eq!(log.last(), 12);
         assert_eq!(slots(&log), vec![12]);
+    }
+
+    /// One step of the model test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// `set` at `first + offset`, in `round`.
+        Set(u64, u64),
+        /// `append` of `count` slots after a gap of `gap`, in `round`.
+        Append(u64, u64, u64),
+        Seal,
+        /// `compact` through `first + offset - 1`.
+        Compact(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (0..24u64, 1..4u64).prop_map(|(offset, round)| Op::Set(offset, round)),
+            3 => (1..6u64, 0..3u64, 1..4u64).prop_map(|(count, gap, round)| Op::Append(count, gap, round)),
+            2 => Just(Op::Seal),
+            1 => (0..12u64).prop_map(Op::Compact),
+        ]
+    }
+
+    /// Applies `runs` in order to `store`, as a storage writing the sink would.
+    fn write(store: &mut std::collections::BTreeMap<Slot, Entry>, first: Slot, runs: &[Entries]) {
+        for entry in runs.iter().flat_map(|run| run.iter()) {
+            if entry.slot >= first {
+                store.insert(entry.slot, entry.clone());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Against a map of slot to entry: every read agrees after every step, and what the sink
+        /// received, written in order, is exactly the log once the tail is sealed.
+        #[test]
+        fn the_log_behaves_as_a_map_of_slots(ops in proptest::collection::vec(op(), 1..80)) {
+            use std::collections::BTreeMap;
+            let mut log = Log::new(1);
+            let mut model: BTreeMap<Slot, Entry> = BTreeMap::new();
+            let mut stored: BTreeMap<Slot, Entry> = BTreeMap::new();
+            let mut sink = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Set(offset, round) => {
+                        let entry = entry_in(log.first() + offset, round);
+                        model.insert(entry.slot, entry.clone());
+                        log.set(entry, &mut sink);
+                    }
+                    Op::Append(count, gap, round) => {
+                        let start = log.last() + 1 + gap;
+                        let run = run(start, start + count - 1, round);
+                        for entry in run.iter() {
+                            model.insert(entry.slot, entry.clone());
+                        }
+                        log.append(run, &mut sink);
+                    }
+                    Op::Seal => log.seal(&mut sink),
+                    Op::Compact(offset) => {
+                        let through = log.first() + offset - 1;
+                        log.compact(through);
+                        model.retain(|slot, _| *slot > through);
+                        write(&mut stored, 0, &std::mem::take(&mut sink));
+                        stored.retain(|slot, _| *slot > through);
+                    }
+                }
+                let first = log.first();
+                let last = model.keys().next_back().copied().unwrap_or(first - 1);
+                proptest::prop_assert_eq!(log.last(), last);
+                proptest::prop_assert_eq!(log.len(), model.len());
+                for slot in first.saturating_sub(2)..=last + 2 {
+                    proptest::prop_assert_eq!(log.get(slot), model.get(&slot), "slot {}", slot);
+                }
+                for (low, high) in [(0, Slot::MAX), (first + 1, last), (first + 3, first + 9), (last, last + 4)] {
+                    let expected: Vec<&Entry> = model.range(low..=high.max(low)).map(|(_, e)| e).filter(|e| e.slot <= high).collect();
+                    let got: Vec<&Entry> = log.range(low, high).collect();
+                    proptest::prop_assert_eq!(got, expected, "range {}..={}", low, high);
+                    let mut previous: Option<Slot> = None;
+                    for slice in log.slices(low, high) {
+                        proptest::prop_assert!(!slice.is_empty());
+                        proptest::prop_assert!(slice.windows(2).all(|pair| pair[1].slot == pair[0].slot + 1));
+                        proptest::prop_assert!(!previous.is_some_and(|end| slice[0].slot <= end), "slices out of order");
+                        previous = Some(slice[slice.len() - 1].slot);
+                    }
+                }
+                // Every held stretch reads back as one run, whole and in parts.
+                if let Some((&low, _)) = model.iter().next() {
+                    let mut high = low;
+                    while model.contains_key(&(high + 1)) {
+                        high += 1;
+                    }
+                    let expected: Vec<Entry> = model.range(low..=high).map(|(_, e)| e.clone()).collect();
+                    log.seal(&mut sink);
+                    proptest::prop_assert_eq!(log.slice(low, high).to_vec(), expected.clone());
+                    proptest::prop_assert_eq!(log.slice(high, high).to_vec(), expected[expected.len() - 1..].to_vec());
+                }
+            }
+            log.seal(&mut sink);
+            write(&mut stored, log.first(), &sink);
+            stored.retain(|slot, _| *slot >= log.first());
+            proptest::prop_assert_eq!(&stored, &model, "the sink, written in order, is the log");
+        }
+
+        /// `put` (the memory storage's write) against a map: later runs replace earlier ones
+        /// slot by slot, and compacted slots stay out.
+        #[test]
+        fn put_behaves_as_a_map_of_slots(
+            runs in proptest::collection::vec((1..40u64, 1..8u64, 1..9u64, proptest::bool::weighted(0.15)), 1..40),
+        ) {
+            use std::collections::BTreeMap;
+            let mut log = Log::new(1);
+            let mut model: BTreeMap<Slot, Entry> = BTreeMap::new();
+            for (start, count, round, compact) in runs {
+                if compact {
+                    let through = start / 2;
+                    log.compact(through);
+                    model.retain(|slot, _| *slot > through);
+                    continue;
+                }
+                let run = run(start, start + count - 1, round);
+                for entry in run.iter().filter(|entry| entry.slot >= log.first()) {
+                    model.insert(entry.slot, entry.clone());
+                }
+                log.put(run);
+                let got: Vec<&Entry> = log.range(0, Slot::MAX).collect();
+                let expected: Vec<&Entry> = model.values().collect();
+                proptest::prop_assert_eq!(got, expected);
+                for slot in 0..60 {
+                    proptest::prop_assert_eq!(log.get(slot), model.get(&slot));
+                }
+                proptest::prop_assert_eq!(log.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn lookups_find_old_runs_among_many() {
+        // More runs than `locate` tries from the back, so older slots take the binary search.
+        let mut log = Log::new(1);
+        let mut sink = Vec::new();
+        for start in (1..=60).step_by(3) {
+            log.append(run(start, start + 1, 1), &mut sink); // a hole after each run
+        }
+        assert_eq!(log.runs.len(), 20);
+        for slot in 1..=61 {
+            let held = slot % 3 != 0 && slot < 60;
+            assert_eq!(log.get(slot).is_some(), held, "slot {slot}");
+        }
+        assert_eq!(
+            log.range(4, 11).map(|e| e.slot).collect::<Vec<_>>(),
+            [4, 5, 7, 8, 10, 11]
+        );
+        assert_eq!(log.slice(7, 8), run(7, 8, 1));
+        log.put(run(9, 9, 2));
+        assert_eq!(log.get(9).unwrap().ballot.round, 2);
+        assert_eq!(log.len(), 41);
     }
 }

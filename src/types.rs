@@ -116,7 +116,19 @@ pub struct Entry {
 ///
 /// Building one from a `Vec<Entry>` moves the entries into a single allocation. A run built by
 /// the replica always holds consecutive slots; one built by the application should too (a
-/// replica refuses an Accept whose entries are not, with `StepError::Malformed`).
+/// replica refuses an Accept whose entries are not, with `StepError::Malformed`, and the slot
+/// arithmetic of [`Entries::slots`] and [`Entries::last_slot`] assumes it).
+///
+/// ```
+/// use synod::{Ballot, Entries, Entry, NodeId, Value};
+///
+/// let ballot = Ballot::new(1, NodeId(1));
+/// let run: Entries = (5..=9).map(|slot| Entry { slot, ballot, value: Value::Noop }).collect();
+/// let middle = run.slots(6, 7); // shares `run`'s allocation: no entry is copied
+/// assert_eq!(middle.iter().map(|entry| entry.slot).collect::<Vec<_>>(), [6, 7]);
+/// assert_eq!((middle.first_slot(), middle.last_slot()), (Some(6), Some(7)));
+/// assert!(run.slots(10, 20).is_empty());
+/// ```
 #[derive(Clone, Default)]
 pub struct Entries {
     /// The shared allocation (`None`: the empty run, which allocates nothing).
