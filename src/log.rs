@@ -489,7 +489,13 @@ mod tests {
         assert_eq!(slots(&log), vec![1, 2, 3, 6, 7]);
         assert!(log.get(4).is_none() && log.get(5).is_none());
         assert_eq!(log.slice(2, 3), appended);
+        assert!(
+            std::ptr::eq(log.slice(2, 3).as_ptr(), appended.as_ptr()),
+            "a slice within one run shares it"
+        );
+        assert!(std::ptr::eq(log.slice(3, 3).as_ptr(), &appended[1]));
         assert_eq!(log.slice(1, 3), run(1, 3, 1), "across runs: copied");
+        assert!(log.slice(3, 2).is_empty());
         // After a compaction past the end, appending starts the new window.
         log.compact(8);
         log.append(run(9, 9, 1), &mut sink);
@@ -574,6 +580,7 @@ mod tests {
         assert_eq!(hash(&sealed), hash(&open));
         open.set(entry_in(4, 2), &mut sink);
         assert_ne!(sealed, open);
+        assert_ne!(hash(&sealed), hash(&open));
     }
 
     #[test]

@@ -345,6 +345,19 @@ mod tests {
             format!("{:?}", Entries::one(entry(1))),
             format!("{:?}", [entry(1)])
         );
+        // Equality and hashing look at the entries, not at how the run shares them.
+        let hash = |run: &Entries| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            run.hash(&mut hasher);
+            hasher.finish()
+        };
+        let copy = Entries::from(vec![entry(4), entry(5)]);
+        assert_eq!(copy, middle);
+        assert_eq!(hash(&copy), hash(&middle));
+        assert_ne!(copy, run.slots(5, 6));
+        assert_ne!(hash(&copy), hash(&run.slots(5, 6)));
+        assert_eq!((&middle).into_iter().map(|e| e.slot).sum::<Slot>(), 9);
     }
 
     #[test]

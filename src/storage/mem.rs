@@ -172,6 +172,7 @@ mod tests {
     #[test]
     fn later_entry_for_a_slot_replaces_the_earlier() {
         let mut storage = MemStorage::new();
+        assert!(storage.is_empty());
         let mut batch = WriteBatch::new(
             Some(HardState {
                 promised: Ballot::new(2, NodeId(1)),
@@ -188,6 +189,9 @@ mod tests {
         assert_eq!(storage.sync_count(), 1);
         assert_eq!(storage.entries(2, 5).unwrap(), vec![entry(2, 1)]);
         assert_eq!(storage.len(), 2);
+        assert!(!storage.is_empty());
+        assert_eq!(storage.hard_state(), recovered.hard_state);
+        assert!(batch.runs.is_empty(), "the runs were moved in");
     }
 
     #[test]
