@@ -74,6 +74,11 @@
 //!   ([`Config::seed`]): the same inputs in the same order give the same outputs.
 //! - **Bounded.** Every window and backlog has a limit in [`Config`]; past it
 //!   [`Replica::propose`] returns [`ProposeError::Busy`] with the command handed back.
+//! - **Shared, not copied.** Entries travel in shared runs ([`Entries`]): the commands a
+//!   leader accepted since its last ready become one run, which its log, its write
+//!   ([`WriteBatch::runs`]) and the Accept to every follower all reference; a follower keeps
+//!   the run an Accept brought. A storage that keeps entries in memory can keep the runs as
+//!   they come ([`MemStorage`] does): one reference count per batch, none per entry.
 //! - **Snapshots and compaction.** Once your state machine's snapshot of slot `s` is durable,
 //!   [`Replica::compact`]`(s)` and [`Storage::compact`]`(s)` drop the log up to `s`; at a
 //!   restart, restore the snapshot and pass `s` as [`Config::applied`] (a lower mark is

@@ -495,6 +495,9 @@ mod tests {
         );
         assert!(std::ptr::eq(log.slice(3, 3).as_ptr(), &appended[1]));
         assert_eq!(log.slice(1, 3), run(1, 3, 1), "across runs: copied");
+        log.set(entry(8), &mut sink); // an open tail does not stop sealed runs being shared
+        assert!(log.has_unsealed());
+        assert!(std::ptr::eq(log.slice(2, 3).as_ptr(), appended.as_ptr()));
         assert!(log.slice(3, 2).is_empty());
         // After a compaction past the end, appending starts the new window.
         log.compact(8);
@@ -598,6 +601,7 @@ mod tests {
         assert_eq!((log.first(), slots(&log)), (3, vec![3, 4, 5]));
         log.compact(4); // through the runs and into the tail
         assert_eq!(log.first(), 5);
+        assert_eq!(log.len(), 1, "slot 4 left the tail");
         assert!(log.get(3).is_none() && log.get(4).is_none());
         assert_eq!(log.get(5).unwrap().slot, 5);
         assert_eq!(log.last(), 5);
