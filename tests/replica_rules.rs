@@ -1479,3 +1479,72 @@ fn a_higher_ballot_overwrites_an_unchosen_slot_and_a_duplicate_is_not_written_tw
         replica.advance(ready);
     }
 }
+
+#[test]
+fn a_follower_learns_each_chosen_mark_its_log_covers_without_fetching() {
+    // Learning (Paxos Made Simple §3): an entry accepted in the leader's ballot is the value
+    // that ballot proposed, so a Commit covering held entries moves the chosen mark at once,
+    // every time, with no Fetch.
+    let mut replica = acceptor(2);
+    let ballot = Ballot::new(1, NodeId(1));
+    let accept = |first: u64, last: u64, chosen: u64| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Accept {
+            ballot,
+            chosen,
+            entries: (first..=last)
+                .map(|slot| Entry {
+                    slot,
+                    ballot,
+                    value: command("x"),
+                })
+                .collect(),
+        },
+    };
+    let commit = |chosen| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Commit { ballot, chosen },
+    };
+    let is_fetch = |message: &Message| matches!(message.body, Body::Fetch { .. });
+    replica.step(accept(1, 2, 0)).unwrap();
+    drain(&mut replica);
+    replica.step(commit(2)).unwrap();
+    assert_eq!(replica.status().chosen, 2);
+    assert!(!drain(&mut replica).iter().any(is_fetch));
+    replica.step(accept(3, 5, 2)).unwrap();
+    drain(&mut replica);
+    replica.step(commit(5)).unwrap();
+    assert_eq!(replica.status().chosen, 5, "the second mark, from 2 to 5");
+    assert!(!drain(&mut replica).iter().any(is_fetch));
+}
+
+#[test]
+fn append_messages_to_hands_over_what_take_messages_would() {
+    let mut net = elected();
+    net.replica_mut(1)
+        .propose(Bytes::from_static(b"a"))
+        .unwrap();
+    let mut taken = net.replica(1).clone();
+    let mut appended = taken.clone();
+    let mut ready = taken.ready();
+    let expected = (ready.take_messages(), ready.take_persisted_messages());
+    let mut ready = appended.ready();
+    let mut queue = vec![Message {
+        from: NodeId(9),
+        to: NodeId(9),
+        body: Body::Forward { commands: vec![] },
+    }];
+    ready.append_messages_to(&mut queue);
+    let mut persisted = Vec::new();
+    ready.append_persisted_messages_to(&mut persisted);
+    assert!(!expected.0.is_empty(), "the leader has Accepts to send");
+    assert_eq!(
+        queue[1..],
+        expected.0[..],
+        "appended after what the queue held"
+    );
+    assert_eq!(persisted, expected.1);
+    assert!(ready.take_messages().is_empty() && ready.take_persisted_messages().is_empty());
+}
