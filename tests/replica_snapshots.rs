@@ -472,3 +472,15 @@ fn after_installing_a_snapshot_a_follower_fetches_only_what_is_still_missing() {
         replica.advance(ready);
     }
 }
+
+#[test]
+fn a_snapshot_at_the_last_representable_slot_is_refused() {
+    // Bad input: a snapshot at `Slot::MAX` leaves no slot after it (the log's next first slot
+    // would overflow); it is malformed, not installed.
+    let mut replica = common::started(2, 3);
+    let error = replica
+        .step(snapshot_message(1, 2, u64::MAX, b"state"))
+        .unwrap_err();
+    assert!(matches!(error, StepError::Malformed { .. }), "{error:?}");
+    assert_eq!(replica.status().chosen, 0);
+}

@@ -555,7 +555,8 @@ impl Replica {
                     return Err(malformed("slot 0 does not exist"));
                 }
                 for (offset, entry) in entries.iter().enumerate() {
-                    if entry.slot != first.wrapping_add(offset as Slot) {
+                    // Checked: slots that wrap past `Slot::MAX` to 0 are not contiguous.
+                    if Some(entry.slot) != first.checked_add(offset as Slot) {
                         return Err(malformed("entries are not contiguous"));
                     }
                     if entry.ballot != *ballot {
@@ -573,7 +574,7 @@ impl Replica {
             Body::FetchReply { entries, .. } => {
                 let first = entries.first().map_or(1, |entry| entry.slot);
                 for (offset, entry) in entries.iter().enumerate() {
-                    if first == 0 || entry.slot != first.wrapping_add(offset as Slot) {
+                    if first == 0 || Some(entry.slot) != first.checked_add(offset as Slot) {
                         return Err(malformed("entries are not contiguous"));
                     }
                 }
@@ -581,6 +582,11 @@ impl Replica {
             Body::Snapshot { slot, data, .. } => {
                 if *slot == 0 {
                     return Err(malformed("a snapshot at slot 0 covers nothing"));
+                }
+                if *slot == Slot::MAX {
+                    return Err(malformed(
+                        "a snapshot at the last slot leaves no slot after it",
+                    ));
                 }
                 if data.len() > self.config.snapshot_bytes_max {
                     return Err(malformed("snapshot larger than snapshot_bytes_max"));
@@ -918,10 +924,9 @@ impl Replica {
         }
     }
 
-    /// Stores an entry in the log and queues it for the next write.
-    #[inline]
     /// Stores `entry` in the log; it reaches the next write (`unpersisted`, or the log's tail
     /// until sealed).
+    #[inline]
     fn store(&mut self, entry: Entry) {
         self.log.set(entry, &mut self.unpersisted);
     }
