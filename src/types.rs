@@ -181,7 +181,7 @@ impl Entries {
     /// consecutive slots).
     #[inline]
     pub fn last_slot(&self) -> Option<Slot> {
-        (self.start < self.end).then(|| self.first + (self.end - self.start) as Slot - 1)
+        (self.start < self.end).then(|| self.first + (self.end - self.start - 1) as Slot)
     }
 
     /// The sub-run of the entries whose slots lie in `first..=last`, sharing this run's

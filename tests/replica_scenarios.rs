@@ -766,6 +766,28 @@ fn bad_input_is_refused_without_changing_state() {
             },
             "FetchReply wrapping past the last slot",
         ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::PreVote {
+                    ballot: Ballot::new(u64::MAX, NodeId(1)),
+                    chosen: 0,
+                },
+            },
+            "round beyond SLOT_OR_ROUND_MAX (a campaign would overflow it)",
+        ),
+        (
+            Message {
+                from: NodeId(1),
+                to: NodeId(2),
+                body: Body::Commit {
+                    ballot,
+                    chosen: synod::replica::SLOT_OR_ROUND_MAX + 1,
+                },
+            },
+            "chosen mark beyond SLOT_OR_ROUND_MAX",
+        ),
     ];
     let refused = cases.len() as u64;
     for (message, case) in cases {

@@ -583,11 +583,6 @@ impl Replica {
                 if *slot == 0 {
                     return Err(malformed("a snapshot at slot 0 covers nothing"));
                 }
-                if *slot == Slot::MAX {
-                    return Err(malformed(
-                        "a snapshot at the last slot leaves no slot after it",
-                    ));
-                }
                 if data.len() > self.config.snapshot_bytes_max {
                     return Err(malformed("snapshot larger than snapshot_bytes_max"));
                 }
@@ -606,6 +601,9 @@ impl Replica {
                 }
             }
             _ => {}
+        }
+        if highest_slot_or_round(&message.body) > SLOT_OR_ROUND_MAX {
+            return Err(malformed("slot or round beyond SLOT_OR_ROUND_MAX"));
         }
         Ok(())
     }
@@ -954,6 +952,70 @@ impl Replica {
             }
             self.events.push(Event::LeaderChanged { leader, ballot });
         }
+    }
+}
+
+/// The largest slot or ballot round a message may carry: larger ones are refused as malformed
+/// by [`Replica::step`].
+///
+/// A log would need 2^62 commands, and a cluster 2^62 elections, to reach it, while every
+/// `slot + 1` and `round + 1` the replica computes stays far from overflowing: a corrupt or
+/// hostile number (`Slot::MAX`, a round of `u64::MAX`) is an error, never a panic or a
+/// wrapped ballot.
+pub const SLOT_OR_ROUND_MAX: u64 = 1 << 62;
+
+/// The largest slot or ballot round in `body`, given that `validate` found its entries in
+/// increasing slot order.
+fn highest_slot_or_round(body: &Body) -> u64 {
+    let entries_highest = |entries: &[Entry]| {
+        entries
+            .iter()
+            .map(|entry| entry.ballot.round)
+            .max()
+            .unwrap_or(0)
+            .max(entries.last().map_or(0, |entry| entry.slot))
+    };
+    match body {
+        Body::PreVote { ballot, chosen } => ballot.round.max(*chosen),
+        Body::PreVoteReply {
+            ballot, promised, ..
+        }
+        | Body::Reject { ballot, promised } => ballot.round.max(promised.round),
+        Body::Prepare { ballot, first_slot } | Body::Fetch { ballot, first_slot } => {
+            ballot.round.max(*first_slot)
+        }
+        Body::Promise {
+            ballot,
+            first_slot,
+            accepted,
+            chosen,
+        } => ballot
+            .round
+            .max(*first_slot)
+            .max(*chosen)
+            .max(entries_highest(accepted)),
+        // Every entry of an Accept carries its ballot (checked): only the last slot is new.
+        Body::Accept {
+            ballot,
+            chosen,
+            entries,
+        } => ballot
+            .round
+            .max(*chosen)
+            .max(entries.last_slot().unwrap_or(0)),
+        Body::Accepted {
+            ballot, last_slot, ..
+        } => ballot.round.max(*last_slot),
+        Body::Heartbeat { ballot, chosen }
+        | Body::HeartbeatReply { ballot, chosen }
+        | Body::Commit { ballot, chosen } => ballot.round.max(*chosen),
+        Body::FetchReply {
+            ballot,
+            entries,
+            chosen,
+        } => ballot.round.max(*chosen).max(entries_highest(entries)),
+        Body::Forward { .. } => 0,
+        Body::Snapshot { ballot, slot, .. } => ballot.round.max(*slot),
     }
 }
 

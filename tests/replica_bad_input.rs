@@ -1,0 +1,251 @@
+//! Bad input never panics: three replicas run a normal schedule (ticks, proposals, deliveries)
+//! while arbitrary messages, with numbers drawn from the edges (0, 1, `SLOT_OR_ROUND_MAX` and
+//! around it, `u64::MAX`), senders and recipients that are wrong, unknown or forged, are stepped
+//! into them. Every `step` must return `Ok` or an error, and every Ready loop must run to the
+//! end; nothing else is checked (forged messages may legitimately break agreement: Paxos trusts
+//! its members, `tests/replica_props.rs` checks agreement under honest schedules).
+//!
+//! One known exception is kept out of the generator: a Promise reporting an accepted entry at
+//! a huge slot makes the new leader fill every slot up to it with no-ops (it trusts the
+//! acceptor's report). Reported slots stay small here.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use synod::message::{Body, Command, Message};
+use synod::replica::{Event, SLOT_OR_ROUND_MAX};
+use synod::{
+    Ballot, Config, Entries, Entry, MemStorage, NodeId, ProposalId, Recovered, Replica, Storage,
+    Value,
+};
+
+/// A number from the edges, or a small one.
+fn number() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        6 => 0..12u64,
+        1 => Just(SLOT_OR_ROUND_MAX - 1),
+        1 => Just(SLOT_OR_ROUND_MAX),
+        1 => Just(SLOT_OR_ROUND_MAX + 1),
+        1 => Just(u64::MAX - 1),
+        1 => Just(u64::MAX),
+    ]
+}
+
+fn node() -> impl Strategy<Value = NodeId> {
+    prop_oneof![4 => (1..=3u64).prop_map(NodeId), 1 => Just(NodeId(0)), 1 => Just(NodeId(9))]
+}
+
+fn ballot() -> impl Strategy<Value = Ballot> {
+    (number(), node()).prop_map(|(round, node)| Ballot::new(round, node))
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Noop),
+        (node(), 0..3u64, 0..5u64).prop_map(|(node, incarnation, sequence)| Value::Command {
+            id: ProposalId {
+                node,
+                incarnation,
+                sequence,
+            },
+            data: Bytes::from_static(b"x"),
+        }),
+    ]
+}
+
+/// `count` entries from `first`, consecutive unless `scatter`, in `ballot` unless `mixed`.
+fn entries(first: Slot, count: usize, ballot: Ballot, scatter: bool, value: Value) -> Vec<Entry> {
+    (0..count as u64)
+        .map(|offset| Entry {
+            slot: if scatter {
+                first.wrapping_add(offset * 3)
+            } else {
+                first.wrapping_add(offset)
+            },
+            ballot,
+            value: value.clone(),
+        })
+        .collect()
+}
+
+type Slot = u64;
+
+fn body() -> impl Strategy<Value = Body> {
+    let run = || (number(), 0..4usize, ballot(), any::<bool>(), value());
+    prop_oneof![
+        (ballot(), number()).prop_map(|(ballot, chosen)| Body::PreVote { ballot, chosen }),
+        (ballot(), any::<bool>(), ballot()).prop_map(|(ballot, granted, promised)| {
+            Body::PreVoteReply {
+                ballot,
+                granted,
+                promised,
+            }
+        }),
+        (ballot(), number()).prop_map(|(ballot, first_slot)| Body::Prepare { ballot, first_slot }),
+        // Reported slots stay small (see the module docs).
+        (ballot(), 0..6u64, 0..4usize, ballot(), number(), value()).prop_map(
+            |(ballot, first_slot, count, accepted_in, chosen, value)| Body::Promise {
+                ballot,
+                first_slot,
+                accepted: entries(first_slot.max(1), count, accepted_in, false, value),
+                chosen,
+            }
+        ),
+        (ballot(), number(), run()).prop_map(
+            |(ballot, chosen, (first, count, _, scatter, value))| Body::Accept {
+                ballot,
+                chosen,
+                entries: Entries::from(entries(first, count, ballot, scatter, value)),
+            }
+        ),
+        (ballot(), number(), number()).prop_map(|(ballot, first_slot, last_slot)| {
+            Body::Accepted {
+                ballot,
+                first_slot,
+                last_slot,
+            }
+        }),
+        (ballot(), ballot()).prop_map(|(ballot, promised)| Body::Reject { ballot, promised }),
+        (ballot(), number()).prop_map(|(ballot, chosen)| Body::Heartbeat { ballot, chosen }),
+        (ballot(), number()).prop_map(|(ballot, chosen)| Body::HeartbeatReply { ballot, chosen }),
+        (ballot(), number()).prop_map(|(ballot, chosen)| Body::Commit { ballot, chosen }),
+        (ballot(), number()).prop_map(|(ballot, first_slot)| Body::Fetch { ballot, first_slot }),
+        (ballot(), number(), run()).prop_map(
+            |(ballot, chosen, (first, count, entry_ballot, scatter, value))| Body::FetchReply {
+                ballot,
+                entries: entries(first, count, entry_ballot, scatter, value),
+                chosen,
+            }
+        ),
+        (node(), 0..3u64, 0..5u64).prop_map(|(node, incarnation, sequence)| Body::Forward {
+            commands: vec![Command {
+                id: ProposalId {
+                    node,
+                    incarnation,
+                    sequence,
+                },
+                data: Bytes::from_static(b"f"),
+            }],
+        }),
+        (ballot(), number()).prop_map(|(ballot, slot)| Body::Snapshot {
+            ballot,
+            slot,
+            data: Bytes::from_static(b"snapshot"),
+        }),
+    ]
+}
+
+#[derive(Clone, Debug)]
+enum Action {
+    Inject(NodeId, NodeId, Body),
+    Deliver(usize),
+    Tick(usize),
+    Propose(usize),
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => (node(), node(), body()).prop_map(|(from, to, body)| Action::Inject(from, to, body)),
+        6 => any::<usize>().prop_map(Action::Deliver),
+        3 => (0..3usize).prop_map(Action::Tick),
+        2 => (0..3usize).prop_map(Action::Propose),
+    ]
+}
+
+struct Cluster {
+    replicas: Vec<Replica>,
+    storages: Vec<MemStorage>,
+    queue: Vec<Message>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let replicas = members
+            .iter()
+            .map(|&id| {
+                let mut config = Config::new(id, members.clone());
+                config.election_ticks = 4;
+                config.heartbeat_ticks = 1;
+                config.retransmit_ticks = 2;
+                Replica::new(config, Recovered::default()).unwrap()
+            })
+            .collect();
+        Cluster {
+            replicas,
+            storages: vec![MemStorage::new(); 3],
+            queue: Vec::new(),
+        }
+    }
+
+    /// Steps `message` into its recipient (if it is a member) and drains the recipient.
+    fn step(&mut self, message: Message) {
+        let Some(index) = (1..=3).position(|id| NodeId(id) == message.to) else {
+            return;
+        };
+        let _ = self.replicas[index].step(message);
+        self.drain(index);
+    }
+
+    /// The documented Ready loop, with synchronous writes; bounded.
+    fn drain(&mut self, index: usize) {
+        let (replica, storage) = (&mut self.replicas[index], &mut self.storages[index]);
+        for _ in 0..64 {
+            if !replica.has_ready() {
+                return;
+            }
+            let mut ready = replica.ready();
+            ready.append_messages_to(&mut self.queue);
+            if let Some(snapshot) = ready.take_snapshot() {
+                storage.save_snapshot(&snapshot).unwrap();
+                storage.compact(snapshot.slot);
+            }
+            storage.write(ready.persist_mut()).unwrap();
+            ready.append_persisted_messages_to(&mut self.queue);
+            let _ = replica.committed(&ready).count();
+            let events = ready.take_events();
+            replica.advance(ready);
+            for event in events {
+                if let Event::SnapshotNeeded { follower } = event {
+                    if let Some(snapshot) = storage.load_snapshot().unwrap() {
+                        let _ = replica.send_snapshot(follower, &snapshot);
+                    }
+                }
+            }
+        }
+        panic!("replica #{index} kept producing ready batches");
+    }
+}
+
+fn run(actions: Vec<Action>) {
+    let mut cluster = Cluster::new();
+    for index in 0..3 {
+        cluster.drain(index);
+    }
+    for action in actions {
+        match action {
+            Action::Inject(from, to, body) => cluster.step(Message { from, to, body }),
+            Action::Deliver(index) if !cluster.queue.is_empty() => {
+                let message = cluster.queue.remove(index % cluster.queue.len());
+                cluster.step(message);
+            }
+            Action::Deliver(_) => {}
+            Action::Tick(index) => {
+                cluster.replicas[index].tick();
+                cluster.drain(index);
+            }
+            Action::Propose(index) => {
+                let _ = cluster.replicas[index].propose(Bytes::from_static(b"p"));
+                cluster.drain(index);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_messages_never_panic_a_replica(actions in proptest::collection::vec(action(), 1..300)) {
+        run(actions);
+    }
+}
