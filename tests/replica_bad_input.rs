@@ -249,3 +249,255 @@ proptest! {
         run(actions);
     }
 }
+
+#[test]
+fn every_slot_and_round_field_is_bounded() {
+    // Each number a message carries, set just beyond SLOT_OR_ROUND_MAX, makes the message
+    // malformed, whatever field it is in; the same message with the number at the bound is not
+    // refused for it.
+    let ballot_of = |round: u64| Ballot::new(round, NodeId(1));
+    let run = |first: u64, round: u64| {
+        vec![Entry {
+            slot: first,
+            ballot: ballot_of(round),
+            value: Value::Noop,
+        }]
+    };
+    let bodies = |n: u64| -> Vec<(&'static str, Body)> {
+        vec![
+            (
+                "PreVote round",
+                Body::PreVote {
+                    ballot: ballot_of(n),
+                    chosen: 0,
+                },
+            ),
+            (
+                "PreVote chosen",
+                Body::PreVote {
+                    ballot: ballot_of(1),
+                    chosen: n,
+                },
+            ),
+            (
+                "PreVoteReply round",
+                Body::PreVoteReply {
+                    ballot: ballot_of(n),
+                    granted: false,
+                    promised: ballot_of(1),
+                },
+            ),
+            (
+                "PreVoteReply promised",
+                Body::PreVoteReply {
+                    ballot: ballot_of(1),
+                    granted: false,
+                    promised: ballot_of(n),
+                },
+            ),
+            (
+                "Prepare round",
+                Body::Prepare {
+                    ballot: ballot_of(n),
+                    first_slot: 1,
+                },
+            ),
+            (
+                "Prepare first_slot",
+                Body::Prepare {
+                    ballot: ballot_of(1),
+                    first_slot: n,
+                },
+            ),
+            (
+                "Promise round",
+                Body::Promise {
+                    ballot: ballot_of(n),
+                    first_slot: 1,
+                    accepted: vec![],
+                    chosen: 0,
+                },
+            ),
+            (
+                "Promise first_slot",
+                Body::Promise {
+                    ballot: ballot_of(1),
+                    first_slot: n,
+                    accepted: vec![],
+                    chosen: 0,
+                },
+            ),
+            (
+                "Promise chosen",
+                Body::Promise {
+                    ballot: ballot_of(1),
+                    first_slot: 1,
+                    accepted: vec![],
+                    chosen: n,
+                },
+            ),
+            (
+                "Promise entry slot",
+                Body::Promise {
+                    ballot: ballot_of(1),
+                    first_slot: 1,
+                    accepted: run(n, 1),
+                    chosen: 0,
+                },
+            ),
+            (
+                "Promise entry round",
+                Body::Promise {
+                    ballot: ballot_of(1),
+                    first_slot: 1,
+                    accepted: run(1, n),
+                    chosen: 0,
+                },
+            ),
+            (
+                "Accept round",
+                Body::Accept {
+                    ballot: ballot_of(n),
+                    chosen: 0,
+                    entries: Entries::new(),
+                },
+            ),
+            (
+                "Accept chosen",
+                Body::Accept {
+                    ballot: ballot_of(1),
+                    chosen: n,
+                    entries: Entries::new(),
+                },
+            ),
+            (
+                "Accept entry slot",
+                Body::Accept {
+                    ballot: ballot_of(1),
+                    chosen: 0,
+                    entries: run(n, 1).into(),
+                },
+            ),
+            (
+                "Accepted round",
+                Body::Accepted {
+                    ballot: ballot_of(n),
+                    first_slot: 1,
+                    last_slot: 1,
+                },
+            ),
+            (
+                "Accepted last_slot",
+                Body::Accepted {
+                    ballot: ballot_of(1),
+                    first_slot: 1,
+                    last_slot: n,
+                },
+            ),
+            (
+                "Reject round",
+                Body::Reject {
+                    ballot: ballot_of(n),
+                    promised: ballot_of(1),
+                },
+            ),
+            (
+                "Reject promised",
+                Body::Reject {
+                    ballot: ballot_of(1),
+                    promised: ballot_of(n),
+                },
+            ),
+            (
+                "Heartbeat round",
+                Body::Heartbeat {
+                    ballot: ballot_of(n),
+                    chosen: 0,
+                },
+            ),
+            (
+                "Heartbeat chosen",
+                Body::Heartbeat {
+                    ballot: ballot_of(1),
+                    chosen: n,
+                },
+            ),
+            (
+                "HeartbeatReply chosen",
+                Body::HeartbeatReply {
+                    ballot: ballot_of(1),
+                    chosen: n,
+                },
+            ),
+            (
+                "Commit chosen",
+                Body::Commit {
+                    ballot: ballot_of(1),
+                    chosen: n,
+                },
+            ),
+            (
+                "Fetch first_slot",
+                Body::Fetch {
+                    ballot: ballot_of(1),
+                    first_slot: n,
+                },
+            ),
+            (
+                "FetchReply chosen",
+                Body::FetchReply {
+                    ballot: ballot_of(1),
+                    entries: vec![],
+                    chosen: n,
+                },
+            ),
+            (
+                "FetchReply entry slot",
+                Body::FetchReply {
+                    ballot: ballot_of(1),
+                    entries: run(n, 1),
+                    chosen: 0,
+                },
+            ),
+            (
+                "FetchReply entry round",
+                Body::FetchReply {
+                    ballot: ballot_of(1),
+                    entries: run(1, n),
+                    chosen: 0,
+                },
+            ),
+            (
+                "Snapshot slot",
+                Body::Snapshot {
+                    ballot: ballot_of(1),
+                    slot: n,
+                    data: Bytes::from_static(b"s"),
+                },
+            ),
+        ]
+    };
+    let refused = |body: Body| {
+        let mut replica = Replica::new(
+            Config::new(NodeId(2), (1..=3).map(NodeId).collect()),
+            Recovered::default(),
+        )
+        .unwrap();
+        let message = Message {
+            from: NodeId(1),
+            to: NodeId(2),
+            body,
+        };
+        matches!(
+            replica.step(message),
+            Err(synod::StepError::Malformed { reason, .. }) if reason.contains("SLOT_OR_ROUND_MAX")
+        )
+    };
+    for ((field, beyond), (_, at)) in bodies(SLOT_OR_ROUND_MAX + 1)
+        .into_iter()
+        .zip(bodies(SLOT_OR_ROUND_MAX))
+    {
+        assert!(refused(beyond), "{field} beyond the bound was not refused");
+        assert!(!refused(at), "{field} at the bound was refused for it");
+    }
+}
