@@ -14,8 +14,8 @@ use proptest::prelude::*;
 use synod::message::{Body, Command, Message};
 use synod::replica::{Event, SLOT_OR_ROUND_MAX};
 use synod::{
-    Ballot, Config, Entries, Entry, MemStorage, NodeId, ProposalId, Recovered, Replica, Storage,
-    Value,
+    Ballot, Config, Entries, Entry, MemStorage, NodeId, ProposalId, Recovered, Replica, Slot,
+    Storage, Value,
 };
 
 /// A number from the edges, or a small one.
@@ -66,8 +66,6 @@ fn entries(first: Slot, count: usize, ballot: Ballot, scatter: bool, value: Valu
         })
         .collect()
 }
-
-type Slot = u64;
 
 fn body() -> impl Strategy<Value = Body> {
     let run = || (number(), 0..4usize, ballot(), any::<bool>(), value());

@@ -7,7 +7,6 @@ mod common;
 use bytes::Bytes;
 use common::Net;
 use synod::message::{Body, Message};
-use synod::replica::Event;
 use synod::{Ballot, Entry, NodeId, ProposalId, Recovered, Replica, Storage, Value};
 
 /// A fresh acceptor `id` of a 3-member cluster whose incarnation write is done.
@@ -43,6 +42,34 @@ fn accept_slot_1(from: u64, ballot: Ballot, chosen: u64, value: Value) -> Messag
             }]
             .into(),
         },
+    }
+}
+
+/// An Accept from n1 to n2 of `slots` (commands "x"), in `ballot`, carrying `chosen`.
+fn accept_run(ballot: Ballot, slots: std::ops::RangeInclusive<u64>, chosen: u64) -> Message {
+    Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Accept {
+            ballot,
+            chosen,
+            entries: slots
+                .map(|slot| Entry {
+                    slot,
+                    ballot,
+                    value: command("x"),
+                })
+                .collect(),
+        },
+    }
+}
+
+/// A Commit from n1 to n2.
+fn commit_to_2(ballot: Ballot, chosen: u64) -> Message {
+    Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Commit { ballot, chosen },
     }
 }
 
@@ -598,11 +625,7 @@ fn a_follower_fetches_once_what_it_lacks_and_never_what_it_holds() {
     replica
         .step(accept_slot_1(1, ballot, 0, command("a")))
         .unwrap();
-    let commit = |chosen| Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        body: Body::Commit { ballot, chosen },
-    };
+    let commit = |chosen| commit_to_2(ballot, chosen);
     let fetches = |replica: &mut Replica| {
         let mut ready = replica.ready();
         let count = ready
@@ -1352,12 +1375,10 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_b
     net.propose(1, "d");
     net.stabilize();
     net.tick_all(3);
-    let leader_events = &net.nodes[&NodeId(1)].events;
     assert!(
-        leader_events.iter().any(
-            |event| matches!(event, Event::SnapshotNeeded { follower } if *follower == NodeId(3))
-        ),
-        "the leader reports the follower it cannot serve: {leader_events:?}"
+        net.reported_snapshot_needed(1, 3),
+        "the leader reports the follower it cannot serve: {events:?}",
+        events = net.nodes[&NodeId(1)].events
     );
     assert!(net.commands(3).is_empty(), "n3 cannot apply past its gap");
 
@@ -1399,21 +1420,7 @@ fn an_acceptor_ignores_an_accept_reaching_past_its_lookahead() {
     let mut replica = Replica::new(config, Recovered::default()).unwrap();
     drain(&mut replica);
     let ballot = Ballot::new(1, NodeId(1));
-    let accept = |slots: std::ops::RangeInclusive<u64>| Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        body: Body::Accept {
-            ballot,
-            chosen: 0,
-            entries: slots
-                .map(|slot| Entry {
-                    slot,
-                    ballot,
-                    value: command("x"),
-                })
-                .collect(),
-        },
-    };
+    let accept = |slots| accept_run(ballot, slots, 0);
     for beyond in [5..=6, 4..=5] {
         replica.step(accept(beyond.clone())).unwrap();
         let mut ready = replica.ready();
@@ -1487,35 +1494,15 @@ fn a_follower_learns_each_chosen_mark_its_log_covers_without_fetching() {
     // every time, with no Fetch.
     let mut replica = acceptor(2);
     let ballot = Ballot::new(1, NodeId(1));
-    let accept = |first: u64, last: u64, chosen: u64| Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        body: Body::Accept {
-            ballot,
-            chosen,
-            entries: (first..=last)
-                .map(|slot| Entry {
-                    slot,
-                    ballot,
-                    value: command("x"),
-                })
-                .collect(),
-        },
-    };
-    let commit = |chosen| Message {
-        from: NodeId(1),
-        to: NodeId(2),
-        body: Body::Commit { ballot, chosen },
-    };
     let is_fetch = |message: &Message| matches!(message.body, Body::Fetch { .. });
-    replica.step(accept(1, 2, 0)).unwrap();
+    replica.step(accept_run(ballot, 1..=2, 0)).unwrap();
     drain(&mut replica);
-    replica.step(commit(2)).unwrap();
+    replica.step(commit_to_2(ballot, 2)).unwrap();
     assert_eq!(replica.status().chosen, 2);
     assert!(!drain(&mut replica).iter().any(is_fetch));
-    replica.step(accept(3, 5, 2)).unwrap();
+    replica.step(accept_run(ballot, 3..=5, 2)).unwrap();
     drain(&mut replica);
-    replica.step(commit(5)).unwrap();
+    replica.step(commit_to_2(ballot, 5)).unwrap();
     assert_eq!(replica.status().chosen, 5, "the second mark, from 2 to 5");
     assert!(!drain(&mut replica).iter().any(is_fetch));
 }

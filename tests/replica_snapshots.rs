@@ -54,12 +54,10 @@ fn a_follower_behind_the_compaction_point_is_sent_the_snapshot_and_catches_up() 
     net.propose(1, "d");
     net.stabilize();
     net.tick_all(5);
-    let leader_events = &net.nodes[&NodeId(1)].events;
     assert!(
-        leader_events.iter().any(
-            |event| matches!(event, Event::SnapshotNeeded { follower } if *follower == NodeId(3))
-        ),
-        "{leader_events:?}"
+        net.reported_snapshot_needed(1, 3),
+        "{events:?}",
+        events = net.nodes[&NodeId(1)].events
     );
     assert_eq!(net.nodes[&NodeId(3)].snapshots_installed, 1);
     assert_eq!(net.commands(3), ["a", "b", "c", "d"]);

@@ -1095,8 +1095,7 @@ impl FileStorage {
         let mut buffer = std::mem::take(&mut self.write_buffer);
         buffer.clear();
         let mut pending = std::mem::take(&mut self.pending_buffer);
-        pending.clear();
-        pending.reserve(entries.clone().count() + 2);
+        pending.clear(); // reused across writes: it keeps the capacity it grew to
         for entry in entries.clone() {
             let offset = self.current.length + buffer.len() as u64;
             let record_bytes = append_record(&mut buffer, Kind::Entry, |body| {

@@ -345,6 +345,13 @@ impl Net {
     /// `id` snapshots its "state machine" (the applied map) at its applied mark, saves the
     /// snapshot and compacts its replica and storage through it, as an application does.
     /// Returns the snapshot's slot.
+    /// True if `leader` has reported `Event::SnapshotNeeded` for `follower`.
+    pub fn reported_snapshot_needed(&self, leader: u64, follower: u64) -> bool {
+        self.nodes[&NodeId(leader)].events.iter().any(
+            |event| matches!(event, Event::SnapshotNeeded { follower: f } if *f == NodeId(follower)),
+        )
+    }
+
     pub fn snapshot_and_compact(&mut self, id: u64) -> u64 {
         let applied = self.replica(id).status().applied;
         let node = self.nodes.get_mut(&NodeId(id)).unwrap();
