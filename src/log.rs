@@ -41,14 +41,16 @@ fn run_last(run: &Entries) -> Slot {
     run.last_slot().unwrap_or(0)
 }
 
-/// The entries of `entries` (consecutive slots `low..=high`, not empty) in `first..=last`.
+/// The entries of `run` in `first..=last` (both clipped to the run). The run's bounds come
+/// from its fields, so a run wholly outside the range is skipped without touching its entries.
 #[inline]
-fn clip(entries: &[Entry], (low, high): (Slot, Slot), first: Slot, last: Slot) -> &[Entry] {
-    let (first, last) = (first.max(low), last.min(high));
+fn clip(run: &Entries, first: Slot, last: Slot) -> &[Entry] {
+    let low = run_first(run);
+    let (first, last) = (first.max(low), last.min(run_last(run)));
     if first > last {
         &[]
     } else {
-        &entries[(first - low) as usize..=(last - low) as usize]
+        &run[(first - low) as usize..=(last - low) as usize]
     }
 }
 
@@ -268,11 +270,20 @@ impl Log {
             next: self.locate(first),
             first,
             last,
-            tail: if self.tail.is_empty() {
-                &[]
-            } else {
-                clip(&self.tail, (self.tail_first, self.last()), first, last)
-            },
+            tail: self.tail_slice(first, last),
+        }
+    }
+
+    /// The tail's entries in `first..=last`.
+    fn tail_slice(&self, first: Slot, last: Slot) -> &[Entry] {
+        if self.tail.is_empty() {
+            return &[];
+        }
+        let (low, high) = (first.max(self.tail_first), last.min(self.last()));
+        if low > high {
+            &[]
+        } else {
+            &self.tail[(low - self.tail_first) as usize..=(high - self.tail_first) as usize]
         }
     }
 
@@ -369,7 +380,7 @@ impl<'a> Iterator for Slices<'a> {
                 break;
             }
             self.next += 1;
-            let slice = clip(run, (run_first(run), run_last(run)), self.first, self.last);
+            let slice = clip(run, self.first, self.last);
             if !slice.is_empty() {
                 return Some(slice);
             }
