@@ -1,6 +1,8 @@
 //! Elections: timers, pre-votes, phase 1 as a candidate, and becoming leader.
 
-use super::{Candidacy, Event, Leadership, Progress, Replica, Role, SelfVote, StepDownReason};
+use super::{
+    Candidacy, Event, Leadership, Progress, Replica, Role, SelfVote, SlotVotes, StepDownReason,
+};
 use crate::message::Body;
 use crate::quorum::VoteSet;
 use crate::types::{Ballot, Entry, NodeId, Slot, Value};
@@ -228,12 +230,14 @@ impl Replica {
             .unwrap_or(0)
             .max(self.log.last());
         let mut uncommitted_bytes = 0;
+        let mut votes = VecDeque::with_capacity((last_slot + 1 - first_slot) as usize);
         for slot in first_slot..=last_slot {
             let value = match candidacy.reported.get(&slot) {
                 Some(entry) => entry.value.clone(),
                 None => Value::Noop,
             };
             uncommitted_bytes += value.size_bytes();
+            votes.push_back(SlotVotes::new(value.size_bytes()));
             self.store(Entry {
                 slot,
                 ballot,
@@ -245,10 +249,9 @@ impl Replica {
                 .push(SelfVote::Accepted(ballot, first_slot, last_slot));
         }
         let now = self.now;
-        let slots = (last_slot + 1 - first_slot) as usize;
         self.leadership = Some(Leadership {
             next_slot: last_slot + 1,
-            votes: VecDeque::from(vec![VoteSet::EMPTY; slots]),
+            votes,
             followers: vec![Progress::new(first_slot, now); self.members.len()],
             uncommitted_bytes,
             heartbeat_elapsed: 0,

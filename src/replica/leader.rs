@@ -2,9 +2,9 @@
 //! heartbeats, retransmission and check-quorum.
 
 use super::progress::Inflight;
-use super::{Replica, Role, SelfVote, StepDownReason};
+use super::{Replica, Role, SelfVote, SlotVotes, StepDownReason};
 use crate::message::{Body, Command};
-use crate::quorum::{majority, VoteSet};
+use crate::quorum::majority;
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 
@@ -23,7 +23,7 @@ impl Replica {
         let slot = leadership.next_slot;
         leadership.next_slot += 1;
         leadership.uncommitted_bytes += data.len();
-        leadership.votes.push_back(VoteSet::EMPTY);
+        leadership.votes.push_back(SlotVotes::new(data.len()));
         debug_assert_eq!(self.hard.chosen + leadership.votes.len() as Slot, slot);
         self.store(Entry {
             slot,
@@ -203,28 +203,19 @@ impl Replica {
         }
         let range = (first - base) as usize..=(last - base) as usize;
         for votes in leadership.votes.range_mut(range) {
-            votes.insert(index);
+            votes.acceptors.insert(index);
         }
         let quorum = majority(members);
         let mut chosen = self.hard.chosen;
-        while leadership
-            .votes
-            .front()
-            .is_some_and(|votes| votes.len() >= quorum)
-        {
+        while let Some(votes) = leadership.votes.front() {
+            if votes.acceptors.len() < quorum {
+                break;
+            }
+            leadership.uncommitted_bytes -= votes.bytes;
             leadership.votes.pop_front();
             chosen += 1;
         }
         if chosen > self.hard.chosen {
-            leadership.uncommitted_bytes -= self
-                .log
-                .slices(self.hard.chosen + 1, chosen)
-                .map(|run| {
-                    run.iter()
-                        .map(|entry| entry.value.size_bytes())
-                        .sum::<usize>()
-                })
-                .sum::<usize>();
             for progress in &mut leadership.followers {
                 progress.forget_chosen(chosen);
             }

@@ -12,21 +12,11 @@ impl Replica {
     /// slot must be fetched.
     pub(super) fn learn_chosen(&mut self, ballot: Ballot, chosen: Slot) {
         self.leader_chosen = self.leader_chosen.max(chosen);
-        let mut mark = self.hard.chosen;
+        let mark = self.hard.chosen;
         if chosen > mark {
-            // One pass over the log (no lookup per slot), up to the first hole or other ballot.
-            'runs: for run in self.log.slices(mark + 1, chosen) {
-                if run[0].slot != mark + 1 {
-                    break; // a hole
-                }
-                for entry in run {
-                    if entry.ballot != ballot {
-                        break 'runs;
-                    }
-                    mark += 1;
-                }
-            }
-            self.set_chosen(mark);
+            // Up to the first hole or entry of another ballot.
+            let held = self.log.held_in_ballot_through(mark + 1, chosen, ballot);
+            self.set_chosen(held);
         }
         if self.hard.chosen < self.leader_chosen && self.fetch_sent_tick.is_none() {
             self.send_fetch();

@@ -79,14 +79,31 @@ struct Candidacy {
     sent_tick: u64,
 }
 
+/// The acceptors of one unchosen slot, and its payload bytes (released from
+/// `Leadership::uncommitted_bytes` when the slot is chosen, without reading the log).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SlotVotes {
+    acceptors: VoteSet,
+    bytes: usize,
+}
+
+impl SlotVotes {
+    fn new(bytes: usize) -> SlotVotes {
+        SlotVotes {
+            acceptors: VoteSet::EMPTY,
+            bytes,
+        }
+    }
+}
+
 /// Phase-2 state of a leader.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Leadership {
     /// The next slot a proposal gets.
     next_slot: Slot,
     /// `votes[i]` holds the acceptors of slot `chosen + 1 + i`, for every slot up to
-    /// `next_slot - 1`.
-    votes: VecDeque<VoteSet>,
+    /// `next_slot - 1`, with the slot's payload size.
+    votes: VecDeque<SlotVotes>,
     /// Progress of every member, indexed like `Replica::members` (own entry unused).
     followers: Vec<Progress>,
     /// Payload bytes of slots proposed but not yet chosen.
@@ -462,9 +479,7 @@ impl Replica {
     /// protocol invariant. The replica's state is unchanged then.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
         if let Err(error) = self.validate(&message) {
-            self.dropped_messages += 1;
-            tracing::debug!(node = %self.config.id, %error, "refused message");
-            return Err(error);
+            return Err(self.refuse(error));
         }
         let Message { from, body, .. } = message;
         // Pre-vote ballots are hypothetical: only real ones raise the round to beat.
@@ -512,6 +527,15 @@ impl Replica {
             Body::Snapshot { slot, data, .. } => self.on_snapshot(from, slot, data),
         }
         Ok(())
+    }
+
+    /// Counts and logs a refused message (out of line: `step`'s hot path stays small).
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, error: StepError) -> StepError {
+        self.dropped_messages += 1;
+        tracing::debug!(node = %self.config.id, %error, "refused message");
+        error
     }
 
     /// Checks that `message` is addressed here, from a member, and internally consistent.
@@ -660,6 +684,7 @@ impl Replica {
     }
 
     /// True if [`ready`](Replica::ready) has anything to hand out.
+    #[inline]
     pub fn has_ready(&self) -> bool {
         self.hard_dirty
             || !self.messages.is_empty()
@@ -723,6 +748,7 @@ impl Replica {
     /// `ready` or `advance`, until the application compacts them away: slots compacted since
     /// `ready` was taken are skipped (compacting them says they were applied). A ready from
     /// another replica reads this replica's log over the same slots.
+    #[inline]
     pub fn committed<'a>(&'a self, ready: &Ready) -> impl Iterator<Item = &'a Entry> + 'a {
         let (first, last) = ready.committed;
         self.log.range(first, last)
@@ -943,15 +969,24 @@ impl Replica {
         self.election_timeout = self.config.election_ticks + (self.rng.next_u64() % spread) as u32;
     }
 
+    /// Records the leader this replica follows (an event if it changed). Inlined: every
+    /// Accept and Commit calls it, and the leader rarely changes.
+    #[inline]
     fn set_leader(&mut self, leader: Option<NodeId>, ballot: Ballot) {
         if self.leader != leader || self.leader_ballot != ballot {
-            self.leader = leader;
-            self.leader_ballot = ballot;
-            if leader.is_some() && leader != Some(self.config.id) {
-                tracing::debug!(node = %self.config.id, leader = ?leader, %ballot, "following");
-            }
-            self.events.push(Event::LeaderChanged { leader, ballot });
+            self.change_leader(leader, ballot);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn change_leader(&mut self, leader: Option<NodeId>, ballot: Ballot) {
+        self.leader = leader;
+        self.leader_ballot = ballot;
+        if leader.is_some() && leader != Some(self.config.id) {
+            tracing::debug!(node = %self.config.id, leader = ?leader, %ballot, "following");
+        }
+        self.events.push(Event::LeaderChanged { leader, ballot });
     }
 }
 
@@ -1036,6 +1071,7 @@ fn hand_out<T>(gathered: &mut Vec<T>, spare: &mut Vec<T>) -> Vec<T> {
 /// Keeps `used` (emptied) as the spare buffer if it is larger than the current spare and not
 /// oversized. Elements the application did not drain are dropped here, as they would have been
 /// with the ready.
+#[inline(always)]
 fn recycle<T>(spare: &mut Vec<T>, mut used: Vec<T>) {
     if used.capacity() > spare.capacity() && used.capacity() <= SPARE_CAPACITY_MAX {
         used.clear();

@@ -97,6 +97,7 @@ impl Ready {
     /// `storage.write(ready.persist_mut())?`. The storage may move the entries out (a memory
     /// storage keeps them without copying); the emptied vector stays in the ready and
     /// [`Replica::advance`](super::Replica::advance) reuses it for the next batch.
+    #[inline]
     pub fn persist_mut(&mut self) -> &mut WriteBatch {
         &mut self.write
     }
@@ -123,12 +124,14 @@ impl Ready {
     /// Moves the messages that may be sent before the write to the end of `out` (one bulk
     /// copy), leaving the emptied buffer in the ready for reuse: for an application that
     /// queues messages itself.
+    #[inline]
     pub fn append_messages_to(&mut self, out: &mut Vec<Message>) {
         out.append(&mut self.messages);
     }
 
     /// Like [`append_messages_to`](Ready::append_messages_to), for the messages that may be
     /// sent only after the write is durable.
+    #[inline]
     pub fn append_persisted_messages_to(&mut self, out: &mut Vec<Message>) {
         out.append(&mut self.persisted_messages);
     }
