@@ -215,7 +215,20 @@ impl Log {
     /// # Panics
     /// If the tail holds entries at or below the run's last slot (a replica's log stores
     /// through `set` and `append`, which take care of the tail).
-    pub(crate) fn put(&mut self, mut run: Entries) {
+    #[inline]
+    pub(crate) fn put(&mut self, run: Entries) {
+        // The common case, inlined: a run beyond everything held, with no tail.
+        if let (Some(first), Some(back)) = (run.first_slot(), self.runs.back()) {
+            if self.tail.is_empty() && first > run_last(back) && first >= self.first {
+                self.runs.push_back(run);
+                return;
+            }
+        }
+        self.put_anywhere(run);
+    }
+
+    #[inline(never)]
+    fn put_anywhere(&mut self, mut run: Entries) {
         run.drop_below(self.first);
         let (Some(first), Some(last)) = (run.first_slot(), run.last_slot()) else {
             return;

@@ -284,6 +284,7 @@ impl Replica {
 
     /// Adopts `from` (owner of `ballot`) as the leader: it is live and at least as high as
     /// anything promised here.
+    #[inline]
     pub(super) fn follow(&mut self, from: NodeId, ballot: Ballot) {
         debug_assert!(ballot >= self.hard.promised);
         if self.role != Role::Follower {

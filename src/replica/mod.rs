@@ -772,6 +772,7 @@ impl Replica {
     /// # Panics
     /// If `number` was never handed out, or is lower than a number already acknowledged
     /// (writes must complete in order).
+    #[inline]
     pub fn on_persisted(&mut self, number: u64) {
         assert!(
             number <= self.ready_number,
@@ -782,6 +783,14 @@ impl Replica {
             "writes must be acknowledged in order"
         );
         self.persisted_number = number;
+        if !self.self_votes.is_empty() {
+            self.count_self_votes(number);
+        }
+    }
+
+    /// Counts this replica's own votes whose write is durable (ready `number` or earlier).
+    #[inline(never)]
+    fn count_self_votes(&mut self, number: u64) {
         while let Some(&(vote_number, vote)) = self.self_votes.front() {
             if vote_number > number {
                 break;
