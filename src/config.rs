@@ -50,6 +50,11 @@ pub struct Config {
     pub forward_commands_max: usize,
     /// An acceptor ignores Accepts for slots more than this far beyond its chosen mark (it
     /// catches up with `Fetch` first). Bounds the memory a far-ahead leader can make it use.
+    ///
+    /// It also bounds the holes a Promise may report: a Promise with more unreported slots below
+    /// its highest accepted entry is refused as malformed, so that a faulty peer cannot make a
+    /// new leader fill a vast range with no-ops. Give every replica of a cluster the same value
+    /// (or at least no smaller one than its peers').
     pub accept_lookahead_slots_max: u64,
     /// Seed of the RNG that randomizes election timeouts; runs are reproducible from it.
     pub seed: u64,

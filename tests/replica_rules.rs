@@ -1535,3 +1535,64 @@ fn append_messages_to_hands_over_what_take_messages_would() {
     assert_eq!(persisted, expected.1);
     assert!(ready.take_messages().is_empty() && ready.take_persisted_messages().is_empty());
 }
+
+/// A Promise may leave at most `accept_lookahead_slots_max` of its slots unreported (an honest
+/// acceptor holds every slot up to its chosen mark and accepts none further than that beyond
+/// it): one leaving more is refused as malformed and does not count, so a faulty peer's report
+/// at a huge slot cannot make the new leader fill every slot up to it with no-ops. A promise
+/// leaving exactly that many counts, and the leader fills them.
+#[test]
+fn a_promise_leaving_more_holes_than_the_lookahead_is_refused() {
+    let lookahead = 64;
+    let mut config = common::config(1, 3);
+    config.accept_lookahead_slots_max = lookahead;
+    let mut candidate = Replica::new(config, Recovered::default()).unwrap();
+    drain(&mut candidate);
+    win_pre_vote(&mut candidate, &[2], Ballot::ZERO);
+    let ballot = drain(&mut candidate)
+        .iter()
+        .find_map(|message| match message.body {
+            Body::Prepare { ballot, .. } => Some(ballot),
+            _ => None,
+        })
+        .expect("phase 1 started");
+    let reporting = |slots: &[u64]| Message {
+        from: NodeId(2),
+        to: NodeId(1),
+        body: Body::Promise {
+            ballot,
+            first_slot: 1,
+            accepted: slots
+                .iter()
+                .map(|&slot| Entry {
+                    slot,
+                    ballot: Ballot::new(1, NodeId(2)),
+                    value: command("x"),
+                })
+                .collect(),
+            chosen: 0,
+        },
+    };
+    for slots in [
+        vec![synod::replica::SLOT_OR_ROUND_MAX],
+        vec![lookahead + 2],
+        vec![1, 3, lookahead + 4],
+    ] {
+        let refused = candidate.step(reporting(&slots));
+        assert!(
+            matches!(&refused, Err(synod::StepError::Malformed { reason, .. }) if reason.contains("accept_lookahead_slots_max")),
+            "{slots:?}: {refused:?}"
+        );
+        drain(&mut candidate);
+        assert!(!candidate.is_leader(), "{slots:?} counted as a promise");
+    }
+    // Slots 1 and 2 + lookahead reported, the `lookahead` slots between them not.
+    candidate.step(reporting(&[1, lookahead + 2])).unwrap();
+    drain(&mut candidate);
+    assert!(candidate.is_leader());
+    let status = candidate.status();
+    assert_eq!(
+        status.uncommitted_bytes, 2,
+        "two commands re-proposed, no-ops between"
+    );
+}

@@ -629,6 +629,27 @@ impl Replica {
         if highest_slot_or_round(&message.body) > SLOT_OR_ROUND_MAX {
             return Err(malformed("slot or round beyond SLOT_OR_ROUND_MAX"));
         }
+        if let Body::Promise {
+            first_slot,
+            accepted,
+            ..
+        } = &message.body
+        {
+            // A new leader fills every slot no promise reports with a no-op. An honest acceptor
+            // holds every slot up to its chosen mark and accepts none beyond that mark plus
+            // `accept_lookahead_slots_max`, so it leaves at most that many unreported slots
+            // below its highest report (a former leader's own log has none). More would let
+            // one faulty peer make the candidate allocate a no-op for each.
+            let reported = accepted.len() as u64;
+            let span = accepted
+                .last()
+                .map_or(0, |last| last.slot + 1 - first_slot.max(&1));
+            if span - reported > self.config.accept_lookahead_slots_max {
+                return Err(malformed(
+                    "more unreported slots than accept_lookahead_slots_max allows",
+                ));
+            }
+        }
         Ok(())
     }
 
