@@ -266,8 +266,11 @@ impl Log {
 
     /// The entries held in `first..=last`, skipping holes.
     #[inline]
-    pub(crate) fn range(&self, first: Slot, last: Slot) -> impl Iterator<Item = &Entry> + '_ {
-        self.slices(first, last).flatten()
+    pub(crate) fn range(&self, first: Slot, last: Slot) -> Range<'_> {
+        Range {
+            slices: self.slices(first, last),
+            current: [].iter(),
+        }
     }
 
     /// The entries held in `first..=last` as slices of consecutive slots, in slot order (the
@@ -441,6 +444,27 @@ impl<'a> Iterator for Slices<'a> {
             None
         } else {
             Some(std::mem::take(&mut self.tail))
+        }
+    }
+}
+
+/// The iterator of [`Log::range`]: the entries of [`Slices`], one by one (leaner than
+/// `flatten`, which also keeps a back iterator).
+pub(crate) struct Range<'a> {
+    slices: Slices<'a>,
+    current: std::slice::Iter<'a, Entry>,
+}
+
+impl<'a> Iterator for Range<'a> {
+    type Item = &'a Entry;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a Entry> {
+        loop {
+            if let Some(entry) = self.current.next() {
+                return Some(entry);
+            }
+            self.current = self.slices.next()?.iter();
         }
     }
 }

@@ -941,8 +941,15 @@ impl Replica {
 
     // ---- helpers shared by the parts ----
 
+    /// The index of `id` in the (sorted) member list. A linear scan: clusters have a handful
+    /// of members (at most 64), and every message looks its sender up.
+    #[inline]
     fn member_index(&self, id: NodeId) -> Option<usize> {
-        self.members.binary_search(&id).ok()
+        if self.members.len() <= 16 {
+            self.members.iter().position(|member| *member == id)
+        } else {
+            self.members.binary_search(&id).ok()
+        }
     }
 
     fn quorum(&self) -> usize {
