@@ -177,6 +177,9 @@ impl SimConfig {
         let mut replica = Config::new(NodeId(1), members);
         replica.inflight_msgs_max = 8;
         replica.accept_bytes_max = 64;
+        // Tight, so that followers refuse Accepts beyond it and leave holes, and candidates
+        // check honest promises against the hole bound it sets.
+        replica.accept_lookahead_slots_max = 16;
         SimConfig {
             nodes,
             seed,
