@@ -32,13 +32,13 @@ pub(crate) struct Log {
 /// The first slot of a run (runs in a log are never empty); reads no entry.
 #[inline]
 fn run_first(run: &Entries) -> Slot {
-    run.first_slot().unwrap_or(0)
+    run.first_slot_of_held()
 }
 
 /// The last slot of a run; reads no entry.
 #[inline]
 fn run_last(run: &Entries) -> Slot {
-    run.last_slot().unwrap_or(0)
+    run.last_slot_of_held()
 }
 
 /// The entries of `run` in `first..=last` (both clipped to the run). The run's bounds come

@@ -184,6 +184,22 @@ impl Entries {
         (self.start < self.end).then(|| self.first + (self.end - self.start - 1) as Slot)
     }
 
+    /// The first slot of a run known not to be empty (the log's runs never are): no check.
+    #[inline]
+    pub(crate) fn first_slot_of_held(&self) -> Slot {
+        debug_assert!(self.start < self.end, "an empty run");
+        self.first
+    }
+
+    /// The last slot of a run known not to be empty: no check.
+    #[inline]
+    pub(crate) fn last_slot_of_held(&self) -> Slot {
+        debug_assert!(self.start < self.end, "an empty run");
+        self.first
+            .wrapping_add((self.end - self.start) as Slot)
+            .wrapping_sub(1)
+    }
+
     /// The sub-run of the entries whose slots lie in `first..=last`, sharing this run's
     /// allocation (no entry is copied). Assumes the run holds consecutive slots; an empty range
     /// or one outside the run gives the empty run.
