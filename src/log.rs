@@ -305,6 +305,23 @@ impl Log {
         if next < self.first {
             return next - 1;
         }
+        // The common case: `from` is in the newest run and nothing follows it.
+        if let (true, Some(run)) = (self.tail.is_empty(), self.runs.back()) {
+            let low = run_first(run);
+            if low <= next {
+                let start = (next - low) as usize;
+                let end = run
+                    .len()
+                    .min(start.saturating_add((last - next) as usize + 1));
+                for entry in run.get(start..end).unwrap_or(&[]) {
+                    if entry.ballot != ballot {
+                        break;
+                    }
+                    next += 1;
+                }
+                return next - 1;
+            }
+        }
         let runs = self
             .runs
             .range(self.locate(next)..)
@@ -381,8 +398,9 @@ impl Log {
         if self.tail.is_empty() || last < self.tail_first {
             let index = self.locate(first);
             if let Some(run) = self.runs.get(index) {
-                if run_first(run) <= first && last <= run_last(run) {
-                    return run.slots(first, last);
+                let low = run_first(run);
+                if low <= first && last <= run_last(run) {
+                    return run.held_slots(low, first, last);
                 }
             }
         }

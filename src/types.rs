@@ -200,6 +200,20 @@ impl Entries {
             .wrapping_sub(1)
     }
 
+    /// The sub-run `first..=last` of a run starting at slot `low`, which holds all of them
+    /// (checked by the caller): [`slots`](Entries::slots) without the clipping.
+    #[inline]
+    pub(crate) fn held_slots(&self, low: Slot, first: Slot, last: Slot) -> Entries {
+        debug_assert!(low == self.first && low <= first && first <= last);
+        debug_assert!(last <= self.last_slot_of_held());
+        Entries {
+            all: self.all.clone(),
+            start: self.start + (first - low) as usize,
+            end: self.start + (last - low) as usize + 1,
+            first,
+        }
+    }
+
     /// The sub-run of the entries whose slots lie in `first..=last`, sharing this run's
     /// allocation (no entry is copied). Assumes the run holds consecutive slots; an empty range
     /// or one outside the run gives the empty run.
