@@ -217,9 +217,10 @@ impl Log {
     /// through `set` and `append`, which take care of the tail).
     #[inline]
     pub(crate) fn put(&mut self, run: Entries) {
-        // The common case, inlined: a run beyond everything held, with no tail.
+        // The common case, inlined: a run beyond everything held, with no tail (the runs hold
+        // no slot below `self.first`, so neither does this one).
         if let (Some(first), Some(back)) = (run.first_slot(), self.runs.back()) {
-            if self.tail.is_empty() && first > run_last(back) && first >= self.first {
+            if self.tail.is_empty() && first > run_last(back) {
                 self.runs.push_back(run);
                 return;
             }
@@ -299,7 +300,8 @@ impl Log {
 
     /// The last slot of the longest stretch `from..` (up to `last`) in which every slot is
     /// held with `ballot`, or `from - 1` if `from` is not: how far a leader's chosen mark
-    /// covers values this log holds. One pass, run by run, without a lookup per slot.
+    /// covers values this log holds. One pass, run by run, without a lookup per slot. `from`
+    /// is at least 1.
     pub(crate) fn held_in_ballot_through(&self, from: Slot, last: Slot, ballot: Ballot) -> Slot {
         let mut next = from;
         if next < self.first {
@@ -810,7 +812,7 @@ mod tests {
                     }
                 }
                 // How far each stretch from a slot is held in one ballot, against the map.
-                for from in first..=last + 2 {
+                for from in first.saturating_sub(2).max(1)..=last + 2 {
                     for round in 1..4u64 {
                         let ballot = entry_in(1, round).ballot;
                         for bound in [from, from + 2, last + 3] {

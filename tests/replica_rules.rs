@@ -1573,6 +1573,7 @@ fn a_promise_leaving_more_holes_than_the_lookahead_is_refused() {
             chosen: 0,
         },
     };
+    let dropped = candidate.status().dropped_messages;
     for slots in [
         vec![synod::replica::SLOT_OR_ROUND_MAX],
         vec![lookahead + 2],
@@ -1586,6 +1587,7 @@ fn a_promise_leaving_more_holes_than_the_lookahead_is_refused() {
         drain(&mut candidate);
         assert!(!candidate.is_leader(), "{slots:?} counted as a promise");
     }
+    assert_eq!(candidate.status().dropped_messages, dropped + 3);
     // Slots 1 and 2 + lookahead reported, the `lookahead` slots between them not.
     candidate.step(reporting(&[1, lookahead + 2])).unwrap();
     drain(&mut candidate);
@@ -1595,4 +1597,36 @@ fn a_promise_leaving_more_holes_than_the_lookahead_is_refused() {
         status.uncommitted_bytes, 2,
         "two commands re-proposed, no-ops between"
     );
+}
+
+/// The same node leading again under a higher ballot is a change of leader too: the follower
+/// reports it with the new ballot (and stamps its fetches with it).
+#[test]
+fn the_same_leader_under_a_higher_ballot_is_reported_again() {
+    let mut follower = acceptor(2);
+    drain(&mut follower);
+    let heartbeat = |round| Message {
+        from: NodeId(1),
+        to: NodeId(2),
+        body: Body::Heartbeat {
+            ballot: Ballot::new(round, NodeId(1)),
+            chosen: 0,
+        },
+    };
+    let mut reported = Vec::new();
+    for round in [1, 1, 2] {
+        follower.step(heartbeat(round)).unwrap();
+        let mut ready = follower.ready();
+        reported.extend(
+            ready
+                .take_events()
+                .into_iter()
+                .filter_map(|event| match event {
+                    synod::Event::LeaderChanged { leader, ballot } => Some((leader, ballot.round)),
+                    _ => None,
+                }),
+        );
+        follower.advance(ready);
+    }
+    assert_eq!(reported, [(Some(NodeId(1)), 1), (Some(NodeId(1)), 2)]);
 }
