@@ -141,20 +141,16 @@ fn file_disks_are_deterministic_and_removed_afterwards() {
 
 #[test]
 fn file_recovery_checker_catches_a_disk_that_keeps_torn_writes() {
-    let bugs = synod::sim::Bugs {
-        torn_writes_land: true,
-        ..Default::default()
-    };
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.torn_writes_land = true;
     let violation = first_violation_with(bugs, true);
     assert_eq!(violation.property, "check_file_recovery", "{violation}");
 }
 
 #[test]
 fn corruption_checker_catches_damage_recovery_takes_for_a_torn_tail() {
-    let bugs = synod::sim::Bugs {
-        corruption_in_open_tail: true,
-        ..Default::default()
-    };
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.corruption_in_open_tail = true;
     let violation = first_violation_with(bugs, true);
     assert_eq!(
         violation.property, "check_corruption_detected",
@@ -168,19 +164,15 @@ fn corruption_checker_catches_damage_recovery_takes_for_a_torn_tail() {
 
 #[test]
 fn checkers_catch_an_application_that_sends_promises_early() {
-    let bugs = synod::sim::Bugs {
-        send_before_persist: true,
-        ..Default::default()
-    };
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.send_before_persist = true;
     assert_eq!(first_violation(bugs), "check_persistence_before_promise");
 }
 
 #[test]
 fn checkers_catch_a_disk_that_lies_about_fsync() {
-    let bugs = synod::sim::Bugs {
-        lying_disk: true,
-        ..Default::default()
-    };
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.lying_disk = true;
     let property = first_violation(bugs);
     assert!(
         [
@@ -221,10 +213,8 @@ fn kv_clients_histories_are_linearizable_under_all_faults() {
 
 #[test]
 fn linearizability_checker_catches_stale_local_reads() {
-    let bugs = synod::sim::Bugs {
-        stale_reads: true,
-        ..Default::default()
-    };
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.stale_reads = true;
     for seed in 0..50 {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 4;

@@ -23,7 +23,11 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{Hash, Hasher};
 
 /// Fault knobs. Probabilities are per message or per node per step; all in `0.0..=1.0`.
+///
+/// Start from [`Faults::all`] or [`Faults::none`] and set fields: the struct is
+/// `#[non_exhaustive]`, so new faults can be added without breaking your code.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Faults {
     /// A message is dropped.
     pub loss: f64,
@@ -123,8 +127,10 @@ impl Faults {
 }
 
 /// Deliberately broken application behaviour, to prove that the checkers catch it. Never enable
-/// these outside tests of the checkers themselves.
+/// these outside tests of the checkers themselves. Start from `Bugs::default()` (none) and set
+/// fields (`#[non_exhaustive]`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Bugs {
     /// The application sends promises and acceptances before their write is durable (breaks
     /// persistence before promise).
@@ -143,8 +149,10 @@ pub struct Bugs {
     pub corruption_in_open_tail: bool,
 }
 
-/// How to build a simulation.
+/// How to build a simulation. Start from [`SimConfig::new`] and set fields
+/// (`#[non_exhaustive]`).
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct SimConfig {
     /// Number of replicas (ids `1..=nodes`).
     pub nodes: usize,
@@ -195,6 +203,7 @@ impl SimConfig {
 
 /// Counts of what happened in a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SimStats {
     /// Steps run.
     pub steps: u64,
