@@ -304,7 +304,7 @@ impl Log {
     /// is at least 1.
     pub(crate) fn held_in_ballot_through(&self, from: Slot, last: Slot, ballot: Ballot) -> Slot {
         let mut next = from;
-        if next < self.first {
+        if next < self.first || next > last {
             return next - 1;
         }
         // The common case: `from` is in the newest run and nothing follows it.
@@ -815,7 +815,7 @@ mod tests {
                 for from in first.saturating_sub(2).max(1)..=last + 2 {
                     for round in 1..4u64 {
                         let ballot = entry_in(1, round).ballot;
-                        for bound in [from, from + 2, last + 3] {
+                        for bound in [from - 1, from, from + 2, last + 3] {
                             let mut expected = from - 1;
                             while expected < bound
                                 && model.get(&(expected + 1)).is_some_and(|e| e.ballot == ballot)
