@@ -1,0 +1,221 @@
+//! Drives a 3-replica cluster with the input: ticks, proposals, deliveries of the queued
+//! messages, and messages of the fuzzer's own (decoded from the input by the wire codec, so
+//! any sender, recipient, kind and number can appear). No call may panic, and every Ready loop
+//! must end: bad input gets an error, never a crash (`tests/replica_bad_input.rs` is the
+//! proptest twin of this target; coverage guidance reaches states its generator does not,
+//! such as a candidate receiving a forged Promise).
+//!
+//! Each action is one byte, `op`:
+//! - `op % 8` in 0..=2: tick replica `op % 8`;
+//! - 3: propose a command at replica `(op / 8) % 3`;
+//! - 4: deliver every queued message (one round);
+//! - 5: forge a message that fits the recipient's current state (its promised ballot and
+//!   chosen mark), from the next 10 bytes: recipient, kind, and a number (`u64`) that places
+//!   slots and marks, up to the edges. A forged Promise for a candidate's own ballot is how the
+//!   fuzzer reaches phase 1 with a report at a huge slot;
+//! - 6, 7: the next byte is a length `n`, the next `n` bytes a message payload (bincode, as on
+//!   the wire): decoded and stepped into its recipient if it is a member.
+//!
+//! Run from the repository root:
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run step fuzz/corpus/step -- -max_total_time=60`
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use synod::transport::codec::{Codec, FORMAT_VERSION, MAGIC};
+use synod::{
+    Ballot, Body, Config, Entries, Entry, Event, MemStorage, Message, NodeId, Recovered, Replica,
+    Storage, Value,
+};
+
+const CLUSTER: u64 = 1;
+
+fn frame_around(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(22 + payload.len());
+    frame.extend_from_slice(&MAGIC.to_le_bytes());
+    frame.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    frame.extend_from_slice(&CLUSTER.to_le_bytes());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+struct Cluster {
+    replicas: Vec<Replica>,
+    storages: Vec<MemStorage>,
+    queue: Vec<Message>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
+        let replicas = members
+            .iter()
+            .map(|&id| {
+                let mut config = Config::new(id, members.clone());
+                config.election_ticks = 3;
+                config.heartbeat_ticks = 1;
+                config.retransmit_ticks = 2;
+                config.accept_lookahead_slots_max = 16;
+                Replica::new(config, Recovered::default()).expect("valid config")
+            })
+            .collect();
+        Cluster {
+            replicas,
+            storages: vec![MemStorage::new(); 3],
+            queue: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, message: Message) {
+        let Some(index) = (1..=3).position(|id| NodeId(id) == message.to) else {
+            return;
+        };
+        let _ = self.replicas[index].step(message);
+        self.drain(index);
+    }
+
+    /// The documented Ready loop with synchronous writes; it must come to an end.
+    fn drain(&mut self, index: usize) {
+        let (replica, storage) = (&mut self.replicas[index], &mut self.storages[index]);
+        for _ in 0..64 {
+            if !replica.has_ready() {
+                return;
+            }
+            let mut ready = replica.ready();
+            ready.append_messages_to(&mut self.queue);
+            if let Some(snapshot) = ready.take_snapshot() {
+                storage.save_snapshot(&snapshot).expect("memory storage");
+                storage.compact(snapshot.slot);
+            }
+            storage.write(ready.persist_mut()).expect("memory storage");
+            ready.append_persisted_messages_to(&mut self.queue);
+            let _ = replica.committed(&ready).count();
+            let events = ready.take_events();
+            replica.advance(ready);
+            for event in events {
+                if let Event::SnapshotNeeded { follower } = event {
+                    if let Ok(Some(snapshot)) = storage.load_snapshot() {
+                        let _ = replica.send_snapshot(follower, &snapshot);
+                    }
+                }
+            }
+        }
+        panic!("replica #{index} kept producing ready batches");
+    }
+}
+
+/// A message for replica `to` (0-based) that its current state will not dismiss out of hand.
+fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
+    let status = cluster.replicas[to].status();
+    let (promised, chosen) = (status.promised, status.chosen);
+    let target = NodeId(to as u64 + 1);
+    // A sender other than the recipient: the owner of its promised ballot when that is a peer.
+    let from = if promised.node != target && (1..=3).contains(&promised.node.0) {
+        promised.node
+    } else {
+        NodeId((to as u64 + 1 + number % 2) % 3 + 1)
+    };
+    let slot = chosen.saturating_add(1).saturating_add(number);
+    let entry = |slot, ballot| Entry {
+        slot,
+        ballot,
+        value: Value::Noop,
+    };
+    let body = match kind % 5 {
+        0 => Body::PreVoteReply {
+            ballot: Ballot::new(promised.round + 1 + number % 2, target),
+            granted: true,
+            promised,
+        },
+        1 => Body::Promise {
+            ballot: promised,
+            first_slot: chosen + 1,
+            accepted: vec![entry(
+                slot,
+                Ballot::new(promised.round.saturating_sub(1).max(1), from),
+            )],
+            chosen: 0,
+        },
+        2 => Body::Accepted {
+            ballot: promised,
+            first_slot: chosen + 1,
+            last_slot: slot,
+        },
+        3 => Body::Commit {
+            ballot: Ballot::new(promised.round.max(1), from),
+            chosen: number,
+        },
+        _ => {
+            let ballot = Ballot::new(promised.round.max(1), from);
+            Body::Accept {
+                ballot,
+                chosen: chosen.saturating_add(number % 4),
+                entries: Entries::from(vec![entry(slot, ballot)]),
+            }
+        }
+    };
+    Message {
+        from,
+        to: target,
+        body,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let codec = Codec::new(CLUSTER, 1 << 16);
+    let mut cluster = Cluster::new();
+    for index in 0..3 {
+        cluster.drain(index);
+    }
+    let mut input = data;
+    let mut proposals = 0u64;
+    while let Some((&op, rest)) = input.split_first() {
+        input = rest;
+        match op % 8 {
+            index @ 0..=2 => {
+                cluster.replicas[usize::from(index)].tick();
+                cluster.drain(usize::from(index));
+            }
+            3 => {
+                let index = usize::from(op / 8) % 3;
+                proposals += 1;
+                let _ =
+                    cluster.replicas[index].propose(Bytes::from(proposals.to_le_bytes().to_vec()));
+                cluster.drain(index);
+            }
+            4 => {
+                for message in std::mem::take(&mut cluster.queue) {
+                    cluster.step(message);
+                }
+            }
+            5 => {
+                let [to, kind, number @ ..] = input else {
+                    break;
+                };
+                let mut bytes = [0u8; 8];
+                let taken = number.len().min(8);
+                bytes[..taken].copy_from_slice(&number[..taken]);
+                input = &number[taken..];
+                let message = forge(
+                    &cluster,
+                    usize::from(*to) % 3,
+                    *kind,
+                    u64::from_le_bytes(bytes),
+                );
+                cluster.step(message);
+            }
+            _ => {
+                let Some((&length, rest)) = input.split_first() else {
+                    break;
+                };
+                let (payload, rest) = rest.split_at(usize::from(length).min(rest.len()));
+                input = rest;
+                if let Ok((message, _)) = codec.decode::<Message>(&frame_around(payload)) {
+                    cluster.step(message);
+                }
+            }
+        }
+    }
+});
