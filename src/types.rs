@@ -225,12 +225,7 @@ impl Entries {
         if first > last {
             return Entries::new();
         }
-        Entries {
-            all: self.all.clone(),
-            start: self.start + (first - low) as usize,
-            end: self.start + (last - low) as usize + 1,
-            first,
-        }
+        self.held_slots(low, first, last)
     }
 
     /// Drops the entries of slots below `slot` from the front (no copy).
@@ -263,15 +258,9 @@ impl From<Vec<Entry>> for Entries {
     /// Moves the entries into one shared allocation (none for an empty vector).
     fn from(entries: Vec<Entry>) -> Entries {
         if entries.is_empty() {
-            return Entries::new();
+            return Entries::new(); // no allocation for the empty run
         }
-        let end = entries.len();
-        Entries {
-            first: entries[0].slot,
-            all: Some(Arc::from(entries)),
-            start: 0,
-            end,
-        }
+        Entries::from_shared(Arc::from(entries))
     }
 }
 

@@ -7,18 +7,18 @@
 //!
 //! Promises report entries at edge slots too, scattered with holes: a new leader fills the
 //! slots no promise reports with no-ops, and `step` refuses a Promise leaving more holes than
-//! `Config::accept_lookahead_slots_max` (here the default), so one report at a huge slot
+//! `Config::accept_lookahead_slots_max` (16 here), so one report at a huge slot
 //! cannot make it fill billions (`a_promise_leaving_more_holes_than_the_lookahead_is_refused`
 //! in `tests/replica_rules.rs` pins that rule).
 
+mod bad_input_cluster;
+
+use bad_input_cluster::Cluster;
 use bytes::Bytes;
 use proptest::prelude::*;
 use synod::message::{Body, Command, Message};
-use synod::replica::{Event, SLOT_OR_ROUND_MAX};
-use synod::{
-    Ballot, Config, Entries, Entry, MemStorage, NodeId, ProposalId, Recovered, Replica, Slot,
-    Storage, Value,
-};
+use synod::replica::SLOT_OR_ROUND_MAX;
+use synod::{Ballot, Config, Entries, Entry, NodeId, ProposalId, Recovered, Replica, Slot, Value};
 
 /// A number from the edges, or a small one.
 fn number() -> impl Strategy<Value = u64> {
@@ -152,76 +152,8 @@ fn action() -> impl Strategy<Value = Action> {
     ]
 }
 
-struct Cluster {
-    replicas: Vec<Replica>,
-    storages: Vec<MemStorage>,
-    queue: Vec<Message>,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
-        let replicas = members
-            .iter()
-            .map(|&id| {
-                let mut config = Config::new(id, members.clone());
-                config.election_ticks = 4;
-                config.heartbeat_ticks = 1;
-                config.retransmit_ticks = 2;
-                Replica::new(config, Recovered::default()).unwrap()
-            })
-            .collect();
-        Cluster {
-            replicas,
-            storages: vec![MemStorage::new(); 3],
-            queue: Vec::new(),
-        }
-    }
-
-    /// Steps `message` into its recipient (if it is a member) and drains the recipient.
-    fn step(&mut self, message: Message) {
-        let Some(index) = (1..=3).position(|id| NodeId(id) == message.to) else {
-            return;
-        };
-        let _ = self.replicas[index].step(message);
-        self.drain(index);
-    }
-
-    /// The documented Ready loop, with synchronous writes; bounded.
-    fn drain(&mut self, index: usize) {
-        let (replica, storage) = (&mut self.replicas[index], &mut self.storages[index]);
-        for _ in 0..64 {
-            if !replica.has_ready() {
-                return;
-            }
-            let mut ready = replica.ready();
-            ready.append_messages_to(&mut self.queue);
-            if let Some(snapshot) = ready.take_snapshot() {
-                storage.save_snapshot(&snapshot).unwrap();
-                storage.compact(snapshot.slot);
-            }
-            storage.write(ready.persist_mut()).unwrap();
-            ready.append_persisted_messages_to(&mut self.queue);
-            let _ = replica.committed(&ready).count();
-            let events = ready.take_events();
-            replica.advance(ready);
-            for event in events {
-                if let Event::SnapshotNeeded { follower } = event {
-                    if let Some(snapshot) = storage.load_snapshot().unwrap() {
-                        let _ = replica.send_snapshot(follower, &snapshot);
-                    }
-                }
-            }
-        }
-        panic!("replica #{index} kept producing ready batches");
-    }
-}
-
 fn run(actions: Vec<Action>) {
     let mut cluster = Cluster::new();
-    for index in 0..3 {
-        cluster.drain(index);
-    }
     for action in actions {
         match action {
             Action::Inject(from, to, body) => cluster.step(Message { from, to, body }),

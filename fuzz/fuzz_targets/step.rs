@@ -14,97 +14,20 @@
 //!   slots and marks, up to the edges. A forged Promise for a candidate's own ballot is how the
 //!   fuzzer reaches phase 1 with a report at a huge slot;
 //! - 6, 7: the next byte is a length `n`, the next `n` bytes a message payload (bincode, as on
-//!   the wire): decoded and stepped into its recipient if it is a member.
+//!   the wire, without a frame): decoded and stepped into its recipient if it is a member.
 //!
 //! Run from the repository root:
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run step fuzz/corpus/step -- -max_total_time=60`
 #![no_main]
 
+#[path = "../../tests/bad_input_cluster/mod.rs"]
+mod bad_input_cluster;
+
+use bad_input_cluster::Cluster;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use synod::transport::codec::{Codec, FORMAT_VERSION, MAGIC};
-use synod::{
-    Ballot, Body, Config, Entries, Entry, Event, MemStorage, Message, NodeId, Recovered, Replica,
-    Storage, Value,
-};
-
-const CLUSTER: u64 = 1;
-
-fn frame_around(payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(22 + payload.len());
-    frame.extend_from_slice(&MAGIC.to_le_bytes());
-    frame.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    frame.extend_from_slice(&CLUSTER.to_le_bytes());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
-    frame.extend_from_slice(payload);
-    frame
-}
-
-struct Cluster {
-    replicas: Vec<Replica>,
-    storages: Vec<MemStorage>,
-    queue: Vec<Message>,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let members: Vec<NodeId> = (1..=3).map(NodeId).collect();
-        let replicas = members
-            .iter()
-            .map(|&id| {
-                let mut config = Config::new(id, members.clone());
-                config.election_ticks = 3;
-                config.heartbeat_ticks = 1;
-                config.retransmit_ticks = 2;
-                config.accept_lookahead_slots_max = 16;
-                Replica::new(config, Recovered::default()).expect("valid config")
-            })
-            .collect();
-        Cluster {
-            replicas,
-            storages: vec![MemStorage::new(); 3],
-            queue: Vec::new(),
-        }
-    }
-
-    fn step(&mut self, message: Message) {
-        let Some(index) = (1..=3).position(|id| NodeId(id) == message.to) else {
-            return;
-        };
-        let _ = self.replicas[index].step(message);
-        self.drain(index);
-    }
-
-    /// The documented Ready loop with synchronous writes; it must come to an end.
-    fn drain(&mut self, index: usize) {
-        let (replica, storage) = (&mut self.replicas[index], &mut self.storages[index]);
-        for _ in 0..64 {
-            if !replica.has_ready() {
-                return;
-            }
-            let mut ready = replica.ready();
-            ready.append_messages_to(&mut self.queue);
-            if let Some(snapshot) = ready.take_snapshot() {
-                storage.save_snapshot(&snapshot).expect("memory storage");
-                storage.compact(snapshot.slot);
-            }
-            storage.write(ready.persist_mut()).expect("memory storage");
-            ready.append_persisted_messages_to(&mut self.queue);
-            let _ = replica.committed(&ready).count();
-            let events = ready.take_events();
-            replica.advance(ready);
-            for event in events {
-                if let Event::SnapshotNeeded { follower } = event {
-                    if let Ok(Some(snapshot)) = storage.load_snapshot() {
-                        let _ = replica.send_snapshot(follower, &snapshot);
-                    }
-                }
-            }
-        }
-        panic!("replica #{index} kept producing ready batches");
-    }
-}
+use synod::transport::codec::decode_payload;
+use synod::{Ballot, Body, Entries, Entry, Message, NodeId, Value};
 
 /// A message for replica `to` (0-based) that its current state will not dismiss out of hand.
 fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
@@ -164,11 +87,7 @@ fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let codec = Codec::new(CLUSTER, 1 << 16);
     let mut cluster = Cluster::new();
-    for index in 0..3 {
-        cluster.drain(index);
-    }
     let mut input = data;
     let mut proposals = 0u64;
     while let Some((&op, rest)) = input.split_first() {
@@ -212,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
                 };
                 let (payload, rest) = rest.split_at(usize::from(length).min(rest.len()));
                 input = rest;
-                if let Ok((message, _)) = codec.decode::<Message>(&frame_around(payload)) {
+                if let Ok(message) = decode_payload::<Message>(payload) {
                     cluster.step(message);
                 }
             }

@@ -94,12 +94,11 @@ impl Replica {
                 let first_slot = progress.next_slot;
                 // The leader holds every slot from its first unchosen one to `next_slot - 1`
                 // (phase 1 filled the holes with no-ops), and they carry its ballot.
-                let mut bytes = 0;
-                let last_slot = if all_fit {
-                    next_slot - 1
+                let (last_slot, counted_bytes) = if all_fit {
+                    (next_slot - 1, None)
                 } else {
                     // Count as many as fit the byte limit (at least one).
-                    let mut count = 0;
+                    let (mut count, mut bytes) = (0, 0);
                     for entry in self.log.contiguous(first_slot, next_slot - 1) {
                         let size = entry.value.size_bytes();
                         if count > 0 && bytes + size > self.config.accept_bytes_max {
@@ -108,15 +107,16 @@ impl Replica {
                         bytes += size;
                         count += 1;
                     }
-                    bytes = 0;
-                    first_slot + count - 1
+                    (first_slot + count - 1, Some(bytes))
                 };
                 // Shared with the log (one reference count), not copied.
                 let entries = self.log.slice(first_slot, last_slot);
-                for entry in entries.iter() {
-                    debug_assert_eq!(entry.ballot, ballot, "an unchosen slot's ballot");
-                    bytes += entry.value.size_bytes();
-                }
+                debug_assert!(
+                    entries.iter().all(|entry| entry.ballot == ballot),
+                    "an unchosen slot's ballot"
+                );
+                let bytes = counted_bytes
+                    .unwrap_or_else(|| entries.iter().map(|entry| entry.value.size_bytes()).sum());
                 debug_assert_eq!(entries.last_slot(), Some(last_slot));
                 progress.next_slot = last_slot + 1;
                 progress.push(Inflight {

@@ -282,13 +282,15 @@ fn decode_checked_payload<T: DeserializeOwned>(
 }
 
 /// Decodes a bincode (serde API, standard configuration) payload that must be consumed whole,
-/// with an allocation limit proportional to the payload's real length.
+/// with an allocation limit proportional to the payload's real length: the body of a frame,
+/// without its header or checksum (for a transport that frames and checks messages itself,
+/// or a fuzzer).
 ///
 /// # Errors
 /// [`DecodeError::Payload`] if the bytes are not exactly one value of `T`, or if decoding
 /// would allocate more than the limit allows; [`DecodeError::Oversized`] if the payload is
 /// beyond what any codec accepts.
-pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
+pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeError> {
     let claim_bytes = payload
         .len()
         .saturating_mul(CLAIM_BYTES_PER_PAYLOAD_BYTE)
