@@ -729,8 +729,10 @@ impl Replica {
         self.flush_forwards();
         self.ready_number += 1;
         let number = self.ready_number;
-        for vote in self.pending_self_votes.drain(..) {
-            self.self_votes.push_back((number, vote));
+        if !self.pending_self_votes.is_empty() {
+            for vote in self.pending_self_votes.drain(..) {
+                self.self_votes.push_back((number, vote));
+            }
         }
         self.log.seal(&mut self.unpersisted);
         let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();

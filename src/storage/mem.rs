@@ -91,8 +91,10 @@ impl Storage for MemStorage {
 
     /// Keeps the batch's runs (no copy), leaving `batch.runs` empty. Never fails.
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
-        for run in batch.runs.drain(..) {
-            self.log.put(run);
+        if !batch.runs.is_empty() {
+            for run in batch.runs.drain(..) {
+                self.log.put(run);
+            }
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
