@@ -16,8 +16,10 @@
 mod checkers;
 mod clients;
 mod cluster;
+mod config;
 mod disk;
 pub mod linearizability;
 
 pub use checkers::Violation;
-pub use cluster::{Bugs, Faults, SimConfig, SimStats, Simulation};
+pub use cluster::Simulation;
+pub use config::{Bugs, Faults, SimConfig, SimStats};
