@@ -435,6 +435,7 @@ fn median_report(reports: &[Report]) -> Report {
 fn table(runs: usize) {
     let started = std::time::Instant::now();
     let mut rows = Vec::new();
+    let mut summaries = Vec::new();
     for case in CASES {
         let mut reports: Vec<Vec<Report>> = vec![Vec::new(); LIBRARIES.len()];
         let mut floor = Vec::new();
@@ -454,6 +455,7 @@ fn table(runs: usize) {
             floor.push(run_child("null", case, &[]));
             retained_floor.push(run_child("null-retain", case, &[]));
         }
+        summaries.push(Summary::of(case, &reports, &retained_floor));
         rows.push((
             case,
             reports.iter().map(|r| median_report(r)).collect::<Vec<_>>(),
@@ -519,11 +521,106 @@ fn table(runs: usize) {
             );
         }
     }
+    println!();
+    println!(
+        "| case | synod/faster peer (medians) | best of {runs} | median of the {runs} paired runs | \
+         synod/raft-rs (medians) | ceiling with the log kept (`null-retain`) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for summary in &summaries {
+        println!("{summary}");
+    }
     eprintln!(
         "({} runs per case, {:?})",
         runs,
         round_secs(started.elapsed())
     );
+}
+
+/// One case's ratios of synod to the faster peer, by three estimators. This machine has slow
+/// phases lasting seconds, which land on some runs and not others: the ratio of the medians is
+/// the headline; the best run of each library estimates the undisturbed cost; the median of
+/// the ratios of runs made back to back (one run of each library, alternating) cancels a phase
+/// that covers both runs of a pair.
+struct Summary {
+    label: String,
+    /// The faster peer's name, by median.
+    peer: &'static str,
+    medians: f64,
+    best: f64,
+    paired: f64,
+    versus_raft: f64,
+    /// `null-retain` over the faster peer (medians); none if the case never compacts.
+    ceiling: Option<f64>,
+}
+
+impl Summary {
+    fn of(case: Case, reports: &[Vec<Report>], retained_floor: &[Report]) -> Summary {
+        let speeds = |index: usize| -> Vec<f64> {
+            reports[index]
+                .iter()
+                .map(|report| report.commits_per_cpu_second)
+                .collect()
+        };
+        let best = |values: &[f64]| values.iter().copied().fold(0.0, f64::max);
+        let synod = speeds(0);
+        let peers: Vec<(usize, f64)> = (1..LIBRARIES.len())
+            .map(|index| (index, median(speeds(index))))
+            .collect();
+        let (peer, peer_median) = peers.iter().copied().fold((1, 0.0), |fastest, candidate| {
+            if candidate.1 > fastest.1 {
+                candidate
+            } else {
+                fastest
+            }
+        });
+        let raft = peers
+            .iter()
+            .find(|(index, _)| LIBRARIES[*index] == "raft-rs")
+            .map_or(f64::NAN, |(_, speed)| *speed);
+        let paired = median(
+            synod
+                .iter()
+                .zip(speeds(peer))
+                .map(|(synod, peer)| synod / peer)
+                .collect(),
+        );
+        let retained = median(
+            retained_floor
+                .iter()
+                .map(|report| report.commits_per_cpu_second)
+                .collect(),
+        );
+        Summary {
+            label: case.label(),
+            peer: LIBRARIES[peer],
+            medians: median(synod.clone()) / peer_median,
+            best: best(&synod) / best(&speeds(peer)),
+            paired,
+            versus_raft: median(synod) / raft,
+            ceiling: (case.compact_every > 0).then(|| retained / peer_median),
+        }
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ceiling = self
+            .ceiling
+            .map_or("(no compaction)".to_owned(), |ceiling| {
+                format!("{ceiling:.1}×")
+            });
+        let peer = if self.peer == "omnipaxos" {
+            String::new()
+        } else {
+            format!(" (faster peer: {})", self.peer)
+        };
+        write!(
+            out,
+            "| {}{peer} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {ceiling} |",
+            self.label, self.medians, self.best, self.paired, self.versus_raft
+        )
+    }
 }
 
 fn round_secs(duration: Duration) -> Duration {
