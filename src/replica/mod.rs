@@ -39,6 +39,7 @@ mod progress;
 mod ready;
 mod status;
 
+use ready::Batch;
 pub use ready::{Event, Ready, StepDownReason};
 pub use status::{FollowerStatus, Role, Status};
 
@@ -47,7 +48,7 @@ use crate::error::{ConfigError, ProposeError, SendSnapshotError, StepError};
 use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
-use crate::storage::{Recovered, Snapshot, WriteBatch};
+use crate::storage::{Recovered, Snapshot};
 use crate::types::{Ballot, Entries, Entry, HardState, NodeId, ProposalId, Slot};
 use bytes::Bytes;
 use progress::Progress;
@@ -191,19 +192,10 @@ pub struct Replica {
     persisted_number: u64,
     /// Messages refused or dropped since start, for `Status`.
     dropped_messages: u64,
-    /// Emptied buffers handed back through `advance`, reused by the next `ready` so a steady
-    /// stream of batches allocates nothing for them. Always empty (only their capacity
-    /// matters), so they are not part of the replica's identity.
-    spare: Spare,
-}
-
-/// Empty output buffers kept for reuse (see `Replica::spare`).
-#[derive(Clone, Debug, Default)]
-struct Spare {
-    messages: Vec<Message>,
-    persisted_messages: Vec<Message>,
-    /// The write batch's run vector, emptied by `Storage::write` (or cleared by `advance`).
-    persist: Vec<Entries>,
+    /// The emptied batch handed back through `advance`, reused by the next `ready` so a steady
+    /// stream of batches allocates nothing for it or its buffers. Always empty (only its
+    /// buffers' capacity matters), so it is not part of the replica's identity.
+    spare: Option<Box<Batch>>,
 }
 
 /// A recycled buffer keeps at most this many elements' room: one huge batch must not pin its
@@ -421,7 +413,7 @@ impl Replica {
             ready_number: 0,
             persisted_number: 0,
             dropped_messages: 0,
-            spare: Spare::default(),
+            spare: None,
             config,
         };
         replica.reset_election_timer();
@@ -735,31 +727,25 @@ impl Replica {
             }
         }
         self.log.seal(&mut self.unpersisted);
-        let must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
-        let write = WriteBatch {
-            hard_state: self.hard_dirty.then_some(self.hard),
-            runs: hand_out(&mut self.unpersisted, &mut self.spare.persist),
-            must_sync,
-        };
+        // The spare batch's buffers are empty: swapping hands out what was gathered and leaves
+        // them to gather the next batch.
+        let mut batch = self.spare.take().unwrap_or_default();
+        batch.number = number;
+        batch.write.must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
+        batch.write.hard_state = self.hard_dirty.then_some(self.hard);
+        std::mem::swap(&mut batch.write.runs, &mut self.unpersisted);
         self.hard_dirty = false;
         self.hard_needs_sync = false;
         // Committed entries are not copied into the ready: the application reads them from the
         // log through `committed(&ready)`. Chosen slots never change, so the range stays valid
         // until the application itself compacts it.
-        let committed = (self.applied + 1, self.hard.chosen);
+        batch.committed = (self.applied + 1, self.hard.chosen);
         self.applied = self.hard.chosen;
-        Ready {
-            number,
-            write,
-            messages: hand_out(&mut self.messages, &mut self.spare.messages),
-            persisted_messages: hand_out(
-                &mut self.persisted_messages,
-                &mut self.spare.persisted_messages,
-            ),
-            committed,
-            snapshot: self.installed_snapshot.take(),
-            events: std::mem::take(&mut self.events),
-        }
+        std::mem::swap(&mut batch.messages, &mut self.messages);
+        std::mem::swap(&mut batch.persisted_messages, &mut self.persisted_messages);
+        batch.snapshot = self.installed_snapshot.take();
+        std::mem::swap(&mut batch.events, &mut self.events);
+        Ready { batch }
     }
 
     /// The entries `ready` hands out as newly chosen ([`Ready::committed_slots`]), in slot
@@ -773,7 +759,7 @@ impl Replica {
     /// another replica reads this replica's log over the same slots.
     #[inline]
     pub fn committed<'a>(&'a self, ready: &Ready) -> impl Iterator<Item = &'a Entry> + 'a {
-        let (first, last) = ready.committed;
+        let (first, last) = ready.batch.committed;
         self.log.range(first, last)
     }
 
@@ -783,10 +769,10 @@ impl Replica {
     /// The ready's buffers are kept for reuse: drain it with the `drain_*` methods rather than
     /// the `take_*` ones and steady-state batches allocate no output vectors.
     pub fn advance(&mut self, ready: Ready) {
-        self.on_persisted(ready.number);
-        recycle(&mut self.spare.messages, ready.messages);
-        recycle(&mut self.spare.persisted_messages, ready.persisted_messages);
-        recycle(&mut self.spare.persist, ready.write.runs);
+        let mut batch = ready.batch;
+        self.on_persisted(batch.number);
+        batch.reset(SPARE_CAPACITY_MAX);
+        self.spare = Some(batch);
     }
 
     /// Tells the replica that the writes of every ready up to `number` are durable, so its own
@@ -1090,30 +1076,5 @@ fn highest_slot_or_round(body: &Body) -> u64 {
         } => ballot.round.max(*chosen).max(entries_highest(entries)),
         Body::Forward { .. } => 0,
         Body::Snapshot { ballot, slot, .. } => ballot.round.max(*slot),
-    }
-}
-
-/// Hands out what `gathered` holds, leaving in its place the spare buffer if there is one, or
-/// else a buffer with room for as many elements (the next batch is likely about as large).
-fn hand_out<T>(gathered: &mut Vec<T>, spare: &mut Vec<T>) -> Vec<T> {
-    if gathered.is_empty() {
-        return Vec::new();
-    }
-    let replacement = if spare.capacity() > 0 {
-        std::mem::take(spare)
-    } else {
-        Vec::with_capacity(gathered.len())
-    };
-    std::mem::replace(gathered, replacement)
-}
-
-/// Keeps `used` (emptied) as the spare buffer if it is larger than the current spare and not
-/// oversized. Elements the application did not drain are dropped here, as they would have been
-/// with the ready.
-#[inline(always)]
-fn recycle<T>(spare: &mut Vec<T>, mut used: Vec<T>) {
-    if used.capacity() > spare.capacity() && used.capacity() <= SPARE_CAPACITY_MAX {
-        used.clear();
-        *spare = used;
     }
 }

@@ -68,9 +68,18 @@ pub enum StepDownReason {
 ///
 /// Each `take_*` method has a `drain_*` twin that leaves the emptied buffer in the ready;
 /// `advance` then keeps it for the next batch, so a hot loop allocates no output vectors.
-#[derive(Debug, Default)]
+#[derive(Default)]
 #[must_use = "a Ready carries messages and writes that must be handled"]
 pub struct Ready {
+    /// Boxed, and the box handed back by `advance` is reused by the next `ready`: a `Ready` is
+    /// one pointer to move, and a steady stream of batches allocates neither it nor its
+    /// buffers.
+    pub(super) batch: Box<Batch>,
+}
+
+/// What a [`Ready`] holds.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Batch {
     pub(super) number: u64,
     pub(super) write: WriteBatch,
     pub(super) messages: Vec<Message>,
@@ -81,16 +90,58 @@ pub struct Ready {
     pub(super) events: Vec<Event>,
 }
 
+impl Batch {
+    /// Empties the batch for reuse, keeping its buffers' room (up to `capacity_max` elements
+    /// each: one huge batch must not pin its memory for the replica's lifetime). What the
+    /// application did not drain is dropped here, as it would have been with the ready.
+    #[inline]
+    pub(super) fn reset(&mut self, capacity_max: usize) {
+        // Usually already empty: the application drained the ready.
+        #[inline(always)]
+        fn clear<T>(buffer: &mut Vec<T>, capacity_max: usize) {
+            if !buffer.is_empty() {
+                buffer.clear();
+            }
+            if buffer.capacity() > capacity_max {
+                *buffer = Vec::new();
+            }
+        }
+        clear(&mut self.write.runs, capacity_max);
+        clear(&mut self.messages, capacity_max);
+        clear(&mut self.persisted_messages, capacity_max);
+        clear(&mut self.events, capacity_max);
+        self.write.hard_state = None;
+        if self.snapshot.is_some() {
+            self.snapshot = None;
+        }
+    }
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let batch = &self.batch;
+        f.debug_struct("Ready")
+            .field("number", &batch.number)
+            .field("write", &batch.write)
+            .field("messages", &batch.messages)
+            .field("persisted_messages", &batch.persisted_messages)
+            .field("committed", &batch.committed)
+            .field("snapshot", &batch.snapshot)
+            .field("events", &batch.events)
+            .finish()
+    }
+}
+
 impl Ready {
     /// The batch's number: pass it to `on_persisted` once the write is durable.
     pub fn number(&self) -> u64 {
-        self.number
+        self.batch.number
     }
 
     /// What to write to storage, to look at (tests, metrics); lend it to
     /// [`Storage::write`](crate::Storage::write) with [`persist_mut`](Ready::persist_mut).
     pub fn persist(&self) -> &WriteBatch {
-        &self.write
+        &self.batch.write
     }
 
     /// The write, to lend to [`Storage::write`](crate::Storage::write) in the drain loop:
@@ -99,7 +150,7 @@ impl Ready {
     /// [`Replica::advance`](super::Replica::advance) reuses it for the next batch.
     #[inline]
     pub fn persist_mut(&mut self) -> &mut WriteBatch {
-        &mut self.write
+        &mut self.batch.write
     }
 
     /// Takes the write out of the ready, for a write that completes later (a storage thread):
@@ -107,18 +158,18 @@ impl Ready {
     /// only then send the persisted messages. A write done in the drain loop should use
     /// [`persist_mut`](Ready::persist_mut), which lets the buffer be reused.
     pub fn take_persist(&mut self) -> WriteBatch {
-        std::mem::take(&mut self.write)
+        std::mem::take(&mut self.batch.write)
     }
 
     /// Messages that may be sent before the write (or concurrently with it).
     pub fn take_messages(&mut self) -> Vec<Message> {
-        std::mem::take(&mut self.messages)
+        std::mem::take(&mut self.batch.messages)
     }
 
     /// Like [`take_messages`](Ready::take_messages), but leaves the emptied buffer in the
     /// ready, so [`Replica::advance`](super::Replica::advance) can reuse it.
     pub fn drain_messages(&mut self) -> std::vec::Drain<'_, Message> {
-        self.messages.drain(..)
+        self.batch.messages.drain(..)
     }
 
     /// Moves the messages that may be sent before the write to the end of `out` (one bulk
@@ -126,31 +177,31 @@ impl Ready {
     /// queues messages itself.
     #[inline]
     pub fn append_messages_to(&mut self, out: &mut Vec<Message>) {
-        out.append(&mut self.messages);
+        out.append(&mut self.batch.messages);
     }
 
     /// Like [`append_messages_to`](Ready::append_messages_to), for the messages that may be
     /// sent only after the write is durable.
     #[inline]
     pub fn append_persisted_messages_to(&mut self, out: &mut Vec<Message>) {
-        out.append(&mut self.persisted_messages);
+        out.append(&mut self.batch.persisted_messages);
     }
 
     /// Messages that may be sent only after the write is durable.
     pub fn take_persisted_messages(&mut self) -> Vec<Message> {
-        std::mem::take(&mut self.persisted_messages)
+        std::mem::take(&mut self.batch.persisted_messages)
     }
 
     /// Like [`take_persisted_messages`](Ready::take_persisted_messages), but leaves the emptied
     /// buffer in the ready for reuse.
     pub fn drain_persisted_messages(&mut self) -> std::vec::Drain<'_, Message> {
-        self.persisted_messages.drain(..)
+        self.batch.persisted_messages.drain(..)
     }
 
     /// The slots this ready hands out as newly chosen (empty if none); read their entries
     /// with [`Replica::committed`](super::Replica::committed).
     pub fn committed_slots(&self) -> std::ops::RangeInclusive<Slot> {
-        let (first, last) = self.committed;
+        let (first, last) = self.batch.committed;
         first..=last
     }
 
@@ -162,17 +213,17 @@ impl Ready {
     /// compact its storage through the slot ([`Storage::compact`](crate::Storage::compact)):
     /// after a crash it then restarts from the snapshot, with `Config::applied` at its slot.
     pub fn take_snapshot(&mut self) -> Option<Snapshot> {
-        self.snapshot.take()
+        self.batch.snapshot.take()
     }
 
     /// The installed snapshot, if any, without taking it (see
     /// [`take_snapshot`](Ready::take_snapshot)).
     pub fn snapshot(&self) -> Option<&Snapshot> {
-        self.snapshot.as_ref()
+        self.batch.snapshot.as_ref()
     }
 
     /// What happened since the last ready (elections, leader changes).
     pub fn take_events(&mut self) -> Vec<Event> {
-        std::mem::take(&mut self.events)
+        std::mem::take(&mut self.batch.events)
     }
 }
