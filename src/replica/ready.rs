@@ -227,3 +227,88 @@ impl Ready {
         std::mem::take(&mut self.batch.events)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Body;
+    use bytes::Bytes;
+
+    fn heartbeat(to: u64) -> Message {
+        Message {
+            from: NodeId(1),
+            to: NodeId(to),
+            body: Body::Heartbeat {
+                ballot: Ballot {
+                    round: 1,
+                    node: NodeId(1),
+                },
+                chosen: 0,
+            },
+        }
+    }
+
+    fn ready_with(batch: Batch) -> Ready {
+        Ready {
+            batch: Box::new(batch),
+        }
+    }
+
+    #[test]
+    fn the_accessors_hand_out_what_the_batch_holds() {
+        let snapshot = Snapshot {
+            slot: 7,
+            data: Bytes::from_static(b"state"),
+        };
+        let mut ready = ready_with(Batch {
+            number: 3,
+            messages: vec![heartbeat(2)],
+            persisted_messages: vec![heartbeat(3), heartbeat(4)],
+            committed: (5, 6),
+            snapshot: Some(snapshot.clone()),
+            ..Batch::default()
+        });
+        assert_eq!(ready.number(), 3);
+        assert_eq!(ready.committed_slots(), 5..=6);
+        assert_eq!(ready.snapshot(), Some(&snapshot));
+        let shown = format!("{ready:?}");
+        for field in [
+            "number: 3",
+            "persisted_messages",
+            "committed: (5, 6)",
+            "slot: 7",
+        ] {
+            assert!(shown.contains(field), "{field} missing from {shown}");
+        }
+        let mut out = vec![heartbeat(9)];
+        ready.append_messages_to(&mut out);
+        ready.append_persisted_messages_to(&mut out);
+        let to: Vec<u64> = out.iter().map(|message| message.to.0).collect();
+        assert_eq!(to, [9, 2, 3, 4]);
+        assert!(ready.batch.messages.is_empty() && ready.batch.persisted_messages.is_empty());
+        assert_eq!(ready.take_snapshot(), Some(snapshot));
+        assert_eq!(ready.snapshot(), None);
+    }
+
+    #[test]
+    fn reset_empties_the_batch_and_keeps_buffers_up_to_the_bound() {
+        let mut batch = Batch {
+            messages: Vec::with_capacity(64),
+            persisted_messages: Vec::with_capacity(65),
+            events: Vec::with_capacity(66),
+            snapshot: Some(Snapshot::default()),
+            ..Batch::default()
+        };
+        batch.messages.push(heartbeat(2));
+        batch.write.runs = Vec::with_capacity(64);
+        batch.write.hard_state = Some(Default::default());
+        batch.reset(64);
+        assert!(batch.messages.is_empty() && batch.write.hard_state.is_none());
+        assert!(batch.snapshot.is_none());
+        // Exactly the bound is kept; above it the buffer is let go.
+        assert_eq!(batch.messages.capacity(), 64);
+        assert_eq!(batch.write.runs.capacity(), 64);
+        assert_eq!(batch.persisted_messages.capacity(), 0);
+        assert_eq!(batch.events.capacity(), 0);
+    }
+}
