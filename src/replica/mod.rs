@@ -699,17 +699,19 @@ impl Replica {
     /// True if [`ready`](Replica::ready) has anything to hand out.
     #[inline]
     pub fn has_ready(&self) -> bool {
-        self.hard_dirty
-            || !self.messages.is_empty()
-            || !self.persisted_messages.is_empty()
-            || !self.unpersisted.is_empty()
-            || self.log.has_unsealed()
-            || !self.events.is_empty()
-            || !self.pending_self_votes.is_empty()
-            || !self.forward_queue.is_empty()
-            || self.applied < self.hard.chosen
-            || self.installed_snapshot.is_some()
-            || self.leader_has_work()
+        // Evaluated whole, without a branch per check: a loop asks until the answer is no, so
+        // the common answer needs every check anyway.
+        let gathered = self.hard_dirty
+            | !self.messages.is_empty()
+            | !self.persisted_messages.is_empty()
+            | !self.unpersisted.is_empty()
+            | self.log.has_unsealed()
+            | !self.events.is_empty()
+            | !self.pending_self_votes.is_empty()
+            | !self.forward_queue.is_empty()
+            | (self.applied < self.hard.chosen)
+            | self.installed_snapshot.is_some();
+        gathered || (self.leadership.is_some() && self.leader_has_work())
     }
 
     /// Takes the next batch of work. Call it when [`has_ready`](Replica::has_ready) is true (an
