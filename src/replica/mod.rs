@@ -1080,3 +1080,105 @@ fn highest_slot_or_round(body: &Body) -> u64 {
         Body::Snapshot { ballot, slot, .. } => ballot.round.max(*slot),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{MemStorage, Storage};
+    use crate::types::Value;
+
+    /// A follower of three with every ready handed out: nothing pending.
+    fn idle_follower() -> Replica {
+        let members = vec![NodeId(1), NodeId(2), NodeId(3)];
+        let recovered = MemStorage::new().recover().expect("fresh storage");
+        let mut replica =
+            Replica::new(Config::new(NodeId(2), members), recovered).expect("valid config");
+        while replica.has_ready() {
+            let ready = replica.ready();
+            replica.advance(ready);
+        }
+        replica
+    }
+
+    fn message() -> Message {
+        Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body: Body::HeartbeatReply {
+                ballot: Ballot {
+                    round: 1,
+                    node: NodeId(1),
+                },
+                chosen: 0,
+            },
+        }
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            slot: 1,
+            ballot: Ballot {
+                round: 1,
+                node: NodeId(1),
+            },
+            value: Value::Noop,
+        }
+    }
+
+    /// Puts one kind of pending work into a replica.
+    type SetPending = fn(&mut Replica);
+
+    /// Each way a replica can have work pending, set directly.
+    const PENDING: [(&str, SetPending); 10] = [
+        ("hard state", |r| r.hard_dirty = true),
+        ("message", |r| r.messages.push(message())),
+        ("persisted message", |r| {
+            r.persisted_messages.push(message())
+        }),
+        ("unpersisted run", |r| {
+            r.unpersisted.push(Entries::one(entry()))
+        }),
+        ("unsealed tail", |r| {
+            let mut sink = Vec::new();
+            r.log.set(entry(), &mut sink);
+            assert!(sink.is_empty() && r.log.has_unsealed());
+        }),
+        ("event", |r| {
+            r.events.push(Event::LeaderChanged {
+                leader: None,
+                ballot: Ballot::default(),
+            })
+        }),
+        ("own vote", |r| {
+            r.pending_self_votes.push(SelfVote::Incarnation)
+        }),
+        ("forward", |r| {
+            r.forward_queue.push(Command {
+                id: ProposalId::default(),
+                data: Bytes::from_static(b"x"),
+            })
+        }),
+        ("chosen not applied", |r| r.hard.chosen = r.applied + 1),
+        ("installed snapshot", |r| {
+            r.installed_snapshot = Some(Snapshot::default())
+        }),
+    ];
+
+    /// `has_ready` is the Ready loop's only way to know there is work: any pending item, alone
+    /// or together with any other, must make it true, or the loop stops with work left.
+    #[test]
+    fn has_ready_sees_every_pending_item_alone_and_in_pairs() {
+        assert!(!idle_follower().has_ready());
+        for (first, (first_name, set_first)) in PENDING.iter().enumerate() {
+            let mut replica = idle_follower();
+            set_first(&mut replica);
+            assert!(replica.has_ready(), "{first_name} alone");
+            for (second_name, set_second) in &PENDING[first + 1..] {
+                let mut replica = idle_follower();
+                set_first(&mut replica);
+                set_second(&mut replica);
+                assert!(replica.has_ready(), "{first_name} with {second_name}");
+            }
+        }
+    }
+}
