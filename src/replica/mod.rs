@@ -7,7 +7,7 @@
 //! - [`propose`](Replica::propose): a command to replicate;
 //!
 //! and drains, whenever [`has_ready`](Replica::has_ready) says so, a numbered [`Ready`] batch:
-//! messages to send now, a [`WriteBatch`] to persist, messages to
+//! messages to send now, a [`WriteBatch`](crate::storage::WriteBatch) to persist, messages to
 //! send once that write is durable, entries newly chosen (to apply in slot order) and events.
 //! It acknowledges the write with [`advance`](Replica::advance) or, when writes complete
 //! asynchronously (group commit), with [`on_persisted`](Replica::on_persisted).
