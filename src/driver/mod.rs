@@ -565,6 +565,8 @@ where
                     self.in_progress += 1;
                 }
             }
+            // The write is acknowledged when the storage thread reports it (`on_persisted`).
+            self.replica.recycle(ready);
             if let Some(snapshot) = snapshot {
                 self.stats.snapshots_installed += 1;
                 let _ = self.committed.send(Applied::Snapshot(snapshot)).await;

@@ -771,8 +771,17 @@ impl Replica {
     /// The ready's buffers are kept for reuse: drain it with the `drain_*` methods rather than
     /// the `take_*` ones and steady-state batches allocate no output vectors.
     pub fn advance(&mut self, ready: Ready) {
+        self.on_persisted(ready.batch.number);
+        self.recycle(ready);
+    }
+
+    /// Hands back a ready whose write is still in flight, so that the next
+    /// [`ready`](Replica::ready) reuses it and its emptied buffers instead of allocating them:
+    /// for a loop that takes the write out ([`Ready::take_persist`]) and acknowledges it later
+    /// with [`on_persisted`](Replica::on_persisted). Acknowledges nothing. Whatever the ready
+    /// still holds is dropped. ([`advance`](Replica::advance) is `on_persisted` and this.)
+    pub fn recycle(&mut self, ready: Ready) {
         let mut batch = ready.batch;
-        self.on_persisted(batch.number);
         batch.reset(SPARE_CAPACITY_MAX);
         self.spare = Some(batch);
     }
@@ -1163,6 +1172,30 @@ mod tests {
             r.installed_snapshot = Some(Snapshot::default())
         }),
     ];
+
+    #[test]
+    fn recycle_reuses_the_batch_without_acknowledging_its_write() {
+        let mut replica = idle_follower();
+        let acknowledged = replica.persisted_number;
+        replica.messages.push(message());
+        let mut ready = replica.ready();
+        assert_eq!(ready.take_messages().len(), 1);
+        let number = ready.number();
+        let reused: *const Batch = &*ready.batch;
+        replica.recycle(ready);
+        assert_eq!(
+            replica.persisted_number, acknowledged,
+            "recycle acknowledges nothing"
+        );
+        let ready = replica.ready();
+        assert!(
+            std::ptr::eq(&*ready.batch, reused),
+            "the next ready reuses the batch"
+        );
+        assert_eq!(ready.number(), number + 1);
+        replica.advance(ready);
+        assert_eq!(replica.persisted_number, number + 1);
+    }
 
     /// `has_ready` is the Ready loop's only way to know there is work: any pending item, alone
     /// or together with any other, must make it true, or the loop stops with work left.

@@ -63,8 +63,9 @@ pub enum StepDownReason {
 /// 4. [`Replica::committed`](super::Replica::committed): apply the newly chosen entries, in
 ///    order, exactly once (borrowed from the log: nothing is copied);
 /// 5. hand the ready back with [`Replica::advance`](super::Replica::advance), or, if the
-///    write completes later, call [`Replica::on_persisted`](super::Replica::on_persisted)
-///    with [`number`](Ready::number) when it does (writes must complete in order).
+///    write completes later, with [`Replica::recycle`](super::Replica::recycle), and call
+///    [`Replica::on_persisted`](super::Replica::on_persisted) with [`number`](Ready::number)
+///    when the write is durable (writes must complete in order).
 ///
 /// Each `take_*` method has a `drain_*` twin that leaves the emptied buffer in the ready;
 /// `advance` then keeps it for the next batch, so a hot loop allocates no output vectors.
