@@ -780,6 +780,7 @@ impl Replica {
     /// for a loop that takes the write out ([`Ready::take_persist`]) and acknowledges it later
     /// with [`on_persisted`](Replica::on_persisted). Acknowledges nothing. Whatever the ready
     /// still holds is dropped. ([`advance`](Replica::advance) is `on_persisted` and this.)
+    #[inline]
     pub fn recycle(&mut self, ready: Ready) {
         let mut batch = ready.batch;
         batch.reset(SPARE_CAPACITY_MAX);
