@@ -41,6 +41,30 @@ fn run_last(run: &Entries) -> Slot {
     run.last_slot_of_held()
 }
 
+/// Walks `entries`, consecutive slots from `low` (at most `next`), from slot `next` up to
+/// `last` while they carry `ballot`. Returns the first slot not covered, and whether an entry
+/// of another ballot stopped the walk (rather than `last` or the end of `entries`).
+#[inline]
+fn walk_in_ballot(
+    entries: &[Entry],
+    low: Slot,
+    mut next: Slot,
+    last: Slot,
+    ballot: Ballot,
+) -> (Slot, bool) {
+    let start = (next - low) as usize;
+    let end = entries
+        .len()
+        .min(start.saturating_add((last - next) as usize + 1));
+    for entry in entries.get(start..end).unwrap_or(&[]) {
+        if entry.ballot != ballot {
+            return (next, true);
+        }
+        next += 1;
+    }
+    (next, false)
+}
+
 /// The entries of `run` in `first..=last` (both clipped to the run). The run's bounds come
 /// from its fields, so a run wholly outside the range is skipped without touching its entries.
 #[inline]
@@ -311,17 +335,7 @@ impl Log {
         if let (true, Some(run)) = (self.tail.is_empty(), self.runs.back()) {
             let low = run_first(run);
             if low <= next {
-                let start = (next - low) as usize;
-                let end = run
-                    .len()
-                    .min(start.saturating_add((last - next) as usize + 1));
-                for entry in run.get(start..end).unwrap_or(&[]) {
-                    if entry.ballot != ballot {
-                        break;
-                    }
-                    next += 1;
-                }
-                return next - 1;
+                return walk_in_ballot(run, low, next, last, ballot).0 - 1;
             }
         }
         let runs = self
@@ -333,16 +347,10 @@ impl Log {
             if next > last || low > next {
                 break; // done, or a hole
             }
-            let start = (next - low) as usize;
-            if start >= entries.len() {
-                break; // the tail ends before `next`
-            }
-            let end = entries.len().min(start + (last - next) as usize + 1);
-            for entry in &entries[start..end] {
-                if entry.ballot != ballot {
-                    return next - 1;
-                }
-                next += 1;
+            let (after, other_ballot) = walk_in_ballot(entries, low, next, last, ballot);
+            next = after;
+            if other_ballot {
+                break;
             }
         }
         next - 1

@@ -723,6 +723,7 @@ impl Replica {
         self.flush_forwards();
         self.ready_number += 1;
         let number = self.ready_number;
+        // Only a leader's or candidate's readies carry own votes: skip the `Drain` otherwise.
         if !self.pending_self_votes.is_empty() {
             for vote in self.pending_self_votes.drain(..) {
                 self.self_votes.push_back((number, vote));
@@ -1093,6 +1094,7 @@ fn highest_slot_or_round(body: &Body) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use super::ready::tests::heartbeat;
     use super::*;
     use crate::storage::{MemStorage, Storage};
     use crate::types::Value;
@@ -1108,20 +1110,6 @@ mod tests {
             replica.advance(ready);
         }
         replica
-    }
-
-    fn message() -> Message {
-        Message {
-            from: NodeId(2),
-            to: NodeId(1),
-            body: Body::HeartbeatReply {
-                ballot: Ballot {
-                    round: 1,
-                    node: NodeId(1),
-                },
-                chosen: 0,
-            },
-        }
     }
 
     fn entry() -> Entry {
@@ -1141,9 +1129,9 @@ mod tests {
     /// Each way a replica can have work pending, set directly.
     const PENDING: [(&str, SetPending); 10] = [
         ("hard state", |r| r.hard_dirty = true),
-        ("message", |r| r.messages.push(message())),
+        ("message", |r| r.messages.push(heartbeat(1))),
         ("persisted message", |r| {
-            r.persisted_messages.push(message())
+            r.persisted_messages.push(heartbeat(1))
         }),
         ("unpersisted run", |r| {
             r.unpersisted.push(Entries::one(entry()))
@@ -1178,7 +1166,7 @@ mod tests {
     fn recycle_reuses_the_batch_without_acknowledging_its_write() {
         let mut replica = idle_follower();
         let acknowledged = replica.persisted_number;
-        replica.messages.push(message());
+        replica.messages.push(heartbeat(1));
         let mut ready = replica.ready();
         assert_eq!(ready.take_messages().len(), 1);
         let number = ready.number();

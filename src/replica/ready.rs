@@ -112,9 +112,7 @@ impl Batch {
         clear(&mut self.persisted_messages, capacity_max);
         clear(&mut self.events, capacity_max);
         self.write.hard_state = None;
-        if self.snapshot.is_some() {
-            self.snapshot = None;
-        }
+        self.snapshot = None;
     }
 }
 
@@ -230,12 +228,13 @@ impl Ready {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::message::Body;
     use bytes::Bytes;
 
-    fn heartbeat(to: u64) -> Message {
+    /// A heartbeat from node 1 to `to`: any message, for tests that only move messages.
+    pub(in crate::replica) fn heartbeat(to: u64) -> Message {
         Message {
             from: NodeId(1),
             to: NodeId(to),

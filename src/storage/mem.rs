@@ -91,6 +91,7 @@ impl Storage for MemStorage {
 
     /// Keeps the batch's runs (no copy), leaving `batch.runs` empty. Never fails.
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        // Many batches carry no run (a Commit's, say): skip building and dropping a `Drain`.
         if !batch.runs.is_empty() {
             for run in batch.runs.drain(..) {
                 self.log.put(run);

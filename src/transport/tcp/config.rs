@@ -183,10 +183,11 @@ pub enum TcpError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn config() -> TcpConfig {
+    /// Node 1 of two on the loopback address: a valid configuration for unit tests.
+    pub(in crate::transport::tcp) fn config() -> TcpConfig {
         let address: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let peers = [(NodeId(1), address), (NodeId(2), address)].into();
         TcpConfig::new(NodeId(1), 7, address, peers)

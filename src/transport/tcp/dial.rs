@@ -259,11 +259,7 @@ async fn write_messages<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
 
-    fn config() -> TcpConfig {
-        let address: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let peers = [(NodeId(1), address), (NodeId(2), address)].into();
-        TcpConfig::new(NodeId(1), 7, address, peers)
-    }
+    use crate::transport::tcp::config::tests::config;
 
     #[test]
     fn backoff_doubles_up_to_the_maximum_with_jitter_in_the_upper_half() {
