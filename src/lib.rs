@@ -101,6 +101,8 @@
 //! - [`sim`]: the deterministic simulator with fault injection, safety checkers and a
 //!   linearizability checker.
 //! - [`session`]: client sessions — exactly-once application of retried requests.
+//! - [`ring`]: a consistent-hash ring (virtual nodes, weights, exact transfer lists) to place
+//!   keys on Paxos groups.
 //! - [`kv`]: a deterministic key-value state machine built on sessions (the simulator's
 //!   standard workload).
 //! - [`quorum`], [`types`], [`message`], [`config`], [`error`]: the vocabulary.
@@ -116,6 +118,7 @@ pub mod message;
 pub mod paxos;
 pub mod quorum;
 pub mod replica;
+pub mod ring;
 pub mod session;
 pub mod sim;
 pub mod storage;
