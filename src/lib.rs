@@ -101,6 +101,8 @@
 //! - [`sim`]: the deterministic simulator with fault injection, safety checkers and a
 //!   linearizability checker.
 //! - [`session`]: client sessions — exactly-once application of retried requests.
+//! - [`lock`]: a distributed lock service state machine (sessions, leases, FIFO exclusive and
+//!   shared locks, fencing tokens, lock-delay), with log time proposed by the leader.
 //! - [`ring`]: a consistent-hash ring (virtual nodes, weights, exact transfer lists) to place
 //!   keys on Paxos groups.
 //! - [`kv`]: a deterministic key-value state machine built on sessions (the simulator's
@@ -113,6 +115,7 @@ pub mod config;
 pub mod driver;
 pub mod error;
 pub mod kv;
+pub mod lock;
 mod log;
 pub mod message;
 pub mod paxos;

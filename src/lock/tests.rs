@@ -1,0 +1,814 @@
+//! The lock service's rules, one test each, and a property test over random histories.
+
+use super::*;
+use proptest::prelude::*;
+
+/// A service and the slots of its log.
+struct Log {
+    service: LockService,
+    slot: Slot,
+}
+
+impl Log {
+    fn new() -> Log {
+        Log::with(LockLimits {
+            lock_delay: 10,
+            ..LockLimits::default()
+        })
+    }
+
+    fn with(limits: LockLimits) -> Log {
+        Log {
+            service: LockService::new(limits).unwrap(),
+            slot: 0,
+        }
+    }
+
+    fn apply(&mut self, command: Command) -> Outcome {
+        self.slot += 1;
+        let outcome = self.service.apply(self.slot, &command.encode());
+        self.service
+            .check()
+            .expect("invariants hold after every entry");
+        outcome
+    }
+
+    fn open(&mut self, client: u64, lease: u64) -> SessionId {
+        match self.apply(Command::Open { client, lease }) {
+            Outcome::Opened { session, .. } => session,
+            other => panic!("open refused: {other:?}"),
+        }
+    }
+
+    fn acquire(&mut self, session: SessionId, name: &str, mode: Mode, wait: Wait) -> Outcome {
+        self.apply(Command::Acquire {
+            session,
+            name: name.into(),
+            mode,
+            wait,
+        })
+    }
+
+    fn release(&mut self, session: SessionId, name: &str) -> Outcome {
+        self.apply(Command::Release {
+            session,
+            name: name.into(),
+        })
+    }
+
+    fn time(&mut self, now: u64) -> Outcome {
+        self.apply(Command::Time { now })
+    }
+
+    fn granted(&self) -> Outcome {
+        Outcome::Granted {
+            token: FencingToken(self.slot),
+        }
+    }
+}
+
+use Mode::{Exclusive, Shared};
+
+#[test]
+fn an_exclusive_lock_excludes_and_a_try_lock_is_busy() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 100), log.open(2, 100));
+    assert_eq!(log.acquire(a, "x", Exclusive, Wait::Try), log.granted());
+    assert_eq!(
+        log.acquire(b, "x", Exclusive, Wait::Try),
+        Outcome::Refused(LockError::Busy)
+    );
+    assert_eq!(
+        log.acquire(b, "x", Shared, Wait::Try),
+        Outcome::Refused(LockError::Busy)
+    );
+    assert_eq!(log.service.holders("x"), [(a, Exclusive, FencingToken(3))]);
+    // Another lock is independent.
+    assert_eq!(log.acquire(b, "y", Exclusive, Wait::Try), log.granted());
+}
+
+#[test]
+fn waiters_are_granted_in_fifo_order_with_the_token_of_the_granting_entry() {
+    let mut log = Log::new();
+    let sessions: Vec<SessionId> = (1..=4).map(|client| log.open(client, 100)).collect();
+    assert_eq!(
+        log.acquire(sessions[0], "x", Exclusive, Wait::Forever),
+        log.granted()
+    );
+    for (position, &session) in sessions[1..].iter().enumerate() {
+        assert_eq!(
+            log.acquire(session, "x", Exclusive, Wait::Forever),
+            Outcome::Queued { position }
+        );
+    }
+    let mut tokens = vec![FencingToken(5)];
+    for index in 0..3 {
+        assert_eq!(log.release(sessions[index], "x"), Outcome::Released);
+        let events = log.service.take_events();
+        assert_eq!(
+            events,
+            [LockEvent::Granted {
+                session: sessions[index + 1],
+                name: "x".into(),
+                mode: Exclusive,
+                token: FencingToken(log.slot),
+            }]
+        );
+        tokens.push(FencingToken(log.slot));
+    }
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] < pair[1]),
+        "{tokens:?}"
+    );
+    assert_eq!(log.release(sessions[3], "x"), Outcome::Released);
+    // Nothing is left of the lock.
+    assert!(log.service.holders("x").is_empty());
+    assert!(log.service.state.locks.is_empty());
+}
+
+#[test]
+fn readers_share_a_writer_waits_and_later_readers_queue_behind_the_writer() {
+    let mut log = Log::new();
+    let (r1, r2, w, r3) = (
+        log.open(1, 100),
+        log.open(2, 100),
+        log.open(3, 100),
+        log.open(4, 100),
+    );
+    assert_eq!(log.acquire(r1, "x", Shared, Wait::Forever), log.granted());
+    assert_eq!(log.acquire(r2, "x", Shared, Wait::Forever), log.granted());
+    assert_eq!(
+        log.acquire(w, "x", Exclusive, Wait::Forever),
+        Outcome::Queued { position: 0 }
+    );
+    // A reader may not overtake the queued writer: no starvation.
+    assert_eq!(
+        log.acquire(r3, "x", Shared, Wait::Try),
+        Outcome::Refused(LockError::Busy)
+    );
+    assert_eq!(
+        log.acquire(r3, "x", Shared, Wait::Forever),
+        Outcome::Queued { position: 1 }
+    );
+    log.release(r1, "x");
+    assert!(log.service.take_events().is_empty(), "r2 still reads");
+    log.release(r2, "x");
+    assert_eq!(
+        log.service.holders("x"),
+        [(w, Exclusive, FencingToken(log.slot))]
+    );
+    log.service.take_events();
+    log.release(w, "x");
+    assert_eq!(
+        log.service.holders("x"),
+        [(r3, Shared, FencingToken(log.slot))]
+    );
+}
+
+#[test]
+fn a_run_of_shared_waiters_is_granted_together() {
+    let mut log = Log::new();
+    let w = log.open(1, 100);
+    let readers: Vec<SessionId> = (2..=4).map(|client| log.open(client, 100)).collect();
+    let w2 = log.open(5, 100);
+    log.acquire(w, "x", Exclusive, Wait::Forever);
+    for &reader in &readers {
+        log.acquire(reader, "x", Shared, Wait::Forever);
+    }
+    log.acquire(w2, "x", Exclusive, Wait::Forever);
+    log.release(w, "x");
+    let token = FencingToken(log.slot);
+    let holders = log.service.holders("x");
+    assert_eq!(
+        holders,
+        readers
+            .iter()
+            .map(|&r| (r, Shared, token))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(log.service.waiters("x"), [(w2, Exclusive)]);
+    assert_eq!(log.service.take_events().len(), 3);
+}
+
+#[test]
+fn a_retried_acquire_is_answered_as_the_first_time() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 100), log.open(2, 100));
+    let first = log.acquire(a, "x", Exclusive, Wait::Forever);
+    assert_eq!(
+        first,
+        Outcome::Granted {
+            token: FencingToken(3)
+        }
+    );
+    assert_eq!(log.acquire(a, "x", Exclusive, Wait::Forever), first);
+    assert_eq!(
+        log.acquire(a, "x", Shared, Wait::Forever),
+        Outcome::Refused(LockError::HeldInOtherMode(Exclusive))
+    );
+    assert_eq!(
+        log.acquire(b, "x", Exclusive, Wait::Forever),
+        Outcome::Queued { position: 0 }
+    );
+    assert_eq!(
+        log.acquire(b, "x", Exclusive, Wait::Try),
+        Outcome::Queued { position: 0 }
+    );
+    assert_eq!(log.service.waiters("x"), [(b, Exclusive)]);
+}
+
+#[test]
+fn release_withdraws_a_wait_and_refuses_what_is_not_held() {
+    let mut log = Log::new();
+    let (a, b, c) = (log.open(1, 100), log.open(2, 100), log.open(3, 100));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    log.acquire(c, "x", Shared, Wait::Forever);
+    assert_eq!(log.release(b, "x"), Outcome::Withdrawn);
+    assert_eq!(log.service.waiters("x"), [(c, Shared)]);
+    assert_eq!(log.release(b, "x"), Outcome::Refused(LockError::NotHeld));
+    assert_eq!(
+        log.release(b, "nothing"),
+        Outcome::Refused(LockError::NotHeld)
+    );
+    let ghost = SessionId(999);
+    assert_eq!(
+        log.release(ghost, "x"),
+        Outcome::Refused(LockError::UnknownSession(ghost))
+    );
+    assert_eq!(
+        log.acquire(ghost, "x", Shared, Wait::Try),
+        Outcome::Refused(LockError::UnknownSession(ghost))
+    );
+    // Withdrawing the head of the queue lets the next waiter in if the lock admits it.
+    let mut log = Log::new();
+    let (r, w, r2) = (log.open(1, 100), log.open(2, 100), log.open(3, 100));
+    log.acquire(r, "x", Shared, Wait::Forever);
+    log.acquire(w, "x", Exclusive, Wait::Forever);
+    log.acquire(r2, "x", Shared, Wait::Forever);
+    assert_eq!(log.release(w, "x"), Outcome::Withdrawn);
+    assert_eq!(
+        log.service.holders("x"),
+        [
+            (r, Shared, FencingToken(4)),
+            (r2, Shared, FencingToken(log.slot))
+        ]
+    );
+}
+
+#[test]
+fn a_timed_wait_times_out_and_unblocks_the_waiters_behind_it() {
+    let mut log = Log::new();
+    let (r, w, r2) = (log.open(1, 1000), log.open(2, 1000), log.open(3, 1000));
+    log.acquire(r, "x", Shared, Wait::Forever);
+    assert_eq!(
+        log.acquire(w, "x", Exclusive, Wait::Ticks(20)),
+        Outcome::Queued { position: 0 }
+    );
+    log.acquire(r2, "x", Shared, Wait::Forever);
+    log.time(19);
+    assert!(log.service.take_events().is_empty());
+    log.time(20);
+    assert_eq!(
+        log.service.take_events(),
+        [
+            LockEvent::TimedOut {
+                session: w,
+                name: "x".into()
+            },
+            LockEvent::Granted {
+                session: r2,
+                name: "x".into(),
+                mode: Shared,
+                token: FencingToken(log.slot)
+            }
+        ]
+    );
+    assert!(log.service.waiters("x").is_empty());
+    // A zero wait times out at the next Time entry.
+    let v = log.open(4, 1000);
+    log.acquire(v, "y", Exclusive, Wait::Forever);
+    assert_eq!(
+        log.acquire(w, "y", Exclusive, Wait::Ticks(0)),
+        Outcome::Queued { position: 0 }
+    );
+    log.time(21);
+    assert_eq!(
+        log.service.take_events(),
+        [LockEvent::TimedOut {
+            session: w,
+            name: "y".into()
+        }]
+    );
+}
+
+#[test]
+fn an_expired_session_loses_its_locks_after_the_lock_delay() {
+    let mut log = Log::new(); // lock_delay 10
+    let (a, b) = (log.open(1, 50), log.open(2, 1000));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(a, "y", Shared, Wait::Forever);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    log.time(49);
+    assert_eq!(log.service.lease_end(a), Some(50));
+    log.time(50);
+    assert_eq!(
+        log.service.take_events(),
+        [LockEvent::Expired {
+            session: a,
+            released: vec!["x".into(), "y".into()]
+        }]
+    );
+    assert_eq!(log.service.lease_end(a), None);
+    // In the delay: nobody gets either lock, not even by try-lock.
+    assert!(log.service.holders("x").is_empty());
+    assert_eq!(
+        log.acquire(b, "y", Shared, Wait::Try),
+        Outcome::Refused(LockError::Busy)
+    );
+    assert_eq!(
+        log.acquire(a, "z", Shared, Wait::Try),
+        Outcome::Refused(LockError::UnknownSession(a))
+    );
+    log.time(59);
+    assert!(log.service.take_events().is_empty());
+    log.time(60);
+    assert_eq!(
+        log.service.take_events(),
+        [LockEvent::Granted {
+            session: b,
+            name: "x".into(),
+            mode: Exclusive,
+            token: FencingToken(log.slot)
+        }]
+    );
+    // The delay is over for y too, and the unused lock is forgotten.
+    assert!(!log.service.state.locks.contains_key("y"));
+    assert_eq!(log.acquire(b, "y", Shared, Wait::Try), log.granted());
+}
+
+#[test]
+fn a_closed_session_releases_at_once_and_a_zero_delay_expiry_too() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 50), log.open(2, 1000));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    assert_eq!(
+        log.apply(Command::Close { session: a }),
+        Outcome::Closed {
+            released: vec!["x".into()]
+        }
+    );
+    assert_eq!(
+        log.service.holders("x"),
+        [(b, Exclusive, FencingToken(log.slot))]
+    );
+    assert_eq!(
+        log.apply(Command::Close { session: a }),
+        Outcome::Refused(LockError::UnknownSession(a))
+    );
+    // The client can open a new session; it is a new one.
+    let again = log.open(1, 50);
+    assert_ne!(again, a);
+
+    let mut log = Log::with(LockLimits {
+        lock_delay: 0,
+        ..LockLimits::default()
+    });
+    let (a, b) = (log.open(1, 50), log.open(2, 1000));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    log.time(50);
+    assert_eq!(
+        log.service.holders("x"),
+        [(b, Exclusive, FencingToken(log.slot))]
+    );
+}
+
+#[test]
+fn keep_alives_and_reopens_renew_the_lease() {
+    let mut log = Log::new();
+    let a = log.open(1, 50);
+    log.time(40);
+    assert_eq!(
+        log.apply(Command::KeepAlive { session: a }),
+        Outcome::Renewed { expires_at: 90 }
+    );
+    log.time(89);
+    // Opening again for the same client renews the same session (a retried open).
+    assert_eq!(
+        log.apply(Command::Open {
+            client: 1,
+            lease: 20
+        }),
+        Outcome::Opened {
+            session: a,
+            expires_at: 109
+        }
+    );
+    assert_eq!(log.service.session_count(), 1);
+    log.time(109);
+    assert_eq!(log.service.session_count(), 0);
+    assert_eq!(
+        log.apply(Command::KeepAlive { session: a }),
+        Outcome::Refused(LockError::UnknownSession(a))
+    );
+    for lease in [0, 9, 100_001] {
+        assert_eq!(
+            log.apply(Command::Open { client: 2, lease }),
+            Outcome::Refused(LockError::LeaseOutOfRange {
+                lease,
+                min: 10,
+                max: 100_000
+            })
+        );
+    }
+}
+
+#[test]
+fn grace_extends_every_lease_and_stale_time_is_ignored() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 10), log.open(2, 500));
+    log.time(5);
+    assert_eq!(
+        log.apply(Command::Grace { ticks: 100 }),
+        Outcome::Time { now: 5 }
+    );
+    assert_eq!(log.service.lease_end(a), Some(105));
+    assert_eq!(log.service.lease_end(b), Some(500));
+    assert_eq!(log.time(3), Outcome::Time { now: 5 });
+    assert_eq!(log.time(5), Outcome::Time { now: 5 });
+    log.time(104);
+    assert_eq!(log.service.session_count(), 2);
+    log.time(105);
+    assert_eq!(log.service.session_count(), 1);
+}
+
+#[test]
+fn limits_refuse_and_change_nothing() {
+    let mut log = Log::with(LockLimits {
+        sessions_max: 2,
+        locks_max: 2,
+        locks_per_session_max: 2,
+        waiters_max: 1,
+        name_bytes_max: 4,
+        ..LockLimits::default()
+    });
+    let (a, b) = (log.open(1, 100), log.open(2, 100));
+    let before = log.service.snapshot();
+    let refusals = [
+        (
+            Command::Open {
+                client: 3,
+                lease: 100,
+            },
+            LockError::TooManySessions { max: 2 },
+        ),
+        (
+            Command::Acquire {
+                session: a,
+                name: "12345".into(),
+                mode: Shared,
+                wait: Wait::Try,
+            },
+            LockError::NameTooLong { length: 5, max: 4 },
+        ),
+    ];
+    for (command, error) in refusals {
+        assert_eq!(log.apply(command), Outcome::Refused(error));
+    }
+    let mut unchanged = log.service.snapshot();
+    // The last slot moved on; nothing else did.
+    assert_eq!(unchanged.len(), before.len());
+    unchanged.clear();
+
+    log.acquire(a, "l1", Exclusive, Wait::Forever);
+    log.acquire(a, "l2", Exclusive, Wait::Forever);
+    assert_eq!(
+        log.acquire(a, "l3", Exclusive, Wait::Forever),
+        Outcome::Refused(LockError::TooManyLocksInSession { max: 2 })
+    );
+    assert_eq!(
+        log.acquire(b, "l3", Exclusive, Wait::Forever),
+        Outcome::Refused(LockError::TooManyLocks { max: 2 })
+    );
+    assert_eq!(
+        log.acquire(b, "l1", Exclusive, Wait::Forever),
+        Outcome::Queued { position: 0 }
+    );
+    let c = {
+        // Free a session slot for a third client.
+        log.apply(Command::Close { session: b });
+        log.open(3, 100)
+    };
+    log.acquire(c, "l1", Exclusive, Wait::Forever);
+    let d_refused = log.apply(Command::Open {
+        client: 4,
+        lease: 100,
+    });
+    assert_eq!(
+        d_refused,
+        Outcome::Refused(LockError::TooManySessions { max: 2 })
+    );
+    assert_eq!(log.service.waiters("l1"), [(c, Exclusive)]);
+    let limits = LockLimits {
+        waiters_max: 1,
+        ..LockLimits::default()
+    };
+    let mut log = Log::with(limits);
+    let (a, b, c) = (log.open(1, 100), log.open(2, 100), log.open(3, 100));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    assert_eq!(
+        log.acquire(c, "x", Exclusive, Wait::Forever),
+        Outcome::Refused(LockError::QueueFull { max: 1 })
+    );
+}
+
+#[test]
+fn bad_entries_are_refused_without_a_panic() {
+    let mut service = LockService::new(LockLimits::default()).unwrap();
+    assert!(matches!(
+        service.apply(1, &[0xff, 0xff, 0xff]),
+        Outcome::Refused(LockError::Malformed { .. })
+    ));
+    let mut trailing = Command::Time { now: 1 }.encode();
+    trailing.push(0);
+    assert!(matches!(
+        service.apply(2, &trailing),
+        Outcome::Refused(LockError::Malformed { .. })
+    ));
+    assert!(matches!(
+        service.apply(3, &vec![0; COMMAND_BYTES_CEILING + 1]),
+        Outcome::Refused(LockError::Malformed { .. })
+    ));
+    assert_eq!(
+        service.apply(3, &Command::Time { now: 1 }.encode()),
+        Outcome::Refused(LockError::SlotReplayed { slot: 3, last: 3 })
+    );
+    assert_eq!(service.now(), 0);
+    assert_eq!(service.last_applied_slot(), 3);
+    assert!(LockService::new(LockLimits {
+        lease_min: 10,
+        lease_max: 9,
+        ..LockLimits::default()
+    })
+    .is_err());
+    assert!(LockService::new(LockLimits {
+        waiters_max: 0,
+        ..LockLimits::default()
+    })
+    .is_err());
+}
+
+#[test]
+fn a_snapshot_restores_the_same_service() {
+    let mut log = Log::new();
+    let (a, b, c) = (log.open(1, 50), log.open(2, 500), log.open(3, 500));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(b, "x", Shared, Wait::Ticks(100));
+    log.acquire(c, "x", Shared, Wait::Forever);
+    log.acquire(c, "y", Shared, Wait::Forever);
+    let bytes = log.service.snapshot();
+    let mut restored = LockService::restore(&bytes).unwrap();
+    assert_eq!(restored, log.service);
+    restored.check().unwrap();
+    // Both behave alike from here: a expires, the delay ends, b and c share x.
+    let rest = [Command::Time { now: 50 }, Command::Time { now: 60 }];
+    for command in rest {
+        log.slot += 1;
+        let bytes = command.encode();
+        assert_eq!(
+            log.service.apply(log.slot, &bytes),
+            restored.apply(log.slot, &bytes)
+        );
+        assert_eq!(log.service.take_events(), restored.take_events());
+    }
+    assert_eq!(log.service.snapshot(), restored.snapshot());
+    assert_eq!(restored.holders("x").len(), 2);
+}
+
+#[test]
+fn a_corrupt_snapshot_is_refused() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 50), log.open(2, 50));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    let bytes = log.service.snapshot();
+    assert!(matches!(
+        LockService::restore(&bytes[..bytes.len() - 1]),
+        Err(SnapshotError::Undecodable(_))
+    ));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(
+        LockService::restore(&longer),
+        Err(SnapshotError::Invalid("trailing bytes"))
+    );
+    // States that decode but break an invariant.
+    let tamper = |change: &dyn Fn(&mut State)| {
+        let mut state = log.service.state.clone();
+        change(&mut state);
+        let bytes = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
+        LockService::restore(&bytes)
+    };
+    let two_exclusive = tamper(&|state| {
+        let lock = state.locks.get_mut("x").unwrap();
+        let waiter = lock.waiters.pop_front().unwrap();
+        lock.holders.push(Holder {
+            session: waiter.session,
+            mode: Exclusive,
+            token: FencingToken(1),
+        });
+    });
+    assert_eq!(
+        two_exclusive,
+        Err(SnapshotError::Invalid(
+            "an exclusive lock with another holder"
+        ))
+    );
+    let ghost = tamper(&|state| {
+        state.sessions.remove(&b);
+    });
+    assert!(ghost.is_err());
+    let expired = tamper(&|state| state.now = 1000);
+    assert_eq!(
+        expired,
+        Err(SnapshotError::Invalid("a session outlived its lease"))
+    );
+    let stuck = tamper(&|state| {
+        state.locks.get_mut("x").unwrap().holders.clear();
+    });
+    assert_eq!(
+        stuck,
+        Err(SnapshotError::Invalid(
+            "a grantable waiter was left waiting"
+        ))
+    );
+    // Random bytes never panic.
+    for seed in 0..200u64 {
+        let junk: Vec<u8> = (0..(seed % 40))
+            .map(|i| (seed.wrapping_mul(31) ^ i.wrapping_mul(7)) as u8)
+            .collect();
+        let _ = LockService::restore(&junk);
+    }
+}
+
+#[test]
+fn the_lease_clock_graces_then_ticks_and_stops_when_deposed() {
+    assert!(LeaseClock::new(0, 10).is_err());
+    let mut clock = LeaseClock::new(3, 40).unwrap();
+    assert_eq!(clock.tick(false, 7), None);
+    assert_eq!(clock.tick(true, 7), Some(Command::Grace { ticks: 40 }));
+    assert_eq!(clock.tick(true, 7), None);
+    assert_eq!(clock.tick(true, 7), None);
+    assert_eq!(clock.tick(true, 7), Some(Command::Time { now: 10 }));
+    // The applied log time overtook this leader's clock (a previous leader ran ahead).
+    assert_eq!(clock.tick(true, 50), None);
+    assert_eq!(clock.tick(true, 50), None);
+    assert_eq!(clock.tick(true, 50), Some(Command::Time { now: 53 }));
+    // Deposed, then leading again: grace first, from the applied log time.
+    assert_eq!(clock.tick(false, 53), None);
+    assert_eq!(clock.tick(true, 60), Some(Command::Grace { ticks: 40 }));
+    let times: Vec<Command> = (0..3).filter_map(|_| clock.tick(true, 60)).collect();
+    assert_eq!(times, [Command::Time { now: 63 }]);
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Step {
+    Open(u64),
+    KeepAlive(u64),
+    Close(u64),
+    Acquire(u64, u8, bool, u8),
+    Release(u64, u8),
+    Time(u64),
+    Grace,
+    Junk(Vec<u8>),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        2 => (0u64..5).prop_map(Step::Open),
+        2 => (0u64..5).prop_map(Step::KeepAlive),
+        1 => (0u64..5).prop_map(Step::Close),
+        6 => (0u64..5, 0u8..3, any::<bool>(), 0u8..4)
+            .prop_map(|(c, l, e, w)| Step::Acquire(c, l, e, w)),
+        3 => (0u64..5, 0u8..3).prop_map(|(c, l)| Step::Release(c, l)),
+        3 => (1u64..15).prop_map(Step::Time),
+        1 => Just(Step::Grace),
+        1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(Step::Junk),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Over random histories: the invariants hold after every entry (exclusion among them),
+    /// fencing tokens only grow, every grant is the head of the queue it left, a replica
+    /// restored from a snapshot taken midway answers the rest identically, and junk is
+    /// refused.
+    #[test]
+    fn random_histories_keep_every_invariant(steps in proptest::collection::vec(step(), 1..80)) {
+        let mut log = Log::with(LockLimits {
+            lease_min: 5,
+            lock_delay: 4,
+            waiters_max: 3,
+            ..LockLimits::default()
+        });
+        let names = ["a", "b", "c"];
+        let mut now = 0;
+        let mut last_token = FencingToken(0);
+        let mut commands = Vec::new();
+        let mut outcomes = Vec::new();
+        let mut halfway = None;
+        for (index, step) in steps.iter().enumerate() {
+            if index == steps.len() / 2 {
+                halfway = Some((log.service.snapshot(), log.slot, commands.len()));
+            }
+            let session = |client: u64, log: &Log| {
+                log.service.clients.get(&client).copied().unwrap_or(SessionId(1_000 + client))
+            };
+            let bytes = match step {
+                Step::Open(client) => Command::Open { client: *client, lease: 5 + client * 3 }.encode(),
+                Step::KeepAlive(client) => Command::KeepAlive { session: session(*client, &log) }.encode(),
+                Step::Close(client) => Command::Close { session: session(*client, &log) }.encode(),
+                Step::Acquire(client, name, exclusive, wait) => Command::Acquire {
+                    session: session(*client, &log),
+                    name: names[*name as usize].into(),
+                    mode: if *exclusive { Exclusive } else { Shared },
+                    wait: [Wait::Try, Wait::Ticks(0), Wait::Ticks(6), Wait::Forever][*wait as usize],
+                }.encode(),
+                Step::Release(client, name) => Command::Release {
+                    session: session(*client, &log),
+                    name: names[*name as usize].into(),
+                }.encode(),
+                Step::Time(by) => { now += by; Command::Time { now }.encode() }
+                Step::Grace => Command::Grace { ticks: 7 }.encode(),
+                Step::Junk(bytes) => bytes.clone(),
+            };
+            // The heads of every queue, to check that grants come from there.
+            let heads: Vec<Vec<SessionId>> = names
+                .iter()
+                .map(|name| log.service.waiters(name).iter().map(|w| w.0).collect())
+                .collect();
+            log.slot += 1;
+            let outcome = log.service.apply(log.slot, &bytes);
+            prop_assert_eq!(log.service.check(), Ok(()));
+            if let Outcome::Granted { token } = outcome {
+                if token.0 == log.slot {
+                    // A new grant: its token is above every earlier entry's.
+                    prop_assert!(token > last_token);
+                    last_token = token;
+                } else {
+                    // A retried acquire: the token of the grant it already has.
+                    prop_assert!(token <= last_token);
+                    prop_assert!(names.iter().any(|name| log.service.holders(name).iter()
+                        .any(|holder| holder.2 == token)));
+                }
+            }
+            if let Step::Junk(_) = step {
+                let malformed = matches!(outcome, Outcome::Refused(LockError::Malformed { .. }));
+                prop_assert!(malformed || Command::decode(&bytes).is_ok());
+            }
+            let mut granted: Vec<Vec<SessionId>> = vec![Vec::new(); names.len()];
+            for event in log.service.take_events() {
+                if let LockEvent::Granted { session, name, token, .. } = event {
+                    prop_assert_eq!(token, FencingToken(log.slot));
+                    prop_assert!(token >= last_token);
+                    last_token = token;
+                    let lock = names.iter().position(|n| *n == name).unwrap();
+                    granted[lock].push(session);
+                }
+            }
+            for (lock, sessions) in granted.iter().enumerate() {
+                // Grants from a queue are its head, in order (waiters ahead of them may have
+                // left the queue in this entry, by timeout, expiry or withdrawal).
+                let queue = &heads[lock];
+                let mut position = 0;
+                for session in sessions {
+                    let found = queue[position..].iter().position(|s| s == session);
+                    prop_assert!(found.is_some(), "{:?} granted out of {:?}", session, queue);
+                    position += found.unwrap() + 1;
+                }
+            }
+            commands.push(bytes);
+            outcomes.push(outcome);
+        }
+        // A replica restored midway answers the rest identically.
+        let (snapshot, slot, done) = halfway.unwrap();
+        let mut restored = LockService::restore(&snapshot).unwrap();
+        for (offset, bytes) in commands[done..].iter().enumerate() {
+            let outcome = restored.apply(slot + 1 + offset as u64, bytes);
+            prop_assert_eq!(&outcome, &outcomes[done + offset]);
+        }
+        prop_assert_eq!(restored.snapshot(), log.service.snapshot());
+    }
+
+    /// Arbitrary bytes never make the decoder panic.
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = Command::decode(&bytes);
+        let _ = LockService::restore(&bytes);
+    }
+}
