@@ -101,6 +101,8 @@
 //! - [`sim`]: the deterministic simulator with fault injection, safety checkers and a
 //!   linearizability checker.
 //! - [`session`]: client sessions — exactly-once application of retried requests.
+//! - [`twopc`]: two-phase commit (coordinator and participant, presumed abort), with a decision
+//!   log that can live in a Paxos group so that a coordinator crash blocks no one.
 //! - [`lock`]: a distributed lock service state machine (sessions, leases, FIFO exclusive and
 //!   shared locks, fencing tokens, lock-delay), with log time proposed by the leader.
 //! - [`ring`]: a consistent-hash ring (virtual nodes, weights, exact transfer lists) to place
@@ -126,6 +128,7 @@ pub mod session;
 pub mod sim;
 pub mod storage;
 pub mod transport;
+pub mod twopc;
 pub mod types;
 
 pub use config::Config;

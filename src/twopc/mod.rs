@@ -1,0 +1,301 @@
+//! Two-phase commit, sans-IO: a [`Coordinator`] and a [`Participant`], with **presumed
+//! abort**, and a [`DecisionLog`] that lets the coordinator's decisions live in a Paxos group
+//! so that a coordinator crash blocks no one.
+//!
+//! # The protocol
+//! 1. The coordinator sends each participant a [`Body::VoteRequest`] with that participant's
+//!    part of the transaction.
+//! 2. A participant that can commit its part makes a **prepared** record durable, and only
+//!    then votes yes ([`Body::Vote`]); from then on it may neither commit nor abort on its own,
+//!    and it stays prepared across crashes. A participant that cannot votes no and forgets
+//!    the transaction.
+//! 3. With a yes from every participant the coordinator decides commit; with any no, or
+//!    when votes do not come within [`CoordinatorConfig::vote_ticks`], abort. The decision
+//!    is written to the **decision log** before anyone hears of it, and the log's answer is
+//!    the decision: the first decision logged for a transaction wins.
+//! 4. The coordinator sends [`Body::Decision`] to every participant, again until each
+//!    answers [`Body::DecisionAck`] (commit only: presumed abort) and then forgets it.
+//! 5. A prepared participant that hears nothing asks ([`Body::StatusQuery`]) every
+//!    [`ParticipantConfig::query_ticks`], of every coordinator it knows.
+//!
+//! **Presumed abort**: a transaction the coordinator has no record of is aborted. Aborts are
+//! not acknowledged and need no durable record at a participant; a participant that voted no
+//! keeps nothing. A coordinator asked about a transaction it does not know first logs an abort
+//! for it (first writer wins), so that it can never contradict a decision another
+//! coordinator logged.
+//!
+//! # Blocking and non-blocking
+//! Where the decision log lives decides what a coordinator crash costs:
+//! - In a local file of the coordinator (write [`CoordinatorReady::take_log`] entries, fsync,
+//!   apply them to a [`DecisionLog`] and report with [`Coordinator::on_logged`]): prepared
+//!   participants wait until that coordinator restarts ([`Coordinator::recover`]). That is
+//!   classic 2PC.
+//! - In a Paxos group: propose the entries (encoded with [`LogEntry::encode`]) to a
+//!   [`Replica`](crate::Replica) and apply the chosen ones to a [`DecisionLog`] on every
+//!   replica. Whichever replica leads runs the coordinator, recovered from its copy of the
+//!   log; participants list every replica in [`ParticipantConfig::coordinators`] and ask them
+//!   all. A coordinator crash then costs one election, and two coordinators running at once
+//!   (an old leader that does not know it was deposed) cannot disagree: the log keeps the
+//!   first decision and both report that one.
+//!
+//! Every state is durable before the message that reveals it: a yes vote after the prepared
+//! record, a commit decision after the log entry, a commit acknowledgement after the
+//! participant's commit record. Both machines have the crate's face: `tick`, `step`, a
+//! numbered `ready` drained in order (messages, then the write, then the messages that
+//! needed it, then events) and `advance`.
+
+mod coordinator;
+mod participant;
+#[cfg(test)]
+mod tests;
+
+pub use coordinator::{
+    BeginError, Coordinator, CoordinatorConfig, CoordinatorEvent, CoordinatorReady,
+};
+pub use participant::{
+    Participant, ParticipantConfig, ParticipantEvent, ParticipantReady, ParticipantRecord,
+    VoteError,
+};
+
+use crate::types::NodeId;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use thiserror::Error;
+
+/// Names a transaction. The application picks it; it must be unique per coordinator (or
+/// coordinator group) for as long as the decision log remembers the transaction.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct TxnId(pub u64);
+
+impl fmt::Display for TxnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "t{}", self.0)
+    }
+}
+
+/// What became of a transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every participant applies its part.
+    Commit,
+    /// No participant applies anything.
+    Abort,
+}
+
+/// A message between a coordinator and a participant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Message {
+    /// The transaction it is about.
+    pub txn: TxnId,
+    /// The sender.
+    pub from: NodeId,
+    /// The receiver.
+    pub to: NodeId,
+    /// What it says.
+    pub body: Body,
+}
+
+/// The content of a [`Message`]. (The vote request is not called "Prepare": that word
+/// belongs to Paxos.)
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Body {
+    /// Coordinator to participant: "can you commit your part, `payload`?"
+    VoteRequest {
+        /// The participant's part of the transaction, opaque to this module.
+        payload: Bytes,
+    },
+    /// Participant to coordinator: its vote. A yes is sent only once the participant's
+    /// prepared record is durable.
+    Vote {
+        /// Yes: prepared, and bound by the coordinator's decision.
+        yes: bool,
+    },
+    /// Coordinator to participant: the decision, sent only once it is logged.
+    Decision {
+        /// The decision.
+        outcome: Outcome,
+    },
+    /// Participant to coordinator: a commit decision is durable here; stop resending it.
+    DecisionAck,
+    /// Prepared participant to coordinator: "what became of this transaction?"
+    StatusQuery,
+}
+
+impl Body {
+    /// A short name for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::VoteRequest { .. } => "VoteRequest",
+            Body::Vote { .. } => "Vote",
+            Body::Decision { .. } => "Decision",
+            Body::DecisionAck => "DecisionAck",
+            Body::StatusQuery => "StatusQuery",
+        }
+    }
+}
+
+/// A message was refused by `step`; the machine is unchanged. Count it and move on.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum StepError {
+    /// The message is addressed to another node.
+    #[error("message addressed to {to}, this is {this}")]
+    WrongRecipient {
+        /// The addressee.
+        to: NodeId,
+        /// This node.
+        this: NodeId,
+    },
+    /// The message makes no sense for this role or this transaction's state, e.g. a vote from
+    /// a node that is not one of the transaction's participants, or a vote request at a
+    /// coordinator.
+    #[error("unexpected {kind} from {from} for {txn}")]
+    Unexpected {
+        /// The message's kind.
+        kind: &'static str,
+        /// Its sender.
+        from: NodeId,
+        /// Its transaction.
+        txn: TxnId,
+    },
+    /// The payload is larger than the configured bound.
+    #[error("payload of {bytes} bytes above the bound of {max}")]
+    PayloadTooLarge {
+        /// The payload's size.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The node tracks as many transactions as it may; the message would start another one.
+    /// The sender retries.
+    #[error("too many transactions in flight (at most {max})")]
+    TooManyTxns {
+        /// The bound.
+        max: usize,
+    },
+}
+
+/// An entry of the decision log.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LogEntry {
+    /// Decides `txn`, unless the log already holds a decision for it (the first one wins).
+    /// `participants` is kept so that a recovering coordinator can resend the decision.
+    Decide {
+        /// The transaction.
+        txn: TxnId,
+        /// The decision asked for.
+        outcome: Outcome,
+        /// The participants to tell.
+        participants: Vec<NodeId>,
+    },
+    /// Every participant has the decision: the log may forget the transaction.
+    Forget {
+        /// The transaction.
+        txn: TxnId,
+    },
+}
+
+impl LogEntry {
+    /// Encodes the entry, to propose it to a Paxos group or write it to a file.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard())
+            .expect("encoding into a vector cannot fail")
+    }
+
+    /// Decodes an entry.
+    ///
+    /// # Errors
+    /// [`DecodeError`] if `bytes` are not exactly one encoded entry of at most
+    /// [`LogEntry::BYTES_MAX`] bytes. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
+        if bytes.len() > LogEntry::BYTES_MAX {
+            return Err(DecodeError(format!(
+                "{} bytes, above the bound",
+                bytes.len()
+            )));
+        }
+        let config = bincode::config::standard().with_limit::<{ LogEntry::BYTES_MAX }>();
+        match bincode::serde::decode_from_slice::<LogEntry, _>(bytes, config) {
+            Ok((entry, consumed)) if consumed == bytes.len() => Ok(entry),
+            Ok(_) => Err(DecodeError("trailing bytes".into())),
+            Err(error) => Err(DecodeError(error.to_string())),
+        }
+    }
+
+    /// The largest encoded entry [`LogEntry::decode`] accepts.
+    pub const BYTES_MAX: usize = 1 << 20;
+}
+
+/// Bytes that are not an encoded [`LogEntry`].
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+#[error("malformed decision log entry: {0}")]
+pub struct DecodeError(pub String);
+
+/// A decision the log holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Decided {
+    /// The decision.
+    pub outcome: Outcome,
+    /// The participants to tell.
+    pub participants: Vec<NodeId>,
+}
+
+/// The decision log's state machine: apply its entries in log order, on every copy, and the
+/// copies agree on every decision. The **first** `Decide` for a transaction wins; later ones
+/// change nothing and are answered with the decision already there.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionLog {
+    decided: BTreeMap<TxnId, Decided>,
+}
+
+impl DecisionLog {
+    /// An empty log.
+    pub fn new() -> DecisionLog {
+        DecisionLog::default()
+    }
+
+    /// Applies one entry. For a `Decide`, returns the transaction's decision: the one just
+    /// applied, or the one that was there first. For a `Forget`, returns `None`.
+    pub fn apply(&mut self, entry: &LogEntry) -> Option<(TxnId, Outcome)> {
+        match entry {
+            LogEntry::Decide {
+                txn,
+                outcome,
+                participants,
+            } => {
+                let decided = self.decided.entry(*txn).or_insert_with(|| Decided {
+                    outcome: *outcome,
+                    participants: participants.clone(),
+                });
+                Some((*txn, decided.outcome))
+            }
+            LogEntry::Forget { txn } => {
+                self.decided.remove(txn);
+                None
+            }
+        }
+    }
+
+    /// The decision for `txn`, if the log holds one.
+    pub fn get(&self, txn: TxnId) -> Option<&Decided> {
+        self.decided.get(&txn)
+    }
+
+    /// Every decision the log holds, by transaction: what [`Coordinator::recover`] needs.
+    pub fn decisions(&self) -> impl Iterator<Item = (TxnId, &Decided)> {
+        self.decided.iter().map(|(txn, decided)| (*txn, decided))
+    }
+
+    /// The number of transactions the log holds.
+    pub fn len(&self) -> usize {
+        self.decided.len()
+    }
+
+    /// True if the log holds no transaction.
+    pub fn is_empty(&self) -> bool {
+        self.decided.is_empty()
+    }
+}

@@ -1,0 +1,469 @@
+//! The participant: votes, stays prepared, applies the decision.
+
+use super::{Body, Message, Outcome, StepError, TxnId};
+use crate::error::ConfigError;
+use crate::types::NodeId;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use thiserror::Error;
+
+/// How a [`Participant`] behaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantConfig {
+    /// This participant's address.
+    pub id: NodeId,
+    /// Where to send status queries. Empty (the default): the node that sent the vote
+    /// request. With the decision log in a Paxos group, list every replica of the group, so
+    /// that whichever leads answers.
+    pub coordinators: Vec<NodeId>,
+    /// Ticks a prepared transaction waits between status queries. Default 20.
+    pub query_ticks: u64,
+    /// Transactions awaiting a vote or prepared, at most; more vote requests are refused
+    /// (and time out at their coordinator). Default 10 000.
+    pub txns_max: usize,
+    /// The largest payload a vote request may carry. Default 1 MiB.
+    pub payload_bytes_max: usize,
+    /// Finished transactions remembered, so that a duplicated vote request arriving after
+    /// the decision is not taken for a new transaction. Default 4096.
+    pub finished_remembered: usize,
+}
+
+impl ParticipantConfig {
+    /// A configuration with the defaults.
+    pub fn new(id: NodeId) -> ParticipantConfig {
+        ParticipantConfig {
+            id,
+            coordinators: Vec::new(),
+            query_ticks: 20,
+            txns_max: 10_000,
+            payload_bytes_max: 1 << 20,
+            finished_remembered: 4096,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.query_ticks == 0 {
+            return Err(ConfigError::new("query_ticks", "must be at least 1"));
+        }
+        if self.txns_max == 0 {
+            return Err(ConfigError::new("txns_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// What a participant keeps durable: one record per prepared transaction. Write each
+/// record a ready hands out before sending its persisted messages; on restart pass the
+/// prepared records that are still there to [`Participant::recover`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ParticipantRecord {
+    /// `txn` is prepared: this participant voted yes and must await the decision, across
+    /// crashes.
+    Prepared {
+        /// The transaction.
+        txn: TxnId,
+        /// Who asked.
+        coordinator: NodeId,
+        /// This participant's part.
+        payload: Bytes,
+    },
+    /// `txn` is decided (commit or abort): its prepared record can go. Write it together
+    /// with the effect of the decision on your state (applying the commit), atomically.
+    Finished {
+        /// The transaction.
+        txn: TxnId,
+        /// The decision.
+        outcome: Outcome,
+    },
+}
+
+/// What the application hears from a participant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantEvent {
+    /// A coordinator asks for a vote on `payload`: check it (and lock what it needs), then
+    /// call [`Participant::vote`].
+    VoteRequested {
+        /// The transaction.
+        txn: TxnId,
+        /// This participant's part.
+        payload: Bytes,
+    },
+    /// `txn` is decided: on commit apply `payload`, on abort release what the vote locked.
+    /// Reported once per transaction (again after a crash that lost the finished record).
+    Decided {
+        /// The transaction.
+        txn: TxnId,
+        /// The decision.
+        outcome: Outcome,
+        /// This participant's part.
+        payload: Bytes,
+    },
+}
+
+/// Why [`Participant::vote`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum VoteError {
+    /// No vote is awaited for `txn` (never asked, already voted, or already decided).
+    #[error("no vote awaited for {0}")]
+    NotAsked(TxnId),
+}
+
+/// One numbered batch of a participant's work. Drain in order:
+/// [`take_messages`](Self::take_messages) (send: no votes, nothing that needs the write),
+/// [`take_records`](Self::take_records) (write, and sync if [`must_sync`](Self::must_sync)),
+/// [`take_persisted_messages`](Self::take_persisted_messages) (send once the write is
+/// durable: yes votes, acknowledgements), [`take_events`](Self::take_events).
+#[derive(Clone, Debug, Default)]
+pub struct ParticipantReady {
+    messages: Vec<Message>,
+    records: Vec<ParticipantRecord>,
+    must_sync: bool,
+    persisted_messages: Vec<Message>,
+    events: Vec<ParticipantEvent>,
+}
+
+impl ParticipantReady {
+    /// Messages to send now.
+    pub fn take_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.messages)
+    }
+
+    /// Records to write, in order.
+    pub fn take_records(&mut self) -> Vec<ParticipantRecord> {
+        std::mem::take(&mut self.records)
+    }
+
+    /// True if the records must be durable before the persisted messages go (a prepared or
+    /// committed record). Abort records need no sync: presumed abort.
+    pub fn must_sync(&self) -> bool {
+        self.must_sync
+    }
+
+    /// Messages to send once the records are durable.
+    pub fn take_persisted_messages(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.persisted_messages)
+    }
+
+    /// What happened.
+    pub fn take_events(&mut self) -> Vec<ParticipantEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    /// The application was asked to vote.
+    Asked { coordinator: NodeId, payload: Bytes },
+    /// Voted yes; bound by the decision.
+    Prepared {
+        coordinator: NodeId,
+        payload: Bytes,
+        since_query: u64,
+    },
+}
+
+/// The two-phase-commit participant. See the [module documentation](super).
+///
+/// Inputs: [`step`](Self::step), [`vote`](Self::vote), [`tick`](Self::tick). Outputs:
+/// [`ready`](Self::ready) while [`has_ready`](Self::has_ready).
+#[derive(Clone, Debug)]
+pub struct Participant {
+    config: ParticipantConfig,
+    txns: BTreeMap<TxnId, State>,
+    finished: BTreeSet<TxnId>,
+    finished_order: VecDeque<TxnId>,
+    ready: ParticipantReady,
+}
+
+impl Participant {
+    /// A participant with nothing prepared.
+    ///
+    /// # Errors
+    /// [`ConfigError`] if `query_ticks` or `txns_max` is 0.
+    pub fn new(config: ParticipantConfig) -> Result<Participant, ConfigError> {
+        config.validate()?;
+        Ok(Participant {
+            config,
+            txns: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            finished_order: VecDeque::new(),
+            ready: ParticipantReady::default(),
+        })
+    }
+
+    /// A participant restarted with the prepared records its storage kept (those without a
+    /// later `Finished` record). It stays prepared on each, and asks for the decision at once.
+    /// Records that are not `Prepared` are ignored.
+    ///
+    /// # Errors
+    /// [`ConfigError`] as for [`new`](Self::new).
+    pub fn recover(
+        config: ParticipantConfig,
+        prepared: impl IntoIterator<Item = ParticipantRecord>,
+    ) -> Result<Participant, ConfigError> {
+        let mut participant = Participant::new(config)?;
+        for record in prepared {
+            if let ParticipantRecord::Prepared {
+                txn,
+                coordinator,
+                payload,
+            } = record
+            {
+                participant.txns.insert(
+                    txn,
+                    State::Prepared {
+                        coordinator,
+                        payload,
+                        since_query: 0,
+                    },
+                );
+                participant.query(txn, coordinator);
+            }
+        }
+        Ok(participant)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ParticipantConfig {
+        &self.config
+    }
+
+    /// The transactions prepared here, waiting for their decision.
+    pub fn prepared(&self) -> impl Iterator<Item = TxnId> + '_ {
+        self.txns
+            .iter()
+            .filter(|(_, state)| matches!(state, State::Prepared { .. }))
+            .map(|(txn, _)| *txn)
+    }
+
+    /// The application's vote on `txn`, after [`ParticipantEvent::VoteRequested`]. Yes:
+    /// the next ready writes a prepared record and sends the vote once it is durable. No:
+    /// the vote goes at once and the transaction is forgotten here: release what the vote
+    /// request locked now (the transaction aborts, and no `Decided` follows).
+    ///
+    /// # Errors
+    /// [`VoteError::NotAsked`] if no vote is awaited for `txn`.
+    pub fn vote(&mut self, txn: TxnId, yes: bool) -> Result<(), VoteError> {
+        let Some(State::Asked {
+            coordinator,
+            payload,
+        }) = self.txns.get(&txn).cloned()
+        else {
+            return Err(VoteError::NotAsked(txn));
+        };
+        let message = Message {
+            txn,
+            from: self.config.id,
+            to: coordinator,
+            body: Body::Vote { yes },
+        };
+        if yes {
+            self.ready.records.push(ParticipantRecord::Prepared {
+                txn,
+                coordinator,
+                payload: payload.clone(),
+            });
+            self.ready.must_sync = true;
+            self.ready.persisted_messages.push(message);
+            self.txns.insert(
+                txn,
+                State::Prepared {
+                    coordinator,
+                    payload,
+                    since_query: 0,
+                },
+            );
+        } else {
+            self.ready.messages.push(message);
+            self.txns.remove(&txn);
+            self.remember_finished(txn);
+        }
+        Ok(())
+    }
+
+    /// One tick: prepared transactions ask for their decision every `query_ticks`.
+    pub fn tick(&mut self) {
+        let mut due = Vec::new();
+        for (&txn, state) in &mut self.txns {
+            if let State::Prepared {
+                coordinator,
+                since_query,
+                ..
+            } = state
+            {
+                *since_query += 1;
+                if *since_query >= self.config.query_ticks {
+                    *since_query = 0;
+                    due.push((txn, *coordinator));
+                }
+            }
+        }
+        for (txn, coordinator) in due {
+            self.query(txn, coordinator);
+        }
+    }
+
+    /// A message from a coordinator.
+    ///
+    /// # Errors
+    /// [`StepError`] if it is not addressed here, carries a payload above the bound, would
+    /// start a transaction beyond `txns_max`, or makes no sense (a vote, or a commit for a
+    /// transaction this participant never voted yes on); the participant is unchanged then.
+    pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        let Message {
+            txn,
+            from,
+            to,
+            body,
+        } = message;
+        if to != self.config.id {
+            return Err(StepError::WrongRecipient {
+                to,
+                this: self.config.id,
+            });
+        }
+        let unexpected = StepError::Unexpected {
+            kind: body.kind(),
+            from,
+            txn,
+        };
+        match body {
+            Body::VoteRequest { payload } => {
+                if payload.len() > self.config.payload_bytes_max {
+                    return Err(StepError::PayloadTooLarge {
+                        bytes: payload.len(),
+                        max: self.config.payload_bytes_max,
+                    });
+                }
+                match self.txns.get(&txn) {
+                    // Asked already: the application's vote is pending.
+                    Some(State::Asked { .. }) => {}
+                    // Prepared: the yes vote is durable; say it again.
+                    Some(State::Prepared { coordinator, .. }) => {
+                        let to = *coordinator;
+                        self.ready.messages.push(Message {
+                            txn,
+                            from: self.config.id,
+                            to,
+                            body: Body::Vote { yes: true },
+                        });
+                    }
+                    // A duplicate of a request whose transaction is over.
+                    None if self.finished.contains(&txn) => {}
+                    None => {
+                        if self.txns.len() >= self.config.txns_max {
+                            return Err(StepError::TooManyTxns {
+                                max: self.config.txns_max,
+                            });
+                        }
+                        self.txns.insert(
+                            txn,
+                            State::Asked {
+                                coordinator: from,
+                                payload: payload.clone(),
+                            },
+                        );
+                        self.ready
+                            .events
+                            .push(ParticipantEvent::VoteRequested { txn, payload });
+                    }
+                }
+                Ok(())
+            }
+            Body::Decision { outcome } => {
+                match (self.txns.get(&txn).cloned(), outcome) {
+                    (Some(State::Prepared { payload, .. }), _) => {
+                        self.txns.remove(&txn);
+                        self.remember_finished(txn);
+                        self.ready
+                            .records
+                            .push(ParticipantRecord::Finished { txn, outcome });
+                        self.ready.events.push(ParticipantEvent::Decided {
+                            txn,
+                            outcome,
+                            payload,
+                        });
+                        if outcome == Outcome::Commit {
+                            // The commit must survive a crash before the coordinator may
+                            // forget it.
+                            self.ready.must_sync = true;
+                            self.ready.persisted_messages.push(Message {
+                                txn,
+                                from: self.config.id,
+                                to: from,
+                                body: Body::DecisionAck,
+                            });
+                        }
+                    }
+                    // The coordinator gave up before this participant voted.
+                    (Some(State::Asked { payload, .. }), Outcome::Abort) => {
+                        self.txns.remove(&txn);
+                        self.remember_finished(txn);
+                        self.ready.events.push(ParticipantEvent::Decided {
+                            txn,
+                            outcome,
+                            payload,
+                        });
+                    }
+                    (Some(State::Asked { .. }), Outcome::Commit) => return Err(unexpected),
+                    // Finished here and forgotten: a resent commit still wants its ack.
+                    (None, Outcome::Commit) => {
+                        self.ready.messages.push(Message {
+                            txn,
+                            from: self.config.id,
+                            to: from,
+                            body: Body::DecisionAck,
+                        });
+                    }
+                    (None, Outcome::Abort) => {}
+                }
+                Ok(())
+            }
+            Body::Vote { .. } | Body::DecisionAck | Body::StatusQuery => Err(unexpected),
+        }
+    }
+
+    /// True if [`ready`](Self::ready) has something.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.messages.is_empty()
+            || !self.ready.records.is_empty()
+            || !self.ready.persisted_messages.is_empty()
+            || !self.ready.events.is_empty()
+    }
+
+    /// Takes the pending work.
+    pub fn ready(&mut self) -> ParticipantReady {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn query(&mut self, txn: TxnId, coordinator: NodeId) {
+        let targets = if self.config.coordinators.is_empty() {
+            vec![coordinator]
+        } else {
+            self.config.coordinators.clone()
+        };
+        for to in targets {
+            self.ready.messages.push(Message {
+                txn,
+                from: self.config.id,
+                to,
+                body: Body::StatusQuery,
+            });
+        }
+    }
+
+    fn remember_finished(&mut self, txn: TxnId) {
+        if self.config.finished_remembered == 0 {
+            return;
+        }
+        if self.finished.insert(txn) {
+            self.finished_order.push_back(txn);
+        }
+        while self.finished_order.len() > self.config.finished_remembered {
+            if let Some(old) = self.finished_order.pop_front() {
+                self.finished.remove(&old);
+            }
+        }
+    }
+}
