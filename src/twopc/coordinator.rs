@@ -67,7 +67,9 @@ pub enum BeginError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CoordinatorEvent {
     /// The decision for `txn` is logged: tell the client. Reported once per transaction this
-    /// coordinator began (or recovered, or was asked about).
+    /// coordinator began, and for every decision it recovered from the log (a client of the
+    /// previous coordinator may be waiting for it); not for the aborts it logs to answer a
+    /// participant's query about a transaction it has no record of.
     Decided {
         /// The transaction.
         txn: TxnId,
@@ -125,6 +127,12 @@ struct Txn {
     payloads: Vec<Bytes>,
     phase: Phase,
     since_send: u64,
+    /// Whether to report the decision with [`CoordinatorEvent::Decided`]: yes for a
+    /// transaction this coordinator began or recovered from the log, no for one it only
+    /// learnt of from a participant's query (a late duplicate of a query may arrive after a
+    /// committed transaction was forgotten; the abort logged to answer it is no decision
+    /// anyone waits for, and nobody prepared is left to hear it).
+    report: bool,
 }
 
 /// The two-phase-commit coordinator. See the [module documentation](super).
@@ -177,6 +185,7 @@ impl Coordinator {
                     payloads: Vec::new(),
                     phase: Phase::Logging,
                     since_send: 0,
+                    report: true,
                 },
             );
             coordinator.on_logged(txn, decided);
@@ -232,6 +241,7 @@ impl Coordinator {
                     elapsed: 0,
                 },
                 since_send: 0,
+                report: true,
             },
         );
         Ok(())
@@ -347,6 +357,7 @@ impl Coordinator {
                             payloads: Vec::new(),
                             phase: Phase::Logging,
                             since_send: 0,
+                            report: false,
                         },
                     );
                     self.ready.log.push(LogEntry::Decide {
@@ -362,7 +373,21 @@ impl Coordinator {
             };
         };
         if !state.participants.contains(&from) {
-            return Err(unexpected);
+            // While a presumed abort is being logged for a transaction this coordinator
+            // learnt of from one participant's query, the others may ask or vote too: the
+            // log's answer names them all, or they ask again.
+            // Late messages about an earlier incarnation of the transaction are ignored too;
+            // only a vote while voting, from a node that was never asked, is refused.
+            let participant_kind = matches!(
+                body,
+                Body::StatusQuery | Body::Vote { .. } | Body::DecisionAck
+            );
+            let voting = matches!(state.phase, Phase::Voting { .. });
+            return if participant_kind && !voting {
+                Ok(())
+            } else {
+                Err(unexpected)
+            };
         }
         match (body, &mut state.phase) {
             (Body::Vote { yes: true }, Phase::Voting { yes, .. }) => {
@@ -425,6 +450,7 @@ impl Coordinator {
         state.payloads = Vec::new();
         state.since_send = 0;
         let participants = state.participants.clone();
+        let report = state.report;
         for participant in &participants {
             self.send(
                 txn,
@@ -434,10 +460,12 @@ impl Coordinator {
                 },
             );
         }
-        self.ready.events.push(CoordinatorEvent::Decided {
-            txn,
-            outcome: decided.outcome,
-        });
+        if report {
+            self.ready.events.push(CoordinatorEvent::Decided {
+                txn,
+                outcome: decided.outcome,
+            });
+        }
         match decided.outcome {
             Outcome::Commit => {
                 self.txns.get_mut(&txn).expect("present").phase = Phase::Announcing {

@@ -44,6 +44,64 @@
 //! numbered `ready` drained in order (messages, then the write, then the messages that
 //! needed it, then events) and `advance`.
 
+//! One transaction over two participants, with the decision log kept locally:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use synod::twopc::*;
+//! use synod::NodeId;
+//!
+//! let (c, p1, p2) = (NodeId(10), NodeId(1), NodeId(2));
+//! let mut coordinator = Coordinator::new(CoordinatorConfig::new(c)).unwrap();
+//! let mut participants = [
+//!     Participant::new(ParticipantConfig::new(p1)).unwrap(),
+//!     Participant::new(ParticipantConfig::new(p2)).unwrap(),
+//! ];
+//! let mut log = DecisionLog::new(); // in a file, or in a Paxos group
+//! let mut network: Vec<Message> = Vec::new();
+//!
+//! let txn = TxnId(1);
+//! let parts = vec![(p1, Bytes::from("debit 10")), (p2, Bytes::from("credit 10"))];
+//! coordinator.begin(txn, parts).unwrap();
+//! let mut decided = None;
+//! while decided.is_none() {
+//!     while coordinator.has_ready() {
+//!         let mut ready = coordinator.ready();
+//!         for entry in ready.take_log() {
+//!             // Durable (or chosen) first; then the log's answer goes back.
+//!             if let Some((txn, decision)) = log.apply(&entry) {
+//!                 coordinator.on_logged(txn, &decision);
+//!             }
+//!         }
+//!         network.extend(ready.take_messages());
+//!         for CoordinatorEvent::Decided { outcome, .. } in ready.take_events() {
+//!             decided = Some(outcome);
+//!         }
+//!     }
+//!     for message in std::mem::take(&mut network) {
+//!         if message.to == c {
+//!             coordinator.step(message).unwrap();
+//!             continue;
+//!         }
+//!         let participant = participants.iter_mut().find(|p| p.config().id == message.to);
+//!         let participant = participant.unwrap();
+//!         participant.step(message).unwrap();
+//!         while participant.has_ready() {
+//!             let mut ready = participant.ready();
+//!             network.extend(ready.take_messages());
+//!             let _records = ready.take_records(); // write them; fsync if ready.must_sync()
+//!             network.extend(ready.take_persisted_messages()); // once durable
+//!             for event in ready.take_events() {
+//!                 if let ParticipantEvent::VoteRequested { txn, .. } = event {
+//!                     participant.vote(txn, true).unwrap(); // checked and locked: yes
+//!                 }
+//!             }
+//!         }
+//!     }
+//! }
+//! assert_eq!(decided, Some(Outcome::Commit));
+//! ```
+
 mod coordinator;
 mod participant;
 #[cfg(test)]
@@ -60,7 +118,7 @@ pub use participant::{
 use crate::types::NodeId;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use thiserror::Error;
 
@@ -78,7 +136,7 @@ impl fmt::Display for TxnId {
 }
 
 /// What became of a transaction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// Every participant applies its part.
     Commit,
@@ -246,55 +304,92 @@ pub struct Decided {
 /// The decision log's state machine: apply its entries in log order, on every copy, and the
 /// copies agree on every decision. The **first** `Decide` for a transaction wins; later ones
 /// change nothing and are answered with the decision already there.
+///
+/// A `Forget` does not make the log forget the outcome at once: the transaction moves to a
+/// bounded memory of finished transactions ([`DecisionLog::FINISHED_MAX`] of them, oldest
+/// dropped first), so that a late duplicate of a participant's query, arriving after a
+/// committed transaction was forgotten, is answered with the commit and not with a presumed
+/// abort. Only the live decisions are what a recovering coordinator resumes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecisionLog {
     decided: BTreeMap<TxnId, Decided>,
+    finished: BTreeMap<TxnId, Outcome>,
+    finished_order: VecDeque<TxnId>,
 }
 
 impl DecisionLog {
+    /// How many finished transactions the log remembers.
+    pub const FINISHED_MAX: usize = 65_536;
+
     /// An empty log.
     pub fn new() -> DecisionLog {
         DecisionLog::default()
     }
 
     /// Applies one entry. For a `Decide`, returns the transaction's decision: the one just
-    /// applied, or the one that was there first. For a `Forget`, returns `None`.
-    pub fn apply(&mut self, entry: &LogEntry) -> Option<(TxnId, Outcome)> {
+    /// applied, or the one that was there first (for a finished transaction: its outcome,
+    /// with the participants the entry named). For a `Forget`, returns `None`.
+    pub fn apply(&mut self, entry: &LogEntry) -> Option<(TxnId, Decided)> {
         match entry {
             LogEntry::Decide {
                 txn,
                 outcome,
                 participants,
             } => {
+                if let Some(outcome) = self.finished.get(txn) {
+                    return Some((
+                        *txn,
+                        Decided {
+                            outcome: *outcome,
+                            participants: participants.clone(),
+                        },
+                    ));
+                }
                 let decided = self.decided.entry(*txn).or_insert_with(|| Decided {
                     outcome: *outcome,
                     participants: participants.clone(),
                 });
-                Some((*txn, decided.outcome))
+                Some((*txn, decided.clone()))
             }
             LogEntry::Forget { txn } => {
-                self.decided.remove(txn);
+                if let Some(decided) = self.decided.remove(txn) {
+                    self.finished.insert(*txn, decided.outcome);
+                    self.finished_order.push_back(*txn);
+                    while self.finished_order.len() > DecisionLog::FINISHED_MAX {
+                        if let Some(old) = self.finished_order.pop_front() {
+                            self.finished.remove(&old);
+                        }
+                    }
+                }
                 None
             }
         }
     }
 
-    /// The decision for `txn`, if the log holds one.
+    /// The live decision for `txn` (decided, not yet forgotten), if any.
     pub fn get(&self, txn: TxnId) -> Option<&Decided> {
         self.decided.get(&txn)
     }
 
-    /// Every decision the log holds, by transaction: what [`Coordinator::recover`] needs.
+    /// The outcome of `txn` if it is decided or among the finished transactions remembered.
+    pub fn outcome(&self, txn: TxnId) -> Option<Outcome> {
+        self.decided
+            .get(&txn)
+            .map(|decided| decided.outcome)
+            .or_else(|| self.finished.get(&txn).copied())
+    }
+
+    /// Every live decision, by transaction: what [`Coordinator::recover`] resumes.
     pub fn decisions(&self) -> impl Iterator<Item = (TxnId, &Decided)> {
         self.decided.iter().map(|(txn, decided)| (*txn, decided))
     }
 
-    /// The number of transactions the log holds.
+    /// The number of live decisions.
     pub fn len(&self) -> usize {
         self.decided.len()
     }
 
-    /// True if the log holds no transaction.
+    /// True if the log holds no live decision.
     pub fn is_empty(&self) -> bool {
         self.decided.is_empty()
     }

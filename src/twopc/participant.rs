@@ -192,34 +192,51 @@ impl Participant {
         })
     }
 
-    /// A participant restarted with the prepared records its storage kept (those without a
-    /// later `Finished` record). It stays prepared on each, and asks for the decision at once.
-    /// Records that are not `Prepared` are ignored.
+    /// A participant restarted from its records: the `Prepared` ones without a later
+    /// `Finished` (it stays prepared on each, and asks for the decision at once), and the
+    /// most recent `Finished` ones, oldest first (up to
+    /// [`ParticipantConfig::finished_remembered`]; it remembers those transactions as over,
+    /// so that a vote request duplicated by the network long ago does not prepare one again).
     ///
     /// # Errors
     /// [`ConfigError`] as for [`new`](Self::new).
     pub fn recover(
         config: ParticipantConfig,
-        prepared: impl IntoIterator<Item = ParticipantRecord>,
+        records: impl IntoIterator<Item = ParticipantRecord>,
     ) -> Result<Participant, ConfigError> {
         let mut participant = Participant::new(config)?;
-        for record in prepared {
-            if let ParticipantRecord::Prepared {
-                txn,
-                coordinator,
-                payload,
-            } = record
-            {
-                participant.txns.insert(
+        for record in records {
+            match record {
+                ParticipantRecord::Prepared {
                     txn,
-                    State::Prepared {
-                        coordinator,
-                        payload,
-                        since_query: 0,
-                    },
-                );
-                participant.query(txn, coordinator);
+                    coordinator,
+                    payload,
+                } => {
+                    participant.txns.insert(
+                        txn,
+                        State::Prepared {
+                            coordinator,
+                            payload,
+                            since_query: 0,
+                        },
+                    );
+                }
+                ParticipantRecord::Finished { txn, .. } => {
+                    participant.txns.remove(&txn);
+                    participant.remember_finished(txn);
+                }
             }
+        }
+        let prepared: Vec<(TxnId, NodeId)> = participant
+            .txns
+            .iter()
+            .filter_map(|(txn, state)| match state {
+                State::Prepared { coordinator, .. } => Some((*txn, *coordinator)),
+                State::Asked { .. } => None,
+            })
+            .collect();
+        for (txn, coordinator) in prepared {
+            participant.query(txn, coordinator);
         }
         Ok(participant)
     }

@@ -367,7 +367,7 @@ fn an_unknown_transaction_is_aborted_but_only_through_the_log() {
         outcome: Outcome::Commit,
         participants: P.to_vec(),
     });
-    assert_eq!(log.apply(&entries[0]), Some((TxnId(5), Outcome::Commit)));
+    assert_eq!(log.apply(&entries[0]).unwrap().1.outcome, Outcome::Commit);
     coordinator.on_logged(TxnId(5), log.get(TxnId(5)).unwrap());
     let answers = coordinator.ready().take_messages();
     assert_eq!(answers.len(), 3, "every participant the log names");
@@ -418,17 +418,29 @@ fn the_decision_log_keeps_the_first_decision_and_round_trips() {
         outcome,
         participants: vec![P[0]],
     };
-    assert_eq!(
-        log.apply(&decide(Outcome::Abort)),
-        Some((TxnId(1), Outcome::Abort))
-    );
-    assert_eq!(
-        log.apply(&decide(Outcome::Commit)),
-        Some((TxnId(1), Outcome::Abort))
-    );
+    let outcome = |answer: Option<(TxnId, Decided)>| answer.map(|(txn, d)| (txn, d.outcome));
+    let first = Some((TxnId(1), Outcome::Abort));
+    assert_eq!(outcome(log.apply(&decide(Outcome::Abort))), first);
+    assert_eq!(outcome(log.apply(&decide(Outcome::Commit))), first);
     assert_eq!(log.len(), 1);
     assert_eq!(log.apply(&LogEntry::Forget { txn: TxnId(1) }), None);
     assert!(log.is_empty());
+    // Forgotten, but remembered as finished: a late Decide gets the old outcome.
+    assert_eq!(log.outcome(TxnId(1)), Some(Outcome::Abort));
+    assert_eq!(outcome(log.apply(&decide(Outcome::Commit))), first);
+    assert!(log.is_empty() && log.get(TxnId(1)).is_none());
+    // The memory of finished transactions is bounded, oldest dropped first.
+    for txn in 2..(DecisionLog::FINISHED_MAX as u64 + 3) {
+        log.apply(&LogEntry::Decide {
+            txn: TxnId(txn),
+            outcome: Outcome::Commit,
+            participants: vec![],
+        });
+        log.apply(&LogEntry::Forget { txn: TxnId(txn) });
+    }
+    assert_eq!(log.outcome(TxnId(1)), None);
+    assert_eq!(log.outcome(TxnId(2)), None);
+    assert_eq!(log.outcome(TxnId(3)), Some(Outcome::Commit));
     for entry in [decide(Outcome::Commit), LogEntry::Forget { txn: TxnId(4) }] {
         assert_eq!(LogEntry::decode(&entry.encode()), Ok(entry));
     }
