@@ -855,7 +855,7 @@ impl LockService {
             }
         }
         let service = LockService::from_state(state);
-        service.check().map_err(SnapshotError::Invalid)?;
+        service.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(service)
     }
 
@@ -899,8 +899,16 @@ impl LockService {
         }
     }
 
-    /// Checks every invariant of the state and its indexes (restore and the tests use it).
-    fn check(&self) -> Result<(), &'static str> {
+    /// Checks every invariant of the state: no lock held exclusively alongside another
+    /// holder, no session past its lease, no wait past its deadline, no grantable waiter left
+    /// waiting, no token from the future, every bound kept. [`restore`](Self::restore) runs
+    /// it; tests, fuzzers and simulations can run it after every entry. It walks the whole
+    /// state.
+    ///
+    /// # Errors
+    /// The broken invariant, in words: a bug in this module, or a state restored from a
+    /// snapshot that was not written by it.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
         let state = &self.state;
         let limits = &state.limits;
         if state.sessions.len() > limits.sessions_max || state.locks.len() > limits.locks_max {

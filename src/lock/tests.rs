@@ -28,7 +28,7 @@ impl Log {
         self.slot += 1;
         let outcome = self.service.apply(self.slot, &command.encode());
         self.service
-            .check()
+            .check_invariants()
             .expect("invariants hold after every entry");
         outcome
     }
@@ -572,7 +572,7 @@ fn a_snapshot_restores_the_same_service() {
     let bytes = log.service.snapshot();
     let mut restored = LockService::restore(&bytes).unwrap();
     assert_eq!(restored, log.service);
-    restored.check().unwrap();
+    restored.check_invariants().unwrap();
     // Both behave alike from here: a expires, the delay ends, b and c share x.
     let rest = [Command::Time { now: 50 }, Command::Time { now: 60 }];
     for command in rest {
@@ -754,7 +754,7 @@ proptest! {
                 .collect();
             log.slot += 1;
             let outcome = log.service.apply(log.slot, &bytes);
-            prop_assert_eq!(log.service.check(), Ok(()));
+            prop_assert_eq!(log.service.check_invariants(), Ok(()));
             if let Outcome::Granted { token } = outcome {
                 if token.0 == log.slot {
                     // A new grant: its token is above every earlier entry's.
