@@ -526,6 +526,31 @@ fn limits_refuse_and_change_nothing() {
 }
 
 #[test]
+fn bounds_are_inclusive_and_accessors_report_the_state() {
+    let limits = LockLimits {
+        lease_min: 30,
+        lease_max: 30,
+        name_bytes_max: 4,
+        ..LockLimits::default()
+    };
+    let mut log = Log::with(limits);
+    assert_eq!(log.service.limits(), &limits);
+    let a = log.open(1, 30);
+    assert_eq!(format!("{a}"), format!("s{}", a.0));
+    assert_eq!(log.acquire(a, "1234", Shared, Wait::Try), log.granted());
+    log.time(7);
+    assert_eq!(log.service.now(), 7);
+    assert_eq!(log.service.last_applied_slot(), log.slot);
+    // Services compare by their replicated state.
+    let other = LockService::new(limits).unwrap();
+    assert_ne!(log.service, other);
+    assert_eq!(
+        LockService::restore(&log.service.snapshot()).unwrap(),
+        log.service
+    );
+}
+
+#[test]
 fn bad_entries_are_refused_without_a_panic() {
     let mut service = LockService::new(LockLimits::default()).unwrap();
     assert!(matches!(
