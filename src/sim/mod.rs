@@ -12,6 +12,10 @@
 //! every node also writes a real [`FileStorage`](crate::FileStorage) there: crashes tear the
 //! unfinished write at a byte, restarts recover from the files and must find exactly what was
 //! durable, and corruption flips real bytes that recovery must refuse.
+//!
+//! [`twopc`] is a second world, for two-phase commit: coordinators that crash and take over
+//! from a decision log, participants that crash, a lossy network, and the 2PC checkers
+//! (atomicity, validity, termination).
 
 mod checkers;
 mod clients;
@@ -19,6 +23,7 @@ mod cluster;
 mod config;
 mod disk;
 pub mod linearizability;
+pub mod twopc;
 
 pub use checkers::Violation;
 pub use cluster::Simulation;
