@@ -680,6 +680,44 @@ fn a_corrupt_snapshot_is_refused() {
 }
 
 #[test]
+fn a_snapshot_over_its_own_limits_is_refused() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 50), log.open(2, 50));
+    log.acquire(a, "ab", Exclusive, Wait::Forever);
+    log.acquire(a, "cd", Exclusive, Wait::Forever);
+    let restore_with = |change: &dyn Fn(&mut LockLimits)| {
+        let mut state = log.service.state.clone();
+        change(&mut state.limits);
+        let bytes = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
+        LockService::restore(&bytes)
+    };
+    // At the limits exactly: fine.
+    assert!(restore_with(&|limits| {
+        limits.sessions_max = 2;
+        limits.locks_max = 2;
+        limits.locks_per_session_max = 2;
+        limits.name_bytes_max = 2;
+    })
+    .is_ok());
+    let over = Err(SnapshotError::Invalid(
+        "more sessions or locks than the limits allow",
+    ));
+    assert_eq!(restore_with(&|limits| limits.sessions_max = 1), over);
+    assert_eq!(restore_with(&|limits| limits.locks_max = 1), over);
+    assert_eq!(
+        restore_with(&|limits| limits.locks_per_session_max = 1),
+        Err(SnapshotError::Invalid(
+            "a session holds or awaits too many locks"
+        ))
+    );
+    assert_eq!(
+        restore_with(&|limits| limits.name_bytes_max = 1),
+        Err(SnapshotError::Invalid("a lock name above its bound"))
+    );
+    let _ = b;
+}
+
+#[test]
 fn the_lease_clock_graces_then_ticks_and_stops_when_deposed() {
     assert!(LeaseClock::new(0, 10).is_err());
     let mut clock = LeaseClock::new(3, 40).unwrap();
