@@ -122,8 +122,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use thiserror::Error;
 
-/// Names a transaction. The application picks it; it must be unique per coordinator (or
-/// coordinator group) for as long as the decision log remembers the transaction.
+/// Names a transaction. The application picks it, and must never reuse one with the same
+/// coordinator (or coordinator group): the decision log remembers finished transactions
+/// ([`DecisionLog::FINISHED_MAX`] of them) and answers a reused id with the old outcome.
+/// A counter kept in the same Paxos group, or a (node, sequence) pair, does it.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
