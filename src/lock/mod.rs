@@ -41,15 +41,20 @@
 //! ));
 //! ```
 //!
+//! On the client's side, [`LockClient`] builds the commands, schedules keep-alives and keeps a
+//! conservative local view of the lease and the tokens of the locks held.
+//!
 //! Bad input never panics: undecodable bytes, unknown sessions and out-of-bound requests are
 //! [`Outcome::Refused`] with a [`LockError`], and leave the state unchanged. Everything is
 //! bounded by [`LockLimits`].
 
+mod client;
 mod clock;
 mod command;
 #[cfg(test)]
 mod tests;
 
+pub use client::LockClient;
 pub use clock::LeaseClock;
 pub use command::{Command, Outcome, Wait, COMMAND_BYTES_CEILING};
 

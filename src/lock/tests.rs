@@ -875,3 +875,116 @@ proptest! {
         let _ = LockService::restore(&bytes);
     }
 }
+
+#[test]
+fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
+    assert!(LockClient::new(1, 2).is_err());
+    let mut client = LockClient::new(1, 100).unwrap();
+    assert_eq!(client.acquire("x", Exclusive, Wait::Try), None);
+    assert!(!client.is_live());
+    let open = client.open();
+    for _ in 0..5 {
+        assert_eq!(client.tick(), None, "no keep-alive without a session");
+    }
+    // Answered at local tick 5, but sent at 0: trusted until 0 + 100 - 10.
+    client.on_outcome(
+        &open,
+        &Outcome::Opened {
+            session: SessionId(9),
+            expires_at: 100,
+        },
+    );
+    let acquire = client.acquire("x", Exclusive, Wait::Forever).unwrap();
+    client.on_outcome(
+        &acquire,
+        &Outcome::Granted {
+            token: FencingToken(12),
+        },
+    );
+    client.on_event(&LockEvent::Granted {
+        session: SessionId(9),
+        name: "y".into(),
+        mode: Shared,
+        token: FencingToken(15),
+    });
+    client.on_event(&LockEvent::Granted {
+        session: SessionId(8),
+        name: "z".into(),
+        mode: Shared,
+        token: FencingToken(16),
+    });
+    assert_eq!(
+        client.held().collect::<Vec<_>>(),
+        [
+            ("x", Exclusive, FencingToken(12)),
+            ("y", Shared, FencingToken(15))
+        ]
+    );
+    let mut keep_alive = None;
+    while client
+        .tick()
+        .map(|command| keep_alive = Some(command))
+        .is_none()
+    {}
+    assert_eq!(
+        keep_alive,
+        Some(Command::KeepAlive {
+            session: SessionId(9)
+        })
+    );
+    // Not answered yet: the lease ends at 90 locally.
+    while client.is_live() {
+        assert_eq!(client.token("x"), Some(FencingToken(12)));
+        client.tick();
+    }
+    assert_eq!(client.token("x"), None);
+    // The keep-alive sent at 33 is answered late: trusted until 33 + 90.
+    client.on_outcome(&keep_alive.unwrap(), &Outcome::Renewed { expires_at: 130 });
+    assert!(client.is_live());
+    for _ in 90..123 {
+        client.tick();
+    }
+    assert!(!client.is_live());
+    assert_eq!(
+        client.release("y"),
+        Some(Command::Release {
+            session: SessionId(9),
+            name: "y".into()
+        })
+    );
+    assert_eq!(client.held().count(), 1);
+    // The service says the session is gone: everything is forgotten.
+    client.on_event(&LockEvent::Expired {
+        session: SessionId(9),
+        released: vec![],
+    });
+    assert_eq!(client.session(), None);
+    assert_eq!(client.held().count(), 0);
+    // A refusal for an unknown session and a close do the same.
+    for ending in [
+        (
+            Command::KeepAlive {
+                session: SessionId(4),
+            },
+            Outcome::Refused(LockError::UnknownSession(SessionId(4))),
+        ),
+        (
+            Command::Close {
+                session: SessionId(4),
+            },
+            Outcome::Closed { released: vec![] },
+        ),
+    ] {
+        let open = client.open();
+        client.on_outcome(
+            &open,
+            &Outcome::Opened {
+                session: SessionId(4),
+                expires_at: 500,
+            },
+        );
+        assert!(client.is_live());
+        client.on_outcome(&ending.0, &ending.1);
+        assert!(!client.is_live() && client.session().is_none());
+    }
+}

@@ -1,0 +1,194 @@
+//! The client's side: one session, its keep-alives, its locks, and a conservative view of its
+//! lease.
+
+use super::{Command, FencingToken, LockEvent, Mode, Outcome, SessionId, Wait};
+use crate::error::ConfigError;
+use std::collections::BTreeMap;
+
+/// A lock service client's bookkeeping, sans-IO: it builds the commands to propose, tells when
+/// to send keep-alives, and keeps the locks held with their fencing tokens.
+///
+/// **The local lease.** The client counts its own ticks. A lease renewed by a command sent at
+/// local tick `t` is trusted until `t + lease - margin`: the service starts the lease when it
+/// applies the command, which is after `t`, so the client's view ends first as long as its
+/// ticks run no slower than the leader's by more than the margin. Past that point
+/// [`is_live`](LockClient::is_live) is false and [`token`](LockClient::token) returns
+/// nothing: stop using what the locks guard, and open a new session. (The fencing token is
+/// what protects a resource from a client whose clock lies; the local lease only makes such
+/// refusals rare.)
+///
+/// ```
+/// use synod::lock::{Command, LockClient, Mode, Outcome, SessionId, FencingToken, Wait};
+///
+/// let mut client = LockClient::new(7, 100).unwrap();
+/// let open = client.open();
+/// assert_eq!(open, Command::Open { client: 7, lease: 100 });
+/// // ... proposed, chosen, applied; the service answered:
+/// client.on_outcome(&open, &Outcome::Opened { session: SessionId(3), expires_at: 100 });
+/// let acquire = client.acquire("printer", Mode::Exclusive, Wait::Forever).unwrap();
+/// client.on_outcome(&acquire, &Outcome::Granted { token: FencingToken(4) });
+/// assert_eq!(client.token("printer"), Some(FencingToken(4)));
+/// // A keep-alive is due every third of the lease.
+/// let keep_alives = (0..100).filter_map(|_| client.tick()).count();
+/// assert_eq!(keep_alives, 3);
+/// ```
+#[derive(Clone, Debug)]
+pub struct LockClient {
+    client: u64,
+    lease: u64,
+    margin: u64,
+    keep_alive_every: u64,
+    now: u64,
+    session: Option<SessionId>,
+    /// Local tick at which the renewal in flight was sent (the oldest one unanswered).
+    renewal_sent_at: Option<u64>,
+    last_keep_alive_at: u64,
+    live_until: u64,
+    held: BTreeMap<String, (Mode, FencingToken)>,
+}
+
+impl LockClient {
+    /// A client named `client` (unique among live clients) that asks for leases of `lease`
+    /// ticks, sends a keep-alive every third of it, and trusts its lease for a tenth less
+    /// than that.
+    ///
+    /// # Errors
+    /// [`ConfigError`] if `lease` is below 3.
+    pub fn new(client: u64, lease: u64) -> Result<LockClient, ConfigError> {
+        if lease < 3 {
+            return Err(ConfigError::new("lease", "must be at least 3 ticks"));
+        }
+        Ok(LockClient {
+            client,
+            lease,
+            margin: lease / 10,
+            keep_alive_every: lease / 3,
+            now: 0,
+            session: None,
+            renewal_sent_at: None,
+            last_keep_alive_at: 0,
+            live_until: 0,
+            held: BTreeMap::new(),
+        })
+    }
+
+    /// The command that opens (or renews) this client's session.
+    pub fn open(&mut self) -> Command {
+        self.renewal_sent_at.get_or_insert(self.now);
+        Command::Open {
+            client: self.client,
+            lease: self.lease,
+        }
+    }
+
+    /// One local tick. Returns a keep-alive to propose when one is due.
+    pub fn tick(&mut self) -> Option<Command> {
+        self.now += 1;
+        let session = self.session?;
+        if self.now - self.last_keep_alive_at < self.keep_alive_every {
+            return None;
+        }
+        self.last_keep_alive_at = self.now;
+        self.renewal_sent_at.get_or_insert(self.now);
+        Some(Command::KeepAlive { session })
+    }
+
+    /// The command that asks for lock `name`, or `None` without a session.
+    pub fn acquire(&self, name: &str, mode: Mode, wait: Wait) -> Option<Command> {
+        Some(Command::Acquire {
+            session: self.session?,
+            name: name.to_owned(),
+            mode,
+            wait,
+        })
+    }
+
+    /// The command that releases lock `name` (or withdraws the wait), or `None` without a
+    /// session. The lock is forgotten here at once: stop using it before proposing this.
+    pub fn release(&mut self, name: &str) -> Option<Command> {
+        self.held.remove(name);
+        Some(Command::Release {
+            session: self.session?,
+            name: name.to_owned(),
+        })
+    }
+
+    /// What the service answered to `command`, which this client proposed.
+    pub fn on_outcome(&mut self, command: &Command, outcome: &Outcome) {
+        match (command, outcome) {
+            (Command::Open { .. }, Outcome::Opened { session, .. }) => {
+                if self.session != Some(*session) {
+                    self.held.clear();
+                }
+                self.session = Some(*session);
+                self.renewed();
+            }
+            (Command::KeepAlive { .. }, Outcome::Renewed { .. }) => self.renewed(),
+            (Command::Acquire { name, mode, .. }, Outcome::Granted { token }) => {
+                self.held.insert(name.clone(), (*mode, *token));
+            }
+            (_, Outcome::Refused(super::LockError::UnknownSession(session)))
+                if Some(*session) == self.session =>
+            {
+                self.lost();
+            }
+            (Command::Close { .. }, Outcome::Closed { .. }) => self.lost(),
+            _ => {}
+        }
+    }
+
+    /// An event of the service about this client's session: a grant of a queued acquire, or
+    /// the session's expiry. Events about other sessions are ignored.
+    pub fn on_event(&mut self, event: &LockEvent) {
+        match event {
+            LockEvent::Granted {
+                session,
+                name,
+                mode,
+                token,
+            } if Some(*session) == self.session => {
+                self.held.insert(name.clone(), (*mode, *token));
+            }
+            LockEvent::Expired { session, .. } if Some(*session) == self.session => self.lost(),
+            _ => {}
+        }
+    }
+
+    /// The session, once opened and while not known to be lost.
+    pub fn session(&self) -> Option<SessionId> {
+        self.session
+    }
+
+    /// True while the local lease holds: a session is open and was renewed recently enough.
+    pub fn is_live(&self) -> bool {
+        self.session.is_some() && self.now < self.live_until
+    }
+
+    /// The fencing token of lock `name`, while it is held and the local lease holds.
+    pub fn token(&self, name: &str) -> Option<FencingToken> {
+        if !self.is_live() {
+            return None;
+        }
+        self.held.get(name).map(|(_, token)| *token)
+    }
+
+    /// The locks held, with their mode and token (whether or not the lease still holds).
+    pub fn held(&self) -> impl Iterator<Item = (&str, Mode, FencingToken)> + '_ {
+        self.held
+            .iter()
+            .map(|(name, (mode, token))| (name.as_str(), *mode, *token))
+    }
+
+    fn renewed(&mut self) {
+        let sent_at = self.renewal_sent_at.take().unwrap_or(self.now);
+        let until = sent_at + self.lease - self.margin;
+        self.live_until = self.live_until.max(until);
+    }
+
+    fn lost(&mut self) {
+        self.session = None;
+        self.held.clear();
+        self.renewal_sent_at = None;
+        self.live_until = 0;
+    }
+}
