@@ -4,26 +4,17 @@
 //! Afterwards every acknowledged write is on every replica, and every replica applied the
 //! same entries in the same order (equal log digests at equal slots).
 //!
-//! # How the server binary is found
-//!
-//! Integration tests get `CARGO_BIN_EXE_<name>` for `[[bin]]` targets only, not for examples.
-//! So the test builds the example itself, once, with the cargo that is running it
-//! (`$CARGO`), the same manifest, target directory, profile and features as this test
-//! (`cargo build --example kv --features net[,tls]`), and takes the executable's path from
-//! cargo's JSON messages. (Nesting is safe: `cargo test` releases the build lock before it
-//! runs tests. The package variables `cargo test` sets for a test are not passed on: some
-//! dependencies' build scripts watch them and would rebuild.) When `cargo test` already built the example (it builds examples),
-//! that build is a no-op; after `cargo test --test kv_processes` alone it compiles the
-//! example first (its time is not part of the scenario's). Either way the test runs the
-//! example as it is in the working tree, never a stale binary, and it never skips.
+//! The test builds the example itself, for its own profile and features, and runs it as it
+//! is in the working tree, never a stale binary (`examples_support::build_example`).
 //!
 //! Run: `cargo test --all-features --test kv_processes -- --nocapture`
 #![cfg(unix)]
 
+mod examples_support;
+
+use examples_support::{build_example, free_ports, text, Client, Reply};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,200 +34,7 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// The `kv` example's executable, built for this test's profile and features.
 fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(build_server)
-}
-
-fn build_server() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    // This test runs from <target>/<profile>/deps/kv_processes-<hash>.
-    let test_exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let features = if cfg!(feature = "tls") {
-        "net,tls"
-    } else {
-        "net"
-    };
-    let mut command = Command::new(&cargo);
-    command
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .args(["--example", "kv", "--features", features])
-        .arg("--message-format=json-render-diagnostics");
-    match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some(other) => {
-            command.args(["--profile", other]);
-        }
-        None => panic!("unexpected test path {}", test_exe.display()),
-    }
-    // `cargo test` gives this process the package's own variables (CARGO_MANIFEST_DIR, ...).
-    // Build scripts of dependencies watch some of them, so passing them on would make the
-    // inner build see them as changed and rebuild those dependencies every time.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref())
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let started = Instant::now();
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|error| panic!("running {cargo}: {error}"));
-    assert!(
-        output.status.success(),
-        "building the kv example failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let binary = stdout
-        .lines()
-        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
-        .filter(|line| line.contains(r#""kind":["example"]"#) && line.contains(r#""name":"kv""#))
-        .find_map(json_executable)
-        .unwrap_or_else(|| panic!("cargo named no kv executable:\n{stdout}"));
-    eprintln!(
-        "kv example: {} (cargo build: {:.1} s)",
-        binary.display(),
-        started.elapsed().as_secs_f64()
-    );
-    binary
-}
-
-/// The `"executable":"..."` field of one cargo JSON message.
-fn json_executable(line: &str) -> Option<PathBuf> {
-    let start = line.find(r#""executable":""#)? + r#""executable":""#.len();
-    let mut path = String::new();
-    let mut characters = line[start..].chars();
-    while let Some(character) = characters.next() {
-        match character {
-            '"' => return Some(PathBuf::from(path)),
-            '\\' => path.push(characters.next()?),
-            other => path.push(other),
-        }
-    }
-    None
-}
-
-// ---------------------------------------------------------------------------------------
-// A hand-written RESP client.
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(port: u16, timeout: Duration) -> std::io::Result<Client> {
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(1))?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg);
-            request.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&request)
-    }
-
-    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        self.send(args)?;
-        self.read_reply()
-    }
-
-    fn read_line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if !line.ends_with(b"\r\n") {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed mid-reply",
-            ));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| std::io::Error::other("reply line not UTF-8"))
-    }
-
-    fn read_reply(&mut self) -> std::io::Result<Reply> {
-        let line = self.read_line()?;
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        let number = || {
-            rest.parse::<i64>()
-                .map_err(|_| std::io::Error::other(format!("bad reply line {line:?}")))
-        };
-        Ok(match kind {
-            "+" => Reply::Simple(rest.to_string()),
-            "-" => Reply::Error(rest.to_string()),
-            ":" => Reply::Integer(number()?),
-            "$" => match number()? {
-                -1 => Reply::Bulk(None),
-                length => {
-                    let mut data = vec![0; length as usize + 2];
-                    std::io::Read::read_exact(&mut self.reader, &mut data)?;
-                    data.truncate(length as usize);
-                    Reply::Bulk(Some(data))
-                }
-            },
-            "*" => {
-                let count = number()?;
-                let mut items = Vec::new();
-                for _ in 0..count {
-                    items.push(self.read_reply()?);
-                }
-                Reply::Array(items)
-            }
-            _ => return Err(std::io::Error::other(format!("bad reply line {line:?}"))),
-        })
-    }
-}
-
-fn text(reply: &Reply) -> String {
-    match reply {
-        Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-        Reply::Simple(text) => text.clone(),
-        other => panic!("expected text, got {other:?}"),
-    }
+    BINARY.get_or_init(|| build_example("kv"))
 }
 
 /// `key:value` lines of a reply (INFO, SYNOD.DIGEST), as a map.
@@ -275,17 +73,6 @@ impl Drop for Cluster {
             self.print_logs();
         }
     }
-}
-
-/// Ports that were free a moment ago (the processes bind them right away).
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap().port())
-        .collect()
 }
 
 impl Cluster {

@@ -1,0 +1,707 @@
+//! A replicated lock server: the [`synod::lock`] service on a three-replica synod cluster,
+//! with clients speaking the Redis protocol (RESP2), so `redis-cli` is a client. One process
+//! per replica, each with its own durable [`FileStorage`], replicating over TCP with the synod
+//! [`Driver`] on tokio.
+//!
+//! # Run a three-node cluster on one machine
+//!
+//! ```text
+//! cargo build --release --example lockd --features net
+//! PEERS=1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103
+//! target/release/examples/lockd --id 1 --peers $PEERS --client 127.0.0.1:6400 --data /tmp/lock1 &
+//! target/release/examples/lockd --id 2 --peers $PEERS --client 127.0.0.1:6401 --data /tmp/lock2 &
+//! target/release/examples/lockd --id 3 --peers $PEERS --client 127.0.0.1:6402 --data /tmp/lock3 &
+//! redis-cli -p 6400 open 7 3000                 # client 7, lease of 3000 ticks: session, lease end
+//! redis-cli -p 6401 acquire 4 printer           # session 4 (as OPEN answered): fencing token
+//! redis-cli -p 6402 acquire 4 printer           # again: the same token (a retry is harmless)
+//! redis-cli -p 6400 holders printer             # this replica's view: session mode token
+//! redis-cli -p 6400 release 4 printer
+//! ```
+//!
+//! Any replica serves any client (followers forward proposals to the leader). One tick is
+//! `--tick-ms` (10 ms): a lease of 3000 ticks is 30 s.
+//!
+//! # Commands
+//!
+//! - `OPEN client lease` opens (or renews) the session of `client` (a number the client
+//!   picks): `*2 :session :lease_end` (log time, in ticks).
+//! - `KEEPALIVE session`: `:lease_end`.
+//! - `ACQUIRE session name [SHARED] [TRY | WAIT ticks]`: blocks until granted (default:
+//!   exclusive, wait forever), then `:token`; `TRY` fails at once with `-BUSY`; a wait that
+//!   runs out answers `-TIMEOUT`; a session that expires meanwhile, `-EXPIRED`.
+//! - `RELEASE session name`: `+OK` (released) or `+WITHDRAWN` (a wait was withdrawn).
+//! - `CLOSE session`: `+OK`; its locks are released at once.
+//! - `HOLDERS name`: this replica's view, without going through the log (may be stale):
+//!   one `session mode token` line per holder.
+//! - `INFO`, `PING`, `QUIT`.
+//!
+//! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
+//! within [`REQUEST_TIMEOUT`] gets `-TRYAGAIN` (it may or may not have taken effect; every
+//! command is safe to retry: `OPEN` renews the client's session, `ACQUIRE` answers with the
+//! grant the session already has).
+//!
+//! # Semantics
+//!
+//! - **Log time.** The leader proposes `Time` every `--clock-interval` ticks and a `Grace` of
+//!   `--grace` ticks when it takes over ([`LeaseClock`]); leases expire, waits time out and
+//!   lock-delays end only at those entries, on every replica alike.
+//! - **Fencing.** A token is the slot of the entry that granted the lock: present it to
+//!   whatever the lock guards, which refuses tokens below the largest it has seen.
+//! - **Snapshots bound the log.** Every `--snapshot-every` applied slots the lock service is
+//!   snapshotted and the log compacted through it; a restarted replica restores the snapshot
+//!   and replays the log after it.
+//!
+//! # Tests
+//!
+//! `tests/lockd_processes.rs` runs three of these processes, kills the leader with `SIGKILL`
+//! while a client holds a lock and another waits for it, and checks that the holder keeps its
+//! lock through the new leader, and that once it stops its keep-alives the waiter gets the
+//! lock with a larger token.
+
+#[path = "kv/resp.rs"]
+mod resp;
+
+use bytes::{Bytes, BytesMut};
+use clap::Parser;
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap};
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use synod::driver::{Applied, Driver, DriverConfig, Handle, ProposalError};
+use synod::lock::{
+    Command, LeaseClock, LockError, LockEvent, LockLimits, LockService, Mode, Outcome, SessionId,
+    Wait,
+};
+use synod::storage::Snapshot;
+use synod::transport::tcp::{TcpConfig, TcpTransport};
+use synod::{
+    Config, FileStorage, FileStorageOptions, NodeId, ProposeError, Replica, Role, Slot, Storage,
+    Value,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How long a command may wait for the cluster before the client gets `-TRYAGAIN`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A proposal not applied within this long is proposed again (every command is idempotent).
+const REPROPOSE_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before retrying a proposal the replica refused (no leader yet, or busy).
+const REFUSED_BACKOFF: Duration = Duration::from_millis(10);
+/// The header of every log entry: the proposing node and its request number (0: the lease
+/// clock's entries, which nobody waits for).
+const HEADER_BYTES: usize = 16;
+
+const REQUEST_LIMITS: resp::Limits = resp::Limits {
+    args_max: 16,
+    arg_bytes_max: 4096,
+    request_bytes_max: 64 * 1024,
+    inline_bytes_max: 64 * 1024,
+};
+
+/// A replicated lock server speaking RESP2 (see the module documentation).
+#[derive(Parser, Debug)]
+#[command(
+    name = "lockd",
+    about = "A replicated lock server (synod, Redis protocol)"
+)]
+struct Args {
+    /// This node's id (a key of --peers).
+    #[arg(long)]
+    id: u64,
+    /// Every node: `id=host:port,...` (the replication addresses).
+    #[arg(long, value_parser = parse_peers)]
+    peers: BTreeMap<NodeId, SocketAddr>,
+    /// Where clients connect.
+    #[arg(long)]
+    client: SocketAddr,
+    /// This node's data directory (created if missing).
+    #[arg(long)]
+    data: PathBuf,
+    /// The cluster's id; every node alike.
+    #[arg(long, default_value_t = 1)]
+    cluster_id: u64,
+    /// One tick, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Election timeout, in ticks.
+    #[arg(long, default_value_t = 50)]
+    election_ticks: u32,
+    /// Heartbeat interval, in ticks.
+    #[arg(long, default_value_t = 5)]
+    heartbeat_ticks: u32,
+    /// Ticks between the leader's `Time` entries.
+    #[arg(long, default_value_t = 10)]
+    clock_interval: u64,
+    /// Ticks every lease is extended by when a new leader takes over.
+    #[arg(long, default_value_t = 500)]
+    grace: u64,
+    /// Ticks a lock stays unavailable after its holder's session expired.
+    #[arg(long, default_value_t = 50)]
+    lock_delay: u64,
+    /// Snapshot and compact every this many applied slots (0: never).
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+}
+
+fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for pair in text.split(',') {
+        let (id, address) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("'{pair}' is not id=host:port"))?;
+        let id: u64 = id.parse().map_err(|_| format!("'{id}' is not a node id"))?;
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|_| format!("'{address}' is not host:port"))?;
+        peers.insert(NodeId(id), address);
+    }
+    Ok(peers)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if !args.peers.contains_key(&NodeId(args.id)) {
+        eprintln!("--id {} is not in --peers", args.id);
+        return ExitCode::from(2);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(serve(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("lockd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What the applier maintains, behind one lock.
+struct State {
+    service: LockService,
+    slot: Slot,
+    /// Commands proposed through this node, by request number, waiting for their outcome.
+    waiters: HashMap<u64, oneshot::Sender<Outcome>>,
+    /// Queued acquires of this node's clients, waiting for their grant (or its end).
+    grants: HashMap<(SessionId, String), oneshot::Sender<LockEvent>>,
+    /// Whether this replica leads (for `INFO`).
+    role: Role,
+}
+
+struct Node {
+    id: NodeId,
+    state: Mutex<State>,
+    next_request: AtomicU64,
+}
+
+impl Node {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("applier lock poisoned")
+    }
+}
+
+fn limits(args: &Args) -> LockLimits {
+    LockLimits {
+        lock_delay: args.lock_delay,
+        lease_max: 10_000_000,
+        ..LockLimits::default()
+    }
+}
+
+async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
+    let id = NodeId(args.id);
+    let mut storage = FileStorage::open(
+        &args.data,
+        args.cluster_id,
+        id,
+        FileStorageOptions::default(),
+    )?;
+    let recovered = storage.recover()?;
+    let (service, applied) = match storage.load_snapshot()? {
+        Some(snapshot) => (restore(&snapshot)?, snapshot.slot),
+        None => (LockService::new(limits(&args))?, 0),
+    };
+    let mut config = Config::new(id, args.peers.keys().copied().collect());
+    config.cluster_id = args.cluster_id;
+    config.election_ticks = args.election_ticks;
+    config.heartbeat_ticks = args.heartbeat_ticks;
+    config.retransmit_ticks = args.heartbeat_ticks.saturating_mul(4).max(1);
+    config.forward_proposals = true;
+    config.applied = applied;
+    let replica = Replica::new(config, recovered)?;
+    let listener = TcpListener::bind(args.client)
+        .await
+        .map_err(|error| format!("cannot listen for clients on {}: {error}", args.client))?;
+    let tcp = TcpConfig::new(id, args.cluster_id, args.peers[&id], args.peers.clone());
+    let (transport, inbound) = TcpTransport::start(tcp).await?;
+    let node = Arc::new(Node {
+        id,
+        state: Mutex::new(State {
+            service,
+            slot: applied,
+            waiters: HashMap::new(),
+            grants: HashMap::new(),
+            role: Role::Follower,
+        }),
+        next_request: AtomicU64::new(1),
+    });
+    let mut interval = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticks = futures::stream::unfold(interval, |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    })
+    .boxed();
+    let (driver, handle, committed) = Driver::new(
+        replica,
+        storage,
+        transport,
+        ticks,
+        inbound.boxed(),
+        DriverConfig::default(),
+    );
+    let driver = tokio::spawn(driver.run());
+    tokio::spawn(apply_committed(
+        node.clone(),
+        committed,
+        handle.clone(),
+        args.snapshot_every,
+    ));
+    let clock = LeaseClock::new(args.clock_interval.max(1), args.grace)?;
+    tokio::spawn(run_clock(
+        node.clone(),
+        handle.clone(),
+        clock,
+        Duration::from_millis(args.tick_ms.max(1)),
+    ));
+    eprintln!(
+        "lockd[{id}]: serving clients on {}, peers on {}, data in {}",
+        listener.local_addr()?,
+        args.peers[&id],
+        args.data.display()
+    );
+    tokio::spawn(accept_clients(node, handle, listener));
+    match driver.await {
+        Ok(Ok(_)) => Err("the driver stopped".into()),
+        Ok(Err(error)) => Err(format!("the driver stopped: {error}").into()),
+        Err(error) => Err(format!("the driver panicked: {error}").into()),
+    }
+}
+
+fn restore(snapshot: &Snapshot) -> Result<LockService, String> {
+    LockService::restore(&snapshot.data).map_err(|error| {
+        format!(
+            "the snapshot of slot {} cannot be restored: {error}",
+            snapshot.slot
+        )
+    })
+}
+
+/// Proposes the lease clock's entries while this replica leads.
+async fn run_clock(node: Arc<Node>, mut handle: Handle, mut clock: LeaseClock, tick: Duration) {
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        interval.tick().await;
+        let Some(status) = handle.status().await else {
+            return;
+        };
+        let leading = status.role == Role::Leader;
+        let now = {
+            let mut state = node.state();
+            state.role = status.role;
+            state.service.now()
+        };
+        if let Some(command) = clock.tick(leading, now) {
+            // Lost if leadership just ended; the next leader's clock takes over.
+            let _ = handle.propose(entry(node.id, 0, &command)).await;
+        }
+    }
+}
+
+/// A log entry: the header, then the encoded command.
+fn entry(node: NodeId, request: u64, command: &Command) -> Bytes {
+    let mut data = Vec::with_capacity(HEADER_BYTES + 64);
+    data.extend_from_slice(&node.0.to_le_bytes());
+    data.extend_from_slice(&request.to_le_bytes());
+    data.extend_from_slice(&command.encode());
+    Bytes::from(data)
+}
+
+async fn apply_committed(
+    node: Arc<Node>,
+    mut committed: synod::driver::Committed,
+    mut handle: Handle,
+    snapshot_every: u64,
+) {
+    let mut last_snapshot = node.state().slot;
+    while let Some(applied) = committed.next().await {
+        let entry = match applied {
+            Applied::Entry(entry) => entry,
+            Applied::Snapshot(snapshot) => {
+                let service = restore(&snapshot)
+                    .unwrap_or_else(|error| panic!("lockd[{}]: {error}", node.id));
+                let mut state = node.state();
+                state.service = service;
+                state.slot = snapshot.slot;
+                // Their commands may be in the snapshot, their outcomes are not: the
+                // connections answer -TRYAGAIN, and a retry is harmless.
+                state.waiters.clear();
+                continue;
+            }
+        };
+        let mut state = node.state();
+        state.slot = entry.slot;
+        let Value::Command { data, .. } = &entry.value else {
+            continue;
+        };
+        if data.len() < HEADER_BYTES {
+            // Not written by lockd: the service refuses it like any malformed entry.
+            state.service.apply(entry.slot, data);
+            continue;
+        }
+        let origin = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
+        let request = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
+        let outcome = state.service.apply(entry.slot, &data[HEADER_BYTES..]);
+        if origin == node.id.0 && request != 0 {
+            if let Some(waiter) = state.waiters.remove(&request) {
+                let _ = waiter.send(outcome);
+            }
+        }
+        for event in state.service.take_events() {
+            match &event {
+                LockEvent::Granted { session, name, .. }
+                | LockEvent::TimedOut { session, name } => {
+                    if let Some(waiter) = state.grants.remove(&(*session, name.clone())) {
+                        let _ = waiter.send(event);
+                    }
+                }
+                LockEvent::Expired { session, .. } => {
+                    let keys: Vec<(SessionId, String)> = state
+                        .grants
+                        .keys()
+                        .filter(|(waiting, _)| waiting == session)
+                        .cloned()
+                        .collect();
+                    for key in keys {
+                        if let Some(waiter) = state.grants.remove(&key) {
+                            let _ = waiter.send(event.clone());
+                        }
+                    }
+                }
+            }
+        }
+        if snapshot_every > 0 && entry.slot >= last_snapshot + snapshot_every {
+            last_snapshot = entry.slot;
+            let snapshot = Snapshot {
+                slot: entry.slot,
+                data: Bytes::from(state.service.snapshot()),
+            };
+            drop(state);
+            let mut handle = handle.clone();
+            let id = node.id;
+            tokio::spawn(async move {
+                if let Err(error) = handle.compact(snapshot).await {
+                    eprintln!("lockd[{id}]: compaction failed: {error}");
+                }
+            });
+        }
+    }
+    let _ = handle.status().await;
+}
+
+async fn accept_clients(node: Arc<Node>, handle: Handle, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Connection {
+            node: node.clone(),
+            handle: handle.clone(),
+        };
+        tokio::spawn(connection.serve(stream));
+    }
+}
+
+struct Connection {
+    node: Arc<Node>,
+    handle: Handle,
+}
+
+impl Connection {
+    async fn serve(mut self, mut stream: TcpStream) {
+        let mut input = BytesMut::with_capacity(4096);
+        let mut output = Vec::with_capacity(4096);
+        'connection: loop {
+            loop {
+                match resp::parse(&input, &REQUEST_LIMITS) {
+                    resp::Parsed::Incomplete => break,
+                    resp::Parsed::Error(error) => {
+                        resp::error(&mut output, &format!("ERR {error}"));
+                        let _ = stream.write_all(&output).await;
+                        break 'connection;
+                    }
+                    resp::Parsed::Request { args, consumed } => {
+                        let request = input.split_to(consumed).freeze();
+                        let args: Vec<Bytes> =
+                            args.into_iter().map(|range| request.slice(range)).collect();
+                        if args.is_empty() {
+                            continue;
+                        }
+                        let quit = self.execute(&args, &mut output).await;
+                        if stream.write_all(&output).await.is_err() || quit {
+                            break 'connection;
+                        }
+                        output.clear();
+                    }
+                }
+            }
+            match stream.read_buf(&mut input).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Runs one command and appends its reply to `out`; returns true to close.
+    async fn execute(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> bool {
+        let name = args[0].to_ascii_uppercase();
+        let text = |index: usize| String::from_utf8_lossy(&args[index]).into_owned();
+        let number = |index: usize| -> Result<u64, String> {
+            text(index)
+                .parse()
+                .map_err(|_| format!("ERR '{}' is not a number", text(index)))
+        };
+        let result: Result<(), String> = match (name.as_slice(), args.len()) {
+            (b"PING", 1) => {
+                resp::simple(out, "PONG");
+                Ok(())
+            }
+            (b"QUIT", _) => {
+                resp::simple(out, "OK");
+                return true;
+            }
+            (b"OPEN", 3) => match (number(1), number(2)) {
+                (Ok(client), Ok(lease)) => match self.run(Command::Open { client, lease }).await {
+                    Ok(Outcome::Opened {
+                        session,
+                        expires_at,
+                    }) => {
+                        resp::array(out, 2);
+                        resp::integer_reply(out, session.0 as i64);
+                        resp::integer_reply(out, expires_at as i64);
+                        Ok(())
+                    }
+                    other => Err(failure(other)),
+                },
+                (Err(error), _) | (_, Err(error)) => Err(error),
+            },
+            (b"KEEPALIVE", 2) => match number(1) {
+                Ok(session) => {
+                    let session = SessionId(session);
+                    match self.run(Command::KeepAlive { session }).await {
+                        Ok(Outcome::Renewed { expires_at }) => {
+                            resp::integer_reply(out, expires_at as i64);
+                            Ok(())
+                        }
+                        other => Err(failure(other)),
+                    }
+                }
+                Err(error) => Err(error),
+            },
+            (b"ACQUIRE", 3..=6) => match acquire_command(args, number(1)) {
+                Ok(command) => self.acquire(command, out).await,
+                Err(error) => Err(error),
+            },
+            (b"RELEASE", 3) => match number(1) {
+                Ok(session) => {
+                    let session = SessionId(session);
+                    let command = Command::Release {
+                        session,
+                        name: text(2),
+                    };
+                    match self.run(command).await {
+                        Ok(Outcome::Released) => {
+                            resp::simple(out, "OK");
+                            Ok(())
+                        }
+                        Ok(Outcome::Withdrawn) => {
+                            resp::simple(out, "WITHDRAWN");
+                            Ok(())
+                        }
+                        other => Err(failure(other)),
+                    }
+                }
+                Err(error) => Err(error),
+            },
+            (b"CLOSE", 2) => match number(1) {
+                Ok(session) => match self
+                    .run(Command::Close {
+                        session: SessionId(session),
+                    })
+                    .await
+                {
+                    Ok(Outcome::Closed { .. }) => {
+                        resp::simple(out, "OK");
+                        Ok(())
+                    }
+                    other => Err(failure(other)),
+                },
+                Err(error) => Err(error),
+            },
+            (b"HOLDERS", 2) => {
+                let holders = self.node.state().service.holders(&text(1));
+                resp::array(out, holders.len());
+                for (session, mode, token) in holders {
+                    let mode = if mode == Mode::Shared {
+                        "shared"
+                    } else {
+                        "exclusive"
+                    };
+                    let line = format!("{} {mode} {}", session.0, token.0);
+                    resp::bulk(out, Some(line.as_bytes()));
+                }
+                Ok(())
+            }
+            (b"INFO", 1) => {
+                let info = {
+                    let state = self.node.state();
+                    format!(
+                        "node:{}\r\nrole:{:?}\r\napplied_slot:{}\r\nlog_time:{}\r\nsessions:{}\r\n",
+                        self.node.id.0,
+                        state.role,
+                        state.slot,
+                        state.service.now(),
+                        state.service.session_count()
+                    )
+                };
+                resp::bulk(out, Some(info.as_bytes()));
+                Ok(())
+            }
+            _ => Err(format!(
+                "ERR unknown command or wrong number of arguments: '{}'",
+                String::from_utf8_lossy(&args[0])
+            )),
+        };
+        if let Err(error) = result {
+            resp::error(out, &error);
+        }
+        false
+    }
+
+    /// `ACQUIRE`: proposes it; if queued, waits for the grant (or its end).
+    async fn acquire(&mut self, command: Command, out: &mut Vec<u8>) -> Result<(), String> {
+        let Command::Acquire { session, name, .. } = &command else {
+            unreachable!("built by acquire_command");
+        };
+        let key = (*session, name.clone());
+        // Registered before the proposal, so a grant right after it is not missed.
+        let (sender, receiver) = oneshot::channel();
+        self.node.state().grants.insert(key.clone(), sender);
+        let outcome = self.run(command).await;
+        let answer = match outcome {
+            Ok(Outcome::Granted { token }) => Ok(token),
+            Ok(Outcome::Queued { .. }) => match receiver.await {
+                Ok(LockEvent::Granted { token, .. }) => Ok(token),
+                Ok(LockEvent::TimedOut { .. }) => Err("TIMEOUT the wait ran out".to_string()),
+                Ok(LockEvent::Expired { .. }) => Err("EXPIRED the session expired".to_string()),
+                Err(_) => Err("TRYAGAIN the wait was lost; acquire again".to_string()),
+            },
+            Ok(Outcome::Refused(LockError::Busy)) => Err("BUSY the lock is held".to_string()),
+            other => Err(failure(other)),
+        };
+        self.node.state().grants.remove(&key);
+        let token = answer?;
+        resp::integer_reply(out, token.0 as i64);
+        Ok(())
+    }
+
+    /// Proposes `command` (again, until applied here or timed out) and returns its outcome.
+    async fn run(&mut self, command: Command) -> Result<Outcome, String> {
+        let request = self.node.next_request.fetch_add(1, Ordering::Relaxed);
+        let data = entry(self.node.id, request, &command);
+        let (sender, mut receiver) = oneshot::channel();
+        self.node.state().waiters.insert(request, sender);
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let outcome = loop {
+            if Instant::now() >= deadline {
+                break Err("TRYAGAIN no answer from the cluster in time".to_string());
+            }
+            match self.handle.propose(data.clone()).await {
+                Ok(_) => {
+                    let wait_until = (Instant::now() + REPROPOSE_INTERVAL).min(deadline);
+                    match tokio::time::timeout_at(wait_until, &mut receiver).await {
+                        Ok(Ok(outcome)) => break Ok(outcome),
+                        Ok(Err(_)) => break Err("TRYAGAIN the answer was lost".to_string()),
+                        // Lost with a leader, or slow: propose again (the command is
+                        // idempotent, and only the first copy answers).
+                        Err(_) => continue,
+                    }
+                }
+                Err(ProposalError::Rejected(ProposeError::NotLeader { .. }))
+                | Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
+                    tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline))
+                        .await;
+                }
+                Err(_) => break Err("ERR the node is stopping".to_string()),
+            }
+        };
+        self.node.state().waiters.remove(&request);
+        outcome
+    }
+}
+
+/// `ACQUIRE session name [SHARED] [TRY | WAIT ticks]`.
+fn acquire_command(args: &[Bytes], session: Result<u64, String>) -> Result<Command, String> {
+    let session = SessionId(session?);
+    let name = String::from_utf8_lossy(&args[2]).into_owned();
+    let mut mode = Mode::Exclusive;
+    let mut wait = Wait::Forever;
+    let mut index = 3;
+    while index < args.len() {
+        match args[index].to_ascii_uppercase().as_slice() {
+            b"SHARED" => mode = Mode::Shared,
+            b"EXCLUSIVE" => mode = Mode::Exclusive,
+            b"TRY" => wait = Wait::Try,
+            b"WAIT" => {
+                index += 1;
+                let ticks = args
+                    .get(index)
+                    .and_then(|ticks| String::from_utf8_lossy(ticks).parse().ok())
+                    .ok_or("ERR WAIT takes a number of ticks")?;
+                wait = Wait::Ticks(ticks);
+            }
+            other => {
+                return Err(format!(
+                    "ERR unknown ACQUIRE option '{}'",
+                    String::from_utf8_lossy(other)
+                ))
+            }
+        }
+        index += 1;
+    }
+    Ok(Command::Acquire {
+        session,
+        name,
+        mode,
+        wait,
+    })
+}
+
+/// The error reply for an outcome that is not the one expected.
+fn failure(outcome: Result<Outcome, String>) -> String {
+    match outcome {
+        Ok(Outcome::Refused(error)) => format!("ERR {error}"),
+        Ok(other) => format!("ERR unexpected outcome {other:?}"),
+        Err(error) => error,
+    }
+}

@@ -1,0 +1,263 @@
+//! Three `lockd` example servers as separate OS processes on loopback, each with its own
+//! `FileStorage` directory. A client holds a lock and keeps its session alive; another waits
+//! for the lock. The leader is killed with `SIGKILL`: the holder keeps its lock through the
+//! new leader (its keep-alives go on, and the new leader's grace covers the changeover). Then
+//! the holder goes quiet: its lease runs out in log time, the lock-delay passes, and the
+//! waiter gets the lock with a larger fencing token. The killed node restarts on its data and
+//! catches up to the same holder.
+//!
+//! Run: `cargo test --features net --test lockd_processes -- --nocapture`
+#![cfg(unix)]
+
+mod examples_support;
+
+use examples_support::{build_example, free_ports, text, Client, Reply};
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const NODES: usize = 3;
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    binary: PathBuf,
+    root: TempDir,
+    peers: String,
+    client_ports: Vec<u16>,
+    processes: Vec<Option<Child>>,
+    starts: Vec<u32>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let ports = free_ports(2 * NODES);
+        let peers = (0..NODES)
+            .map(|index| format!("{}=127.0.0.1:{}", index + 1, ports[index]))
+            .collect::<Vec<_>>()
+            .join(",");
+        Cluster {
+            binary: build_example("lockd"),
+            root: TempDir::new().unwrap(),
+            peers,
+            client_ports: ports[NODES..].to_vec(),
+            processes: (0..NODES).map(|_| None).collect(),
+            starts: vec![0; NODES],
+        }
+    }
+
+    fn start(&mut self, index: usize) {
+        self.starts[index] += 1;
+        let log = self
+            .root
+            .path()
+            .join(format!("node-{}.{}.log", index + 1, self.starts[index]));
+        let child = Command::new(&self.binary)
+            .args(["--id", &(index + 1).to_string(), "--peers", &self.peers])
+            .args([
+                "--client",
+                &format!("127.0.0.1:{}", self.client_ports[index]),
+            ])
+            .arg("--data")
+            .arg(self.root.path().join(format!("node-{}", index + 1)))
+            // A lock-delay of 1 s, a grace of 2 s: the scenario's waits stay short.
+            .args(["--lock-delay", "100", "--grace", "200"])
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).unwrap())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("starting lockd");
+        self.processes[index] = Some(child);
+    }
+
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.processes[index].take() {
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self, index: usize) -> Client {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match Client::connect(self.client_ports[index], Duration::from_secs(15)) {
+                Ok(client) => return client,
+                Err(error) if Instant::now() < deadline => {
+                    let _ = error;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(error) => panic!("node {} never served: {error}", index + 1),
+            }
+        }
+    }
+
+    fn info(&self, index: usize, field: &str) -> Option<String> {
+        let reply = Client::connect(self.client_ports[index], Duration::from_secs(5))
+            .ok()?
+            .command(&[b"INFO"])
+            .ok()?;
+        text(&reply)
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix(&format!("{field}:")).map(str::to_owned))
+    }
+
+    fn wait_for_leader(&self) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            for index in 0..NODES {
+                if self.processes[index].is_some()
+                    && self.info(index, "role").as_deref() == Some("Leader")
+                {
+                    return index;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn holders(&self, index: usize, name: &str) -> Vec<String> {
+        match self.client(index).command(&[b"HOLDERS", name.as_bytes()]) {
+            Ok(Reply::Array(items)) => items.iter().map(text).collect(),
+            other => panic!("HOLDERS answered {other:?}"),
+        }
+    }
+
+    fn print_logs(&self) {
+        for entry in std::fs::read_dir(self.root.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|ext| ext == "log") {
+                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                eprintln!("--- {}\n{log}", entry.path().display());
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for index in 0..NODES {
+            self.kill(index);
+        }
+        if thread::panicking() {
+            self.print_logs();
+        }
+    }
+}
+
+fn integer(reply: std::io::Result<Reply>) -> i64 {
+    match reply {
+        Ok(Reply::Integer(value)) => value,
+        other => panic!("expected an integer, got {other:?}"),
+    }
+}
+
+fn open(client: &mut Client, id: &str, lease: &str) -> String {
+    match client.command(&[b"OPEN", id.as_bytes(), lease.as_bytes()]) {
+        Ok(Reply::Array(items)) => match items[0] {
+            Reply::Integer(session) => session.to_string(),
+            ref other => panic!("OPEN answered {other:?}"),
+        },
+        other => panic!("OPEN answered {other:?}"),
+    }
+}
+
+#[test]
+fn a_lock_survives_a_sigkilled_leader_and_passes_on_when_its_holder_goes_quiet() {
+    let mut cluster = Cluster::new();
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    let leader = cluster.wait_for_leader();
+    let (near, far) = ((leader + 1) % NODES, (leader + 2) % NODES);
+
+    // Alice: a 3 s lease, through a follower. Bob: a long lease, through the other one.
+    let mut alice = cluster.client(near);
+    let alice_session = open(&mut alice, "1", "300");
+    let alice_token = integer(alice.command(&[b"ACQUIRE", alice_session.as_bytes(), b"printer"]));
+    let mut bob = cluster.client(far);
+    let bob_session = open(&mut bob, "2", "100000");
+    assert_eq!(
+        cluster.holders(far, "printer"),
+        [format!("{alice_session} exclusive {alice_token}")]
+    );
+    // Bob waits for the lock, on his own thread.
+    let bob_wait = {
+        let session = bob_session.clone();
+        thread::spawn(move || {
+            let mut bob = bob;
+            let started = Instant::now();
+            let token = integer(bob.command(&[b"ACQUIRE", session.as_bytes(), b"printer"]));
+            (token, started.elapsed())
+        })
+    };
+    // Alice keeps her session alive every half second, through whichever of the two
+    // followers answers.
+    let alice_quiet = Arc::new(AtomicBool::new(false));
+    let keep_alive = {
+        let quiet = alice_quiet.clone();
+        let ports = [cluster.client_ports[near], cluster.client_ports[far]];
+        let session = alice_session.clone();
+        thread::spawn(move || {
+            while !quiet.load(Ordering::Relaxed) {
+                for port in ports {
+                    let renewed = Client::connect(port, Duration::from_secs(5))
+                        .and_then(|mut client| client.command(&[b"KEEPALIVE", session.as_bytes()]));
+                    if matches!(renewed, Ok(Reply::Integer(_))) {
+                        break;
+                    }
+                }
+                thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+
+    // The leader dies. Twice Alice's lease later she still holds the lock.
+    cluster.kill(leader);
+    let new_leader = cluster.wait_for_leader();
+    assert_ne!(new_leader, leader);
+    thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        cluster.holders(new_leader, "printer"),
+        [format!("{alice_session} exclusive {alice_token}")],
+        "Alice lost her lock across the change of leader"
+    );
+    assert!(!bob_wait.is_finished(), "Bob got a lock Alice still held");
+
+    // Alice goes quiet: her lease ends, then the lock-delay, then Bob has the lock.
+    alice_quiet.store(true, Ordering::Relaxed);
+    keep_alive.join().unwrap();
+    let quiet_at = Instant::now();
+    let (bob_token, _) = bob_wait.join().expect("Bob's wait");
+    eprintln!(
+        "Bob got the lock {:.1} s after Alice went quiet: token {bob_token} (Alice's {alice_token})",
+        quiet_at.elapsed().as_secs_f64()
+    );
+    assert!(bob_token > alice_token, "fencing tokens must grow");
+    assert_eq!(
+        cluster.holders(new_leader, "printer"),
+        [format!("{bob_session} exclusive {bob_token}")]
+    );
+    // Alice's session is gone: her next keep-alive is refused.
+    let refused = cluster
+        .client(new_leader)
+        .command(&[b"KEEPALIVE", alice_session.as_bytes()]);
+    assert!(
+        matches!(&refused, Ok(Reply::Error(error)) if error.contains("unknown session")),
+        "{refused:?}"
+    );
+
+    // The killed node restarts on its data and catches up.
+    cluster.start(leader);
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.holders(leader, "printer") != [format!("{bob_session} exclusive {bob_token}")] {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
