@@ -568,6 +568,18 @@ mod tests {
     #[test]
     fn one_group_owns_everything() {
         let ring = ring_of(&[(5, 1)], 16);
+        assert_eq!(
+            (ring.len(), ring.is_empty(), ring.point_count()),
+            (1, false, 16)
+        );
+        assert_eq!(
+            ring.config(),
+            RingConfig {
+                vnodes_per_weight: 16,
+                seed: 7
+            }
+        );
+        assert_eq!(GroupId(5).to_string(), "g5");
         for key in keys(100) {
             assert_eq!(ring.locate(&key), Some(GroupId(5)));
         }

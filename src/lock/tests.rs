@@ -652,6 +652,28 @@ fn a_corrupt_snapshot_is_refused() {
             "an exclusive lock with another holder"
         ))
     );
+    let exclusive_and_shared = tamper(&|state| {
+        let lock = state.locks.get_mut("x").unwrap();
+        let waiter = lock.waiters.pop_front().unwrap();
+        lock.holders.push(Holder {
+            session: waiter.session,
+            mode: Shared,
+            token: FencingToken(1),
+        });
+    });
+    assert_eq!(
+        exclusive_and_shared,
+        Err(SnapshotError::Invalid(
+            "an exclusive lock with another holder"
+        ))
+    );
+    let future = tamper(&|state| {
+        state.locks.get_mut("x").unwrap().holders[0].token = FencingToken(state.last_slot + 1);
+    });
+    assert_eq!(
+        future,
+        Err(SnapshotError::Invalid("a token from the future"))
+    );
     let ghost = tamper(&|state| {
         state.sessions.remove(&b);
     });
