@@ -105,11 +105,13 @@
 
 #[path = "kv/resp.rs"]
 mod resp;
+#[path = "support/mod.rs"]
+mod support;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -117,16 +119,17 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use support::After;
 use synod::driver::{Driver, DriverConfig, DriverStats, Handle, ProposalError};
 use synod::kv::{Command, KvError, KvLimits, KvStateMachine, Operation, Output, Response};
 use synod::session::{ClientId, RequestHeader};
 use synod::storage::{Recovered, Snapshot, WriteBatch};
-use synod::transport::tcp::{TcpConfig, TcpStatsHandle, TcpTransport};
+use synod::transport::tcp::{TcpStatsHandle, TcpTransport};
 use synod::{
-    Config, Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, ProposeError, Replica,
-    Role, Slot, Storage, StorageError, Value,
+    Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, ProposeError, Replica, Role, Slot,
+    Storage, StorageError, Value,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -168,30 +171,11 @@ const REQUEST_LIMITS: resp::Limits = resp::Limits {
     about = "A replicated key-value server (synod, Redis protocol)"
 )]
 struct Args {
-    /// This node's id: one of the ids in --peers.
-    #[arg(long)]
-    id: u64,
-    /// Every node's id and replication address: 1=127.0.0.1:7001,2=127.0.0.1:7002,...
-    #[arg(long, value_parser = parse_peers)]
-    peers: BTreeMap<NodeId, SocketAddr>,
+    #[command(flatten)]
+    node: support::NodeArgs,
     /// Where this node serves clients (RESP).
     #[arg(long, default_value = "127.0.0.1:6379")]
     client: SocketAddr,
-    /// This node's storage directory (created if missing, locked while in use).
-    #[arg(long)]
-    data: PathBuf,
-    /// The cluster id; the same on every node.
-    #[arg(long, default_value_t = 1)]
-    cluster_id: u64,
-    /// Milliseconds per replica tick.
-    #[arg(long, default_value_t = 10)]
-    tick_ms: u64,
-    /// Ticks without a leader before an election (randomized up to twice this).
-    #[arg(long, default_value_t = 50)]
-    election_ticks: u32,
-    /// Ticks between the leader's heartbeats.
-    #[arg(long, default_value_t = 5)]
-    heartbeat_ticks: u32,
     /// Client connections served at once.
     #[arg(long, default_value_t = 1024)]
     connections_max: usize,
@@ -201,36 +185,10 @@ struct Args {
     snapshot_every: u64,
 }
 
-fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
-    let mut peers = BTreeMap::new();
-    for item in text.split(',').filter(|item| !item.is_empty()) {
-        let (id, address) = item
-            .split_once('=')
-            .ok_or_else(|| format!("`{item}` is not ID=ADDRESS"))?;
-        let id: u64 = id.parse().map_err(|_| format!("bad node id `{id}`"))?;
-        let address: SocketAddr = address
-            .parse()
-            .map_err(|_| format!("bad address `{address}`"))?;
-        if peers.insert(NodeId(id), address).is_some() {
-            return Err(format!("node {id} is listed twice"));
-        }
-    }
-    if peers.is_empty() {
-        return Err("no peers".to_string());
-    }
-    Ok(peers)
-}
-
 fn main() -> ExitCode {
-    // Crash-only: a panic anywhere (a broken invariant) stops the whole node, which then
-    // restarts from its storage, rather than leaving it half alive with a dead task.
-    let report = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        report(info);
-        std::process::abort();
-    }));
+    support::crash_only();
     let args = Args::parse();
-    let id = args.id;
+    let id = args.node.id;
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -241,14 +199,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), Box<dyn Error>> {
-    let id = NodeId(args.id);
-    if !args.peers.contains_key(&id) {
-        return Err(format!("--id {} is not in --peers", args.id).into());
-    }
+    let id = args.node.node_id()?;
     // The lock first: a second process on this directory stops here, before touching a port.
     let storage = FileStorage::open(
-        &args.data,
-        args.cluster_id,
+        &args.node.data,
+        args.node.cluster_id,
         id,
         FileStorageOptions::default(),
     )?;
@@ -430,7 +385,7 @@ impl Node {
 }
 
 async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
-    let id = NodeId(args.id);
+    let id = NodeId(args.node.id);
     let meters = Arc::new(StorageMeters::default());
     let mut storage = MeteredStorage {
         inner: storage,
@@ -446,12 +401,7 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         ),
         None => None,
     };
-    let mut config = Config::new(id, args.peers.keys().copied().collect());
-    config.cluster_id = args.cluster_id;
-    config.election_ticks = args.election_ticks;
-    config.heartbeat_ticks = args.heartbeat_ticks;
-    config.retransmit_ticks = args.heartbeat_ticks.saturating_mul(4).max(1);
-    config.forward_proposals = true;
+    let mut config = args.node.replica_config(id);
     // The state machine is rebuilt from the snapshot, then from the log after it.
     config.applied = restored.as_ref().map_or(0, |state| state.slot);
     let config_applied = config.applied;
@@ -460,13 +410,13 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     let client_listener = TcpListener::bind(args.client)
         .await
         .map_err(|error| format!("cannot listen for clients on {}: {error}", args.client))?;
-    let mut tcp = TcpConfig::new(id, args.cluster_id, args.peers[&id], args.peers.clone());
+    let mut tcp = args.node.tcp_config(id);
     tcp.reconnect_backoff_max = Duration::from_millis(500);
     let (transport, inbound) = TcpTransport::start(tcp).await?;
     let node = Arc::new(Node {
         id,
         client_address: client_listener.local_addr()?,
-        data: args.data.clone(),
+        data: args.node.data.clone(),
         applied: Mutex::new(match restored {
             Some(state) => Applied {
                 kv: state.kv,
@@ -497,14 +447,9 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     });
 
     let (stop_ticks, ticks_stopped) = futures::channel::oneshot::channel::<()>();
-    let mut interval = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ticks = futures::stream::unfold(interval, |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    })
-    .take_until(ticks_stopped)
-    .boxed();
+    let ticks = support::ticks(args.node.tick_ms)
+        .take_until(ticks_stopped)
+        .boxed();
     let (driver, handle, committed) = Driver::new(
         replica,
         storage,
@@ -525,8 +470,8 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     eprintln!(
         "kv[{id}]: serving clients on {}, peers on {}, data in {} ({recovered_slots} slots recovered)",
         node.client_address,
-        args.peers[&id],
-        args.data.display()
+        args.node.peers[&id],
+        args.node.data.display()
     );
 
     let outcome = tokio::select! {
@@ -763,60 +708,15 @@ struct Connection {
 /// Why a command got no result: the error reply to send.
 type Failure = String;
 
-/// Whether to keep the connection after a command.
-#[derive(PartialEq, Eq)]
-enum After {
-    Continue,
-    Close,
+impl support::Commands for Connection {
+    async fn command(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> After {
+        self.execute(args, out).await
+    }
 }
 
 impl Connection {
     async fn serve(mut self, mut stream: TcpStream) {
-        let mut input = BytesMut::with_capacity(16 * 1024);
-        let mut output = Vec::with_capacity(16 * 1024);
-        'connection: loop {
-            // Answer every complete request buffered (a pipeline), then write the replies.
-            loop {
-                match resp::parse(&input, &REQUEST_LIMITS) {
-                    resp::Parsed::Incomplete => break,
-                    resp::Parsed::Error(error) => {
-                        resp::error(&mut output, &format!("ERR {error}"));
-                        let _ = stream.write_all(&output).await;
-                        break 'connection;
-                    }
-                    resp::Parsed::Request { args, consumed } => {
-                        let request = input.split_to(consumed).freeze();
-                        let args: Vec<Bytes> =
-                            args.into_iter().map(|range| request.slice(range)).collect();
-                        if args.is_empty() {
-                            continue;
-                        }
-                        let after = self.execute(&args, &mut output).await;
-                        if after == After::Close {
-                            let _ = stream.write_all(&output).await;
-                            break 'connection;
-                        }
-                        if output.len() >= OUTPUT_FLUSH_BYTES {
-                            if stream.write_all(&output).await.is_err() {
-                                break 'connection;
-                            }
-                            output.clear();
-                        }
-                    }
-                }
-            }
-            if !output.is_empty() {
-                if stream.write_all(&output).await.is_err() {
-                    break;
-                }
-                output.clear();
-            }
-            input.reserve(16 * 1024);
-            match stream.read_buf(&mut input).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, OUTPUT_FLUSH_BYTES).await;
         self.close_session().await;
         self.node.connections.fetch_sub(1, Ordering::AcqRel);
     }

@@ -60,30 +60,30 @@
 
 #[path = "kv/resp.rs"]
 mod resp;
+#[path = "support/mod.rs"]
+mod support;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::error::Error;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use support::After;
 use synod::driver::{Applied, Driver, DriverConfig, Handle, ProposalError};
 use synod::lock::{
     Command, LeaseClock, LockError, LockEvent, LockLimits, LockService, Mode, Outcome, SessionId,
     Wait,
 };
 use synod::storage::Snapshot;
-use synod::transport::tcp::{TcpConfig, TcpTransport};
+use synod::transport::tcp::TcpTransport;
 use synod::{
-    Config, FileStorage, FileStorageOptions, NodeId, ProposeError, Replica, Role, Slot, Storage,
-    Value,
+    FileStorage, FileStorageOptions, NodeId, ProposeError, Replica, Role, Slot, Storage, Value,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -112,30 +112,11 @@ const REQUEST_LIMITS: resp::Limits = resp::Limits {
     about = "A replicated lock server (synod, Redis protocol)"
 )]
 struct Args {
-    /// This node's id (a key of --peers).
-    #[arg(long)]
-    id: u64,
-    /// Every node: `id=host:port,...` (the replication addresses).
-    #[arg(long, value_parser = parse_peers)]
-    peers: BTreeMap<NodeId, SocketAddr>,
+    #[command(flatten)]
+    node: support::NodeArgs,
     /// Where clients connect.
     #[arg(long)]
     client: SocketAddr,
-    /// This node's data directory (created if missing).
-    #[arg(long)]
-    data: PathBuf,
-    /// The cluster's id; every node alike.
-    #[arg(long, default_value_t = 1)]
-    cluster_id: u64,
-    /// One tick, in milliseconds.
-    #[arg(long, default_value_t = 10)]
-    tick_ms: u64,
-    /// Election timeout, in ticks.
-    #[arg(long, default_value_t = 50)]
-    election_ticks: u32,
-    /// Heartbeat interval, in ticks.
-    #[arg(long, default_value_t = 5)]
-    heartbeat_ticks: u32,
     /// Ticks between the leader's `Time` entries.
     #[arg(long, default_value_t = 10)]
     clock_interval: u64,
@@ -150,25 +131,11 @@ struct Args {
     snapshot_every: u64,
 }
 
-fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
-    let mut peers = BTreeMap::new();
-    for pair in text.split(',') {
-        let (id, address) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("'{pair}' is not id=host:port"))?;
-        let id: u64 = id.parse().map_err(|_| format!("'{id}' is not a node id"))?;
-        let address: SocketAddr = address
-            .parse()
-            .map_err(|_| format!("'{address}' is not host:port"))?;
-        peers.insert(NodeId(id), address);
-    }
-    Ok(peers)
-}
-
 fn main() -> ExitCode {
+    support::crash_only();
     let args = Args::parse();
-    if !args.peers.contains_key(&NodeId(args.id)) {
-        eprintln!("--id {} is not in --peers", args.id);
+    if let Err(error) = args.node.node_id() {
+        eprintln!("{error}");
         return ExitCode::from(2);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -217,10 +184,10 @@ fn limits(args: &Args) -> LockLimits {
 }
 
 async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
-    let id = NodeId(args.id);
+    let id = NodeId(args.node.id);
     let mut storage = FileStorage::open(
-        &args.data,
-        args.cluster_id,
+        &args.node.data,
+        args.node.cluster_id,
         id,
         FileStorageOptions::default(),
     )?;
@@ -229,18 +196,13 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         Some(snapshot) => (restore(&snapshot)?, snapshot.slot),
         None => (LockService::new(limits(&args))?, 0),
     };
-    let mut config = Config::new(id, args.peers.keys().copied().collect());
-    config.cluster_id = args.cluster_id;
-    config.election_ticks = args.election_ticks;
-    config.heartbeat_ticks = args.heartbeat_ticks;
-    config.retransmit_ticks = args.heartbeat_ticks.saturating_mul(4).max(1);
-    config.forward_proposals = true;
+    let mut config = args.node.replica_config(id);
     config.applied = applied;
     let replica = Replica::new(config, recovered)?;
     let listener = TcpListener::bind(args.client)
         .await
         .map_err(|error| format!("cannot listen for clients on {}: {error}", args.client))?;
-    let tcp = TcpConfig::new(id, args.cluster_id, args.peers[&id], args.peers.clone());
+    let tcp = args.node.tcp_config(id);
     let (transport, inbound) = TcpTransport::start(tcp).await?;
     let node = Arc::new(Node {
         id,
@@ -253,13 +215,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         }),
         next_request: AtomicU64::new(1),
     });
-    let mut interval = tokio::time::interval(Duration::from_millis(args.tick_ms.max(1)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ticks = futures::stream::unfold(interval, |mut interval| async move {
-        interval.tick().await;
-        Some(((), interval))
-    })
-    .boxed();
+    let ticks = support::ticks(args.node.tick_ms).boxed();
     let (driver, handle, committed) = Driver::new(
         replica,
         storage,
@@ -280,13 +236,13 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         node.clone(),
         handle.clone(),
         clock,
-        Duration::from_millis(args.tick_ms.max(1)),
+        Duration::from_millis(args.node.tick_ms.max(1)),
     ));
     eprintln!(
         "lockd[{id}]: serving clients on {}, peers on {}, data in {}",
         listener.local_addr()?,
-        args.peers[&id],
-        args.data.display()
+        args.node.peers[&id],
+        args.node.data.display()
     );
     tokio::spawn(accept_clients(node, handle, listener));
     match driver.await {
@@ -437,43 +393,19 @@ struct Connection {
     handle: Handle,
 }
 
+impl support::Commands for Connection {
+    async fn command(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> After {
+        self.execute(args, out).await
+    }
+}
+
 impl Connection {
     async fn serve(mut self, mut stream: TcpStream) {
-        let mut input = BytesMut::with_capacity(4096);
-        let mut output = Vec::with_capacity(4096);
-        'connection: loop {
-            loop {
-                match resp::parse(&input, &REQUEST_LIMITS) {
-                    resp::Parsed::Incomplete => break,
-                    resp::Parsed::Error(error) => {
-                        resp::error(&mut output, &format!("ERR {error}"));
-                        let _ = stream.write_all(&output).await;
-                        break 'connection;
-                    }
-                    resp::Parsed::Request { args, consumed } => {
-                        let request = input.split_to(consumed).freeze();
-                        let args: Vec<Bytes> =
-                            args.into_iter().map(|range| request.slice(range)).collect();
-                        if args.is_empty() {
-                            continue;
-                        }
-                        let quit = self.execute(&args, &mut output).await;
-                        if stream.write_all(&output).await.is_err() || quit {
-                            break 'connection;
-                        }
-                        output.clear();
-                    }
-                }
-            }
-            match stream.read_buf(&mut input).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, 16 * 1024).await;
     }
 
-    /// Runs one command and appends its reply to `out`; returns true to close.
-    async fn execute(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> bool {
+    /// Runs one command and appends its reply to `out`.
+    async fn execute(&mut self, args: &[Bytes], out: &mut Vec<u8>) -> After {
         let name = args[0].to_ascii_uppercase();
         let text = |index: usize| String::from_utf8_lossy(&args[index]).into_owned();
         let number = |index: usize| -> Result<u64, String> {
@@ -488,7 +420,7 @@ impl Connection {
             }
             (b"QUIT", _) => {
                 resp::simple(out, "OK");
-                return true;
+                return After::Close;
             }
             (b"OPEN", 3) => match (number(1), number(2)) {
                 (Ok(client), Ok(lease)) => match self.run(Command::Open { client, lease }).await {
@@ -595,7 +527,7 @@ impl Connection {
         if let Err(error) = result {
             resp::error(out, &error);
         }
-        false
+        After::Continue
     }
 
     /// `ACQUIRE`: proposes it; if queued, waits for the grant (or its end).

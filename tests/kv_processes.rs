@@ -12,7 +12,7 @@
 
 mod examples_support;
 
-use examples_support::{build_example, free_ports, text, Client, Reply};
+use examples_support::{build_example, free_ports, peers_argument, text, Client, Reply};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -78,10 +78,7 @@ impl Drop for Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let ports = free_ports(2 * NODES);
-        let peers = (0..NODES)
-            .map(|index| format!("{}=127.0.0.1:{}", index + 1, ports[index]))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = peers_argument(&ports[..NODES]);
         Cluster {
             root: TempDir::new().unwrap(),
             peers,

@@ -166,6 +166,28 @@ impl World {
         }
     }
 
+    /// Begins `txn` at the coordinator and delivers its vote requests: both participants
+    /// prepare. Returns their yes votes, not delivered.
+    fn begin_and_prepare(&mut self, txn: TxnId) -> Vec<Message> {
+        let parts = PARTICIPANTS
+            .iter()
+            .map(|id| (*id, Bytes::from(format!("{txn} at {id}"))))
+            .collect();
+        let (_, coordinator) = self.coordinator.as_mut().expect("a coordinator runs");
+        coordinator.begin(txn, parts).unwrap();
+        self.drain_coordinator();
+        for request in std::mem::take(&mut self.to_participants) {
+            let id = request.to;
+            self.participants
+                .get_mut(&id)
+                .unwrap()
+                .step(request)
+                .unwrap();
+            self.drain_participant(id);
+        }
+        std::mem::take(&mut self.to_participants)
+    }
+
     fn tick_participants(&mut self) {
         for id in PARTICIPANTS {
             self.participants.get_mut(&id).unwrap().tick();
@@ -179,32 +201,8 @@ fn a_commit_logged_by_a_leader_that_is_then_cut_off_reaches_every_participant() 
     let mut world = World::new();
     world.lead(1);
     let txn = TxnId(1);
-    let parts = PARTICIPANTS
-        .iter()
-        .map(|id| (*id, Bytes::from(format!("part of {id}"))))
-        .collect();
-    world
-        .coordinator
-        .as_mut()
-        .unwrap()
-        .1
-        .begin(txn, parts)
-        .unwrap();
-    world.drain_coordinator();
-    // Deliver the vote requests and collect the yes votes, but hold them back from the
-    // coordinator until the decision is in flight: deliver them one by one.
-    let requests = std::mem::take(&mut world.to_participants);
-    for request in requests {
-        let id = request.to;
-        world
-            .participants
-            .get_mut(&id)
-            .unwrap()
-            .step(request)
-            .unwrap();
-        world.drain_participant(id);
-    }
-    let votes = std::mem::take(&mut world.to_participants);
+    // The yes votes are held back from the coordinator until the decision is in flight.
+    let votes = world.begin_and_prepare(txn);
     assert_eq!(votes.len(), 2);
     for vote in votes {
         world.coordinator.as_mut().unwrap().1.step(vote).unwrap();
@@ -255,30 +253,8 @@ fn a_transaction_still_voting_when_its_leader_is_cut_off_aborts_at_the_next_lead
     let mut world = World::new();
     world.lead(1);
     let txn = TxnId(7);
-    let parts = PARTICIPANTS
-        .iter()
-        .map(|id| (*id, Bytes::from("x")))
-        .collect();
-    world
-        .coordinator
-        .as_mut()
-        .unwrap()
-        .1
-        .begin(txn, parts)
-        .unwrap();
-    world.drain_coordinator();
     // Both participants prepare, but their votes never reach replica 1.
-    let requests = std::mem::take(&mut world.to_participants);
-    for request in requests {
-        let id = request.to;
-        world
-            .participants
-            .get_mut(&id)
-            .unwrap()
-            .step(request)
-            .unwrap();
-        world.drain_participant(id);
-    }
+    world.begin_and_prepare(txn);
     world.to_participants.clear();
     world.net.isolate(1);
     world.coordinator = None;

@@ -322,23 +322,10 @@ impl Coordinator {
     /// [`StepError`] if it is not addressed here or makes no sense (a vote from a node that
     /// is not a participant, a vote request); the coordinator is unchanged then.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        let unexpected = message.received_by(self.config.id)?;
         let Message {
-            txn,
-            from,
-            to,
-            body,
+            txn, from, body, ..
         } = message;
-        if to != self.config.id {
-            return Err(StepError::WrongRecipient {
-                to,
-                this: self.config.id,
-            });
-        }
-        let unexpected = StepError::Unexpected {
-            kind: body.kind(),
-            from,
-            txn,
-        };
         let Some(state) = self.txns.get_mut(&txn) else {
             return match body {
                 // A prepared participant asks, or votes yes, about a transaction this

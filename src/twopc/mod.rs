@@ -159,6 +159,21 @@ pub struct Message {
     pub body: Body,
 }
 
+impl Message {
+    /// Refuses a message not addressed to `this`; otherwise the error to give if its content
+    /// makes no sense to the receiver. Both machines' `step` start with it.
+    fn received_by(&self, this: NodeId) -> Result<StepError, StepError> {
+        if self.to != this {
+            return Err(StepError::WrongRecipient { to: self.to, this });
+        }
+        Ok(StepError::Unexpected {
+            kind: self.body.kind(),
+            from: self.from,
+            txn: self.txn,
+        })
+    }
+}
+
 /// The content of a [`Message`]. (The vote request is not called "Prepare": that word
 /// belongs to Paxos.)
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -328,23 +328,10 @@ impl Participant {
     /// start a transaction beyond `txns_max`, or makes no sense (a vote, or a commit for a
     /// transaction this participant never voted yes on); the participant is unchanged then.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
+        let unexpected = message.received_by(self.config.id)?;
         let Message {
-            txn,
-            from,
-            to,
-            body,
+            txn, from, body, ..
         } = message;
-        if to != self.config.id {
-            return Err(StepError::WrongRecipient {
-                to,
-                this: self.config.id,
-            });
-        }
-        let unexpected = StepError::Unexpected {
-            kind: body.kind(),
-            from,
-            txn,
-        };
         match body {
             Body::VoteRequest { payload } => {
                 if payload.len() > self.config.payload_bytes_max {

@@ -231,3 +231,13 @@ pub fn free_ports(count: usize) -> Vec<u16> {
         .map(|listener| listener.local_addr().unwrap().port())
         .collect()
 }
+
+/// The `--peers` argument for nodes `1..=ports.len()` on loopback at `ports`.
+pub fn peers_argument(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(index, port)| format!("{}=127.0.0.1:{port}", index + 1))
+        .collect::<Vec<_>>()
+        .join(",")
+}

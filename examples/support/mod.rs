@@ -1,0 +1,187 @@
+//! What the example servers (`kv`, `lockd`) share: the `--peers` parser, the crash-only panic
+//! hook, the tick stream that drives a replica, and the RESP2 connection loop. Included by
+//! each with `#[path = "support/mod.rs"] mod support;` (next to `mod resp;`).
+
+use crate::resp;
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use synod::transport::tcp::TcpConfig;
+use synod::{Config, NodeId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The options every example server takes to be one node of a cluster.
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id: one of the ids in --peers.
+    #[arg(long)]
+    pub id: u64,
+    /// Every node's id and replication address: 1=127.0.0.1:7001,2=127.0.0.1:7002,...
+    #[arg(long, value_parser = parse_peers)]
+    pub peers: BTreeMap<NodeId, SocketAddr>,
+    /// This node's storage directory (created if missing, locked while in use).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The cluster id; the same on every node.
+    #[arg(long, default_value_t = 1)]
+    pub cluster_id: u64,
+    /// Milliseconds per replica tick.
+    #[arg(long, default_value_t = 10)]
+    pub tick_ms: u64,
+    /// Ticks without a leader before an election (randomized up to twice this).
+    #[arg(long, default_value_t = 50)]
+    pub election_ticks: u32,
+    /// Ticks between the leader's heartbeats.
+    #[arg(long, default_value_t = 5)]
+    pub heartbeat_ticks: u32,
+}
+
+impl NodeArgs {
+    /// This node's id, checked against --peers.
+    pub fn node_id(&self) -> Result<NodeId, String> {
+        let id = NodeId(self.id);
+        if self.peers.contains_key(&id) {
+            Ok(id)
+        } else {
+            Err(format!("--id {} is not in --peers", self.id))
+        }
+    }
+
+    /// The replica's configuration: the members, the cluster id and the timeouts, with
+    /// proposals forwarded by followers (any node serves any client).
+    pub fn replica_config(&self, id: NodeId) -> Config {
+        let mut config = Config::new(id, self.peers.keys().copied().collect());
+        config.cluster_id = self.cluster_id;
+        config.election_ticks = self.election_ticks;
+        config.heartbeat_ticks = self.heartbeat_ticks;
+        config.retransmit_ticks = self.heartbeat_ticks.saturating_mul(4).max(1);
+        config.forward_proposals = true;
+        config
+    }
+
+    /// The TCP transport's configuration for node `id`.
+    pub fn tcp_config(&self, id: NodeId) -> TcpConfig {
+        TcpConfig::new(id, self.cluster_id, self.peers[&id], self.peers.clone())
+    }
+}
+
+/// Parses `--peers`: `1=127.0.0.1:7001,2=127.0.0.1:7002,...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, SocketAddr>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').filter(|item| !item.is_empty()) {
+        let (id, address) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not ID=ADDRESS"))?;
+        let id: u64 = id.parse().map_err(|_| format!("bad node id `{id}`"))?;
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|_| format!("bad address `{address}`"))?;
+        if peers.insert(NodeId(id), address).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers".to_string());
+    }
+    Ok(peers)
+}
+
+/// Crash-only: a panic anywhere (a broken invariant) stops the whole node, which then
+/// restarts from its storage, rather than leaving it half alive with a dead task.
+pub fn crash_only() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
+}
+
+/// One item every `tick_ms` milliseconds (at least 1): the replica's ticks. A late tick is
+/// delayed, not bunched up.
+pub fn ticks(tick_ms: u64) -> impl Stream<Item = ()> + Send + 'static {
+    let mut interval = tokio::time::interval(Duration::from_millis(tick_ms.max(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold(interval, |mut interval| async move {
+        interval.tick().await;
+        Some(((), interval))
+    })
+}
+
+/// Whether to keep a connection after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Read the next command.
+    Continue,
+    /// Write the replies so far and close.
+    Close,
+}
+
+/// What a server does with one client's commands.
+pub trait Commands {
+    /// Runs one command (`args[0]` is its name; never empty) and appends its reply to `out`.
+    fn command(
+        &mut self,
+        args: &[Bytes],
+        out: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = After> + Send;
+}
+
+/// Serves one client connection: parses RESP2 requests within `limits`, answers every
+/// complete request buffered (a pipeline) in order, and writes the replies out at least
+/// every `flush_bytes` and whenever the input runs dry. A malformed request gets
+/// `-ERR Protocol error` and closes the connection (the stream cannot be resynchronized).
+/// Returns when the client closes, a write fails, or a command says [`After::Close`].
+pub async fn serve_resp<C: Commands>(
+    commands: &mut C,
+    stream: &mut TcpStream,
+    limits: &resp::Limits,
+    flush_bytes: usize,
+) {
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = Vec::with_capacity(16 * 1024);
+    loop {
+        loop {
+            match resp::parse(&input, limits) {
+                resp::Parsed::Incomplete => break,
+                resp::Parsed::Error(error) => {
+                    resp::error(&mut output, &format!("ERR {error}"));
+                    let _ = stream.write_all(&output).await;
+                    return;
+                }
+                resp::Parsed::Request { args, consumed } => {
+                    let request = input.split_to(consumed).freeze();
+                    let args: Vec<Bytes> =
+                        args.into_iter().map(|range| request.slice(range)).collect();
+                    if args.is_empty() {
+                        continue;
+                    }
+                    if commands.command(&args, &mut output).await == After::Close {
+                        let _ = stream.write_all(&output).await;
+                        return;
+                    }
+                    if output.len() >= flush_bytes {
+                        if stream.write_all(&output).await.is_err() {
+                            return;
+                        }
+                        output.clear();
+                    }
+                }
+            }
+        }
+        if !output.is_empty() {
+            if stream.write_all(&output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        input.reserve(16 * 1024);
+        match stream.read_buf(&mut input).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
