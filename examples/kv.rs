@@ -45,7 +45,7 @@
 //!   redirection (the alternative, a `-MOVED`-style error, would push that work onto every
 //!   client, and plain Redis clients such as `redis-cli` and `redis-benchmark` only report
 //!   such an error instead of following it). While no leader is known (an
-//!   election), requests wait and are retried; after [`REQUEST_TIMEOUT`] the client gets
+//!   election), requests wait and are retried; after 10 s the client gets
 //!   `-TRYAGAIN`, and the command may or may not have taken effect (as after any timeout).
 //! - **Exactly once.** Each connection has a client session in the replicated state machine
 //!   ([`synod::session`]). The server retries a proposal that may have been lost (a forwarded
@@ -119,15 +119,15 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use support::After;
+use support::{After, Unanswered, REFUSED_BACKOFF, REPROPOSE_INTERVAL, REQUEST_TIMEOUT};
 use synod::driver::{Driver, DriverConfig, DriverStats, Handle, ProposalError};
 use synod::kv::{Command, KvError, KvLimits, KvStateMachine, Operation, Output, Response};
 use synod::session::{ClientId, RequestHeader};
 use synod::storage::{Recovered, Snapshot, WriteBatch};
 use synod::transport::tcp::{TcpStatsHandle, TcpTransport};
 use synod::{
-    Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, ProposeError, Replica, Role, Slot,
-    Storage, StorageError, Value,
+    Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, Replica, Role, Slot, Storage,
+    StorageError, Value,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -142,14 +142,6 @@ pub const ARG_BYTES_MAX: usize = 1024 * 1024;
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Bytes of an inline (telnet-style) request line.
 const INLINE_BYTES_MAX: usize = 64 * 1024;
-/// How long a command may wait for the cluster (an election, a lost forward) before the
-/// client gets `-TRYAGAIN`.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A proposal not applied within this long is proposed again (same session sequence number:
-/// applied at most once).
-const REPROPOSE_INTERVAL: Duration = Duration::from_secs(1);
-/// Pause before retrying a proposal the replica refused (no leader yet, or busy).
-const REFUSED_BACKOFF: Duration = Duration::from_millis(10);
 /// Compare-and-swap rounds an `INCR` tries before giving up under contention.
 const INCR_ATTEMPTS_MAX: usize = 64;
 /// Stripes of the per-node `INCR` serialization (see [`Node`]).
@@ -988,34 +980,9 @@ impl Connection {
     ) -> Result<(Response, usize), Failure> {
         let (sender, mut receiver) = oneshot::channel();
         self.node.applied().waiters.insert(key, sender);
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let mut proposals = 0;
-        let outcome = loop {
-            if Instant::now() >= deadline {
-                break Err(timeout_failure());
-            }
-            match self.handle.propose(command.clone()).await {
-                Ok(_) => {
-                    proposals += 1;
-                    let wait_until = (Instant::now() + REPROPOSE_INTERVAL).min(deadline);
-                    match tokio::time::timeout_at(wait_until, &mut receiver).await {
-                        Ok(Ok(response)) => break Ok((response, proposals)),
-                        Ok(Err(_)) => break Err("ERR internal: response lost".to_string()),
-                        // Lost with a leader, or just slow: propose again (applied once).
-                        Err(_) => continue,
-                    }
-                }
-                Err(ProposalError::Rejected(ProposeError::NotLeader { .. }))
-                | Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
-                    // Refused, so not proposed: wait for a leader or for room.
-                    tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline))
-                        .await;
-                }
-                Err(ProposalError::Stopped { .. }) | Err(ProposalError::Unknown) => {
-                    break Err("ERR the node is stopping".to_string());
-                }
-            }
-        };
+        let outcome = support::propose_until_answered(&mut self.handle, command, &mut receiver)
+            .await
+            .map_err(Unanswered::reply);
         if outcome.is_err() {
             self.node.applied().waiters.remove(&key);
         }
@@ -1236,8 +1203,5 @@ fn unexpected(output: &Output) -> Failure {
 }
 
 fn timeout_failure() -> Failure {
-    format!(
-        "TRYAGAIN no answer from the cluster within {} s (no leader?); the command may or may not have taken effect",
-        REQUEST_TIMEOUT.as_secs()
-    )
+    Unanswered::TimedOut.reply()
 }

@@ -36,7 +36,7 @@
 //! - `INFO`, `PING`, `QUIT`.
 //!
 //! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
-//! within [`REQUEST_TIMEOUT`] gets `-TRYAGAIN` (it may or may not have taken effect; every
+//! within 10 s gets `-TRYAGAIN` (it may or may not have taken effect; every
 //! command is safe to retry: `OPEN` renews the client's session, `ACQUIRE` answers with the
 //! grant the session already has).
 //!
@@ -73,27 +73,18 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use support::After;
-use synod::driver::{Applied, Driver, DriverConfig, Handle, ProposalError};
+use support::{After, Unanswered};
+use synod::driver::{Applied, Driver, DriverConfig, Handle};
 use synod::lock::{
     Command, LeaseClock, LockError, LockEvent, LockLimits, LockService, Mode, Outcome, SessionId,
     Wait,
 };
 use synod::storage::Snapshot;
 use synod::transport::tcp::TcpTransport;
-use synod::{
-    FileStorage, FileStorageOptions, NodeId, ProposeError, Replica, Role, Slot, Storage, Value,
-};
+use synod::{FileStorage, FileStorageOptions, NodeId, Replica, Role, Slot, Storage, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
-/// How long a command may wait for the cluster before the client gets `-TRYAGAIN`.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// A proposal not applied within this long is proposed again (every command is idempotent).
-const REPROPOSE_INTERVAL: Duration = Duration::from_secs(1);
-/// Pause before retrying a proposal the replica refused (no leader yet, or busy).
-const REFUSED_BACKOFF: Duration = Duration::from_millis(10);
 /// The header of every log entry: the proposing node and its request number (0: the lease
 /// clock's entries, which nobody waits for).
 const HEADER_BYTES: usize = 16;
@@ -563,30 +554,10 @@ impl Connection {
         let data = entry(self.node.id, request, &command);
         let (sender, mut receiver) = oneshot::channel();
         self.node.state().waiters.insert(request, sender);
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        let outcome = loop {
-            if Instant::now() >= deadline {
-                break Err("TRYAGAIN no answer from the cluster in time".to_string());
-            }
-            match self.handle.propose(data.clone()).await {
-                Ok(_) => {
-                    let wait_until = (Instant::now() + REPROPOSE_INTERVAL).min(deadline);
-                    match tokio::time::timeout_at(wait_until, &mut receiver).await {
-                        Ok(Ok(outcome)) => break Ok(outcome),
-                        Ok(Err(_)) => break Err("TRYAGAIN the answer was lost".to_string()),
-                        // Lost with a leader, or slow: propose again (the command is
-                        // idempotent, and only the first copy answers).
-                        Err(_) => continue,
-                    }
-                }
-                Err(ProposalError::Rejected(ProposeError::NotLeader { .. }))
-                | Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
-                    tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline))
-                        .await;
-                }
-                Err(_) => break Err("ERR the node is stopping".to_string()),
-            }
-        };
+        let outcome = support::propose_until_answered(&mut self.handle, data, &mut receiver)
+            .await
+            .map(|(outcome, _)| outcome)
+            .map_err(Unanswered::reply);
         self.node.state().waiters.remove(&request);
         outcome
     }

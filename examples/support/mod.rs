@@ -9,10 +9,83 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use synod::driver::{Handle, ProposalError};
 use synod::transport::tcp::TcpConfig;
-use synod::{Config, NodeId};
+use synod::{Config, NodeId, ProposeError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// How long a command may wait for the cluster (an election, a lost forward) before the
+/// client gets `-TRYAGAIN`.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A proposal not answered within this long is proposed again (the servers make a repeated
+/// command harmless: a session sequence number in `kv`, idempotent commands in `lockd`).
+pub const REPROPOSE_INTERVAL: Duration = Duration::from_secs(1);
+/// Pause before retrying a proposal the replica refused (no leader yet, or busy).
+pub const REFUSED_BACKOFF: Duration = Duration::from_millis(10);
+
+/// Why a proposal got no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Nothing within [`REQUEST_TIMEOUT`]: the command may or may not have taken effect.
+    TimedOut,
+    /// The applier dropped the waiter (a snapshot replaced the state it would answer from).
+    Lost,
+    /// The node is stopping.
+    Stopping,
+}
+
+impl Unanswered {
+    /// The error reply.
+    pub fn reply(self) -> String {
+        match self {
+            Unanswered::TimedOut => format!(
+                "TRYAGAIN no answer from the cluster within {} s (no leader?); the command may or may not have taken effect",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+            Unanswered::Lost => "TRYAGAIN the answer was lost; the command may or may not have taken effect".to_string(),
+            Unanswered::Stopping => "ERR the node is stopping".to_string(),
+        }
+    }
+}
+
+/// Proposes `command` until `answer` (registered with the applier before the call) is
+/// sent: again every [`REPROPOSE_INTERVAL`] (lost with a leader, or slow), after
+/// [`REFUSED_BACKOFF`] while the replica refuses (no leader yet, or busy), for at most
+/// [`REQUEST_TIMEOUT`]. Returns the answer and how many copies were proposed.
+pub async fn propose_until_answered<T>(
+    handle: &mut Handle,
+    command: Bytes,
+    answer: &mut oneshot::Receiver<T>,
+) -> Result<(T, usize), Unanswered> {
+    let deadline = Instant::now() + REQUEST_TIMEOUT;
+    let mut proposals = 0;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(Unanswered::TimedOut);
+        }
+        match handle.propose(command.clone()).await {
+            Ok(_) => {
+                proposals += 1;
+                let wait_until = (Instant::now() + REPROPOSE_INTERVAL).min(deadline);
+                match tokio::time::timeout_at(wait_until, &mut *answer).await {
+                    Ok(Ok(value)) => return Ok((value, proposals)),
+                    Ok(Err(_)) => return Err(Unanswered::Lost),
+                    Err(_) => continue,
+                }
+            }
+            Err(ProposalError::Rejected(ProposeError::NotLeader { .. }))
+            | Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
+                tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline)).await;
+            }
+            Err(ProposalError::Stopped { .. }) | Err(ProposalError::Unknown) => {
+                return Err(Unanswered::Stopping);
+            }
+        }
+    }
+}
 
 /// The options every example server takes to be one node of a cluster.
 #[derive(clap::Args, Debug)]
