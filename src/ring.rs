@@ -290,8 +290,7 @@ impl Ring {
         if weight == 0 {
             return Err(RingError::ZeroWeight(group));
         }
-        let old = self.groups[index].1;
-        self.check_points(self.total_weight() - u64::from(old) + u64::from(weight))?;
+        self.check_points(self.total_weight_with(group, weight))?;
         self.groups[index].1 = weight;
         self.points.retain(|point| point.group != group);
         self.push_points(group, weight);
@@ -450,6 +449,14 @@ impl Ring {
         self.groups
             .iter()
             .map(|&(_, weight)| u64::from(weight))
+            .sum()
+    }
+
+    /// The total weight if `group` had `weight`.
+    fn total_weight_with(&self, group: GroupId, weight: u32) -> u64 {
+        self.groups
+            .iter()
+            .map(|&(id, old)| u64::from(if id == group { weight } else { old }))
             .sum()
     }
 
@@ -768,6 +775,72 @@ mod tests {
         assert!(whole.contains(5) && whole.contains(0) && whole.contains(u64::MAX));
         assert_eq!(whole.fraction(), 1.0);
         assert_eq!(wrapping.fraction(), 3.0 / 2f64.powi(64));
+    }
+
+    #[test]
+    fn shares_and_transfers_on_degenerate_rings() {
+        // One point: its group owns the circle.
+        let single = ring_of(&[(5, 1)], 1);
+        assert_eq!(
+            (single.share(GroupId(5)), single.share(GroupId(6))),
+            (1.0, 0.0)
+        );
+        // Points that collide: the first at a position (the smaller group) owns its arc.
+        let mut colliding = ring_of(&[(1, 1), (2, 1)], 1);
+        colliding.points = vec![
+            Point {
+                position: 1 << 62,
+                group: GroupId(1),
+            },
+            Point {
+                position: 1 << 62,
+                group: GroupId(2),
+            },
+            Point {
+                position: 1 << 63,
+                group: GroupId(2),
+            },
+        ];
+        assert_eq!(colliding.share(GroupId(1)), 0.75);
+        assert_eq!(colliding.share(GroupId(2)), 0.25);
+        assert_eq!(colliding.owner_of(1 << 62), Some(GroupId(1)));
+        // Replacing every group moves the whole circle, as one transfer.
+        let (old, new) = (ring_of(&[(1, 1)], 8), ring_of(&[(2, 1)], 8));
+        let transfers = old.transfers_to(&new);
+        assert_eq!(transfers.len(), 1, "{transfers:?}");
+        assert_eq!(transfers[0].range.after, transfers[0].range.through);
+        assert_eq!(
+            (transfers[0].from, transfers[0].to),
+            (GroupId(1), GroupId(2))
+        );
+        // Adding a group yields maximal arcs: no two transfers touch.
+        let grown = ring_of(&[(1, 1), (2, 1), (3, 1)], 8);
+        let base = ring_of(&[(1, 1), (2, 1)], 8);
+        let transfers = base.transfers_to(&grown);
+        for (index, transfer) in transfers.iter().enumerate() {
+            let next = &transfers[(index + 1) % transfers.len()];
+            let touching = transfer.range.through == next.range.after
+                && (transfer.from, transfer.to) == (next.from, next.to);
+            assert!(transfers.len() == 1 || !touching, "{transfers:?}");
+        }
+    }
+
+    #[test]
+    fn the_point_bound_is_inclusive_and_counts_a_new_weight_once() {
+        let config = RingConfig {
+            vnodes_per_weight: (Ring::POINTS_MAX / 4) as u32,
+            seed: 0,
+        };
+        let ring = Ring::new(config).unwrap();
+        assert_eq!(ring.check_points(4), Ok(()));
+        assert!(matches!(
+            ring.check_points(5),
+            Err(RingError::TooManyPoints { points, max: Ring::POINTS_MAX })
+                if points == Ring::POINTS_MAX / 4 * 5
+        ));
+        let ring = ring_of(&[(1, 3), (2, 5)], 1);
+        assert_eq!(ring.total_weight_with(GroupId(2), 1), 4);
+        assert_eq!(ring.total_weight_with(GroupId(1), 7), 12);
     }
 
     #[test]
