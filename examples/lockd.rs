@@ -29,7 +29,9 @@
 //! - `ACQUIRE session name [SHARED] [TRY | WAIT ticks]`: blocks until granted (default:
 //!   exclusive, wait forever), then `:token`; `TRY` fails at once with `-BUSY`; a wait that
 //!   runs out answers `-TIMEOUT`; a session that expires meanwhile, `-EXPIRED`.
-//! - `RELEASE session name`: `+OK` (released) or `+WITHDRAWN` (a wait was withdrawn).
+//! - `RELEASE session name [token]`: `+OK` (released) or `+WITHDRAWN` (a wait was
+//!   withdrawn). With the token of the grant, only that grant is released: a retried
+//!   `RELEASE` can then never release a later grant of the same lock.
 //! - `CLOSE session`: `+OK`; its locks are released at once.
 //! - `HOLDERS name`: this replica's view, without going through the log (may be stale):
 //!   one `session mode token` line per holder.
@@ -76,8 +78,8 @@ use std::time::Duration;
 use support::{After, Unanswered};
 use synod::driver::{Applied, Driver, DriverConfig, Handle};
 use synod::lock::{
-    Command, LeaseClock, LockError, LockEvent, LockLimits, LockService, Mode, Outcome, SessionId,
-    Wait,
+    Command, FencingToken, LeaseClock, LockError, LockEvent, LockLimits, LockService, Mode,
+    Outcome, SessionId, Wait,
 };
 use synod::storage::Snapshot;
 use synod::transport::tcp::TcpTransport;
@@ -445,12 +447,13 @@ impl Connection {
                 Ok(command) => self.acquire(command, out).await,
                 Err(error) => Err(error),
             },
-            (b"RELEASE", 3) => match number(1) {
-                Ok(session) => {
-                    let session = SessionId(session);
+            (b"RELEASE", 3..=4) => match (number(1), (args.len() == 4).then(|| number(3))) {
+                (Err(error), _) | (_, Some(Err(error))) => Err(error),
+                (Ok(session), token) => {
                     let command = Command::Release {
-                        session,
+                        session: SessionId(session),
                         name: text(2),
+                        token: token.map(|token| FencingToken(token.expect("checked"))),
                     };
                     match self.run(command).await {
                         Ok(Outcome::Released) => {
@@ -464,7 +467,6 @@ impl Connection {
                         other => Err(failure(other)),
                     }
                 }
-                Err(error) => Err(error),
             },
             (b"CLOSE", 2) => match number(1) {
                 Ok(session) => match self

@@ -6,6 +6,7 @@
 //! cargo run --release --example sim -- --seeds 200 --faults loss,crash
 //! cargo run --release --example sim -- --twopc --seeds 5000           # two-phase commit world
 //! cargo run --release --example sim -- --twopc --seed 17 --trace      # replay one, step by step
+//! cargo run --release --example sim -- --locks --seeds 5000           # the lock service world
 //! ```
 //!
 //! Every seed runs a safety phase with faults on (checkers after every step), then a liveness
@@ -61,7 +62,16 @@ struct Args {
     /// --seed, --steps and --nodes (participants, 1 to 16).
     #[arg(long)]
     twopc: bool,
-    /// With --twopc: print every ready and takeover.
+    /// Run the lock service world (`synod::sim::locks`) instead: clients on clocks of their
+    /// own that stall, leaders that fail, lost messages; checks exclusion and fencing. Uses
+    /// --seeds, --first-seed, --seed, --steps and --nodes (clients).
+    #[arg(long)]
+    locks: bool,
+    /// With --locks: the slowest client clock, as a fraction of the leader's (below 0.9, the
+    /// client's margin, exclusion is expected to break: the checker shows it).
+    #[arg(long, default_value_t = 0.92)]
+    clock_rate_min: f64,
+    /// With --twopc or --locks: print every step.
     #[arg(long)]
     trace: bool,
     /// Where file disks live (default: /dev/shm if it is writable, else the temp directory;
@@ -224,8 +234,70 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
     failures
 }
 
+/// The lock sweep: every seed of the lock world; returns the failures.
+fn run_locks(args: &Args, first: u64, count: u64) -> u64 {
+    use synod::sim::locks::{run, LocksConfig, LocksStats};
+    let started = Instant::now();
+    let mut total = LocksStats::default();
+    let mut failures = 0;
+    for seed in first..first + count {
+        let config = LocksConfig {
+            clients: args.nodes,
+            steps: args.steps,
+            clock_rate_min: args.clock_rate_min,
+            trace: args.trace,
+            ..LocksConfig::new(seed)
+        };
+        match run(&config) {
+            Ok(stats) => {
+                total.grants += stats.grants;
+                total.expiries += stats.expiries;
+                total.leader_changes += stats.leader_changes;
+                total.stalls += stats.stalls;
+                total.held_steps += stats.held_steps;
+            }
+            Err(violation) => {
+                failures += 1;
+                eprintln!(
+                    "{violation} --nodes {} --steps {} --clock-rate-min {}",
+                    args.nodes, args.steps, args.clock_rate_min
+                );
+            }
+        }
+    }
+    println!("| seeds | clients | grants | expiries | leader failures | client stalls | steps held | violations |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {count} | {} | {} | {} | {} | {} | {} | {failures} |",
+        args.nodes,
+        total.grants,
+        total.expiries,
+        total.leader_changes,
+        total.stalls,
+        total.held_steps
+    );
+    println!(
+        "{:.1} seeds/s",
+        count as f64 / started.elapsed().as_secs_f64()
+    );
+    failures
+}
+
 fn main() {
     let mut args = Args::parse();
+    if args.locks {
+        if args.nodes == 0 || !(args.clock_rate_min > 0.0 && args.clock_rate_min <= 1.0) {
+            eprintln!("--locks takes 1 or more clients (--nodes) and --clock-rate-min in (0, 1]");
+            std::process::exit(2);
+        }
+        let (first, count) = args
+            .seed
+            .map_or((args.first_seed, args.seeds), |seed| (seed, 1));
+        if run_locks(&args, first, count) > 0 {
+            std::process::exit(1);
+        }
+        return;
+    }
     if args.twopc {
         if !(1..=16).contains(&args.nodes) {
             eprintln!("--twopc takes 1 to 16 participants (--nodes)");

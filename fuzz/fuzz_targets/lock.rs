@@ -50,7 +50,12 @@ fuzz_target!(|data: &[u8]| {
                 },
             }
             .encode(),
-            5 => Command::Release { session, name }.encode(),
+            5 => Command::Release {
+                session,
+                name,
+                token: (op & 0x40 != 0).then(|| FencingToken(slot.saturating_sub(u64::from(arg >> 5)))),
+            }
+            .encode(),
             6 => {
                 now += u64::from(arg & 15);
                 Command::Time { now }.encode()

@@ -3,7 +3,7 @@
 
 use super::{Command, FencingToken, LockEvent, Mode, Outcome, SessionId, Wait};
 use crate::error::ConfigError;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A lock service client's bookkeeping, sans-IO: it builds the commands to propose, tells when
 /// to send keep-alives, and keeps the locks held with their fencing tokens.
@@ -45,6 +45,11 @@ pub struct LockClient {
     last_keep_alive_at: u64,
     live_until: u64,
     held: BTreeMap<String, (Mode, FencingToken)>,
+    /// Locks whose release is proposed and not yet answered: no acquire of them meanwhile.
+    releasing: BTreeSet<String>,
+    /// The newest token released of each lock: an answer granting that token or an older
+    /// one is stale (an acquire the log ordered before the release).
+    released: BTreeMap<String, FencingToken>,
 }
 
 impl LockClient {
@@ -69,6 +74,8 @@ impl LockClient {
             last_keep_alive_at: 0,
             live_until: 0,
             held: BTreeMap::new(),
+            releasing: BTreeSet::new(),
+            released: BTreeMap::new(),
         })
     }
 
@@ -93,8 +100,13 @@ impl LockClient {
         Some(Command::KeepAlive { session })
     }
 
-    /// The command that asks for lock `name`, or `None` without a session.
+    /// The command that asks for lock `name`, or `None` without a session, or while a
+    /// release of that lock waits for its answer (the log could order the acquire first,
+    /// which the release would then undo).
     pub fn acquire(&self, name: &str, mode: Mode, wait: Wait) -> Option<Command> {
+        if self.releasing.contains(name) {
+            return None;
+        }
         Some(Command::Acquire {
             session: self.session?,
             name: name.to_owned(),
@@ -105,11 +117,28 @@ impl LockClient {
 
     /// The command that releases lock `name` (or withdraws the wait), or `None` without a
     /// session. The lock is forgotten here at once: stop using it before proposing this.
+    /// Until [`on_outcome`](Self::on_outcome) hears the answer, [`acquire`](Self::acquire)
+    /// of the lock returns `None`; if the answer may have been lost, propose the release again
+    /// (it is harmless).
     pub fn release(&mut self, name: &str) -> Option<Command> {
-        self.held.remove(name);
+        // The grant to release, so that a copy of this release that arrives late cannot
+        // release a later grant: the one held now, or, for a repeated release, the one that
+        // release was for. Without one, the release withdraws a wait.
+        let token = match self.held.remove(name) {
+            Some((_, token)) => {
+                let newest = self.released.entry(name.to_owned()).or_insert(token);
+                *newest = (*newest).max(token);
+                Some(token)
+            }
+            None if self.releasing.contains(name) => self.released.get(name).copied(),
+            None => None,
+        };
+        let session = self.session?;
+        self.releasing.insert(name.to_owned());
         Some(Command::Release {
-            session: self.session?,
+            session,
             name: name.to_owned(),
+            token,
         })
     }
 
@@ -125,7 +154,10 @@ impl LockClient {
             }
             (Command::KeepAlive { .. }, Outcome::Renewed { .. }) => self.renewed(),
             (Command::Acquire { name, mode, .. }, Outcome::Granted { token }) => {
-                self.held.insert(name.clone(), (*mode, *token));
+                self.granted(name, *mode, *token);
+            }
+            (Command::Release { name, .. }, _) => {
+                self.releasing.remove(name);
             }
             (_, Outcome::Refused(super::LockError::UnknownSession(session)))
                 if Some(*session) == self.session =>
@@ -147,7 +179,7 @@ impl LockClient {
                 mode,
                 token,
             } if Some(*session) == self.session => {
-                self.held.insert(name.clone(), (*mode, *token));
+                self.granted(name, *mode, *token);
             }
             LockEvent::Expired { session, .. } if Some(*session) == self.session => self.lost(),
             _ => {}
@@ -179,6 +211,19 @@ impl LockClient {
             .map(|(name, (mode, token))| (name.as_str(), *mode, *token))
     }
 
+    /// Takes a grant, unless it is stale: the lock is being released, or the token is one
+    /// already released.
+    fn granted(&mut self, name: &str, mode: Mode, token: FencingToken) {
+        let stale = self.releasing.contains(name)
+            || self
+                .released
+                .get(name)
+                .is_some_and(|newest| token <= *newest);
+        if !stale {
+            self.held.insert(name.to_owned(), (mode, token));
+        }
+    }
+
     fn renewed(&mut self) {
         let sent_at = self.renewal_sent_at.take().unwrap_or(self.now);
         let until = sent_at + self.lease - self.margin;
@@ -188,6 +233,7 @@ impl LockClient {
     fn lost(&mut self) {
         self.session = None;
         self.held.clear();
+        self.releasing.clear();
         self.renewal_sent_at = None;
         self.live_until = 0;
     }

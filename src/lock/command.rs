@@ -64,11 +64,17 @@ pub enum Command {
     },
     /// Releases lock `name` if the session holds it ([`Outcome::Released`]), or withdraws the
     /// session's place in its queue ([`Outcome::Withdrawn`]).
+    ///
+    /// With a `token`, only the grant of that token is released: a release delayed or
+    /// repeated in the network cannot release a later grant of the same lock to the same
+    /// session (it is answered [`LockError::NotHeld`]), and a wait is never withdrawn.
     Release {
         /// The session.
         session: SessionId,
         /// The lock's name.
         name: String,
+        /// The grant to release (`None`: whatever the session holds, or its wait).
+        token: Option<FencingToken>,
     },
     /// The leader's clock: log time becomes `now` (ticks). Sessions whose lease ran out
     /// expire, waits past their deadline time out, locks whose lock-delay is over are

@@ -33,7 +33,7 @@
 //! assert!(matches!(apply(3, acquire(alice)), Outcome::Granted { .. }));
 //! assert_eq!(apply(4, acquire(bob)), Outcome::Queued { position: 0 });
 //! // Alice releases at slot 5: Bob gets the lock, with token 5.
-//! apply(5, Command::Release { session: alice, name: "printer".into() });
+//! apply(5, Command::Release { session: alice, name: "printer".into(), token: None });
 //! # drop(apply);
 //! assert!(matches!(
 //!     locks.take_events()[..],
@@ -464,7 +464,11 @@ impl LockService {
                 mode,
                 wait,
             } => self.acquire(slot, session, name, mode, wait),
-            Command::Release { session, name } => self.release(slot, session, &name),
+            Command::Release {
+                session,
+                name,
+                token,
+            } => self.release(slot, session, &name, token),
             Command::Time { now } => Ok(self.advance_time(slot, now)),
             Command::Grace { ticks } => Ok(self.grace(ticks)),
         };
@@ -636,15 +640,23 @@ impl LockService {
         slot: Slot,
         session: SessionId,
         name: &str,
+        token: Option<FencingToken>,
     ) -> Result<Outcome, LockError> {
         if !self.state.sessions.contains_key(&session) {
             return Err(LockError::UnknownSession(session));
         }
         let lock = self.state.locks.get_mut(name).ok_or(LockError::NotHeld)?;
-        let outcome = if let Some(index) = lock.holders.iter().position(|h| h.session == session) {
+        let holder = lock
+            .holders
+            .iter()
+            .position(|h| h.session == session && token.map_or(true, |token| token == h.token));
+        let outcome = if let Some(index) = holder {
             lock.holders.remove(index);
             self.session_mut(session).held.remove(name);
             Outcome::Released
+        } else if token.is_some() {
+            // Not that grant: a stale release never touches a later grant, nor a wait.
+            return Err(LockError::NotHeld);
         } else if let Some(index) = lock.waiters.iter().position(|w| w.session == session) {
             let waiter = lock.waiters.remove(index).expect("found");
             if let Some(deadline) = waiter.deadline {

@@ -53,6 +53,7 @@ impl Log {
         self.apply(Command::Release {
             session,
             name: name.into(),
+            token: None,
         })
     }
 
@@ -254,6 +255,39 @@ fn release_withdraws_a_wait_and_refuses_what_is_not_held() {
             (r2, Shared, FencingToken(log.slot))
         ]
     );
+}
+
+#[test]
+fn a_release_with_a_token_releases_that_grant_only() {
+    let mut log = Log::new();
+    let (a, b) = (log.open(1, 100), log.open(2, 100));
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    let first = FencingToken(log.slot);
+    log.acquire(b, "x", Exclusive, Wait::Forever);
+    let release = |token| Command::Release {
+        session: a,
+        name: "x".into(),
+        token,
+    };
+    assert_eq!(log.apply(release(Some(first))), Outcome::Released);
+    // b has it now; a queues again and gets it back with a later token.
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    assert_eq!(
+        log.apply(release(Some(first))),
+        Outcome::Refused(LockError::NotHeld),
+        "a's wait stays"
+    );
+    assert_eq!(log.service.waiters("x"), [(a, Exclusive)]);
+    log.release(b, "x");
+    let second = FencingToken(log.slot);
+    assert_eq!(log.service.holders("x"), [(a, Exclusive, second)]);
+    // A late copy of the first release does not release the second grant.
+    assert_eq!(
+        log.apply(release(Some(first))),
+        Outcome::Refused(LockError::NotHeld)
+    );
+    assert_eq!(log.service.holders("x"), [(a, Exclusive, second)]);
+    assert_eq!(log.apply(release(Some(second))), Outcome::Released);
 }
 
 #[test]
@@ -766,7 +800,7 @@ enum Step {
     KeepAlive(u64),
     Close(u64),
     Acquire(u64, u8, bool, u8),
-    Release(u64, u8),
+    Release(u64, u8, Option<u64>),
     Time(u64),
     Grace,
     Junk(Vec<u8>),
@@ -779,7 +813,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0u64..5).prop_map(Step::Close),
         6 => (0u64..5, 0u8..3, any::<bool>(), 0u8..4)
             .prop_map(|(c, l, e, w)| Step::Acquire(c, l, e, w)),
-        3 => (0u64..5, 0u8..3).prop_map(|(c, l)| Step::Release(c, l)),
+        3 => (0u64..5, 0u8..3, proptest::option::of(0u64..8))
+            .prop_map(|(c, l, t)| Step::Release(c, l, t)),
         3 => (1u64..15).prop_map(Step::Time),
         1 => Just(Step::Grace),
         1 => proptest::collection::vec(any::<u8>(), 0..12).prop_map(Step::Junk),
@@ -824,9 +859,10 @@ proptest! {
                     mode: if *exclusive { Exclusive } else { Shared },
                     wait: [Wait::Try, Wait::Ticks(0), Wait::Ticks(6), Wait::Forever][*wait as usize],
                 }.encode(),
-                Step::Release(client, name) => Command::Release {
+                Step::Release(client, name, token) => Command::Release {
                     session: session(*client, &log),
                     name: names[*name as usize].into(),
+                    token: token.map(|slot| FencingToken(log.slot.saturating_sub(slot))),
                 }.encode(),
                 Step::Time(by) => { now += by; Command::Time { now }.encode() }
                 Step::Grace => Command::Grace { ticks: 7 }.encode(),
@@ -971,7 +1007,8 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
         client.release("y"),
         Some(Command::Release {
             session: SessionId(9),
-            name: "y".into()
+            name: "y".into(),
+            token: Some(FencingToken(15)),
         })
     );
     assert_eq!(client.held().count(), 1);

@@ -15,7 +15,9 @@
 //!
 //! [`twopc`] is a second world, for two-phase commit: coordinators that crash and take over
 //! from a decision log, participants that crash, a lossy network, and the 2PC checkers
-//! (atomicity, validity, termination).
+//! (atomicity, validity, termination). [`locks`] is a third, for the lock service: clients
+//! on clocks of their own that stall, leaders that fail, and the exclusion and fencing
+//! checkers.
 
 mod checkers;
 mod clients;
@@ -23,6 +25,7 @@ mod cluster;
 mod config;
 mod disk;
 pub mod linearizability;
+pub mod locks;
 pub mod twopc;
 
 pub use checkers::Violation;

@@ -1,0 +1,556 @@
+//! The lock service under faults: a seeded world of [`LockClient`]s on clocks of their own, a
+//! replicated log that delays, loses and reorders nothing but changes leader, and the lock
+//! checkers.
+//!
+//! The log is modelled, not run: the replica's agreement is checked by the main simulator, so
+//! here every replica is one [`LockService`] applying the chosen entries in order. What the
+//! world varies is time and failure:
+//! - **Clients' clocks** run at rates of their own (at least
+//!   [`LocksConfig::clock_rate_min`] of the leader's), and clients **stall** (a pause, a
+//!   partition) while their clocks go on: their keep-alives stop and their lease runs out.
+//! - **Proposals** take a random number of steps to be chosen, and some are lost; answers
+//!   take steps to come back, and some are lost.
+//! - **The leader fails** now and then: its proposals in flight are chosen or lost, log time
+//!   stands still while there is no leader, and the next one proposes a `Grace` before its
+//!   first `Time` ([`LeaseClock`]).
+//!
+//! Checked after every step — **exclusion**: at most one client holds the lock in its own
+//! view ([`LockClient::token`] is some) at any moment. That is the promise of the local lease:
+//! it must end before the service lets the lock go, as long as a client's clock runs at least
+//! `1 - margin` (0.9) as fast as the leader's. Also **fencing**: a client's token is always
+//! the token of a grant the service made to that client's session, and the tokens the
+//! service grants only grow. A configuration with clocks slower than that (say
+//! `clock_rate_min: 0.5`) breaks exclusion, and the checker says so: the fencing tokens are
+//! what protect a resource then.
+//!
+//! ```
+//! use synod::sim::locks::{run, LocksConfig};
+//!
+//! let stats = run(&LocksConfig::new(3)).expect("mutual exclusion");
+//! assert!(stats.grants > 0);
+//! ```
+
+use crate::lock::{
+    Command, FencingToken, LeaseClock, LockClient, LockEvent, LockLimits, LockService, Mode,
+    Outcome, Wait,
+};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::fmt;
+
+const LOCK: &str = "x";
+
+/// One run of the lock world.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocksConfig {
+    /// Seeds every random choice.
+    pub seed: u64,
+    /// Clients contending for the lock. Default 4.
+    pub clients: usize,
+    /// Steps (each one tick of the leader's clock). Default 4 000.
+    pub steps: u64,
+    /// The slowest client clock, as a fraction of the leader's rate. Default 0.92 (within
+    /// the client's 10 % margin).
+    pub clock_rate_min: f64,
+    /// The lease clients ask for, in ticks. Default 60.
+    pub lease: u64,
+    /// Whether leaders fail, clients stall and messages are lost. Default true.
+    pub faults: bool,
+    /// Print every entry applied and every event to standard error.
+    pub trace: bool,
+}
+
+impl LocksConfig {
+    /// The defaults, with `seed`.
+    pub fn new(seed: u64) -> LocksConfig {
+        LocksConfig {
+            seed,
+            clients: 4,
+            steps: 4_000,
+            clock_rate_min: 0.92,
+            lease: 60,
+            faults: true,
+            trace: false,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocksStats {
+    /// Grants the service made.
+    pub grants: u64,
+    /// Sessions the service expired.
+    pub expiries: u64,
+    /// Leader failures.
+    pub leader_changes: u64,
+    /// Client stalls.
+    pub stalls: u64,
+    /// Steps some client held the lock in its own view.
+    pub held_steps: u64,
+}
+
+/// A property the run broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocksViolation {
+    /// The run's seed.
+    pub seed: u64,
+    /// The step.
+    pub step: u64,
+    /// `check_lock_exclusion` or `check_lock_fencing`.
+    pub property: &'static str,
+    /// What happened.
+    pub detail: String,
+}
+
+impl fmt::Display for LocksViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {} step {}: {}: {} (replay: cargo run --release --example sim -- --locks --seed {})",
+            self.seed, self.step, self.property, self.detail, self.seed
+        )
+    }
+}
+
+impl std::error::Error for LocksViolation {}
+
+/// Runs one seed.
+///
+/// # Errors
+/// The first [`LocksViolation`].
+///
+/// # Panics
+/// If `config.clients` is 0 or `config.clock_rate_min` is not in (0, 1].
+pub fn run(config: &LocksConfig) -> Result<LocksStats, LocksViolation> {
+    assert!(config.clients > 0, "at least one client");
+    assert!(
+        config.clock_rate_min > 0.0 && config.clock_rate_min <= 1.0,
+        "clock_rate_min in (0, 1]"
+    );
+    World::new(config).run()
+}
+
+/// What a client is doing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Want {
+    /// Nothing in flight.
+    Idle,
+    /// A command is on its way (proposed, or its answer is), since this step.
+    Waiting { since: u64 },
+    /// Queued for the lock since this step; a grant or the wait's end comes as an event.
+    Queued { since: u64 },
+    /// Holds the lock in its view until this step.
+    Holding { until: u64 },
+}
+
+struct Client {
+    lock: LockClient,
+    rate: f64,
+    /// Fractional ticks owed to the client's clock.
+    accumulated: f64,
+    stalled_until: u64,
+    want: Want,
+}
+
+/// A proposal on its way into the log.
+struct Proposal {
+    chosen_at: u64,
+    command: Command,
+    /// The client to answer, if any (the leader's clock entries have none).
+    client: Option<usize>,
+}
+
+/// An answer or event on its way back to a client.
+struct Delivery {
+    at: u64,
+    client: usize,
+    command: Option<Command>,
+    outcome: Option<Outcome>,
+    event: Option<LockEvent>,
+}
+
+struct World {
+    rng: ChaCha8Rng,
+    config: LocksConfig,
+    step: u64,
+    service: LockService,
+    slot: u64,
+    clients: Vec<Client>,
+    /// The leader's clock, if there is a leader, and when the next failure may come.
+    leader: Option<LeaseClock>,
+    leaderless_until: u64,
+    proposals: Vec<Proposal>,
+    deliveries: Vec<Delivery>,
+    /// The session of each client, as the service knows it, with its grants: every token a
+    /// client holds must be one of them.
+    granted: BTreeMap<FencingToken, crate::lock::SessionId>,
+    last_grant: FencingToken,
+    stats: LocksStats,
+}
+
+impl World {
+    fn new(config: &LocksConfig) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let clients = (0..config.clients)
+            .map(|index| {
+                let spread = 1.0 - config.clock_rate_min;
+                let rate = 1.0 - spread * (rng.next_u32() as f64 / u32::MAX as f64);
+                Client {
+                    lock: LockClient::new(index as u64 + 1, config.lease).expect("lease >= 3"),
+                    rate,
+                    accumulated: 0.0,
+                    stalled_until: 0,
+                    want: Want::Idle,
+                }
+            })
+            .collect();
+        let limits = LockLimits {
+            lease_min: 3,
+            lock_delay: 10,
+            ..LockLimits::default()
+        };
+        World {
+            rng,
+            config: config.clone(),
+            step: 0,
+            service: LockService::new(limits).expect("valid limits"),
+            slot: 0,
+            clients,
+            leader: Some(LeaseClock::new(5, 40).expect("valid clock")),
+            leaderless_until: 0,
+            proposals: Vec::new(),
+            deliveries: Vec::new(),
+            granted: BTreeMap::new(),
+            last_grant: FencingToken(0),
+            stats: LocksStats::default(),
+        }
+    }
+
+    fn chance(&mut self, percent: u32) -> bool {
+        self.rng.next_u32() % 100 < percent
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.rng.next_u64() % bound.max(1)
+    }
+
+    fn violation(&self, property: &'static str, detail: String) -> LocksViolation {
+        LocksViolation {
+            seed: self.config.seed,
+            step: self.step,
+            property,
+            detail,
+        }
+    }
+
+    /// A client (or the leader) proposes: chosen a few steps later, unless lost, or unless
+    /// there is no leader to take it.
+    fn propose(&mut self, command: Command, client: Option<usize>) {
+        if self.leader.is_none() || (self.config.faults && self.chance(4)) {
+            return;
+        }
+        let delay = 1 + self.below(4);
+        self.proposals.push(Proposal {
+            chosen_at: self.step + delay,
+            command,
+            client,
+        });
+    }
+
+    fn deliver(
+        &mut self,
+        client: usize,
+        command: Option<Command>,
+        outcome: Option<Outcome>,
+        event: Option<LockEvent>,
+    ) {
+        // Answers to a command may be lost; events come over the session's connection, late
+        // but surely.
+        if command.is_some() && self.config.faults && self.chance(4) {
+            return;
+        }
+        let at = self.step + 1 + self.below(3);
+        self.deliveries.push(Delivery {
+            at,
+            client,
+            command,
+            outcome,
+            event,
+        });
+    }
+
+    /// Applies the proposals chosen by now, in order.
+    fn choose(&mut self) -> Result<(), LocksViolation> {
+        let mut index = 0;
+        while index < self.proposals.len() {
+            if self.proposals[index].chosen_at > self.step {
+                index += 1;
+                continue;
+            }
+            let proposal = self.proposals.remove(index);
+            self.slot += 1;
+            let outcome = self.service.apply(self.slot, &proposal.command.encode());
+            if self.config.trace {
+                eprintln!(
+                    "step {} slot {} now {} client {:?}: {:?} -> {:?}",
+                    self.step,
+                    self.slot,
+                    self.service.now(),
+                    proposal.client,
+                    proposal.command,
+                    outcome
+                );
+            }
+            if let Outcome::Granted { token } = outcome {
+                self.record_grant(token, &proposal.command)?;
+            }
+            if let Some(client) = proposal.client {
+                self.deliver(client, Some(proposal.command), Some(outcome), None);
+            }
+            for event in self.service.take_events() {
+                if self.config.trace {
+                    eprintln!("    event {event:?}");
+                }
+                match &event {
+                    LockEvent::Granted { session, token, .. } => {
+                        if *token < self.last_grant || token.0 != self.slot {
+                            let detail = format!(
+                                "granted {token:?} at slot {} after {:?}",
+                                self.slot, self.last_grant
+                            );
+                            return Err(self.violation("check_lock_fencing", detail));
+                        }
+                        if *token > self.last_grant {
+                            self.stats.grants += 1;
+                            self.last_grant = *token;
+                        }
+                        self.granted.insert(*token, *session);
+                    }
+                    LockEvent::Expired { .. } => self.stats.expiries += 1,
+                    LockEvent::TimedOut { .. } => {}
+                }
+                let session = match &event {
+                    LockEvent::Granted { session, .. }
+                    | LockEvent::TimedOut { session, .. }
+                    | LockEvent::Expired { session, .. } => *session,
+                };
+                let owner = (0..self.clients.len())
+                    .find(|&index| self.clients[index].lock.session() == Some(session));
+                if let Some(owner) = owner {
+                    self.deliver(owner, None, None, Some(event));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record_grant(
+        &mut self,
+        token: FencingToken,
+        command: &Command,
+    ) -> Result<(), LocksViolation> {
+        let Command::Acquire { session, .. } = command else {
+            return Ok(());
+        };
+        if token.0 == self.slot {
+            if token <= self.last_grant {
+                let detail = format!("grant {token:?} after {:?}", self.last_grant);
+                return Err(self.violation("check_lock_fencing", detail));
+            }
+            self.stats.grants += 1;
+            self.last_grant = token;
+        }
+        self.granted.insert(token, *session);
+        Ok(())
+    }
+
+    /// Hands the answers and events due by now to their clients.
+    fn receive(&mut self) {
+        let mut index = 0;
+        while index < self.deliveries.len() {
+            let due = self.deliveries[index].at <= self.step;
+            let client = self.deliveries[index].client;
+            if !due || self.clients[client].stalled_until > self.step {
+                index += 1;
+                continue;
+            }
+            let delivery = self.deliveries.remove(index);
+            let step = self.step;
+            let state = &mut self.clients[client];
+            if let (Some(command), Some(outcome)) = (&delivery.command, &delivery.outcome) {
+                state.lock.on_outcome(command, outcome);
+                // Keep-alives run on their own; any other answer ends the wait.
+                let keep_alive = matches!(command, Command::KeepAlive { .. });
+                if matches!(state.want, Want::Waiting { .. }) && !keep_alive {
+                    state.want = match outcome {
+                        Outcome::Queued { .. } => Want::Queued { since: step },
+                        _ => Want::Idle,
+                    };
+                }
+            }
+            if let Some(event) = &delivery.event {
+                state.lock.on_event(event);
+                if matches!(state.want, Want::Queued { .. }) {
+                    state.want = Want::Idle;
+                }
+            }
+        }
+    }
+
+    /// Each client's clock advances at its rate; live clients act.
+    fn clients_act(&mut self) {
+        for index in 0..self.clients.len() {
+            let hold = 5 + self.below(40);
+            let forever = self.chance(50);
+            let step = self.step;
+            let client = &mut self.clients[index];
+            client.accumulated += client.rate;
+            let mut commands = Vec::new();
+            while client.accumulated >= 1.0 {
+                client.accumulated -= 1.0;
+                if let Some(keep_alive) = client.lock.tick() {
+                    commands.push(keep_alive);
+                }
+            }
+            let stalled = client.stalled_until > step;
+            if !stalled {
+                let holding = client.lock.token(LOCK).is_some();
+                match client.want.clone() {
+                    Want::Idle if client.lock.session().is_none() => {
+                        commands.push(client.lock.open());
+                        client.want = Want::Waiting { since: step };
+                    }
+                    Want::Idle | Want::Queued { .. } if holding => {
+                        client.want = Want::Holding { until: step + hold };
+                    }
+                    Want::Idle => {
+                        let wait = if forever {
+                            Wait::Forever
+                        } else {
+                            Wait::Ticks(30)
+                        };
+                        // While a release waits for its answer, no acquire: say it again.
+                        let command = client
+                            .lock
+                            .acquire(LOCK, Mode::Exclusive, wait)
+                            .or_else(|| client.lock.release(LOCK));
+                        if let Some(command) = command {
+                            commands.push(command);
+                            client.want = Want::Waiting { since: step };
+                        }
+                    }
+                    // An answer may be lost: after a while, act again.
+                    Want::Waiting { since } if since + 20 <= step => client.want = Want::Idle,
+                    // A grant may have been lost with a crashed connection: ask again.
+                    Want::Queued { since } if since + 100 <= step => client.want = Want::Idle,
+                    Want::Holding { until } if until <= step || !holding => {
+                        if let Some(release) = client.lock.release(LOCK) {
+                            commands.push(release);
+                        }
+                        client.want = Want::Waiting { since: step };
+                    }
+                    Want::Waiting { .. } | Want::Queued { .. } | Want::Holding { .. } => {}
+                }
+            }
+            // A stalled client's messages do not leave it (its clock runs on).
+            if !stalled {
+                for command in commands {
+                    self.propose(command, Some(index));
+                }
+            }
+        }
+    }
+
+    /// The leader's clock, and its failures.
+    fn leader_acts(&mut self) {
+        if self.leader.is_none() {
+            if self.step >= self.leaderless_until {
+                self.leader = Some(LeaseClock::new(5, 40).expect("valid clock"));
+            }
+            return;
+        }
+        if self.config.faults && self.below(400) == 0 {
+            // The leader fails: what it had in flight is chosen or lost; no leader for a
+            // while.
+            self.stats.leader_changes += 1;
+            self.leader = None;
+            let gap = 5 + self.below(40);
+            self.leaderless_until = self.step + gap;
+            self.proposals.retain(|_| self.rng.next_u32() % 2 == 0);
+            return;
+        }
+        let now = self.service.now();
+        let clock = self.leader.as_mut().expect("checked");
+        if let Some(command) = clock.tick(true, now) {
+            self.propose(command, None);
+        }
+    }
+
+    fn faults(&mut self) {
+        if self.config.faults && self.below(300) == 0 {
+            let index = self.below(self.clients.len() as u64) as usize;
+            if self.clients[index].stalled_until <= self.step {
+                let length = 20 + self.below(3 * self.config.lease);
+                self.clients[index].stalled_until = self.step + length;
+                self.stats.stalls += 1;
+            }
+        }
+    }
+
+    /// Exclusion and fencing, as the clients see them.
+    fn check(&mut self) -> Result<(), LocksViolation> {
+        if self.config.trace {
+            let views: Vec<String> = self
+                .clients
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{:?}/{:?}/{:?}/stalled {}",
+                        c.lock.session(),
+                        c.lock.token(LOCK),
+                        c.want,
+                        c.stalled_until > self.step
+                    )
+                })
+                .collect();
+            eprintln!("step {}: {}", self.step, views.join(" | "));
+        }
+        let holders: Vec<(usize, FencingToken)> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter_map(|(index, client)| client.lock.token(LOCK).map(|token| (index, token)))
+            .collect();
+        for &(index, token) in &holders {
+            let granted_to = self.granted.get(&token);
+            if granted_to.is_none() || granted_to.copied() != self.clients[index].lock.session() {
+                let detail = format!("client {index} holds {token:?}, granted to {granted_to:?}");
+                return Err(self.violation("check_lock_fencing", detail));
+            }
+        }
+        if holders.len() > 1 {
+            let rates: Vec<f64> = holders.iter().map(|(i, _)| self.clients[*i].rate).collect();
+            let detail = format!("clients {holders:?} all hold the lock (clock rates {rates:?})");
+            return Err(self.violation("check_lock_exclusion", detail));
+        }
+        if !holders.is_empty() {
+            self.stats.held_steps += 1;
+        }
+        Ok(())
+    }
+
+    fn run(mut self) -> Result<LocksStats, LocksViolation> {
+        while self.step < self.config.steps {
+            self.step += 1;
+            self.leader_acts();
+            self.choose()?;
+            self.receive();
+            self.clients_act();
+            self.faults();
+            self.check()?;
+        }
+        Ok(self.stats)
+    }
+}
