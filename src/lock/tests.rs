@@ -990,6 +990,12 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
             session: SessionId(9)
         })
     );
+    // One keep-alive every third of the lease: 33 local ticks apart.
+    let mut probe = client.clone();
+    let gaps: Vec<u32> = (0..2)
+        .map(|_| (1..).find(|_| probe.tick().is_some()).unwrap())
+        .collect();
+    assert_eq!(gaps, [33, 33]);
     // Not answered yet: the lease ends at 90 locally.
     while client.is_live() {
         assert_eq!(client.token("x"), Some(FencingToken(12)));

@@ -423,8 +423,11 @@ fn the_decision_log_keeps_the_first_decision_and_round_trips() {
     assert_eq!(outcome(log.apply(&decide(Outcome::Abort))), first);
     assert_eq!(outcome(log.apply(&decide(Outcome::Commit))), first);
     assert_eq!(log.len(), 1);
+    assert!(!log.is_empty());
     assert_eq!(log.apply(&LogEntry::Forget { txn: TxnId(1) }), None);
     assert!(log.is_empty());
+    assert_eq!(log.len(), 0);
+    assert_eq!(TxnId(1).to_string(), "t1");
     // Forgotten, but remembered as finished: a late Decide gets the old outcome.
     assert_eq!(log.outcome(TxnId(1)), Some(Outcome::Abort));
     assert_eq!(outcome(log.apply(&decide(Outcome::Commit))), first);
