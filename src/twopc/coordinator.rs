@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use thiserror::Error;
 
 /// How a [`Coordinator`] behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CoordinatorConfig {
     /// This coordinator's address.
     pub id: NodeId,
@@ -64,7 +64,7 @@ pub enum BeginError {
 }
 
 /// What the application hears from a coordinator.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum CoordinatorEvent {
     /// The decision for `txn` is logged: tell the client. Reported once per transaction this
     /// coordinator began, and for every decision it recovered from the log (a client of the
@@ -85,7 +85,7 @@ pub enum CoordinatorEvent {
 ///
 /// No message here depends on an entry of the same batch: decisions are only sent after
 /// `on_logged`. The coordinator needs no `advance`.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct CoordinatorReady {
     log: Vec<LogEntry>,
     messages: Vec<Message>,
@@ -110,7 +110,7 @@ impl CoordinatorReady {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Phase {
     /// Collecting votes; `yes` holds the participants that voted yes.
     Voting { yes: BTreeSet<NodeId>, elapsed: u64 },
@@ -120,7 +120,7 @@ enum Phase {
     Announcing { unacked: BTreeSet<NodeId> },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Txn {
     participants: Vec<NodeId>,
     /// The vote requests' payloads, by participant (dropped once decided).
@@ -144,7 +144,7 @@ struct Txn {
 /// When the decision log is a Paxos group, run the coordinator on the group's leader only:
 /// drop it when the replica stops leading, and [`recover`](Self::recover) a new one from the
 /// replica's applied [`DecisionLog`] when it leads again.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Coordinator {
     config: CoordinatorConfig,
     txns: BTreeMap<TxnId, Txn>,

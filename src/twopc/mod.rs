@@ -327,7 +327,7 @@ pub struct Decided {
 /// dropped first), so that a late duplicate of a participant's query, arriving after a
 /// committed transaction was forgotten, is answered with the commit and not with a presumed
 /// abort. Only the live decisions are what a recovering coordinator resumes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DecisionLog {
     decided: BTreeMap<TxnId, Decided>,
     finished: BTreeMap<TxnId, Outcome>,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 
 /// How a [`Participant`] behaves.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ParticipantConfig {
     /// This participant's address.
     pub id: NodeId,
@@ -79,7 +79,7 @@ pub enum ParticipantRecord {
 }
 
 /// What the application hears from a participant.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ParticipantEvent {
     /// A coordinator asks for a vote on `payload`: check it (and lock what it needs), then
     /// call [`Participant::vote`].
@@ -114,7 +114,7 @@ pub enum VoteError {
 /// [`take_records`](Self::take_records) (write, and sync if [`must_sync`](Self::must_sync)),
 /// [`take_persisted_messages`](Self::take_persisted_messages) (send once the write is
 /// durable: yes votes, acknowledgements), [`take_events`](Self::take_events).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ParticipantReady {
     messages: Vec<Message>,
     records: Vec<ParticipantRecord>,
@@ -151,7 +151,7 @@ impl ParticipantReady {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum State {
     /// The application was asked to vote.
     Asked { coordinator: NodeId, payload: Bytes },
@@ -167,7 +167,7 @@ enum State {
 ///
 /// Inputs: [`step`](Self::step), [`vote`](Self::vote), [`tick`](Self::tick). Outputs:
 /// [`ready`](Self::ready) while [`has_ready`](Self::has_ready).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Participant {
     config: ParticipantConfig,
     txns: BTreeMap<TxnId, State>,
