@@ -1053,3 +1053,110 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
         assert!(!client.is_live() && client.session().is_none());
     }
 }
+
+#[test]
+fn the_client_ignores_what_concerns_other_sessions_and_keeps_locks_across_a_renewal() {
+    let mut client = LockClient::new(1, 100).unwrap();
+    let open = client.open();
+    let opened = |session| Outcome::Opened {
+        session: SessionId(session),
+        expires_at: 100,
+    };
+    client.on_outcome(&open, &opened(9));
+    assert_eq!(client.session(), Some(SessionId(9)));
+    let acquire = client.acquire("x", Shared, Wait::Try).unwrap();
+    client.on_outcome(
+        &acquire,
+        &Outcome::Granted {
+            token: FencingToken(3),
+        },
+    );
+    // Another session's expiry or refusal is not this client's.
+    client.on_event(&LockEvent::Expired {
+        session: SessionId(8),
+        released: vec![],
+    });
+    let other = Command::KeepAlive {
+        session: SessionId(8),
+    };
+    client.on_outcome(
+        &other,
+        &Outcome::Refused(LockError::UnknownSession(SessionId(8))),
+    );
+    assert_eq!(client.session(), Some(SessionId(9)));
+    // Opening again renews the same session: the locks stay.
+    let open = client.open();
+    client.on_outcome(&open, &opened(9));
+    assert_eq!(client.token("x"), Some(FencingToken(3)));
+    // A different session (the old one was lost meanwhile): the locks are gone.
+    let open = client.open();
+    client.on_outcome(&open, &opened(12));
+    assert_eq!(client.session(), Some(SessionId(12)));
+    assert_eq!(client.held().count(), 0);
+}
+
+#[test]
+fn the_client_waits_for_a_release_and_ignores_stale_grants() {
+    let mut client = LockClient::new(1, 100).unwrap();
+    let open = client.open();
+    client.on_outcome(
+        &open,
+        &Outcome::Opened {
+            session: SessionId(2),
+            expires_at: 100,
+        },
+    );
+    let acquire = client.acquire("x", Exclusive, Wait::Forever).unwrap();
+    client.on_outcome(
+        &acquire,
+        &Outcome::Granted {
+            token: FencingToken(5),
+        },
+    );
+    let release = client.release("x").unwrap();
+    assert_eq!(
+        release,
+        Command::Release {
+            session: SessionId(2),
+            name: "x".into(),
+            token: Some(FencingToken(5)),
+        }
+    );
+    // No acquire until the release is answered; a repeated release names the same grant.
+    assert_eq!(client.acquire("x", Exclusive, Wait::Forever), None);
+    assert_eq!(client.release("x"), Some(release.clone()));
+    // An answer to an acquire the log ordered before the release: stale, ignored.
+    client.on_outcome(
+        &acquire,
+        &Outcome::Granted {
+            token: FencingToken(5),
+        },
+    );
+    assert_eq!(client.token("x"), None);
+    client.on_outcome(&release, &Outcome::Released);
+    let again = client.acquire("x", Exclusive, Wait::Forever).unwrap();
+    // The old grant, answered late, is still stale; a new one counts.
+    client.on_outcome(
+        &again,
+        &Outcome::Granted {
+            token: FencingToken(5),
+        },
+    );
+    assert_eq!(client.token("x"), None);
+    client.on_event(&LockEvent::Granted {
+        session: SessionId(2),
+        name: "x".into(),
+        mode: Exclusive,
+        token: FencingToken(9),
+    });
+    assert_eq!(client.token("x"), Some(FencingToken(9)));
+    // Withdrawing a wait names no grant.
+    assert_eq!(
+        client.release("y"),
+        Some(Command::Release {
+            session: SessionId(2),
+            name: "y".into(),
+            token: None,
+        })
+    );
+}
