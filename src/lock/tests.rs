@@ -1160,3 +1160,33 @@ fn the_client_waits_for_a_release_and_ignores_stale_grants() {
         })
     );
 }
+
+#[test]
+fn the_local_lease_ends_exactly_a_margin_before_the_lease() {
+    let mut client = LockClient::new(1, 100).unwrap();
+    let open = client.open();
+    client.on_outcome(
+        &open,
+        &Outcome::Opened {
+            session: SessionId(2),
+            expires_at: 100,
+        },
+    );
+    // Sent at local tick 0: trusted for 100 - 10 ticks.
+    let mut keep_alive = None;
+    for tick in 1..=90 {
+        assert!(client.is_live(), "tick {tick}");
+        if let Some(command) = client.tick() {
+            keep_alive.get_or_insert(command);
+        }
+    }
+    assert!(!client.is_live(), "the local lease ends at 90");
+    // The keep-alive went out at tick 33: answered now, it is trusted until 33 + 90.
+    client.on_outcome(&keep_alive.unwrap(), &Outcome::Renewed { expires_at: 200 });
+    for _ in 90..122 {
+        client.tick();
+    }
+    assert!(client.is_live());
+    client.tick();
+    assert!(!client.is_live(), "the renewed local lease ends at 123");
+}

@@ -116,6 +116,7 @@ fn all_yes_commits_and_the_decision_is_logged_before_anyone_hears_it() {
         coordinator.step(ack).unwrap();
     }
     assert_eq!(coordinator.in_flight(), 0);
+    assert!(coordinator.has_ready(), "a Forget entry alone is work");
     drain(&mut coordinator, &mut log);
     assert!(
         log.is_empty(),
@@ -630,4 +631,27 @@ impl Message {
         self.txn = txn;
         self
     }
+}
+
+#[test]
+fn the_application_can_abort_a_transaction_still_voting_only() {
+    let mut coordinator = coordinator();
+    let mut log = DecisionLog::new();
+    coordinator.begin(TxnId(1), parts(&P)).unwrap();
+    coordinator.ready();
+    assert!(coordinator.abort(TxnId(1)));
+    let (messages, decided) = drain(&mut coordinator, &mut log);
+    assert!(messages.is_empty(), "nothing before the log has the abort");
+    assert_eq!(decided, [TxnId(1)]);
+    assert_eq!(log.outcome(TxnId(1)), Some(Outcome::Abort));
+    // Deciding already, or unknown: too late, or nothing to abort.
+    assert!(!coordinator.abort(TxnId(1)));
+    assert!(!coordinator.abort(TxnId(2)));
+    report(&mut coordinator, &log, &decided);
+    let announced = coordinator.ready().take_messages();
+    assert_eq!(announced.len(), 3);
+    assert!(announced.iter().all(|m| m.body
+        == Body::Decision {
+            outcome: Outcome::Abort
+        }));
 }
