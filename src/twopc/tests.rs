@@ -655,3 +655,38 @@ fn the_application_can_abort_a_transaction_still_voting_only() {
             outcome: Outcome::Abort
         }));
 }
+
+#[test]
+fn a_participant_remembers_its_newest_finished_transactions_within_the_bound() {
+    let mut config = ParticipantConfig::new(P[0]);
+    config.finished_remembered = 2;
+    config.payload_bytes_max = 1;
+    let mut participant = Participant::new(config).unwrap();
+    let request = |txn| Message {
+        txn: TxnId(txn),
+        from: C,
+        to: P[0],
+        body: Body::VoteRequest {
+            payload: Bytes::from("x"), // exactly the bound
+        },
+    };
+    for txn in 1..=3 {
+        participant.step(request(txn)).unwrap();
+        assert!(participant.has_ready());
+        participant.ready();
+        participant.vote(TxnId(txn), false).unwrap();
+        assert!(participant.has_ready(), "the no vote alone is work");
+        assert_eq!(participant.ready().take_messages().len(), 1);
+    }
+    // The two newest are remembered: their requests, repeated, start nothing.
+    for txn in [2, 3] {
+        participant.step(request(txn)).unwrap();
+        assert!(!participant.has_ready(), "t{txn} is over");
+    }
+    // The oldest was forgotten: a repeated request is taken for a new one.
+    participant.step(request(1)).unwrap();
+    assert!(matches!(
+        &participant.ready().take_events()[..],
+        [ParticipantEvent::VoteRequested { .. }]
+    ));
+}
