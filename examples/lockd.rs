@@ -11,11 +11,11 @@
 //! target/release/examples/lockd --id 1 --peers $PEERS --client 127.0.0.1:6400 --data /tmp/lock1 &
 //! target/release/examples/lockd --id 2 --peers $PEERS --client 127.0.0.1:6401 --data /tmp/lock2 &
 //! target/release/examples/lockd --id 3 --peers $PEERS --client 127.0.0.1:6402 --data /tmp/lock3 &
-//! redis-cli -p 6400 open 7 3000                 # client 7, lease of 3000 ticks: session, lease end
-//! redis-cli -p 6401 acquire 4 printer           # session 4 (as OPEN answered): fencing token
-//! redis-cli -p 6402 acquire 4 printer           # again: the same token (a retry is harmless)
+//! S=$(redis-cli -p 6400 open 7 3000 | head -1)  # client 7, lease of 3000 ticks: the session
+//! redis-cli -p 6401 acquire $S printer          # the fencing token
+//! redis-cli -p 6402 acquire $S printer          # again: the same token (a retry is harmless)
 //! redis-cli -p 6400 holders printer             # this replica's view: session mode token
-//! redis-cli -p 6400 release 4 printer
+//! redis-cli -p 6400 release $S printer
 //! ```
 //!
 //! Any replica serves any client (followers forward proposals to the leader). One tick is
