@@ -99,7 +99,8 @@
 //! - [`driver`]: runs a replica over a storage and a transport with `futures`, with group
 //!   commit.
 //! - [`sim`]: the deterministic simulator with fault injection, safety checkers and a
-//!   linearizability checker.
+//!   linearizability checker; [`sim::twopc`] and [`sim::locks`] put two-phase commit and the
+//!   lock service under faults with their own checkers.
 //! - [`session`]: client sessions — exactly-once application of retried requests.
 //! - [`twopc`]: two-phase commit (coordinator and participant, presumed abort), with a decision
 //!   log that can live in a Paxos group so that a coordinator crash blocks no one.

@@ -36,7 +36,9 @@
 //!   log; participants list every replica in [`ParticipantConfig::coordinators`] and ask them
 //!   all. A coordinator crash then costs one election, and two coordinators running at once
 //!   (an old leader that does not know it was deposed) cannot disagree: the log keeps the
-//!   first decision and both report that one.
+//!   first decision and both report that one. (One single-decree
+//!   [`paxos`](crate::paxos) instance per transaction does the same job without a leader:
+//!   propose the `Decide` entry to the transaction's instance, and apply the chosen value.)
 //!
 //! Every state is durable before the message that reveals it: a yes vote after the prepared
 //! record, a commit decision after the log entry, a commit acknowledgement after the
