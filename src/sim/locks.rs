@@ -178,14 +178,16 @@ struct World {
     service: LockService,
     slot: u64,
     clients: Vec<Client>,
-    /// The leader's clock, if there is a leader, and when the next failure may come.
+    /// The leader's clock, while there is a leader.
     leader: Option<LeaseClock>,
+    /// When the next leader takes over, while there is none.
     leaderless_until: u64,
     proposals: Vec<Proposal>,
     deliveries: Vec<Delivery>,
-    /// The session of each client, as the service knows it, with its grants: every token a
-    /// client holds must be one of them.
+    /// Every grant the service made, by token, with the session it went to: a token a client
+    /// holds must be one of them, granted to that client's session.
     granted: BTreeMap<FencingToken, crate::lock::SessionId>,
+    /// The newest grant's token: grants only grow.
     last_grant: FencingToken,
     stats: LocksStats,
 }
