@@ -287,7 +287,7 @@ fn entry(node: NodeId, request: u64, command: &Command) -> Bytes {
 async fn apply_committed(
     node: Arc<Node>,
     mut committed: synod::driver::Committed,
-    mut handle: Handle,
+    handle: Handle,
     snapshot_every: u64,
 ) {
     let mut last_snapshot = node.state().slot;
@@ -363,7 +363,6 @@ async fn apply_committed(
             });
         }
     }
-    let _ = handle.status().await;
 }
 
 async fn accept_clients(node: Arc<Node>, handle: Handle, listener: TcpListener) {

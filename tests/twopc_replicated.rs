@@ -188,6 +188,18 @@ impl World {
         std::mem::take(&mut self.to_participants)
     }
 
+    /// Both participants reported `outcome` for `txn`.
+    fn assert_decided(&self, txn: TxnId, outcome: Outcome) {
+        for id in PARTICIPANTS {
+            assert_eq!(
+                self.decided_at_participants.get(&(id, txn)),
+                Some(&outcome),
+                "{id}"
+            );
+            assert_eq!(self.participants[&id].prepared().count(), 0, "{id}");
+        }
+    }
+
     fn tick_participants(&mut self) {
         for id in PARTICIPANTS {
             self.participants.get_mut(&id).unwrap().tick();
@@ -233,13 +245,7 @@ fn a_commit_logged_by_a_leader_that_is_then_cut_off_reaches_every_participant() 
         world.tick_participants();
         world.exchange();
     }
-    for id in PARTICIPANTS {
-        assert_eq!(
-            world.decided_at_participants.get(&(id, txn)),
-            Some(&Outcome::Commit)
-        );
-        assert_eq!(world.participants[&id].prepared().count(), 0);
-    }
+    world.assert_decided(txn, Outcome::Commit);
     // Acknowledged by both: the new coordinator forgets it, through the log.
     assert_eq!(world.coordinator.as_ref().unwrap().1.in_flight(), 0);
     world.net.stabilize();
@@ -265,12 +271,7 @@ fn a_transaction_still_voting_when_its_leader_is_cut_off_aborts_at_the_next_lead
         world.tick_participants();
         world.exchange();
     }
-    for id in PARTICIPANTS {
-        assert_eq!(
-            world.decided_at_participants.get(&(id, txn)),
-            Some(&Outcome::Abort)
-        );
-    }
+    world.assert_decided(txn, Outcome::Abort);
     assert_eq!(world.logs[&3].0.outcome(txn), Some(Outcome::Abort));
     // Every replica that applied the log agrees.
     world.net.heal();

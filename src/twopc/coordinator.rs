@@ -431,14 +431,25 @@ impl Coordinator {
         if !matches!(state.phase, Phase::Logging) {
             return;
         }
-        // The log's participants are authoritative (a query may have reached a coordinator
-        // that knew only the asker).
-        state.participants = decided.participants.clone();
-        state.payloads = Vec::new();
-        state.since_send = 0;
-        let participants = state.participants.clone();
         let report = state.report;
-        for participant in &participants {
+        match decided.outcome {
+            // The log's participants are authoritative (a query may have reached a
+            // coordinator that knew only the asker).
+            Outcome::Commit => {
+                state.participants = decided.participants.clone();
+                state.payloads = Vec::new();
+                state.since_send = 0;
+                state.phase = Phase::Announcing {
+                    unacked: decided.participants.iter().copied().collect(),
+                };
+            }
+            // Presumed abort: no acknowledgements; forget it now.
+            Outcome::Abort => {
+                self.txns.remove(&txn);
+                self.ready.log.push(LogEntry::Forget { txn });
+            }
+        }
+        for participant in &decided.participants {
             self.send(
                 txn,
                 *participant,
@@ -452,18 +463,6 @@ impl Coordinator {
                 txn,
                 outcome: decided.outcome,
             });
-        }
-        match decided.outcome {
-            Outcome::Commit => {
-                self.txns.get_mut(&txn).expect("present").phase = Phase::Announcing {
-                    unacked: participants.into_iter().collect(),
-                };
-            }
-            // Presumed abort: no acknowledgements; forget it now.
-            Outcome::Abort => {
-                self.txns.remove(&txn);
-                self.ready.log.push(LogEntry::Forget { txn });
-            }
         }
     }
 
