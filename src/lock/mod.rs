@@ -486,11 +486,8 @@ impl LockService {
         }
         let expires_at = self.state.now.saturating_add(lease);
         if let Some(&session) = self.clients.get(&client) {
-            let entry = self.state.sessions.get_mut(&session).expect("indexed");
-            entry.lease = lease;
-            let old = std::mem::replace(&mut entry.expires_at, expires_at);
-            self.expiries.remove(&(old, session));
-            self.expiries.insert((expires_at, session));
+            self.session_mut(session).lease = lease;
+            self.set_lease_end(session, expires_at);
             return Ok(Outcome::Opened {
                 session,
                 expires_at,
@@ -521,17 +518,23 @@ impl LockService {
     }
 
     fn keep_alive(&mut self, session: SessionId) -> Result<Outcome, LockError> {
-        let now = self.state.now;
-        let entry = self
+        let lease = self
             .state
             .sessions
-            .get_mut(&session)
-            .ok_or(LockError::UnknownSession(session))?;
-        let expires_at = now.saturating_add(entry.lease);
+            .get(&session)
+            .ok_or(LockError::UnknownSession(session))?
+            .lease;
+        let expires_at = self.state.now.saturating_add(lease);
+        self.set_lease_end(session, expires_at);
+        Ok(Outcome::Renewed { expires_at })
+    }
+
+    /// Moves `session`'s lease end, in the session and in the expiry index.
+    fn set_lease_end(&mut self, session: SessionId, expires_at: u64) {
+        let entry = self.session_mut(session);
         let old = std::mem::replace(&mut entry.expires_at, expires_at);
         self.expiries.remove(&(old, session));
         self.expiries.insert((expires_at, session));
-        Ok(Outcome::Renewed { expires_at })
     }
 
     fn close(&mut self, slot: Slot, session: SessionId) -> Result<Outcome, LockError> {
@@ -724,12 +727,15 @@ impl LockService {
 
     fn grace(&mut self, ticks: u64) -> Outcome {
         let floor = self.state.now.saturating_add(ticks);
-        for (&session, entry) in &mut self.state.sessions {
-            if entry.expires_at < floor {
-                self.expiries.remove(&(entry.expires_at, session));
-                entry.expires_at = floor;
-                self.expiries.insert((floor, session));
-            }
+        // The leases ending before the floor are the first entries of the expiry index.
+        let short: Vec<SessionId> = self
+            .expiries
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at < floor)
+            .map(|(_, session)| *session)
+            .collect();
+        for session in short {
+            self.set_lease_end(session, floor);
         }
         Outcome::Time {
             now: self.state.now,
