@@ -94,7 +94,10 @@ pub struct CoordinatorReady {
 
 impl CoordinatorReady {
     /// The entries to log, in order. `Decide` entries must be reported back with
-    /// [`Coordinator::on_logged`]; `Forget` entries need not be durable at once.
+    /// [`Coordinator::on_logged`]; one that is not reported within `resend_ticks` is handed
+    /// out again (a proposal to a Paxos group can be lost; the log keeps the first decision,
+    /// so a copy changes nothing). `Forget` entries need not be durable at once, and one that
+    /// is lost only keeps the decision live until a recovering coordinator announces it again.
     pub fn take_log(&mut self) -> Vec<LogEntry> {
         std::mem::take(&mut self.log)
     }
@@ -114,8 +117,9 @@ impl CoordinatorReady {
 enum Phase {
     /// Collecting votes; `yes` holds the participants that voted yes.
     Voting { yes: BTreeSet<NodeId>, elapsed: u64 },
-    /// The decision was handed to the log; waiting for `on_logged`.
-    Logging,
+    /// The decision was handed to the log; waiting for `on_logged`. The entry is handed out
+    /// again every `resend_ticks` until then: a proposal to a Paxos group can be lost.
+    Logging { outcome: Outcome },
     /// A commit decision is being announced; `unacked` still have to confirm it.
     Announcing { unacked: BTreeSet<NodeId> },
 }
@@ -183,7 +187,9 @@ impl Coordinator {
                 Txn {
                     participants: decided.participants.clone(),
                     payloads: Vec::new(),
-                    phase: Phase::Logging,
+                    phase: Phase::Logging {
+                        outcome: decided.outcome,
+                    },
                     since_send: 0,
                     report: true,
                 },
@@ -266,6 +272,7 @@ impl Coordinator {
     pub fn tick(&mut self) {
         let mut timed_out = Vec::new();
         let mut resend = Vec::new();
+        let mut relog = Vec::new();
         for (&txn, state) in &mut self.txns {
             state.since_send += 1;
             let due = state.since_send >= self.config.resend_ticks;
@@ -292,7 +299,11 @@ impl Coordinator {
                         }
                     }
                 }
-                Phase::Logging => {}
+                Phase::Logging { outcome } => {
+                    if due {
+                        relog.push((txn, *outcome));
+                    }
+                }
                 Phase::Announcing { unacked } => {
                     if due {
                         for participant in unacked.iter() {
@@ -313,6 +324,9 @@ impl Coordinator {
         }
         for txn in timed_out {
             self.decide(txn, Outcome::Abort);
+        }
+        for (txn, outcome) in relog {
+            self.decide(txn, outcome);
         }
     }
 
@@ -342,7 +356,9 @@ impl Coordinator {
                         Txn {
                             participants: vec![from],
                             payloads: Vec::new(),
-                            phase: Phase::Logging,
+                            phase: Phase::Logging {
+                                outcome: Outcome::Abort,
+                            },
                             since_send: 0,
                             report: false,
                         },
@@ -428,7 +444,7 @@ impl Coordinator {
         let Some(state) = self.txns.get_mut(&txn) else {
             return;
         };
-        if !matches!(state.phase, Phase::Logging) {
+        if !matches!(state.phase, Phase::Logging { .. }) {
             return;
         }
         let report = state.report;
@@ -480,7 +496,8 @@ impl Coordinator {
 
     fn decide(&mut self, txn: TxnId, outcome: Outcome) {
         let state = self.txns.get_mut(&txn).expect("caller checked");
-        state.phase = Phase::Logging;
+        state.phase = Phase::Logging { outcome };
+        state.since_send = 0;
         self.ready.log.push(LogEntry::Decide {
             txn,
             outcome,

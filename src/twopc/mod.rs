@@ -34,7 +34,8 @@
 //!   [`Replica`](crate::Replica) and apply the chosen ones to a [`DecisionLog`] on every
 //!   replica. Whichever replica leads runs the coordinator, recovered from its copy of the
 //!   log; participants list every replica in [`ParticipantConfig::coordinators`] and ask them
-//!   all. A coordinator crash then costs one election, and two coordinators running at once
+//!   all. A proposal may be lost (the coordinator hands a `Decide` out again until it is
+//!   reported). A coordinator crash then costs one election, and two coordinators running at once
 //!   (an old leader that does not know it was deposed) cannot disagree: the log keeps the
 //!   first decision and both report that one. (One single-decree
 //!   [`paxos`](crate::paxos) instance per transaction does the same job without a leader:

@@ -690,3 +690,44 @@ fn a_participant_remembers_its_newest_finished_transactions_within_the_bound() {
         [ParticipantEvent::VoteRequested { .. }]
     ));
 }
+
+#[test]
+fn a_decide_entry_that_is_not_reported_is_handed_out_again() {
+    // A proposal to a Paxos group can be lost: the coordinator hands the `Decide` out again
+    // every `resend_ticks` until `on_logged`, then never again.
+    let mut coordinator = coordinator();
+    let resend = coordinator.config().resend_ticks;
+    let txn = TxnId(3);
+    coordinator.begin(txn, parts(&P[..1])).unwrap();
+    coordinator.ready();
+    let no = Message {
+        txn,
+        from: P[0],
+        to: C,
+        body: Body::Vote { yes: false },
+    };
+    coordinator.step(no).unwrap();
+    let decide = LogEntry::Decide {
+        txn,
+        outcome: Outcome::Abort,
+        participants: vec![P[0]],
+    };
+    assert_eq!(coordinator.ready().take_log(), [decide.clone()]);
+    for _ in 1..resend {
+        coordinator.tick();
+    }
+    assert!(!coordinator.has_ready(), "handed out again too early");
+    coordinator.tick();
+    assert_eq!(coordinator.ready().take_log(), [decide.clone()]);
+    // The copy changes nothing in the log; once reported, the coordinator is done with it.
+    let mut log = DecisionLog::new();
+    let (_, decided) = log.apply(&decide).unwrap();
+    assert_eq!(log.apply(&decide), Some((txn, decided.clone())));
+    coordinator.on_logged(txn, &decided);
+    coordinator.ready();
+    for _ in 0..3 * resend {
+        coordinator.tick();
+    }
+    assert!(!coordinator.has_ready());
+    assert_eq!(coordinator.in_flight(), 0);
+}
