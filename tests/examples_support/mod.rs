@@ -241,3 +241,25 @@ pub fn peers_argument(ports: &[u16]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// The first ports of `count` blocks of `width` consecutive loopback ports that were all
+/// free a moment ago (for a server that derives more ports from one, like `bank`'s groups).
+pub fn free_port_blocks(count: usize, width: u16) -> Vec<u16> {
+    let mut held = Vec::new();
+    let mut bases = Vec::new();
+    let mut candidate = 20_000 + (std::process::id() % 20_000) as u16;
+    for _ in 0..1000 {
+        if bases.len() == count {
+            return bases;
+        }
+        candidate = 20_000 + (candidate - 20_000 + 97) % 40_000;
+        let listeners: Vec<TcpListener> = (0..width)
+            .map_while(|offset| TcpListener::bind(("127.0.0.1", candidate + offset)).ok())
+            .collect();
+        if listeners.len() == usize::from(width) {
+            bases.push(candidate);
+            held.extend(listeners);
+        }
+    }
+    panic!("no {count} blocks of {width} consecutive free ports");
+}

@@ -1,0 +1,542 @@
+//! The bank's state machines and coordinator wiring, run in memory: targeted cases, and a
+//! seeded sweep with lost, duplicated and reordered proposals, coordinator takeovers and
+//! replicas restored from snapshots.
+
+use super::*;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+fn origin(request: u64) -> Origin {
+    Origin { node: 1, request }
+}
+
+fn adjust(account: &str, delta: i64, key: u64) -> Vec<u8> {
+    Entry::Adjust {
+        origin: origin(key),
+        key: (0, key),
+        account: account.to_string(),
+        delta,
+    }
+    .encode()
+    .to_vec()
+}
+
+fn begin(from: &str, to: &str, amount: i64, key: u64) -> Vec<u8> {
+    Entry::Begin {
+        origin: origin(key),
+        key: (0, key),
+        transfer: Transfer {
+            from: from.to_string(),
+            to: to.to_string(),
+            amount,
+        },
+    }
+    .encode()
+    .to_vec()
+}
+
+fn vote_request(shard: u64, txn: u64, ops: &Ops) -> Vec<u8> {
+    Entry::TwoPc(Message {
+        txn: TxnId(txn),
+        from: COORDINATOR,
+        to: participant_id(shard),
+        body: Body::VoteRequest {
+            payload: encode_ops(ops),
+        },
+    })
+    .encode()
+    .to_vec()
+}
+
+fn decision(shard: u64, txn: u64, outcome: Outcome) -> Vec<u8> {
+    Entry::TwoPc(Message {
+        txn: TxnId(txn),
+        from: COORDINATOR,
+        to: participant_id(shard),
+        body: Body::Decision { outcome },
+    })
+    .encode()
+    .to_vec()
+}
+
+fn vote(messages: &[Message]) -> Option<bool> {
+    match messages {
+        [Message {
+            body: Body::Vote { yes },
+            ..
+        }] => Some(*yes),
+        _ => None,
+    }
+}
+
+#[test]
+fn adjust_deposits_withdraws_and_refuses_overdrafts_and_bad_input() {
+    let mut shard = Shard::new(1);
+    let balance = |balance| Some(Answer::Balance { balance, held: 0 });
+    assert_eq!(shard.apply(&adjust("alice", 100, 1)).answer, balance(100));
+    assert_eq!(shard.apply(&adjust("alice", -30, 2)).answer, balance(70));
+    assert_eq!(
+        shard.apply(&adjust("alice", -71, 3)).answer,
+        Some(Answer::Insufficient {
+            balance: 70,
+            held: 0
+        })
+    );
+    for (account, delta) in [("alice", 0), ("alice", i64::MIN), ("", 5), ("a b", 5)] {
+        let answer = shard.apply(&adjust(account, delta, 4)).answer;
+        assert!(matches!(answer, Some(Answer::Refused(_))), "{answer:?}");
+    }
+    let answer = shard.apply(&adjust("alice", AMOUNT_MAX + 1, 5)).answer;
+    assert!(matches!(answer, Some(Answer::Refused(_))));
+    // Garbage and another group's entries change nothing.
+    let before = shard.clone();
+    assert_eq!(shard.apply(b"\xff\x00garbage").answer, None);
+    let answer = shard.apply(&begin("alice", "bob", 1, 6)).answer;
+    assert!(matches!(answer, Some(Answer::Refused(_))));
+    assert_eq!(shard, before);
+    assert_eq!(shard.balance("alice"), (70, 0));
+}
+
+#[test]
+fn a_retried_key_has_one_effect_and_the_first_answer() {
+    let mut shard = Shard::new(1);
+    shard.apply(&adjust("alice", 100, 1));
+    assert_eq!(
+        shard.apply(&adjust("alice", -40, 2)).answer,
+        Some(Answer::Balance {
+            balance: 60,
+            held: 0
+        })
+    );
+    // The retry answers like the first time, and withdraws nothing more.
+    assert_eq!(
+        shard.apply(&adjust("alice", -40, 2)).answer,
+        Some(Answer::Balance {
+            balance: 60,
+            held: 0
+        })
+    );
+    assert_eq!(shard.balance("alice"), (60, 0));
+
+    let mut ledger = Ledger::new();
+    let first = ledger.apply(10, &begin("alice", "bob", 5, 7));
+    assert_eq!(first.answer, Some(Answer::Begun(TxnId(10))));
+    assert_eq!(first.begun.as_ref().map(|(txn, _)| *txn), Some(TxnId(10)));
+    let again = ledger.apply(11, &begin("alice", "bob", 5, 7));
+    assert_eq!(again.answer, Some(Answer::Begun(TxnId(10))));
+    assert_eq!(again.begun, None);
+    assert_eq!(ledger.pending_count(), 1);
+}
+
+#[test]
+fn the_ledger_refuses_bad_transfers() {
+    let mut ledger = Ledger::new();
+    for bytes in [
+        begin("alice", "alice", 5, 1),
+        begin("alice", "bob", 0, 2),
+        begin("alice", "", 5, 3),
+        adjust("alice", 5, 4),
+    ] {
+        let applied = ledger.apply(1, &bytes);
+        assert!(matches!(applied.answer, Some(Answer::Refused(_))));
+        assert_eq!(applied.begun, None);
+    }
+    assert_eq!(ledger.apply(2, b"junk"), LedgerApplied::default());
+    assert_eq!(ledger.pending_count(), 0);
+}
+
+#[test]
+fn a_vote_holds_the_debit_until_the_decision() {
+    let mut shard = Shard::new(1);
+    shard.apply(&adjust("alice", 100, 1));
+    let ops = vec![("alice".to_string(), -60), ("bob".to_string(), 60)];
+    let applied = shard.apply(&vote_request(1, 5, &ops));
+    assert_eq!(vote(&applied.messages), Some(true));
+    assert_eq!(shard.balance("alice"), (100, 60));
+    assert_eq!(shard.prepared(), vec![TxnId(5)]);
+    // What is held is not available: a second transfer of 60, and a withdrawal of 41, fail.
+    let applied = shard.apply(&vote_request(1, 6, &[("alice".to_string(), -60)].to_vec()));
+    assert_eq!(vote(&applied.messages), Some(false));
+    assert!(matches!(
+        shard.apply(&adjust("alice", -41, 2)).answer,
+        Some(Answer::Insufficient { .. })
+    ));
+    // A duplicated vote request gets the same vote again.
+    assert_eq!(
+        vote(&shard.apply(&vote_request(1, 5, &ops)).messages),
+        Some(true)
+    );
+    // Commit: the debit and the credit apply, and the ack goes back.
+    let applied = shard.apply(&decision(1, 5, Outcome::Commit));
+    assert!(matches!(
+        applied.messages.as_slice(),
+        [Message {
+            body: Body::DecisionAck,
+            ..
+        }]
+    ));
+    assert_eq!(shard.balance("alice"), (40, 0));
+    assert_eq!(shard.balance("bob"), (60, 0));
+    assert!(shard.prepared().is_empty());
+    // Abort of another: its hold is released and nothing moves.
+    let applied = shard.apply(&vote_request(1, 7, &[("alice".to_string(), -40)].to_vec()));
+    assert_eq!(vote(&applied.messages), Some(true));
+    assert_eq!(shard.balance("alice"), (40, 40));
+    shard.apply(&decision(1, 7, Outcome::Abort));
+    assert_eq!(shard.balance("alice"), (40, 0));
+    assert_eq!(shard.total(), 100);
+}
+
+#[test]
+fn malformed_vote_requests_get_no() {
+    let mut shard = Shard::new(1);
+    shard.apply(&adjust("alice", 100, 1));
+    for (txn, ops) in [
+        vec![],
+        vec![("alice".to_string(), 0)],
+        vec![("".to_string(), 5)],
+        vec![("bob".to_string(), BALANCE_MAX)],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let applied = shard.apply(&vote_request(1, 20 + txn as u64, &ops));
+        assert_eq!(vote(&applied.messages), Some(false), "{ops:?}");
+    }
+    let garbage = Entry::TwoPc(Message {
+        txn: TxnId(10),
+        from: COORDINATOR,
+        to: participant_id(1),
+        body: Body::VoteRequest {
+            payload: Bytes::from_static(b"\xff\xff\xff"),
+        },
+    });
+    assert_eq!(vote(&shard.apply(&garbage.encode()).messages), Some(false));
+    // Addressed to another shard: refused by the participant, nothing changes.
+    let before = shard.clone();
+    let applied = shard.apply(&vote_request(2, 11, &[("alice".to_string(), -1)].to_vec()));
+    assert!(applied.messages.is_empty());
+    assert_eq!(shard, before);
+    assert_eq!(shard.balance("alice"), (100, 0));
+}
+
+#[test]
+fn a_restored_shard_remembers_its_no_votes() {
+    // The participant remembers a transaction it voted no on, so that a duplicated vote
+    // request does not prepare it later; a replica restored from a snapshot must remember it
+    // too, or the two replicas would vote differently on the duplicate.
+    let mut shard = Shard::new(1);
+    let ops = vec![("alice".to_string(), -50)];
+    assert_eq!(
+        vote(&shard.apply(&vote_request(1, 3, &ops)).messages),
+        Some(false)
+    );
+    let mut restored = Shard::restore(1, &shard.snapshot()).unwrap();
+    for replica in [&mut shard, &mut restored] {
+        replica.apply(&adjust("alice", 100, 1));
+        let applied = replica.apply(&vote_request(1, 3, &ops));
+        assert!(applied.messages.is_empty());
+        assert_eq!(replica.balance("alice"), (100, 0));
+    }
+    assert_eq!(shard.snapshot(), restored.snapshot());
+}
+
+#[test]
+fn snapshots_round_trip_and_bad_ones_are_refused() {
+    let mut shard = Shard::new(2);
+    shard.apply(&adjust("alice", 100, 1));
+    let ops = vec![("alice".to_string(), -60), ("bob".to_string(), 60)];
+    shard.apply(&vote_request(2, 5, &ops));
+    let bytes = shard.snapshot();
+    let restored = Shard::restore(2, &bytes).unwrap();
+    assert_eq!(restored.snapshot(), bytes);
+    assert_eq!(restored.prepared(), vec![TxnId(5)]);
+    assert_eq!(restored.balance("alice"), (100, 60));
+    assert!(Shard::restore(3, &bytes).is_err());
+    assert!(Shard::restore(2, &bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(Shard::restore(2, &longer).is_err());
+    // A hold that no prepared record explains.
+    let mut image: ShardImage = decode(&bytes).unwrap();
+    image.records.prepared.clear();
+    assert!(Shard::restore(2, &encode(&image)).is_err());
+
+    let mut ledger = Ledger::new();
+    ledger.apply(1, &begin("alice", "bob", 5, 1));
+    let bytes = ledger.snapshot();
+    assert_eq!(Ledger::restore(&bytes).unwrap(), ledger);
+    assert!(Ledger::restore(&bytes[1..]).is_err());
+}
+
+#[test]
+fn placement_splits_a_transfer_by_shard() {
+    let placement = Placement::new(4).unwrap();
+    let shards: BTreeSet<u64> = (0..64)
+        .map(|i| placement.shard(&format!("account-{i}")))
+        .collect();
+    assert_eq!(shards, (1..=4).collect());
+    let (a, b) = two_accounts(&placement, false);
+    let parts = placement.parts(&Transfer {
+        from: a.clone(),
+        to: b.clone(),
+        amount: 7,
+    });
+    assert_eq!(parts.len(), 2);
+    let (c, d) = two_accounts(&placement, true);
+    let parts = placement.parts(&Transfer {
+        from: c.clone(),
+        to: d.clone(),
+        amount: 7,
+    });
+    assert_eq!(parts.len(), 1);
+    assert_eq!(decode_ops(&parts[0].1).unwrap(), vec![(c, -7), (d, 7)]);
+    assert!(Placement::new(0).is_err());
+}
+
+/// Two accounts on the same shard, or on different ones.
+fn two_accounts(placement: &Placement, same: bool) -> (String, String) {
+    let first = "account-0".to_string();
+    let second = (1..)
+        .map(|i| format!("account-{i}"))
+        .find(|name| (placement.shard(name) == placement.shard(&first)) == same)
+        .unwrap();
+    (first, second)
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole bank in memory.
+
+/// Every group's log as a queue of proposals, applied one at a time to the ledger and to
+/// two replicas of every shard; the coordinator runs on the side of the first replicas.
+struct World {
+    rng: ChaCha8Rng,
+    faults: bool,
+    placement: Placement,
+    ledger: Ledger,
+    slot: Slot,
+    shards: Vec<Shard>,
+    twins: Vec<Shard>,
+    queues: Vec<VecDeque<Entry>>,
+    coordination: Coordination,
+    transfers: BTreeMap<TxnId, Transfer>,
+    outcomes: BTreeMap<TxnId, Outcome>,
+    ticks: u64,
+    takeovers: u64,
+}
+
+impl World {
+    fn new(seed: u64, shards: u64, faults: bool) -> World {
+        let placement = Placement::new(shards).unwrap();
+        let mut coordination = Coordination::new(placement.clone(), 30, 8).unwrap();
+        let ledger = Ledger::new();
+        coordination.take_over(&ledger);
+        World {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            faults,
+            placement,
+            ledger,
+            slot: 0,
+            shards: (1..=shards).map(Shard::new).collect(),
+            twins: (1..=shards).map(Shard::new).collect(),
+            queues: (0..=shards).map(|_| VecDeque::new()).collect(),
+            coordination,
+            transfers: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            ticks: 0,
+            takeovers: 0,
+        }
+    }
+
+    fn chance(&mut self, percent: u32) -> bool {
+        self.rng.next_u32() % 100 < percent
+    }
+
+    fn propose(&mut self, group: u64, entry: Entry) {
+        self.queues[group as usize].push_back(entry);
+    }
+
+    /// Chooses one proposal of some group (lost, duplicated or overtaken under faults) and
+    /// applies it. False if nothing is proposed.
+    fn step(&mut self) -> bool {
+        let busy: Vec<usize> = (0..self.queues.len())
+            .filter(|&group| !self.queues[group].is_empty())
+            .collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let group = busy[self.rng.next_u32() as usize % busy.len()];
+        let queue_len = self.queues[group].len();
+        let index = if self.faults && self.chance(20) {
+            self.rng.next_u32() as usize % queue_len
+        } else {
+            0
+        };
+        let entry = self.queues[group].remove(index).unwrap();
+        if self.faults && self.chance(5) {
+            return true;
+        }
+        if self.faults && self.chance(5) {
+            self.queues[group].push_back(entry.clone());
+        }
+        let bytes = entry.encode();
+        if group == LEDGER as usize {
+            self.slot += 1;
+            let applied = self.ledger.apply(self.slot, &bytes);
+            if let Some((txn, transfer)) = &applied.begun {
+                self.transfers.insert(*txn, transfer.clone());
+                self.coordination.begun(*txn, transfer);
+            }
+            if let Some((txn, decided)) = &applied.decided {
+                let first = *self.outcomes.entry(*txn).or_insert(decided.outcome);
+                assert_eq!(first, decided.outcome, "{txn} decided twice, differently");
+                self.coordination.logged(*txn, decided);
+            }
+        } else {
+            let index = group - 1;
+            let applied = self.shards[index].apply(&bytes);
+            let twin = self.twins[index].apply(&bytes);
+            assert_eq!(applied, twin, "the replicas of shard {group} disagree");
+            self.coordination.deliver(applied.messages);
+        }
+        self.route();
+        true
+    }
+
+    fn route(&mut self) {
+        for (group, entry) in self.coordination.take_proposals() {
+            self.propose(group, entry);
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        self.coordination.tick();
+        if self.ticks % 20 == 0 {
+            for index in 0..self.shards.len() {
+                let prepared = self.shards[index].prepared();
+                self.coordination.query(index as u64 + 1, prepared);
+            }
+        }
+        self.route();
+        if self.faults && self.chance(2) {
+            // The ledger's leader changes: the old coordinator's proposals in flight stay.
+            self.coordination.step_down();
+            self.coordination.take_over(&self.ledger);
+            self.takeovers += 1;
+            self.route();
+        }
+        if self.faults && self.chance(3) {
+            let index = self.rng.next_u32() as usize % self.twins.len();
+            let bytes = self.twins[index].snapshot();
+            self.twins[index] = Shard::restore(index as u64 + 1, &bytes).unwrap();
+            assert_eq!(self.twins[index].snapshot(), bytes);
+        }
+    }
+
+    fn total(&self) -> i64 {
+        self.shards.iter().map(Shard::total).sum()
+    }
+}
+
+/// Runs random transfers among `accounts` accounts under faults, then lets everything
+/// settle without faults, and checks the bank: every transfer decided, the balances exactly
+/// those of the committed transfers, nothing held, no money made or lost.
+fn run(seed: u64, shards: u64, accounts: usize, transfers: u64) -> (usize, usize, u64) {
+    let mut world = World::new(seed, shards, true);
+    let names: Vec<String> = (0..accounts).map(|i| format!("acct{i}")).collect();
+    let deposit = 100;
+    for (i, name) in names.iter().enumerate() {
+        let shard = world.placement.shard(name);
+        world.propose(
+            shard,
+            Entry::Adjust {
+                origin: Origin::default(),
+                key: (0, 1_000_000 + i as u64),
+                account: name.clone(),
+                delta: deposit,
+            },
+        );
+    }
+    world.faults = false;
+    while world.step() {}
+    world.faults = true;
+    let mut key = 0;
+    for round in 0..transfers * 40 {
+        if round % 40 == 0 {
+            key += 1;
+            let from = names[world.rng.next_u32() as usize % accounts].clone();
+            let to = names[world.rng.next_u32() as usize % accounts].clone();
+            let amount = 1 + i64::from(world.rng.next_u32() % 60);
+            let entry = Entry::decode(&begin(&from, &to, amount, key)).unwrap();
+            world.propose(LEDGER, entry);
+        }
+        if round % 3 == 0 {
+            world.tick();
+        }
+        world.step();
+    }
+    // Settle: no more faults; the coordinator resends and the shards ask until all is done.
+    world.faults = false;
+    let mut quiet = 0;
+    while quiet < 200 {
+        let busy = world.step();
+        world.tick();
+        let done = world.ledger.pending_count() == 0
+            && world.shards.iter().all(|shard| shard.prepared().is_empty());
+        quiet = if busy || !done { 0 } else { quiet + 1 };
+        assert!(
+            world.ticks < 1_000_000,
+            "seed {seed}: the bank does not settle: pending {:?}, prepared {:?}, coordinator {:?}",
+            world.ledger.pending,
+            world.shards.iter().map(Shard::prepared).collect::<Vec<_>>(),
+            world.coordination
+        );
+    }
+    let mut expected: BTreeMap<&str, i64> = names.iter().map(|n| (n.as_str(), deposit)).collect();
+    let mut committed = 0;
+    for (txn, transfer) in &world.transfers {
+        let outcome = world.ledger.outcome(*txn);
+        let outcome = outcome.unwrap_or_else(|| panic!("seed {seed}: {txn} undecided"));
+        assert_eq!(Some(&outcome), world.outcomes.get(txn));
+        if outcome == Outcome::Commit {
+            committed += 1;
+            *expected.get_mut(transfer.from.as_str()).unwrap() -= transfer.amount;
+            *expected.get_mut(transfer.to.as_str()).unwrap() += transfer.amount;
+        }
+    }
+    for name in &names {
+        let shard = &world.shards[world.placement.shard(name) as usize - 1];
+        assert_eq!(
+            shard.balance(name),
+            (expected[name.as_str()], 0),
+            "seed {seed}: account {name}"
+        );
+        assert!(expected[name.as_str()] >= 0);
+    }
+    assert_eq!(world.total(), deposit * accounts as i64);
+    for (shard, twin) in world.shards.iter().zip(&world.twins) {
+        assert_eq!(shard.snapshot(), twin.snapshot(), "seed {seed}");
+    }
+    (world.transfers.len(), committed, world.takeovers)
+}
+
+#[test]
+fn transfers_commit_or_abort_atomically_under_faults() {
+    let seeds: u64 = std::env::var("BANK_SEEDS")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(60);
+    let (mut begun, mut committed, mut takeovers) = (0, 0, 0);
+    for seed in 0..seeds {
+        let shards = 1 + seed % 3;
+        let (b, c, t) = run(seed, shards, 6, 60);
+        begun += b;
+        committed += c;
+        takeovers += t;
+    }
+    // The sweep is only worth something if both outcomes and takeovers happen.
+    assert!(committed > begun / 4, "{committed} of {begun} committed");
+    assert!(committed < begun, "nothing aborted");
+    assert!(takeovers > seeds, "{takeovers} takeovers");
+}
