@@ -16,11 +16,12 @@
 //! target/release/examples/bank --id 1 --peers $PEERS --client 127.0.0.1:6500 --data /tmp/bank1 &
 //! target/release/examples/bank --id 2 --peers $PEERS --client 127.0.0.1:6501 --data /tmp/bank2 &
 //! target/release/examples/bank --id 3 --peers $PEERS --client 127.0.0.1:6502 --data /tmp/bank3 &
-//! redis-cli -p 6500 deposit alice 100        # :100, alice's balance
-//! redis-cli -p 6501 transfer alice bob 30    # +COMMITTED t7 (the transaction's id)
-//! redis-cli -p 6502 transfer alice bob 500   # -ABORTED t9 ... (not enough money)
-//! redis-cli -p 6500 balance bob              # :30
-//! redis-cli -p 6501 audit                    # this node's view: total, prepared, pending
+//! redis-cli -p 6500 shard alice; redis-cli -p 6500 shard carol   # 1 and 2 (of 2 shards)
+//! redis-cli -p 6500 deposit alice 100          # :100, alice's balance
+//! redis-cli -p 6501 transfer alice carol 30    # +COMMITTED tN (N: the transaction's id)
+//! redis-cli -p 6502 transfer alice carol 500   # -ABORTED tN ... (not enough money)
+//! redis-cli -p 6500 balance carol              # :30
+//! redis-cli -p 6501 audit                      # this node's view: total, prepared, pending
 //! ```
 //!
 //! # Commands

@@ -523,20 +523,28 @@ fn run(seed: u64, shards: u64, accounts: usize, transfers: u64) -> (usize, usize
 
 #[test]
 fn transfers_commit_or_abort_atomically_under_faults() {
-    let seeds: u64 = std::env::var("BANK_SEEDS")
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .unwrap_or(60);
+    let number = |name: &str| std::env::var(name).ok().and_then(|text| text.parse().ok());
+    let seeds: u64 = number("BANK_SEEDS").unwrap_or(60);
+    let range = match number("BANK_SEED") {
+        Some(seed) => seed..seed + 1,
+        None => 0..seeds,
+    };
+    let seeds = range.end - range.start;
     let (mut begun, mut committed, mut takeovers) = (0, 0, 0);
-    for seed in 0..seeds {
+    for seed in range {
         let shards = 1 + seed % 3;
         let (b, c, t) = run(seed, shards, 6, 60);
         begun += b;
         committed += c;
         takeovers += t;
     }
+    eprintln!(
+        "{seeds} seeds: {begun} transfers begun, {committed} committed, {takeovers} coordinator takeovers (replay one seed: BANK_SEED=n)"
+    );
     // The sweep is only worth something if both outcomes and takeovers happen.
     assert!(committed > begun / 4, "{committed} of {begun} committed");
-    assert!(committed < begun, "nothing aborted");
-    assert!(takeovers > seeds, "{takeovers} takeovers");
+    if seeds > 10 {
+        assert!(committed < begun, "nothing aborted");
+        assert!(takeovers > seeds, "{takeovers} takeovers");
+    }
 }
