@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use synod::ring::{GroupId, Ring, RingConfig};
 use synod::twopc::{
-    Body, Coordinator, CoordinatorConfig, Decided, DecisionLog, LogEntry, Message, Outcome,
-    Participant, ParticipantConfig, ParticipantEvent, ParticipantRecord, TxnId,
+    BeginError, Body, Coordinator, CoordinatorConfig, Decided, DecisionLog, LogEntry, Message,
+    Outcome, Participant, ParticipantConfig, ParticipantEvent, ParticipantRecord, TxnId,
 };
 use synod::{NodeId, Slot};
 
@@ -807,6 +807,8 @@ pub struct Coordination {
     placement: Placement,
     config: CoordinatorConfig,
     coordinator: Option<Coordinator>,
+    /// Transfers the coordinator could not begin yet (it was full), begun again each tick.
+    deferred: BTreeMap<TxnId, Transfer>,
     proposals: Vec<(u64, Entry)>,
 }
 
@@ -819,12 +821,14 @@ impl Coordination {
         let mut config = CoordinatorConfig::new(COORDINATOR);
         config.vote_ticks = vote_ticks;
         config.resend_ticks = resend_ticks;
-        config.txns_max = PENDING_MAX;
+        // Room for every pending transfer, and for the decided ones still being announced.
+        config.txns_max = 4 * PENDING_MAX;
         Coordinator::new(config.clone()).map_err(|error| error.to_string())?;
         Ok(Coordination {
             placement,
             config,
             coordinator: None,
+            deferred: BTreeMap::new(),
             proposals: Vec::new(),
         })
     }
@@ -839,33 +843,48 @@ impl Coordination {
     /// retry of the same transaction: the participants answer a repeated vote request with
     /// the vote they gave, and the log keeps the first decision).
     pub fn take_over(&mut self, ledger: &Ledger) {
-        let mut coordinator = Coordinator::recover(self.config.clone(), &ledger.decisions)
+        let coordinator = Coordinator::recover(self.config.clone(), &ledger.decisions)
             .expect("the configuration was checked");
-        for (txn, transfer) in &ledger.pending {
-            // Refused only beyond `txns_max`, which the ledger's own bound keeps.
-            let _ = coordinator.begin(*txn, self.placement.parts(transfer));
-        }
         self.coordinator = Some(coordinator);
+        self.deferred.clear();
+        for (txn, transfer) in &ledger.pending {
+            self.begin(*txn, transfer);
+        }
         self.collect();
+    }
+
+    /// Begins `txn`, or defers it while the coordinator is full.
+    fn begin(&mut self, txn: TxnId, transfer: &Transfer) {
+        let Some(coordinator) = &mut self.coordinator else {
+            return;
+        };
+        match coordinator.begin(txn, self.placement.parts(transfer)) {
+            Err(BeginError::TooManyTxns { .. }) => {
+                self.deferred.insert(txn, transfer.clone());
+            }
+            // Begun, or already known to it (decided from a participant's query): either
+            // way the decision log will have the answer.
+            Ok(()) | Err(_) => {}
+        }
     }
 
     /// This process no longer leads the ledger: the next leader's coordinator takes over
     /// (a coordinator must not outlive its leadership; it is recovered afresh each time).
     pub fn step_down(&mut self) {
         self.coordinator = None;
+        self.deferred.clear();
         self.proposals.clear();
     }
 
     /// The ledger began `txn`.
     pub fn begun(&mut self, txn: TxnId, transfer: &Transfer) {
-        if let Some(coordinator) = &mut self.coordinator {
-            let _ = coordinator.begin(txn, self.placement.parts(transfer));
-            self.collect();
-        }
+        self.begin(txn, transfer);
+        self.collect();
     }
 
     /// The ledger's decision log answered a `Decide` for `txn`.
     pub fn logged(&mut self, txn: TxnId, decided: &Decided) {
+        self.deferred.remove(&txn);
         if let Some(coordinator) = &mut self.coordinator {
             coordinator.on_logged(txn, decided);
             self.collect();
@@ -902,6 +921,9 @@ impl Coordination {
     pub fn tick(&mut self) {
         if let Some(coordinator) = &mut self.coordinator {
             coordinator.tick();
+            for (txn, transfer) in std::mem::take(&mut self.deferred) {
+                self.begin(txn, &transfer);
+            }
             self.collect();
         }
     }

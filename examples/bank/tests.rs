@@ -548,3 +548,93 @@ fn transfers_commit_or_abort_atomically_under_faults() {
         assert!(takeovers > seeds, "{takeovers} takeovers");
     }
 }
+
+#[test]
+fn a_full_coordinator_begins_the_transfers_it_deferred_once_it_has_room() {
+    let mut world = World::new(1, 2, false);
+    world.coordination.config.txns_max = 1;
+    world.coordination.take_over(&world.ledger);
+    let placement = world.placement.clone();
+    let (a, b) = two_accounts(&placement, false);
+    for (i, account) in [&a, &b].into_iter().enumerate() {
+        let shard = placement.shard(account);
+        let entry = Entry::decode(&adjust(account, 100, 50 + i as u64)).unwrap();
+        world.propose(shard, entry);
+    }
+    for key in 1..=3 {
+        let entry = Entry::decode(&begin(&a, &b, 10, key)).unwrap();
+        world.propose(LEDGER, entry);
+    }
+    for _ in 0..2000 {
+        world.step();
+        world.tick();
+    }
+    assert_eq!(world.transfers.len(), 3);
+    for txn in world.transfers.keys() {
+        assert_eq!(world.ledger.outcome(*txn), Some(Outcome::Commit), "{txn}");
+    }
+    let shard_of = |name: &str| &world.shards[placement.shard(name) as usize - 1];
+    assert_eq!(shard_of(&a).balance(&a), (70, 0));
+    assert_eq!(shard_of(&b).balance(&b), (130, 0));
+}
+
+mod bad_input {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Valid entries of every kind, to be damaged.
+    fn samples() -> Vec<Vec<u8>> {
+        let ops = vec![("alice".to_string(), -5), ("bob".to_string(), 5)];
+        vec![
+            adjust("alice", 100, 1),
+            begin("alice", "bob", 5, 2),
+            vote_request(1, 3, &ops),
+            decision(1, 3, Outcome::Commit),
+            Entry::Read {
+                origin: origin(4),
+                account: "alice".to_string(),
+            }
+            .encode()
+            .to_vec(),
+            Entry::Decision(LogEntry::Decide {
+                txn: TxnId(3),
+                outcome: Outcome::Commit,
+                participants: vec![participant_id(1)],
+            })
+            .encode()
+            .to_vec(),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the bytes (random, or a valid entry with bytes changed, cut or added),
+        /// applying them and restoring from them never panics, and what the state machines
+        /// keep stays restorable.
+        #[test]
+        fn damaged_entries_and_snapshots_never_panic(
+            sample in 0usize..6,
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            cut in any::<usize>(),
+            random in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = samples()[sample].clone();
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let mut shard = Shard::new(1);
+            shard.apply(&adjust("alice", 100, 1));
+            let mut ledger = Ledger::new();
+            for data in [&bytes, &random] {
+                shard.apply(data);
+                ledger.apply(7, data);
+                let _ = Shard::restore(1, data);
+                let _ = Ledger::restore(data);
+            }
+            let restored = Shard::restore(1, &shard.snapshot()).unwrap();
+            prop_assert_eq!(restored.snapshot(), shard.snapshot());
+            prop_assert_eq!(Ledger::restore(&ledger.snapshot()).unwrap(), ledger);
+        }
+    }
+}
