@@ -858,13 +858,11 @@ impl Coordination {
         let Some(coordinator) = &mut self.coordinator else {
             return;
         };
-        match coordinator.begin(txn, self.placement.parts(transfer)) {
-            Err(BeginError::TooManyTxns { .. }) => {
-                self.deferred.insert(txn, transfer.clone());
-            }
-            // Begun, or already known to it (decided from a participant's query): either
-            // way the decision log will have the answer.
-            Ok(()) | Err(_) => {}
+        // Otherwise begun, or already known to it (decided from a participant's query):
+        // either way the decision log will have the answer.
+        let begun = coordinator.begin(txn, self.placement.parts(transfer));
+        if let Err(BeginError::TooManyTxns { .. }) = begun {
+            self.deferred.insert(txn, transfer.clone());
         }
     }
 
