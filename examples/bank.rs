@@ -157,6 +157,8 @@ struct Group<M> {
     /// Entries proposed through this node, by request number, waiting for their answer.
     waiters: HashMap<u64, oneshot::Sender<Answer>>,
     role: Role,
+    /// Snapshots installed from a peer since this process started.
+    installed: u64,
 }
 
 impl<M> Group<M> {
@@ -166,6 +168,7 @@ impl<M> Group<M> {
             slot,
             waiters: HashMap::new(),
             role: Role::Follower,
+            installed: 0,
         }
     }
 
@@ -481,6 +484,7 @@ fn restore(bank: &Bank, group: u64, snapshot: &Snapshot) {
         ledger.group.machine = machine;
         ledger.group.slot = snapshot.slot;
         ledger.group.waiters.clear();
+        ledger.group.installed += 1;
         // Decided meanwhile: their waiters look again (see `wait_decision`).
         ledger.decisions.clear();
         // A coordinator must not run on a state it did not see being built.
@@ -497,6 +501,7 @@ fn restore(bank: &Bank, group: u64, snapshot: &Snapshot) {
         shard.machine = machine;
         shard.slot = snapshot.slot;
         shard.waiters.clear();
+        shard.installed += 1;
     }
 }
 
@@ -766,6 +771,7 @@ impl Connection {
             let ledger = bank.ledger();
             lines.push(format!("ledger_role:{:?}", ledger.group.role));
             lines.push(format!("ledger_applied:{}", ledger.group.slot));
+            lines.push(format!("ledger_installed:{}", ledger.group.installed));
             lines.push(format!("pending:{}", ledger.group.machine.pending_count()));
         }
         let running = bank.coordination().running();

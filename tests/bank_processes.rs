@@ -3,7 +3,7 @@
 //! port). Clients run transfers between eight accounts through every node, with a key per
 //! transfer so that an ambiguous answer can be retried safely. Meanwhile the node running the
 //! coordinator is killed with `SIGKILL` and restarted on its data, then the node leading a
-//! shard. Afterwards every transfer has a definite answer, each key named one transaction,
+//! shard; with a snapshot every 200 slots, the restarted nodes are sent snapshots. Afterwards every transfer has a definite answer, each key named one transaction,
 //! nothing is left prepared or pending, every account holds exactly what its committed
 //! transfers say, and no money was made or lost.
 //!
@@ -264,6 +264,7 @@ fn money_is_conserved_and_transfers_are_atomic_across_leader_kills() {
     // Let transfers run, kill the coordinator's node, restart it, then the node leading
     // shard 1.
     thread::sleep(Duration::from_secs(3));
+    let mut restarted = Vec::new();
     for (field, value) in [("coordinator", "here"), ("shard1_role", "Leader")] {
         let victim = cluster.lock().unwrap().find(field, value);
         let before = done.lock().unwrap().len();
@@ -274,6 +275,7 @@ fn money_is_conserved_and_transfers_are_atomic_across_leader_kills() {
         cluster.lock().unwrap().kill(victim);
         thread::sleep(Duration::from_secs(3));
         cluster.lock().unwrap().start(victim);
+        restarted.push(victim);
         thread::sleep(Duration::from_secs(3));
         let after = done.lock().unwrap().len();
         assert!(
@@ -289,6 +291,17 @@ fn money_is_conserved_and_transfers_are_atomic_across_leader_kills() {
 
     let cluster = cluster.lock().unwrap();
     let done = done.lock().unwrap();
+    // The restarted nodes were behind their peers' compacted logs: some group was sent a
+    // snapshot (and the state machines were restored from it under the load).
+    let installed: u64 = restarted
+        .iter()
+        .flat_map(|&index| {
+            let fields = ["ledger_installed", "shard1_installed", "shard2_installed"];
+            fields.map(|field| cluster.info(index, field).map_or(0, |n| n.parse().unwrap()))
+        })
+        .sum();
+    eprintln!("snapshots installed on the restarted nodes: {installed}");
+    assert!(installed > 0, "no snapshot was installed");
     // One transaction per transfer (per key).
     let mut txns = BTreeMap::new();
     for transfer in done.iter() {
