@@ -128,26 +128,18 @@ struct Args {
     /// Snapshot and compact a group every this many applied slots (0: never).
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    connections_max: usize,
 }
 
 fn main() -> ExitCode {
-    support::crash_only();
     let args = Args::parse();
     if let Err(error) = args.node.node_id() {
         eprintln!("{error}");
         return ExitCode::from(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("bank: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    support::run_server("bank", serve(args))
 }
 
 /// A group's state machine and the clients waiting on it.
@@ -349,7 +341,19 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         args.node.peers[&id],
         args.node.data.display()
     );
-    tokio::spawn(accept_clients(bank, handles, listener));
+    tokio::spawn(support::accept_clients(
+        format!("bank[{id}]"),
+        listener,
+        args.connections_max,
+        Arc::default(),
+        move |stream| {
+            let connection = Connection {
+                bank: bank.clone(),
+                handles: handles.clone(),
+            };
+            connection.serve(stream)
+        },
+    ));
     let (stopped, index, _) = futures::future::select_all(drivers).await;
     match stopped {
         Ok(Ok(_)) => Err(format!("group {index}'s driver stopped").into()),
@@ -567,21 +571,6 @@ fn apply_shard(
         bank.forward(&mut coordination);
     }
     image
-}
-
-async fn accept_clients(bank: Arc<Bank>, handles: Vec<Handle>, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            bank: bank.clone(),
-            handles: handles.clone(),
-        };
-        tokio::spawn(connection.serve(stream));
-    }
 }
 
 struct Connection {

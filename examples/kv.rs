@@ -129,7 +129,6 @@ use synod::{
     Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, Replica, Role, Slot, Storage,
     StorageError, Value,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -361,7 +360,7 @@ struct Node {
     applied_slot: watch::Sender<Slot>,
     meters: Arc<StorageMeters>,
     transport: TcpStatsHandle,
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
     connections_max: usize,
     started: Instant,
     /// `INCR`s of keys in the same stripe run one at a time on this node, so that clients of
@@ -430,7 +429,7 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         applied_slot: watch::Sender::new(config_applied),
         meters,
         transport: transport.stats_handle(),
-        connections: AtomicUsize::new(0),
+        connections: Arc::new(AtomicUsize::new(0)),
         connections_max: args.connections_max,
         started: Instant::now(),
         increment_stripes: (0..INCREMENT_STRIPES)
@@ -458,7 +457,24 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         args.snapshot_every,
     ));
     let role_logger = tokio::spawn(log_role_changes(id, handle.clone()));
-    let acceptor = tokio::spawn(accept_clients(node.clone(), handle, client_listener));
+    let acceptor = tokio::spawn(support::accept_clients(
+        format!("kv[{id}]"),
+        client_listener,
+        node.connections_max,
+        node.connections.clone(),
+        {
+            let node = node.clone();
+            move |stream| {
+                let connection = Connection {
+                    node: node.clone(),
+                    handle: handle.clone(),
+                    session: None,
+                    next_sequence: 1,
+                };
+                connection.serve(stream)
+            }
+        },
+    ));
     eprintln!(
         "kv[{id}]: serving clients on {}, peers on {}, data in {} ({recovered_slots} slots recovered)",
         node.client_address,
@@ -653,39 +669,6 @@ fn apply_command(node: &Node, applied: &mut Applied, slot: Slot, id: ProposalId,
     }
 }
 
-async fn accept_clients(node: Arc<Node>, handle: Handle, listener: TcpListener) {
-    loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                eprintln!("kv[{}]: accept failed: {error}", node.id);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if node.connections.fetch_add(1, Ordering::AcqRel) >= node.connections_max {
-            node.connections.fetch_sub(1, Ordering::AcqRel);
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            node: node.clone(),
-            handle: handle.clone(),
-            session: None,
-            next_sequence: 1,
-        };
-        tokio::spawn(async move {
-            connection.serve(stream).await;
-        });
-    }
-}
-
 /// One client connection: its session in the replicated state machine, and the handle it
 /// proposes through.
 struct Connection {
@@ -710,7 +693,6 @@ impl Connection {
     async fn serve(mut self, mut stream: TcpStream) {
         support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, OUTPUT_FLUSH_BYTES).await;
         self.close_session().await;
-        self.node.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Runs one command and appends its reply to `out`.

@@ -122,26 +122,18 @@ struct Args {
     /// Snapshot and compact every this many applied slots (0: never).
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
+    /// Client connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    connections_max: usize,
 }
 
 fn main() -> ExitCode {
-    support::crash_only();
     let args = Args::parse();
     if let Err(error) = args.node.node_id() {
         eprintln!("{error}");
         return ExitCode::from(2);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    match runtime.block_on(serve(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("lockd: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    support::run_server("lockd", serve(args))
 }
 
 /// What the applier maintains, behind one lock.
@@ -237,7 +229,19 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         args.node.peers[&id],
         args.node.data.display()
     );
-    tokio::spawn(accept_clients(node, handle, listener));
+    tokio::spawn(support::accept_clients(
+        format!("lockd[{id}]"),
+        listener,
+        args.connections_max,
+        Arc::default(),
+        move |stream| {
+            let connection = Connection {
+                node: node.clone(),
+                handle: handle.clone(),
+            };
+            connection.serve(stream)
+        },
+    ));
     match driver.await {
         Ok(Ok(_)) => Err("the driver stopped".into()),
         Ok(Err(error)) => Err(format!("the driver stopped: {error}").into()),
@@ -362,21 +366,6 @@ async fn apply_committed(
                 }
             });
         }
-    }
-}
-
-async fn accept_clients(node: Arc<Node>, handle: Handle, listener: TcpListener) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            node: node.clone(),
-            handle: handle.clone(),
-        };
-        tokio::spawn(connection.serve(stream));
     }
 }
 

@@ -12,16 +12,12 @@
 
 mod examples_support;
 
-use examples_support::{build_example, free_port_blocks, free_ports, text, Client, Reply};
+use examples_support::{free_port_blocks, free_ports, text, Client, Nodes, Reply};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 
 const NODES: usize = 3;
 const SHARDS: u16 = 2;
@@ -30,12 +26,9 @@ const DEPOSIT: i64 = 1000;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 struct Cluster {
-    binary: PathBuf,
-    root: TempDir,
+    nodes: Nodes,
     peers: String,
     client_ports: Vec<u16>,
-    processes: Vec<Option<Child>>,
-    starts: Vec<u32>,
 }
 
 impl Cluster {
@@ -48,45 +41,27 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
-            binary: build_example("bank"),
-            root: TempDir::new().unwrap(),
+            nodes: Nodes::new("bank", NODES),
             peers,
             client_ports: free_ports(NODES),
-            processes: (0..NODES).map(|_| None).collect(),
-            starts: vec![0; NODES],
         }
     }
 
     fn start(&mut self, index: usize) {
-        self.starts[index] += 1;
-        let log = self
-            .root
-            .path()
-            .join(format!("node-{}.{}.log", index + 1, self.starts[index]));
-        let child = Command::new(&self.binary)
-            .args(["--id", &(index + 1).to_string(), "--peers", &self.peers])
-            .args(["--shards", &SHARDS.to_string()])
-            .args([
-                "--client",
-                &format!("127.0.0.1:{}", self.client_ports[index]),
-            ])
-            .arg("--data")
-            .arg(self.root.path().join(format!("node-{}", index + 1)))
+        let args = [
+            "--id".to_string(),
+            (index + 1).to_string(),
+            "--peers".to_string(),
+            self.peers.clone(),
+            "--shards".to_string(),
+            SHARDS.to_string(),
+            "--client".to_string(),
+            format!("127.0.0.1:{}", self.client_ports[index]),
             // Small snapshots, so that restores and compaction happen under the load.
-            .args(["--snapshot-every", "200"])
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).unwrap())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("starting bank");
-        self.processes[index] = Some(child);
-    }
-
-    fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.processes[index].take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
+            "--snapshot-every".to_string(),
+            "200".to_string(),
+        ];
+        self.nodes.start(index, &args);
     }
 
     fn command(&self, index: usize, args: &[&str]) -> std::io::Result<Reply> {
@@ -107,34 +82,12 @@ impl Cluster {
         let deadline = Instant::now() + PATIENCE;
         loop {
             for index in 0..NODES {
-                if self.processes[index].is_some()
-                    && self.info(index, field).as_deref() == Some(value)
-                {
+                if self.nodes.started(index) && self.info(index, field).as_deref() == Some(value) {
                     return index;
                 }
             }
             assert!(Instant::now() < deadline, "no node has {field}:{value}");
             thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn print_logs(&self) {
-        for entry in std::fs::read_dir(self.root.path()).unwrap().flatten() {
-            if entry.path().extension().is_some_and(|ext| ext == "log") {
-                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                eprintln!("--- {}\n{log}", entry.path().display());
-            }
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for index in 0..NODES {
-            self.kill(index);
-        }
-        if thread::panicking() {
-            self.print_logs();
         }
     }
 }
@@ -272,7 +225,7 @@ fn money_is_conserved_and_transfers_are_atomic_across_leader_kills() {
             "killing node {} ({field}:{value}) after {before} transfers",
             victim + 1
         );
-        cluster.lock().unwrap().kill(victim);
+        cluster.lock().unwrap().nodes.kill(victim);
         thread::sleep(Duration::from_secs(3));
         cluster.lock().unwrap().start(victim);
         restarted.push(victim);

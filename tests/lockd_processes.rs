@@ -11,26 +11,19 @@
 
 mod examples_support;
 
-use examples_support::{build_example, free_ports, peers_argument, text, Client, Reply};
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use examples_support::{free_ports, peers_argument, text, Client, Nodes, Reply};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 
 const NODES: usize = 3;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 struct Cluster {
-    binary: PathBuf,
-    root: TempDir,
+    nodes: Nodes,
     peers: String,
     client_ports: Vec<u16>,
-    processes: Vec<Option<Child>>,
-    starts: Vec<u32>,
 }
 
 impl Cluster {
@@ -38,44 +31,27 @@ impl Cluster {
         let ports = free_ports(2 * NODES);
         let peers = peers_argument(&ports[..NODES]);
         Cluster {
-            binary: build_example("lockd"),
-            root: TempDir::new().unwrap(),
+            nodes: Nodes::new("lockd", NODES),
             peers,
             client_ports: ports[NODES..].to_vec(),
-            processes: (0..NODES).map(|_| None).collect(),
-            starts: vec![0; NODES],
         }
     }
 
     fn start(&mut self, index: usize) {
-        self.starts[index] += 1;
-        let log = self
-            .root
-            .path()
-            .join(format!("node-{}.{}.log", index + 1, self.starts[index]));
-        let child = Command::new(&self.binary)
-            .args(["--id", &(index + 1).to_string(), "--peers", &self.peers])
-            .args([
-                "--client",
-                &format!("127.0.0.1:{}", self.client_ports[index]),
-            ])
-            .arg("--data")
-            .arg(self.root.path().join(format!("node-{}", index + 1)))
+        let args = [
+            "--id".to_string(),
+            (index + 1).to_string(),
+            "--peers".to_string(),
+            self.peers.clone(),
+            "--client".to_string(),
+            format!("127.0.0.1:{}", self.client_ports[index]),
             // A lock-delay of 1 s, a grace of 2 s: the scenario's waits stay short.
-            .args(["--lock-delay", "100", "--grace", "200"])
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).unwrap())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("starting lockd");
-        self.processes[index] = Some(child);
-    }
-
-    fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.processes[index].take() {
-            let _ = child.kill(); // SIGKILL
-            let _ = child.wait();
-        }
+            "--lock-delay".to_string(),
+            "100".to_string(),
+            "--grace".to_string(),
+            "200".to_string(),
+        ];
+        self.nodes.start(index, &args);
     }
 
     fn client(&self, index: usize) -> Client {
@@ -106,7 +82,7 @@ impl Cluster {
         let deadline = Instant::now() + PATIENCE;
         loop {
             for index in 0..NODES {
-                if self.processes[index].is_some()
+                if self.nodes.started(index)
                     && self.info(index, "role").as_deref() == Some("Leader")
                 {
                     return index;
@@ -121,26 +97,6 @@ impl Cluster {
         match self.client(index).command(&[b"HOLDERS", name.as_bytes()]) {
             Ok(Reply::Array(items)) => items.iter().map(text).collect(),
             other => panic!("HOLDERS answered {other:?}"),
-        }
-    }
-
-    fn print_logs(&self) {
-        for entry in std::fs::read_dir(self.root.path()).unwrap().flatten() {
-            if entry.path().extension().is_some_and(|ext| ext == "log") {
-                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                eprintln!("--- {}\n{log}", entry.path().display());
-            }
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for index in 0..NODES {
-            self.kill(index);
-        }
-        if thread::panicking() {
-            self.print_logs();
         }
     }
 }
@@ -213,7 +169,7 @@ fn a_lock_survives_a_sigkilled_leader_and_passes_on_when_its_holder_goes_quiet()
     };
 
     // The leader dies. Twice Alice's lease later she still holds the lock.
-    cluster.kill(leader);
+    cluster.nodes.kill(leader);
     let new_leader = cluster.wait_for_leader();
     assert_ne!(new_leader, leader);
     thread::sleep(Duration::from_secs(6));

@@ -1,13 +1,19 @@
-//! What the example servers (`kv`, `lockd`) share: the `--peers` parser, the crash-only panic
-//! hook, the tick stream that drives a replica, and the RESP2 connection loop. Included by
-//! each with `#[path = "support/mod.rs"] mod support;` (next to `mod resp;`).
+//! What the example servers (`kv`, `lockd`, `bank`) share: the `--peers` parser, the
+//! crash-only panic hook and the runtime around a server, the tick stream that drives a
+//! replica, the client acceptor and the RESP2 connection loop. Included by each with
+//! `#[path = "support/mod.rs"] mod support;` (next to `mod resp;`).
 
 use crate::resp;
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use std::collections::BTreeMap;
+use std::error::Error;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use synod::driver::{Handle, ProposalError};
 use synod::transport::tcp::TcpConfig;
@@ -171,6 +177,67 @@ pub fn crash_only() {
         report(info);
         std::process::abort();
     }));
+}
+
+/// A server's whole `main` once its arguments are parsed: the crash-only hook, `serve` on a
+/// multi-threaded tokio runtime, and its error (if it returns one) printed as `name: error`
+/// with a failing exit code.
+#[allow(dead_code)] // kv builds its own runtime (it also stops on signals)
+pub fn run_server(name: &str, serve: impl Future<Output = Result<(), Box<dyn Error>>>) -> ExitCode {
+    crash_only();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Accepts client connections on `listener` forever, each served by `serve` on a task of its
+/// own, at most `connections_max` at once (`open` counts them): one more is answered
+/// `-ERR max number of clients reached` and closed. A failed accept (out of file
+/// descriptors, say) waits a moment instead of spinning.
+pub async fn accept_clients<F, Fut>(
+    name: String,
+    listener: tokio::net::TcpListener,
+    connections_max: usize,
+    open: Arc<AtomicUsize>,
+    serve: F,
+) where
+    F: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                eprintln!("{name}: accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::AcqRel) >= connections_max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let connection = serve(stream);
+        let open = open.clone();
+        tokio::spawn(async move {
+            connection.await;
+            open.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
 }
 
 /// One item every `tick_ms` milliseconds (at least 1): the replica's ticks. A late tick is

@@ -263,3 +263,101 @@ pub fn free_port_blocks(count: usize, width: u16) -> Vec<u16> {
     }
     panic!("no {count} blocks of {width} consecutive free ports");
 }
+
+// ---------------------------------------------------------------------------------------
+// Server processes.
+
+/// An example server per node as OS processes, with their data directories and numbered logs
+/// (`node-N.K.log`: node N's K-th start) in one temporary directory. Dropping it kills them,
+/// and prints their logs if the test is failing.
+pub struct Nodes {
+    binary: PathBuf,
+    root: tempfile::TempDir,
+    children: Vec<Option<std::process::Child>>,
+    starts: Vec<u32>,
+}
+
+impl Nodes {
+    /// Builds example `name` and makes room for `count` nodes; none runs yet.
+    pub fn new(name: &str, count: usize) -> Nodes {
+        Nodes {
+            binary: build_example(name),
+            root: tempfile::TempDir::new().expect("a temporary directory"),
+            children: (0..count).map(|_| None).collect(),
+            starts: vec![0; count],
+        }
+    }
+
+    /// Node `index`'s data directory (`--data`).
+    pub fn data(&self, index: usize) -> PathBuf {
+        self.root.path().join(format!("node-{}", index + 1))
+    }
+
+    /// Starts node `index` with `args` followed by `--data` and its directory.
+    pub fn start(&mut self, index: usize, args: &[String]) {
+        assert!(self.children[index].is_none(), "node {} runs", index + 1);
+        self.starts[index] += 1;
+        let log = self
+            .root
+            .path()
+            .join(format!("node-{}.{}.log", index + 1, self.starts[index]));
+        let log = std::fs::File::create(log).expect("a log file");
+        let child = Command::new(&self.binary)
+            .args(args)
+            .arg("--data")
+            .arg(self.data(index))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log file"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the server");
+        self.children[index] = Some(child);
+    }
+
+    /// `SIGKILL`s node `index` (no chance to flush or say goodbye) and reaps it; nothing if
+    /// it is not running.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether node `index` was started and not killed.
+    pub fn started(&self, index: usize) -> bool {
+        self.children[index].is_some()
+    }
+
+    /// Panics if a node process exited by itself (it failed to start, or crashed).
+    pub fn check_running(&mut self) {
+        for (index, child) in self.children.iter_mut().enumerate() {
+            if let Some(child) = child {
+                if let Some(status) = child.try_wait().expect("waiting on a child") {
+                    panic!("node {} exited: {status}", index + 1);
+                }
+            }
+        }
+    }
+
+    /// Prints every log.
+    pub fn print_logs(&self) {
+        let entries = std::fs::read_dir(self.root.path()).expect("the temporary directory");
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|ext| ext == "log") {
+                let log = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                eprintln!("--- {}\n{log}", entry.path().display());
+            }
+        }
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for index in 0..self.children.len() {
+            self.kill(index);
+        }
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+    }
+}
