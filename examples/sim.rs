@@ -185,6 +185,8 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.elections += stats.elections;
     total.kv_operations += stats.kv_operations;
     total.kv_returned += stats.kv_returned;
+    total.kv_index_reads += stats.kv_index_reads;
+    total.kv_reads_aborted += stats.kv_reads_aborted;
 }
 
 /// The 2PC sweep: every seed of the two-phase-commit world; returns the failures.
@@ -419,6 +421,11 @@ fn main() {
             total.kv_operations,
         ),
         ("kv operations answered", total.kv_returned),
+        ("kv reads answered by read-index", total.kv_index_reads),
+        (
+            "kv reads aborted (leadership ended)",
+            total.kv_reads_aborted,
+        ),
     ] {
         println!("| {name} | {value} |");
     }

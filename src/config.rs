@@ -48,6 +48,10 @@ pub struct Config {
     pub snapshot_bytes_max: usize,
     /// Commands a follower holds for forwarding before `propose` returns `Busy`.
     pub forward_commands_max: usize,
+    /// Reads a leader holds while it confirms its leadership
+    /// ([`Replica::read_index`](crate::Replica::read_index)); past it `read_index` returns
+    /// `Busy`.
+    pub reads_max: usize,
     /// An acceptor ignores Accepts for slots more than this far beyond its chosen mark (it
     /// catches up with `Fetch` first). Bounds the memory a far-ahead leader can make it use.
     ///
@@ -87,6 +91,7 @@ impl Config {
             fetch_bytes_max: 1 << 20,
             snapshot_bytes_max: 15 << 20,
             forward_commands_max: 4096,
+            reads_max: 4096,
             accept_lookahead_slots_max: 1 << 18,
             seed: id.0,
             applied: 0,
@@ -120,6 +125,7 @@ impl Config {
             ("fetch_bytes_max", self.fetch_bytes_max),
             ("snapshot_bytes_max", self.snapshot_bytes_max),
             ("forward_commands_max", self.forward_commands_max),
+            ("reads_max", self.reads_max),
             (
                 "accept_lookahead_slots_max",
                 self.accept_lookahead_slots_max as usize,

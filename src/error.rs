@@ -57,6 +57,22 @@ impl ProposeError {
     }
 }
 
+/// [`Replica::read_index`](crate::Replica::read_index) refused a read; nothing was started.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum ReadError {
+    /// This replica does not lead. Ask `hint` if it is `Some`, or retry later (an election is
+    /// under way); or read through the log instead.
+    #[error("not the leader (leader hint: {hint:?})")]
+    NotLeader {
+        /// The leader this replica knows of, if any.
+        hint: Option<NodeId>,
+    },
+    /// [`Config::reads_max`](crate::Config::reads_max) reads are waiting for their
+    /// confirmation already. Retry once some are reported.
+    #[error("busy: too many reads waiting")]
+    Busy,
+}
+
 /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) refused to send a snapshot;
 /// nothing was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]

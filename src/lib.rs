@@ -88,6 +88,11 @@
 //!   out ([`Ready::take_snapshot`]): restore the state machine from it, save it and compact
 //!   the storage through its slot before writing that ready's batch; the follower then fetches
 //!   the slots after it (`tests/replica_snapshots.rs` shows it end to end).
+//! - **Reads.** A read through the log (proposed as a command) is linearizable and costs a
+//!   slot. [`Replica::read_index`] costs one round of heartbeats shared by every read asked
+//!   before the same ready and no write: the leader reports [`Event::ReadReady`] with a slot,
+//!   and you answer from your state machine once it has applied that slot
+//!   (`tests/replica_reads.rs`).
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).
@@ -134,7 +139,7 @@ pub mod types;
 
 pub use config::Config;
 pub use error::{
-    ConfigError, DecodeError, ProposeError, SendSnapshotError, StepError, StorageError,
+    ConfigError, DecodeError, ProposeError, ReadError, SendSnapshotError, StepError, StorageError,
 };
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};

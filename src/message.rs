@@ -101,12 +101,17 @@ pub enum Body {
         /// The acceptor's promised ballot.
         promised: Ballot,
     },
-    /// The leader's periodic keep-alive, carrying its chosen mark.
+    /// The leader's periodic keep-alive, carrying its chosen mark; also sent at once to
+    /// confirm the leadership for reads ([`Replica::read_index`](crate::Replica::read_index)).
     Heartbeat {
         /// The leader's ballot.
         ballot: Ballot,
         /// The leader's chosen mark.
         chosen: Slot,
+        /// The leader's latest read round (0: none yet): a reply echoing it confirms, for
+        /// every read of that round and before, that the follower had promised no higher
+        /// ballot after the reads were asked.
+        read: u64,
     },
     /// The answer to a heartbeat: the follower still follows `ballot`.
     HeartbeatReply {
@@ -114,6 +119,8 @@ pub enum Body {
         ballot: Ballot,
         /// The follower's chosen mark, so the leader can see who lags.
         chosen: Slot,
+        /// The heartbeat's read round, echoed.
+        read: u64,
     },
     /// The leader's chosen mark moved: sent at once, so followers apply without waiting for
     /// the next Accept or heartbeat.

@@ -106,8 +106,18 @@ fn body() -> impl Strategy<Value = Body> {
             }
         }),
         (ballot(), ballot()).prop_map(|(ballot, promised)| Body::Reject { ballot, promised }),
-        (ballot(), number()).prop_map(|(ballot, chosen)| Body::Heartbeat { ballot, chosen }),
-        (ballot(), number()).prop_map(|(ballot, chosen)| Body::HeartbeatReply { ballot, chosen }),
+        (ballot(), number(), number()).prop_map(|(ballot, chosen, read)| Body::Heartbeat {
+            ballot,
+            chosen,
+            read
+        }),
+        (ballot(), number(), number()).prop_map(|(ballot, chosen, read)| {
+            Body::HeartbeatReply {
+                ballot,
+                chosen,
+                read,
+            }
+        }),
         (ballot(), number()).prop_map(|(ballot, chosen)| Body::Commit { ballot, chosen }),
         (ballot(), number()).prop_map(|(ballot, first_slot)| Body::Fetch { ballot, first_slot }),
         (ballot(), number(), run()).prop_map(
@@ -346,6 +356,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Heartbeat {
                     ballot: ballot_of(n),
                     chosen: 0,
+                    read: 0,
                 },
             ),
             (
@@ -353,6 +364,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Heartbeat {
                     ballot: ballot_of(1),
                     chosen: n,
+                    read: 0,
                 },
             ),
             (
@@ -360,6 +372,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::HeartbeatReply {
                     ballot: ballot_of(1),
                     chosen: n,
+                    read: 0,
                 },
             ),
             (

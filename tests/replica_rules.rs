@@ -1611,6 +1611,7 @@ fn the_same_leader_under_a_higher_ballot_is_reported_again() {
         body: Body::Heartbeat {
             ballot: Ballot::new(round, NodeId(1)),
             chosen: 0,
+            read: 0,
         },
     };
     let mut reported = Vec::new();

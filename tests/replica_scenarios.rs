@@ -624,7 +624,11 @@ fn bad_input_is_refused_without_changing_state() {
             Message {
                 from: NodeId(9),
                 to: NodeId(2),
-                body: Body::Heartbeat { ballot, chosen: 1 },
+                body: Body::Heartbeat {
+                    ballot,
+                    chosen: 1,
+                    read: 0,
+                },
             },
             "unknown node",
         ),
@@ -632,7 +636,11 @@ fn bad_input_is_refused_without_changing_state() {
             Message {
                 from: NodeId(1),
                 to: NodeId(3),
-                body: Body::Heartbeat { ballot, chosen: 1 },
+                body: Body::Heartbeat {
+                    ballot,
+                    chosen: 1,
+                    read: 0,
+                },
             },
             "wrong recipient",
         ),
@@ -640,7 +648,11 @@ fn bad_input_is_refused_without_changing_state() {
             Message {
                 from: NodeId(3),
                 to: NodeId(2),
-                body: Body::Heartbeat { ballot, chosen: 1 },
+                body: Body::Heartbeat {
+                    ballot,
+                    chosen: 1,
+                    read: 0,
+                },
             },
             "ballot of another node",
         ),

@@ -195,7 +195,7 @@ fn liveness_checker_fails_when_the_bound_is_too_short() {
 
 #[test]
 fn kv_clients_histories_are_linearizable_under_all_faults() {
-    let mut operations = 0;
+    let (mut operations, mut index_reads, mut reads_aborted) = (0, 0, 0);
     for seed in 0..12 {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 4;
@@ -207,8 +207,15 @@ fn kv_clients_histories_are_linearizable_under_all_faults() {
             panic!("seed {seed}: {violation}");
         }
         operations += simulation.stats().kv_returned;
+        index_reads += simulation.stats().kv_index_reads;
+        reads_aborted += simulation.stats().kv_reads_aborted;
     }
     assert!(operations > 200, "only {operations} operations answered");
+    assert!(
+        index_reads > 20,
+        "only {index_reads} reads through read-index"
+    );
+    eprintln!("{operations} answered, {index_reads} by read-index, {reads_aborted} reads aborted");
 }
 
 #[test]
@@ -230,4 +237,28 @@ fn linearizability_checker_catches_stale_local_reads() {
         }
     }
     panic!("stale reads were never caught in 50 seeds");
+}
+
+#[test]
+fn linearizability_checker_catches_reads_by_a_leader_that_does_not_confirm_it_leads() {
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.unconfirmed_reads = true;
+    for seed in 0..200 {
+        let mut config = SimConfig::new(3, seed);
+        config.kv_clients = 4;
+        config.bugs = bugs.clone();
+        let mut simulation = Simulation::new(config);
+        match simulation
+            .run(1_500)
+            .and_then(|()| simulation.check_liveness(3_000))
+        {
+            Err(violation) if violation.property == "check_linearizable" => {
+                eprintln!("caught at seed {seed}");
+                return;
+            }
+            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
+            Ok(()) => {}
+        }
+    }
+    panic!("unconfirmed leader reads were never caught in 200 seeds");
 }

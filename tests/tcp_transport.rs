@@ -32,6 +32,7 @@ fn heartbeat(from: u64, to: u64, round: u64) -> Message {
         body: Body::Heartbeat {
             ballot: Ballot::new(round, NodeId(from)),
             chosen: round,
+            read: 0,
         },
     }
 }

@@ -117,11 +117,17 @@ impl Replica {
         self.learn_chosen(ballot, chosen);
     }
 
-    /// A heartbeat (expects a reply) or a Commit (does not): the leader is alive and its chosen
-    /// mark moved.
-    pub(super) fn on_heartbeat(&mut self, from: NodeId, ballot: Ballot, chosen: Slot, reply: bool) {
+    /// A heartbeat (expects a reply, which echoes its read round) or a Commit (`read` is
+    /// `None`: no reply): the leader is alive and its chosen mark moved.
+    pub(super) fn on_heartbeat(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        chosen: Slot,
+        read: Option<u64>,
+    ) {
         if ballot < self.hard.promised {
-            if reply {
+            if read.is_some() {
                 let promised = self.hard.promised;
                 self.send(from, Body::Reject { ballot, promised });
             }
@@ -129,9 +135,16 @@ impl Replica {
         }
         self.follow(from, ballot);
         self.learn_chosen(ballot, chosen);
-        if reply {
+        if let Some(read) = read {
             let chosen = self.hard.chosen;
-            self.send(from, Body::HeartbeatReply { ballot, chosen });
+            self.send(
+                from,
+                Body::HeartbeatReply {
+                    ballot,
+                    chosen,
+                    read,
+                },
+            );
         }
     }
 }

@@ -256,6 +256,11 @@ impl Replica {
             uncommitted_bytes,
             heartbeat_elapsed: 0,
             check_quorum_elapsed: 0,
+            read_floor: last_slot,
+            read_round: 0,
+            read_round_wanted: false,
+            read_acks: vec![0; self.members.len()],
+            reads: VecDeque::new(),
             forwarded_seen: vec![(0, 0); self.members.len()],
         });
         self.role = Role::Leader;
@@ -274,7 +279,12 @@ impl Replica {
             self.events.push(Event::SteppedDown { ballot, reason });
         }
         self.role = Role::Follower;
-        self.leadership = None;
+        if let Some(leadership) = self.leadership.take() {
+            for read in leadership.reads {
+                let context = read.context;
+                self.events.push(Event::ReadAborted { context });
+            }
+        }
         self.candidacy = None;
         if self.leader.is_some() {
             self.set_leader(None, Ballot::ZERO);

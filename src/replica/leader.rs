@@ -2,7 +2,7 @@
 //! heartbeats, retransmission and check-quorum.
 
 use super::progress::Inflight;
-use super::{Replica, Role, SelfVote, SlotVotes, StepDownReason};
+use super::{Event, Replica, Role, SelfVote, SlotVotes, StepDownReason};
 use crate::message::{Body, Command};
 use crate::quorum::majority;
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
@@ -224,7 +224,13 @@ impl Replica {
         }
     }
 
-    pub(super) fn on_heartbeat_reply(&mut self, from: NodeId, ballot: Ballot, chosen: Slot) {
+    pub(super) fn on_heartbeat_reply(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        chosen: Slot,
+        read: u64,
+    ) {
         let index = self.member_index(from).expect("validated sender");
         if ballot != self.hard.promised {
             return;
@@ -233,6 +239,43 @@ impl Replica {
             let progress = &mut leadership.followers[index];
             progress.heard_tick = self.now;
             progress.follower_chosen = progress.follower_chosen.max(chosen);
+            // A round not sent yet (from a faulty peer) confirms nothing beyond the last one.
+            let echoed = read.min(leadership.read_round);
+            if echoed > leadership.read_acks[index] {
+                leadership.read_acks[index] = echoed;
+                self.confirm_reads();
+            }
+        }
+    }
+
+    /// Sends a new read round if reads are waiting for one: a heartbeat to every follower.
+    pub(super) fn send_read_round(&mut self) {
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        if !leadership.read_round_wanted {
+            return;
+        }
+        leadership.read_round_wanted = false;
+        leadership.read_round += 1;
+        leadership.heartbeat_elapsed = 0;
+        self.broadcast_heartbeat();
+    }
+
+    /// Reports the reads whose round a quorum (this leader included) has echoed.
+    fn confirm_reads(&mut self) {
+        let leadership = self.leadership.as_mut().expect("leader state");
+        let mut echoed: Vec<u64> = leadership.read_acks.clone();
+        echoed[self.self_index] = leadership.read_round;
+        echoed.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = echoed[majority(self.members.len()) - 1];
+        while let Some(read) = leadership.reads.front() {
+            if read.round > confirmed {
+                break;
+            }
+            let (context, slot) = (read.context, read.slot);
+            leadership.reads.pop_front();
+            self.events.push(Event::ReadReady { context, slot });
         }
     }
 
@@ -268,9 +311,18 @@ impl Replica {
 
     pub(super) fn broadcast_heartbeat(&mut self) {
         let (ballot, chosen) = (self.hard.promised, self.hard.chosen);
+        let read = self
+            .leadership
+            .as_ref()
+            .map_or(0, |leadership| leadership.read_round);
         for index in 0..self.members.len() {
             if index != self.self_index {
-                self.send(self.members[index], Body::Heartbeat { ballot, chosen });
+                let body = Body::Heartbeat {
+                    ballot,
+                    chosen,
+                    read,
+                };
+                self.send(self.members[index], body);
             }
         }
         if let Some(leadership) = &mut self.leadership {

@@ -5,6 +5,7 @@
 //! - [`tick`](Replica::tick): one unit of logical time (all timeouts are counted in ticks);
 //! - [`step`](Replica::step): a message from a peer;
 //! - [`propose`](Replica::propose): a command to replicate;
+//! - [`read_index`](Replica::read_index): a linearizable read, without a log entry;
 //!
 //! and drains, whenever [`has_ready`](Replica::has_ready) says so, a numbered [`Ready`] batch:
 //! messages to send now, a [`WriteBatch`](crate::storage::WriteBatch) to persist, messages to
@@ -30,6 +31,14 @@
 //!   chosen value fetches it.
 //! - **Liveness.** Heartbeats every `heartbeat_ticks`; a leader that does not hear from a
 //!   quorum within `election_ticks` steps down (check-quorum).
+//! - **Reads (read-index).** A read asked of the leader takes as its slot the leader's
+//!   chosen mark, or the last slot phase 1 recovered if that is higher (a value an earlier
+//!   leader got chosen, and perhaps acknowledged, lies at or below it). The next ready sends
+//!   a new *read round* on heartbeats; once a quorum (the leader included) echoes that round
+//!   at the leader's ballot, no higher ballot had a quorum of promises when the read was
+//!   asked, so no write acknowledged by then lies beyond the slot. The application serves the
+//!   read once it has applied the slot. No log entry, no fsync; leadership that ends aborts
+//!   the reads waiting.
 
 mod acceptor;
 mod election;
@@ -44,7 +53,7 @@ pub use ready::{Event, Ready, StepDownReason};
 pub use status::{FollowerStatus, Role, Status};
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, SendSnapshotError, StepError};
+use crate::error::{ConfigError, ProposeError, ReadError, SendSnapshotError, StepError};
 use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
@@ -116,6 +125,27 @@ struct Leadership {
     /// The highest (incarnation, sequence) forwarded by each member and proposed: a command
     /// at or below it is a duplicate (proposal ids only grow per origin) and is dropped.
     forwarded_seen: Vec<(u64, u64)>,
+    /// The last slot phase 1 recovered: any value a previous leader got chosen is at or below
+    /// it, so no read is served from a slot below it.
+    read_floor: Slot,
+    /// The last read round sent out (heartbeats carry it).
+    read_round: u64,
+    /// Reads asked since the last read round was sent: the next ready sends a new one.
+    read_round_wanted: bool,
+    /// Per member (indexed like `Replica::members`), the highest read round it echoed.
+    read_acks: Vec<u64>,
+    /// Reads waiting for a quorum to echo their round, oldest (lowest round) first.
+    reads: VecDeque<PendingRead>,
+}
+
+/// A read asked of a leader ([`Replica::read_index`]), waiting for its confirmation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PendingRead {
+    context: u64,
+    /// Serve it from the state at or after this slot.
+    slot: Slot,
+    /// Confirmed once a quorum echoed this read round (or a later one).
+    round: u64,
 }
 
 /// A Multi-Paxos replica. See the [module documentation](self) for the protocol and the
@@ -506,11 +536,17 @@ impl Replica {
                 last_slot,
             } => self.on_accepted(from, ballot, first_slot, last_slot),
             Body::Reject { ballot, promised } => self.on_reject(from, ballot, promised),
-            Body::Heartbeat { ballot, chosen } => self.on_heartbeat(from, ballot, chosen, true),
-            Body::Commit { ballot, chosen } => self.on_heartbeat(from, ballot, chosen, false),
-            Body::HeartbeatReply { ballot, chosen } => {
-                self.on_heartbeat_reply(from, ballot, chosen)
-            }
+            Body::Heartbeat {
+                ballot,
+                chosen,
+                read,
+            } => self.on_heartbeat(from, ballot, chosen, Some(read)),
+            Body::Commit { ballot, chosen } => self.on_heartbeat(from, ballot, chosen, None),
+            Body::HeartbeatReply {
+                ballot,
+                chosen,
+                read,
+            } => self.on_heartbeat_reply(from, ballot, chosen, read),
             Body::Fetch { first_slot, .. } => self.on_fetch(from, first_slot),
             Body::FetchReply {
                 entries, chosen, ..
@@ -687,6 +723,43 @@ impl Replica {
         }
     }
 
+    /// Asks for a linearizable read (read-index). The leader confirms that it still leads
+    /// with one round of heartbeats to a quorum, sent with the next ready, and then reports
+    /// [`Event::ReadReady`] with this `context` (any number the application picks to match
+    /// the answer) and a slot: serve the read from the state machine once it has applied that
+    /// slot. The state then includes every write acknowledged before this call. If the
+    /// leadership ends first, [`Event::ReadAborted`] reports it: ask the new leader.
+    ///
+    /// Reads cost no log entry and no write: many reads asked before the same ready share
+    /// one round of heartbeats.
+    ///
+    /// # Errors
+    /// - [`ReadError::NotLeader`]: only the leader serves reads this way; ask `hint`, or read
+    ///   through the log (propose the read as a command).
+    /// - [`ReadError::Busy`]: [`Config::reads_max`](crate::Config::reads_max) reads are
+    ///   waiting already.
+    pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
+        let Some(leadership) = self.leadership.as_mut() else {
+            return Err(ReadError::NotLeader { hint: self.leader });
+        };
+        if leadership.reads.len() >= self.config.reads_max {
+            return Err(ReadError::Busy);
+        }
+        let slot = self.hard.chosen.max(leadership.read_floor);
+        if self.members.len() == 1 {
+            // The only member: nobody can have promised a higher ballot.
+            self.events.push(Event::ReadReady { context, slot });
+            return Ok(());
+        }
+        leadership.reads.push_back(PendingRead {
+            context,
+            slot,
+            round: leadership.read_round + 1,
+        });
+        leadership.read_round_wanted = true;
+        Ok(())
+    }
+
     fn next_proposal_id(&mut self) -> ProposalId {
         self.proposal_sequence += 1;
         ProposalId {
@@ -711,7 +784,11 @@ impl Replica {
             | !self.forward_queue.is_empty()
             | (self.applied < self.hard.chosen)
             | self.installed_snapshot.is_some();
-        gathered || (self.leadership.is_some() && self.leader_has_work())
+        gathered
+            || self
+                .leadership
+                .as_ref()
+                .is_some_and(|leadership| leadership.read_round_wanted || self.leader_has_work())
     }
 
     /// Takes the next batch of work. Call it when [`has_ready`](Replica::has_ready) is true (an
@@ -719,6 +796,7 @@ impl Replica {
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
             self.flush_accepts();
+            self.send_read_round();
         }
         self.flush_forwards();
         self.ready_number += 1;
@@ -1079,8 +1157,8 @@ fn highest_slot_or_round(body: &Body) -> u64 {
         Body::Accepted {
             ballot, last_slot, ..
         } => ballot.round.max(*last_slot),
-        Body::Heartbeat { ballot, chosen }
-        | Body::HeartbeatReply { ballot, chosen }
+        Body::Heartbeat { ballot, chosen, .. }
+        | Body::HeartbeatReply { ballot, chosen, .. }
         | Body::Commit { ballot, chosen } => ballot.round.max(*chosen),
         Body::FetchReply {
             ballot,

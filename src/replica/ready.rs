@@ -39,6 +39,20 @@ pub enum Event {
         /// The lagging follower.
         follower: NodeId,
     },
+    /// A read asked with [`Replica::read_index`](super::Replica::read_index) is confirmed:
+    /// serve it from the state machine once it has applied `slot` (at once if it has).
+    ReadReady {
+        /// The context the read was asked with.
+        context: u64,
+        /// The slot the state must have applied.
+        slot: Slot,
+    },
+    /// A read asked with [`Replica::read_index`](super::Replica::read_index) will not be
+    /// confirmed: the leadership ended. Ask the new leader.
+    ReadAborted {
+        /// The context the read was asked with.
+        context: u64,
+    },
 }
 
 /// Why a leader stepped down.
@@ -244,6 +258,7 @@ pub(super) mod tests {
                     node: NodeId(1),
                 },
                 chosen: 0,
+                read: 0,
             },
         }
     }

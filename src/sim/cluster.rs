@@ -66,6 +66,18 @@ struct SimNode {
     snapshot: Option<(Slot, Option<Vec<u8>>)>,
     /// Client waiting for the response to each of its commands proposed through this node.
     kv_waiters: BTreeMap<ProposalId, (usize, u64)>,
+    /// Reads asked of this node with `read_index`, by context.
+    kv_reads: BTreeMap<u64, KvRead>,
+    /// Reads confirmed, waiting for the state machine to apply their slot.
+    kv_reads_ready: Vec<(Slot, KvRead)>,
+}
+
+/// A client's key-value read served by read-index.
+#[derive(Clone, Debug)]
+struct KvRead {
+    client: usize,
+    sequence: u64,
+    key: Bytes,
 }
 
 impl SimNode {
@@ -115,6 +127,8 @@ pub struct Simulation {
     stats: SimStats,
     trace: Fnv,
     command_counter: u64,
+    /// The context of the last read asked with `read_index`.
+    read_counter: u64,
     /// When false, no new fault is injected (the liveness phase).
     faults_on: bool,
     /// A short log of recent happenings, printed with a violation.
@@ -170,6 +184,8 @@ impl Simulation {
                         .then(|| crate::kv::KvStateMachine::new(Default::default())),
                     snapshot: None,
                     kv_waiters: BTreeMap::new(),
+                    kv_reads: BTreeMap::new(),
+                    kv_reads_ready: Vec::new(),
                 }
             })
             .collect();
@@ -186,6 +202,7 @@ impl Simulation {
             stats: SimStats::default(),
             trace: Fnv::new(),
             command_counter: 0,
+            read_counter: 0,
             faults_on: true,
             recent: VecDeque::new(),
             violation: None,
@@ -347,6 +364,8 @@ impl Simulation {
                 file.crash();
             }
             node.kv_waiters.clear();
+            node.kv_reads.clear();
+            node.kv_reads_ready.clear();
             if self.config.bugs.lying_disk {
                 node.storage = node.truly_synced.clone();
             }
@@ -785,17 +804,12 @@ impl Simulation {
         let sends = clients.step(now, nodes, issue, &mut |bound| self.below(bound));
         for send in sends {
             let index = self.index(send.node);
-            if self.config.bugs.stale_reads {
-                if let Ok(crate::kv::Command::Request {
-                    operation: crate::kv::Operation::Get { key },
-                    ..
-                }) = crate::kv::Command::decode(&send.command)
-                {
-                    if let Some(kv) = self.nodes[index].kv.as_ref() {
-                        let value = kv.get(&key).cloned();
-                        let response = crate::kv::Response::Output(crate::kv::Output::Value(value));
-                        clients.on_response(send.client, send.sequence, now, response);
-                    }
+            if let Ok(crate::kv::Command::Request {
+                operation: crate::kv::Operation::Get { key },
+                ..
+            }) = crate::kv::Command::decode(&send.command)
+            {
+                if self.read_without_log(index, &send, key, &mut clients) {
                     continue;
                 }
             }
@@ -809,6 +823,66 @@ impl Simulation {
         self.stats.kv_operations = operations as u64;
         self.stats.kv_returned = returned as u64;
         self.clients = Some(clients);
+    }
+
+    /// Serves a client's read without the log if this node can: through read-index at a
+    /// leader (half the time, so reads through the log stay covered too), or as the
+    /// deliberately broken reads of `Bugs::stale_reads` and `Bugs::unconfirmed_reads`.
+    /// Returns false if the read must go through the log.
+    fn read_without_log(
+        &mut self,
+        index: usize,
+        send: &super::clients::Send,
+        key: Bytes,
+        clients: &mut super::clients::Clients,
+    ) -> bool {
+        let bugs = &self.config.bugs;
+        let node = &self.nodes[index];
+        let (Some(replica), Some(kv)) = (node.replica.as_ref(), node.kv.as_ref()) else {
+            return false;
+        };
+        if bugs.stale_reads || (bugs.unconfirmed_reads && replica.is_leader()) {
+            let value = kv.get(&key).cloned();
+            let response = crate::kv::Response::Output(crate::kv::Output::Value(value));
+            clients.on_response(send.client, send.sequence, self.now, response);
+            return true;
+        }
+        if !replica.is_leader() || self.below(2) == 0 {
+            return false;
+        }
+        self.read_counter += 1;
+        let context = self.read_counter;
+        let node = &mut self.nodes[index];
+        let replica = node.replica.as_mut().expect("checked");
+        if replica.read_index(context).is_err() {
+            return false;
+        }
+        let read = KvRead {
+            client: send.client,
+            sequence: send.sequence,
+            key,
+        };
+        node.kv_reads.insert(context, read);
+        true
+    }
+
+    /// Answers the confirmed reads of node `index` whose slot its state machine has applied.
+    fn serve_reads(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let applied = node.next_apply - 1;
+        let (Some(kv), Some(clients)) = (node.kv.as_ref(), self.clients.as_mut()) else {
+            return;
+        };
+        node.kv_reads_ready.retain(|(slot, read)| {
+            if *slot > applied {
+                return true;
+            }
+            let value = kv.get(&read.key).cloned();
+            let response = crate::kv::Response::Output(crate::kv::Output::Value(value));
+            clients.on_response(read.client, read.sequence, self.now, response);
+            self.stats.kv_index_reads += 1;
+            false
+        });
     }
 
     fn propose_random(&mut self) {
@@ -963,6 +1037,16 @@ impl Simulation {
                             .on_leader(index, self.nodes[index].id, ballot)?;
                     }
                     Event::SnapshotNeeded { follower } => self.send_snapshot(index, follower)?,
+                    Event::ReadReady { context, slot } => {
+                        let node = &mut self.nodes[index];
+                        if let Some(read) = node.kv_reads.remove(&context) {
+                            node.kv_reads_ready.push((slot, read));
+                        }
+                    }
+                    Event::ReadAborted { context } => {
+                        let asked = self.nodes[index].kv_reads.remove(&context).is_some();
+                        self.stats.kv_reads_aborted += u64::from(asked);
+                    }
                     _ => {}
                 }
             }
@@ -971,6 +1055,7 @@ impl Simulation {
                 None => Vec::new(),
             };
             self.apply(index, committed)?;
+            self.serve_reads(index);
             let delay = if self.faults_on {
                 self.config.faults.write_delay_ticks_max
             } else {

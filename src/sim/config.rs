@@ -138,6 +138,10 @@ pub struct Bugs {
     /// Key-value reads are served from the local state machine of whichever replica the client
     /// asked, without going through the log (breaks linearizability: stale reads).
     pub stale_reads: bool,
+    /// A replica that believes it leads answers key-value reads from its state machine at
+    /// once, without confirming its leadership (a leader without read-index or a lease: a
+    /// deposed leader that has not noticed serves stale reads).
+    pub unconfirmed_reads: bool,
     /// With file disks: a torn write is left whole in the files while the model counts it
     /// lost (a disk that keeps what it never finished; `check_file_recovery` must notice).
     pub torn_writes_land: bool,
@@ -248,4 +252,9 @@ pub struct SimStats {
     pub kv_operations: u64,
     /// Key-value operations that got their response.
     pub kv_returned: u64,
+    /// Key-value reads answered through [`Replica::read_index`](crate::Replica::read_index)
+    /// instead of the log.
+    pub kv_index_reads: u64,
+    /// Reads a leader aborted because its leadership ended (the client retried).
+    pub kv_reads_aborted: u64,
 }

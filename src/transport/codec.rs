@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic            b"SYND" (the u32 0x444e5953, little-endian)
-//!      4     2  format version   FORMAT_VERSION (currently 1)
+//!      4     2  format version   FORMAT_VERSION (currently 2)
 //!      6     8  cluster id       the sender's cluster; frames of another cluster are refused
 //!     14     4  payload length   bytes that follow the header
 //!     18     4  payload CRC32C   checksum of the payload bytes
@@ -46,7 +46,7 @@ use thiserror::Error;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SYND");
 
 /// The frame format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Bytes in a frame header: magic, version, cluster id, payload length, payload checksum.
 pub const HEADER_BYTES: usize = 4 + 2 + 8 + 4 + 4;
@@ -584,10 +584,12 @@ mod tests {
             Body::Heartbeat {
                 ballot: ballot(),
                 chosen: 6,
+                read: 3,
             },
             Body::HeartbeatReply {
                 ballot: ballot(),
                 chosen: 6,
+                read: 3,
             },
             Body::Commit {
                 ballot: ballot(),
@@ -691,10 +693,13 @@ mod tests {
 
     #[test]
     fn wrong_version_is_refused() {
-        let mut frame = valid_frame();
-        frame[4..6].copy_from_slice(&2u16.to_le_bytes());
-        let error = codec().decode::<Message>(&frame).unwrap_err();
-        assert_eq!(error, DecodeError::UnsupportedVersion(2));
+        // The previous format (before the heartbeats' read rounds) and the next one.
+        for version in [FORMAT_VERSION - 1, FORMAT_VERSION + 1] {
+            let mut frame = valid_frame();
+            frame[4..6].copy_from_slice(&version.to_le_bytes());
+            let error = codec().decode::<Message>(&frame).unwrap_err();
+            assert_eq!(error, DecodeError::UnsupportedVersion(version));
+        }
     }
 
     #[test]
