@@ -4,7 +4,8 @@
 //! - ticks come from a stream you provide (a runtime timer: `tokio::time::interval`,
 //!   `async_io::Timer::interval`, ...), so the driver itself needs no particular runtime;
 //! - inbound messages come from a stream (your transport's receiving side);
-//! - proposals come from [`Handle`]s;
+//! - proposals come from [`Handle`]s, and so do linearizable reads
+//!   ([`Handle::read_index`]);
 //! - committed entries go out, in slot order, on a bounded channel ([`Committed`]); a slow
 //!   consumer slows the driver down rather than growing a queue. A snapshot installed from a
 //!   peer goes out on the same channel, in its place in the order ([`Applied::Snapshot`]);
@@ -18,7 +19,7 @@
 //! A storage failure stops the driver with [`DriverError::Storage`]: nothing that failed to
 //! persist is ever acknowledged.
 
-use crate::error::{ProposeError, StorageError};
+use crate::error::{ProposeError, ReadError, StorageError};
 use crate::message::Message;
 use crate::replica::{Event, Replica, Status};
 use crate::storage::Snapshot;
@@ -116,6 +117,21 @@ pub enum ProposalError {
     Unknown,
 }
 
+/// A read through [`Handle::read_index`] failed; ask again, elsewhere or through the log.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ReadIndexError {
+    /// The replica refused it (not the leader, or too many reads waiting): see
+    /// [`ReadError`].
+    #[error(transparent)]
+    Rejected(#[from] ReadError),
+    /// The leadership ended before the read was confirmed. Ask the new leader.
+    #[error("the leadership ended before the read was confirmed")]
+    Aborted,
+    /// The driver has stopped.
+    #[error("the driver has stopped")]
+    Stopped,
+}
+
 /// What the driver answers a proposal with: the id, and a receiver of the commit slot if the
 /// caller waits for it.
 type ProposeReply = Result<(ProposalId, Option<oneshot::Receiver<Slot>>), ProposalError>;
@@ -128,6 +144,9 @@ enum Request {
     },
     Status {
         reply: oneshot::Sender<Status>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<Slot, ReadIndexError>>,
     },
     Stats {
         reply: oneshot::Sender<DriverStats>,
@@ -151,6 +170,7 @@ impl std::fmt::Debug for Request {
                 write!(formatter, "Propose({} bytes)", command.len())
             }
             Request::Status { .. } => write!(formatter, "Status"),
+            Request::ReadIndex { .. } => write!(formatter, "ReadIndex"),
             Request::Stats { .. } => write!(formatter, "Stats"),
             Request::Compact { snapshot, .. } => write!(formatter, "Compact({})", snapshot.slot),
         }
@@ -200,13 +220,35 @@ impl Handle {
         if let Err(error) = self.requests.try_send(request) {
             let command = match error.into_inner() {
                 Request::Propose { command, .. } => command,
-                Request::Status { .. } | Request::Stats { .. } | Request::Compact { .. } => {
-                    Bytes::new()
-                }
+                Request::Status { .. }
+                | Request::Stats { .. }
+                | Request::Compact { .. }
+                | Request::ReadIndex { .. } => Bytes::new(),
             };
             return Err(ProposalError::Stopped { command });
         }
         response.await.map_err(|_| ProposalError::Unknown)?
+    }
+
+    /// A linearizable read without a log entry (see
+    /// [`Replica::read_index`](crate::Replica::read_index)): returns a slot once the leader
+    /// has confirmed, with a quorum, that it still leads. Serve the read from your state
+    /// machine once it has applied that slot (every entry through it came out of
+    /// [`Committed`], or a snapshot covering it did): the state then includes every write
+    /// acknowledged before this call.
+    ///
+    /// # Errors
+    /// [`ReadIndexError::Rejected`] if this node does not lead (the hint names the leader,
+    /// if known) or too many reads wait; [`ReadIndexError::Aborted`] if the leadership ended
+    /// first; [`ReadIndexError::Stopped`] if the driver is gone. Any of them: read through
+    /// the log, or ask the leader.
+    pub async fn read_index(&mut self) -> Result<Slot, ReadIndexError> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::ReadIndex { reply })
+            .await
+            .map_err(|_| ReadIndexError::Stopped)?;
+        response.await.map_err(|_| ReadIndexError::Stopped)?
     }
 
     /// The replica's current [`Status`], or `None` if the driver has stopped.
@@ -305,6 +347,8 @@ pub struct DriverStats {
     pub storage_writes: u64,
     /// Messages refused by `Replica::step`.
     pub refused_messages: u64,
+    /// Reads confirmed through [`Handle::read_index`].
+    pub reads_confirmed: u64,
     /// Snapshots installed from a peer (handed out as [`Applied::Snapshot`]).
     pub snapshots_installed: u64,
 }
@@ -319,6 +363,10 @@ pub struct Driver<S, T> {
     requests: mpsc::Receiver<Request>,
     committed: mpsc::Sender<Applied>,
     waiters: BTreeMap<ProposalId, oneshot::Sender<Slot>>,
+    /// Reads asked through `Handle::read_index`, by the context given to the replica.
+    reads: BTreeMap<u64, oneshot::Sender<Result<Slot, ReadIndexError>>>,
+    /// The context of the last read asked.
+    read_counter: u64,
     /// Replies to `Handle::compact`, answered in order as the storage thread finishes.
     compactions: std::collections::VecDeque<oneshot::Sender<Result<(), CompactError>>>,
     /// Jobs handed to the storage thread and not yet finished (a merged write counts as
@@ -364,6 +412,8 @@ where
             requests,
             committed,
             waiters: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            read_counter: 0,
             compactions: std::collections::VecDeque::new(),
             in_progress: 0,
             config,
@@ -513,6 +563,18 @@ where
             Request::Status { reply } => {
                 let _ = reply.send(self.replica.status());
             }
+            Request::ReadIndex { reply } => {
+                self.read_counter += 1;
+                let context = self.read_counter;
+                match self.replica.read_index(context) {
+                    Ok(()) => {
+                        self.reads.insert(context, reply);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                    }
+                }
+            }
             Request::Stats { reply } => {
                 let _ = reply.send(self.stats);
             }
@@ -559,10 +621,24 @@ where
             self.in_progress += 1;
             self.stats.writes += 1;
             for event in ready.take_events() {
-                if let Event::SnapshotNeeded { follower } = event {
-                    jobs.send(Job::LoadSnapshot(follower))
-                        .map_err(|_| stopped())?;
-                    self.in_progress += 1;
+                match event {
+                    Event::SnapshotNeeded { follower } => {
+                        jobs.send(Job::LoadSnapshot(follower))
+                            .map_err(|_| stopped())?;
+                        self.in_progress += 1;
+                    }
+                    Event::ReadReady { context, slot } => {
+                        if let Some(reply) = self.reads.remove(&context) {
+                            self.stats.reads_confirmed += 1;
+                            let _ = reply.send(Ok(slot));
+                        }
+                    }
+                    Event::ReadAborted { context } => {
+                        if let Some(reply) = self.reads.remove(&context) {
+                            let _ = reply.send(Err(ReadIndexError::Aborted));
+                        }
+                    }
+                    _ => {}
                 }
             }
             // The write is acknowledged when the storage thread reports it (`on_persisted`).
