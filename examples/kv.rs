@@ -51,11 +51,15 @@
 //!   ([`synod::session`]). The server retries a proposal that may have been lost (a forwarded
 //!   proposal dies with the leader it was forwarded to) with the same session sequence
 //!   number, so a retried write is applied once even if both copies are chosen.
-//! - **Reads are linearizable: they go through the log.** `GET` is proposed like a write and
-//!   answered with the value at its slot. `EXISTS` and `DBSIZE` propose a read barrier and
-//!   then read the local copy, which then includes every write acknowledged before the
-//!   command started. Reads therefore cost a log round trip and an fsync, like writes;
-//!   synod's read index and leases would make them cheaper, and are not used here.
+//! - **Reads are linearizable: read-index at the leader, the log elsewhere.** At the leader,
+//!   `GET`, `EXISTS` and `DBSIZE` ask the driver for a read index
+//!   ([`synod::driver::Handle::read_index`]: one round of heartbeats to a quorum, shared by
+//!   every read waiting, no log entry and no fsync), wait until the local state machine has
+//!   applied that slot and answer from it; it then includes every write acknowledged before
+//!   the command started. At a follower (or if the leadership ends meanwhile) a `GET` is
+//!   proposed through the log like a write and answered with the value at its slot, and
+//!   `EXISTS` and `DBSIZE` propose a read barrier first. (Forwarding the read index to the
+//!   leader, and leases, would make follower reads cheaper; neither is done here.)
 //! - **Multi-key commands are not atomic.** `DEL a b` deletes each key with its own log
 //!   entry; `EXISTS a b` is a consistent snapshot (one barrier).
 //! - **`INCR` is a read and a compare-and-swap** ([`synod::kv`] has no increment), retried on
@@ -817,11 +821,37 @@ impl Connection {
     }
 
     async fn get(&mut self, key: Bytes, out: &mut Vec<u8>) -> Result<(), Failure> {
-        match self.submit(Operation::Get { key }).await? {
-            Output::Value(value) => resp::bulk(out, value.as_deref()),
-            other => return Err(unexpected(&other)),
-        }
+        let value = self.read(key).await?;
+        resp::bulk(out, value.as_deref());
         Ok(())
+    }
+
+    /// The value of `key`, linearizably: by read-index at the leader, through the log
+    /// elsewhere.
+    async fn read(&mut self, key: Bytes) -> Result<Option<Bytes>, Failure> {
+        if self.read_index().await {
+            return Ok(self.node.applied().kv.get(&key).cloned());
+        }
+        match self.submit(Operation::Get { key }).await? {
+            Output::Value(value) => Ok(value),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits, without a log entry, until the local state machine holds every write
+    /// acknowledged before the call; false if this node cannot confirm that it leads (a
+    /// follower, or the leadership ended) or the applier did not get there in time.
+    async fn read_index(&mut self) -> bool {
+        let Ok(slot) = self.handle.read_index().await else {
+            return false;
+        };
+        let mut applied_slot = self.node.applied_slot.subscribe();
+        let applied = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            applied_slot.wait_for(|applied| *applied >= slot),
+        )
+        .await;
+        matches!(applied, Ok(Ok(_)))
     }
 
     async fn set(&mut self, key: Bytes, value: Bytes, out: &mut Vec<u8>) -> Result<(), Failure> {
@@ -847,6 +877,9 @@ impl Connection {
     /// A read barrier: once it is applied, the local copy holds every write acknowledged
     /// before it was proposed (see the module documentation).
     async fn barrier(&mut self) -> Result<(), Failure> {
+        if self.read_index().await {
+            return Ok(());
+        }
         self.submit(Operation::Get { key: Bytes::new() })
             .await
             .map(|_| ())
@@ -889,10 +922,7 @@ impl Connection {
                 let jitter = fnv1a(FNV_OFFSET, &self.next_sequence.to_le_bytes()) % 10;
                 tokio::time::sleep(Duration::from_millis(1 + jitter)).await;
             }
-            let current = match self.submit(Operation::Get { key: key.clone() }).await? {
-                Output::Value(value) => value,
-                other => return Err(unexpected(&other)),
-            };
+            let current = self.read(key.clone()).await?;
             let number = match &current {
                 None => 0,
                 Some(bytes) => integer(bytes)
@@ -1133,6 +1163,7 @@ impl Connection {
             "driver_refused_messages",
             stats.refused_messages.to_string(),
         );
+        line("driver_reads_confirmed", stats.reads_confirmed.to_string());
         line("# Transport", String::new());
         line("transport_messages_sent", transport.sent.to_string());
         line(

@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -232,6 +232,7 @@ fn writer(
     ports: Vec<u16>,
     stop: Arc<AtomicBool>,
     acknowledged: Arc<AtomicUsize>,
+    latest: Arc<Mutex<Option<(String, String)>>>,
 ) -> WriterReport {
     let mut report = WriterReport::default();
     let mut node = number % ports.len();
@@ -259,6 +260,7 @@ fn writer(
             let connection = client.as_mut().expect("connected");
             match connection.command(&[b"SET", key.as_bytes(), value.as_bytes()]) {
                 Ok(Reply::Simple(ok)) if ok == "OK" => {
+                    *latest.lock().unwrap() = Some((key.clone(), value.clone()));
                     report.acknowledged.push((key, value));
                     acknowledged.fetch_add(1, Ordering::Relaxed);
                     continue 'writes;
@@ -279,6 +281,40 @@ fn writer(
         }
     }
     report
+}
+
+/// Until `stop`, reads the latest acknowledged write at one node after another (leader or
+/// not, so by read-index and through the log): a write acknowledged before the GET was sent
+/// must be seen (keys are never overwritten). Returns how many reads were checked.
+fn reader(
+    ports: Vec<u16>,
+    stop: Arc<AtomicBool>,
+    latest: Arc<Mutex<Option<(String, String)>>>,
+) -> usize {
+    let mut checked = 0;
+    let mut node = 0;
+    while !stop.load(Ordering::Relaxed) {
+        node = (node + 1) % ports.len();
+        let Some((key, value)) = latest.lock().unwrap().clone() else {
+            thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        match query(ports[node], &[b"GET", key.as_bytes()]) {
+            Ok(Reply::Bulk(read)) => {
+                assert_eq!(
+                    read,
+                    Some(value.clone().into_bytes()),
+                    "node {}: GET {key} missed the acknowledged {value}",
+                    node + 1
+                );
+                checked += 1;
+            }
+            // An election, or a killed node: the outcome is unknown, not wrong.
+            Ok(Reply::Error(_)) | Err(_) => thread::sleep(Duration::from_millis(20)),
+            Ok(other) => panic!("GET answered {other:?}"),
+        }
+    }
+    checked
 }
 
 fn wait_for_count(counter: &AtomicUsize, at_least: usize, cluster: &mut Cluster) {
@@ -326,14 +362,20 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
 
     let stop = Arc::new(AtomicBool::new(false));
     let acknowledged = Arc::new(AtomicUsize::new(0));
+    let latest = Arc::new(Mutex::new(None));
     let writers: Vec<_> = (0..WRITERS)
         .map(|number| {
             let ports = cluster.client_ports.clone();
             let stop = stop.clone();
             let acknowledged = acknowledged.clone();
-            thread::spawn(move || writer(number, ports, stop, acknowledged))
+            let latest = latest.clone();
+            thread::spawn(move || writer(number, ports, stop, acknowledged, latest))
         })
         .collect();
+    let reader = {
+        let (ports, stop, latest) = (cluster.client_ports.clone(), stop.clone(), latest.clone());
+        thread::spawn(move || reader(ports, stop, latest))
+    };
     // Stops the writers also when an assertion below fails.
     struct StopOnDrop(Arc<AtomicBool>);
     impl Drop for StopOnDrop {
@@ -377,6 +419,8 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
         .flat_map(|report| report.acknowledged.iter().cloned())
         .collect();
     let failures: usize = reports.iter().map(|report| report.failures).sum();
+    let reads_checked = reader.join().expect("reader thread");
+    assert!(reads_checked > 20, "only {reads_checked} reads checked");
     assert!(acknowledged_writes.len() >= before_kill + 600);
 
     // Every replica reaches the same slot with the same log and state digests.
@@ -432,7 +476,8 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
                 );
             }
         }
-        // ... and linearizable reads through the log see them too.
+        // ... and linearizable reads (read-index at the leader, the log elsewhere) see them
+        // too.
         for (key, value) in acknowledged_writes.iter().step_by(97) {
             let reply = query(port, &[b"GET", key.as_bytes()]).unwrap();
             assert_eq!(reply, Reply::Bulk(Some(value.clone().into_bytes())));
@@ -454,6 +499,9 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
         info["driver_batches_per_storage_write"],
         scenario_started.elapsed().as_secs_f64()
     );
+    let reads_confirmed: u64 = info["driver_reads_confirmed"].parse().unwrap();
+    assert!(reads_confirmed > 0, "no read went by read-index: {info:?}");
+    eprintln!("{reads_checked} reads of the latest acknowledged write checked during the run; {reads_confirmed} read-index reads at the leader");
     let syncs: u64 = info["storage_syncs"].parse().unwrap();
     assert!(syncs > 0, "the leader never synced: {info:?}");
 }
