@@ -19,8 +19,9 @@ for tool in redis-cli redis-benchmark; do
     command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install -y redis-tools" >&2; exit 1; }
 done
 
-cargo build --quiet --release --example kv --features net
-binary=target/release/examples/kv
+# BINARY=path/to/kv compares another build (nothing is built then).
+binary=${BINARY:-target/release/examples/kv}
+[ -n "${BINARY:-}" ] || cargo build --quiet --release --example kv --features net
 data=$(mktemp -d)
 peers="1=127.0.0.1:$peer_port,2=127.0.0.1:$((peer_port + 1)),3=127.0.0.1:$((peer_port + 2))"
 pids=()
