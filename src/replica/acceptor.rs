@@ -77,42 +77,48 @@ impl Replica {
             return;
         }
         self.follow(from, ballot);
+        let horizon = self
+            .hard
+            .chosen
+            .saturating_add(self.config.accept_lookahead_slots_max);
+        // Slots beyond the horizon are left out (the leader sends them again); the ones
+        // within it are accepted. Ignoring the whole Accept instead would deadlock a leader
+        // whose every unchosen slot is in Accepts that reach past some acceptor's horizon:
+        // nothing would be chosen, so no horizon would move.
+        let entries = match entries.last_slot() {
+            Some(last) if last > horizon => entries.slots(0, horizon),
+            _ => entries,
+        };
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             let (first_slot, last_slot) = (first.slot, last.slot);
-            let horizon = self
-                .hard
-                .chosen
-                .saturating_add(self.config.accept_lookahead_slots_max);
-            if last_slot <= horizon {
-                if first_slot > self.hard.chosen.max(self.log.last()) {
-                    // The common case: every slot is beyond anything held (the entries are
-                    // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
-                    // is chosen, compacted or a duplicate. The run is kept as it came, shared
-                    // by the log and the write.
-                    self.log.append(entries, &mut self.unpersisted);
-                } else {
-                    for entry in entries.iter().cloned() {
-                        // A slot already known chosen holds the chosen value, which is the value
-                        // any higher ballot proposes (P2c): nothing to store.
-                        if entry.slot <= self.hard.chosen || entry.slot < self.log.first() {
-                            continue;
-                        }
-                        let known = self.log.get(entry.slot);
-                        if known.is_some_and(|known| known.ballot == entry.ballot) {
-                            continue; // a duplicate: the first copy is (being) written
-                        }
-                        self.store(entry);
+            if first_slot > self.hard.chosen.max(self.log.last()) {
+                // The common case: every slot is beyond anything held (the entries are
+                // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
+                // is chosen, compacted or a duplicate. The run is kept as it came, shared
+                // by the log and the write.
+                self.log.append(entries, &mut self.unpersisted);
+            } else {
+                for entry in entries.iter().cloned() {
+                    // A slot already known chosen holds the chosen value, which is the value
+                    // any higher ballot proposes (P2c): nothing to store.
+                    if entry.slot <= self.hard.chosen || entry.slot < self.log.first() {
+                        continue;
                     }
+                    let known = self.log.get(entry.slot);
+                    if known.is_some_and(|known| known.ballot == entry.ballot) {
+                        continue; // a duplicate: the first copy is (being) written
+                    }
+                    self.store(entry);
                 }
-                self.send_after_persist(
-                    from,
-                    Body::Accepted {
-                        ballot,
-                        first_slot,
-                        last_slot,
-                    },
-                );
             }
+            self.send_after_persist(
+                from,
+                Body::Accepted {
+                    ballot,
+                    first_slot,
+                    last_slot,
+                },
+            );
         }
         self.learn_chosen(ballot, chosen);
     }

@@ -112,7 +112,7 @@ impl Faults {
             write_delay_ticks_max: 2,
             unsynced_kept: 0.5,
             pause: 0.002,
-            pause_ticks_max: 40,
+            pause_ticks_max: 150,
             clog: 0.003,
             clog_ticks_max: 30,
             tick_skew: 0.3,
