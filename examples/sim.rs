@@ -183,6 +183,9 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.proposed += stats.proposed;
     total.acknowledged += stats.acknowledged;
     total.elections += stats.elections;
+    total.transfers += stats.transfers;
+    total.transfers_completed += stats.transfers_completed;
+    total.transfers_aborted += stats.transfers_aborted;
     total.kv_operations += stats.kv_operations;
     total.kv_returned += stats.kv_returned;
     total.kv_index_reads += stats.kv_index_reads;
@@ -416,6 +419,9 @@ fn main() {
         ("restarts from a snapshot", total.snapshot_restarts),
         ("snapshots sent to a lagging node", total.snapshots_sent),
         ("snapshots installed from a peer", total.snapshots_installed),
+        ("leadership transfers asked", total.transfers),
+        ("leadership transfers completed", total.transfers_completed),
+        ("leadership transfers abandoned", total.transfers_aborted),
         (
             "kv operations issued (linearizability-checked)",
             total.kv_operations,

@@ -73,6 +73,22 @@ pub enum ReadError {
     Busy,
 }
 
+/// [`Replica::transfer_leadership`](crate::Replica::transfer_leadership) refused; nothing
+/// changed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum TransferError {
+    /// This replica does not lead: only a leader hands its leadership over. `hint` is the
+    /// leader it knows of, if any.
+    #[error("not the leader (leader hint: {hint:?})")]
+    NotLeader {
+        /// The leader this replica knows of, if any.
+        hint: Option<NodeId>,
+    },
+    /// The target is not a member of the cluster.
+    #[error("{0} is not a member")]
+    UnknownNode(NodeId),
+}
+
 /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) refused to send a snapshot;
 /// nothing was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]

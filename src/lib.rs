@@ -140,6 +140,7 @@ pub mod types;
 pub use config::Config;
 pub use error::{
     ConfigError, DecodeError, ProposeError, ReadError, SendSnapshotError, StepError, StorageError,
+    TransferError,
 };
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};

@@ -59,6 +59,10 @@ pub enum Body {
         ballot: Ballot,
         /// The candidate's first slot not known chosen.
         first_slot: Slot,
+        /// The leader handed its leadership over to the candidate ([`Body::TimeoutNow`]):
+        /// acceptors answer even though they heard from that leader recently (leader
+        /// stickiness only protects a leader that wants to stay).
+        transfer: bool,
     },
     /// Phase 1b: the promise, with every value accepted at or above the requested slot.
     /// Sent only once the promise is durable.
@@ -162,6 +166,13 @@ pub enum Body {
         /// The state machine's bytes, opaque to synod.
         data: Bytes,
     },
+    /// "Campaign now": a leader hands its leadership over to the receiver
+    /// ([`Replica::transfer_leadership`](crate::Replica::transfer_leadership)), which starts
+    /// phase 1 at once, without pre-votes, if it still follows `ballot`.
+    TimeoutNow {
+        /// The leader's ballot.
+        ballot: Ballot,
+    },
 }
 
 impl Body {
@@ -176,6 +187,7 @@ impl Body {
             | Body::Accepted { ballot, .. }
             | Body::Reject { ballot, .. }
             | Body::Heartbeat { ballot, .. }
+            | Body::TimeoutNow { ballot }
             | Body::HeartbeatReply { ballot, .. }
             | Body::Commit { ballot, .. }
             | Body::Fetch { ballot, .. }
@@ -196,6 +208,7 @@ impl Body {
             Body::Accepted { .. } => "Accepted",
             Body::Reject { .. } => "Reject",
             Body::Heartbeat { .. } => "Heartbeat",
+            Body::TimeoutNow { .. } => "TimeoutNow",
             Body::HeartbeatReply { .. } => "HeartbeatReply",
             Body::Commit { .. } => "Commit",
             Body::Fetch { .. } => "Fetch",

@@ -206,6 +206,15 @@ fn three_drivers_replicate_in_order_with_group_commit() {
             "{stats:?}"
         );
         assert_eq!(stats.reads_confirmed, 1);
+        // The leadership is handed over to the follower, which takes proposals at once.
+        let target = NodeId(follower as u64 + 1);
+        assert_eq!(
+            handles[leader].transfer_leadership(target).await,
+            Some(Ok(()))
+        );
+        while wait_for_leader(&mut handles, &mut test_ticks).await != follower {
+            test_ticks.next().await;
+        }
         (logs, syncs)
     };
     let all_drivers = futures::future::join_all(drivers);

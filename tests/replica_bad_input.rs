@@ -80,7 +80,14 @@ fn body() -> impl Strategy<Value = Body> {
                 promised,
             }
         }),
-        (ballot(), number()).prop_map(|(ballot, first_slot)| Body::Prepare { ballot, first_slot }),
+        (ballot(), number(), any::<bool>()).prop_map(|(ballot, first_slot, transfer)| {
+            Body::Prepare {
+                ballot,
+                first_slot,
+                transfer,
+            }
+        }),
+        ballot().prop_map(|ballot| Body::TimeoutNow { ballot }),
         (ballot(), number(), run(), number()).prop_map(
             |(ballot, first_slot, (first, count, accepted_in, scatter, value), chosen)| {
                 Body::Promise {
@@ -243,6 +250,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Prepare {
                     ballot: ballot_of(n),
                     first_slot: 1,
+                    transfer: false,
                 },
             ),
             (
@@ -250,6 +258,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Prepare {
                     ballot: ballot_of(1),
                     first_slot: n,
+                    transfer: false,
                 },
             ),
             (
@@ -349,6 +358,12 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Reject {
                     ballot: ballot_of(1),
                     promised: ballot_of(n),
+                },
+            ),
+            (
+                "TimeoutNow round",
+                Body::TimeoutNow {
+                    ballot: ballot_of(n),
                 },
             ),
             (

@@ -23,6 +23,7 @@ fn prepare(from: u64, to: u64, ballot: Ballot) -> Message {
         body: Body::Prepare {
             ballot,
             first_slot: 1,
+            transfer: false,
         },
     }
 }
@@ -1209,7 +1210,11 @@ fn an_acceptor_does_not_promise_a_candidate_that_needs_slots_it_compacted() {
             .step(Message {
                 from: NodeId(3),
                 to: NodeId(2),
-                body: Body::Prepare { ballot, first_slot },
+                body: Body::Prepare {
+                    ballot,
+                    first_slot,
+                    transfer: false,
+                },
             })
             .unwrap();
         let sent = drain(replica);
@@ -1229,6 +1234,7 @@ fn an_acceptor_does_not_promise_a_candidate_that_needs_slots_it_compacted() {
             body: Body::Prepare {
                 ballot,
                 first_slot: 4,
+                transfer: false,
             },
         })
         .unwrap();
@@ -1304,7 +1310,11 @@ fn a_replica_restarted_after_compacting_every_entry_starts_its_log_after_the_cho
             .step(Message {
                 from: NodeId(3),
                 to: NodeId(2),
-                body: Body::Prepare { ballot, first_slot },
+                body: Body::Prepare {
+                    ballot,
+                    first_slot,
+                    transfer: false,
+                },
             })
             .unwrap();
         drain(replica)

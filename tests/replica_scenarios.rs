@@ -185,6 +185,7 @@ fn promises_wait_for_the_write() {
             body: Body::Prepare {
                 ballot,
                 first_slot: 1,
+                transfer: false,
             },
         })
         .unwrap();
@@ -861,6 +862,7 @@ fn an_acceptor_never_accepts_below_its_promise() {
             body: Body::Prepare {
                 ballot: high,
                 first_slot: 1,
+                transfer: false,
             },
         })
         .unwrap();
@@ -940,6 +942,7 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
             body: Body::Prepare {
                 ballot: second,
                 first_slot: 1,
+                transfer: false,
             },
         })
         .ok();
@@ -960,6 +963,7 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
             body: Body::Prepare {
                 ballot: second,
                 first_slot: 1,
+                transfer: false,
             },
         })
         .unwrap();

@@ -40,6 +40,26 @@ fn quiet_network_three_nodes() {
 }
 
 #[test]
+fn leadership_transfers_complete_on_a_quiet_network() {
+    let mut faults = Faults::none();
+    faults.transfer = 0.02;
+    let (mut asked, mut completed, mut aborted) = (0, 0, 0);
+    for seed in 0..5 {
+        let stats = run_seed(3, seed, faults.clone()).stats().clone();
+        asked += stats.transfers;
+        completed += stats.transfers_completed;
+        aborted += stats.transfers_aborted;
+    }
+    // A transfer asked again before the first completed replaces it; none is abandoned.
+    assert!(asked >= 20, "only {asked} transfers asked");
+    assert!(
+        completed * 10 >= asked * 8,
+        "{completed} of {asked} completed"
+    );
+    assert_eq!(aborted, 0);
+}
+
+#[test]
 fn all_faults_three_nodes_many_seeds() {
     let (mut compactions, mut snapshot_restarts, mut installed) = (0, 0, 0);
     for seed in 0..40 {

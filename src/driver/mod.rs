@@ -19,7 +19,7 @@
 //! A storage failure stops the driver with [`DriverError::Storage`]: nothing that failed to
 //! persist is ever acknowledged.
 
-use crate::error::{ProposeError, ReadError, StorageError};
+use crate::error::{ProposeError, ReadError, StorageError, TransferError};
 use crate::message::Message;
 use crate::replica::{Event, Replica, Status};
 use crate::storage::Snapshot;
@@ -148,6 +148,10 @@ enum Request {
     ReadIndex {
         reply: oneshot::Sender<Result<Slot, ReadIndexError>>,
     },
+    Transfer {
+        to: NodeId,
+        reply: oneshot::Sender<Result<(), TransferError>>,
+    },
     Stats {
         reply: oneshot::Sender<DriverStats>,
     },
@@ -171,6 +175,7 @@ impl std::fmt::Debug for Request {
             }
             Request::Status { .. } => write!(formatter, "Status"),
             Request::ReadIndex { .. } => write!(formatter, "ReadIndex"),
+            Request::Transfer { to, .. } => write!(formatter, "Transfer({to})"),
             Request::Stats { .. } => write!(formatter, "Stats"),
             Request::Compact { snapshot, .. } => write!(formatter, "Compact({})", snapshot.slot),
         }
@@ -223,7 +228,8 @@ impl Handle {
                 Request::Status { .. }
                 | Request::Stats { .. }
                 | Request::Compact { .. }
-                | Request::ReadIndex { .. } => Bytes::new(),
+                | Request::ReadIndex { .. }
+                | Request::Transfer { .. } => Bytes::new(),
             };
             return Err(ProposalError::Stopped { command });
         }
@@ -249,6 +255,22 @@ impl Handle {
             .await
             .map_err(|_| ReadIndexError::Stopped)?;
         response.await.map_err(|_| ReadIndexError::Stopped)?
+    }
+
+    /// Starts handing the leadership over to member `to`
+    /// ([`Replica::transfer_leadership`](crate::Replica::transfer_leadership)); returns once
+    /// the transfer has started, not once it completed (watch [`status`](Handle::status)).
+    /// `None` if the driver has stopped.
+    ///
+    /// # Errors
+    /// The replica's [`TransferError`]: this node does not lead, or `to` is not a member.
+    pub async fn transfer_leadership(&mut self, to: NodeId) -> Option<Result<(), TransferError>> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::Transfer { to, reply })
+            .await
+            .ok()?;
+        response.await.ok()
     }
 
     /// The replica's current [`Status`], or `None` if the driver has stopped.
@@ -562,6 +584,9 @@ where
             }
             Request::Status { reply } => {
                 let _ = reply.send(self.replica.status());
+            }
+            Request::Transfer { to, reply } => {
+                let _ = reply.send(self.replica.transfer_leadership(to));
             }
             Request::ReadIndex { reply } => {
                 self.read_counter += 1;

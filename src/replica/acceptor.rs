@@ -8,14 +8,23 @@ use crate::types::{Ballot, Entries, Entry, NodeId, Slot};
 impl Replica {
     /// Phase 1b. *Paxos Made Simple* §2.2, P1a: an acceptor may promise `ballot` iff it has not
     /// promised a higher one; the promise reports every value it accepted from `first_slot` on.
-    pub(super) fn on_prepare(&mut self, from: NodeId, ballot: Ballot, first_slot: Slot) {
+    ///
+    /// Leader stickiness: a Prepare is ignored while a live leader is known, unless that
+    /// leader handed its leadership over (`transfer`).
+    pub(super) fn on_prepare(
+        &mut self,
+        from: NodeId,
+        ballot: Ballot,
+        first_slot: Slot,
+        transfer: bool,
+    ) {
         if ballot < self.hard.promised {
             let promised = self.hard.promised;
             tracing::debug!(node = %self.config.id, %from, %ballot, %promised, "prepare rejected");
             self.send(from, Body::Reject { ballot, promised });
             return;
         }
-        if ballot > self.hard.promised && self.in_leader_lease(from) {
+        if ballot > self.hard.promised && !transfer && self.in_leader_lease(from) {
             // Leader stickiness: a live leader is known; do not help depose it.
             tracing::debug!(node = %self.config.id, %ballot, "prepare ignored: leader is live");
             return;
@@ -35,7 +44,16 @@ impl Replica {
         }
         if ballot > self.hard.promised {
             if self.role != Role::Follower {
-                self.step_down(StepDownReason::Preempted);
+                let handed_over = self.leadership.as_ref().is_some_and(|leadership| {
+                    leadership
+                        .transfer
+                        .is_some_and(|transfer| self.members[transfer.to] == from)
+                });
+                self.step_down(if transfer && handed_over {
+                    StepDownReason::Transferred
+                } else {
+                    StepDownReason::Preempted
+                });
             }
             self.promise(ballot);
             if self.leader.is_some() {

@@ -101,13 +101,26 @@ impl Replica {
 
     fn check_pre_vote_quorum(&mut self) {
         if self.pre_votes.len() >= self.quorum() {
-            self.start_election();
+            self.start_election(false);
         }
     }
 
+    /// The leader this replica follows hands it the leadership: campaign at once, without
+    /// pre-votes, if `ballot` is still the one followed (a delayed or duplicated `TimeoutNow`
+    /// of an earlier leadership is ignored).
+    pub(super) fn on_timeout_now(&mut self, from: NodeId, ballot: Ballot) {
+        if self.role != Role::Follower || ballot != self.hard.promised || self.leader != Some(from)
+        {
+            return;
+        }
+        tracing::info!(node = %self.config.id, %from, "leadership handed over");
+        self.start_election(true);
+    }
+
     /// Phase 1a (*Paxos Made Simple* §2.2): promise a fresh ballot to itself and send
-    /// `Prepare(ballot, first unchosen slot)` to every acceptor.
-    fn start_election(&mut self) {
+    /// `Prepare(ballot, first unchosen slot)` to every acceptor. `transfer`: the leader
+    /// handed its leadership over (see `Body::Prepare::transfer`).
+    fn start_election(&mut self, transfer: bool) {
         let round = self.round_seen.max(self.hard.promised.round) + 1;
         let ballot = Ballot::new(round, self.config.id);
         self.round_seen = round;
@@ -120,13 +133,19 @@ impl Replica {
             promised: VoteSet::EMPTY,
             reported: BTreeMap::new(),
             sent_tick: self.now,
+            transfer,
         });
         self.pending_self_votes.push(SelfVote::Promise(ballot));
         tracing::info!(node = %self.config.id, %ballot, first_slot, "election started");
         self.events.push(Event::ElectionStarted { ballot });
         for index in 0..self.members.len() {
             if index != self.self_index {
-                self.send(self.members[index], Body::Prepare { ballot, first_slot });
+                let body = Body::Prepare {
+                    ballot,
+                    first_slot,
+                    transfer,
+                };
+                self.send(self.members[index], body);
             }
         }
     }
@@ -140,10 +159,16 @@ impl Replica {
         }
         candidacy.sent_tick = self.now;
         let (first_slot, promised) = (candidacy.first_slot, candidacy.promised);
+        let transfer = candidacy.transfer;
         let ballot = self.hard.promised;
         for index in 0..self.members.len() {
             if index != self.self_index && !promised.contains(index) {
-                self.send(self.members[index], Body::Prepare { ballot, first_slot });
+                let body = Body::Prepare {
+                    ballot,
+                    first_slot,
+                    transfer,
+                };
+                self.send(self.members[index], body);
             }
         }
     }
@@ -261,6 +286,7 @@ impl Replica {
             read_round_wanted: false,
             read_acks: vec![0; self.members.len()],
             reads: VecDeque::new(),
+            transfer: None,
             forwarded_seen: vec![(0, 0); self.members.len()],
         });
         self.role = Role::Leader;

@@ -9,10 +9,12 @@ use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 
 impl Replica {
-    /// True if a command of `size_bytes` fits within the uncommitted bounds.
+    /// True if a command of `size_bytes` fits within the uncommitted bounds (and no
+    /// leadership transfer is under way).
     pub(super) fn has_room_for(&self, size_bytes: usize) -> bool {
         let leadership = self.leadership.as_ref().expect("leader state");
-        leadership.votes.len() < self.config.uncommitted_entries_max
+        leadership.transfer.is_none()
+            && leadership.votes.len() < self.config.uncommitted_entries_max
             && leadership.uncommitted_bytes + size_bytes <= self.config.uncommitted_bytes_max
     }
 
@@ -179,6 +181,29 @@ impl Replica {
             }
         }
         self.record_acceptance(index, ballot, first_slot, last_slot);
+        self.send_timeout_now_if_caught_up();
+    }
+
+    /// During a leadership transfer, sends the target `TimeoutNow` once it has been sent
+    /// every slot and has acknowledged every one not chosen yet (its phase 1 then has little
+    /// to recover); again every `retransmit_ticks` in case it was lost.
+    pub(super) fn send_timeout_now_if_caught_up(&mut self) {
+        let Some(leadership) = &mut self.leadership else {
+            return;
+        };
+        let Some(transfer) = &mut leadership.transfer else {
+            return;
+        };
+        let progress = &leadership.followers[transfer.to];
+        let caught_up = progress.next_slot >= leadership.next_slot && progress.inflight.is_empty();
+        let due = transfer.sent_tick.map_or(true, |sent| {
+            self.now - sent >= u64::from(self.config.retransmit_ticks)
+        });
+        if caught_up && due {
+            transfer.sent_tick = Some(self.now);
+            let (to, ballot) = (self.members[transfer.to], self.hard.promised);
+            self.send(to, Body::TimeoutNow { ballot });
+        }
     }
 
     /// Counts acceptor `index`'s acceptance of `first_slot..=last_slot` in `ballot`, and moves
@@ -343,6 +368,17 @@ impl Replica {
             self.broadcast_heartbeat();
         }
         self.retransmit_accepts();
+        if let Some(transfer) = &mut self.leadership.as_mut().expect("leader state").transfer {
+            transfer.elapsed += 1;
+            if transfer.elapsed >= self.config.election_ticks {
+                let to = self.members[transfer.to];
+                tracing::info!(node = %self.config.id, %to, "leadership transfer abandoned");
+                self.leadership.as_mut().expect("leader state").transfer = None;
+                self.events.push(Event::TransferAborted { to });
+            } else {
+                self.send_timeout_now_if_caught_up();
+            }
+        }
         if check_due {
             self.leadership
                 .as_mut()

@@ -6,6 +6,7 @@
 //! - [`step`](Replica::step): a message from a peer;
 //! - [`propose`](Replica::propose): a command to replicate;
 //! - [`read_index`](Replica::read_index): a linearizable read, without a log entry;
+//! - [`transfer_leadership`](Replica::transfer_leadership): hand the leadership over;
 //!
 //! and drains, whenever [`has_ready`](Replica::has_ready) says so, a numbered [`Ready`] batch:
 //! messages to send now, a [`WriteBatch`](crate::storage::WriteBatch) to persist, messages to
@@ -39,6 +40,11 @@
 //!   asked, so no write acknowledged by then lies beyond the slot. The application serves the
 //!   read once it has applied the slot. No log entry, no fsync; leadership that ends aborts
 //!   the reads waiting.
+//! - **Leadership transfer.** The leader stops taking proposals, waits until the target has
+//!   acknowledged every unchosen slot and sends it `TimeoutNow`; the target runs phase 1 at
+//!   once, without pre-votes, with Prepares flagged as a handover, which acceptors answer
+//!   despite leader stickiness (it protects a leader that wants to stay, not one that
+//!   leaves). Safety does not depend on any of it: phase 1 is phase 1.
 
 mod acceptor;
 mod election;
@@ -53,7 +59,9 @@ pub use ready::{Event, Ready, StepDownReason};
 pub use status::{FollowerStatus, Role, Status};
 
 use crate::config::Config;
-use crate::error::{ConfigError, ProposeError, ReadError, SendSnapshotError, StepError};
+use crate::error::{
+    ConfigError, ProposeError, ReadError, SendSnapshotError, StepError, TransferError,
+};
 use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
@@ -87,6 +95,9 @@ struct Candidacy {
     reported: BTreeMap<Slot, Entry>,
     /// Tick of the last (re)transmission of the Prepare.
     sent_tick: u64,
+    /// Started by the leader's `TimeoutNow`: the Prepares ask acceptors to set leader
+    /// stickiness aside.
+    transfer: bool,
 }
 
 /// The acceptors of one unchosen slot, and its payload bytes (released from
@@ -136,6 +147,19 @@ struct Leadership {
     read_acks: Vec<u64>,
     /// Reads waiting for a quorum to echo their round, oldest (lowest round) first.
     reads: VecDeque<PendingRead>,
+    /// A leadership transfer under way: no new proposals meanwhile.
+    transfer: Option<Transfer>,
+}
+
+/// A leadership transfer ([`Replica::transfer_leadership`]) under way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Transfer {
+    /// The intended new leader (index into `Replica::members`).
+    to: usize,
+    /// Ticks since the transfer started: it is abandoned after `election_ticks`.
+    elapsed: u32,
+    /// The tick `TimeoutNow` was last sent at, if it was.
+    sent_tick: Option<u64>,
 }
 
 /// A read asked of a leader ([`Replica::read_index`]), waiting for its confirmation.
@@ -518,7 +542,12 @@ impl Replica {
                 granted,
                 promised,
             } => self.on_pre_vote_reply(from, ballot, granted, promised),
-            Body::Prepare { ballot, first_slot } => self.on_prepare(from, ballot, first_slot),
+            Body::Prepare {
+                ballot,
+                first_slot,
+                transfer,
+            } => self.on_prepare(from, ballot, first_slot, transfer),
+            Body::TimeoutNow { ballot } => self.on_timeout_now(from, ballot),
             Body::Promise {
                 ballot,
                 first_slot,
@@ -588,6 +617,7 @@ impl Replica {
             | Body::Prepare { ballot, .. }
             | Body::Accept { ballot, .. }
             | Body::Heartbeat { ballot, .. }
+            | Body::TimeoutNow { ballot }
             | Body::Commit { ballot, .. } => {
                 if ballot.node != from {
                     return Err(malformed("ballot owned by another node than the sender"));
@@ -757,6 +787,42 @@ impl Replica {
             round: leadership.read_round + 1,
         });
         leadership.read_round_wanted = true;
+        Ok(())
+    }
+
+    /// Hands the leadership over to member `to` (to take a node down for maintenance, or to
+    /// move the leader next to its clients). The leader stops taking proposals
+    /// ([`propose`](Replica::propose) returns `Busy`, forwarded commands are dropped), waits
+    /// until `to` has acknowledged every slot not yet chosen, then sends it `TimeoutNow`: `to` starts
+    /// phase 1 at once with a higher ballot, which the acceptors answer even though they
+    /// heard from this leader recently, and this leader steps down
+    /// ([`StepDownReason::Transferred`]) when the Prepare reaches it. Nothing is lost: the
+    /// new leader's phase 1 recovers every accepted value, as after any election. If `to`
+    /// has not taken over within `election_ticks`, the transfer is abandoned
+    /// ([`Event::TransferAborted`]) and proposals are taken again. A second call replaces the
+    /// target and restarts the clock; `to` being this replica cancels a transfer under way.
+    ///
+    /// # Errors
+    /// - [`TransferError::NotLeader`]: only the leader can hand its leadership over.
+    /// - [`TransferError::UnknownNode`]: `to` is not a member.
+    pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
+        let Some(index) = self.member_index(to) else {
+            return Err(TransferError::UnknownNode(to));
+        };
+        let Some(leadership) = self.leadership.as_mut() else {
+            return Err(TransferError::NotLeader { hint: self.leader });
+        };
+        if index == self.self_index {
+            leadership.transfer = None;
+            return Ok(());
+        }
+        tracing::info!(node = %self.config.id, %to, "leadership transfer started");
+        leadership.transfer = Some(Transfer {
+            to: index,
+            elapsed: 0,
+            sent_tick: None,
+        });
+        self.send_timeout_now_if_caught_up();
         Ok(())
     }
 
@@ -1132,9 +1198,11 @@ fn highest_slot_or_round(body: &Body) -> u64 {
             ballot, promised, ..
         }
         | Body::Reject { ballot, promised } => ballot.round.max(promised.round),
-        Body::Prepare { ballot, first_slot } | Body::Fetch { ballot, first_slot } => {
-            ballot.round.max(*first_slot)
+        Body::Prepare {
+            ballot, first_slot, ..
         }
+        | Body::Fetch { ballot, first_slot } => ballot.round.max(*first_slot),
+        Body::TimeoutNow { ballot } => ballot.round,
         Body::Promise {
             ballot,
             first_slot,

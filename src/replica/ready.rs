@@ -39,6 +39,13 @@ pub enum Event {
         /// The lagging follower.
         follower: NodeId,
     },
+    /// A leadership transfer to `to`
+    /// ([`Replica::transfer_leadership`](super::Replica::transfer_leadership)) did not
+    /// complete within `election_ticks`: this replica leads on and takes proposals again.
+    TransferAborted {
+        /// The intended new leader.
+        to: NodeId,
+    },
     /// A read asked with [`Replica::read_index`](super::Replica::read_index) is confirmed:
     /// serve it from the state machine once it has applied `slot` (at once if it has).
     ReadReady {
@@ -62,6 +69,10 @@ pub enum StepDownReason {
     Preempted,
     /// It did not hear from a quorum within the election timeout (check-quorum).
     LostQuorum,
+    /// It handed its leadership over
+    /// ([`Replica::transfer_leadership`](super::Replica::transfer_leadership)): the target
+    /// started phase 1 with a higher ballot.
+    Transferred,
 }
 
 /// One numbered batch of work, produced by [`Replica::ready`](super::Replica::ready).

@@ -14,7 +14,7 @@ use super::disk::{FileDisk, ScratchDir};
 use crate::config::Config;
 use crate::error::StorageError;
 use crate::message::{Body, Message};
-use crate::replica::{Event, Replica, Role};
+use crate::replica::{Event, Replica, Role, StepDownReason};
 use crate::storage::{MemStorage, Recovered, Snapshot, Storage, WriteBatch};
 use crate::types::{Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
@@ -759,6 +759,17 @@ impl Simulation {
             }
             self.note(format!("partition around {victim}"));
         }
+        if nodes > 1 && self.chance(faults.transfer) {
+            let index = self.below(nodes) as usize;
+            let to = NodeId(1 + self.below(nodes));
+            let from = self.nodes[index].id;
+            if let Some(replica) = self.nodes[index].replica.as_mut() {
+                if replica.is_leader() && replica.transfer_leadership(to).is_ok() && to != from {
+                    self.stats.transfers += 1;
+                    self.note(format!("{from} hands its leadership to {to}"));
+                }
+            }
+        }
         if self.chance(faults.compaction) {
             let index = self.below(nodes) as usize;
             if let Err(violation) = self.compact(index) {
@@ -1037,6 +1048,11 @@ impl Simulation {
                             .on_leader(index, self.nodes[index].id, ballot)?;
                     }
                     Event::SnapshotNeeded { follower } => self.send_snapshot(index, follower)?,
+                    Event::SteppedDown {
+                        reason: StepDownReason::Transferred,
+                        ..
+                    } => self.stats.transfers_completed += 1,
+                    Event::TransferAborted { .. } => self.stats.transfers_aborted += 1,
                     Event::ReadReady { context, slot } => {
                         let node = &mut self.nodes[index];
                         if let Some(read) = node.kv_reads.remove(&context) {

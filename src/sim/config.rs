@@ -73,6 +73,9 @@ pub struct Faults {
     /// is sent the snapshot when it asks for compacted slots ([`Event::SnapshotNeeded`] ->
     /// [`Replica::send_snapshot`]) and installs it.
     pub compaction: f64,
+    /// Not a fault but an operator's action, at random: the leader hands its leadership over
+    /// to another member ([`Replica::transfer_leadership`]).
+    pub transfer: f64,
 }
 
 impl Faults {
@@ -96,6 +99,7 @@ impl Faults {
             corrupt_disk: 0.0,
             torn_write: 0.0,
             compaction: 0.0,
+            transfer: 0.0,
         }
     }
 
@@ -119,6 +123,7 @@ impl Faults {
             corrupt_disk: 0.02,
             torn_write: 0.5,
             compaction: 0.005,
+            transfer: 0.003,
         }
     }
 }
@@ -248,6 +253,12 @@ pub struct SimStats {
     pub acknowledged: u64,
     /// Leaders elected.
     pub elections: u64,
+    /// Leadership transfers asked of a leader ([`Faults::transfer`]).
+    pub transfers: u64,
+    /// Leaders that stepped down because they handed over (the target took over).
+    pub transfers_completed: u64,
+    /// Transfers abandoned after `election_ticks`.
+    pub transfers_aborted: u64,
     /// Key-value operations issued by clients (with `kv_clients`).
     pub kv_operations: u64,
     /// Key-value operations that got their response.

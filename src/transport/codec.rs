@@ -560,7 +560,9 @@ mod tests {
             Body::Prepare {
                 ballot: ballot(),
                 first_slot: 3,
+                transfer: true,
             },
+            Body::TimeoutNow { ballot: ballot() },
             Body::Promise {
                 ballot: ballot(),
                 first_slot: 3,
