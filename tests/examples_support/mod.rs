@@ -221,15 +221,10 @@ pub fn text(reply: &Reply) -> String {
 // ---------------------------------------------------------------------------------------
 // Ports.
 
-/// Ports that were free a moment ago (the processes bind them right away).
+/// Ports that were free a moment ago (the processes bind them right away), all below the
+/// kernel's ephemeral range: see [`free_port_blocks`].
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap().port())
-        .collect()
+    free_port_blocks(count, 1)
 }
 
 /// The `--peers` argument for nodes `1..=ports.len()` on loopback at `ports`.
@@ -242,26 +237,65 @@ pub fn peers_argument(ports: &[u16]) -> String {
         .join(",")
 }
 
+/// The lowest port of the kernel's ephemeral range (outgoing connections take their local
+/// port from it), 32768 where it cannot be read.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
 /// The first ports of `count` blocks of `width` consecutive loopback ports that were all
 /// free a moment ago (for a server that derives more ports from one, like `bank`'s groups).
+///
+/// The ports lie below the ephemeral range. A port from that range (what binding port 0
+/// gives) can be taken, while a killed node is down, as the local port of some outgoing
+/// connection, and the node could not listen on it again when it restarts.
 pub fn free_port_blocks(count: usize, width: u16) -> Vec<u16> {
+    const LOW: u16 = 10_000;
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW - width;
     let mut held = Vec::new();
     let mut bases = Vec::new();
-    let mut candidate = 20_000 + (std::process::id() % 20_000) as u16;
-    for _ in 0..1000 {
+    // Start somewhere new on every call (process id, call count and clock mixed), so calls
+    // in one test and tests running at once rarely probe the same ports; step by a prime
+    // so every candidate gets visited.
+    // Ports this process handed out already: its servers may not have bound them yet.
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    let mix = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(calls.wrapping_mul(7_919))
+        .wrapping_add(nanos);
+    let mut offset = (mix % u32::from(span)) as u16;
+    for _ in 0..2000 {
         if bases.len() == count {
             return bases;
         }
-        candidate = 20_000 + (candidate - 20_000 + 97) % 40_000;
+        offset = ((u32::from(offset) + 97) % u32::from(span)) as u16;
+        let candidate = LOW + offset;
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if (candidate..candidate + width).any(|port| given.contains(&port)) {
+            continue;
+        }
         let listeners: Vec<TcpListener> = (0..width)
-            .map_while(|offset| TcpListener::bind(("127.0.0.1", candidate + offset)).ok())
+            .map_while(|step| TcpListener::bind(("127.0.0.1", candidate + step)).ok())
             .collect();
         if listeners.len() == usize::from(width) {
             bases.push(candidate);
+            given.extend(candidate..candidate + width);
             held.extend(listeners);
         }
     }
-    panic!("no {count} blocks of {width} consecutive free ports");
+    panic!("no {count} blocks of {width} consecutive free ports below {high}");
 }
 
 // ---------------------------------------------------------------------------------------
