@@ -51,15 +51,15 @@
 //!   ([`synod::session`]). The server retries a proposal that may have been lost (a forwarded
 //!   proposal dies with the leader it was forwarded to) with the same session sequence
 //!   number, so a retried write is applied once even if both copies are chosen.
-//! - **Reads are linearizable: read-index at the leader, the log elsewhere.** At the leader,
-//!   `GET`, `EXISTS` and `DBSIZE` ask the driver for a read index
-//!   ([`synod::driver::Handle::read_index`]: one round of heartbeats to a quorum, shared by
-//!   every read waiting, no log entry and no fsync), wait until the local state machine has
-//!   applied that slot and answer from it; it then includes every write acknowledged before
-//!   the command started. At a follower (or if the leadership ends meanwhile) a `GET` is
-//!   proposed through the log like a write and answered with the value at its slot, and
-//!   `EXISTS` and `DBSIZE` propose a read barrier first. (Forwarding the read index to the
-//!   leader, and leases, would make follower reads cheaper; neither is done here.)
+//! - **Reads are linearizable, by read-index.** `GET`, `EXISTS` and `DBSIZE` ask the driver
+//!   for a read index ([`synod::driver::Handle::read_index`]: the leader confirms with one
+//!   round of heartbeats to a quorum, shared by every read waiting; a follower asks the
+//!   leader in one request per batch; no log entry and no fsync), wait until the local state
+//!   machine has applied that slot and answer from it; it then includes every write
+//!   acknowledged before the command started. If no read index can be had (no leader known,
+//!   the leadership ended meanwhile, the leader did not answer) a `GET` is proposed through
+//!   the log like a write and answered with the value at its slot, and `EXISTS` and `DBSIZE`
+//!   propose a read barrier first. (Leases would save the leader's round; not done here.)
 //! - **Multi-key commands are not atomic.** `DEL a b` deletes each key with its own log
 //!   entry; `EXISTS a b` is a consistent snapshot (one barrier).
 //! - **`INCR` is a read and a compare-and-swap** ([`synod::kv`] has no increment), retried on
@@ -826,8 +826,8 @@ impl Connection {
         Ok(())
     }
 
-    /// The value of `key`, linearizably: by read-index at the leader, through the log
-    /// elsewhere.
+    /// The value of `key`, linearizably: by read-index, or through the log if no read index
+    /// can be had.
     async fn read(&mut self, key: Bytes) -> Result<Option<Bytes>, Failure> {
         if self.read_index().await {
             return Ok(self.node.applied().kv.get(&key).cloned());
@@ -839,8 +839,9 @@ impl Connection {
     }
 
     /// Waits, without a log entry, until the local state machine holds every write
-    /// acknowledged before the call; false if this node cannot confirm that it leads (a
-    /// follower, or the leadership ended) or the applier did not get there in time.
+    /// acknowledged before the call; false if no leader confirmed the read (none known, the
+    /// leadership ended, the leader did not answer) or the applier did not get there in
+    /// time.
     async fn read_index(&mut self) -> bool {
         let Ok(slot) = self.handle.read_index().await else {
             return false;

@@ -429,7 +429,7 @@ fn main() {
         ("kv operations answered", total.kv_returned),
         ("kv reads answered by read-index", total.kv_index_reads),
         (
-            "kv reads aborted (leadership ended)",
+            "kv reads aborted (leadership ended, leader refused or silent)",
             total.kv_reads_aborted,
         ),
     ] {

@@ -29,6 +29,9 @@ pub struct Config {
     pub check_quorum: bool,
     /// Followers forward proposals to the leader (true) or answer `NotLeader` (false).
     pub forward_proposals: bool,
+    /// Followers send [`Replica::read_index`](crate::Replica::read_index) reads to the
+    /// leader for confirmation (true) or answer `NotLeader` (false).
+    pub forward_reads: bool,
     /// Accept messages in flight (sent, not acknowledged) per follower.
     pub inflight_msgs_max: usize,
     /// Payload bytes in flight per follower.
@@ -83,6 +86,7 @@ impl Config {
             retransmit_ticks: 4,
             check_quorum: true,
             forward_proposals: true,
+            forward_reads: true,
             inflight_msgs_max: 256,
             inflight_bytes_max: 16 << 20,
             accept_bytes_max: 256 << 10,

@@ -68,7 +68,8 @@ pub enum ReadError {
         hint: Option<NodeId>,
     },
     /// [`Config::reads_max`](crate::Config::reads_max) reads are waiting for their
-    /// confirmation already. Retry once some are reported.
+    /// confirmation already (or a follower has just started: its first ready is not written
+    /// yet). Retry once some are reported.
     #[error("busy: too many reads waiting")]
     Busy,
 }

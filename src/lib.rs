@@ -92,7 +92,8 @@
 //!   slot. [`Replica::read_index`] costs one round of heartbeats shared by every read asked
 //!   before the same ready and no write: the leader reports [`Event::ReadReady`] with a slot,
 //!   and you answer from your state machine once it has applied that slot
-//!   (`tests/replica_reads.rs`).
+//!   (`tests/replica_reads.rs`). A follower asks the leader for the slot and reports it the
+//!   same way.
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).

@@ -173,10 +173,32 @@ pub enum Body {
         /// The leader's ballot.
         ballot: Ballot,
     },
+    /// A follower asks the leader it knows to confirm reads asked of it
+    /// ([`Replica::read_index`](crate::Replica::read_index) on a follower): the reads asked
+    /// there before this request share it.
+    ReadIndex {
+        /// The follower's incarnation (it grows at every restart and is durable before the
+        /// first request): a reply to a request of an earlier life answers nothing.
+        incarnation: u64,
+        /// The request's number in this incarnation (from 1, growing): the reply echoes it.
+        round: u64,
+    },
+    /// The leader's answer to [`Body::ReadIndex`].
+    ReadIndexReply {
+        /// The request's incarnation, echoed.
+        incarnation: u64,
+        /// The request answered: it also answers the same follower's earlier requests to
+        /// this leader that are still waiting.
+        round: u64,
+        /// The slot to serve the reads from once applied, confirmed by a quorum after the
+        /// request arrived; `None` if the sender does not lead (or has no room for reads).
+        slot: Option<Slot>,
+    },
 }
 
 impl Body {
-    /// The ballot the message speaks for, if any (`Forward` has none).
+    /// The ballot the message speaks for, if any (`Forward`, `ReadIndex` and `ReadIndexReply`
+    /// have none).
     pub fn ballot(&self) -> Option<Ballot> {
         match self {
             Body::PreVote { ballot, .. }
@@ -193,7 +215,7 @@ impl Body {
             | Body::Fetch { ballot, .. }
             | Body::FetchReply { ballot, .. }
             | Body::Snapshot { ballot, .. } => Some(*ballot),
-            Body::Forward { .. } => None,
+            Body::Forward { .. } | Body::ReadIndex { .. } | Body::ReadIndexReply { .. } => None,
         }
     }
 
@@ -215,6 +237,8 @@ impl Body {
             Body::FetchReply { .. } => "FetchReply",
             Body::Forward { .. } => "Forward",
             Body::Snapshot { .. } => "Snapshot",
+            Body::ReadIndex { .. } => "ReadIndex",
+            Body::ReadIndexReply { .. } => "ReadIndexReply",
         }
     }
 }

@@ -134,6 +134,15 @@ fn body() -> impl Strategy<Value = Body> {
                 chosen,
             }
         ),
+        (number(), number())
+            .prop_map(|(incarnation, round)| Body::ReadIndex { incarnation, round }),
+        (number(), number(), proptest::option::of(number())).prop_map(
+            |(incarnation, round, slot)| Body::ReadIndexReply {
+                incarnation,
+                round,
+                slot,
+            }
+        ),
         (node(), 0..3u64, 0..5u64).prop_map(|(node, incarnation, sequence)| Body::Forward {
             commands: vec![Command {
                 id: ProposalId {
@@ -388,6 +397,21 @@ fn every_slot_and_round_field_is_bounded() {
                     ballot: ballot_of(1),
                     chosen: n,
                     read: 0,
+                },
+            ),
+            (
+                "ReadIndex incarnation",
+                Body::ReadIndex {
+                    incarnation: n,
+                    round: 1,
+                },
+            ),
+            (
+                "ReadIndexReply slot",
+                Body::ReadIndexReply {
+                    incarnation: 1,
+                    round: 1,
+                    slot: Some(n),
                 },
             ),
             (

@@ -1,8 +1,10 @@
 //! Read-index reads (`Replica::read_index`), one rule per test: a read is confirmed only by a
 //! quorum echoing a read round sent after it was asked; its slot covers every write that
 //! could have been acknowledged (the leader's chosen mark, and everything phase 1
-//! recovered); a deposed leader aborts its reads instead of confirming them; followers
-//! refuse; reads are bounded and share rounds.
+//! recovered); a deposed leader aborts its reads instead of confirming them; reads are
+//! bounded and share rounds. Reads asked of a follower go to the leader in one request per
+//! ready, take the leader's slot, and are aborted if the leader refuses, steps down or does
+//! not answer; an answer to a previous life of the follower answers nothing.
 
 mod common;
 
@@ -289,13 +291,195 @@ fn five_members_need_two_echoes() {
 }
 
 #[test]
-fn followers_refuse_reads_and_name_the_leader() {
-    let mut net = cluster(1);
+fn followers_that_do_not_forward_reads_refuse_them_and_name_the_leader() {
+    let mut net = Net::with(3, |config| config.forward_reads = false);
+    net.elect(1);
     assert_eq!(
         net.replica_mut(2).read_index(1),
         Err(ReadError::NotLeader {
             hint: Some(NodeId(1))
         })
+    );
+}
+
+#[test]
+fn a_replica_that_knows_no_leader_refuses_reads() {
+    let mut net = Net::new(3);
+    assert_eq!(
+        net.replica_mut(2).read_index(1),
+        Err(ReadError::NotLeader { hint: None })
+    );
+}
+
+/// Queued read requests: (from, to, incarnation, round).
+fn read_requests(net: &Net) -> Vec<(NodeId, NodeId, u64, u64)> {
+    net.queue
+        .iter()
+        .filter_map(|message| match message.body {
+            Body::ReadIndex { incarnation, round } => {
+                Some((message.from, message.to, incarnation, round))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn reads_asked_of_a_follower_before_one_ready_share_one_request_to_the_leader() {
+    let mut net = cluster(1);
+    net.queue.clear();
+    for context in 1..=3 {
+        net.replica_mut(2).read_index(context).unwrap();
+    }
+    net.process(NodeId(2));
+    let requests = read_requests(&net);
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!((requests[0].0, requests[0].1), (NodeId(2), NodeId(1)));
+    assert_eq!(requests[0].3, 1, "the first request of this incarnation");
+    // The leader's answer waits for its own read round.
+    let request = net
+        .queue
+        .iter()
+        .position(|message| matches!(message.body, Body::ReadIndex { .. }))
+        .unwrap();
+    net.deliver(request);
+    assert!(reads(&net, 2).is_empty());
+    assert_eq!(
+        heartbeats_from(&net, 1).len(),
+        2,
+        "n1 confirms it leads first"
+    );
+    net.stabilize();
+    let chosen = net.replica(1).status().chosen;
+    assert_eq!(
+        reads(&net, 2),
+        [(1, Some(chosen)), (2, Some(chosen)), (3, Some(chosen))]
+    );
+}
+
+/// The follower's read must see a write the leader acknowledged even if the follower has not
+/// learned it: its slot is the leader's, and the application waits to apply it.
+#[test]
+fn a_follower_read_covers_a_write_the_follower_has_not_learned() {
+    let mut net = cluster(1);
+    // "x" is chosen by n1 and n3; n2 hears nothing of it.
+    net.isolate(2);
+    net.propose(1, "x");
+    net.stabilize();
+    assert_eq!(net.commands(1), ["w0", "x"]);
+    let x_slot = net.replica(1).status().chosen;
+    assert!(net.replica(2).status().applied < x_slot);
+    net.heal();
+    net.replica_mut(2).read_index(5).unwrap();
+    // Only the request and its answer reach n2 (and n1's read round reaches n3).
+    net.process(NodeId(2));
+    for _ in 0..100 {
+        let Some(next) = net.queue.iter().position(|message| {
+            message.to != NodeId(2) || matches!(message.body, Body::ReadIndexReply { .. })
+        }) else {
+            break;
+        };
+        net.deliver(next);
+    }
+    assert_eq!(reads(&net, 2), [(5, Some(x_slot))]);
+}
+
+#[test]
+fn a_follower_read_is_aborted_when_its_leader_steps_down_before_confirming_it() {
+    let mut net = cluster(1);
+    net.queue.clear();
+    net.replica_mut(2).read_index(5).unwrap();
+    net.process(NodeId(2));
+    let request = net
+        .queue
+        .iter()
+        .position(|message| matches!(message.body, Body::ReadIndex { .. }))
+        .unwrap();
+    net.deliver(request);
+    assert_eq!(heartbeats_from(&net, 1).len(), 2);
+    // n1's read round is lost; n1 hands over to n3 before it sends another.
+    net.drop_where(|message| matches!(message.body, Body::Heartbeat { .. }));
+    net.replica_mut(1).transfer_leadership(NodeId(3)).unwrap();
+    net.process(NodeId(1));
+    net.stabilize();
+    assert!(net.replica(3).is_leader());
+    assert_eq!(reads(&net, 2), [(5, None)]);
+}
+
+#[test]
+fn a_follower_read_the_leader_never_answers_is_aborted_after_an_election_timeout() {
+    let mut net = cluster(1);
+    net.queue.clear();
+    net.replica_mut(2).read_index(5).unwrap();
+    net.process(NodeId(2));
+    assert_eq!(read_requests(&net).len(), 1);
+    net.queue.clear(); // the request is lost
+    let election_ticks = net.replica(2).config().election_ticks;
+    for _ in 1..election_ticks {
+        net.tick(2);
+    }
+    assert!(reads(&net, 2).is_empty());
+    net.tick(2);
+    assert_eq!(reads(&net, 2), [(5, None)]);
+}
+
+#[test]
+fn a_leaders_answer_to_a_previous_life_of_the_follower_answers_nothing() {
+    let mut net = cluster(1);
+    net.queue.clear();
+    net.replica_mut(2).read_index(5).unwrap();
+    net.process(NodeId(2));
+    let old = read_requests(&net);
+    // n2 restarts and asks again: the same round number, a new incarnation.
+    net.crash(2);
+    net.restart(2);
+    let old_request: Vec<Message> = net
+        .queue
+        .drain(..)
+        .filter(|message| matches!(message.body, Body::ReadIndex { .. }))
+        .collect();
+    while net.replica(2).leader() != Some(NodeId(1)) {
+        net.tick(1);
+        net.stabilize();
+    }
+    net.queue.extend(old_request);
+    net.replica_mut(2).read_index(6).unwrap();
+    net.process(NodeId(2));
+    let requests = read_requests(&net);
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].3, old[0].3, "rounds restart at 1");
+    assert!(requests[1].2 > old[0].2, "the incarnation grew");
+    // Only the old request reaches n1; its answer must not confirm the new read.
+    let new_incarnation = requests[1].2;
+    net.drop_where(|message| {
+        matches!(message.body, Body::ReadIndex { incarnation, .. } if incarnation == new_incarnation)
+    });
+    net.stabilize();
+    assert!(reads(&net, 2).is_empty(), "{:?}", reads(&net, 2));
+}
+
+#[test]
+fn a_replica_that_does_not_lead_refuses_a_read_request() {
+    let mut net = cluster(1);
+    net.queue.clear();
+    let request = Message {
+        from: NodeId(2),
+        to: NodeId(3),
+        body: Body::ReadIndex {
+            incarnation: 1,
+            round: 4,
+        },
+    };
+    net.replica_mut(3).step(request).unwrap();
+    net.process(NodeId(3));
+    assert_eq!(net.queue.len(), 1);
+    assert_eq!(
+        net.queue[0].body,
+        Body::ReadIndexReply {
+            incarnation: 1,
+            round: 4,
+            slot: None
+        }
     );
 }
 
@@ -322,4 +506,30 @@ fn a_single_member_confirms_at_once() {
     net.process(NodeId(1));
     let chosen = net.replica(1).status().chosen;
     assert_eq!(reads(&net, 1), [(4, Some(chosen))]);
+}
+
+#[test]
+fn read_requests_and_answers_numbered_zero_are_malformed() {
+    let mut net = cluster(1);
+    for body in [
+        Body::ReadIndex {
+            incarnation: 1,
+            round: 0,
+        },
+        Body::ReadIndexReply {
+            incarnation: 1,
+            round: 0,
+            slot: Some(1),
+        },
+    ] {
+        let message = Message {
+            from: NodeId(2),
+            to: NodeId(1),
+            body,
+        };
+        assert!(matches!(
+            net.replica_mut(1).step(message),
+            Err(synod::StepError::Malformed { .. })
+        ));
+    }
 }

@@ -291,6 +291,32 @@ fn linearizability_checker_catches_reads_by_a_leader_that_does_not_confirm_it_le
     panic!("unconfirmed leader reads were never caught in 200 seeds");
 }
 
+/// Read-index reads served before the replica applied their slot: a follower asks its
+/// leader, gets a slot it has not reached, and answers from its older state.
+#[test]
+fn linearizability_checker_catches_reads_served_before_their_slot_is_applied() {
+    let mut bugs = synod::sim::Bugs::default();
+    bugs.reads_before_apply = true;
+    for seed in 0..50 {
+        let mut config = SimConfig::new(3, seed);
+        config.kv_clients = 4;
+        config.bugs = bugs.clone();
+        let mut simulation = Simulation::new(config);
+        match simulation
+            .run(1_500)
+            .and_then(|()| simulation.check_liveness(3_000))
+        {
+            Err(violation) if violation.property == "check_linearizable" => {
+                eprintln!("caught at seed {seed}");
+                return;
+            }
+            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
+            Ok(()) => {}
+        }
+    }
+    panic!("reads served before their slot was applied were never caught in 50 seeds");
+}
+
 /// The faults that catch unconfirmed leader reads (above) do not catch read-index reads, and
 /// the cluster stays live under them. With many clients a leader runs far ahead of its
 /// followers' lookahead here: this is the sweep that found the Accept that an acceptor

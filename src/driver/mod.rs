@@ -238,15 +238,17 @@ impl Handle {
 
     /// A linearizable read without a log entry (see
     /// [`Replica::read_index`](crate::Replica::read_index)): returns a slot once the leader
-    /// has confirmed, with a quorum, that it still leads. Serve the read from your state
+    /// (this node, or the leader a follower asks) has confirmed, with a quorum, that it
+    /// still leads. Serve the read from your state
     /// machine once it has applied that slot (every entry through it came out of
     /// [`Committed`], or a snapshot covering it did): the state then includes every write
     /// acknowledged before this call.
     ///
     /// # Errors
-    /// [`ReadIndexError::Rejected`] if this node does not lead (the hint names the leader,
-    /// if known) or too many reads wait; [`ReadIndexError::Aborted`] if the leadership ended
-    /// first; [`ReadIndexError::Stopped`] if the driver is gone. Any of them: read through
+    /// [`ReadIndexError::Rejected`] if this node neither leads nor knows a leader to ask
+    /// (or forwards no reads: the hint names the leader, if known) or too many reads wait;
+    /// [`ReadIndexError::Aborted`] if the leadership ended first, or the leader a follower
+    /// asked refused or did not answer within an election timeout; [`ReadIndexError::Stopped`] if the driver is gone. Any of them: read through
     /// the log, or ask the leader.
     pub async fn read_index(&mut self) -> Result<Slot, ReadIndexError> {
         let (reply, response) = oneshot::channel();

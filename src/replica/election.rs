@@ -307,8 +307,20 @@ impl Replica {
         self.role = Role::Follower;
         if let Some(leadership) = self.leadership.take() {
             for read in leadership.reads {
-                let context = read.context;
-                self.events.push(Event::ReadAborted { context });
+                match read.from {
+                    None => self.events.push(Event::ReadAborted {
+                        context: read.context,
+                    }),
+                    // The follower asks again (of the new leader) once it hears of it.
+                    Some((to, incarnation)) => self.send(
+                        to,
+                        Body::ReadIndexReply {
+                            incarnation,
+                            round: read.context,
+                            slot: None,
+                        },
+                    ),
+                }
             }
         }
         self.candidacy = None;

@@ -3,7 +3,7 @@
 
 use super::progress::Inflight;
 use super::{Event, Replica, Role, SelfVote, SlotVotes, StepDownReason};
-use crate::message::{Body, Command};
+use crate::message::{Body, Command, Message};
 use crate::quorum::majority;
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
@@ -128,7 +128,7 @@ impl Replica {
                     sent_tick: self.now,
                 });
                 progress.sent_chosen = chosen;
-                self.messages.push(crate::message::Message {
+                self.messages.push(Message {
                     from: self.config.id,
                     to,
                     body: Body::Accept {
@@ -141,7 +141,7 @@ impl Replica {
             }
             if !sent_accept && progress.sent_chosen < chosen {
                 progress.sent_chosen = chosen;
-                self.messages.push(crate::message::Message {
+                self.messages.push(Message {
                     from: self.config.id,
                     to,
                     body: Body::Commit { ballot, chosen },
@@ -298,9 +298,20 @@ impl Replica {
             if read.round > confirmed {
                 break;
             }
-            let (context, slot) = (read.context, read.slot);
+            let (context, slot, from) = (read.context, read.slot, read.from);
             leadership.reads.pop_front();
-            self.events.push(Event::ReadReady { context, slot });
+            match from {
+                None => self.events.push(Event::ReadReady { context, slot }),
+                Some((to, incarnation)) => self.messages.push(Message {
+                    from: self.config.id,
+                    to,
+                    body: Body::ReadIndexReply {
+                        incarnation,
+                        round: context,
+                        slot: Some(slot),
+                    },
+                }),
+            }
         }
     }
 
@@ -434,7 +445,7 @@ impl Replica {
                 // Slots chosen since the first send need no more votes.
                 let first_slot = inflight.first_slot.max(chosen + 1);
                 let entries = self.log.slice(first_slot, inflight.last_slot);
-                self.messages.push(crate::message::Message {
+                self.messages.push(Message {
                     from: self.config.id,
                     to,
                     body: Body::Accept {

@@ -39,7 +39,12 @@
 //!   at the leader's ballot, no higher ballot had a quorum of promises when the read was
 //!   asked, so no write acknowledged by then lies beyond the slot. The application serves the
 //!   read once it has applied the slot. No log entry, no fsync; leadership that ends aborts
-//!   the reads waiting.
+//!   the reads waiting. A follower sends the reads asked of it to the leader, one
+//!   `ReadIndex` request per ready; the leader takes the slot when the request arrives and
+//!   answers once a round sent after it is echoed; the follower reports that slot (and
+//!   aborts the reads if the leader refuses or stays silent for `election_ticks`).
+//!   Requests are numbered within the follower's durable incarnation, so an answer to a
+//!   previous life answers nothing.
 //! - **Leadership transfer.** The leader stops taking proposals, waits until the target has
 //!   acknowledged every unchosen slot and sends it `TimeoutNow`; the target runs phase 1 at
 //!   once, without pre-votes, with Prepares flagged as a handover, which acceptors answer
@@ -51,6 +56,7 @@ mod election;
 mod leader;
 mod learner;
 mod progress;
+mod reads;
 mod ready;
 mod status;
 
@@ -162,14 +168,29 @@ struct Transfer {
     sent_tick: Option<u64>,
 }
 
-/// A read asked of a leader ([`Replica::read_index`]), waiting for its confirmation.
+/// A read asked of a leader ([`Replica::read_index`]) or requested by a follower
+/// (`Body::ReadIndex`), waiting for its confirmation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct PendingRead {
+    /// The application's context, or the follower's request round.
     context: u64,
+    /// The follower that asked and its incarnation, for a request (`None`: a read asked
+    /// here).
+    from: Option<(NodeId, u64)>,
     /// Serve it from the state at or after this slot.
     slot: Slot,
     /// Confirmed once a quorum echoed this read round (or a later one).
     round: u64,
+}
+
+/// A read asked of a follower ([`Replica::read_index`]), for the leader to confirm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RemoteRead {
+    context: u64,
+    /// The leader the request went to and its round (`None`: not sent yet).
+    sent: Option<(NodeId, u64)>,
+    /// The tick it was asked at: it is aborted `election_ticks` later if still unanswered.
+    asked: u64,
 }
 
 /// A Multi-Paxos replica. See the [module documentation](self) for the protocol and the
@@ -232,6 +253,11 @@ pub struct Replica {
     incarnation_durable: bool,
     proposal_sequence: u64,
     forward_queue: Vec<Command>,
+    /// Reads asked of this replica while another member leads ([`Replica::read_index`] on a
+    /// follower), oldest first, waiting to be sent to the leader or for its answer.
+    remote_reads: VecDeque<RemoteRead>,
+    /// The last read request sent to a leader (the round of a `Body::ReadIndex`).
+    remote_round: u64,
 
     // Output, gathered until the next `ready()`.
     messages: Vec<Message>,
@@ -458,6 +484,8 @@ impl Replica {
             incarnation_durable: false,
             proposal_sequence: 0,
             forward_queue: Vec::new(),
+            remote_reads: VecDeque::new(),
+            remote_round: 0,
             messages: Vec::new(),
             persisted_messages: Vec::new(),
             unpersisted: Vec::new(),
@@ -512,6 +540,9 @@ impl Replica {
     /// check-quorum all count ticks.
     pub fn tick(&mut self) {
         self.now += 1;
+        if !self.remote_reads.is_empty() {
+            self.expire_remote_reads();
+        }
         match self.role {
             Role::Leader => self.tick_leader(),
             Role::Follower | Role::PreCandidate | Role::Candidate => self.tick_election(),
@@ -582,6 +613,12 @@ impl Replica {
             } => self.on_fetch_reply(from, entries, chosen),
             Body::Forward { commands } => self.on_forward(from, commands),
             Body::Snapshot { slot, data, .. } => self.on_snapshot(from, slot, data),
+            Body::ReadIndex { incarnation, round } => self.on_read_index(from, incarnation, round),
+            Body::ReadIndexReply {
+                incarnation,
+                round,
+                slot,
+            } => self.on_read_index_reply(from, incarnation, round, slot),
         }
         Ok(())
     }
@@ -682,6 +719,9 @@ impl Replica {
                     previous = entry.slot;
                 }
             }
+            Body::ReadIndex { round, .. } | Body::ReadIndexReply { round, .. } if *round == 0 => {
+                return Err(malformed("read requests are numbered from 1"));
+            }
             _ => {}
         }
         if highest_slot_or_round(&message.body) > SLOT_OR_ROUND_MAX {
@@ -760,17 +800,26 @@ impl Replica {
     /// slot. The state then includes every write acknowledged before this call. If the
     /// leadership ends first, [`Event::ReadAborted`] reports it: ask the new leader.
     ///
+    /// On a follower (with [`Config::forward_reads`](crate::Config::forward_reads), the
+    /// default) the read goes to the leader it knows, with the next ready: the leader takes
+    /// the slot when the request arrives, confirms it the same way and answers, and this
+    /// replica reports [`Event::ReadReady`] with the leader's slot (serve the read once this
+    /// replica has applied it) or [`Event::ReadAborted`] if the leader refuses, or if no
+    /// answer comes within `election_ticks` ticks (a lost message, a leader gone).
+    ///
     /// Reads cost no log entry and no write: many reads asked before the same ready share
-    /// one round of heartbeats.
+    /// one round of heartbeats (and, on a follower, one request).
     ///
     /// # Errors
-    /// - [`ReadError::NotLeader`]: only the leader serves reads this way; ask `hint`, or read
-    ///   through the log (propose the read as a command).
+    /// - [`ReadError::NotLeader`]: this replica neither leads nor knows a leader to ask (or
+    ///   does not forward reads); ask `hint`, or read through the log (propose the read as a
+    ///   command).
     /// - [`ReadError::Busy`]: [`Config::reads_max`](crate::Config::reads_max) reads are
-    ///   waiting already.
+    ///   waiting already, or (on a follower) this replica has just started and its first
+    ///   ready has not been written yet.
     pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
         let Some(leadership) = self.leadership.as_mut() else {
-            return Err(ReadError::NotLeader { hint: self.leader });
+            return self.read_index_at_follower(context);
         };
         if leadership.reads.len() >= self.config.reads_max {
             return Err(ReadError::Busy);
@@ -783,6 +832,7 @@ impl Replica {
         }
         leadership.reads.push_back(PendingRead {
             context,
+            from: None,
             slot,
             round: leadership.read_round + 1,
         });
@@ -851,6 +901,7 @@ impl Replica {
             | (self.applied < self.hard.chosen)
             | self.installed_snapshot.is_some();
         gathered
+            || self.remote_reads_unsent()
             || self
                 .leadership
                 .as_ref()
@@ -865,6 +916,9 @@ impl Replica {
             self.send_read_round();
         }
         self.flush_forwards();
+        if self.remote_reads_unsent() {
+            self.send_remote_reads();
+        }
         self.ready_number += 1;
         let number = self.ready_number;
         // Only a leader's or candidate's readies carry own votes: skip the `Drain` otherwise.
@@ -1234,6 +1288,10 @@ fn highest_slot_or_round(body: &Body) -> u64 {
             chosen,
         } => ballot.round.max(*chosen).max(entries_highest(entries)),
         Body::Forward { .. } => 0,
+        Body::ReadIndex { incarnation, .. } => *incarnation,
+        Body::ReadIndexReply {
+            incarnation, slot, ..
+        } => slot.unwrap_or(0).max(*incarnation),
         Body::Snapshot { ballot, slot, .. } => ballot.round.max(*slot),
     }
 }
@@ -1273,7 +1331,7 @@ mod tests {
     type SetPending = fn(&mut Replica);
 
     /// Each way a replica can have work pending, set directly.
-    const PENDING: [(&str, SetPending); 10] = [
+    const PENDING: [(&str, SetPending); 11] = [
         ("hard state", |r| r.hard_dirty = true),
         ("message", |r| r.messages.push(heartbeat(1))),
         ("persisted message", |r| {
@@ -1305,6 +1363,13 @@ mod tests {
         ("chosen not applied", |r| r.hard.chosen = r.applied + 1),
         ("installed snapshot", |r| {
             r.installed_snapshot = Some(Snapshot::default())
+        }),
+        ("read to send to the leader", |r| {
+            r.remote_reads.push_back(RemoteRead {
+                context: 1,
+                sent: None,
+                asked: 0,
+            })
         }),
     ];
 

@@ -836,8 +836,9 @@ impl Simulation {
         self.clients = Some(clients);
     }
 
-    /// Serves a client's read without the log if this node can: through read-index at a
-    /// leader (half the time, so reads through the log stay covered too), or as the
+    /// Serves a client's read without the log if this node can: through read-index (half
+    /// the time, so reads through the log stay covered too; a follower asks its leader), or
+    /// as the
     /// deliberately broken reads of `Bugs::stale_reads` and `Bugs::unconfirmed_reads`.
     /// Returns false if the read must go through the log.
     fn read_without_log(
@@ -858,7 +859,7 @@ impl Simulation {
             clients.on_response(send.client, send.sequence, self.now, response);
             return true;
         }
-        if !replica.is_leader() || self.below(2) == 0 {
+        if self.below(2) == 0 {
             return false;
         }
         self.read_counter += 1;
@@ -884,8 +885,9 @@ impl Simulation {
         let (Some(kv), Some(clients)) = (node.kv.as_ref(), self.clients.as_mut()) else {
             return;
         };
+        let wait_for_apply = !self.config.bugs.reads_before_apply;
         node.kv_reads_ready.retain(|(slot, read)| {
-            if *slot > applied {
+            if *slot > applied && wait_for_apply {
                 return true;
             }
             let value = kv.get(&read.key).cloned();

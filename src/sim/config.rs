@@ -147,6 +147,10 @@ pub struct Bugs {
     /// once, without confirming its leadership (a leader without read-index or a lease: a
     /// deposed leader that has not noticed serves stale reads).
     pub unconfirmed_reads: bool,
+    /// A replica answers a read-index read as soon as it is confirmed, from whatever its
+    /// state machine has applied, instead of waiting until it has applied the read's slot
+    /// (a follower that lags behind its leader serves stale reads).
+    pub reads_before_apply: bool,
     /// With file disks: a torn write is left whole in the files while the model counts it
     /// lost (a disk that keeps what it never finished; `check_file_recovery` must notice).
     pub torn_writes_land: bool,
@@ -266,6 +270,7 @@ pub struct SimStats {
     /// Key-value reads answered through [`Replica::read_index`](crate::Replica::read_index)
     /// instead of the log.
     pub kv_index_reads: u64,
-    /// Reads a leader aborted because its leadership ended (the client retried).
+    /// Read-index reads aborted: the leadership ended, or a follower's leader refused or
+    /// did not answer (the client retried).
     pub kv_reads_aborted: u64,
 }

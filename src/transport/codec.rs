@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic            b"SYND" (the u32 0x444e5953, little-endian)
-//!      4     2  format version   FORMAT_VERSION (currently 2)
+//!      4     2  format version   FORMAT_VERSION (currently 3)
 //!      6     8  cluster id       the sender's cluster; frames of another cluster are refused
 //!     14     4  payload length   bytes that follow the header
 //!     18     4  payload CRC32C   checksum of the payload bytes
@@ -46,7 +46,7 @@ use thiserror::Error;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SYND");
 
 /// The frame format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 
 /// Bytes in a frame header: magic, version, cluster id, payload length, payload checksum.
 pub const HEADER_BYTES: usize = 4 + 2 + 8 + 4 + 4;
@@ -605,6 +605,15 @@ mod tests {
                 ballot: ballot(),
                 entries: entries(),
                 chosen: 6,
+            },
+            Body::ReadIndex {
+                incarnation: 2,
+                round: 7,
+            },
+            Body::ReadIndexReply {
+                incarnation: 2,
+                round: 7,
+                slot: Some(6),
             },
             Body::Forward {
                 commands: vec![Command {
