@@ -32,9 +32,12 @@
 //! - `TRANSFER from to amount [KEY k]`: `+COMMITTED tN` or `-ABORTED tN ...` (a participant
 //!   voted no: not enough money, or the votes did not come in time). Two accounts on one
 //!   shard still go through the ledger, with that shard the only participant.
-//! - `BALANCE account`: `:balance`, read through the shard's log (linearizable).
+//! - `BALANCE account`: `:balance`, linearizable: by read-index on the shard's group (its
+//!   leader confirms it leads; this node answers once it has applied what the leader had
+//!   chosen), through the shard's log if no leader answers.
 //! - `TXN n`: `+COMMITTED`, `+ABORTED`, `+PENDING` or `+UNKNOWN`, from this node's copy of
-//!   the ledger (it may lag).
+//!   the ledger once read-index says it holds every decision made before the command
+//!   (`-TRYAGAIN` if no ledger leader confirms).
 //! - `SHARD account`: `:shard`. `AUDIT`: `*3 :total :prepared :pending`, the sum of the
 //!   balances, the transactions prepared at the shards and the transfers not yet decided,
 //!   as this node's replicas have applied them (consistent only when nothing is in flight).
@@ -91,7 +94,7 @@ use synod::transport::tcp::TcpTransport;
 use synod::twopc::{Outcome, TxnId};
 use synod::{Ballot, FileStorage, FileStorageOptions, NodeId, Replica, Role, Slot, Storage, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const REQUEST_LIMITS: resp::Limits = resp::Limits {
     args_max: 16,
@@ -193,6 +196,11 @@ struct Bank {
     shards: Vec<Mutex<Group<Shard>>>,
     coordination: Mutex<Coordination>,
     proposals: mpsc::UnboundedSender<(u64, Entry)>,
+    /// Per group (the ledger first), the last slot its state machine applied here: reads by
+    /// read-index wait on it.
+    applied: Vec<watch::Sender<Slot>>,
+    /// Reads answered by read-index (`BALANCE`, `TXN`) since this process started.
+    reads_by_index: AtomicU64,
 }
 
 impl Bank {
@@ -316,6 +324,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         shards,
         coordination: Mutex::new(coordination),
         proposals,
+        applied: (0..handles.len()).map(|_| watch::Sender::new(0)).collect(),
+        reads_by_index: AtomicU64::new(0),
     });
     for (group, committed) in committed_streams.into_iter().enumerate() {
         let group = group as u64;
@@ -445,6 +455,7 @@ async fn apply_committed(
             Applied::Snapshot(snapshot) => {
                 restore(&bank, group, &snapshot);
                 last_snapshot = snapshot.slot;
+                bank.applied[group as usize].send_replace(snapshot.slot);
                 continue;
             }
         };
@@ -460,6 +471,7 @@ async fn apply_committed(
                 last_snapshot,
             )
         };
+        bank.applied[group as usize].send_replace(slot);
         if let Some(data) = image {
             last_snapshot = slot;
             let mut handle = handle.clone();
@@ -661,6 +673,11 @@ impl Connection {
                 let account = text(args, 1);
                 state::check_name(&account).map_err(|error| format!("ERR {error}"))?;
                 let shard = self.bank.placement.shard(&account);
+                if self.read_index(shard).await {
+                    let (balance, _) = self.bank.shard(shard).machine.balance(&account);
+                    resp::integer_reply(out, balance);
+                    return Ok(());
+                }
                 let answer = self
                     .run(shard, |origin, _| Entry::Read { origin, account }, None)
                     .await?;
@@ -709,6 +726,9 @@ impl Connection {
             }
             (b"TXN", 2) => {
                 let txn = TxnId(number(args, 1)?);
+                if !self.read_index(LEDGER).await {
+                    return Err("TRYAGAIN no leader confirmed the ledger's state".into());
+                }
                 let ledger = self.bank.ledger();
                 let answer = match ledger.group.machine.outcome(txn) {
                     Some(Outcome::Commit) => "COMMITTED",
@@ -755,6 +775,10 @@ impl Connection {
         let mut lines = vec![
             format!("node:{}", bank.id),
             format!("shards:{}", bank.shards.len()),
+            format!(
+                "reads_by_index:{}",
+                bank.reads_by_index.load(Ordering::Relaxed)
+            ),
         ];
         {
             let ledger = bank.ledger();
@@ -817,6 +841,27 @@ impl Connection {
             result
         };
         result.map(|(answer, _)| answer).map_err(Unanswered::reply)
+    }
+
+    /// Waits, without a log entry, until this node's copy of `group` holds every entry
+    /// acknowledged before the call (read-index: the group's leader confirms it still leads,
+    /// this node applies through the slot it names); false if no leader confirmed it or the
+    /// applier did not get there within the request timeout.
+    async fn read_index(&mut self, group: u64) -> bool {
+        let Ok(slot) = self.handles[group as usize].read_index().await else {
+            return false;
+        };
+        let mut applied = self.bank.applied[group as usize].subscribe();
+        let reached = tokio::time::timeout(
+            support::REQUEST_TIMEOUT,
+            applied.wait_for(|applied| *applied >= slot),
+        )
+        .await;
+        let reached = matches!(reached, Ok(Ok(_)));
+        if reached {
+            self.bank.reads_by_index.fetch_add(1, Ordering::Relaxed);
+        }
+        reached
     }
 
     /// Waits (up to the request timeout) for the ledger to decide `txn`.

@@ -638,7 +638,6 @@ impl Shard {
     }
 
     /// An account's committed balance and held amount, as this replica has applied them.
-    #[cfg(test)]
     pub fn balance(&self, account: &str) -> (i64, i64) {
         let state = self.accounts.get(account).copied().unwrap_or_default();
         (state.balance, state.held)

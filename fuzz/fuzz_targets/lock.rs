@@ -35,13 +35,21 @@ fuzz_target!(|data: &[u8]| {
         let session = SessionId(u64::from(arg >> 4) + 1);
         let name = names[usize::from(arg & 3)].to_string();
         let bytes = match op % 9 {
-            0 => Command::Open { client: u64::from(arg & 7), lease: u64::from(arg >> 2) }.encode(),
+            0 => Command::Open {
+                client: u64::from(arg & 7),
+                lease: u64::from(arg >> 2),
+            }
+            .encode(),
             1 => Command::KeepAlive { session }.encode(),
             2 => Command::Close { session }.encode(),
             3 | 4 => Command::Acquire {
                 session,
                 name,
-                mode: if op & 0x10 != 0 { Mode::Shared } else { Mode::Exclusive },
+                mode: if op & 0x10 != 0 {
+                    Mode::Shared
+                } else {
+                    Mode::Exclusive
+                },
                 wait: match op >> 6 {
                     0 => Wait::Try,
                     1 => Wait::Ticks(u64::from(arg & 7)),
@@ -53,14 +61,18 @@ fuzz_target!(|data: &[u8]| {
             5 => Command::Release {
                 session,
                 name,
-                token: (op & 0x40 != 0).then(|| FencingToken(slot.saturating_sub(u64::from(arg >> 5)))),
+                token: (op & 0x40 != 0)
+                    .then(|| FencingToken(slot.saturating_sub(u64::from(arg >> 5)))),
             }
             .encode(),
             6 => {
                 now += u64::from(arg & 15);
                 Command::Time { now }.encode()
             }
-            7 => Command::Grace { ticks: u64::from(arg & 31) }.encode(),
+            7 => Command::Grace {
+                ticks: u64::from(arg & 31),
+            }
+            .encode(),
             _ => {
                 // Raw bytes: as many as `arg` says.
                 let take = usize::from(arg & 31).min(input.len());

@@ -7,7 +7,8 @@
 //!
 //! Each action is one byte, `op`:
 //! - `op % 8` in 0..=2: tick replica `op % 8`;
-//! - 3: propose a command at replica `(op / 8) % 3`;
+//! - 3: at replica `(op / 8) % 3`, by `(op / 24) % 4`: propose a command (0, 1), ask a
+//!   read-index read (2) or hand the leadership to the next replica (3);
 //! - 4: deliver every queued message (one round);
 //! - 5: forge a message that fits the recipient's current state (its promised ballot and
 //!   chosen mark), from the next 10 bytes: recipient, kind, and a number (`u64`) that places
@@ -46,7 +47,7 @@ fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
         ballot,
         value: Value::Noop,
     };
-    let body = match kind % 5 {
+    let body = match kind % 7 {
         0 => Body::PreVoteReply {
             ballot: Ballot::new(promised.round + 1 + number % 2, target),
             granted: true,
@@ -69,6 +70,15 @@ fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
         3 => Body::Commit {
             ballot: Ballot::new(promised.round.max(1), from),
             chosen: number,
+        },
+        4 => Body::ReadIndex {
+            incarnation: number % 4,
+            round: number.max(1),
+        },
+        5 => Body::ReadIndexReply {
+            incarnation: 1 + number % 3,
+            round: 1 + number % 4,
+            slot: Some(chosen.saturating_add(number)),
         },
         _ => {
             let ballot = Ballot::new(promised.round.max(1), from);
@@ -100,8 +110,18 @@ fuzz_target!(|data: &[u8]| {
             3 => {
                 let index = usize::from(op / 8) % 3;
                 proposals += 1;
-                let _ =
-                    cluster.replicas[index].propose(Bytes::from(proposals.to_le_bytes().to_vec()));
+                let replica = &mut cluster.replicas[index];
+                match (op / 24) % 4 {
+                    0 | 1 => {
+                        let _ = replica.propose(Bytes::from(proposals.to_le_bytes().to_vec()));
+                    }
+                    2 => {
+                        let _ = replica.read_index(proposals);
+                    }
+                    _ => {
+                        let _ = replica.transfer_leadership(NodeId((index as u64 + 1) % 3 + 1));
+                    }
+                }
                 cluster.drain(index);
             }
             4 => {

@@ -45,20 +45,36 @@ fuzz_target!(|data: &[u8]| {
         let txn = TxnId(next_txn - u64::from(arg & 3));
         let node = [C, P, NodeId(2), NodeId(7)][usize::from(arg >> 2 & 3)];
         let body = match arg >> 4 & 7 {
-            0 => Body::VoteRequest { payload: Bytes::from(vec![0; usize::from(op & 7)]) },
+            0 => Body::VoteRequest {
+                payload: Bytes::from(vec![0; usize::from(op & 7)]),
+            },
             1 => Body::Vote { yes: true },
             2 => Body::Vote { yes: false },
-            3 => Body::Decision { outcome: Outcome::Commit },
-            4 => Body::Decision { outcome: Outcome::Abort },
+            3 => Body::Decision {
+                outcome: Outcome::Commit,
+            },
+            4 => Body::Decision {
+                outcome: Outcome::Abort,
+            },
             5 => Body::DecisionAck,
             _ => Body::StatusQuery,
         };
         match op % 8 {
             0 => {
-                let _ = coordinator.step(Message { txn, from: node, to: C, body });
+                let _ = coordinator.step(Message {
+                    txn,
+                    from: node,
+                    to: C,
+                    body,
+                });
             }
             1 => {
-                let _ = participant.step(Message { txn, from: node, to: P, body });
+                let _ = participant.step(Message {
+                    txn,
+                    from: node,
+                    to: P,
+                    body,
+                });
             }
             2 => {
                 let parts = if arg & 0x80 != 0 {
