@@ -48,6 +48,11 @@ struct Args {
     /// linearizability check of their history.
     #[arg(long, default_value_t = 0)]
     kv_clients: usize,
+    /// Leader leases of this many ticks (`Config::lease_ticks`; 0: off). Paused processes
+    /// then keep their clocks, and the lease must leave room for the clock skew: with the
+    /// default election timeout (10) and skew (±30 %), at most 5.
+    #[arg(long, default_value_t = 0)]
+    lease_ticks: u32,
     /// Run every seed twice and require identical trace hashes.
     #[arg(long)]
     check_determinism: bool,
@@ -153,6 +158,7 @@ fn run_one(
     let mut config = SimConfig::new(args.nodes, seed);
     config.faults = faults.clone();
     config.kv_clients = args.kv_clients;
+    config.replica.lease_ticks = args.lease_ticks;
     config.file_disks = args.file_disks(seed);
     let mut simulation = Simulation::new(config);
     let result = simulation
@@ -189,6 +195,7 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.kv_operations += stats.kv_operations;
     total.kv_returned += stats.kv_returned;
     total.kv_index_reads += stats.kv_index_reads;
+    total.lease_reads += stats.lease_reads;
     total.kv_reads_aborted += stats.kv_reads_aborted;
 }
 
@@ -363,8 +370,14 @@ fn main() {
                 eprintln!("    {line}");
             }
             eprintln!(
-                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {} --disk {}",
-                args.nodes, args.steps, args.liveness_steps, args.faults, args.kv_clients, args.disk
+                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {} --lease-ticks {} --disk {}",
+                args.nodes,
+                args.steps,
+                args.liveness_steps,
+                args.faults,
+                args.kv_clients,
+                args.lease_ticks,
+                args.disk
             );
         }
         let done = seed - first + 1;
@@ -428,6 +441,7 @@ fn main() {
         ),
         ("kv operations answered", total.kv_returned),
         ("kv reads answered by read-index", total.kv_index_reads),
+        ("reads answered under a leader lease", total.lease_reads),
         (
             "kv reads aborted (leadership ended, leader refused or silent)",
             total.kv_reads_aborted,

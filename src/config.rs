@@ -27,6 +27,25 @@ pub struct Config {
     pub retransmit_ticks: u32,
     /// A leader that has not heard from a quorum within `election_ticks` steps down.
     pub check_quorum: bool,
+    /// Leader leases, in ticks (0, the default: off). A leader that a quorum acknowledged a
+    /// heartbeat from, sent fewer than `lease_ticks` ticks ago, answers
+    /// [`Replica::read_index`](crate::Replica::read_index) at once, without a round of
+    /// heartbeats: the members that acknowledged refuse to help elect anyone else for
+    /// `election_ticks` after they heard it (leader stickiness). Must be below
+    /// `election_ticks`, and is safe only if:
+    ///
+    /// - every member runs with the same `election_ticks` and leases on;
+    /// - no member's ticks run faster than the leader's by a factor above
+    ///   `election_ticks / lease_ticks` (half of `election_ticks` tolerates 2x);
+    /// - ticks follow real time across stalls: a process that was paused (a GC, a swapped
+    ///   page, a stopped VM) delivers the ticks it missed before it steps any message or
+    ///   asks any read.
+    ///
+    /// With leases on, a replica refuses votes for its first `election_ticks` ticks after
+    /// it starts (it may have acknowledged a lease it no longer remembers), and
+    /// [`campaign`](crate::Replica::campaign) does nothing while the leader it follows is
+    /// live. A leadership transfer ends the leases of that leadership.
+    pub lease_ticks: u32,
     /// Followers forward proposals to the leader (true) or answer `NotLeader` (false).
     pub forward_proposals: bool,
     /// Followers send [`Replica::read_index`](crate::Replica::read_index) reads to the
@@ -85,6 +104,7 @@ impl Config {
             heartbeat_ticks: 2,
             retransmit_ticks: 4,
             check_quorum: true,
+            lease_ticks: 0,
             forward_proposals: true,
             forward_reads: true,
             inflight_msgs_max: 256,
@@ -119,6 +139,12 @@ impl Config {
         }
         if self.retransmit_ticks == 0 {
             return Err(ConfigError::new("retransmit_ticks", "must be at least 1"));
+        }
+        if self.lease_ticks >= self.election_ticks {
+            return Err(ConfigError::new(
+                "lease_ticks",
+                "must be below election_ticks (0 turns leases off)",
+            ));
         }
         let positive = [
             ("inflight_msgs_max", self.inflight_msgs_max),

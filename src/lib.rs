@@ -93,7 +93,8 @@
 //!   before the same ready and no write: the leader reports [`Event::ReadReady`] with a slot,
 //!   and you answer from your state machine once it has applied that slot
 //!   (`tests/replica_reads.rs`). A follower asks the leader for the slot and reports it the
-//!   same way.
+//!   same way. With [`Config::lease_ticks`] a leader holding a lease answers at once, no
+//!   round (`tests/replica_leases.rs`; read the clock assumptions first).
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).

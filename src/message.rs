@@ -59,10 +59,13 @@ pub enum Body {
         ballot: Ballot,
         /// The candidate's first slot not known chosen.
         first_slot: Slot,
-        /// The leader handed its leadership over to the candidate ([`Body::TimeoutNow`]):
-        /// acceptors answer even though they heard from that leader recently (leader
-        /// stickiness only protects a leader that wants to stay).
-        transfer: bool,
+        /// `Some(b)`: the leader of ballot `b` handed its leadership over to the candidate
+        /// ([`Body::TimeoutNow`]). An acceptor that still follows (or is) that leadership,
+        /// having promised `b`, answers even though it heard from the leader recently
+        /// (leader stickiness only protects a leader that wants to stay); one that follows
+        /// a later leadership keeps its stickiness, so a handover's Prepare that arrives
+        /// late cannot depose a later leader (or break its lease).
+        transfer: Option<Ballot>,
     },
     /// Phase 1b: the promise, with every value accepted at or above the requested slot.
     /// Sent only once the promise is durable.

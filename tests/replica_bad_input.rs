@@ -80,13 +80,15 @@ fn body() -> impl Strategy<Value = Body> {
                 promised,
             }
         }),
-        (ballot(), number(), any::<bool>()).prop_map(|(ballot, first_slot, transfer)| {
-            Body::Prepare {
-                ballot,
-                first_slot,
-                transfer,
+        (ballot(), number(), proptest::option::of(ballot())).prop_map(
+            |(ballot, first_slot, transfer)| {
+                Body::Prepare {
+                    ballot,
+                    first_slot,
+                    transfer,
+                }
             }
-        }),
+        ),
         ballot().prop_map(|ballot| Body::TimeoutNow { ballot }),
         (ballot(), number(), run(), number()).prop_map(
             |(ballot, first_slot, (first, count, accepted_in, scatter, value), chosen)| {
@@ -259,7 +261,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Prepare {
                     ballot: ballot_of(n),
                     first_slot: 1,
-                    transfer: false,
+                    transfer: None,
                 },
             ),
             (
@@ -267,7 +269,7 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Prepare {
                     ballot: ballot_of(1),
                     first_slot: n,
-                    transfer: false,
+                    transfer: None,
                 },
             ),
             (

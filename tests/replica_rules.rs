@@ -23,7 +23,7 @@ fn prepare(from: u64, to: u64, ballot: Ballot) -> Message {
         body: Body::Prepare {
             ballot,
             first_slot: 1,
-            transfer: false,
+            transfer: None,
         },
     }
 }
@@ -1213,7 +1213,7 @@ fn an_acceptor_does_not_promise_a_candidate_that_needs_slots_it_compacted() {
                 body: Body::Prepare {
                     ballot,
                     first_slot,
-                    transfer: false,
+                    transfer: None,
                 },
             })
             .unwrap();
@@ -1234,7 +1234,7 @@ fn an_acceptor_does_not_promise_a_candidate_that_needs_slots_it_compacted() {
             body: Body::Prepare {
                 ballot,
                 first_slot: 4,
-                transfer: false,
+                transfer: None,
             },
         })
         .unwrap();
@@ -1313,7 +1313,7 @@ fn a_replica_restarted_after_compacting_every_entry_starts_its_log_after_the_cho
                 body: Body::Prepare {
                     ballot,
                     first_slot,
-                    transfer: false,
+                    transfer: None,
                 },
             })
             .unwrap();

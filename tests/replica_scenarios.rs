@@ -185,7 +185,7 @@ fn promises_wait_for_the_write() {
             body: Body::Prepare {
                 ballot,
                 first_slot: 1,
-                transfer: false,
+                transfer: None,
             },
         })
         .unwrap();
@@ -862,7 +862,7 @@ fn an_acceptor_never_accepts_below_its_promise() {
             body: Body::Prepare {
                 ballot: high,
                 first_slot: 1,
-                transfer: false,
+                transfer: None,
             },
         })
         .unwrap();
@@ -942,7 +942,7 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
             body: Body::Prepare {
                 ballot: second,
                 first_slot: 1,
-                transfer: false,
+                transfer: None,
             },
         })
         .ok();
@@ -963,7 +963,7 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
             body: Body::Prepare {
                 ballot: second,
                 first_slot: 1,
-                transfer: false,
+                transfer: None,
             },
         })
         .unwrap();

@@ -195,19 +195,22 @@ fn only_the_leader_followed_at_its_ballot_can_hand_over() {
     assert!(net
         .queue
         .iter()
-        .all(|m| matches!(m.body, Body::Prepare { transfer: true, .. })));
+        .all(|m| matches!(m.body, Body::Prepare { transfer: Some(handed_over), .. } if handed_over == ballot)));
     assert_eq!(net.queue.len(), 2);
 }
 
 #[test]
 fn an_ordinary_prepare_still_respects_a_live_leader() {
     // The same Prepare without the transfer flag is ignored by a follower that just heard
-    // from its leader: stickiness is set aside only for a handover.
+    // from its leader: stickiness is set aside only for a handover by the leadership it
+    // follows, not for one by an earlier leadership (a Prepare that arrives late).
     let mut net = Net::new(3);
     net.elect(1);
     net.queue.clear();
+    let followed = net.replica(3).status().promised;
     let round = net.replica(1).status().promised.round + 1;
-    for transfer in [false, true] {
+    let earlier = synod::Ballot::new(followed.round - 1, NodeId(1));
+    for transfer in [None, Some(earlier), Some(followed)] {
         let prepare = Message {
             from: NodeId(2),
             to: NodeId(3),
@@ -223,7 +226,11 @@ fn an_ordinary_prepare_still_respects_a_live_leader() {
             .queue
             .iter()
             .any(|m| matches!(m.body, Body::Promise { .. }));
-        assert_eq!(promised, transfer, "transfer: {transfer}");
+        assert_eq!(
+            promised,
+            transfer == Some(followed),
+            "transfer: {transfer:?}"
+        );
     }
 }
 

@@ -10,14 +10,15 @@ impl Replica {
     /// promised a higher one; the promise reports every value it accepted from `first_slot` on.
     ///
     /// Leader stickiness: a Prepare is ignored while a live leader is known, unless that
-    /// leader handed its leadership over (`transfer`).
+    /// leader handed its leadership over (`transfer` names the ballot promised here).
     pub(super) fn on_prepare(
         &mut self,
         from: NodeId,
         ballot: Ballot,
         first_slot: Slot,
-        transfer: bool,
+        transfer: Option<Ballot>,
     ) {
+        let transfer = transfer == Some(self.hard.promised);
         if ballot < self.hard.promised {
             let promised = self.hard.promised;
             tracing::debug!(node = %self.config.id, %from, %ballot, %promised, "prepare rejected");

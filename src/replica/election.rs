@@ -15,12 +15,17 @@ impl Replica {
     ///
     /// A campaign by the very leader this replica follows is not held against it: that leader
     /// is evidently no longer leading (it restarted, or stepped down).
+    ///
+    /// With leases, a replica also counts as following a live leader for its first
+    /// `election_ticks` ticks after it started.
     pub(super) fn in_leader_lease(&self, candidate: NodeId) -> bool {
         match self.role {
             Role::Leader => true,
             _ => {
-                self.leader.is_some_and(|leader| leader != candidate)
-                    && self.now - self.leader_heard_tick < u64::from(self.config.election_ticks)
+                self.now < self.votes_blocked_until
+                    || (self.leader.is_some_and(|leader| leader != candidate)
+                        && self.now - self.leader_heard_tick
+                            < u64::from(self.config.election_ticks))
             }
         }
     }
@@ -101,7 +106,7 @@ impl Replica {
 
     fn check_pre_vote_quorum(&mut self) {
         if self.pre_votes.len() >= self.quorum() {
-            self.start_election(false);
+            self.start_election(None);
         }
     }
 
@@ -114,13 +119,13 @@ impl Replica {
             return;
         }
         tracing::info!(node = %self.config.id, %from, "leadership handed over");
-        self.start_election(true);
+        self.start_election(Some(ballot));
     }
 
     /// Phase 1a (*Paxos Made Simple* §2.2): promise a fresh ballot to itself and send
     /// `Prepare(ballot, first unchosen slot)` to every acceptor. `transfer`: the leader
     /// handed its leadership over (see `Body::Prepare::transfer`).
-    fn start_election(&mut self, transfer: bool) {
+    fn start_election(&mut self, transfer: Option<Ballot>) {
         let round = self.round_seen.max(self.hard.promised.round) + 1;
         let ballot = Ballot::new(round, self.config.id);
         self.round_seen = round;
@@ -287,6 +292,9 @@ impl Replica {
             read_acks: vec![0; self.members.len()],
             reads: VecDeque::new(),
             transfer: None,
+            lease_until: 0,
+            round_ticks: VecDeque::new(),
+            lease_ended: false,
             forwarded_seen: vec![(0, 0); self.members.len()],
         });
         self.role = Role::Leader;

@@ -282,9 +282,34 @@ impl Replica {
             return;
         }
         leadership.read_round_wanted = false;
-        leadership.read_round += 1;
         leadership.heartbeat_elapsed = 0;
+        self.start_read_round();
         self.broadcast_heartbeat();
+    }
+
+    /// Numbers a new read round for the next heartbeats; with leases, remembers when it was
+    /// sent, so that its echo by a quorum can renew the lease.
+    fn start_read_round(&mut self) {
+        let leadership = self.leadership.as_mut().expect("leader state");
+        leadership.read_round += 1;
+        if self.config.lease_ticks > 0 {
+            /// Rounds sent and not yet confirmed that can still renew the lease.
+            const ROUND_TICKS_MAX: usize = 64;
+            if leadership.round_ticks.len() == ROUND_TICKS_MAX {
+                leadership.round_ticks.pop_front();
+            }
+            leadership
+                .round_ticks
+                .push_back((leadership.read_round, self.now));
+        }
+    }
+
+    /// True if this leader holds a lease: a quorum echoed a round sent fewer than
+    /// `lease_ticks` ago, and no transfer was started.
+    pub(super) fn holds_lease(&self) -> bool {
+        self.leadership
+            .as_ref()
+            .is_some_and(|leadership| !leadership.lease_ended && self.now < leadership.lease_until)
     }
 
     /// Reports the reads whose round a quorum (this leader included) has echoed.
@@ -294,6 +319,19 @@ impl Replica {
         echoed[self.self_index] = leadership.read_round;
         echoed.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = echoed[majority(self.members.len()) - 1];
+        // The lease runs from when the confirmed round was sent: every member that echoed it
+        // heard this leader after that, and refuses other candidates for `election_ticks`
+        // from then.
+        while let Some(&(round, sent)) = leadership.round_ticks.front() {
+            if round > confirmed {
+                break;
+            }
+            leadership.round_ticks.pop_front();
+            if round == confirmed {
+                let until = sent + u64::from(self.config.lease_ticks);
+                leadership.lease_until = leadership.lease_until.max(until);
+            }
+        }
         while let Some(read) = leadership.reads.front() {
             if read.round > confirmed {
                 break;
@@ -376,6 +414,10 @@ impl Replica {
         let check_due = leadership.check_quorum_elapsed >= self.config.election_ticks;
         if heartbeat_due {
             leadership.heartbeat_elapsed = 0;
+            if self.config.lease_ticks > 0 {
+                // Every heartbeat is a new round: its echoes keep the lease alive.
+                self.start_read_round();
+            }
             self.broadcast_heartbeat();
         }
         self.retransmit_accepts();

@@ -45,6 +45,16 @@
 //!   aborts the reads if the leader refuses or stays silent for `election_ticks`).
 //!   Requests are numbered within the follower's durable incarnation, so an answer to a
 //!   previous life answers nothing.
+//! - **Leases (opt-in, `Config::lease_ticks`).** Every heartbeat then starts a read round,
+//!   and the leader notes when it sent it. Once a quorum echoes a round sent at tick `t`, the
+//!   leader answers reads at once until `t + lease_ticks`: each member that echoed heard it
+//!   after `t` and refuses other candidates for `election_ticks` from then (stickiness), so
+//!   no other leader can exist before the lease ends, given the bounds on clock rates and
+//!   stalls that `lease_ticks` documents. Where stickiness has exceptions, leases close
+//!   them: a replica refuses votes for its first `election_ticks` after it starts, a forced
+//!   `campaign` waits for the leader to go quiet, a transfer ends the leadership's leases,
+//!   and a handover's Prepare sets stickiness aside only at acceptors that still follow
+//!   the leadership that handed over.
 //! - **Leadership transfer.** The leader stops taking proposals, waits until the target has
 //!   acknowledged every unchosen slot and sends it `TimeoutNow`; the target runs phase 1 at
 //!   once, without pre-votes, with Prepares flagged as a handover, which acceptors answer
@@ -101,9 +111,9 @@ struct Candidacy {
     reported: BTreeMap<Slot, Entry>,
     /// Tick of the last (re)transmission of the Prepare.
     sent_tick: u64,
-    /// Started by the leader's `TimeoutNow`: the Prepares ask acceptors to set leader
-    /// stickiness aside.
-    transfer: bool,
+    /// Started by the `TimeoutNow` of the leader of this ballot: the Prepares ask the
+    /// acceptors that follow it to set leader stickiness aside.
+    transfer: Option<Ballot>,
 }
 
 /// The acceptors of one unchosen slot, and its payload bytes (released from
@@ -155,6 +165,14 @@ struct Leadership {
     reads: VecDeque<PendingRead>,
     /// A leadership transfer under way: no new proposals meanwhile.
     transfer: Option<Transfer>,
+    /// With leases: reads are answered at once before this tick.
+    lease_until: u64,
+    /// With leases: the tick each read round still unconfirmed was sent at, oldest first
+    /// (bounded: rounds beyond the bound cannot renew the lease).
+    round_ticks: VecDeque<(u64, u64)>,
+    /// A transfer was started: its target is elected without waiting out the followers'
+    /// stickiness, so this leadership holds no lease any more.
+    lease_ended: bool,
 }
 
 /// A leadership transfer ([`Replica::transfer_leadership`]) under way.
@@ -253,6 +271,9 @@ pub struct Replica {
     incarnation_durable: bool,
     proposal_sequence: u64,
     forward_queue: Vec<Command>,
+    /// With leases: no vote is granted before this tick (a restarted replica may have
+    /// acknowledged a lease it no longer remembers).
+    votes_blocked_until: u64,
     /// Reads asked of this replica while another member leads ([`Replica::read_index`] on a
     /// follower), oldest first, waiting to be sent to the leader or for its answer.
     remote_reads: VecDeque<RemoteRead>,
@@ -272,6 +293,8 @@ pub struct Replica {
     persisted_number: u64,
     /// Messages refused or dropped since start, for `Status`.
     dropped_messages: u64,
+    /// Reads answered under the leader's lease, without a round.
+    lease_reads: u64,
     /// The emptied batch handed back through `advance`, reused by the next `ready` so a steady
     /// stream of batches allocates nothing for it or its buffers. Always empty (only its
     /// buffers' capacity matters), so it is not part of the replica's identity.
@@ -306,7 +329,14 @@ type Identity<'a> = (
         &'a Vec<SelfVote>,
     ),
     (&'a VecDeque<(u64, SelfVote)>, u64, u64, u64),
-    (&'a Vec<Option<u64>>, &'a Option<Snapshot>),
+    (
+        &'a Vec<Option<u64>>,
+        &'a Option<Snapshot>,
+        &'a VecDeque<RemoteRead>,
+        u64,
+        u64,
+        u64,
+    ),
 );
 
 impl Replica {
@@ -368,7 +398,14 @@ impl Replica {
                 self.persisted_number,
                 self.dropped_messages,
             ),
-            (&self.snapshot_wanted_tick, &self.installed_snapshot),
+            (
+                &self.snapshot_wanted_tick,
+                &self.installed_snapshot,
+                &self.remote_reads,
+                self.remote_round,
+                self.votes_blocked_until,
+                self.lease_reads,
+            ),
         )
     }
 }
@@ -486,6 +523,11 @@ impl Replica {
             forward_queue: Vec::new(),
             remote_reads: VecDeque::new(),
             remote_round: 0,
+            votes_blocked_until: if config.lease_ticks > 0 {
+                u64::from(config.election_ticks)
+            } else {
+                0
+            },
             messages: Vec::new(),
             persisted_messages: Vec::new(),
             unpersisted: Vec::new(),
@@ -495,6 +537,7 @@ impl Replica {
             ready_number: 0,
             persisted_number: 0,
             dropped_messages: 0,
+            lease_reads: 0,
             spare: None,
             config,
         };
@@ -529,11 +572,17 @@ impl Replica {
 
     /// Starts an election now instead of waiting for the election timeout (an operator's
     /// "take over", or a test). It still begins with a pre-vote, so it cannot disturb a leader
-    /// that the other replicas still hear from. Does nothing on a leader.
+    /// that the other replicas still hear from. Does nothing on a leader, nor, with leases
+    /// ([`Config::lease_ticks`](crate::Config::lease_ticks)), while this replica follows a
+    /// live leader or has just started (its vote would break the leader's lease): use
+    /// [`transfer_leadership`](Replica::transfer_leadership) at the leader instead.
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader {
-            self.start_pre_vote();
+        if self.role == Role::Leader
+            || (self.config.lease_ticks > 0 && self.in_leader_lease(self.config.id))
+        {
+            return;
         }
+        self.start_pre_vote();
     }
 
     /// Advances logical time by one tick: elections, heartbeats, retransmissions and
@@ -830,6 +879,13 @@ impl Replica {
             self.events.push(Event::ReadReady { context, slot });
             return Ok(());
         }
+        if self.holds_lease() {
+            // No other leader can have been elected since the lease's round was sent.
+            self.lease_reads += 1;
+            self.events.push(Event::ReadReady { context, slot });
+            return Ok(());
+        }
+        let leadership = self.leadership.as_mut().expect("checked above");
         leadership.reads.push_back(PendingRead {
             context,
             from: None,
@@ -867,6 +923,7 @@ impl Replica {
             return Ok(());
         }
         tracing::info!(node = %self.config.id, %to, "leadership transfer started");
+        leadership.lease_ended = true;
         leadership.transfer = Some(Transfer {
             to: index,
             elapsed: 0,
@@ -1134,6 +1191,7 @@ impl Replica {
             incarnation: self.hard.incarnation,
             uncommitted_bytes: self.leadership.as_ref().map_or(0, |l| l.uncommitted_bytes),
             dropped_messages: self.dropped_messages,
+            lease_reads: self.lease_reads,
             followers,
         }
     }
@@ -1253,9 +1311,14 @@ fn highest_slot_or_round(body: &Body) -> u64 {
         }
         | Body::Reject { ballot, promised } => ballot.round.max(promised.round),
         Body::Prepare {
-            ballot, first_slot, ..
-        }
-        | Body::Fetch { ballot, first_slot } => ballot.round.max(*first_slot),
+            ballot,
+            first_slot,
+            transfer,
+        } => ballot
+            .round
+            .max(*first_slot)
+            .max(transfer.map_or(0, |handed_over| handed_over.round)),
+        Body::Fetch { ballot, first_slot } => ballot.round.max(*first_slot),
         Body::TimeoutNow { ballot } => ballot.round,
         Body::Promise {
             ballot,

@@ -101,6 +101,17 @@ impl Replica {
         match self.leadership.as_mut() {
             Some(leadership) if leadership.reads.len() < reads_max => {
                 let slot = slot.max(leadership.read_floor);
+                if self.holds_lease() {
+                    self.lease_reads += 1;
+                    let body = Body::ReadIndexReply {
+                        incarnation,
+                        round,
+                        slot: Some(slot),
+                    };
+                    self.send(from, body);
+                    return;
+                }
+                let leadership = self.leadership.as_mut().expect("matched above");
                 leadership.reads.push_back(PendingRead {
                     context: round,
                     from: Some((from, incarnation)),

@@ -59,6 +59,9 @@ pub struct Status {
     pub uncommitted_bytes: usize,
     /// Messages refused by `step` since start.
     pub dropped_messages: u64,
+    /// Reads answered under the leader's lease, without a round of heartbeats, since start
+    /// ([`Config::lease_ticks`](crate::Config::lease_ticks)).
+    pub lease_reads: u64,
     /// Per-follower progress (leader only).
     pub followers: Vec<FollowerStatus>,
 }

@@ -54,6 +54,8 @@ struct SimNode {
     /// Ticks per step (clock skew), and the fraction of a tick carried over.
     tick_rate: f64,
     tick_carry: f64,
+    /// The replica's `Status::lease_reads` when last counted into the stats.
+    lease_reads_counted: u64,
     /// The disk was found corrupt: the node never starts again.
     lost: bool,
     /// The node's file-backed disk, with `SimConfig::file_disks`.
@@ -137,6 +139,8 @@ pub struct Simulation {
     violation: Option<Violation>,
     /// The key-value clients, with `kv_clients`.
     clients: Option<super::clients::Clients>,
+    /// Client requests sent to a paused node, handled once it wakes.
+    deferred_sends: Vec<super::clients::Send>,
     /// The directory of the file disks, with `file_disks`: held only to be removed on drop.
     _scratch: Option<ScratchDir>,
 }
@@ -175,6 +179,7 @@ impl Simulation {
                     paused_until: 0,
                     tick_rate: 1.0,
                     tick_carry: 0.0,
+                    lease_reads_counted: 0,
                     lost: false,
                     file: scratch.as_ref().map(|scratch| {
                         FileDisk::create(scratch.path().join(format!("node-{id}")), id)
@@ -207,6 +212,7 @@ impl Simulation {
             recent: VecDeque::new(),
             violation: None,
             clients: None,
+            deferred_sends: Vec::new(),
             _scratch: scratch,
         };
         if simulation.config.kv_clients > 0 {
@@ -428,6 +434,7 @@ impl Simulation {
         }
         let node = &mut self.nodes[index];
         node.replica = Some(Replica::new(config.clone(), recovered).expect("recoverable state"));
+        node.lease_reads_counted = 0;
         node.next_apply = config.applied + 1;
         node.kv = kv;
         self.stats.restarts += 1;
@@ -528,6 +535,29 @@ impl Simulation {
         Some(proposal)
     }
 
+    /// With leases, a paused process's clock keeps running (its ticks follow real time, as
+    /// `Config::lease_ticks` requires), unless `Bugs::pauses_stop_clocks`.
+    fn keeps_clocks_in_pauses(&self) -> bool {
+        self.config.replica.lease_ticks > 0 && !self.config.bugs.pauses_stop_clocks
+    }
+
+    /// Delivers, before anything else in this step, the ticks a process missed while it was
+    /// paused (the lease contract: a process that stalled ticks before it steps a message).
+    fn catch_up_clocks(&mut self) {
+        for node in &mut self.nodes {
+            if node.paused_until > self.now || node.tick_carry < 1.0 {
+                continue;
+            }
+            let ticks = node.tick_carry.floor();
+            node.tick_carry -= ticks;
+            if let Some(replica) = node.replica.as_mut() {
+                for _ in 0..ticks as u64 {
+                    replica.tick();
+                }
+            }
+        }
+    }
+
     /// Runs one step: faults, delivery of due messages (in random order), one tick per node,
     /// completion of due writes, and every ready; then the checkers.
     ///
@@ -536,6 +566,9 @@ impl Simulation {
     pub fn step(&mut self) -> Result<(), Violation> {
         self.now += 1;
         self.stats.steps += 1;
+        if self.keeps_clocks_in_pauses() {
+            self.catch_up_clocks();
+        }
         if self.faults_on {
             self.inject_faults();
         }
@@ -546,8 +579,12 @@ impl Simulation {
         }
         self.deliver_due()?;
         for index in 0..self.nodes.len() {
+            let keep_clock = self.keeps_clocks_in_pauses();
             let node = &mut self.nodes[index];
             if node.paused_until > self.now {
+                if keep_clock {
+                    node.tick_carry += node.tick_rate;
+                }
                 continue;
             }
             node.tick_carry += node.tick_rate;
@@ -812,9 +849,15 @@ impl Simulation {
         let mut clients = self.clients.take().expect("kv mode");
         let nodes = self.config.nodes as u64;
         let (now, issue) = (self.now, self.faults_on);
-        let sends = clients.step(now, nodes, issue, &mut |bound| self.below(bound));
+        let mut sends = std::mem::take(&mut self.deferred_sends);
+        sends.extend(clients.step(now, nodes, issue, &mut |bound| self.below(bound)));
         for send in sends {
             let index = self.index(send.node);
+            if self.nodes[index].paused_until > now {
+                // A paused process handles nothing: the request waits until it wakes.
+                self.deferred_sends.push(send);
+                continue;
+            }
             if let Ok(crate::kv::Command::Request {
                 operation: crate::kv::Operation::Get { key },
                 ..
@@ -876,6 +919,17 @@ impl Simulation {
         };
         node.kv_reads.insert(context, read);
         true
+    }
+
+    /// Adds the reads node `index` answered under its lease since the last count.
+    fn count_lease_reads(&mut self, index: usize) {
+        let node = &mut self.nodes[index];
+        let Some(replica) = node.replica.as_ref() else {
+            return;
+        };
+        let total = replica.status().lease_reads;
+        self.stats.lease_reads += total.saturating_sub(node.lease_reads_counted);
+        node.lease_reads_counted = total;
     }
 
     /// Answers the confirmed reads of node `index` whose slot its state machine has applied.
@@ -1056,6 +1110,7 @@ impl Simulation {
                     } => self.stats.transfers_completed += 1,
                     Event::TransferAborted { .. } => self.stats.transfers_aborted += 1,
                     Event::ReadReady { context, slot } => {
+                        self.count_lease_reads(index);
                         let node = &mut self.nodes[index];
                         if let Some(read) = node.kv_reads.remove(&context) {
                             node.kv_reads_ready.push((slot, read));

@@ -151,6 +151,9 @@ pub struct Bugs {
     /// state machine has applied, instead of waiting until it has applied the read's slot
     /// (a follower that lags behind its leader serves stale reads).
     pub reads_before_apply: bool,
+    /// With leases (`Config::lease_ticks`): a paused process's clock stops, and it serves
+    /// reads under a lease it believes still runs when it wakes (breaks the lease contract).
+    pub pauses_stop_clocks: bool,
     /// With file disks: a torn write is left whole in the files while the model counts it
     /// lost (a disk that keeps what it never finished; `check_file_recovery` must notice).
     pub torn_writes_land: bool,
@@ -270,6 +273,9 @@ pub struct SimStats {
     /// Key-value reads answered through [`Replica::read_index`](crate::Replica::read_index)
     /// instead of the log.
     pub kv_index_reads: u64,
+    /// Reads a leader answered under its lease (`Config::lease_ticks`), without a round (as
+    /// counted when the leader next reports a read: a few before a crash may be missed).
+    pub lease_reads: u64,
     /// Read-index reads aborted: the leadership ended, or a follower's leader refused or
     /// did not answer (the client retried).
     pub kv_reads_aborted: u64,

@@ -560,7 +560,7 @@ mod tests {
             Body::Prepare {
                 ballot: ballot(),
                 first_slot: 3,
-                transfer: true,
+                transfer: Some(Ballot::new(2, NodeId(1))),
             },
             Body::TimeoutNow { ballot: ballot() },
             Body::Promise {
