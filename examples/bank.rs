@@ -298,7 +298,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
             replica,
             storage,
             transport,
-            support::ticks(args.node.tick_ms).boxed(),
+            support::ticks(args.node.tick_ms, args.node.lease_ticks > 0).boxed(),
             inbound.boxed(),
             DriverConfig::default(),
         );

@@ -442,7 +442,7 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
     });
 
     let (stop_ticks, ticks_stopped) = futures::channel::oneshot::channel::<()>();
-    let ticks = support::ticks(args.node.tick_ms)
+    let ticks = support::ticks(args.node.tick_ms, args.node.lease_ticks > 0)
         .take_until(ticks_stopped)
         .boxed();
     let (driver, handle, committed) = Driver::new(
@@ -1131,6 +1131,7 @@ impl Connection {
                 line("chosen_slot", status.chosen.to_string());
                 line("last_slot", status.last_slot.to_string());
                 line("incarnation", status.incarnation.to_string());
+                line("lease_reads", status.lease_reads.to_string());
             }
             None => line("role", "stopped".to_string()),
         }

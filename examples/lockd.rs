@@ -200,7 +200,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         }),
         next_request: AtomicU64::new(1),
     });
-    let ticks = support::ticks(args.node.tick_ms).boxed();
+    let ticks = support::ticks(args.node.tick_ms, args.node.lease_ticks > 0).boxed();
     let (driver, handle, committed) = Driver::new(
         replica,
         storage,

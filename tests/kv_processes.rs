@@ -61,6 +61,8 @@ struct Cluster {
     client_ports: Vec<u16>,
     children: Vec<Option<Child>>,
     starts: Vec<usize>,
+    /// Options every node gets on top of the usual ones.
+    extra: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -77,6 +79,10 @@ impl Drop for Cluster {
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with_options(&[])
+    }
+
+    fn with_options(extra: &[&str]) -> Cluster {
         let ports = free_ports(2 * NODES);
         let peers = peers_argument(&ports[..NODES]);
         Cluster {
@@ -85,6 +91,7 @@ impl Cluster {
             client_ports: ports[NODES..].to_vec(),
             children: (0..NODES).map(|_| None).collect(),
             starts: vec![0; NODES],
+            extra: extra.iter().map(|option| option.to_string()).collect(),
         }
     }
 
@@ -108,6 +115,7 @@ impl Cluster {
             // Snapshots and compaction every few hundred slots: the restarted leader finds the
             // others compacted past its log and is sent a snapshot.
             .args(["--snapshot-every", "200"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -519,4 +527,98 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
     );
     let syncs: u64 = info["storage_syncs"].parse().unwrap();
     assert!(syncs > 0, "the leader never synced: {info:?}");
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a node process.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{signal} failed");
+}
+
+/// `args` at `port` until it answers something other than an error.
+fn until_answered(port: u16, args: &[&[u8]]) -> Reply {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match Client::connect(port, Duration::from_secs(2)).and_then(|mut c| c.command(args)) {
+            Ok(Reply::Error(_)) | Err(_) => {}
+            Ok(reply) => return reply,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} at port {port}: no answer"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Leader leases against a stalled process: the leader is stopped (`SIGSTOP`) while it holds
+/// a lease, the others elect a new leader and acknowledge a write, and a GET waits in the
+/// stopped leader's socket. When it resumes, its clock must catch up before it answers (the
+/// tick stream bursts the missed ticks and the driver takes ticks first), so the lease has
+/// run out and the read cannot return the overwritten value.
+#[test]
+fn a_leader_stopped_past_its_lease_serves_no_stale_read_when_it_resumes() {
+    let mut cluster = Cluster::with_options(&["--lease-ticks", "20"]);
+    for index in 0..NODES {
+        cluster.start(index);
+    }
+    for index in 0..NODES {
+        cluster.wait_until_serving(index);
+    }
+    let leader = cluster.wait_for_leader();
+    let port = cluster.client_ports[leader];
+    assert_eq!(
+        until_answered(port, &[b"SET", b"k", b"old"]),
+        Reply::Simple("OK".into())
+    );
+    // Reads at the leader go by its lease once a heartbeat round has been echoed.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let reply = until_answered(port, &[b"GET", b"k"]);
+        assert_eq!(reply, Reply::Bulk(Some(b"old".to_vec())));
+        let info = fields(&query(port, &[b"INFO"]).unwrap());
+        if info["lease_reads"].parse::<u64>().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no read went by the lease");
+        thread::sleep(Duration::from_millis(20));
+    }
+    signal(cluster.children[leader].as_ref().unwrap(), "STOP");
+    let others: Vec<usize> = (0..NODES).filter(|&index| index != leader).collect();
+    let deadline = Instant::now() + PATIENCE;
+    let new_leader = loop {
+        let leading = others.iter().copied().find(|&index| {
+            query(cluster.client_ports[index], &[b"INFO"])
+                .is_ok_and(|reply| fields(&reply)["role"] == "leader")
+        });
+        if let Some(index) = leading {
+            break index;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader while n{} is stopped",
+            leader + 1
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        until_answered(cluster.client_ports[new_leader], &[b"SET", b"k", b"new"]),
+        Reply::Simple("OK".into())
+    );
+    // A read waits in the stopped leader's socket; then it resumes.
+    let mut client = Client::connect(port, Duration::from_secs(30)).unwrap();
+    client.send(&[b"GET", b"k"]).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    signal(cluster.children[leader].as_ref().unwrap(), "CONT");
+    let reply = client.read_reply().unwrap();
+    assert_ne!(
+        reply,
+        Reply::Bulk(Some(b"old".to_vec())),
+        "the resumed leader served a stale read under a lease that had run out"
+    );
+    eprintln!("the resumed old leader answered {reply:?}");
 }

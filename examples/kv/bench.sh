@@ -19,7 +19,8 @@ for tool in redis-cli redis-benchmark; do
     command -v "$tool" >/dev/null || { echo "$tool missing: apt-get install -y redis-tools" >&2; exit 1; }
 done
 
-# BINARY=path/to/kv compares another build (nothing is built then).
+# BINARY=path/to/kv compares another build (nothing is built then); NODE_ARGS adds options
+# to every node (NODE_ARGS="--lease-ticks 20": leader leases).
 binary=${BINARY:-target/release/examples/kv}
 [ -n "${BINARY:-}" ] || cargo build --quiet --release --example kv --features net
 data=$(mktemp -d)
@@ -33,7 +34,7 @@ stop() {
 trap stop EXIT
 for id in 1 2 3; do
     "$binary" --id "$id" --peers "$peers" --client "127.0.0.1:$((client_port + id - 1))" \
-        --data "$data/node-$id" 2>"$data/node-$id.log" &
+        --data "$data/node-$id" ${NODE_ARGS:-} 2>"$data/node-$id.log" &
     pids+=("$!")
 done
 

@@ -117,6 +117,11 @@ pub struct NodeArgs {
     /// Ticks between the leader's heartbeats.
     #[arg(long, default_value_t = 5)]
     pub heartbeat_ticks: u32,
+    /// Leader leases of this many ticks (0: off; below --election-ticks, at most half of it
+    /// advised): the leader answers reads at once while it holds one. Every node of the
+    /// cluster must use the same value.
+    #[arg(long, default_value_t = 0)]
+    pub lease_ticks: u32,
 }
 
 impl NodeArgs {
@@ -137,6 +142,7 @@ impl NodeArgs {
         config.cluster_id = self.cluster_id;
         config.election_ticks = self.election_ticks;
         config.heartbeat_ticks = self.heartbeat_ticks;
+        config.lease_ticks = self.lease_ticks;
         config.retransmit_ticks = self.heartbeat_ticks.saturating_mul(4).max(1);
         config.forward_proposals = true;
         config
@@ -240,11 +246,16 @@ pub async fn accept_clients<F, Fut>(
     }
 }
 
-/// One item every `tick_ms` milliseconds (at least 1): the replica's ticks. A late tick is
-/// delayed, not bunched up.
-pub fn ticks(tick_ms: u64) -> impl Stream<Item = ()> + Send + 'static {
+/// One item every `tick_ms` milliseconds (at least 1): the replica's ticks. Without leases a
+/// late tick is delayed, not bunched up; with leases (`burst`) the ticks missed during a
+/// stall all come at once, so the replica's clock follows real time (the lease contract).
+pub fn ticks(tick_ms: u64, burst: bool) -> impl Stream<Item = ()> + Send + 'static {
     let mut interval = tokio::time::interval(Duration::from_millis(tick_ms.max(1)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.set_missed_tick_behavior(if burst {
+        tokio::time::MissedTickBehavior::Burst
+    } else {
+        tokio::time::MissedTickBehavior::Delay
+    });
     futures::stream::unfold(interval, |mut interval| async move {
         interval.tick().await;
         Some(((), interval))

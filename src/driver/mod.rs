@@ -2,7 +2,12 @@
 //!
 //! The [`Driver`] owns the replica and runs the Ready loop:
 //! - ticks come from a stream you provide (a runtime timer: `tokio::time::interval`,
-//!   `async_io::Timer::interval`, ...), so the driver itself needs no particular runtime;
+//!   `async_io::Timer::interval`, ...), so the driver itself needs no particular runtime.
+//!   A tick that is ready is taken before any message or request that is ready: with
+//!   leader leases ([`Config::lease_ticks`](crate::Config::lease_ticks)), give it a stream
+//!   that yields the ticks it missed at once after a stall (`tokio::time::interval` with
+//!   `MissedTickBehavior::Burst`), so the replica's clock is caught up before it steps
+//!   anything;
 //! - inbound messages come from a stream (your transport's receiving side);
 //! - proposals come from [`Handle`]s, and so do linearizable reads
 //!   ([`Handle::read_index`]);
@@ -491,7 +496,16 @@ where
                 }
                 return Err(error);
             }
+            // Ticks first: after a stall the replica's clock catches up before it steps a
+            // message or answers a read (the lease contract).
             futures::select_biased! {
+                tick = self.ticks.next().fuse() => match tick {
+                    Some(()) => {
+                        self.replica.tick();
+                        self.waiters.retain(|_, waiter| !waiter.is_canceled());
+                    }
+                    None => break,
+                },
                 completed = done.next() => {
                     let completed = completed.ok_or_else(|| DriverError::StorageThread("stopped".into()))??;
                     self.on_completed(completed);
@@ -507,13 +521,6 @@ where
                 request = next_if(&mut self.requests, requests_open).fuse() => match request {
                     Some(request) => self.handle(request, jobs)?,
                     None => requests_open = false,
-                },
-                tick = self.ticks.next().fuse() => match tick {
-                    Some(()) => {
-                        self.replica.tick();
-                        self.waiters.retain(|_, waiter| !waiter.is_canceled());
-                    }
-                    None => break,
                 },
             }
         }
