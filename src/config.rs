@@ -64,10 +64,14 @@ pub struct Config {
     /// Payload bytes in one FetchReply.
     pub fetch_bytes_max: usize,
     /// The largest snapshot, in bytes of state-machine data, that this replica sends with
-    /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) or accepts from a peer. A
-    /// snapshot travels in one message: keep this below the transport's frame limit (the TCP
-    /// transport's default `frame_bytes_max` is 16 MiB).
+    /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) or accepts from a peer (a
+    /// receiver holds one snapshot in memory while its chunks arrive).
     pub snapshot_bytes_max: usize,
+    /// The largest chunk of a snapshot in one message: keep it well below the transport's
+    /// frame limit (the TCP transport's default `frame_bytes_max` is 16 MiB). Up to
+    /// [`SNAPSHOT_CHUNKS_INFLIGHT`](crate::replica::SNAPSHOT_CHUNKS_INFLIGHT) chunks per
+    /// receiver are unacknowledged at a time.
+    pub snapshot_chunk_bytes: usize,
     /// Commands a follower holds for forwarding before `propose` returns `Busy`.
     pub forward_commands_max: usize,
     /// Reads a leader holds while it confirms its leadership
@@ -113,7 +117,8 @@ impl Config {
             uncommitted_bytes_max: 64 << 20,
             uncommitted_entries_max: 65_536,
             fetch_bytes_max: 1 << 20,
-            snapshot_bytes_max: 15 << 20,
+            snapshot_bytes_max: 1 << 30,
+            snapshot_chunk_bytes: 1 << 20,
             forward_commands_max: 4096,
             reads_max: 4096,
             accept_lookahead_slots_max: 1 << 18,
@@ -154,6 +159,7 @@ impl Config {
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("fetch_bytes_max", self.fetch_bytes_max),
             ("snapshot_bytes_max", self.snapshot_bytes_max),
+            ("snapshot_chunk_bytes", self.snapshot_chunk_bytes),
             ("forward_commands_max", self.forward_commands_max),
             ("reads_max", self.reads_max),
             (

@@ -158,15 +158,21 @@ pub enum Body {
         /// The commands, in the order they were proposed.
         commands: Vec<Command>,
     },
-    /// The application's snapshot, for a replica that needs slots the sender compacted away
-    /// (sent by [`Replica::send_snapshot`](crate::Replica::send_snapshot) after an
-    /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded)).
+    /// A chunk of the application's snapshot, for a replica that needs slots the sender
+    /// compacted away (sent by [`Replica::send_snapshot`](crate::Replica::send_snapshot)
+    /// after an [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded)), in chunks
+    /// of at most `Config::snapshot_chunk_bytes`, a few at a time, each acknowledged with
+    /// [`Body::SnapshotAck`].
     Snapshot {
         /// The sender's promised ballot (informative: a snapshot holds only chosen state).
         ballot: Ballot,
         /// The last slot the snapshot covers; every slot up to it is chosen.
         slot: Slot,
-        /// The state machine's bytes, opaque to synod.
+        /// Where this chunk starts in the snapshot's bytes.
+        offset: u64,
+        /// The snapshot's whole size in bytes.
+        total: u64,
+        /// The chunk: the state machine's bytes from `offset` on, opaque to synod.
         data: Bytes,
     },
     /// "Campaign now": a leader hands its leadership over to the receiver
@@ -185,6 +191,14 @@ pub enum Body {
         incarnation: u64,
         /// The request's number in this incarnation (from 1, growing): the reply echoes it.
         round: u64,
+    },
+    /// The receiver of a snapshot's chunks holds its first `received` bytes (all of them:
+    /// installed, or not needed); the sender goes on from there.
+    SnapshotAck {
+        /// The snapshot's slot.
+        slot: Slot,
+        /// Bytes held, from the start of the snapshot.
+        received: u64,
     },
     /// The leader's answer to [`Body::ReadIndex`].
     ReadIndexReply {
@@ -218,7 +232,10 @@ impl Body {
             | Body::Fetch { ballot, .. }
             | Body::FetchReply { ballot, .. }
             | Body::Snapshot { ballot, .. } => Some(*ballot),
-            Body::Forward { .. } | Body::ReadIndex { .. } | Body::ReadIndexReply { .. } => None,
+            Body::Forward { .. }
+            | Body::ReadIndex { .. }
+            | Body::ReadIndexReply { .. }
+            | Body::SnapshotAck { .. } => None,
         }
     }
 
@@ -242,6 +259,7 @@ impl Body {
             Body::Snapshot { .. } => "Snapshot",
             Body::ReadIndex { .. } => "ReadIndex",
             Body::ReadIndexReply { .. } => "ReadIndexReply",
+            Body::SnapshotAck { .. } => "SnapshotAck",
         }
     }
 }

@@ -155,11 +155,16 @@ fn body() -> impl Strategy<Value = Body> {
                 data: Bytes::from_static(b"f"),
             }],
         }),
-        (ballot(), number()).prop_map(|(ballot, slot)| Body::Snapshot {
-            ballot,
-            slot,
-            data: Bytes::from_static(b"snapshot"),
+        (ballot(), number(), 0..12u64, 0..24u64).prop_map(|(ballot, slot, offset, total)| {
+            Body::Snapshot {
+                ballot,
+                slot,
+                offset,
+                total,
+                data: Bytes::from_static(b"snapshot"),
+            }
         }),
+        (number(), number()).prop_map(|(slot, received)| Body::SnapshotAck { slot, received }),
     ]
 }
 
@@ -459,7 +464,16 @@ fn every_slot_and_round_field_is_bounded() {
                 Body::Snapshot {
                     ballot: ballot_of(1),
                     slot: n,
+                    offset: 0,
+                    total: 1,
                     data: Bytes::from_static(b"s"),
+                },
+            ),
+            (
+                "SnapshotAck slot",
+                Body::SnapshotAck {
+                    slot: n,
+                    received: 0,
                 },
             ),
         ]

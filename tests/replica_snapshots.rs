@@ -27,6 +27,8 @@ fn snapshot_message(from: u64, to: u64, slot: u64, data: &[u8]) -> Message {
         body: Body::Snapshot {
             ballot: Ballot::new(1, NodeId(from)),
             slot,
+            offset: 0,
+            total: data.len() as u64,
             data: Bytes::copy_from_slice(data),
         },
     }
@@ -34,7 +36,11 @@ fn snapshot_message(from: u64, to: u64, slot: u64, data: &[u8]) -> Message {
 
 /// n3 misses slots 1..=3 while n1 and n2 choose, apply, snapshot and compact them.
 fn n3_behind_the_compaction_point() -> Net {
-    let mut net = Net::new(3);
+    n3_behind_the_compaction_point_with(|_| {})
+}
+
+fn n3_behind_the_compaction_point_with(tweak: impl Fn(&mut synod::Config)) -> Net {
+    let mut net = Net::with(3, tweak);
     net.isolate(3);
     net.elect(1);
     for data in ["a", "b", "c"] {
@@ -219,7 +225,7 @@ fn an_installed_snapshot_moves_the_marks_and_drops_what_it_covers() {
 
 #[test]
 fn send_snapshot_refuses_what_it_cannot_vouch_for() {
-    let mut net = Net::new(3);
+    let mut net = Net::with(3, |config| config.snapshot_bytes_max = 1 << 16);
     net.elect(1);
     net.propose(1, "a");
     net.propose(1, "b");
@@ -271,16 +277,23 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
     let mut ready = replica.ready();
     let sent = ready.take_messages();
     replica.advance(ready);
-    assert!(matches!(
-        &sent[..],
-        [Message { to: NodeId(2), body: Body::Snapshot { slot, data, .. }, .. }]
-            if *slot == chosen && data.len() == max
-    ));
+    // The first window of chunks.
+    let chunk = replica.config().snapshot_chunk_bytes;
+    assert_eq!(sent.len(), (max / chunk).clamp(1, 4));
+    assert!(sent.iter().all(|message| matches!(
+        &message.body,
+        Body::Snapshot { slot, total, data, .. }
+            if message.to == NodeId(2) && *slot == chosen && *total == max as u64 && data.len() <= chunk
+    )));
 }
 
 #[test]
 fn malformed_snapshots_are_refused_without_a_change() {
-    let mut replica = common::started(2, 3);
+    let mut config = common::config(2, 3);
+    config.snapshot_bytes_max = 1 << 16;
+    let mut replica = Replica::new(config, Default::default()).unwrap();
+    let ready = replica.ready();
+    replica.advance(ready);
     let before = replica.clone();
     let error = replica.step(snapshot_message(1, 2, 0, b"x")).unwrap_err();
     assert!(matches!(error, StepError::Malformed { .. }), "{error}");
@@ -481,4 +494,189 @@ fn a_snapshot_at_the_last_representable_slot_is_refused() {
         .unwrap_err();
     assert!(matches!(error, StepError::Malformed { .. }), "{error:?}");
     assert_eq!(replica.status().chosen, 0);
+}
+
+fn chunk_message(from: u64, slot: u64, offset: u64, total: u64, data: &[u8]) -> Message {
+    Message {
+        from: NodeId(from),
+        to: NodeId(2),
+        body: Body::Snapshot {
+            ballot: Ballot::new(1, NodeId(from)),
+            slot,
+            offset,
+            total,
+            data: Bytes::copy_from_slice(data),
+        },
+    }
+}
+
+/// Steps `message` into `replica` and returns the acknowledgements it sends, and the
+/// snapshot its ready installs, if any.
+fn step_chunk(replica: &mut Replica, message: Message) -> (Vec<(u64, u64)>, Option<Snapshot>) {
+    replica.step(message).unwrap();
+    let mut ready = replica.ready();
+    let acks = ready
+        .take_messages()
+        .into_iter()
+        .filter_map(|message| match message.body {
+            Body::SnapshotAck { slot, received } => Some((slot, received)),
+            _ => None,
+        })
+        .collect();
+    let snapshot = ready.take_snapshot();
+    replica.advance(ready);
+    (acks, snapshot)
+}
+
+#[test]
+fn a_receiver_assembles_chunks_in_order_and_asks_for_what_it_lacks() {
+    let mut replica = common::started(2, 3);
+    // The first chunk starts a transfer; a chunk beyond what is held, or a repeat, is not
+    // appended: the acknowledgement says what is held.
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 5, 0, 10, b"abcd")),
+        (vec![(5, 4)], None)
+    );
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 5, 8, 10, b"ij")),
+        (vec![(5, 4)], None)
+    );
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 5, 0, 10, b"abcd")),
+        (vec![(5, 4)], None)
+    );
+    // A chunk of another transfer that does not start it is refused: start over.
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 6, 4, 10, b"efgh")),
+        (vec![(6, 0)], None)
+    );
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 5, 4, 10, b"efgh")),
+        (vec![(5, 8)], None)
+    );
+    // The last chunk completes it: installed with exactly the bytes sent.
+    let (acks, snapshot) = step_chunk(&mut replica, chunk_message(1, 5, 8, 10, b"ij"));
+    assert_eq!(acks, [(5, 10)]);
+    let snapshot = snapshot.expect("installed");
+    assert_eq!((snapshot.slot, &snapshot.data[..]), (5, &b"abcdefghij"[..]));
+    assert_eq!(replica.status().chosen, 5);
+    // Once installed, more chunks of it are not needed: acknowledged whole.
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 5, 0, 10, b"abcd")),
+        (vec![(5, 10)], None)
+    );
+}
+
+#[test]
+fn a_new_transfer_replaces_one_under_way() {
+    let mut replica = common::started(2, 3);
+    step_chunk(&mut replica, chunk_message(1, 5, 0, 8, b"abcd"));
+    // The sender took a newer snapshot and starts again with it.
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 7, 0, 8, b"wxyz")),
+        (vec![(7, 4)], None)
+    );
+    // The rest of the old one no longer continues anything.
+    assert_eq!(
+        step_chunk(&mut replica, chunk_message(1, 5, 4, 8, b"efgh")),
+        (vec![(5, 0)], None)
+    );
+    let (_, snapshot) = step_chunk(&mut replica, chunk_message(1, 7, 4, 8, b"1234"));
+    assert_eq!(
+        snapshot.map(|s| (s.slot, s.data)),
+        Some((7, Bytes::from_static(b"wxyz1234")))
+    );
+}
+
+/// Queued snapshot chunks to `to`: (slot, offset, length).
+fn chunks_to(net: &Net, to: u64) -> Vec<(u64, u64, usize)> {
+    net.queue
+        .iter()
+        .filter(|message| message.to == NodeId(to))
+        .filter_map(|message| match &message.body {
+            Body::Snapshot {
+                slot, offset, data, ..
+            } => Some((*slot, *offset, data.len())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_sender_keeps_a_window_of_chunks_and_resends_what_was_lost() {
+    let chunk = 2;
+    let mut net = n3_behind_the_compaction_point_with(|config| config.snapshot_chunk_bytes = chunk);
+    let snapshot = net.nodes[&NodeId(1)]
+        .storage
+        .clone()
+        .load_snapshot()
+        .unwrap()
+        .unwrap();
+    assert!(
+        snapshot.data.len() > 6 * chunk,
+        "{} bytes",
+        snapshot.data.len()
+    );
+    net.heal();
+    net.queue.clear();
+    net.replica_mut(1)
+        .send_snapshot(NodeId(3), &snapshot)
+        .unwrap();
+    net.process(NodeId(1));
+    let window = synod::replica::SNAPSHOT_CHUNKS_INFLIGHT as usize;
+    let first: Vec<(u64, u64, usize)> = (0..window)
+        .map(|index| (3, (index * chunk) as u64, chunk))
+        .collect();
+    assert_eq!(chunks_to(&net, 3), first, "one window, nothing more");
+    // The second chunk is lost; the others arrive and are acknowledged as "4 bytes held".
+    net.drop_where(|message| matches!(message.body, Body::Snapshot { offset: 2, .. }));
+    net.stabilize();
+    assert_eq!(net.nodes[&NodeId(3)].snapshots_installed, 0);
+    // After retransmit_ticks without progress, n1 goes back to the lost chunk.
+    let retransmit_ticks = net.replica(1).config().retransmit_ticks;
+    for _ in 0..retransmit_ticks {
+        net.tick(1);
+    }
+    assert_eq!(chunks_to(&net, 3)[0], (3, 2, chunk));
+    net.stabilize();
+    assert_eq!(net.nodes[&NodeId(3)].snapshots_installed, 1);
+    assert_eq!(net.replica(3).status().chosen, 3);
+    assert_eq!(net.commands(3), ["a", "b", "c"]);
+}
+
+#[test]
+fn a_sender_gives_up_on_a_transfer_without_progress() {
+    let mut net = n3_behind_the_compaction_point();
+    let snapshot = net.nodes[&NodeId(1)]
+        .storage
+        .clone()
+        .load_snapshot()
+        .unwrap()
+        .unwrap();
+    net.queue.clear();
+    net.replica_mut(1)
+        .send_snapshot(NodeId(3), &snapshot)
+        .unwrap();
+    net.process(NodeId(1));
+    let chunks_sent = |net: &Net| {
+        net.sent
+            .iter()
+            .filter(|message| {
+                message.to == NodeId(3) && matches!(message.body, Body::Snapshot { .. })
+            })
+            .count()
+    };
+    let first = chunks_sent(&net);
+    assert!(first > 0);
+    // n3 stays cut off: n1 resends, then stops after two election timeouts.
+    let election_ticks = net.replica(1).config().election_ticks;
+    for _ in 0..2 * election_ticks {
+        net.tick(1);
+    }
+    let resent = chunks_sent(&net);
+    assert!(resent > first, "the chunks were sent again");
+    for _ in 0..3 * election_ticks {
+        net.tick(1);
+    }
+    assert_eq!(chunks_sent(&net), resent, "and then no more");
 }

@@ -88,10 +88,11 @@ impl Replica {
         );
     }
 
-    /// A peer's snapshot: every slot up to `slot` is chosen and reflected in `data`. A follower
-    /// behind it installs it (the next ready hands it to the application, which restores its
-    /// state machine and saves it before writing that ready's batch) and fetches what follows.
-    pub(super) fn on_snapshot(&mut self, from: NodeId, slot: Slot, data: Bytes) {
+    /// A peer's snapshot, whole: every slot up to `slot` is chosen and reflected in `data`. A
+    /// follower behind it installs it (the next ready hands it to the application, which
+    /// restores its state machine and saves it before writing that ready's batch) and fetches
+    /// what follows.
+    pub(super) fn install_snapshot(&mut self, from: NodeId, slot: Slot, data: Bytes) {
         if self.role != Role::Follower || slot <= self.hard.chosen {
             // A leader's vote window starts at its chosen mark and a candidate's phase 1 at
             // its own: neither moves here. A follower already past `slot` needs nothing.

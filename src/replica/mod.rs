@@ -68,10 +68,13 @@ mod learner;
 mod progress;
 mod reads;
 mod ready;
+mod snapshots;
 mod status;
 
 use ready::Batch;
 pub use ready::{Event, Ready, StepDownReason};
+pub use snapshots::SNAPSHOT_CHUNKS_INFLIGHT;
+use snapshots::{IncomingSnapshot, OutgoingSnapshot};
 pub use status::{FollowerStatus, Role, Status};
 
 use crate::config::Config;
@@ -264,6 +267,10 @@ pub struct Replica {
     /// `Event::SnapshotNeeded`, to report a lagging member once per election timeout rather
     /// than at every Fetch it retries.
     snapshot_wanted_tick: Vec<Option<u64>>,
+    /// Per member, the snapshot being sent to it in chunks.
+    snapshots_out: Vec<Option<OutgoingSnapshot>>,
+    /// The snapshot whose chunks are arriving here.
+    snapshot_in: Option<IncomingSnapshot>,
     /// A snapshot received from a peer and installed, for the next ready to hand out.
     installed_snapshot: Option<Snapshot>,
 
@@ -337,6 +344,10 @@ type Identity<'a> = (
         u64,
         u64,
     ),
+    (
+        &'a Vec<Option<OutgoingSnapshot>>,
+        &'a Option<IncomingSnapshot>,
+    ),
 );
 
 impl Replica {
@@ -406,6 +417,7 @@ impl Replica {
                 self.votes_blocked_until,
                 self.lease_reads,
             ),
+            (&self.snapshots_out, &self.snapshot_in),
         )
     }
 }
@@ -517,6 +529,8 @@ impl Replica {
             leadership: None,
             fetch_sent_tick: None,
             snapshot_wanted_tick: vec![None; member_count],
+            snapshots_out: vec![None; member_count],
+            snapshot_in: None,
             installed_snapshot: None,
             incarnation_durable: false,
             proposal_sequence: 0,
@@ -589,6 +603,9 @@ impl Replica {
     /// check-quorum all count ticks.
     pub fn tick(&mut self) {
         self.now += 1;
+        if self.snapshots_out.iter().any(Option::is_some) {
+            self.retransmit_snapshots();
+        }
         if !self.remote_reads.is_empty() {
             self.expire_remote_reads();
         }
@@ -661,7 +678,14 @@ impl Replica {
                 entries, chosen, ..
             } => self.on_fetch_reply(from, entries, chosen),
             Body::Forward { commands } => self.on_forward(from, commands),
-            Body::Snapshot { slot, data, .. } => self.on_snapshot(from, slot, data),
+            Body::Snapshot {
+                slot,
+                offset,
+                total,
+                data,
+                ..
+            } => self.on_snapshot_chunk(from, slot, offset, total, data),
+            Body::SnapshotAck { slot, received } => self.on_snapshot_ack(from, slot, received),
             Body::ReadIndex { incarnation, round } => self.on_read_index(from, incarnation, round),
             Body::ReadIndexReply {
                 incarnation,
@@ -747,13 +771,28 @@ impl Replica {
                     }
                 }
             }
-            Body::Snapshot { slot, data, .. } => {
+            Body::Snapshot {
+                slot,
+                offset,
+                total,
+                data,
+                ..
+            } => {
                 if *slot == 0 {
                     return Err(malformed("a snapshot at slot 0 covers nothing"));
                 }
-                if data.len() > self.config.snapshot_bytes_max {
+                if *total > self.config.snapshot_bytes_max as u64 {
                     return Err(malformed("snapshot larger than snapshot_bytes_max"));
                 }
+                if !offset
+                    .checked_add(data.len() as u64)
+                    .is_some_and(|end| end <= *total)
+                {
+                    return Err(malformed("snapshot chunk beyond the snapshot's size"));
+                }
+            }
+            Body::SnapshotAck { slot: 0, .. } => {
+                return Err(malformed("a snapshot at slot 0 covers nothing"));
             }
             Body::Promise {
                 first_slot,
@@ -1106,10 +1145,14 @@ impl Replica {
     /// saved (with [`Storage::save_snapshot`](crate::Storage::save_snapshot)) before it
     /// compacted: it must cover every compacted slot, and may cover more.
     ///
-    /// The snapshot travels in one [`Body::Snapshot`] message in the next ready. The receiver
-    /// installs it only if it is a follower behind `snapshot.slot`, and then keeps catching up
-    /// by fetching the slots after it. A lost snapshot is asked for again: the event is
-    /// raised again once an election timeout has passed and the replica still needs it.
+    /// The snapshot travels in chunks of at most `Config::snapshot_chunk_bytes`
+    /// ([`Body::Snapshot`]), [`SNAPSHOT_CHUNKS_INFLIGHT`] unacknowledged at a time; a chunk
+    /// not acknowledged within `retransmit_ticks` is sent again, and a transfer without
+    /// progress for two election timeouts is dropped (the event is raised again once an
+    /// election timeout has passed and the replica still needs it). A later call for the
+    /// same member replaces the transfer. The receiver assembles the chunks and installs the
+    /// snapshot only if it is a follower behind `snapshot.slot`, then keeps catching up by
+    /// fetching the slots after it.
     ///
     /// # Errors
     /// A [`SendSnapshotError`] if `to` is not another member, the snapshot covers nothing (slot
@@ -1144,15 +1187,9 @@ impl Replica {
                 max: self.config.snapshot_bytes_max,
             });
         }
-        let ballot = self.hard.promised;
-        self.send(
-            to,
-            Body::Snapshot {
-                ballot,
-                slot: snapshot.slot,
-                data: snapshot.data.clone(),
-            },
-        );
+        let index = self.member_index(to).expect("checked above");
+        self.snapshots_out[index] = Some(OutgoingSnapshot::new(snapshot, self.now));
+        self.send_snapshot_chunks(index);
         Ok(())
     }
 
@@ -1356,6 +1393,7 @@ fn highest_slot_or_round(body: &Body) -> u64 {
             incarnation, slot, ..
         } => slot.unwrap_or(0).max(*incarnation),
         Body::Snapshot { ballot, slot, .. } => ballot.round.max(*slot),
+        Body::SnapshotAck { slot, .. } => *slot,
     }
 }
 

@@ -201,6 +201,9 @@ impl SimConfig {
         // Tight, so that followers refuse Accepts beyond it and leave holes, and candidates
         // check honest promises against the hole bound it sets.
         replica.accept_lookahead_slots_max = 16;
+        // Small, so that snapshots travel in many chunks through loss, duplication and
+        // reordering.
+        replica.snapshot_chunk_bytes = 32;
         SimConfig {
             nodes,
             seed,

@@ -625,9 +625,15 @@ mod tests {
                     data: Bytes::from(vec![0u8; 300]),
                 }],
             },
+            Body::SnapshotAck {
+                slot: 6,
+                received: 300,
+            },
             Body::Snapshot {
                 ballot: ballot(),
                 slot: 6,
+                offset: 100,
+                total: 300,
                 data: Bytes::from(vec![5u8; 200]),
             },
         ]
