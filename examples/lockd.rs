@@ -14,7 +14,7 @@
 //! S=$(redis-cli -p 6400 open 7 3000 | head -1)  # client 7, lease of 3000 ticks: the session
 //! redis-cli -p 6401 acquire $S printer          # the fencing token
 //! redis-cli -p 6402 acquire $S printer          # again: the same token (a retry is harmless)
-//! redis-cli -p 6400 holders printer             # this replica's view: session mode token
+//! redis-cli -p 6400 holders printer             # session mode token
 //! redis-cli -p 6400 release $S printer
 //! ```
 //!
@@ -33,8 +33,9 @@
 //!   withdrawn). With the token of the grant, only that grant is released: a retried
 //!   `RELEASE` can then never release a later grant of the same lock.
 //! - `CLOSE session`: `+OK`; its locks are released at once.
-//! - `HOLDERS name`: this replica's view, without going through the log (may be stale):
-//!   one `session mode token` line per holder.
+//! - `HOLDERS name`: one `session mode token` line per holder, linearizable without a log
+//!   entry: read-index (the leader confirms it still leads; this replica answers once it has
+//!   applied what the leader had chosen), `-TRYAGAIN` if no leader confirms.
 //! - `INFO`, `PING`, `QUIT`.
 //!
 //! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
@@ -85,7 +86,7 @@ use synod::storage::Snapshot;
 use synod::transport::tcp::TcpTransport;
 use synod::{FileStorage, FileStorageOptions, NodeId, Replica, Role, Slot, Storage, Value};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// The header of every log entry: the proposing node and its request number (0: the lease
 /// clock's entries, which nobody waits for).
@@ -152,6 +153,9 @@ struct Node {
     id: NodeId,
     state: Mutex<State>,
     next_request: AtomicU64,
+    /// The last slot applied here (set while the state's lock is held): `HOLDERS` waits on
+    /// it after a read-index.
+    applied: watch::Sender<Slot>,
 }
 
 impl Node {
@@ -199,6 +203,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
             role: Role::Follower,
         }),
         next_request: AtomicU64::new(1),
+        applied: watch::Sender::new(applied),
     });
     let ticks = support::ticks(args.node.tick_ms, args.node.lease_ticks > 0).boxed();
     let (driver, handle, committed) = Driver::new(
@@ -304,6 +309,7 @@ async fn apply_committed(
                 let mut state = node.state();
                 state.service = service;
                 state.slot = snapshot.slot;
+                node.applied.send_replace(snapshot.slot);
                 // Their commands may be in the snapshot, their outcomes are not: the
                 // connections answer -TRYAGAIN, and a retry is harmless.
                 state.waiters.clear();
@@ -312,6 +318,7 @@ async fn apply_committed(
         };
         let mut state = node.state();
         state.slot = entry.slot;
+        node.applied.send_replace(entry.slot);
         let Value::Command { data, .. } = &entry.value else {
             continue;
         };
@@ -471,6 +478,9 @@ impl Connection {
                 },
                 Err(error) => Err(error),
             },
+            (b"HOLDERS", 2) if !self.read_index().await => {
+                Err("TRYAGAIN no leader confirmed the lock table".into())
+            }
             (b"HOLDERS", 2) => {
                 let holders = self.node.state().service.holders(&text(1));
                 resp::array(out, holders.len());
@@ -509,6 +519,22 @@ impl Connection {
             resp::error(out, &error);
         }
         After::Continue
+    }
+
+    /// Waits, without a log entry, until this replica has applied every entry acknowledged
+    /// before the call (read-index); false if no leader confirmed or the applier did not get
+    /// there within the request timeout.
+    async fn read_index(&mut self) -> bool {
+        let Ok(slot) = self.handle.read_index().await else {
+            return false;
+        };
+        let mut applied = self.node.applied.subscribe();
+        let reached = tokio::time::timeout(
+            support::REQUEST_TIMEOUT,
+            applied.wait_for(|applied| *applied >= slot),
+        )
+        .await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// `ACQUIRE`: proposes it; if queued, waits for the grant (or its end).

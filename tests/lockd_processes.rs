@@ -93,10 +93,20 @@ impl Cluster {
         }
     }
 
+    /// The holders of `name`, linearizably (read-index at node `index`), retrying while no
+    /// leader confirms.
     fn holders(&self, index: usize, name: &str) -> Vec<String> {
-        match self.client(index).command(&[b"HOLDERS", name.as_bytes()]) {
-            Ok(Reply::Array(items)) => items.iter().map(text).collect(),
-            other => panic!("HOLDERS answered {other:?}"),
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.client(index).command(&[b"HOLDERS", name.as_bytes()]) {
+                Ok(Reply::Array(items)) => return items.iter().map(text).collect(),
+                Ok(Reply::Error(error))
+                    if error.starts_with("TRYAGAIN") && Instant::now() < deadline =>
+                {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                other => panic!("HOLDERS answered {other:?}"),
+            }
         }
     }
 }
