@@ -303,3 +303,28 @@ fn campaign_does_nothing_while_the_leader_is_live() {
         .iter()
         .any(|message| matches!(message.body, Body::PreVote { .. })));
 }
+
+/// The clock assumption is real: when the followers' ticks run three times as fast as the
+/// leader's, a lease of 9 ticks (election timeout 10) outlives their stickiness, and the cut
+/// off leader still answers at once while another leads. `lease_ticks` documents the margin.
+#[test]
+fn a_lease_is_only_as_safe_as_its_clock_assumption() {
+    let mut net = leader_with_lease_for(9);
+    net.isolate(1);
+    for step in 0..200u64 {
+        if step % 3 == 0 {
+            net.tick(1);
+        }
+        net.tick(2);
+        net.tick(3);
+        net.replica_mut(2).campaign();
+        net.process(NodeId(2));
+        net.stabilize();
+        let at_once = read_at_once(&mut net, 1, step + 1);
+        if net.replica(2).is_leader() {
+            assert!(at_once, "step {step}: the lease ended in time after all");
+            return;
+        }
+    }
+    panic!("n2 never became leader");
+}
