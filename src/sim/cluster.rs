@@ -909,16 +909,48 @@ impl Simulation {
         let context = self.read_counter;
         let node = &mut self.nodes[index];
         let replica = node.replica.as_mut().expect("checked");
+        let lease_reads = replica.status().lease_reads;
         if replica.read_index(context).is_err() {
             return false;
         }
+        let leased = replica.status().lease_reads > lease_reads;
         let read = KvRead {
             client: send.client,
             sequence: send.sequence,
             key,
         };
         node.kv_reads.insert(context, read);
+        if leased {
+            self.check_lease(index);
+        }
         true
+    }
+
+    /// Node `index` just answered a read under its lease: no member may lead in a higher
+    /// ballot (the lease's own invariant; stronger than linearizability, which only notices
+    /// once a client's write lands in the overlap).
+    fn check_lease(&mut self, index: usize) {
+        let this = &self.nodes[index];
+        let Some(ballot) = this
+            .replica
+            .as_ref()
+            .map(|replica| replica.status().promised)
+        else {
+            return;
+        };
+        let newer = self.nodes.iter().find_map(|node| {
+            let replica = node.replica.as_ref()?;
+            let promised = replica.status().promised;
+            (replica.is_leader() && promised > ballot).then_some((node.id, promised))
+        });
+        if let Some((leader, promised)) = newer {
+            let detail = format!(
+                "{} answered a read under its lease in {ballot} while {leader} leads in {promised}",
+                this.id
+            );
+            self.violation
+                .get_or_insert(Violation::new("check_lease", detail));
+        }
     }
 
     /// Adds the reads node `index` answered under its lease since the last count.
