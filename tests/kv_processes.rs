@@ -529,13 +529,14 @@ fn acknowledged_writes_survive_a_sigkilled_leader_on_every_replica_in_one_order(
     assert!(syncs > 0, "the leader never synced: {info:?}");
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to a node process.
+/// Sends `signal` (`STOP`, `CONT`) to a node process, with the shell's built-in `kill` (a
+/// `kill` binary is not on every machine).
 fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(child.id().to_string())
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {}", child.id()))
         .status()
-        .expect("running kill");
+        .expect("running sh");
     assert!(status.success(), "kill -{signal} failed");
 }
 
