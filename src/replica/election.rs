@@ -314,21 +314,9 @@ impl Replica {
         }
         self.role = Role::Follower;
         if let Some(leadership) = self.leadership.take() {
+            // A follower's request is refused: it asks the new leader once it hears of it.
             for read in leadership.reads {
-                match read.from {
-                    None => self.events.push(Event::ReadAborted {
-                        context: read.context,
-                    }),
-                    // The follower asks again (of the new leader) once it hears of it.
-                    Some((to, incarnation)) => self.send(
-                        to,
-                        Body::ReadIndexReply {
-                            incarnation,
-                            round: read.context,
-                            slot: None,
-                        },
-                    ),
-                }
+                self.answer_read(read.context, read.from, None);
             }
         }
         self.candidacy = None;

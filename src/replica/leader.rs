@@ -332,24 +332,17 @@ impl Replica {
                 leadership.lease_until = leadership.lease_until.max(until);
             }
         }
-        while let Some(read) = leadership.reads.front() {
-            if read.round > confirmed {
+        loop {
+            let leadership = self.leadership.as_mut().expect("leader state");
+            if !leadership
+                .reads
+                .front()
+                .is_some_and(|read| read.round <= confirmed)
+            {
                 break;
             }
-            let (context, slot, from) = (read.context, read.slot, read.from);
-            leadership.reads.pop_front();
-            match from {
-                None => self.events.push(Event::ReadReady { context, slot }),
-                Some((to, incarnation)) => self.messages.push(Message {
-                    from: self.config.id,
-                    to,
-                    body: Body::ReadIndexReply {
-                        incarnation,
-                        round: context,
-                        slot: Some(slot),
-                    },
-                }),
-            }
+            let read = leadership.reads.pop_front().expect("checked above");
+            self.answer_read(read.context, read.from, Some(read.slot));
         }
     }
 

@@ -603,9 +603,7 @@ impl Replica {
     /// check-quorum all count ticks.
     pub fn tick(&mut self) {
         self.now += 1;
-        if self.snapshots_out.iter().any(Option::is_some) {
-            self.retransmit_snapshots();
-        }
+        self.retransmit_snapshots();
         if !self.remote_reads.is_empty() {
             self.expire_remote_reads();
         }
@@ -906,32 +904,17 @@ impl Replica {
     ///   waiting already, or (on a follower) this replica has just started and its first
     ///   ready has not been written yet.
     pub fn read_index(&mut self, context: u64) -> Result<(), ReadError> {
-        let Some(leadership) = self.leadership.as_mut() else {
+        if self.leadership.is_none() {
             return self.read_index_at_follower(context);
-        };
-        if leadership.reads.len() >= self.config.reads_max {
-            return Err(ReadError::Busy);
         }
-        let slot = self.hard.chosen.max(leadership.read_floor);
-        if self.members.len() == 1 {
-            // The only member: nobody can have promised a higher ballot.
-            self.events.push(Event::ReadReady { context, slot });
-            return Ok(());
-        }
-        if self.holds_lease() {
-            // No other leader can have been elected since the lease's round was sent.
-            self.lease_reads += 1;
-            self.events.push(Event::ReadReady { context, slot });
-            return Ok(());
-        }
-        let leadership = self.leadership.as_mut().expect("checked above");
-        leadership.reads.push_back(PendingRead {
+        if !self.confirm_read(PendingRead {
             context,
             from: None,
-            slot,
-            round: leadership.read_round + 1,
-        });
-        leadership.read_round_wanted = true;
+            slot: 0,
+            round: 0,
+        }) {
+            return Err(ReadError::Busy);
+        }
         Ok(())
     }
 

@@ -93,42 +93,70 @@ impl Replica {
         });
     }
 
+    /// At a leader: takes the slot for `read` (its `slot` and `round` are set here) and
+    /// answers it at once if nobody else can lead (a single member, or a lease), or queues it
+    /// for the next read round. False if `reads_max` reads wait already (or, for a caller
+    /// that did not check, this replica does not lead).
+    pub(super) fn confirm_read(&mut self, mut read: PendingRead) -> bool {
+        let Some(leadership) = self.leadership.as_mut() else {
+            return false;
+        };
+        if leadership.reads.len() >= self.config.reads_max {
+            return false;
+        }
+        read.slot = self.hard.chosen.max(leadership.read_floor);
+        read.round = leadership.read_round + 1;
+        // The only member: nobody can have promised a higher ballot. Under a lease, no other
+        // leader can have been elected since the lease's round was sent.
+        let at_once = self.members.len() == 1 || self.holds_lease();
+        if at_once {
+            if self.members.len() > 1 {
+                self.lease_reads += 1;
+            }
+            self.answer_read(read.context, read.from, Some(read.slot));
+        } else {
+            let leadership = self.leadership.as_mut().expect("checked above");
+            leadership.reads.push_back(read);
+            leadership.read_round_wanted = true;
+        }
+        true
+    }
+
+    /// Answers a read confirmed (`Some(slot)`) or given up (`None`): an event for a read
+    /// asked here, a `ReadIndexReply` for a follower's request.
+    pub(super) fn answer_read(
+        &mut self,
+        context: u64,
+        from: Option<(NodeId, u64)>,
+        slot: Option<Slot>,
+    ) {
+        match (from, slot) {
+            (None, Some(slot)) => self.events.push(Event::ReadReady { context, slot }),
+            (None, None) => self.events.push(Event::ReadAborted { context }),
+            (Some((to, incarnation)), slot) => self.send(
+                to,
+                Body::ReadIndexReply {
+                    incarnation,
+                    round: context,
+                    slot,
+                },
+            ),
+        }
+    }
+
     /// A follower's read request arrives: a leader confirms it like a read of its own and
     /// answers when a quorum has echoed; anyone else refuses at once.
     pub(super) fn on_read_index(&mut self, from: NodeId, incarnation: u64, round: u64) {
-        let slot = self.hard.chosen;
-        let reads_max = self.config.reads_max;
-        match self.leadership.as_mut() {
-            Some(leadership) if leadership.reads.len() < reads_max => {
-                let slot = slot.max(leadership.read_floor);
-                if self.holds_lease() {
-                    self.lease_reads += 1;
-                    let body = Body::ReadIndexReply {
-                        incarnation,
-                        round,
-                        slot: Some(slot),
-                    };
-                    self.send(from, body);
-                    return;
-                }
-                let leadership = self.leadership.as_mut().expect("matched above");
-                leadership.reads.push_back(PendingRead {
-                    context: round,
-                    from: Some((from, incarnation)),
-                    slot,
-                    round: leadership.read_round + 1,
-                });
-                leadership.read_round_wanted = true;
-            }
-            _ => {
-                self.dropped_messages += 1;
-                let body = Body::ReadIndexReply {
-                    incarnation,
-                    round,
-                    slot: None,
-                };
-                self.send(from, body);
-            }
+        let from = Some((from, incarnation));
+        let read = PendingRead {
+            context: round,
+            from,
+            slot: 0,
+            round: 0,
+        };
+        if !self.confirm_read(read) {
+            self.dropped_messages += 1;
+            self.answer_read(round, from, None);
         }
     }
 

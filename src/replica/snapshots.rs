@@ -5,7 +5,7 @@
 //! order) is sent again, with those after it, once `retransmit_ticks` pass without progress.
 
 use super::{Replica, Role};
-use crate::message::Body;
+use crate::message::{Body, Message};
 use crate::storage::Snapshot;
 use crate::types::{NodeId, Slot};
 use bytes::{Bytes, BytesMut};
@@ -79,7 +79,7 @@ impl Replica {
                 data,
             };
             out.next = end.max(1);
-            self.messages.push(crate::message::Message {
+            self.messages.push(Message {
                 from: self.config.id,
                 to,
                 body,
