@@ -8,8 +8,7 @@ mod common;
 
 use common::Net;
 use synod::message::{Body, Message};
-use synod::replica::Event;
-use synod::{Ballot, Config, NodeId, Replica, Slot};
+use synod::{Ballot, Config, NodeId, Replica};
 
 const LEASE: u32 = 4;
 
@@ -19,20 +18,6 @@ fn leased(members: u64) -> Net {
 
 fn leased_for(members: u64, lease: u32) -> Net {
     Net::with(members, move |config| config.lease_ticks = lease)
-}
-
-/// The reads `id` reported so far: `(context, Some(slot))` confirmed, `(context, None)`
-/// aborted.
-fn reads(net: &Net, id: u64) -> Vec<(u64, Option<Slot>)> {
-    net.nodes[&NodeId(id)]
-        .events
-        .iter()
-        .filter_map(|event| match event {
-            Event::ReadReady { context, slot } => Some((*context, Some(*slot))),
-            Event::ReadAborted { context } => Some((*context, None)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn heartbeats_queued(net: &Net) -> usize {
@@ -45,11 +30,11 @@ fn heartbeats_queued(net: &Net) -> usize {
 /// Asks n`id` for read `context` and reports whether it was answered at once (without a
 /// round of heartbeats or any message).
 fn read_at_once(net: &mut Net, id: u64, context: u64) -> bool {
-    let before = reads(net, id).len();
+    let before = net.reads(id).len();
     net.replica_mut(id).read_index(context).unwrap();
     net.process(NodeId(id));
     let answered =
-        reads(net, id)[before..].contains(&(context, Some(net.replica(id).status().chosen)));
+        net.reads(id)[before..].contains(&(context, Some(net.replica(id).status().chosen)));
     if answered {
         assert_eq!(heartbeats_queued(net), 0, "a lease read sends nothing");
     }
@@ -98,14 +83,24 @@ fn a_leader_reads_at_once_only_after_a_quorum_echoed_a_round() {
     // Elected, but no round of its own has been echoed yet: a read takes a round.
     assert!(!read_at_once(&mut net, 1, 1));
     net.stabilize();
-    assert_eq!(reads(&net, 1).len(), 1);
-    // That round (sent by the read, not a tick) started no lease either: only rounds of
-    // heartbeats sent by ticks are timed.
+    assert_eq!(net.reads(1).len(), 1);
+    // Every round is timed, the read's too: once a quorum echoed it, reads come at once.
+    net.queue.clear();
+    assert!(read_at_once(&mut net, 1, 4));
+    // So are the heartbeat rounds that ticks send.
     let mut net = leader_with_lease();
     net.queue.clear();
     assert!(read_at_once(&mut net, 1, 2));
     assert!(read_at_once(&mut net, 1, 3));
     assert_eq!(net.replica(1).status().lease_reads, 2);
+    // Without leases, the same leader takes a round for every read.
+    let mut net = Net::new(3);
+    net.elect(1);
+    for context in 1..=2 {
+        net.stabilize();
+        net.queue.clear();
+        assert!(!read_at_once(&mut net, 1, context));
+    }
 }
 
 #[test]
@@ -176,16 +171,11 @@ fn a_follower_read_is_answered_at_once_by_a_leader_with_a_lease() {
     net.queue.clear();
     net.replica_mut(2).read_index(7).unwrap();
     net.process(NodeId(2));
-    let request = net
-        .queue
-        .iter()
-        .position(|message| matches!(message.body, Body::ReadIndex { .. }))
-        .unwrap();
-    net.deliver(request);
+    net.deliver_first(|message| matches!(message.body, Body::ReadIndex { .. }));
     assert_eq!(heartbeats_queued(&net), 0, "no round for it");
     net.stabilize();
     let chosen = net.replica(1).status().chosen;
-    assert_eq!(reads(&net, 2), [(7, Some(chosen))]);
+    assert_eq!(net.reads(2), [(7, Some(chosen))]);
     assert_eq!(net.replica(1).status().lease_reads, 1);
 }
 

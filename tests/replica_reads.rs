@@ -10,22 +10,7 @@ mod common;
 
 use common::Net;
 use synod::message::{Body, Message};
-use synod::replica::Event;
 use synod::{NodeId, ReadError, Slot};
-
-/// The reads `id` reported so far: `(context, Some(slot))` confirmed, `(context, None)`
-/// aborted.
-fn reads(net: &Net, id: u64) -> Vec<(u64, Option<Slot>)> {
-    net.nodes[&NodeId(id)]
-        .events
-        .iter()
-        .filter_map(|event| match event {
-            Event::ReadReady { context, slot } => Some((*context, Some(*slot))),
-            Event::ReadAborted { context } => Some((*context, None)),
-            _ => None,
-        })
-        .collect()
-}
 
 /// Queued heartbeats from `from`, with their read rounds.
 fn heartbeats_from(net: &Net, from: u64) -> Vec<(NodeId, u64)> {
@@ -58,26 +43,23 @@ fn a_read_waits_for_a_quorum_to_echo_a_round_sent_after_it() {
     net.replica_mut(1).read_index(7).unwrap();
     // Nothing is confirmed by asking alone, nor by the heartbeats that asking sends.
     net.process(NodeId(1));
-    assert!(reads(&net, 1).is_empty());
+    assert!(net.reads(1).is_empty());
     let rounds = heartbeats_from(&net, 1);
     assert_eq!(rounds, [(NodeId(2), 1), (NodeId(3), 1)]);
     // One follower's echo makes a quorum with the leader.
     let to_2 = net.queue.iter().position(|m| m.to == NodeId(2)).unwrap();
     net.deliver(to_2);
-    assert!(
-        reads(&net, 1).is_empty(),
-        "confirmed before the echo arrived"
-    );
+    assert!(net.reads(1).is_empty(), "confirmed before the echo arrived");
     let reply = net.queue.iter().position(|m| m.to == NodeId(1)).unwrap();
     assert!(matches!(
         net.queue[reply].body,
         Body::HeartbeatReply { read: 1, .. }
     ));
     net.deliver(reply);
-    assert_eq!(reads(&net, 1), [(7, Some(chosen))]);
+    assert_eq!(net.reads(1), [(7, Some(chosen))]);
     // The third echo confirms nothing twice.
     net.stabilize();
-    assert_eq!(reads(&net, 1), [(7, Some(chosen))]);
+    assert_eq!(net.reads(1), [(7, Some(chosen))]);
 }
 
 #[test]
@@ -115,14 +97,14 @@ fn an_echo_of_an_earlier_round_confirms_nothing() {
     };
     net.replica_mut(1).step(forged).unwrap();
     // Round 1 confirms read 1 only: read 2 was asked after round 1 went out.
-    assert_eq!(reads(&net, 1).len(), 0, "reported before a ready");
+    assert_eq!(net.reads(1).len(), 0, "reported before a ready");
     net.queue.clear();
     net.process(NodeId(1));
-    assert_eq!(reads(&net, 1), [(1, Some(net.replica(1).status().chosen))]);
+    assert_eq!(net.reads(1), [(1, Some(net.replica(1).status().chosen))]);
     // Round 2 goes out with that ready, and confirms read 2.
     assert_eq!(heartbeats_from(&net, 1), [(NodeId(2), 2), (NodeId(3), 2)]);
     net.stabilize();
-    assert_eq!(reads(&net, 1).len(), 2);
+    assert_eq!(net.reads(1).len(), 2);
 }
 
 #[test]
@@ -139,14 +121,14 @@ fn reads_asked_before_one_ready_share_one_round() {
         "one heartbeat per follower"
     );
     net.stabilize();
-    let confirmed: Vec<u64> = reads(&net, 1).iter().map(|(context, _)| *context).collect();
+    let confirmed: Vec<u64> = net.reads(1).iter().map(|(context, _)| *context).collect();
     assert_eq!(confirmed, [1, 2, 3, 4, 5]);
     // A later read needs a later round.
     net.replica_mut(1).read_index(6).unwrap();
     net.process(NodeId(1));
     assert!(heartbeats_from(&net, 1).iter().all(|(_, read)| *read == 2));
     net.stabilize();
-    assert_eq!(reads(&net, 1).len(), 6);
+    assert_eq!(net.reads(1).len(), 6);
 }
 
 #[test]
@@ -163,7 +145,7 @@ fn a_read_slot_covers_the_writes_chosen_before_it() {
     net.replica_mut(1).read_index(2).unwrap();
     net.process(NodeId(1));
     net.stabilize();
-    let slots: Vec<Option<Slot>> = reads(&net, 1).iter().map(|(_, slot)| *slot).collect();
+    let slots: Vec<Option<Slot>> = net.reads(1).iter().map(|(_, slot)| *slot).collect();
     assert_eq!(slots, [Some(chosen), Some(chosen + 1)]);
 }
 
@@ -211,8 +193,8 @@ fn a_new_leader_reads_no_lower_than_what_phase_1_recovered() {
     net.replica_mut(3).read_index(5).unwrap();
     net.process(NodeId(3));
     net.stabilize();
-    let [(5, Some(slot))] = reads(&net, 3)[..] else {
-        panic!("{:?}", reads(&net, 3));
+    let [(5, Some(slot))] = net.reads(3)[..] else {
+        panic!("{:?}", net.reads(3));
     };
     assert_eq!(
         slot, x_slot,
@@ -240,14 +222,14 @@ fn a_deposed_leader_aborts_its_reads_and_never_confirms_them() {
     net.replica_mut(1).read_index(9).unwrap();
     net.process(NodeId(1));
     net.stabilize();
-    assert!(reads(&net, 1).is_empty());
+    assert!(net.reads(1).is_empty());
     // n1's next round reaches the others: they promised higher and reject it.
     net.heal();
     net.replica_mut(1).read_index(10).unwrap();
     net.process(NodeId(1));
     assert_eq!(heartbeats_from(&net, 1).len(), 2);
     net.stabilize();
-    assert_eq!(reads(&net, 1), [(9, None), (10, None)]);
+    assert_eq!(net.reads(1), [(9, None), (10, None)]);
     assert!(!net.replica(1).is_leader());
     assert!(net.replica(2).is_leader());
 }
@@ -284,10 +266,10 @@ fn five_members_need_two_echoes() {
         .collect();
     assert_eq!(replies.len(), 2);
     net.deliver(replies[0]);
-    assert!(reads(&net, 1).is_empty(), "confirmed by two of five");
+    assert!(net.reads(1).is_empty(), "confirmed by two of five");
     let last = net.queue.iter().position(|m| m.to == NodeId(1)).unwrap();
     net.deliver(last);
-    assert_eq!(reads(&net, 1).len(), 1);
+    assert_eq!(net.reads(1).len(), 1);
 }
 
 #[test]
@@ -337,13 +319,8 @@ fn reads_asked_of_a_follower_before_one_ready_share_one_request_to_the_leader() 
     assert_eq!((requests[0].0, requests[0].1), (NodeId(2), NodeId(1)));
     assert_eq!(requests[0].3, 1, "the first request of this incarnation");
     // The leader's answer waits for its own read round.
-    let request = net
-        .queue
-        .iter()
-        .position(|message| matches!(message.body, Body::ReadIndex { .. }))
-        .unwrap();
-    net.deliver(request);
-    assert!(reads(&net, 2).is_empty());
+    net.deliver_first(|message| matches!(message.body, Body::ReadIndex { .. }));
+    assert!(net.reads(2).is_empty());
     assert_eq!(
         heartbeats_from(&net, 1).len(),
         2,
@@ -352,7 +329,7 @@ fn reads_asked_of_a_follower_before_one_ready_share_one_request_to_the_leader() 
     net.stabilize();
     let chosen = net.replica(1).status().chosen;
     assert_eq!(
-        reads(&net, 2),
+        net.reads(2),
         [(1, Some(chosen)), (2, Some(chosen)), (3, Some(chosen))]
     );
 }
@@ -381,7 +358,7 @@ fn a_follower_read_covers_a_write_the_follower_has_not_learned() {
         };
         net.deliver(next);
     }
-    assert_eq!(reads(&net, 2), [(5, Some(x_slot))]);
+    assert_eq!(net.reads(2), [(5, Some(x_slot))]);
 }
 
 #[test]
@@ -390,12 +367,7 @@ fn a_follower_read_is_aborted_when_its_leader_steps_down_before_confirming_it() 
     net.queue.clear();
     net.replica_mut(2).read_index(5).unwrap();
     net.process(NodeId(2));
-    let request = net
-        .queue
-        .iter()
-        .position(|message| matches!(message.body, Body::ReadIndex { .. }))
-        .unwrap();
-    net.deliver(request);
+    net.deliver_first(|message| matches!(message.body, Body::ReadIndex { .. }));
     assert_eq!(heartbeats_from(&net, 1).len(), 2);
     // n1's read round is lost; n1 hands over to n3 before it sends another.
     net.drop_where(|message| matches!(message.body, Body::Heartbeat { .. }));
@@ -403,7 +375,7 @@ fn a_follower_read_is_aborted_when_its_leader_steps_down_before_confirming_it() 
     net.process(NodeId(1));
     net.stabilize();
     assert!(net.replica(3).is_leader());
-    assert_eq!(reads(&net, 2), [(5, None)]);
+    assert_eq!(net.reads(2), [(5, None)]);
 }
 
 #[test]
@@ -418,9 +390,9 @@ fn a_follower_read_the_leader_never_answers_is_aborted_after_an_election_timeout
     for _ in 1..election_ticks {
         net.tick(2);
     }
-    assert!(reads(&net, 2).is_empty());
+    assert!(net.reads(2).is_empty());
     net.tick(2);
-    assert_eq!(reads(&net, 2), [(5, None)]);
+    assert_eq!(net.reads(2), [(5, None)]);
 }
 
 #[test]
@@ -455,7 +427,7 @@ fn a_leaders_answer_to_a_previous_life_of_the_follower_answers_nothing() {
         matches!(message.body, Body::ReadIndex { incarnation, .. } if incarnation == new_incarnation)
     });
     net.stabilize();
-    assert!(reads(&net, 2).is_empty(), "{:?}", reads(&net, 2));
+    assert!(net.reads(2).is_empty(), "{:?}", net.reads(2));
 }
 
 #[test]
@@ -493,7 +465,7 @@ fn reads_waiting_are_bounded() {
     assert_eq!(net.replica_mut(1).read_index(3), Err(ReadError::Busy));
     net.process(NodeId(1));
     net.stabilize();
-    assert_eq!(reads(&net, 1).len(), 2);
+    assert_eq!(net.reads(1).len(), 2);
     net.replica_mut(1).read_index(3).unwrap();
 }
 
@@ -505,7 +477,7 @@ fn a_single_member_confirms_at_once() {
     net.replica_mut(1).read_index(4).unwrap();
     net.process(NodeId(1));
     let chosen = net.replica(1).status().chosen;
-    assert_eq!(reads(&net, 1), [(4, Some(chosen))]);
+    assert_eq!(net.reads(1), [(4, Some(chosen))]);
 }
 
 #[test]

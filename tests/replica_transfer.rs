@@ -19,18 +19,6 @@ fn timeouts_now(net: &Net) -> Vec<NodeId> {
         .collect()
 }
 
-/// The reads `id` answered, in order: (context, the slot confirmed or None if aborted).
-fn reads(net: &Net, id: u64) -> Vec<(u64, Option<u64>)> {
-    events(net, id)
-        .iter()
-        .filter_map(|event| match event {
-            Event::ReadReady { context, slot } => Some((*context, Some(*slot))),
-            Event::ReadAborted { context } => Some((*context, None)),
-            _ => None,
-        })
-        .collect()
-}
-
 fn events(net: &Net, id: u64) -> &[Event] {
     &net.nodes[&NodeId(id)].events
 }
@@ -269,12 +257,8 @@ fn a_read_at_the_old_leader_never_misses_what_the_new_leader_chose() {
     net.stabilize();
     net.replica_mut(1).transfer_leadership(NodeId(2)).unwrap();
     net.process(NodeId(1));
-    let timeout_now = net
-        .queue
-        .iter()
-        .position(|message| matches!(message.body, Body::TimeoutNow { .. }))
-        .expect("n2 has everything: the handover starts at once");
-    net.deliver(timeout_now);
+    // n2 has everything: the handover starts at once.
+    net.deliver_first(|message| matches!(message.body, Body::TimeoutNow { .. }));
     // From here on n1 hears nothing (n2's Prepare to it is lost): n2 takes over with n3 and
     // gets "w" chosen.
     net.isolate(1);
@@ -288,13 +272,13 @@ fn a_read_at_the_old_leader_never_misses_what_the_new_leader_chose() {
     net.replica_mut(1).read_index(7).unwrap();
     net.process(NodeId(1));
     net.stabilize();
-    assert!(reads(&net, 1).is_empty(), "no echo reached n1");
+    assert!(net.reads(1).is_empty(), "no echo reached n1");
     // The partition heals: n1's round reaches acceptors that promised n2.
     net.heal();
     net.replica_mut(1).read_index(8).unwrap();
     net.process(NodeId(1));
     net.stabilize();
-    for (context, slot) in reads(&net, 1) {
+    for (context, slot) in net.reads(1) {
         if let Some(slot) = slot {
             assert!(
                 slot >= w_slot,
@@ -302,7 +286,7 @@ fn a_read_at_the_old_leader_never_misses_what_the_new_leader_chose() {
             );
         }
     }
-    assert_eq!(reads(&net, 1), [(7, None), (8, None)]);
+    assert_eq!(net.reads(1), [(7, None), (8, None)]);
     assert!(!net.replica(1).is_leader());
     net.assert_agreement();
 }

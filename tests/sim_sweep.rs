@@ -115,6 +115,27 @@ fn first_violation_with(bugs: synod::sim::Bugs, files: bool) -> synod::sim::Viol
     panic!("no checker caught {bugs:?} in 200 seeds");
 }
 
+/// Runs the simulation `make(seed)` builds, for seeds from 0 (a safety run, then liveness),
+/// until one of `properties` fires; any other violation fails the test, and so does a sweep
+/// of `seeds` seeds that none of them catches.
+fn caught_by(properties: &[&str], seeds: u64, make: impl Fn(u64) -> SimConfig) {
+    for seed in 0..seeds {
+        let mut simulation = Simulation::new(make(seed));
+        match simulation
+            .run(1_500)
+            .and_then(|()| simulation.check_liveness(3_000))
+        {
+            Err(violation) if properties.contains(&violation.property) => {
+                eprintln!("caught at seed {seed}: {violation}");
+                return;
+            }
+            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
+            Ok(()) => {}
+        }
+    }
+    panic!("none of {properties:?} fired in {seeds} seeds");
+}
+
 /// File disks: every node also writes a real `FileStorage`; crashes tear the unfinished write
 /// at a byte, restarts must recover exactly the model's state, and flipped bytes of synced
 /// segments must be refused.
@@ -242,21 +263,12 @@ fn kv_clients_histories_are_linearizable_under_all_faults() {
 fn linearizability_checker_catches_stale_local_reads() {
     let mut bugs = synod::sim::Bugs::default();
     bugs.stale_reads = true;
-    for seed in 0..50 {
+    caught_by(&["check_linearizable"], 50, |seed| {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 4;
         config.bugs = bugs.clone();
-        let mut simulation = Simulation::new(config);
-        match simulation
-            .run(1_500)
-            .and_then(|()| simulation.check_liveness(3_000))
-        {
-            Err(violation) if violation.property == "check_linearizable" => return,
-            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
-            Ok(()) => {}
-        }
-    }
-    panic!("stale reads were never caught in 50 seeds");
+        config
+    });
 }
 
 #[test]
@@ -267,28 +279,13 @@ fn linearizability_checker_catches_reads_by_a_leader_that_does_not_confirm_it_le
     // leader before the others elect a new one (they wait an election timeout after last
     // hearing from it), so what makes one is a long pause: the leader wakes up still leading
     // while a successor has taken writes. Pauses come often and last here.
-    let mut faults = Faults::all();
-    faults.pause = 0.01;
-    faults.pause_ticks_max = 150;
-    for seed in 0..200 {
+    caught_by(&["check_linearizable"], 200, |seed| {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 8;
-        config.faults = faults.clone();
+        config.faults = long_pauses();
         config.bugs = bugs.clone();
-        let mut simulation = Simulation::new(config);
-        match simulation
-            .run(1_500)
-            .and_then(|()| simulation.check_liveness(3_000))
-        {
-            Err(violation) if violation.property == "check_linearizable" => {
-                eprintln!("caught at seed {seed}");
-                return;
-            }
-            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
-            Ok(()) => {}
-        }
-    }
-    panic!("unconfirmed leader reads were never caught in 200 seeds");
+        config
+    });
 }
 
 /// Read-index reads served before the replica applied their slot: a follower asks its
@@ -298,25 +295,13 @@ fn linearizability_checker_catches_reads_served_before_their_slot_is_applied() {
     let mut bugs = synod::sim::Bugs::default();
     bugs.reads_before_apply = true;
     // Long pauses make followers lag far behind their leader.
-    for seed in 0..1000 {
+    caught_by(&["check_linearizable"], 1000, |seed| {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 8;
         config.faults = long_pauses();
         config.bugs = bugs.clone();
-        let mut simulation = Simulation::new(config);
-        match simulation
-            .run(1_500)
-            .and_then(|()| simulation.check_liveness(3_000))
-        {
-            Err(violation) if violation.property == "check_linearizable" => {
-                eprintln!("caught at seed {seed}");
-                return;
-            }
-            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
-            Ok(()) => {}
-        }
-    }
-    panic!("reads served before their slot was applied were never caught in 1000 seeds");
+        config
+    });
 }
 
 /// The faults that catch unconfirmed leader reads (above) do not catch read-index reads, and
@@ -380,30 +365,16 @@ fn kv_with_leader_leases_stays_linearizable_and_live() {
 fn checkers_catch_lease_reads_after_a_pause_that_stopped_the_clock() {
     let mut bugs = synod::sim::Bugs::default();
     bugs.pauses_stop_clocks = true;
-    for seed in 0..200 {
+    // The lease checker sees the overlap itself; the history shows it once a write landed
+    // in it.
+    caught_by(&["check_linearizable", "check_lease"], 200, |seed| {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 8;
         config.faults = long_pauses();
         config.replica.lease_ticks = 5;
         config.bugs = bugs.clone();
-        let mut simulation = Simulation::new(config);
-        match simulation
-            .run(1_500)
-            .and_then(|()| simulation.check_liveness(3_000))
-        {
-            // The lease checker sees the overlap itself; the history shows it once a write
-            // landed in it.
-            Err(violation)
-                if ["check_linearizable", "check_lease"].contains(&violation.property) =>
-            {
-                eprintln!("caught at seed {seed} by {}", violation.property);
-                return;
-            }
-            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
-            Ok(()) => {}
-        }
-    }
-    panic!("lease reads after clock-stopping pauses were never caught in 200 seeds");
+        config
+    });
 }
 
 /// The lease checker (`check_lease`: no read answered under a lease while another member
@@ -416,7 +387,7 @@ fn checkers_catch_lease_reads_after_a_pause_that_stopped_the_clock() {
     ignore = "hundreds of seeds: run in release (.ci/run does)"
 )]
 fn lease_checker_catches_a_lease_longer_than_the_clock_skew_allows() {
-    for seed in 0..3000 {
+    caught_by(&["check_lease"], 3000, |seed| {
         let mut faults = Faults::all();
         faults.tick_skew = 0.9;
         faults.pause = 0.0;
@@ -427,15 +398,6 @@ fn lease_checker_catches_a_lease_longer_than_the_clock_skew_allows() {
         config.kv_clients = 16;
         config.faults = faults;
         config.replica.lease_ticks = 9;
-        let mut simulation = Simulation::new(config);
-        match simulation.run(1_500) {
-            Err(violation) if violation.property == "check_lease" => {
-                eprintln!("caught at seed {seed}: {}", violation.detail);
-                return;
-            }
-            Err(violation) => panic!("seed {seed}: unexpected {violation}"),
-            Ok(()) => {}
-        }
-    }
-    panic!("an over-long lease was never caught in 3000 seeds");
+        config
+    });
 }

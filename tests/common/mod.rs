@@ -188,6 +188,19 @@ impl Net {
         }
     }
 
+    /// Delivers the first queued message that `predicate` picks.
+    ///
+    /// # Panics
+    /// If none is queued.
+    pub fn deliver_first(&mut self, predicate: impl Fn(&Message) -> bool) {
+        let index = self
+            .queue
+            .iter()
+            .position(predicate)
+            .expect("a message to deliver");
+        self.deliver(index);
+    }
+
     /// Delivers everything, FIFO, until the network is quiet (bounded).
     pub fn stabilize(&mut self) {
         for _ in 0..100_000 {
@@ -342,9 +355,20 @@ impl Net {
 }
 
 impl Net {
-    /// `id` snapshots its "state machine" (the applied map) at its applied mark, saves the
-    /// snapshot and compacts its replica and storage through it, as an application does.
-    /// Returns the snapshot's slot.
+    /// The read-index reads `id` reported so far, in order: `(context, Some(slot))`
+    /// confirmed, `(context, None)` aborted.
+    pub fn reads(&self, id: u64) -> Vec<(u64, Option<u64>)> {
+        self.nodes[&NodeId(id)]
+            .events
+            .iter()
+            .filter_map(|event| match event {
+                Event::ReadReady { context, slot } => Some((*context, Some(*slot))),
+                Event::ReadAborted { context } => Some((*context, None)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// True if `leader` has reported `Event::SnapshotNeeded` for `follower`.
     pub fn reported_snapshot_needed(&self, leader: u64, follower: u64) -> bool {
         self.nodes[&NodeId(leader)].events.iter().any(
@@ -352,6 +376,9 @@ impl Net {
         )
     }
 
+    /// `id` snapshots its "state machine" (the applied map) at its applied mark, saves the
+    /// snapshot and compacts its replica and storage through it, as an application does.
+    /// Returns the snapshot's slot.
     pub fn snapshot_and_compact(&mut self, id: u64) -> u64 {
         let applied = self.replica(id).status().applied;
         let node = self.nodes.get_mut(&NodeId(id)).unwrap();
