@@ -848,16 +848,8 @@ impl Connection {
     /// this node applies through the slot it names); false if no leader confirmed it or the
     /// applier did not get there within the request timeout.
     async fn read_index(&mut self, group: u64) -> bool {
-        let Ok(slot) = self.handles[group as usize].read_index().await else {
-            return false;
-        };
-        let mut applied = self.bank.applied[group as usize].subscribe();
-        let reached = tokio::time::timeout(
-            support::REQUEST_TIMEOUT,
-            applied.wait_for(|applied| *applied >= slot),
-        )
-        .await;
-        let reached = matches!(reached, Ok(Ok(_)));
+        let handle = &mut self.handles[group as usize];
+        let reached = support::read_index(handle, &self.bank.applied[group as usize]).await;
         if reached {
             self.bank.reads_by_index.fetch_add(1, Ordering::Relaxed);
         }

@@ -843,16 +843,7 @@ impl Connection {
     /// leadership ended, the leader did not answer) or the applier did not get there in
     /// time.
     async fn read_index(&mut self) -> bool {
-        let Ok(slot) = self.handle.read_index().await else {
-            return false;
-        };
-        let mut applied_slot = self.node.applied_slot.subscribe();
-        let applied = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            applied_slot.wait_for(|applied| *applied >= slot),
-        )
-        .await;
-        matches!(applied, Ok(Ok(_)))
+        support::read_index(&mut self.handle, &self.node.applied_slot).await
     }
 
     async fn set(&mut self, key: Bytes, value: Bytes, out: &mut Vec<u8>) -> Result<(), Failure> {

@@ -525,16 +525,7 @@ impl Connection {
     /// before the call (read-index); false if no leader confirmed or the applier did not get
     /// there within the request timeout.
     async fn read_index(&mut self) -> bool {
-        let Ok(slot) = self.handle.read_index().await else {
-            return false;
-        };
-        let mut applied = self.node.applied.subscribe();
-        let reached = tokio::time::timeout(
-            support::REQUEST_TIMEOUT,
-            applied.wait_for(|applied| *applied >= slot),
-        )
-        .await;
-        matches!(reached, Ok(Ok(_)))
+        support::read_index(&mut self.handle, &self.node.applied).await
     }
 
     /// `ACQUIRE`: proposes it; if queued, waits for the grant (or its end).

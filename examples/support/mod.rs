@@ -17,10 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use synod::driver::{Handle, ProposalError};
 use synod::transport::tcp::TcpConfig;
-use synod::{Config, NodeId, ProposeError};
+use synod::{Config, NodeId, ProposeError, Slot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 /// How long a command may wait for the cluster (an election, a lost forward) before the
@@ -335,4 +335,23 @@ pub async fn serve_resp<C: Commands>(
             Ok(_) => {}
         }
     }
+}
+
+/// A linearizable read without a log entry: asks `handle` for a read index (the leader
+/// confirms it still leads; a follower asks the leader), then waits until the state machine,
+/// whose last applied slot `applied` tracks, has applied that slot. True once it has: the
+/// state then holds every write acknowledged before the call. False if no leader confirmed
+/// (none known, the leadership ended, the leader did not answer) or the state machine did
+/// not get there within [`REQUEST_TIMEOUT`].
+pub async fn read_index(handle: &mut Handle, applied: &watch::Sender<Slot>) -> bool {
+    let Ok(slot) = handle.read_index().await else {
+        return false;
+    };
+    let mut applied = applied.subscribe();
+    let reached = tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        applied.wait_for(|applied| *applied >= slot),
+    )
+    .await;
+    matches!(reached, Ok(Ok(_)))
 }
