@@ -480,6 +480,7 @@ async fn apply_committed(
                 let snapshot = Snapshot {
                     slot,
                     data: Bytes::from(data),
+                    membership: None,
                 };
                 if let Err(error) = handle.compact(snapshot).await {
                     eprintln!("bank[{id}]: group {group}: compaction failed: {error}");

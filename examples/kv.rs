@@ -33,6 +33,24 @@
 //! (`state_digest` is [`KvStateMachine::digest`]); `SYNOD.LOCALGET key` reads this replica's
 //! copy without going through the log (it may be stale: for tests and debugging only).
 //!
+//! # Membership
+//!
+//! `--peers` may list more nodes than the cluster starts with: `--members 1,2,3` names the
+//! first voters (default: every node in `--peers`). Start a node to add with `--join` (it
+//! waits to be told the membership), then ask the leader (`INFO` shows `leader_id`) for
+//! `SYNOD.SETMEMBERS 1,2,3 4` (voters, then learners: add n4 as a learner), and once
+//! `SYNOD.MEMBERS` on n4 shows it caught up, `SYNOD.SETMEMBERS 1,2,3,4` (promote it), or
+//! `SYNOD.SETMEMBERS 2,3,4` (and n1 leaves; a removed leader hands over at once). One
+//! change at a time; the reply is the slot of the change.
+//!
+//! ```text
+//! PEERS=1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004
+//! # n1..n3 started with --members 1,2,3, then:
+//! target/release/examples/kv --id 4 --join --peers $PEERS --client 127.0.0.1:6382 --data /tmp/kv4 &
+//! redis-cli -p 6379 synod.setmembers 1,2,3,4    # at the leader
+//! redis-cli -p 6382 synod.members               # "voters 1,2,3,4 learners "
+//! ```
+//!
 //! # Semantics
 //!
 //! - **Writes are acknowledged once durable and applied.** A write is proposed to the log and
@@ -315,6 +333,7 @@ impl SnapshotState {
         Snapshot {
             slot: applied.slot,
             data: Bytes::from(data),
+            membership: None,
         }
     }
 
@@ -590,6 +609,16 @@ fn chain_digest(previous: u64, entry: &Entry) -> u64 {
             }
             fnv1a(hash, data)
         }
+        Value::Membership(membership) => {
+            hash = fnv1a(hash, &[2]);
+            for id in membership.voters.iter().chain([&NodeId(0)]) {
+                hash = fnv1a(hash, &id.0.to_le_bytes());
+            }
+            for id in &membership.learners {
+                hash = fnv1a(hash, &id.0.to_le_bytes());
+            }
+            hash
+        }
     }
 }
 
@@ -792,6 +821,14 @@ impl Connection {
             b"SYNOD.DIGEST" if arity_ok(1, 1) => {
                 let text = self.digest();
                 resp::bulk(out, Some(text.as_bytes()));
+                Ok(())
+            }
+            b"SYNOD.SETMEMBERS" if arity_ok(2, 3) => {
+                support::set_members(&mut self.handle, args, out).await;
+                Ok(())
+            }
+            b"SYNOD.MEMBERS" if arity_ok(1, 1) => {
+                support::members(&mut self.handle, out).await;
                 Ok(())
             }
             b"SYNOD.LOCALGET" if arity_ok(2, 2) => {
@@ -1169,7 +1206,7 @@ impl Connection {
 }
 
 /// The commands this server knows (for `COMMAND COUNT` and arity errors).
-const COMMANDS: [&[u8]; 18] = [
+const COMMANDS: [&[u8]; 20] = [
     b"PING",
     b"ECHO",
     b"QUIT",
@@ -1188,6 +1225,8 @@ const COMMANDS: [&[u8]; 18] = [
     b"CONFIG",
     b"SYNOD.DIGEST",
     b"SYNOD.LOCALGET",
+    b"SYNOD.SETMEMBERS",
+    b"SYNOD.MEMBERS",
 ];
 
 fn config_pair(out: &mut Vec<u8>, name: &str, value: &str) {

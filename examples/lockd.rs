@@ -37,6 +37,8 @@
 //!   entry: read-index (the leader confirms it still leads; this replica answers once it has
 //!   applied what the leader had chosen), `-TRYAGAIN` if no leader confirms.
 //! - `INFO`, `PING`, `QUIT`.
+//! - `SYNOD.SETMEMBERS voters [learners]` (at the leader) and `SYNOD.MEMBERS`: membership
+//!   change, as in the `kv` example (start a node to add with `--join`).
 //!
 //! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
 //! within 10 s gets `-TRYAGAIN` (it may or may not have taken effect; every
@@ -363,6 +365,7 @@ async fn apply_committed(
             let snapshot = Snapshot {
                 slot: entry.slot,
                 data: Bytes::from(state.service.snapshot()),
+                membership: None,
             };
             drop(state);
             let mut handle = handle.clone();
@@ -508,6 +511,14 @@ impl Connection {
                     )
                 };
                 resp::bulk(out, Some(info.as_bytes()));
+                Ok(())
+            }
+            (b"SYNOD.SETMEMBERS", 2..=3) => {
+                support::set_members(&mut self.handle, args, out).await;
+                Ok(())
+            }
+            (b"SYNOD.MEMBERS", 1) => {
+                support::members(&mut self.handle, out).await;
                 Ok(())
             }
             _ => Err(format!(

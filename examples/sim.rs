@@ -4,6 +4,7 @@
 //! cargo run --release --example sim -- --seeds 10000 --nodes 3
 //! cargo run --release --example sim -- --seed 1234 --nodes 5      # replay one seed
 //! cargo run --release --example sim -- --seeds 200 --faults loss,crash
+//! cargo run --release --example sim -- --seeds 1000 --nodes 3 --spare-nodes 2  # membership changes add them
 //! cargo run --release --example sim -- --twopc --seeds 5000           # two-phase commit world
 //! cargo run --release --example sim -- --twopc --seed 17 --trace      # replay one, step by step
 //! cargo run --release --example sim -- --locks --seeds 5000           # the lock service world
@@ -34,6 +35,11 @@ struct Args {
     /// Replicas per cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Spare nodes (ids after the --nodes ones) that membership changes (the "membership"
+    /// fault) may add: each is started as a joining node just before the first change that
+    /// names it, and from then on faults hit it as any other node.
+    #[arg(long, default_value_t = 0)]
+    spare_nodes: usize,
     /// Steps of the safety phase.
     #[arg(long, default_value_t = 2000)]
     steps: u64,
@@ -41,7 +47,8 @@ struct Args {
     #[arg(long, default_value_t = 4000)]
     liveness_steps: u64,
     /// Faults to inject: "all", "none", or a comma list of
-    /// loss,duplicate,delay,crash,partition,disk,pause,clog,skew,corrupt,compaction.
+    /// loss,duplicate,delay,crash,partition,disk,pause,clog,skew,corrupt,compaction,transfer,
+    /// membership (the leader is asked to change the membership at random; see --spare-nodes).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Key-value clients per run (0: opaque commands). With clients, each run ends with a
@@ -144,6 +151,8 @@ fn faults(spec: &str) -> Result<Faults, String> {
             "skew" => faults.tick_skew = all.tick_skew,
             "corrupt" => faults.corrupt_disk = all.corrupt_disk,
             "compaction" => faults.compaction = all.compaction,
+            "transfer" => faults.transfer = all.transfer,
+            "membership" => faults.membership = all.membership,
             other => return Err(format!("unknown fault '{other}'")),
         }
     }
@@ -156,6 +165,7 @@ fn run_one(
     seed: u64,
 ) -> (Simulation, Result<(), synod::sim::Violation>) {
     let mut config = SimConfig::new(args.nodes, seed);
+    config.spare_nodes = args.spare_nodes;
     config.faults = faults.clone();
     config.kv_clients = args.kv_clients;
     config.replica.lease_ticks = args.lease_ticks;
@@ -197,6 +207,15 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.kv_index_reads += stats.kv_index_reads;
     total.lease_reads += stats.lease_reads;
     total.kv_reads_aborted += stats.kv_reads_aborted;
+    total.membership_proposed += stats.membership_proposed;
+    total.membership_refused += stats.membership_refused;
+    total.membership_skipped += stats.membership_skipped;
+    total.membership_chosen += stats.membership_chosen;
+    total.members_added += stats.members_added;
+    total.members_removed += stats.members_removed;
+    total.members_role_changed += stats.members_role_changed;
+    total.spares_started += stats.spares_started;
+    total.unknown_sender += stats.unknown_sender;
 }
 
 /// The 2PC sweep: every seed of the two-phase-commit world; returns the failures.
@@ -323,6 +342,10 @@ fn main() {
         }
         return;
     }
+    if args.nodes == 0 || args.nodes + args.spare_nodes > 64 {
+        eprintln!("--nodes must be at least 1, and --nodes plus --spare-nodes at most 64");
+        std::process::exit(2);
+    }
     if args.disk_dir.is_none() && args.disk != "mem" {
         args.disk_dir = writable_shm();
     }
@@ -370,8 +393,9 @@ fn main() {
                 eprintln!("    {line}");
             }
             eprintln!(
-                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {} --lease-ticks {} --disk {}",
+                "  replay: cargo run --release --example sim -- --seed {seed} --nodes {} --spare-nodes {} --steps {} --liveness-steps {} --faults {} --kv-clients {} --lease-ticks {} --disk {}",
                 args.nodes,
+                args.spare_nodes,
                 args.steps,
                 args.liveness_steps,
                 args.faults,
@@ -435,6 +459,21 @@ fn main() {
         ("leadership transfers asked", total.transfers),
         ("leadership transfers completed", total.transfers_completed),
         ("leadership transfers abandoned", total.transfers_aborted),
+        ("membership changes proposed", total.membership_proposed),
+        (
+            "membership changes refused (one at a time)",
+            total.membership_refused,
+        ),
+        (
+            "membership changes skipped (no leader or target)",
+            total.membership_skipped,
+        ),
+        ("membership changes chosen", total.membership_chosen),
+        ("members added", total.members_added),
+        ("members removed", total.members_removed),
+        ("members switched voter/learner", total.members_role_changed),
+        ("spare nodes started", total.spares_started),
+        ("messages from non-members refused", total.unknown_sender),
         (
             "kv operations issued (linearizability-checked)",
             total.kv_operations,

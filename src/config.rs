@@ -14,8 +14,19 @@ pub const MEMBERS_MAX: usize = 64;
 pub struct Config {
     /// This replica's id; must be one of `members`.
     pub id: NodeId,
-    /// Every voting member of the cluster, this replica included.
+    /// Every voting member of the cluster when it was first started, this replica included
+    /// (unless it is a learner). Only the first start of a cluster reads it: once the
+    /// membership changes ([`Replica::change_membership`](crate::Replica::change_membership)),
+    /// the replica recovers the current one from its storage. Ignored with `join`.
     pub members: Vec<NodeId>,
+    /// The non-voting members (learners) the cluster was first started with (usually none).
+    pub learners: Vec<NodeId>,
+    /// This node joins a running cluster, to be added with
+    /// [`Replica::change_membership`](crate::Replica::change_membership): it knows no
+    /// membership until a leader sends it the cluster's (a chosen configuration entry, or a
+    /// snapshot), and until then never campaigns. `members` and `learners` are ignored. Only
+    /// a fresh node reads it: once it has learned a membership, its storage holds it.
+    pub join: bool,
     /// Identifies the cluster on the wire; frames from other clusters are rejected.
     pub cluster_id: u64,
     /// Minimum ticks without hearing a leader before a follower starts an election. The actual
@@ -103,6 +114,8 @@ impl Config {
         Config {
             id,
             members,
+            learners: Vec::new(),
+            join: false,
             cluster_id: 0,
             election_ticks: 10,
             heartbeat_ticks: 2,
@@ -132,7 +145,16 @@ impl Config {
     /// # Errors
     /// A [`ConfigError`] naming the field that is wrong and why.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate_membership(self.id, &self.members)?;
+        if !self.join {
+            let membership = self.initial_membership();
+            membership.validate()?;
+            if !membership.contains(self.id) {
+                return Err(ConfigError::new(
+                    "id",
+                    "must be one of the members or learners",
+                ));
+            }
+        }
         if self.heartbeat_ticks == 0 {
             return Err(ConfigError::new("heartbeat_ticks", "must be at least 1"));
         }
@@ -173,6 +195,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// A configuration for node `id` joining a running cluster (`join` set, no members):
+    /// start it, then add it at the leader with
+    /// [`Replica::change_membership`](crate::Replica::change_membership).
+    pub fn joining(id: NodeId) -> Config {
+        Config {
+            join: true,
+            ..Config::new(id, Vec::new())
+        }
+    }
+
+    /// The membership the cluster was first started with: `members` as voters, `learners`.
+    pub fn initial_membership(&self) -> crate::types::Membership {
+        crate::types::Membership::new(self.members.iter().copied(), self.learners.iter().copied())
     }
 
     /// The number of votes that makes a majority of the members.

@@ -85,9 +85,38 @@ pub enum TransferError {
         /// The leader this replica knows of, if any.
         hint: Option<NodeId>,
     },
-    /// The target is not a member of the cluster.
-    #[error("{0} is not a member")]
+    /// The target is not a voting member of the cluster (a learner cannot lead).
+    #[error("{0} is not a voting member")]
     UnknownNode(NodeId),
+}
+
+/// [`Replica::change_membership`](crate::Replica::change_membership) refused a change;
+/// nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum MembershipError {
+    /// This replica does not lead: ask the leader (`hint`, if known).
+    #[error("not the leader (leader hint: {hint:?})")]
+    NotLeader {
+        /// The leader this replica knows of, if any.
+        hint: Option<NodeId>,
+    },
+    /// The new membership is not usable (no voter, a node listed twice, too many members):
+    /// fix it and ask again.
+    #[error("invalid membership: {0}")]
+    Invalid(ConfigError),
+    /// A change is already under way (its entry, at `slot`, is not chosen yet; or this
+    /// leader was just elected and has not finished recovering one): one change at a time.
+    /// Wait for [`Event::MembershipChanged`](crate::Event::MembershipChanged) and retry.
+    #[error("a membership change is already under way (slot {slot})")]
+    InProgress {
+        /// The slot of the change under way.
+        slot: Slot,
+    },
+    /// The leader cannot take a proposal now: it has just started (its incarnation is not
+    /// durable yet), a leadership transfer is under way, or the uncommitted bounds are
+    /// reached. Retry shortly.
+    #[error("the leader is busy; retry shortly")]
+    Busy,
 }
 
 /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) refused to send a snapshot;
@@ -98,6 +127,14 @@ pub enum SendSnapshotError {
     /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded) names is always valid).
     #[error("{0} is not another member of this cluster")]
     UnknownNode(NodeId),
+    /// This replica does not know the membership in force at the snapshot's slot (it joined
+    /// the cluster and has not caught up to a membership change yet). Send the snapshot from
+    /// another replica.
+    #[error("the membership at slot {slot} is not known here")]
+    UnknownMembership {
+        /// The snapshot's slot.
+        slot: Slot,
+    },
     /// The snapshot covers no slot (slot 0): there is nothing to send.
     #[error("a snapshot at slot 0 covers nothing")]
     Empty,

@@ -95,6 +95,24 @@
 //!   (`tests/replica_reads.rs`). A follower asks the leader for the slot and reports it the
 //!   same way. With [`Config::lease_ticks`] a leader holding a lease answers at once, no
 //!   round (`tests/replica_leases.rs`; read the clock assumptions first).
+//! - **Membership.** Start a node to add with [`Config::joining`]; at the leader,
+//!   [`Replica::change_membership`] with the new [`Membership`] (voters and learners, one
+//!   change at a time). Once the change is chosen, every replica reports
+//!   [`Event::MembershipChanged`] and the new membership governs every later slot; the
+//!   storage keeps it ([`WriteBatch::memberships`], [`Recovered::memberships`]), so a
+//!   restart needs no flag. Add a node as a learner and promote it once it has caught up
+//!   (`tests/replica_membership.rs`):
+//!
+//! ```
+//! # use synod::{Config, Membership, NodeId};
+//! let joining = Config::joining(NodeId(4)); // knows no membership, never campaigns yet
+//! assert!(joining.join);
+//! let learner = Membership::new([NodeId(1), NodeId(2), NodeId(3)], [NodeId(4)]);
+//! let promoted = Membership::new([NodeId(1), NodeId(2), NodeId(3), NodeId(4)], []);
+//! assert!(learner.validate().is_ok() && promoted.is_voter(NodeId(4)));
+//! // leader.change_membership(learner)?; ... then, once n4 caught up:
+//! // leader.change_membership(promoted)?;
+//! ```
 //!
 //! ## Modules
 //! - [`replica`]: the Multi-Paxos replica (the protocol is described there).
@@ -141,8 +159,8 @@ pub mod types;
 
 pub use config::Config;
 pub use error::{
-    ConfigError, DecodeError, ProposeError, ReadError, SendSnapshotError, StepError, StorageError,
-    TransferError,
+    ConfigError, DecodeError, MembershipError, ProposeError, ReadError, SendSnapshotError,
+    StepError, StorageError, TransferError,
 };
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};
@@ -151,7 +169,9 @@ pub use storage::{
 };
 pub use transport::codec::Codec;
 pub use transport::Transport;
-pub use types::{Ballot, Entries, Entry, HardState, NodeId, ProposalId, Slot, Value};
+pub use types::{
+    Ballot, Entries, Entry, HardState, Membership, MembershipAt, NodeId, ProposalId, Slot, Value,
+};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

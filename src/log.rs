@@ -429,15 +429,17 @@ impl Log {
         {
             self.runs.pop_front();
         }
+        // Saturating: compacting through `Slot::MAX` (everything) must not overflow.
+        let next = through.saturating_add(1);
         if let Some(run) = self.runs.front_mut() {
-            run.drop_below(through + 1);
+            run.drop_below(next);
         }
         if !self.tail.is_empty() && through >= self.tail_first {
-            let count = ((through + 1 - self.tail_first) as usize).min(self.tail.len());
+            let count = ((next - self.tail_first) as usize).min(self.tail.len());
             self.tail.drain(..count);
             self.tail_first += count as Slot;
         }
-        self.first = through + 1;
+        self.first = next;
     }
 }
 

@@ -6,7 +6,7 @@
 //! and check-quorum), chosen marks (`Commit`), catch-up (`Fetch`/`FetchReply`) and forwarded
 //! proposals.
 
-use crate::types::{Ballot, Entries, Entry, NodeId, ProposalId, Slot};
+use crate::types::{Ballot, Entries, Entry, MembershipAt, NodeId, ProposalId, Slot};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,10 @@ pub enum Body {
         granted: bool,
         /// The sender's promised ballot, so the candidate can pick a higher round next time.
         promised: Ballot,
+        /// The sender's chosen mark: a candidate that is behind it (refused for that) fetches
+        /// the slots it lacks from the sender, which may be how it learns of a membership
+        /// change.
+        chosen: Slot,
     },
     /// Phase 1a: "promise not to accept anything below `ballot`, and tell me what you accepted
     /// in every slot from `first_slot` on."
@@ -163,9 +167,9 @@ pub enum Body {
     /// after an [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded)), in chunks
     /// of at most `Config::snapshot_chunk_bytes`, a few at a time, each acknowledged with
     /// [`Body::SnapshotAck`].
+    ///
+    /// It carries no ballot: a snapshot holds only chosen state, true whoever sends it.
     Snapshot {
-        /// The sender's promised ballot (informative: a snapshot holds only chosen state).
-        ballot: Ballot,
         /// The last slot the snapshot covers; every slot up to it is chosen.
         slot: Slot,
         /// Where this chunk starts in the snapshot's bytes.
@@ -174,6 +178,9 @@ pub enum Body {
         total: u64,
         /// The chunk: the state machine's bytes from `offset` on, opaque to synod.
         data: Bytes,
+        /// The membership in force after `slot` (the receiver adopts it with the snapshot).
+        /// Boxed: it would make every message larger.
+        membership: Box<MembershipAt>,
     },
     /// "Campaign now": a leader hands its leadership over to the receiver
     /// ([`Replica::transfer_leadership`](crate::Replica::transfer_leadership)), which starts
@@ -214,8 +221,26 @@ pub enum Body {
 }
 
 impl Body {
-    /// The ballot the message speaks for, if any (`Forward`, `ReadIndex` and `ReadIndexReply`
-    /// have none).
+    /// True for the messages a leader or a candidate sends (Prepare, PreVote, Accept,
+    /// Heartbeat, Commit, FetchReply, Snapshot, TimeoutNow): a replica takes them from a node
+    /// outside the membership it knows, which may be a leader of a membership it has not
+    /// learned yet. Replies are taken only from members.
+    pub fn is_from_leader_or_candidate(&self) -> bool {
+        matches!(
+            self,
+            Body::PreVote { .. }
+                | Body::Prepare { .. }
+                | Body::Accept { .. }
+                | Body::Heartbeat { .. }
+                | Body::Commit { .. }
+                | Body::FetchReply { .. }
+                | Body::Snapshot { .. }
+                | Body::TimeoutNow { .. }
+        )
+    }
+
+    /// The ballot the message speaks for, if any (`Forward`, `ReadIndex`, `ReadIndexReply`,
+    /// `Snapshot` and `SnapshotAck` have none).
     pub fn ballot(&self) -> Option<Ballot> {
         match self {
             Body::PreVote { ballot, .. }
@@ -230,9 +255,9 @@ impl Body {
             | Body::HeartbeatReply { ballot, .. }
             | Body::Commit { ballot, .. }
             | Body::Fetch { ballot, .. }
-            | Body::FetchReply { ballot, .. }
-            | Body::Snapshot { ballot, .. } => Some(*ballot),
-            Body::Forward { .. }
+            | Body::FetchReply { ballot, .. } => Some(*ballot),
+            Body::Snapshot { .. }
+            | Body::Forward { .. }
             | Body::ReadIndex { .. }
             | Body::ReadIndexReply { .. }
             | Body::SnapshotAck { .. } => None,

@@ -75,6 +75,13 @@ pub struct ProposalId {
 pub enum Value {
     /// Fills a slot that a new leader found empty (or a hole). The application skips it.
     Noop,
+    /// A change of the cluster's membership ([`Replica::change_membership`]): once this slot
+    /// is chosen, `Membership` governs every later slot. The application skips it when
+    /// applying (the replica acts on it, and reports it with
+    /// [`Event::MembershipChanged`](crate::Event::MembershipChanged)).
+    ///
+    /// [`Replica::change_membership`]: crate::Replica::change_membership
+    Membership(Box<Membership>),
     /// An application command.
     Command {
         /// Who proposed it; lets the proposer match it to its `propose` call.
@@ -88,10 +95,118 @@ impl Value {
     /// The payload size in bytes that flow-control limits count.
     pub fn size_bytes(&self) -> usize {
         match self {
-            Value::Noop => 0,
+            Value::Noop | Value::Membership(_) => 0,
             Value::Command { data, .. } => data.len(),
         }
     }
+}
+
+/// The members of a cluster: the **voters**, whose majorities choose values and elect leaders,
+/// and the **learners**, which receive every chosen value (and accept like voters, so that one
+/// promoted to voter is already caught up) but are never counted and never campaign.
+///
+/// Built with [`Membership::new`], which sorts both lists; [`Membership::validate`] says what
+/// makes one usable.
+///
+/// ```
+/// use synod::{Membership, NodeId};
+///
+/// let membership = Membership::new([NodeId(3), NodeId(1), NodeId(2)], [NodeId(4)]);
+/// assert_eq!(membership.voters, [NodeId(1), NodeId(2), NodeId(3)]);
+/// assert!(membership.is_voter(NodeId(2)) && !membership.is_voter(NodeId(4)));
+/// assert!(membership.contains(NodeId(4)));
+/// assert!(membership.validate().is_ok());
+/// assert!(Membership::new([], [NodeId(1)]).validate().is_err());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Membership {
+    /// The voting members, sorted.
+    pub voters: Vec<NodeId>,
+    /// The non-voting members (learners), sorted.
+    pub learners: Vec<NodeId>,
+}
+
+impl Membership {
+    /// A membership of these voters and learners (each list sorted here).
+    pub fn new(
+        voters: impl IntoIterator<Item = NodeId>,
+        learners: impl IntoIterator<Item = NodeId>,
+    ) -> Membership {
+        let mut voters: Vec<NodeId> = voters.into_iter().collect();
+        let mut learners: Vec<NodeId> = learners.into_iter().collect();
+        voters.sort_unstable();
+        learners.sort_unstable();
+        Membership { voters, learners }
+    }
+
+    /// True if `id` votes.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id)
+    }
+
+    /// True if `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+
+    /// Every member, voters then learners.
+    pub fn all(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(&self.learners).copied()
+    }
+
+    /// Checks that the membership is usable: at least one voter, at most
+    /// [`MEMBERS_MAX`](crate::config::MEMBERS_MAX) members in all, no node listed twice
+    /// (in either list or in both), and both lists sorted.
+    ///
+    /// # Errors
+    /// A [`ConfigError`](crate::ConfigError) naming the rule broken.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        use crate::ConfigError;
+        if self.voters.is_empty() {
+            return Err(ConfigError::new("voters", "at least one voter is needed"));
+        }
+        if self.voters.len() + self.learners.len() > crate::config::MEMBERS_MAX {
+            return Err(ConfigError::new(
+                "members",
+                "at most 64 members (voters and learners) are supported",
+            ));
+        }
+        let sorted_unique = |list: &[NodeId]| list.windows(2).all(|pair| pair[0] < pair[1]);
+        if !sorted_unique(&self.voters) || !sorted_unique(&self.learners) {
+            return Err(ConfigError::new(
+                "members",
+                "voters and learners must be sorted, without duplicates (use Membership::new)",
+            ));
+        }
+        if self.learners.iter().any(|id| self.voters.contains(id)) {
+            return Err(ConfigError::new(
+                "learners",
+                "a node is either a voter or a learner, not both",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Membership {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |ids: &[NodeId]| ids.iter().map(|id| id.to_string()).collect::<Vec<_>>();
+        write!(formatter, "voters [{}]", list(&self.voters).join(", "))?;
+        if !self.learners.is_empty() {
+            write!(formatter, " learners [{}]", list(&self.learners).join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// A membership and the slot of the chosen entry that made it (0 for the initial one): it
+/// governs every slot after `slot`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MembershipAt {
+    /// The slot of the configuration entry; the membership governs the slots after it.
+    pub slot: Slot,
+    /// The membership.
+    pub membership: Membership,
 }
 
 /// One log entry: a value accepted (or chosen) in `slot` under `ballot`.

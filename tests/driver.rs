@@ -412,6 +412,7 @@ fn compact_saves_the_snapshot_and_compacts_only_what_was_handed_out() {
         let beyond = Snapshot {
             slot: last + 10,
             data: Bytes::from_static(b"state"),
+            membership: None,
         };
         assert_eq!(
             handle.compact(beyond).await,
@@ -424,6 +425,7 @@ fn compact_saves_the_snapshot_and_compacts_only_what_was_handed_out() {
         let huge = Snapshot {
             slot: last,
             data: Bytes::from(vec![0u8; max + 1]),
+            membership: None,
         };
         assert_eq!(
             handle.compact(huge).await,
@@ -437,6 +439,7 @@ fn compact_saves_the_snapshot_and_compacts_only_what_was_handed_out() {
         let snapshot = Snapshot {
             slot: last,
             data: Bytes::from_static(b"state"),
+            membership: None,
         };
         handle.compact(snapshot.clone()).await.expect("compacted");
         let mut storage = shared.lock().unwrap();
@@ -458,4 +461,144 @@ async fn futures_timer_sleep() {
         let _ = sender.send(());
     });
     let _ = receiver.await;
+}
+
+/// Membership change through the driver: n4 starts with `Config::joining`, is added as a
+/// learner, promoted, and n1 is removed; every node that stays applies every command.
+#[test]
+fn drivers_change_membership_while_proposing() {
+    let ids: Vec<NodeId> = (1..=4).map(NodeId).collect();
+    let mesh = LocalTransport::mesh(&ids, 65_536);
+    let mut drivers = Vec::new();
+    let mut handles = Vec::new();
+    let mut committed = Vec::new();
+    let mut tickers = Vec::new();
+    for ((transport, inbox), id) in mesh.into_iter().zip(&ids) {
+        let mut config = if id.0 == 4 {
+            Config::joining(*id)
+        } else {
+            Config::new(*id, ids[..3].to_vec())
+        };
+        config.election_ticks = 300;
+        config.heartbeat_ticks = 10;
+        config.retransmit_ticks = 20;
+        let mut storage = MemStorage::new();
+        let replica = Replica::new(config, storage.recover().unwrap()).unwrap();
+        let (tick_sender, ticks) = mpsc::unbounded();
+        tickers.push(tick_sender);
+        let (driver, handle, applied) = Driver::new(
+            replica,
+            storage,
+            transport,
+            ticks.boxed(),
+            inbox.boxed(),
+            DriverConfig::default(),
+        );
+        drivers.push(driver.run());
+        handles.push(handle);
+        committed.push(applied);
+    }
+    let (test_tick_sender, mut test_ticks) = mpsc::unbounded();
+    let stop = Arc::new(AtomicBool::new(false));
+    let ticker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for sender in &tickers {
+                    let _ = sender.unbounded_send(());
+                }
+                let _ = test_tick_sender.unbounded_send(());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let membership = |voters: &[u64], learners: &[u64]| {
+        synod::Membership::new(
+            voters.iter().copied().map(NodeId),
+            learners.iter().copied().map(NodeId),
+        )
+    };
+    let body = async {
+        // Proposes `command` at whoever leads until it is taken.
+        async fn propose(
+            handles: &mut [Handle],
+            ticks: &mut mpsc::UnboundedReceiver<()>,
+            command: String,
+        ) {
+            loop {
+                let leader = wait_for_leader(handles, ticks).await;
+                match handles[leader].propose(Bytes::from(command.clone())).await {
+                    Ok(_) => return,
+                    Err(ProposalError::Rejected(_)) => {
+                        ticks.next().await;
+                    }
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }
+        // Changes the membership at whoever leads until the change is proposed.
+        async fn change(
+            handles: &mut [Handle],
+            ticks: &mut mpsc::UnboundedReceiver<()>,
+            membership: synod::Membership,
+        ) {
+            loop {
+                let leader = wait_for_leader(handles, ticks).await;
+                match handles[leader].change_membership(membership.clone()).await {
+                    Some(Ok(_)) => return,
+                    Some(Err(_)) => {
+                        ticks.next().await;
+                    }
+                    None => panic!("driver stopped"),
+                }
+            }
+        }
+        let mut handles_now = handles.clone();
+        propose(&mut handles_now, &mut test_ticks, "a".into()).await;
+        change(
+            &mut handles_now,
+            &mut test_ticks,
+            membership(&[1, 2, 3], &[4]),
+        )
+        .await;
+        propose(&mut handles_now, &mut test_ticks, "b".into()).await;
+        change(
+            &mut handles_now,
+            &mut test_ticks,
+            membership(&[1, 2, 3, 4], &[]),
+        )
+        .await;
+        propose(&mut handles_now, &mut test_ticks, "c".into()).await;
+        change(
+            &mut handles_now,
+            &mut test_ticks,
+            membership(&[2, 3, 4], &[]),
+        )
+        .await;
+        // n1 is out: only n2..n4 lead from now on.
+        let mut remaining = handles_now[1..].to_vec();
+        propose(&mut remaining, &mut test_ticks, "d".into()).await;
+        let mut logs = Vec::new();
+        for applied in committed[1..].iter_mut() {
+            logs.push(take_commands(applied, 4).await);
+        }
+        let status = remaining[2].status().await.expect("n4 runs");
+        assert!(status.chosen >= 7, "{status:?}");
+        logs
+    };
+    let all_drivers = futures::future::join_all(drivers);
+    let logs = block_on(async {
+        futures::select! {
+            result = body.fuse() => result,
+            _ = all_drivers.fuse() => panic!("drivers stopped early"),
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    ticker.join().unwrap();
+    for log in logs {
+        assert_eq!(
+            log,
+            ["a", "b", "c", "d"].map(|c| Bytes::from_static(c.as_bytes()))
+        );
+    }
 }

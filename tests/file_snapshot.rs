@@ -25,6 +25,7 @@ fn snapshot(slot: u64, data_bytes: usize) -> Snapshot {
         data: (0..data_bytes)
             .map(|index| (slot as usize * 7 + index) as u8)
             .collect(),
+        membership: None,
     }
 }
 
@@ -288,11 +289,13 @@ fn compacting_through_the_snapshot_keeps_the_rest_across_reopen() {
             hard_state: Some(hard_state),
             runs: vec![(1..=6).map(noop).collect()],
             must_sync: true,
+            memberships: None,
         })
         .unwrap();
     let taken = Snapshot {
         slot: 4,
         data: Bytes::from_static(b"state through 4"),
+        membership: None,
     };
     storage.save_snapshot(&taken).unwrap();
     // Saving does not compact by itself.

@@ -523,7 +523,8 @@ fn compaction_deletes_whole_segments_and_keeps_the_hard_state() {
         storage.recover().unwrap(),
         Recovered {
             hard_state: hard_state(7, 3),
-            entries: vec![]
+            entries: vec![],
+            memberships: vec![],
         }
     );
 }

@@ -63,6 +63,8 @@ struct Cluster {
     starts: Vec<usize>,
     /// Options every node gets on top of the usual ones.
     extra: Vec<String>,
+    /// Options of one node, on top of those (`--join`, say).
+    node_options: Vec<Vec<String>>,
 }
 
 impl Drop for Cluster {
@@ -83,15 +85,21 @@ impl Cluster {
     }
 
     fn with_options(extra: &[&str]) -> Cluster {
-        let ports = free_ports(2 * NODES);
-        let peers = peers_argument(&ports[..NODES]);
+        Cluster::of(NODES, extra)
+    }
+
+    /// `nodes` nodes in `--peers` (start only those the test wants).
+    fn of(nodes: usize, extra: &[&str]) -> Cluster {
+        let ports = free_ports(2 * nodes);
+        let peers = peers_argument(&ports[..nodes]);
         Cluster {
             root: TempDir::new().unwrap(),
             peers,
-            client_ports: ports[NODES..].to_vec(),
-            children: (0..NODES).map(|_| None).collect(),
-            starts: vec![0; NODES],
+            client_ports: ports[nodes..].to_vec(),
+            children: (0..nodes).map(|_| None).collect(),
+            starts: vec![0; nodes],
             extra: extra.iter().map(|option| option.to_string()).collect(),
+            node_options: vec![Vec::new(); nodes],
         }
     }
 
@@ -116,6 +124,7 @@ impl Cluster {
             // others compacted past its log and is sent a snapshot.
             .args(["--snapshot-every", "200"])
             .args(&self.extra)
+            .args(&self.node_options[index])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
@@ -170,7 +179,7 @@ impl Cluster {
         loop {
             self.check_running();
             let mut roles = Vec::new();
-            for index in 0..NODES {
+            for index in 0..self.children.len() {
                 if self.children[index].is_none() {
                     roles.push((index, "down".to_string()));
                     continue;
@@ -622,4 +631,90 @@ fn a_leader_stopped_past_its_lease_serves_no_stale_read_when_it_resumes() {
         "the resumed leader served a stale read under a lease that had run out"
     );
     eprintln!("the resumed old leader answered {reply:?}");
+}
+
+/// Membership change across processes: n4 starts with `--join` and is added as a learner
+/// (`SYNOD.SETMEMBERS`), catches up, is promoted while n1 is removed in the next change; n1 is
+/// then killed for good and the cluster {2, 3, 4} serves reads and writes, also after n4
+/// restarts (its membership is in its storage, not in its flags).
+#[test]
+fn a_node_is_added_and_another_removed_through_resp() {
+    let mut cluster = Cluster::of(4, &["--members", "1,2,3"]);
+    cluster.node_options[3] = vec!["--join".to_string()];
+    for index in 0..3 {
+        cluster.start(index);
+    }
+    for index in 0..3 {
+        cluster.wait_until_serving(index);
+    }
+    let ports = cluster.client_ports.clone();
+    for key in 0..20 {
+        let key = format!("before-{key}");
+        let reply = until_answered(ports[key.len() % 3], &[b"SET", key.as_bytes(), b"v"]);
+        assert_eq!(reply, Reply::Simple("OK".into()));
+    }
+    cluster.start(3);
+    cluster.wait_until_serving(3);
+    assert_eq!(
+        until_answered(ports[3], &[b"SYNOD.MEMBERS"]),
+        Reply::Bulk(Some(b"none".to_vec())),
+        "a joining node knows no membership"
+    );
+    // `SYNOD.SETMEMBERS` at the leader, retried while a leader is being elected.
+    let change = |cluster: &mut Cluster, voters: &str, learners: &str| loop {
+        let leader = cluster.wait_for_leader();
+        let reply = query(
+            ports[leader],
+            &[b"SYNOD.SETMEMBERS", voters.as_bytes(), learners.as_bytes()],
+        );
+        if let Ok(Reply::Integer(slot)) = reply {
+            assert!(slot > 0);
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let members_at = |port: u16, expected: &str| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(Reply::Bulk(Some(text))) = query(port, &[b"SYNOD.MEMBERS"]) {
+                if text == expected.as_bytes() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "port {port} never showed {expected}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    change(&mut cluster, "1,2,3", "4");
+    members_at(ports[3], "voters 1,2,3 learners 4");
+    // The learner caught up: it holds the writes made before it was added.
+    let deadline = Instant::now() + PATIENCE;
+    while query(ports[3], &[b"SYNOD.LOCALGET", b"before-19"]).ok()
+        != Some(Reply::Bulk(Some(b"v".to_vec())))
+    {
+        assert!(Instant::now() < deadline, "n4 never caught up");
+        thread::sleep(Duration::from_millis(50));
+    }
+    change(&mut cluster, "2,3,4", "");
+    for port in &ports[1..4] {
+        members_at(*port, "voters 2,3,4 learners ");
+    }
+    cluster.kill(0);
+    let reply = until_answered(ports[3], &[b"SET", b"after", b"w"]);
+    assert_eq!(reply, Reply::Simple("OK".into()));
+    assert_eq!(
+        until_answered(ports[1], &[b"GET", b"after"]),
+        Reply::Bulk(Some(b"w".to_vec()))
+    );
+    cluster.kill(3);
+    cluster.start(3);
+    cluster.wait_until_serving(3);
+    members_at(ports[3], "voters 2,3,4 learners ");
+    assert_eq!(
+        until_answered(ports[3], &[b"GET", b"before-7"]),
+        Reply::Bulk(Some(b"v".to_vec()))
+    );
 }

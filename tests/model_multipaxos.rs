@@ -115,6 +115,7 @@ impl Disk {
         Recovered {
             hard_state: self.hard_state,
             entries: self.entries.values().cloned().collect(),
+            memberships: Vec::new(),
         }
     }
 }
@@ -471,6 +472,7 @@ impl Model for MultiPaxos {
                         .all(|(_, value)| match value {
                             Value::Noop => true,
                             Value::Command { data, .. } => world.proposed.contains(data),
+                            Value::Membership(_) => false, // the model changes no membership
                         })
                 },
             ),

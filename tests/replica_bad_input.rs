@@ -73,13 +73,14 @@ fn body() -> impl Strategy<Value = Body> {
     let run = || (number(), 0..4usize, ballot(), any::<bool>(), value());
     prop_oneof![
         (ballot(), number()).prop_map(|(ballot, chosen)| Body::PreVote { ballot, chosen }),
-        (ballot(), any::<bool>(), ballot()).prop_map(|(ballot, granted, promised)| {
-            Body::PreVoteReply {
+        (ballot(), any::<bool>(), ballot(), number()).prop_map(
+            |(ballot, granted, promised, chosen)| Body::PreVoteReply {
                 ballot,
                 granted,
                 promised,
-            }
-        }),
+                chosen,
+            },
+        ),
         (ballot(), number(), proptest::option::of(ballot())).prop_map(
             |(ballot, first_slot, transfer)| {
                 Body::Prepare {
@@ -155,15 +156,18 @@ fn body() -> impl Strategy<Value = Body> {
                 data: Bytes::from_static(b"f"),
             }],
         }),
-        (ballot(), number(), 0..12u64, 0..24u64).prop_map(|(ballot, slot, offset, total)| {
-            Body::Snapshot {
-                ballot,
+        (number(), 0..12u64, 0..24u64, number()).prop_map(
+            |(slot, offset, total, membership_slot)| Body::Snapshot {
                 slot,
                 offset,
                 total,
                 data: Bytes::from_static(b"snapshot"),
+                membership: Box::new(synod::MembershipAt {
+                    slot: membership_slot,
+                    membership: synod::Membership::new([NodeId(1), NodeId(2), NodeId(3)], []),
+                }),
             }
-        }),
+        ),
         (number(), number()).prop_map(|(slot, received)| Body::SnapshotAck { slot, received }),
     ]
 }
@@ -251,6 +255,7 @@ fn every_slot_and_round_field_is_bounded() {
                     ballot: ballot_of(n),
                     granted: false,
                     promised: ballot_of(1),
+                    chosen: 0,
                 },
             ),
             (
@@ -259,6 +264,16 @@ fn every_slot_and_round_field_is_bounded() {
                     ballot: ballot_of(1),
                     granted: false,
                     promised: ballot_of(n),
+                    chosen: 0,
+                },
+            ),
+            (
+                "PreVoteReply chosen",
+                Body::PreVoteReply {
+                    ballot: ballot_of(1),
+                    granted: false,
+                    promised: ballot_of(1),
+                    chosen: n,
                 },
             ),
             (
@@ -462,11 +477,14 @@ fn every_slot_and_round_field_is_bounded() {
             (
                 "Snapshot slot",
                 Body::Snapshot {
-                    ballot: ballot_of(1),
                     slot: n,
                     offset: 0,
                     total: 1,
                     data: Bytes::from_static(b"s"),
+                    membership: Box::new(synod::MembershipAt {
+                        slot: 0,
+                        membership: synod::Membership::new([NodeId(1), NodeId(2), NodeId(3)], []),
+                    }),
                 },
             ),
             (

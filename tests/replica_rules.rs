@@ -122,6 +122,7 @@ fn win_pre_vote(candidate: &mut Replica, voters: &[u64], promised: Ballot) {
                     ballot,
                     granted: true,
                     promised,
+                    chosen: 0,
                 },
             })
             .unwrap();
@@ -1273,6 +1274,7 @@ fn a_candidate_behind_the_compaction_point_cannot_overwrite_chosen_slots() {
                 ballot,
                 granted: true,
                 promised,
+                chosen: 0,
             },
         })
         .unwrap();
@@ -1298,6 +1300,7 @@ fn a_replica_restarted_after_compacting_every_entry_starts_its_log_after_the_cho
     let recovered = Recovered {
         hard_state,
         entries: Vec::new(),
+        memberships: Vec::new(),
     };
     let mut config = common::config(2, 3);
     config.applied = 3;
@@ -1347,6 +1350,7 @@ fn a_restart_below_the_compaction_point_is_refused() {
             incarnation: 1,
         },
         entries,
+        memberships: Vec::new(),
     };
     let mut config = common::config(2, 3);
     config.applied = 2;
@@ -1407,6 +1411,7 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_b
             hard_state: Some(hard_state),
             runs: Vec::new(),
             must_sync: true,
+            memberships: None,
         })
         .unwrap();
     node.storage.compact(snapshot_slot);

@@ -25,11 +25,11 @@ fn snapshot_message(from: u64, to: u64, slot: u64, data: &[u8]) -> Message {
         from: NodeId(from),
         to: NodeId(to),
         body: Body::Snapshot {
-            ballot: Ballot::new(1, NodeId(from)),
             slot,
             offset: 0,
             total: data.len() as u64,
             data: Bytes::copy_from_slice(data),
+            membership: three_members(),
         },
     }
 }
@@ -235,6 +235,7 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
     let snapshot = |slot, size| Snapshot {
         slot,
         data: Bytes::from(vec![7u8; size]),
+        membership: None,
     };
     let replica = net.replica_mut(1);
     let max = replica.config().snapshot_bytes_max;
@@ -303,10 +304,26 @@ fn malformed_snapshots_are_refused_without_a_change() {
         replica.step(huge).unwrap_err(),
         StepError::Malformed { .. }
     ));
-    let error = replica.step(snapshot_message(7, 2, 5, b"x")).unwrap_err();
-    assert_eq!(error, StepError::UnknownNode(NodeId(7)));
+    // A membership from after the snapshot's slot, or an unusable one.
+    for membership in [
+        synod::MembershipAt {
+            slot: 6,
+            ..*three_members()
+        },
+        synod::MembershipAt {
+            slot: 0,
+            membership: synod::Membership::new([], [NodeId(1)]),
+        },
+    ] {
+        let mut message = snapshot_message(1, 2, 5, b"x");
+        if let Body::Snapshot { membership: m, .. } = &mut message.body {
+            **m = membership;
+        }
+        let error = replica.step(message).unwrap_err();
+        assert!(matches!(error, StepError::Malformed { .. }), "{error}");
+    }
     // Only the refused-message counter moved.
-    assert_eq!(replica.status().dropped_messages, 3);
+    assert_eq!(replica.status().dropped_messages, 4);
     assert_eq!(replica.status().chosen, before.status().chosen);
     assert!(!replica.has_ready());
     // A snapshot of exactly snapshot_bytes_max bytes is within the limit.
@@ -342,6 +359,7 @@ fn a_crash_after_saving_the_snapshot_but_before_the_chosen_mark_restarts_from_th
             entry(3, "stale"),
             entry(4, "d"),
         ],
+        memberships: Vec::new(),
     };
     let mut config = common::config(2, 3);
     config.applied = 3;
@@ -384,6 +402,7 @@ fn compacted_through_3(id: u64) -> Replica {
             incarnation: 1,
         },
         entries: Vec::new(),
+        memberships: Vec::new(),
     };
     let mut config = common::config(id, 3);
     config.applied = 3;
@@ -501,11 +520,11 @@ fn chunk_message(from: u64, slot: u64, offset: u64, total: u64, data: &[u8]) -> 
         from: NodeId(from),
         to: NodeId(2),
         body: Body::Snapshot {
-            ballot: Ballot::new(1, NodeId(from)),
             slot,
             offset,
             total,
             data: Bytes::copy_from_slice(data),
+            membership: three_members(),
         },
     }
 }
@@ -727,4 +746,12 @@ fn a_snapshot_larger_than_a_frame_arrives_whole_through_the_wire_codec() {
     let saved = storage.load_snapshot().unwrap().expect("installed");
     assert_eq!(saved.slot, 3);
     assert!(saved.data == snapshot.data, "the assembled bytes differ");
+}
+
+/// The membership of the three-member test clusters, as a snapshot message carries it.
+fn three_members() -> Box<synod::MembershipAt> {
+    Box::new(synod::MembershipAt {
+        slot: 0,
+        membership: synod::Membership::new(common::ids(3), []),
+    })
 }

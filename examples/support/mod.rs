@@ -122,23 +122,66 @@ pub struct NodeArgs {
     /// cluster must use the same value.
     #[arg(long, default_value_t = 0)]
     pub lease_ticks: u32,
+    /// The voters the cluster is first started with (comma-separated ids, all in --peers;
+    /// default: every id in --peers). --peers may list more nodes, to be added later.
+    #[arg(long)]
+    pub members: Option<String>,
+    /// Start as a node joining a running cluster: it waits to be added (SYNOD.SETMEMBERS at
+    /// the leader) and learns the membership from the cluster. Only the first start reads it.
+    #[arg(long)]
+    pub join: bool,
+}
+
+/// Parses a comma-separated list of node ids: `1,2,3`.
+pub fn parse_ids(text: &str) -> Result<Vec<NodeId>, String> {
+    text.split(',')
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.trim()
+                .parse()
+                .map(NodeId)
+                .map_err(|_| format!("bad node id `{item}`"))
+        })
+        .collect()
 }
 
 impl NodeArgs {
     /// This node's id, checked against --peers.
     pub fn node_id(&self) -> Result<NodeId, String> {
         let id = NodeId(self.id);
-        if self.peers.contains_key(&id) {
-            Ok(id)
-        } else {
-            Err(format!("--id {} is not in --peers", self.id))
+        if !self.peers.contains_key(&id) {
+            return Err(format!("--id {} is not in --peers", self.id));
+        }
+        if let Some(unknown) = self
+            .initial_members()?
+            .iter()
+            .find(|member| !self.peers.contains_key(member))
+        {
+            return Err(format!(
+                "--members names {unknown}, which is not in --peers"
+            ));
+        }
+        Ok(id)
+    }
+
+    /// The first voters: --members, or every node in --peers.
+    pub fn initial_members(&self) -> Result<Vec<NodeId>, String> {
+        match &self.members {
+            Some(text) => parse_ids(text).map_err(|error| format!("--members: {error}")),
+            None => Ok(self.peers.keys().copied().collect()),
         }
     }
 
     /// The replica's configuration: the members, the cluster id and the timeouts, with
     /// proposals forwarded by followers (any node serves any client).
     pub fn replica_config(&self, id: NodeId) -> Config {
-        let mut config = Config::new(id, self.peers.keys().copied().collect());
+        // Checked by `node_id`, which every server calls first.
+        let members = self.initial_members().unwrap_or_default();
+        let mut config = if self.join {
+            Config::joining(id)
+        } else {
+            Config::new(id, members)
+        };
         config.cluster_id = self.cluster_id;
         config.election_ticks = self.election_ticks;
         config.heartbeat_ticks = self.heartbeat_ticks;
@@ -354,4 +397,56 @@ pub async fn read_index(handle: &mut Handle, applied: &watch::Sender<Slot>) -> b
     )
     .await;
     matches!(reached, Ok(Ok(_)))
+}
+
+/// `SYNOD.SETMEMBERS <voters> [<learners>]` (comma-separated ids; learners may be empty):
+/// proposes a membership change at this node, which must lead. Replies with the slot of the
+/// change (an integer), or an error (not the leader, a change under way, an invalid
+/// membership). The change is done once `SYNOD.MEMBERS` shows it on the nodes.
+#[allow(dead_code)] // the bank runs several groups per process and changes no membership
+pub async fn set_members(handle: &mut Handle, args: &[Bytes], out: &mut Vec<u8>) {
+    let list = |index: usize| match args.get(index) {
+        Some(text) => std::str::from_utf8(text)
+            .map_err(|_| "ids must be text".to_string())
+            .and_then(parse_ids),
+        None => Ok(Vec::new()),
+    };
+    let (voters, learners) = match (list(1), list(2)) {
+        (Ok(voters), Ok(learners)) => (voters, learners),
+        (Err(error), _) | (_, Err(error)) => {
+            resp::error(out, &format!("ERR {error}"));
+            return;
+        }
+    };
+    match handle
+        .change_membership(synod::Membership::new(voters, learners))
+        .await
+    {
+        Some(Ok(slot)) => resp::integer_reply(out, slot as i64),
+        Some(Err(error)) => resp::error(out, &format!("ERR {error}")),
+        None => resp::error(out, "ERR the node is stopping"),
+    }
+}
+
+/// `SYNOD.MEMBERS`: the membership in force at this node, as
+/// `voters 1,2,3 learners 4` (`none` on a joining node that has not learned it yet).
+#[allow(dead_code)] // as `set_members`
+pub async fn members(handle: &mut Handle, out: &mut Vec<u8>) {
+    let text = match handle.status().await.and_then(|status| status.membership) {
+        Some(membership) => {
+            let ids = |list: &[NodeId]| {
+                list.iter()
+                    .map(|id| id.0.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            format!(
+                "voters {} learners {}",
+                ids(&membership.voters),
+                ids(&membership.learners)
+            )
+        }
+        None => "none".to_string(),
+    };
+    resp::bulk(out, Some(text.as_bytes()));
 }

@@ -8,7 +8,8 @@
 //! Each action is one byte, `op`:
 //! - `op % 8` in 0..=2: tick replica `op % 8`;
 //! - 3: at replica `(op / 8) % 3`, by `(op / 24) % 4`: propose a command (0, 1), ask a
-//!   read-index read (2) or hand the leadership to the next replica (3);
+//!   read-index read (2), or (3) hand the leadership to the next replica (`op < 96`) or
+//!   change the membership (voters: a non-empty subset of the three picked by `op / 8`);
 //! - 4: deliver every queued message (one round);
 //! - 5: forge a message that fits the recipient's current state (its promised ballot and
 //!   chosen mark), from the next 10 bytes: recipient, kind, and a number (`u64`) that places
@@ -28,7 +29,7 @@ use bad_input_cluster::Cluster;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use synod::transport::codec::decode_payload;
-use synod::{Ballot, Body, Entries, Entry, Message, NodeId, Value};
+use synod::{Ballot, Body, Entries, Entry, Membership, Message, NodeId, Value};
 
 /// A message for replica `to` (0-based) that its current state will not dismiss out of hand.
 fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
@@ -52,6 +53,7 @@ fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
             ballot: Ballot::new(promised.round + 1 + number % 2, target),
             granted: true,
             promised,
+            chosen: chosen.saturating_add(number % 3),
         },
         1 => Body::Promise {
             ballot: promised,
@@ -118,8 +120,18 @@ fuzz_target!(|data: &[u8]| {
                     2 => {
                         let _ = replica.read_index(proposals);
                     }
-                    _ => {
+                    _ if op / 96 == 0 => {
                         let _ = replica.transfer_leadership(NodeId((index as u64 + 1) % 3 + 1));
+                    }
+                    _ => {
+                        // Voters: a non-empty subset of the three; one of the others a learner.
+                        let mask = u64::from(op / 8) % 7 + 1;
+                        let voters = (1..=3).filter(|id| mask & (1 << (id - 1)) != 0);
+                        let learners = (1..=3).filter(|id| mask & (1 << (id - 1)) == 0).take(1);
+                        let _ = replica.change_membership(Membership::new(
+                            voters.map(NodeId),
+                            learners.map(NodeId),
+                        ));
                     }
                 }
                 cluster.drain(index);

@@ -24,14 +24,14 @@
 //! A storage failure stops the driver with [`DriverError::Storage`]: nothing that failed to
 //! persist is ever acknowledged.
 
-use crate::error::{ProposeError, ReadError, StorageError, TransferError};
+use crate::error::{MembershipError, ProposeError, ReadError, StorageError, TransferError};
 use crate::message::Message;
 use crate::replica::{Event, Replica, Status};
 use crate::storage::Snapshot;
 use crate::storage::{Storage, WriteBatch};
 use crate::transport::Transport;
-use crate::types::NodeId;
 use crate::types::{Entry, ProposalId, Slot, Value};
+use crate::types::{Membership, NodeId};
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
 use futures::stream::BoxStream;
@@ -164,6 +164,10 @@ enum Request {
         snapshot: Snapshot,
         reply: oneshot::Sender<Result<(), CompactError>>,
     },
+    ChangeMembership {
+        membership: Membership,
+        reply: oneshot::Sender<Result<Slot, MembershipError>>,
+    },
 }
 
 /// Submits proposals to a running [`Driver`] and queries it. Cheap to clone.
@@ -183,6 +187,9 @@ impl std::fmt::Debug for Request {
             Request::Transfer { to, .. } => write!(formatter, "Transfer({to})"),
             Request::Stats { .. } => write!(formatter, "Stats"),
             Request::Compact { snapshot, .. } => write!(formatter, "Compact({})", snapshot.slot),
+            Request::ChangeMembership { membership, .. } => {
+                write!(formatter, "ChangeMembership({membership})")
+            }
         }
     }
 }
@@ -234,6 +241,7 @@ impl Handle {
                 | Request::Stats { .. }
                 | Request::Compact { .. }
                 | Request::ReadIndex { .. }
+                | Request::ChangeMembership { .. }
                 | Request::Transfer { .. } => Bytes::new(),
             };
             return Err(ProposalError::Stopped { command });
@@ -275,6 +283,27 @@ impl Handle {
         let (reply, response) = oneshot::channel();
         self.requests
             .send(Request::Transfer { to, reply })
+            .await
+            .ok()?;
+        response.await.ok()
+    }
+
+    /// Proposes a membership change at this node, which must lead
+    /// ([`Replica::change_membership`](crate::Replica::change_membership)); returns the slot
+    /// of the configuration entry once proposed, not once chosen: it is chosen when it comes
+    /// out of [`Committed`] as an entry holding [`Value::Membership`]. The transport must
+    /// reach the nodes it adds. `None` if the driver has stopped.
+    ///
+    /// # Errors
+    /// The replica's [`MembershipError`]: not the leader, an invalid membership, a change
+    /// already under way, or the leader is busy.
+    pub async fn change_membership(
+        &mut self,
+        membership: Membership,
+    ) -> Option<Result<Slot, MembershipError>> {
+        let (reply, response) = oneshot::channel();
+        self.requests
+            .send(Request::ChangeMembership { membership, reply })
             .await
             .ok()?;
         response.await.ok()
@@ -596,6 +625,9 @@ where
             }
             Request::Transfer { to, reply } => {
                 let _ = reply.send(self.replica.transfer_leadership(to));
+            }
+            Request::ChangeMembership { membership, reply } => {
+                let _ = reply.send(self.replica.change_membership(membership));
             }
             Request::ReadIndex { reply } => {
                 self.read_counter += 1;

@@ -88,6 +88,7 @@ impl Replica {
         ballot: Ballot,
         chosen: Slot,
         entries: Entries,
+        membership_slot: Option<Slot>,
     ) {
         if ballot < self.hard.promised {
             let promised = self.hard.promised;
@@ -115,6 +116,9 @@ impl Replica {
                 // contiguous, `step` checked, and `log.last() >= log.first() - 1`), so none
                 // is chosen, compacted or a duplicate. The run is kept as it came, shared
                 // by the log and the write.
+                if let Some(slot) = membership_slot {
+                    self.membership_floor = self.membership_floor.min(slot);
+                }
                 self.log.append(entries, &mut self.unpersisted);
             } else {
                 for entry in entries.iter().cloned() {

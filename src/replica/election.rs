@@ -35,10 +35,15 @@ impl Replica {
         if self.role == Role::Candidate {
             self.retransmit_prepare();
         }
-        if self.role == Role::Follower {
+        if matches!(self.role, Role::Follower | Role::PreCandidate) {
             self.retry_fetch();
         }
         if self.election_elapsed >= self.election_timeout {
+            if !self.is_voter() {
+                self.reset_election_timer();
+                self.hint_voters();
+                return;
+            }
             self.start_pre_vote();
         }
     }
@@ -48,8 +53,8 @@ impl Replica {
     /// anyone's promise.
     pub(super) fn start_pre_vote(&mut self) {
         self.reset_election_timer();
-        if self.role == Role::Leader {
-            return;
+        if self.role == Role::Leader || !self.is_voter() {
+            return; // only voters campaign
         }
         self.candidacy = None;
         self.role = Role::PreCandidate;
@@ -65,7 +70,7 @@ impl Replica {
         self.pre_votes.insert(self.self_index);
         tracing::debug!(node = %self.config.id, %ballot, "pre-vote");
         for index in 0..self.members.len() {
-            if index != self.self_index {
+            if index != self.self_index && self.voters.contains(index) {
                 let chosen = self.hard.chosen;
                 self.send(self.members[index], Body::PreVote { ballot, chosen });
             }
@@ -77,13 +82,14 @@ impl Replica {
         let granted = !self.in_leader_lease(from)
             && ballot > self.hard.promised
             && chosen >= self.hard.chosen;
-        let promised = self.hard.promised;
+        let (promised, chosen) = (self.hard.promised, self.hard.chosen);
         self.send(
             from,
             Body::PreVoteReply {
                 ballot,
                 granted,
                 promised,
+                chosen,
             },
         );
     }
@@ -94,14 +100,23 @@ impl Replica {
         ballot: Ballot,
         granted: bool,
         promised: Ballot,
+        chosen: Slot,
     ) {
         self.round_seen = self.round_seen.max(promised.round);
+        if chosen > self.hard.chosen && self.role == Role::PreCandidate {
+            // Behind the voter that answered: fetch from it. A candidate that missed a
+            // membership change learns it that way (the voters that know it may be the only
+            // ones left, and they refuse a candidate behind them).
+            self.learn_chosen_from(from, chosen);
+        }
         if self.role != Role::PreCandidate || ballot != self.pre_vote_ballot || !granted {
             return;
         }
         let index = self.member_index(from).expect("validated sender");
-        self.pre_votes.insert(index);
-        self.check_pre_vote_quorum();
+        if self.voters.contains(index) {
+            self.pre_votes.insert(index);
+            self.check_pre_vote_quorum();
+        }
     }
 
     fn check_pre_vote_quorum(&mut self) {
@@ -125,7 +140,10 @@ impl Replica {
     /// Phase 1a (*Paxos Made Simple* §2.2): promise a fresh ballot to itself and send
     /// `Prepare(ballot, first unchosen slot)` to every acceptor. `transfer`: the leader
     /// handed its leadership over (see `Body::Prepare::transfer`).
-    fn start_election(&mut self, transfer: Option<Ballot>) {
+    pub(super) fn start_election(&mut self, transfer: Option<Ballot>) {
+        if !self.is_voter() {
+            return; // only voters campaign
+        }
         let round = self.round_seen.max(self.hard.promised.round) + 1;
         let ballot = Ballot::new(round, self.config.id);
         self.round_seen = round;
@@ -144,7 +162,7 @@ impl Replica {
         tracing::info!(node = %self.config.id, %ballot, first_slot, "election started");
         self.events.push(Event::ElectionStarted { ballot });
         for index in 0..self.members.len() {
-            if index != self.self_index {
+            if index != self.self_index && self.voters.contains(index) {
                 let body = Body::Prepare {
                     ballot,
                     first_slot,
@@ -167,7 +185,8 @@ impl Replica {
         let transfer = candidacy.transfer;
         let ballot = self.hard.promised;
         for index in 0..self.members.len() {
-            if index != self.self_index && !promised.contains(index) {
+            if index != self.self_index && self.voters.contains(index) && !promised.contains(index)
+            {
                 let body = Body::Prepare {
                     ballot,
                     first_slot,
@@ -188,7 +207,9 @@ impl Replica {
         _chosen: Slot,
     ) {
         let index = self.member_index(from).expect("validated sender");
-        self.add_promise(index, ballot, first_slot, accepted);
+        if self.voters.contains(index) {
+            self.add_promise(index, ballot, first_slot, accepted);
+        }
     }
 
     /// Counts this replica's own promise, now that it is durable.
@@ -252,13 +273,23 @@ impl Replica {
             .expect("only a candidate becomes leader");
         let ballot = self.hard.promised;
         let first_slot = self.hard.chosen + 1;
-        let last_slot = candidacy
+        // Phase 1 stops at the first membership change: the slots after it belong to the
+        // new membership, whose majorities this phase 1 did not ask (see `membership`).
+        let change = candidacy
             .reported
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(self.log.last());
+            .values()
+            .find(|entry| matches!(entry.value, Value::Membership(_)))
+            .map(|entry| entry.slot);
+        let last_slot = match change {
+            Some(slot) => slot,
+            None => candidacy
+                .reported
+                .keys()
+                .next_back()
+                .copied()
+                .unwrap_or(0)
+                .max(self.log.last()),
+        };
         let mut uncommitted_bytes = 0;
         let mut votes = VecDeque::with_capacity((last_slot + 1 - first_slot) as usize);
         for slot in first_slot..=last_slot {
@@ -296,6 +327,7 @@ impl Replica {
             round_ticks: VecDeque::new(),
             lease_ended: false,
             forwarded_seen: vec![(0, 0); self.members.len()],
+            membership_pending: change,
         });
         self.role = Role::Leader;
         self.set_leader(Some(self.config.id), ballot);

@@ -4,7 +4,6 @@
 use super::progress::Inflight;
 use super::{Event, Replica, Role, SelfVote, SlotVotes, StepDownReason};
 use crate::message::{Body, Command, Message};
-use crate::quorum::majority;
 use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 
@@ -14,23 +13,32 @@ impl Replica {
     pub(super) fn has_room_for(&self, size_bytes: usize) -> bool {
         let leadership = self.leadership.as_ref().expect("leader state");
         leadership.transfer.is_none()
+            && leadership.membership_pending.is_none()
             && leadership.votes.len() < self.config.uncommitted_entries_max
             && leadership.uncommitted_bytes + size_bytes <= self.config.uncommitted_bytes_max
     }
 
     /// Gives the command the next slot, in this leader's ballot.
+    #[inline]
     pub(super) fn append_command(&mut self, id: ProposalId, data: Bytes) {
+        self.append_value(Value::Command { id, data });
+    }
+
+    /// Gives `value` the next slot, in this leader's ballot.
+    #[inline]
+    pub(super) fn append_value(&mut self, value: Value) {
         let ballot = self.hard.promised;
         let leadership = self.leadership.as_mut().expect("leader state");
         let slot = leadership.next_slot;
+        let bytes = value.size_bytes();
         leadership.next_slot += 1;
-        leadership.uncommitted_bytes += data.len();
-        leadership.votes.push_back(SlotVotes::new(data.len()));
+        leadership.uncommitted_bytes += bytes;
+        leadership.votes.push_back(SlotVotes::new(bytes));
         debug_assert_eq!(self.hard.chosen + leadership.votes.len() as Slot, slot);
         self.store(Entry {
             slot,
             ballot,
-            value: Value::Command { id, data },
+            value,
         });
         // Coalesce this replica's own acceptance with the previous one of the same batch.
         match self.pending_self_votes.last_mut() {
@@ -215,10 +223,11 @@ impl Replica {
         first_slot: Slot,
         last_slot: Slot,
     ) {
-        if self.role != Role::Leader || ballot != self.hard.promised {
-            return;
+        if self.role != Role::Leader || ballot != self.hard.promised || !self.voters.contains(index)
+        {
+            return; // a learner's acceptance counts for nothing
         }
-        let members = self.members.len();
+        let quorum = self.quorum();
         let leadership = self.leadership.as_mut().expect("leader state");
         let base = self.hard.chosen + 1;
         let first = first_slot.max(base);
@@ -230,7 +239,6 @@ impl Replica {
         for votes in leadership.votes.range_mut(range) {
             votes.acceptors.insert(index);
         }
-        let quorum = majority(members);
         let mut chosen = self.hard.chosen;
         while let Some(votes) = leadership.votes.front() {
             if votes.acceptors.len() < quorum {
@@ -314,11 +322,18 @@ impl Replica {
 
     /// Reports the reads whose round a quorum (this leader included) has echoed.
     fn confirm_reads(&mut self) {
+        let (quorum, voters) = (self.quorum(), self.voters);
         let leadership = self.leadership.as_mut().expect("leader state");
         let mut echoed: Vec<u64> = leadership.read_acks.clone();
         echoed[self.self_index] = leadership.read_round;
+        // Only voters confirm: a learner's echo says nothing about who can be elected.
+        let mut index = 0;
+        echoed.retain(|_| {
+            index += 1;
+            voters.contains(index - 1)
+        });
         echoed.sort_unstable_by(|a, b| b.cmp(a));
-        let confirmed = echoed[majority(self.members.len()) - 1];
+        let confirmed = echoed[quorum - 1];
         // The lease runs from when the confirmed round was sent: every member that echoed it
         // heard this leader after that, and refuses other candidates for `election_ticks`
         // from then.
@@ -446,7 +461,8 @@ impl Replica {
             .iter()
             .enumerate()
             .filter(|(index, progress)| {
-                *index == self.self_index || self.now - progress.heard_tick < window
+                self.voters.contains(*index)
+                    && (*index == self.self_index || self.now - progress.heard_tick < window)
             })
             .count();
         heard >= self.quorum()

@@ -3,7 +3,7 @@
 use super::{Event, Replica, Role};
 use crate::message::Body;
 use crate::storage::Snapshot;
-use crate::types::{Ballot, Entry, NodeId, Slot};
+use crate::types::{Ballot, Entry, MembershipAt, NodeId, Slot};
 use bytes::Bytes;
 
 impl Replica {
@@ -23,13 +23,60 @@ impl Replica {
         }
     }
 
+    /// Asks the leader for the chosen entries this replica lacks; with no leader heard from
+    /// within an election timeout, the peer that last said it knows more (`fetch_from`).
     fn send_fetch(&mut self) {
-        let Some(leader) = self.leader.filter(|leader| *leader != self.config.id) else {
+        let leader = self.leader.filter(|leader| *leader != self.config.id);
+        let live = self.now - self.leader_heard_tick < u64::from(self.config.election_ticks);
+        let source = match (leader, self.fetch_from) {
+            (Some(leader), _) if live => Some(leader),
+            (_, Some(peer)) => Some(peer),
+            (leader, None) => leader,
+        };
+        let Some(source) = source else {
             return;
         };
         self.fetch_sent_tick = Some(self.now);
         let (ballot, first_slot) = (self.leader_ballot, self.hard.chosen + 1);
-        self.send(leader, Body::Fetch { ballot, first_slot });
+        self.send(source, Body::Fetch { ballot, first_slot });
+    }
+
+    /// Peer `from` knows every slot up to `chosen` chosen, beyond this replica's mark: fetch
+    /// from it (unless a leader is known, which is asked instead).
+    pub(super) fn learn_chosen_from(&mut self, from: NodeId, chosen: Slot) {
+        self.leader_chosen = self.leader_chosen.max(chosen);
+        self.fetch_from = Some(from);
+        if self.fetch_sent_tick.is_none() {
+            self.send_fetch();
+        }
+    }
+
+    /// A replica that does not vote and hears no leader tells the voters how far it knows
+    /// the log chosen (an unsolicited `FetchReply` without entries), once per election
+    /// timeout: a voter that missed a membership change (it may not even know it votes) then
+    /// fetches from it. A removed leader may be the only node that knows its removal was
+    /// chosen.
+    pub(super) fn hint_voters(&mut self) {
+        let Some(membership) = self.membership() else {
+            return; // a joining node knows nobody to tell
+        };
+        let voters: Vec<NodeId> = membership
+            .voters
+            .iter()
+            .copied()
+            .filter(|voter| *voter != self.config.id)
+            .collect();
+        let (ballot, chosen) = (self.hard.promised, self.hard.chosen);
+        for voter in voters {
+            self.send(
+                voter,
+                Body::FetchReply {
+                    ballot,
+                    entries: Vec::new(),
+                    chosen,
+                },
+            );
+        }
     }
 
     /// Retransmits a Fetch that got no answer.
@@ -92,7 +139,13 @@ impl Replica {
     /// follower behind it installs it (the next ready hands it to the application, which
     /// restores its state machine and saves it before writing that ready's batch) and fetches
     /// what follows.
-    pub(super) fn install_snapshot(&mut self, from: NodeId, slot: Slot, data: Bytes) {
+    pub(super) fn install_snapshot(
+        &mut self,
+        from: NodeId,
+        slot: Slot,
+        data: Bytes,
+        membership: MembershipAt,
+    ) {
         if self.role != Role::Follower || slot <= self.hard.chosen {
             // A leader's vote window starts at its chosen mark and a candidate's phase 1 at
             // its own: neither moves here. A follower already past `slot` needs nothing.
@@ -123,23 +176,43 @@ impl Replica {
                 _ => true,
             });
         self.log.compact(slot);
+        // The chosen mark jumps over slots this replica never held: the snapshot's membership
+        // is the one in force after it (adopted before the mark moves, so that no change
+        // among the entries still held below it is adopted over it).
+        let snapshot_membership = MembershipAt {
+            slot,
+            membership: membership.membership,
+        };
+        self.adopt_membership(snapshot_membership.clone());
         self.set_chosen(slot);
         self.applied = slot;
         self.leader_chosen = self.leader_chosen.max(slot);
         self.fetch_sent_tick = None;
-        self.installed_snapshot = Some(Snapshot { slot, data });
+        self.installed_snapshot = Some(Snapshot {
+            slot,
+            data,
+            membership: Some(snapshot_membership),
+        });
         if self.hard.chosen < self.leader_chosen {
             self.send_fetch();
         }
     }
 
     /// Stores fetched chosen values that extend the chosen prefix.
-    pub(super) fn on_fetch_reply(&mut self, _from: NodeId, entries: Vec<Entry>, chosen: Slot) {
-        if self.role != Role::Follower {
-            return; // a leader's vote window is aligned with its chosen mark; never move it here
+    pub(super) fn on_fetch_reply(&mut self, from: NodeId, entries: Vec<Entry>, chosen: Slot) {
+        if !matches!(self.role, Role::Follower | Role::PreCandidate) {
+            // A leader's vote window is aligned with its chosen mark, and a candidate's
+            // phase 1 starts at its own: never move them here.
+            return;
+        }
+        if entries.is_empty() && chosen <= self.hard.chosen {
+            return; // a hint (see `hint_voters`) that tells nothing new
         }
         self.fetch_sent_tick = None;
         self.leader_chosen = self.leader_chosen.max(chosen);
+        if chosen > self.hard.chosen {
+            self.fetch_from = Some(from);
+        }
         for entry in entries {
             if entry.slot <= self.hard.chosen || entry.slot > chosen {
                 continue;

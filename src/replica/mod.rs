@@ -7,6 +7,7 @@
 //! - [`propose`](Replica::propose): a command to replicate;
 //! - [`read_index`](Replica::read_index): a linearizable read, without a log entry;
 //! - [`transfer_leadership`](Replica::transfer_leadership): hand the leadership over;
+//! - [`change_membership`](Replica::change_membership): add, remove or replace members;
 //!
 //! and drains, whenever [`has_ready`](Replica::has_ready) says so, a numbered [`Ready`] batch:
 //! messages to send now, a [`WriteBatch`](crate::storage::WriteBatch) to persist, messages to
@@ -55,6 +56,12 @@
 //!   `campaign` waits for the leader to go quiet, a transfer ends the leadership's leases,
 //!   and a handover's Prepare sets stickiness aside only at acceptors that still follow
 //!   the leadership that handed over.
+//! - **Membership change** ([`change_membership`](Replica::change_membership)). A change is a
+//!   log entry; once chosen, its membership (voters and learners) governs every later slot.
+//!   The leader proposes nothing after a change until it is chosen, and phase 1 stops at a
+//!   change (the slots after it belong to the new membership's majorities), so each slot has
+//!   one membership and no joint quorums are needed. See the `membership` module's source
+//!   documentation for the argument.
 //! - **Leadership transfer.** The leader stops taking proposals, waits until the target has
 //!   acknowledged every unchosen slot and sends it `TimeoutNow`; the target runs phase 1 at
 //!   once, without pre-votes, with Prepares flagged as a handover, which acceptors answer
@@ -65,6 +72,7 @@ mod acceptor;
 mod election;
 mod leader;
 mod learner;
+mod membership;
 mod progress;
 mod reads;
 mod ready;
@@ -85,7 +93,7 @@ use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
 use crate::storage::{Recovered, Snapshot};
-use crate::types::{Ballot, Entries, Entry, HardState, NodeId, ProposalId, Slot};
+use crate::types::{Ballot, Entries, Entry, HardState, MembershipAt, NodeId, ProposalId, Slot};
 use bytes::Bytes;
 use progress::Progress;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -170,6 +178,9 @@ struct Leadership {
     transfer: Option<Transfer>,
     /// With leases: reads are answered at once before this tick.
     lease_until: u64,
+    /// The slot of a membership change proposed or recovered and not chosen yet: no slot
+    /// after it is given out until it is chosen.
+    membership_pending: Option<Slot>,
     /// With leases: the tick each read round still unconfirmed was sent at, oldest first
     /// (bounded: rounds beyond the bound cannot renew the lease).
     round_ticks: VecDeque<(u64, u64)>,
@@ -222,10 +233,25 @@ struct RemoteRead {
 #[derive(Clone, Debug)]
 pub struct Replica {
     config: Config,
-    /// Sorted member ids; a member's index is its bit in vote sets.
+    /// The memberships still needed, oldest first: the last one is in force (it governs the
+    /// slots after the chosen mark), the earlier ones the slots still in the log (to send a
+    /// snapshot with the membership of its slot). Empty only on a node joining with
+    /// `Config::join` that has not learned a membership.
+    memberships: Vec<MembershipAt>,
+    /// `memberships` changed: the next write batch stores it.
+    memberships_dirty: bool,
+    /// No slot above the chosen mark below this one holds a membership entry (`Slot::MAX`:
+    /// none does), so that moving the chosen mark reads no entry in the common case.
+    membership_floor: Slot,
+    /// Sorted member ids (voters and learners of the membership in force, and this replica
+    /// even if it is neither); a member's index is its bit in vote sets.
     members: Vec<NodeId>,
     /// This replica's index in `members`.
     self_index: usize,
+    /// The indices in `members` of the voters; only their votes count.
+    voters: VoteSet,
+    /// The number of voters.
+    voter_count: usize,
     rng: ChaCha8Rng,
 
     /// The hard state as it will be once every pending write is durable.
@@ -263,6 +289,9 @@ pub struct Replica {
     leadership: Option<Leadership>,
     /// Tick a Fetch was last sent (`None`: no fetch outstanding).
     fetch_sent_tick: Option<u64>,
+    /// The peer that last said it knows more slots chosen than this replica: fetched from
+    /// when no leader is known.
+    fetch_from: Option<NodeId>,
     /// Per member (indexed like `members`), the tick this replica last reported it with
     /// `Event::SnapshotNeeded`, to report a lagging member once per election timeout rather
     /// than at every Fetch it retries.
@@ -308,6 +337,23 @@ pub struct Replica {
     spare: Option<Box<Batch>>,
 }
 
+/// False for a membership entry that fails [`Membership::validate`](crate::Membership::validate)
+/// (a peer's bug: no replica proposes one).
+#[inline]
+fn value_is_valid(value: &crate::types::Value) -> bool {
+    match value {
+        crate::types::Value::Membership(membership) => membership_is_valid(membership),
+        _ => true,
+    }
+}
+
+/// Out of line: membership entries are rare, and the loops that check values are hot.
+#[cold]
+#[inline(never)]
+fn membership_is_valid(membership: &crate::types::Membership) -> bool {
+    membership.validate().is_ok()
+}
+
 /// A recycled buffer keeps at most this many elements' room: one huge batch must not pin its
 /// memory for the replica's lifetime.
 const SPARE_CAPACITY_MAX: usize = 4096;
@@ -317,6 +363,14 @@ const SPARE_CAPACITY_MAX: usize = 4096;
 /// opaque type.
 type Identity<'a> = (
     (&'a Config, &'a Vec<NodeId>, usize, [u8; 32], u128),
+    (
+        &'a Vec<MembershipAt>,
+        bool,
+        Slot,
+        VoteSet,
+        usize,
+        Option<NodeId>,
+    ),
     (&'a HardState, bool, bool, &'a Log, Slot),
     (Role, Option<NodeId>, Ballot, u64, Slot),
     (u64, u64, u32, u32, VoteSet, Ballot),
@@ -360,6 +414,14 @@ impl Replica {
                 self.self_index,
                 self.rng.get_seed(),
                 self.rng.get_word_pos(),
+            ),
+            (
+                &self.memberships,
+                self.memberships_dirty,
+                self.membership_floor,
+                self.voters,
+                self.voter_count,
+                self.fetch_from,
             ),
             (
                 &self.hard,
@@ -454,12 +516,28 @@ impl Replica {
     /// entries out of order).
     pub fn new(config: Config, recovered: Recovered) -> Result<Replica, ConfigError> {
         config.validate()?;
-        let mut members = config.members.clone();
-        members.sort_unstable();
-        let self_index = members
-            .binary_search(&config.id)
-            .expect("validated: id is a member");
         let mut hard = recovered.hard_state;
+        let mut memberships = recovered.memberships;
+        for at in &memberships {
+            at.membership
+                .validate()
+                .map_err(|_| ConfigError::new("recovered", "a stored membership is invalid"))?;
+        }
+        if memberships
+            .windows(2)
+            .any(|pair| pair[0].slot >= pair[1].slot)
+        {
+            return Err(ConfigError::new(
+                "recovered",
+                "stored memberships must be in increasing slot order",
+            ));
+        }
+        if memberships.is_empty() && !config.join {
+            memberships.push(MembershipAt {
+                slot: 0,
+                membership: config.initial_membership(),
+            });
+        }
         let mut recovered_entries = recovered.entries;
         if config.applied > hard.chosen {
             // The application restored a snapshot installed from a peer whose chosen mark did
@@ -500,14 +578,30 @@ impl Replica {
                  slot",
             ));
         }
+        // Changes chosen after the last membership stored, in entries that reached the disk
+        // with their chosen mark but not with a membership (written by another build).
+        let memberships_dirty = Replica::recover_memberships(
+            &mut memberships,
+            &log.range(log.first(), hard.chosen)
+                .cloned()
+                .collect::<Vec<_>>(),
+            hard.chosen,
+        );
+        let (members, self_index, voters, voter_count) =
+            membership::member_list(config.id, memberships.last().map(|at| &at.membership));
         hard.incarnation += 1;
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ hard.incarnation.rotate_left(32));
         let applied = config.applied;
         let round_seen = hard.promised.round;
         let member_count = members.len();
         let mut replica = Replica {
+            memberships,
+            memberships_dirty,
+            membership_floor: Slot::MAX,
             members,
             self_index,
+            voters,
+            voter_count,
             rng,
             hard,
             hard_dirty: true,
@@ -528,6 +622,7 @@ impl Replica {
             candidacy: None,
             leadership: None,
             fetch_sent_tick: None,
+            fetch_from: None,
             snapshot_wanted_tick: vec![None; member_count],
             snapshots_out: vec![None; member_count],
             snapshot_in: None,
@@ -555,6 +650,8 @@ impl Replica {
             spare: None,
             config,
         };
+        replica.prune_memberships();
+        replica.membership_floor = replica.unchosen_membership_floor();
         replica.reset_election_timer();
         Ok(replica)
     }
@@ -619,9 +716,12 @@ impl Replica {
     /// A [`StepError`] if the message is not from a member, not for this replica, or breaks a
     /// protocol invariant. The replica's state is unchanged then.
     pub fn step(&mut self, message: Message) -> Result<(), StepError> {
-        if let Err(error) = self.validate(&message) {
-            return Err(self.refuse(error));
-        }
+        // The slot of the first membership entry an Accept carries, if any (found while
+        // validating, so that accepting needs no second pass over the entries).
+        let membership_slot = match self.validate(&message) {
+            Ok(slot) => slot,
+            Err(error) => return Err(self.refuse(error)),
+        };
         let Message { from, body, .. } = message;
         // Pre-vote ballots are hypothetical: only real ones raise the round to beat.
         if let (Some(ballot), false) = (
@@ -636,7 +736,8 @@ impl Replica {
                 ballot,
                 granted,
                 promised,
-            } => self.on_pre_vote_reply(from, ballot, granted, promised),
+                chosen,
+            } => self.on_pre_vote_reply(from, ballot, granted, promised, chosen),
             Body::Prepare {
                 ballot,
                 first_slot,
@@ -653,7 +754,7 @@ impl Replica {
                 ballot,
                 chosen,
                 entries,
-            } => self.on_accept(from, ballot, chosen, entries),
+            } => self.on_accept(from, ballot, chosen, entries, membership_slot),
             Body::Accepted {
                 ballot,
                 first_slot,
@@ -681,8 +782,9 @@ impl Replica {
                 offset,
                 total,
                 data,
+                membership,
                 ..
-            } => self.on_snapshot_chunk(from, slot, offset, total, data),
+            } => self.on_snapshot_chunk(from, slot, offset, total, data, *membership),
             Body::SnapshotAck { slot, received } => self.on_snapshot_ack(from, slot, received),
             Body::ReadIndex { incarnation, round } => self.on_read_index(from, incarnation, round),
             Body::ReadIndexReply {
@@ -704,7 +806,9 @@ impl Replica {
     }
 
     /// Checks that `message` is addressed here, from a member, and internally consistent.
-    fn validate(&self, message: &Message) -> Result<(), StepError> {
+    /// For an Accept, returns the slot of its first membership entry (`None`: none).
+    fn validate(&self, message: &Message) -> Result<Option<Slot>, StepError> {
+        let mut membership_slot = None;
         let from = message.from;
         if message.to != self.config.id {
             return Err(StepError::WrongRecipient {
@@ -712,7 +816,10 @@ impl Replica {
                 this: self.config.id,
             });
         }
-        if self.member_index(from).is_none() {
+        if self.member_index(from).is_none() && !message.body.is_from_leader_or_candidate() {
+            // A leader or candidate may belong to a membership this replica has not learned
+            // yet (see `membership`): following it is how this replica catches up. Replies
+            // come only from members asked.
             return Err(StepError::UnknownNode(from));
         }
         let kind = message.body.kind();
@@ -752,6 +859,12 @@ impl Replica {
                     if entry.ballot != *ballot {
                         return Err(malformed("entry ballot differs from the Accept's"));
                     }
+                    if let crate::types::Value::Membership(membership) = &entry.value {
+                        if !membership_is_valid(membership) {
+                            return Err(malformed("an invalid membership"));
+                        }
+                        membership_slot = membership_slot.or(Some(entry.slot));
+                    }
                 }
             }
             Body::Accepted {
@@ -767,6 +880,9 @@ impl Replica {
                     if first == 0 || Some(entry.slot) != first.checked_add(offset as Slot) {
                         return Err(malformed("entries are not contiguous"));
                     }
+                    if !value_is_valid(&entry.value) {
+                        return Err(malformed("an invalid membership"));
+                    }
                 }
             }
             Body::Snapshot {
@@ -774,10 +890,16 @@ impl Replica {
                 offset,
                 total,
                 data,
+                membership,
                 ..
             } => {
                 if *slot == 0 {
                     return Err(malformed("a snapshot at slot 0 covers nothing"));
+                }
+                if membership.slot > *slot || membership.membership.validate().is_err() {
+                    return Err(malformed(
+                        "an invalid membership, or one from after the snapshot",
+                    ));
                 }
                 if *total > self.config.snapshot_bytes_max as u64 {
                     return Err(malformed("snapshot larger than snapshot_bytes_max"));
@@ -801,6 +923,9 @@ impl Replica {
                 for entry in accepted {
                     if entry.slot <= previous {
                         return Err(malformed("entries out of order or below first_slot"));
+                    }
+                    if !value_is_valid(&entry.value) {
+                        return Err(malformed("an invalid membership"));
                     }
                     previous = entry.slot;
                 }
@@ -834,7 +959,7 @@ impl Replica {
                 ));
             }
         }
-        Ok(())
+        Ok(membership_slot)
     }
 
     /// Proposes `command` for replication and returns the id it will carry when committed.
@@ -932,9 +1057,12 @@ impl Replica {
     ///
     /// # Errors
     /// - [`TransferError::NotLeader`]: only the leader can hand its leadership over.
-    /// - [`TransferError::UnknownNode`]: `to` is not a member.
+    /// - [`TransferError::UnknownNode`]: `to` is not a voting member (a learner cannot lead).
     pub fn transfer_leadership(&mut self, to: NodeId) -> Result<(), TransferError> {
-        let Some(index) = self.member_index(to) else {
+        let Some(index) = self
+            .member_index(to)
+            .filter(|index| self.voters.contains(*index))
+        else {
             return Err(TransferError::UnknownNode(to));
         };
         let Some(leadership) = self.leadership.as_mut() else {
@@ -978,7 +1106,8 @@ impl Replica {
             | !self.pending_self_votes.is_empty()
             | !self.forward_queue.is_empty()
             | (self.applied < self.hard.chosen)
-            | self.installed_snapshot.is_some();
+            | self.installed_snapshot.is_some()
+            | self.memberships_dirty;
         gathered
             || self.remote_reads_unsent()
             || self
@@ -1013,6 +1142,10 @@ impl Replica {
         batch.number = number;
         batch.write.must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         batch.write.hard_state = self.hard_dirty.then_some(self.hard);
+        if self.memberships_dirty {
+            self.memberships_dirty = false;
+            batch.write.memberships = Some(self.memberships.clone());
+        }
         std::mem::swap(&mut batch.write.runs, &mut self.unpersisted);
         self.hard_dirty = false;
         self.hard_needs_sync = false;
@@ -1121,6 +1254,7 @@ impl Replica {
             "cannot compact entries not yet applied"
         );
         self.log.compact(through);
+        self.prune_memberships();
     }
 
     /// Sends `snapshot` to `to`: the answer to an [`Event::SnapshotNeeded`] naming `to`, a
@@ -1170,8 +1304,13 @@ impl Replica {
                 max: self.config.snapshot_bytes_max,
             });
         }
+        let Some(membership) = self.membership_at(snapshot.slot).cloned() else {
+            return Err(SendSnapshotError::UnknownMembership {
+                slot: snapshot.slot,
+            });
+        };
         let index = self.member_index(to).expect("checked above");
-        self.snapshots_out[index] = Some(OutgoingSnapshot::new(snapshot, self.now));
+        self.snapshots_out[index] = Some(OutgoingSnapshot::new(snapshot, membership, self.now));
         self.send_snapshot_chunks(index);
         Ok(())
     }
@@ -1213,6 +1352,11 @@ impl Replica {
             dropped_messages: self.dropped_messages,
             lease_reads: self.lease_reads,
             followers,
+            membership: self.membership().cloned(),
+            membership_pending: self
+                .leadership
+                .as_ref()
+                .and_then(|leadership| leadership.membership_pending),
         }
     }
 
@@ -1229,8 +1373,9 @@ impl Replica {
         }
     }
 
+    /// A majority of the voters (1 when there are none: nothing is counted then).
     fn quorum(&self) -> usize {
-        crate::quorum::majority(self.members.len())
+        self.voter_count / 2 + 1
     }
 
     fn send(&mut self, to: NodeId, body: Body) {
@@ -1266,14 +1411,22 @@ impl Replica {
     /// until sealed).
     #[inline]
     fn store(&mut self, entry: Entry) {
+        if let crate::types::Value::Membership(_) = entry.value {
+            self.membership_floor = self.membership_floor.min(entry.slot);
+        }
         self.log.set(entry, &mut self.unpersisted);
     }
 
+    #[inline]
     fn set_chosen(&mut self, chosen: Slot) {
         debug_assert!(chosen >= self.hard.chosen);
         if chosen > self.hard.chosen {
+            let from = self.hard.chosen;
             self.hard.chosen = chosen;
             self.hard_dirty = true;
+            if self.membership_floor <= chosen {
+                self.adopt_chosen_membership(from);
+            }
         }
     }
 
@@ -1327,9 +1480,12 @@ fn highest_slot_or_round(body: &Body) -> u64 {
     match body {
         Body::PreVote { ballot, chosen } => ballot.round.max(*chosen),
         Body::PreVoteReply {
-            ballot, promised, ..
-        }
-        | Body::Reject { ballot, promised } => ballot.round.max(promised.round),
+            ballot,
+            promised,
+            chosen,
+            ..
+        } => ballot.round.max(promised.round).max(*chosen),
+        Body::Reject { ballot, promised } => ballot.round.max(promised.round),
         Body::Prepare {
             ballot,
             first_slot,
@@ -1375,7 +1531,7 @@ fn highest_slot_or_round(body: &Body) -> u64 {
         Body::ReadIndexReply {
             incarnation, slot, ..
         } => slot.unwrap_or(0).max(*incarnation),
-        Body::Snapshot { ballot, slot, .. } => ballot.round.max(*slot),
+        Body::Snapshot { slot, .. } => *slot,
         Body::SnapshotAck { slot, .. } => *slot,
     }
 }

@@ -39,6 +39,17 @@ pub enum Event {
         /// The lagging follower.
         follower: NodeId,
     },
+    /// The membership changed: the configuration entry at `slot` is chosen (or a snapshot
+    /// covering it was installed), and `membership` governs every later slot. Connect to the
+    /// nodes it adds (the transport must reach them); a node it leaves out (check with
+    /// [`Membership::contains`](crate::Membership::contains) and this replica's id) is out of
+    /// the cluster and can be shut down once it has applied what it wants to.
+    MembershipChanged {
+        /// The slot of the configuration entry (or of the installed snapshot).
+        slot: Slot,
+        /// The new membership.
+        membership: crate::types::Membership,
+    },
     /// A leadership transfer to `to`
     /// ([`Replica::transfer_leadership`](super::Replica::transfer_leadership)) did not
     /// complete within `election_ticks`: this replica leads on and takes proposals again.
@@ -73,6 +84,10 @@ pub enum StepDownReason {
     /// ([`Replica::transfer_leadership`](super::Replica::transfer_leadership)): the target
     /// started phase 1 with a higher ballot.
     Transferred,
+    /// A membership change was chosen. A leader that is still a voter campaigns again at
+    /// once, in the new membership (the slots after the change need its quorums); one that
+    /// is not hands over to a voter of the new membership.
+    MembershipChanged,
 }
 
 /// One numbered batch of work, produced by [`Replica::ready`](super::Replica::ready).
@@ -137,6 +152,7 @@ impl Batch {
         clear(&mut self.persisted_messages, capacity_max);
         clear(&mut self.events, capacity_max);
         self.write.hard_state = None;
+        self.write.memberships = None;
         self.snapshot = None;
     }
 }
@@ -285,6 +301,7 @@ pub(super) mod tests {
         let snapshot = Snapshot {
             slot: 7,
             data: Bytes::from_static(b"state"),
+            membership: None,
         };
         let mut ready = ready_with(Batch {
             number: 3,

@@ -7,7 +7,7 @@
 use super::{Replica, Role};
 use crate::message::{Body, Message};
 use crate::storage::Snapshot;
-use crate::types::{NodeId, Slot};
+use crate::types::{MembershipAt, NodeId, Slot};
 use bytes::{Bytes, BytesMut};
 
 /// Chunks of a snapshot sent to one receiver and not yet acknowledged, at most.
@@ -18,6 +18,8 @@ pub const SNAPSHOT_CHUNKS_INFLIGHT: u64 = 4;
 pub(super) struct OutgoingSnapshot {
     slot: Slot,
     data: Bytes,
+    /// The membership in force after `slot`, sent with every chunk.
+    membership: MembershipAt,
     /// Bytes the receiver acknowledged holding.
     acked: u64,
     /// The next byte to send.
@@ -29,10 +31,11 @@ pub(super) struct OutgoingSnapshot {
 }
 
 impl OutgoingSnapshot {
-    pub(super) fn new(snapshot: &Snapshot, now: u64) -> OutgoingSnapshot {
+    pub(super) fn new(snapshot: &Snapshot, membership: MembershipAt, now: u64) -> OutgoingSnapshot {
         OutgoingSnapshot {
             slot: snapshot.slot,
             data: snapshot.data.clone(),
+            membership,
             acked: 0,
             next: 0,
             progress_tick: now,
@@ -52,13 +55,13 @@ pub(super) struct IncomingSnapshot {
     slot: Slot,
     total: u64,
     data: BytesMut,
+    membership: MembershipAt,
 }
 
 impl Replica {
     /// Sends member `index` the chunks of its snapshot that fit in the window.
     pub(super) fn send_snapshot_chunks(&mut self, index: usize) {
         let to = self.members[index];
-        let ballot = self.hard.promised;
         let chunk = self.config.snapshot_chunk_bytes as u64;
         let Some(out) = self.snapshots_out[index].as_mut() else {
             return;
@@ -72,11 +75,11 @@ impl Replica {
             let end = out.next.saturating_add(chunk).min(total);
             let data = out.data.slice(out.next as usize..end as usize);
             let body = Body::Snapshot {
-                ballot,
                 slot: out.slot,
                 offset: out.next,
                 total,
                 data,
+                membership: Box::new(out.membership.clone()),
             };
             out.next = end.max(1);
             self.messages.push(Message {
@@ -137,6 +140,7 @@ impl Replica {
         offset: u64,
         total: u64,
         data: Bytes,
+        membership: MembershipAt,
     ) {
         if self.role != Role::Follower || slot <= self.hard.chosen {
             // Not wanted here (see `install_snapshot`): the sender can stop.
@@ -150,7 +154,10 @@ impl Replica {
             return;
         }
         let same = self.snapshot_in.as_ref().is_some_and(|incoming| {
-            incoming.from == from && incoming.slot == slot && incoming.total == total
+            incoming.from == from
+                && incoming.slot == slot
+                && incoming.total == total
+                && incoming.membership == membership
         });
         if !same {
             if offset != 0 {
@@ -166,6 +173,7 @@ impl Replica {
                 slot,
                 total,
                 data: BytesMut::new(),
+                membership,
             });
         }
         let incoming = self.snapshot_in.as_mut().expect("set above");
@@ -175,7 +183,10 @@ impl Replica {
         let received = incoming.data.len() as u64;
         if received == total {
             let incoming = self.snapshot_in.take().expect("set above");
-            self.install_snapshot(from, slot, incoming.data.freeze());
+            let IncomingSnapshot {
+                data, membership, ..
+            } = incoming;
+            self.install_snapshot(from, slot, data.freeze(), membership);
         }
         self.send(from, Body::SnapshotAck { slot, received });
     }

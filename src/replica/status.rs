@@ -64,4 +64,10 @@ pub struct Status {
     pub lease_reads: u64,
     /// Per-follower progress (leader only).
     pub followers: Vec<FollowerStatus>,
+    /// The membership in force (`None`: a node joining with `Config::join` that has not
+    /// learned it yet).
+    pub membership: Option<crate::types::Membership>,
+    /// The slot of a membership change this leader proposed (or recovered) that is not
+    /// chosen yet: proposals wait for it.
+    pub membership_pending: Option<Slot>,
 }

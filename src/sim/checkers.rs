@@ -1,13 +1,19 @@
 //! Safety checkers, each named for the property it checks, fed by the simulation as things
 //! become durable, are released, or are applied.
 //!
-//! Chosen values are computed from what acceptors durably wrote (a value is chosen in a slot
-//! once a majority durably accepted it in one ballot), never from what a leader believes.
+//! Chosen values are computed from what acceptors durably wrote, never from what a leader
+//! believes: a value is chosen in a slot once a majority of the voters of the membership that
+//! governs the slot durably accepted it in one ballot led with that membership. The membership
+//! that governs a slot is the one chosen at the last configuration entry before it (the initial
+//! one before any), so chosen values and memberships are computed together, in slot order; a
+//! ballot counts only for slots its leader's membership governs (a leader that does not know
+//! of a change proposes under the old voters, and their acceptances choose nothing after the
+//! change).
 
 use crate::message::{Body, Message};
-use crate::quorum::VoteSet;
+use crate::quorum::{majority, VoteSet};
 use crate::storage::{MemStorage, Recovered, Storage, WriteBatch};
-use crate::types::{Ballot, Entry, NodeId, ProposalId, Slot, Value};
+use crate::types::{Ballot, Entry, Membership, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -36,14 +42,59 @@ impl fmt::Display for Violation {
 
 impl std::error::Error for Violation {}
 
+/// Membership changes the checkers saw chosen, for the statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MembershipCounts {
+    /// Configuration entries chosen that changed the membership.
+    pub(crate) chosen: u64,
+    /// Nodes that became members.
+    pub(crate) added: u64,
+    /// Members that left.
+    pub(crate) removed: u64,
+    /// Voters made learners and learners made voters.
+    pub(crate) role_changed: u64,
+}
+
+/// What one node's current incarnation knows of the membership, per its events.
+#[derive(Clone, Debug, Default)]
+struct NodeView {
+    /// The membership in force at the node (`None`: a joining node that has not learned one).
+    membership: Option<Membership>,
+    /// The slot of the last change the node adopted in this incarnation (or recovered).
+    slot: Slot,
+}
+
+/// The voters of `membership`, as a set of node indexes (node `n` is index `n - 1`).
+fn voter_set(membership: &Membership) -> VoteSet {
+    let mut voters = VoteSet::EMPTY;
+    for id in &membership.voters {
+        voters.insert((id.0 as usize).wrapping_sub(1));
+    }
+    voters
+}
+
 /// The checkers' memory of the run.
 #[derive(Debug)]
 pub(crate) struct Checker {
-    members: usize,
+    /// Every node the run may start (initial and spare).
+    nodes: usize,
     /// Durable acceptances: for each (slot, ballot), the value and who accepted it.
     votes: BTreeMap<(Slot, Ballot), (Value, VoteSet)>,
     /// Values chosen, per the durable votes.
     chosen: BTreeMap<Slot, Value>,
+    /// The memberships chosen, by the slot of their configuration entry (the initial one at
+    /// slot 0): each governs the slots after its own, up to the next one.
+    memberships: BTreeMap<Slot, Membership>,
+    /// The voters each ballot's leader led with (its membership when it was elected).
+    ballot_voters: BTreeMap<Ballot, VoteSet>,
+    /// The membership some node reported changing to at each slot.
+    reported: BTreeMap<Slot, Membership>,
+    /// What each node's current incarnation knows of the membership.
+    views: Vec<NodeView>,
+    /// Slots of the configuration entries already counted into `counts`.
+    counted: BTreeSet<Slot>,
+    /// Membership changes chosen so far.
+    counts: MembershipCounts,
     /// Every command ever proposed.
     proposed: BTreeMap<ProposalId, Bytes>,
     /// Each node's durable promise.
@@ -61,19 +112,65 @@ pub(crate) struct Checker {
 }
 
 impl Checker {
-    pub(crate) fn new(members: usize) -> Checker {
+    /// A checker for `nodes` nodes (ids `1..=nodes`) of which `initial` is the membership the
+    /// cluster starts with.
+    pub(crate) fn new(nodes: usize, initial: Membership) -> Checker {
         Checker {
-            members,
+            nodes,
             votes: BTreeMap::new(),
             chosen: BTreeMap::new(),
+            memberships: BTreeMap::from([(0, initial)]),
+            ballot_voters: BTreeMap::new(),
+            reported: BTreeMap::new(),
+            views: vec![NodeView::default(); nodes],
+            counted: BTreeSet::new(),
+            counts: MembershipCounts::default(),
             proposed: BTreeMap::new(),
-            promised: vec![Ballot::ZERO; members],
+            promised: vec![Ballot::ZERO; nodes],
             leaders: BTreeMap::new(),
             applied: BTreeMap::new(),
             applied_by: BTreeMap::new(),
             acknowledged: BTreeSet::new(),
             snapshots: BTreeMap::new(),
         }
+    }
+
+    /// Membership changes chosen so far.
+    pub(crate) fn membership_counts(&self) -> MembershipCounts {
+        self.counts
+    }
+
+    /// The membership that governs `slot` (chosen at the last configuration entry before it).
+    fn governing(&self, slot: Slot) -> &Membership {
+        self.memberships
+            .range(..slot)
+            .next_back()
+            .map(|(_, membership)| membership)
+            .expect("the initial membership governs from slot 1")
+    }
+
+    /// The last chosen membership and the slot of its configuration entry (0: the initial
+    /// one): the membership in force once every chosen slot is applied.
+    pub(crate) fn latest_membership(&self) -> (Slot, &Membership) {
+        self.memberships
+            .iter()
+            .next_back()
+            .map(|(slot, membership)| (*slot, membership))
+            .expect("the initial membership")
+    }
+
+    /// Every chosen membership that governs a slot after `slot`, with the slot of its
+    /// configuration entry: the one in force at `slot` and every later one.
+    pub(crate) fn memberships_after(&self, slot: Slot) -> Vec<(Slot, &Membership)> {
+        let start = self
+            .memberships
+            .range(..=slot)
+            .next_back()
+            .map_or(0, |(start, _)| *start);
+        self.memberships
+            .range(start..)
+            .map(|(slot, membership)| (*slot, membership))
+            .collect()
     }
 
     /// A snapshot of slot `slot` was taken or installed: state machines that applied the same
@@ -200,22 +297,118 @@ impl Checker {
             ));
         }
         voters.insert(index);
-        if voters.is_majority_of(self.members) {
-            let value = value.clone();
-            match self.chosen.get(&entry.slot) {
-                Some(chosen) if *chosen != value => {
-                    return Err(Violation::new(
-                        "check_one_value_chosen_per_slot",
-                        format!(
-                            "slot {}: {:?} was chosen, then {:?}",
-                            entry.slot, chosen, value
-                        ),
-                    ))
+        if let Some(value) = self.chosen_in(entry.slot, entry.ballot) {
+            self.mark_chosen(entry.slot, value)?;
+        }
+        Ok(())
+    }
+
+    /// The value chosen in `slot` by the durable votes of `ballot`, if they are a majority
+    /// of the voters of the membership that governs `slot`, and `ballot` was led with those
+    /// voters.
+    fn chosen_in(&self, slot: Slot, ballot: Ballot) -> Option<Value> {
+        let (value, votes) = self.votes.get(&(slot, ballot))?;
+        let voters = voter_set(self.governing(slot));
+        if self.ballot_voters.get(&ballot) != Some(&voters) {
+            return None;
+        }
+        let counted = (0..self.nodes)
+            .filter(|index| votes.contains(*index) && voters.contains(*index))
+            .count();
+        (counted >= majority(voters.len())).then(|| value.clone())
+    }
+
+    /// `value` is chosen in `slot`: it must be the only one; a configuration entry puts its
+    /// membership in force after `slot`, which may change what the votes already durable
+    /// after it choose.
+    fn mark_chosen(&mut self, slot: Slot, value: Value) -> Result<(), Violation> {
+        match self.chosen.get(&slot) {
+            Some(chosen) if *chosen != value => {
+                return Err(Violation::new(
+                    "check_one_value_chosen_per_slot",
+                    format!("slot {slot}: {chosen:?} was chosen, then {value:?}"),
+                ))
+            }
+            Some(_) => return Ok(()),
+            None => {}
+        }
+        self.chosen.insert(slot, value.clone());
+        if let Value::Membership(membership) = value {
+            self.membership_chosen(slot, *membership);
+            self.rejudge_after(slot)?;
+        }
+        Ok(())
+    }
+
+    /// The configuration entry at `slot` is chosen: its membership governs the slots after
+    /// it. Counted once per slot.
+    fn membership_chosen(&mut self, slot: Slot, membership: Membership) {
+        let previous = self.governing(slot).clone();
+        if self.counted.insert(slot) && previous != membership {
+            let counts = &mut self.counts;
+            counts.chosen += 1;
+            counts.added += membership
+                .all()
+                .filter(|id| !previous.contains(*id))
+                .count() as u64;
+            counts.removed += previous
+                .all()
+                .filter(|id| !membership.contains(*id))
+                .count() as u64;
+            counts.role_changed += membership
+                .all()
+                .filter(|id| {
+                    previous.contains(*id) && previous.is_voter(*id) != membership.is_voter(*id)
+                })
+                .count() as u64;
+        }
+        self.memberships.insert(slot, membership);
+    }
+
+    /// A membership chosen at `slot` governs the slots after it: what was judged chosen there
+    /// under the membership believed in force before is judged again, in slot order, from
+    /// the durable votes. (Rare: a leader proposes nothing after a change until it is chosen,
+    /// so only votes of leaders that did not know of the change are there.) A slot some node
+    /// applied must still be chosen, with the same value.
+    fn rejudge_after(&mut self, slot: Slot) -> Result<(), Violation> {
+        let before = self.chosen.split_off(&(slot + 1));
+        self.memberships.split_off(&(slot + 1));
+        let judged: Vec<(Slot, Ballot)> = self
+            .votes
+            .range((slot + 1, Ballot::ZERO)..)
+            .map(|(key, _)| *key)
+            .collect();
+        for (later, ballot) in judged {
+            if let Some(value) = self.chosen_in(later, ballot) {
+                match self.chosen.get(&later) {
+                    Some(chosen) if *chosen != value => {
+                        return Err(Violation::new(
+                            "check_one_value_chosen_per_slot",
+                            format!("slot {later}: {chosen:?} was chosen, then {value:?}"),
+                        ))
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.chosen.insert(later, value.clone());
+                        if let Value::Membership(membership) = value {
+                            self.membership_chosen(later, *membership);
+                        }
+                    }
                 }
-                Some(_) => {}
-                None => {
-                    self.chosen.insert(entry.slot, value);
-                }
+            }
+        }
+        for (later, value) in before {
+            if self.chosen.get(&later) == Some(&value) {
+                continue;
+            }
+            if let Some(applied) = self.applied.get(&later) {
+                return Err(Violation::new(
+                    "check_applied_were_chosen",
+                    format!(
+                        "slot {later}: {applied:?} was applied, but under the membership chosen at slot {slot} the votes choose {:?}",
+                        self.chosen.get(&later)
+                    ),
+                ));
             }
         }
         Ok(())
@@ -295,10 +488,11 @@ impl Checker {
         }
     }
 
-    /// Node `index` (id `id`) became leader of `ballot`.
+    /// Node `index` (id `id`) became leader of `ballot`, with the membership its events
+    /// last reported: that membership's voters are the ones its ballot counts.
     pub(crate) fn on_leader(
         &mut self,
-        _index: usize,
+        index: usize,
         id: NodeId,
         ballot: Ballot,
     ) -> Result<(), Violation> {
@@ -314,6 +508,93 @@ impl Checker {
                 format!("{previous} and {id} both led in {ballot}"),
             ));
         }
+        let Some(membership) = &self.views[index].membership else {
+            return Err(Violation::new(
+                "check_only_voters_campaign",
+                format!("{id} leads in {ballot} without knowing any membership"),
+            ));
+        };
+        self.ballot_voters.insert(ballot, voter_set(membership));
+        Ok(())
+    }
+
+    /// Node `index` started an incarnation knowing `membership` (`None`: a joining node that
+    /// learned none yet), adopted at `slot` (0 if not known).
+    pub(crate) fn on_start(&mut self, index: usize, membership: Option<&Membership>, slot: Slot) {
+        self.views[index] = NodeView {
+            membership: membership.cloned(),
+            slot,
+        };
+    }
+
+    /// Node `index` (id `id`) started an election: only a voter of the membership it knows
+    /// campaigns (a learner, a node that adopted a membership without itself as voter, or a
+    /// joining node that knows none, never does).
+    pub(crate) fn on_election_started(
+        &mut self,
+        index: usize,
+        id: NodeId,
+        ballot: Ballot,
+    ) -> Result<(), Violation> {
+        match &self.views[index].membership {
+            Some(membership) if membership.is_voter(id) => Ok(()),
+            Some(membership) => Err(Violation::new(
+                "check_only_voters_campaign",
+                format!(
+                    "{id} started an election in {ballot}, but it is not a voter of the membership it adopted ({membership})"
+                ),
+            )),
+            None => Err(Violation::new(
+                "check_only_voters_campaign",
+                format!("{id} started an election in {ballot} without knowing any membership"),
+            )),
+        }
+    }
+
+    /// Node `index` (id `id`) reported that `membership` governs the slots after `slot`
+    /// (`Event::MembershipChanged`): every node reports the same membership for a slot, it is
+    /// the one the durable votes chose in force after `slot`, and a node's membership never
+    /// goes back to an older slot within an incarnation.
+    pub(crate) fn check_membership_agreement(
+        &mut self,
+        index: usize,
+        id: NodeId,
+        slot: Slot,
+        membership: &Membership,
+    ) -> Result<(), Violation> {
+        let violation = |detail| Err(Violation::new("check_membership_agreement", detail));
+        if let Some(reported) = self.reported.get(&slot) {
+            if reported != membership {
+                return violation(format!(
+                    "{id} changed to {membership} at slot {slot}, another node to {reported}"
+                ));
+            }
+        }
+        let (chosen_at, chosen) = self
+            .memberships
+            .range(..=slot)
+            .next_back()
+            .expect("the initial membership");
+        if chosen != membership {
+            return violation(format!(
+                "{id} changed to {membership} at slot {slot}, but the membership chosen in force after it is {chosen} (chosen at slot {chosen_at})"
+            ));
+        }
+        let view = &mut self.views[index];
+        if view.membership.is_some() && slot <= view.slot {
+            return Err(Violation::new(
+                "check_membership_never_regresses",
+                format!(
+                    "{id} changed to {membership} at slot {slot}, after adopting the change at slot {}",
+                    view.slot
+                ),
+            ));
+        }
+        *view = NodeView {
+            membership: Some(membership.clone()),
+            slot,
+        };
+        self.reported.insert(slot, membership.clone());
         Ok(())
     }
 
@@ -364,6 +645,19 @@ mod tests {
         Ballot::new(round, NodeId(1))
     }
 
+    fn voters(ids: &[u64]) -> Membership {
+        Membership::new(ids.iter().copied().map(NodeId), [])
+    }
+
+    /// A checker of three voters, every one started knowing them.
+    fn three() -> Checker {
+        let mut checker = Checker::new(3, voters(&[1, 2, 3]));
+        for index in 0..3 {
+            checker.on_start(index, Some(&voters(&[1, 2, 3])), 0);
+        }
+        checker
+    }
+
     fn command(checker: &mut Checker, sequence: u64, data: &'static str) -> Value {
         let id = ProposalId {
             node: NodeId(1),
@@ -384,6 +678,12 @@ mod tests {
         round: u64,
         value: &Value,
     ) -> Result<(), Violation> {
+        // The ballot's leader led with the voters that govern the slot.
+        let led_with = voter_set(checker.governing(slot));
+        checker
+            .ballot_voters
+            .entry(ballot(round))
+            .or_insert(led_with);
         let batch = WriteBatch::new(
             None,
             vec![Entry {
@@ -398,7 +698,7 @@ mod tests {
 
     #[test]
     fn catches_two_values_chosen_in_one_slot() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
         accept(&mut checker, 0, 1, 1, &a).unwrap();
         accept(&mut checker, 1, 1, 1, &a).unwrap();
@@ -409,7 +709,7 @@ mod tests {
 
     #[test]
     fn catches_two_values_in_one_ballot() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
         accept(&mut checker, 0, 1, 1, &a).unwrap();
         assert_eq!(
@@ -420,7 +720,7 @@ mod tests {
 
     #[test]
     fn catches_a_value_never_proposed() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let forged = Value::Command {
             id: ProposalId::default(),
             data: Bytes::from_static(b"forged"),
@@ -433,7 +733,7 @@ mod tests {
 
     #[test]
     fn catches_a_promise_going_backwards() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let write = |round| WriteBatch {
             hard_state: Some(HardState {
                 promised: ballot(round),
@@ -442,6 +742,7 @@ mod tests {
             }),
             runs: vec![],
             must_sync: true,
+            memberships: None,
         };
         checker.on_durable(0, &write(5)).unwrap();
         assert_eq!(
@@ -455,6 +756,7 @@ mod tests {
                 incarnation: 1,
             },
             entries: vec![],
+            memberships: Vec::new(),
         };
         assert_eq!(
             checker.on_restart(0, &recovered).unwrap_err().property,
@@ -464,7 +766,7 @@ mod tests {
 
     #[test]
     fn catches_a_promise_released_before_its_write() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let storage = MemStorage::new();
         let promise = Message {
             from: NodeId(2),
@@ -493,7 +795,7 @@ mod tests {
 
     #[test]
     fn catches_an_acknowledged_command_missing_from_a_live_node() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let a = command(&mut checker, 1, "a");
         let Value::Command { id, .. } = a.clone() else {
             unreachable!()
@@ -529,7 +831,7 @@ mod tests {
 
     #[test]
     fn catches_snapshots_that_disagree_or_cover_unapplied_slots() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let a = command(&mut checker, 1, "a");
         accept(&mut checker, 0, 1, 1, &a).unwrap();
         accept(&mut checker, 1, 1, 1, &a).unwrap();
@@ -566,7 +868,7 @@ mod tests {
 
     #[test]
     fn catches_two_leaders_in_one_ballot() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         checker.on_leader(0, NodeId(1), ballot(1)).unwrap();
         assert_eq!(
             checker
@@ -586,7 +888,7 @@ mod tests {
 
     #[test]
     fn catches_applying_what_was_not_chosen_or_diverging_logs() {
-        let mut checker = Checker::new(3);
+        let mut checker = three();
         let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
         let entry = |value: &Value| Entry {
             slot: 1,
@@ -605,6 +907,160 @@ mod tests {
         assert_eq!(
             checker.on_applied(1, &entry(&b)).unwrap_err().property,
             "check_consistent_applied_prefixes"
+        );
+    }
+
+    fn change(checker: &mut Checker, slot: Slot, round: u64, to: &Membership) {
+        let value = Value::Membership(Box::new(to.clone()));
+        for index in 0..3 {
+            accept(checker, index, slot, round, &value).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_chosen_change_moves_the_majorities_of_later_slots() {
+        let mut checker = Checker::new(5, voters(&[1, 2, 3]));
+        checker.on_start(0, Some(&voters(&[1, 2, 3])), 0);
+        let new = voters(&[3, 4, 5]);
+        change(&mut checker, 1, 1, &new);
+        assert_eq!(checker.latest_membership(), (1, &new));
+        // Ballot 2 was led with the new voters: 1 and 2 are no longer counted.
+        checker.ballot_voters.insert(ballot(2), voter_set(&new));
+        let a = command(&mut checker, 1, "a");
+        let batch = |index: usize| {
+            let entry = Entry {
+                slot: 2,
+                ballot: ballot(2),
+                value: a.clone(),
+            };
+            (index, WriteBatch::new(None, vec![entry], true))
+        };
+        for (index, write) in [batch(0), batch(1)] {
+            checker.on_durable(index, &write).unwrap();
+        }
+        assert_eq!(
+            checker.chosen.get(&2),
+            None,
+            "old voters chose a slot after the change"
+        );
+        let (index, write) = batch(3);
+        checker.on_durable(index, &write).unwrap();
+        let (index, write) = batch(4);
+        checker.on_durable(index, &write).unwrap();
+        assert_eq!(checker.chosen.get(&2), Some(&a));
+        assert_eq!(
+            checker.membership_counts(),
+            MembershipCounts {
+                chosen: 1,
+                added: 2,
+                removed: 2,
+                role_changed: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_ballot_led_with_other_voters_chooses_nothing() {
+        let mut checker = three();
+        let a = command(&mut checker, 1, "a");
+        // A leader that believes the voters are 1, 2 and 4 (it guessed).
+        checker
+            .ballot_voters
+            .insert(ballot(1), voter_set(&voters(&[1, 2, 4])));
+        accept(&mut checker, 0, 1, 1, &a).unwrap();
+        accept(&mut checker, 1, 1, 1, &a).unwrap();
+        assert_eq!(checker.chosen.get(&1), None);
+        let entry = Entry {
+            slot: 1,
+            ballot: ballot(1),
+            value: a,
+        };
+        assert_eq!(
+            checker.on_applied(0, &entry).unwrap_err().property,
+            "check_applied_were_chosen"
+        );
+    }
+
+    #[test]
+    fn a_slot_applied_under_the_old_voters_is_caught_once_an_earlier_change_is_chosen() {
+        let mut checker = Checker::new(4, voters(&[1, 2, 3]));
+        let a = command(&mut checker, 1, "a");
+        // Slot 2 is chosen by the old voters, and applied, before the change at slot 1 is.
+        accept(&mut checker, 0, 2, 1, &a).unwrap();
+        accept(&mut checker, 1, 2, 1, &a).unwrap();
+        let entry = Entry {
+            slot: 2,
+            ballot: ballot(1),
+            value: a,
+        };
+        checker.applied.insert(2, entry.value.clone());
+        let violation = (0..3)
+            .map(|index| {
+                let value = Value::Membership(Box::new(voters(&[1, 4])));
+                accept(&mut checker, index, 1, 2, &value)
+            })
+            .find_map(Result::err)
+            .expect("the slot applied is not chosen under the new voters");
+        assert_eq!(violation.property, "check_applied_were_chosen");
+    }
+
+    #[test]
+    fn catches_memberships_that_disagree_or_go_back() {
+        let mut checker = Checker::new(4, voters(&[1, 2, 3]));
+        for index in 0..4 {
+            let known = (index < 3).then(|| voters(&[1, 2, 3]));
+            checker.on_start(index, known.as_ref(), 0);
+        }
+        let new = Membership::new([NodeId(1), NodeId(2), NodeId(3)], [NodeId(4)]);
+        let property = |result: Result<(), Violation>| result.unwrap_err().property;
+        // Not chosen yet: reporting it is wrong.
+        assert_eq!(
+            property(checker.check_membership_agreement(0, NodeId(1), 3, &new)),
+            "check_membership_agreement"
+        );
+        change(&mut checker, 3, 1, &new);
+        checker
+            .check_membership_agreement(0, NodeId(1), 3, &new)
+            .unwrap();
+        // A snapshot of a later slot carries the membership in force after it.
+        checker
+            .check_membership_agreement(3, NodeId(4), 9, &new)
+            .unwrap();
+        assert_eq!(
+            property(checker.check_membership_agreement(1, NodeId(2), 3, &voters(&[1, 2]))),
+            "check_membership_agreement"
+        );
+        assert_eq!(
+            property(checker.check_membership_agreement(0, NodeId(1), 3, &new)),
+            "check_membership_never_regresses"
+        );
+    }
+
+    #[test]
+    fn catches_a_node_campaigning_without_being_a_voter() {
+        let mut checker = Checker::new(4, voters(&[1, 2, 3]));
+        checker.on_start(0, Some(&voters(&[1, 2, 3])), 0);
+        checker.on_start(3, None, 0);
+        checker
+            .on_election_started(0, NodeId(1), Ballot::new(1, NodeId(1)))
+            .unwrap();
+        let property = |result: Result<(), Violation>| result.unwrap_err().property;
+        assert_eq!(
+            property(checker.on_election_started(3, NodeId(4), Ballot::new(1, NodeId(4)))),
+            "check_only_voters_campaign"
+        );
+        let removed = voters(&[2, 3]);
+        change(&mut checker, 1, 1, &removed);
+        checker
+            .check_membership_agreement(0, NodeId(1), 1, &removed)
+            .unwrap();
+        assert_eq!(
+            property(checker.on_election_started(0, NodeId(1), Ballot::new(2, NodeId(1)))),
+            "check_only_voters_campaign"
+        );
+        assert_eq!(
+            property(checker.on_leader(3, NodeId(4), Ballot::new(3, NodeId(4)))),
+            "check_only_voters_campaign"
         );
     }
 }

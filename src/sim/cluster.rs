@@ -2,7 +2,8 @@
 //! partitions and clogs messages; disks whose writes complete late and are lost, kept or torn
 //! on a crash (optionally real [`FileStorage`](crate::FileStorage)s, see
 //! [`SimConfig::file_disks`]); crashes and restarts; snapshots with log compaction
-//! ([`Faults::compaction`]); and checkers run after every step.
+//! ([`Faults::compaction`]); membership changes that add spare nodes and remove members
+//! ([`Faults::membership`]); and checkers run after every step.
 //!
 //! Every random choice comes from one ChaCha8 RNG seeded by [`SimConfig::seed`], and every
 //! collection iterates in a fixed order, so a seed replays the same run, byte for byte; the
@@ -12,11 +13,11 @@ use super::checkers::{Checker, Violation};
 use super::config::{SimConfig, SimStats};
 use super::disk::{FileDisk, ScratchDir};
 use crate::config::Config;
-use crate::error::StorageError;
+use crate::error::{SendSnapshotError, StepError, StorageError};
 use crate::message::{Body, Message};
 use crate::replica::{Event, Replica, Role, StepDownReason};
 use crate::storage::{MemStorage, Recovered, Snapshot, Storage, WriteBatch};
-use crate::types::{Entry, NodeId, ProposalId, Slot, Value};
+use crate::types::{Entry, Membership, MembershipAt, NodeId, ProposalId, Slot, Value};
 use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -36,10 +37,26 @@ struct PendingWrite {
     messages: Vec<Message>,
 }
 
+/// The application's last snapshot of a node's state machine. Durable (the application's own
+/// storage): it survives crashes.
+#[derive(Clone, Debug)]
+struct AppSnapshot {
+    /// The applied mark it covers.
+    slot: Slot,
+    /// The key-value state machine's bytes (with `kv_clients`).
+    kv: Option<Vec<u8>>,
+    /// The membership in force after `slot`, as the application knows it from what it
+    /// applied (or from the peer's snapshot it installed): a restart from the snapshot hands
+    /// it to the replica, whose own record of it may not have reached the disk.
+    membership: Option<MembershipAt>,
+}
+
 #[derive(Debug)]
 struct SimNode {
     id: NodeId,
     config: Config,
+    /// False for a spare node until a membership change names it: it does not run yet.
+    started: bool,
     replica: Option<Replica>,
     storage: MemStorage,
     /// What a lying disk really made durable (only with `Bugs::lying_disk`).
@@ -63,9 +80,12 @@ struct SimNode {
     /// The node's key-value state machine (with `kv_clients`), rebuilt at restart from the
     /// snapshot (or from slot 1).
     kv: Option<crate::kv::KvStateMachine>,
-    /// The application's last snapshot: the applied mark it covers and the key-value state
-    /// machine's bytes then. Durable (the application's own storage); survives crashes.
-    snapshot: Option<(Slot, Option<Vec<u8>>)>,
+    /// The application's last snapshot.
+    snapshot: Option<AppSnapshot>,
+    /// The membership in force after the applied mark, as the application tracks it: the
+    /// last configuration entry applied, or the membership of the snapshot it restored
+    /// (`None`: a joining node that applied none yet).
+    applied_membership: Option<MembershipAt>,
     /// Client waiting for the response to each of its commands proposed through this node.
     kv_waiters: BTreeMap<ProposalId, (usize, u64)>,
     /// Reads asked of this node with `read_index`, by context.
@@ -86,10 +106,23 @@ impl SimNode {
     /// The application's snapshot as the protocol carries it: the key-value state machine's
     /// bytes (empty without one).
     fn snapshot_data(&self) -> Bytes {
-        match &self.snapshot {
-            Some((_, Some(bytes))) => Bytes::from(bytes.clone()),
-            _ => Bytes::new(),
+        match self
+            .snapshot
+            .as_ref()
+            .and_then(|snapshot| snapshot.kv.as_ref())
+        {
+            Some(bytes) => Bytes::from(bytes.clone()),
+            None => Bytes::new(),
         }
+    }
+
+    /// The membership the node's configuration starts it with, before it applies anything:
+    /// the cluster's initial one, or none for a joining node.
+    fn configured_membership(&self) -> Option<MembershipAt> {
+        (!self.config.join).then(|| MembershipAt {
+            slot: 0,
+            membership: self.config.initial_membership(),
+        })
     }
 
     /// Drops the log through `slot` on every disk the node has: the model disk, the lying
@@ -141,36 +174,49 @@ pub struct Simulation {
     clients: Option<super::clients::Clients>,
     /// Client requests sent to a paused node, handled once it wakes.
     deferred_sends: Vec<super::clients::Send>,
+    /// The membership changes leaders took ([`Faults::membership`]), with their slots: any
+    /// of those after the last one chosen may still be chosen.
+    membership_proposals: Vec<(Slot, Membership)>,
     /// The directory of the file disks, with `file_disks`: held only to be removed on drop.
     _scratch: Option<ScratchDir>,
 }
 
 impl Simulation {
-    /// Builds the world: every node starts fresh.
+    /// Builds the world: every initial node starts fresh; spare nodes wait to be added.
     ///
     /// # Panics
-    /// If `config.nodes` is 0 or above 64, the replica template is invalid, or the file disks'
-    /// directory cannot be created.
+    /// If `config.nodes` is 0, or there are more than 64 nodes with the spare ones, the
+    /// replica template is invalid, or the file disks' directory cannot be created.
     pub fn new(config: SimConfig) -> Simulation {
-        assert!((1..=64).contains(&config.nodes), "1 to 64 nodes");
+        let total = config.nodes + config.spare_nodes;
+        assert!(
+            config.nodes >= 1 && total <= 64,
+            "1 to 64 nodes, spare ones included"
+        );
         let members: Vec<NodeId> = (1..=config.nodes as u64).map(NodeId).collect();
         let scratch = config.file_disks.as_ref().map(|root| {
             ScratchDir::create(root, config.seed).unwrap_or_else(|error| panic!("{error}"))
         });
-        let nodes = members
-            .iter()
-            .map(|&id| {
+        let nodes = (1..=total as u64)
+            .map(NodeId)
+            .map(|id| {
+                let spare = id.0 > config.nodes as u64;
                 let mut replica_config = config.replica.clone();
                 replica_config.id = id;
-                replica_config.members = members.clone();
+                replica_config.members = if spare { Vec::new() } else { members.clone() };
+                replica_config.learners = Vec::new();
+                replica_config.join = spare;
                 replica_config.seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.0;
                 let storage = MemStorage::new();
-                let replica = Replica::new(replica_config.clone(), Default::default())
-                    .expect("valid replica config");
-                SimNode {
+                let replica = (!spare).then(|| {
+                    Replica::new(replica_config.clone(), Default::default())
+                        .expect("valid replica config")
+                });
+                let mut node = SimNode {
                     id,
                     config: replica_config,
-                    replica: Some(replica),
+                    started: !spare,
+                    replica,
                     truly_synced: storage.clone(),
                     storage,
                     writes: VecDeque::new(),
@@ -188,15 +234,23 @@ impl Simulation {
                     kv: (config.kv_clients > 0)
                         .then(|| crate::kv::KvStateMachine::new(Default::default())),
                     snapshot: None,
+                    applied_membership: None,
                     kv_waiters: BTreeMap::new(),
                     kv_reads: BTreeMap::new(),
                     kv_reads_ready: Vec::new(),
-                }
+                };
+                node.applied_membership = node.configured_membership();
+                node
             })
             .collect();
+        let initial = Membership::new(members, []);
+        let mut checker = Checker::new(total, initial.clone());
+        for index in 0..config.nodes {
+            checker.on_start(index, Some(&initial), 0);
+        }
         let mut simulation = Simulation {
             rng: ChaCha8Rng::seed_from_u64(config.seed),
-            checker: Checker::new(config.nodes),
+            checker,
             config,
             now: 0,
             nodes,
@@ -213,6 +267,7 @@ impl Simulation {
             violation: None,
             clients: None,
             deferred_sends: Vec::new(),
+            membership_proposals: Vec::new(),
             _scratch: scratch,
         };
         if simulation.config.kv_clients > 0 {
@@ -264,6 +319,12 @@ impl Simulation {
             .collect()
     }
 
+    /// The last membership chosen (per the checkers' count of durable acceptances) and the
+    /// slot of its configuration entry (0: the initial membership).
+    pub fn membership(&self) -> (Slot, &Membership) {
+        self.checker.latest_membership()
+    }
+
     /// The last lines of the run's log, for failure reports.
     pub fn recent(&self) -> impl Iterator<Item = &str> {
         self.recent.iter().map(String::as_str)
@@ -307,7 +368,7 @@ impl Simulation {
         self.blocked.clear();
     }
 
-    /// Every node id.
+    /// Every node id, spare nodes included.
     pub fn node_ids(&self) -> Vec<NodeId> {
         self.nodes.iter().map(|node| node.id).collect()
     }
@@ -380,19 +441,17 @@ impl Simulation {
         }
     }
 
-    /// Restarts `id` from its disk.
+    /// Restarts `id` from its disk (a spare node not started yet stays down).
     ///
     /// # Panics
     /// If the disk's contents are refused by `Replica::new` (a bug the checkers report first).
     pub fn restart(&mut self, id: NodeId) {
         let index = self.index(id);
         let node = &mut self.nodes[index];
-        if node.replica.is_some() || node.lost {
+        if node.replica.is_some() || node.lost || !node.started {
             return;
         }
-        let lost_nodes = self.nodes.iter().filter(|node| node.lost).count();
-        let minority = (self.config.nodes - 1) / 2;
-        if self.faults_on && lost_nodes < minority && self.chance(self.config.faults.corrupt_disk) {
+        if self.faults_on && self.may_lose(index) && self.chance(self.config.faults.corrupt_disk) {
             // The disk's checksums catch corruption: the node refuses to start, for good.
             if let Err(violation) = self.corrupt_file_disk(index) {
                 self.violation.get_or_insert(violation);
@@ -423,22 +482,103 @@ impl Simulation {
             .kv
             .is_some()
             .then(|| crate::kv::KvStateMachine::new(Default::default()));
-        if let Some((slot, kv_bytes)) = &node.snapshot {
-            config.applied = *slot;
-            if let Some(bytes) = kv_bytes {
+        let mut applied_membership = node.configured_membership();
+        if let Some(snapshot) = &node.snapshot {
+            config.applied = snapshot.slot;
+            if let Some(bytes) = &snapshot.kv {
                 kv = Some(
                     crate::kv::KvStateMachine::restore(bytes).expect("the sim's own snapshot"),
                 );
             }
+            // The membership in force after the snapshot is saved with it: the replica's own
+            // record of it may not have reached the disk before the crash (the storage does
+            // the same with the snapshots it saves).
+            if let Some(at) = &snapshot.membership {
+                if recovered
+                    .memberships
+                    .last()
+                    .map_or(true, |last| at.slot > last.slot)
+                {
+                    recovered.memberships.push(at.clone());
+                }
+            }
+            applied_membership = snapshot.membership.clone();
             self.stats.snapshot_restarts += 1;
         }
+        if self.config.bugs.restarts_forget_memberships {
+            recovered.memberships.clear();
+        }
+        let recovered_slot = recovered.memberships.last().map_or(0, |at| at.slot);
         let node = &mut self.nodes[index];
-        node.replica = Some(Replica::new(config.clone(), recovered).expect("recoverable state"));
+        let replica = Replica::new(config.clone(), recovered).expect("recoverable state");
+        self.checker
+            .on_start(index, replica.membership(), recovered_slot);
+        node.replica = Some(replica);
         node.lease_reads_counted = 0;
         node.next_apply = config.applied + 1;
         node.kv = kv;
+        node.applied_membership = applied_membership;
         self.stats.restarts += 1;
         self.note(format!("restart {id}"));
+    }
+
+    /// Starts spare node `id` for a change to `target` that names it: with
+    /// [`Config::joining`] (it learns the membership from the cluster), or, with the
+    /// deliberate bug `joiner_guesses_membership`, as a founding member of `target`.
+    fn start_spare(&mut self, id: NodeId, target: &Membership) {
+        let index = self.index(id);
+        let guess = self.config.bugs.joiner_guesses_membership;
+        let node = &mut self.nodes[index];
+        if node.started {
+            return;
+        }
+        if guess {
+            node.config.join = false;
+            node.config.members = target.voters.clone();
+            node.config.learners = target.learners.clone();
+        }
+        node.started = true;
+        node.applied_membership = node.configured_membership();
+        let replica =
+            Replica::new(node.config.clone(), Default::default()).expect("valid spare config");
+        self.checker.on_start(index, replica.membership(), 0);
+        node.replica = Some(replica);
+        self.stats.spares_started += 1;
+        self.note(format!("start spare {id}"));
+    }
+
+    /// True if node `index` may be lost to disk corruption: in every membership that governs
+    /// a slot some surviving node has not durably learned chosen (from the one in force at
+    /// the lowest durable chosen mark on), and in every change proposed after the last one
+    /// chosen (which may still be chosen), the lost voters stay a minority, so that a
+    /// majority of voters can still be gathered for every slot still to be learned. (A
+    /// change can be chosen without any node knowing it: its slot must then be recovered by
+    /// a phase 1 among the voters that chose it.)
+    fn may_lose(&self, index: usize) -> bool {
+        let floor = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(other, node)| *other != index && node.started && !node.lost)
+            .map(|(_, node)| node.storage.hard_state().chosen)
+            .min()
+            .unwrap_or(0);
+        let (latest_slot, _) = self.checker.latest_membership();
+        let in_force = self.checker.memberships_after(floor);
+        let pending = self
+            .membership_proposals
+            .iter()
+            .filter(|(slot, _)| *slot > latest_slot)
+            .map(|(_, membership)| membership);
+        let chosen = in_force.into_iter().map(|(_, membership)| membership);
+        chosen.chain(pending).all(|membership| {
+            let lost = membership
+                .voters
+                .iter()
+                .filter(|id| self.node(**id).lost || self.index(**id) == index)
+                .count();
+            lost <= (membership.voters.len() - 1) / 2
+        })
     }
 
     /// An unfinished write reached `index`'s disk at a crash: the model disk (and the lying
@@ -603,6 +743,11 @@ impl Simulation {
             self.complete_writes(index)?;
             self.drain_ready(index)?;
         }
+        let counts = self.checker.membership_counts();
+        self.stats.membership_chosen = counts.chosen;
+        self.stats.members_added = counts.added;
+        self.stats.members_removed = counts.removed;
+        self.stats.members_role_changed = counts.role_changed;
         match self.violation.take() {
             Some(violation) => Err(violation),
             None => Ok(()),
@@ -647,7 +792,7 @@ impl Simulation {
                     }
                 }
                 Some((proposer, id)) => {
-                    let live = self.live_set();
+                    let live = self.live_set(proposer);
                     if self.checker.applied_by_all(id, live) {
                         self.checker
                             .check_acknowledged_survive(&acknowledged_before_probe, live)?;
@@ -665,11 +810,15 @@ impl Simulation {
         for node in &self.nodes {
             let state = match (&node.replica, node.lost) {
                 (_, true) => "lost (corrupt disk)".to_string(),
+                (None, false) if !node.started => "spare, not started".to_string(),
                 (None, false) => "down".to_string(),
                 (Some(replica), false) => {
                     let status = replica.status();
+                    let membership = replica
+                        .membership()
+                        .map_or_else(|| "none".to_string(), |membership| membership.to_string());
                     format!(
-                        "{:?} promised {} leader {:?} chosen {} applied {} last {}",
+                        "{:?} promised {} leader {:?} chosen {} applied {} last {} membership {membership}",
                         status.role,
                         status.promised,
                         status.leader,
@@ -700,11 +849,14 @@ impl Simulation {
         }
     }
 
-    /// The nodes not lost to disk corruption, as a vote set of indexes.
-    fn live_set(&self) -> crate::quorum::VoteSet {
+    /// The members (voters and learners) of the membership `leader` has in force, but those
+    /// lost to disk corruption, as a vote set of indexes: the nodes that must apply what it
+    /// proposes. Removed nodes and spare nodes never added are not among them.
+    fn live_set(&self, leader: NodeId) -> crate::quorum::VoteSet {
+        let membership = self.replica(leader).and_then(Replica::membership);
         let mut live = crate::quorum::VoteSet::EMPTY;
         for (index, node) in self.nodes.iter().enumerate() {
-            if !node.lost {
+            if !node.lost && membership.is_some_and(|membership| membership.contains(node.id)) {
                 live.insert(index);
             }
         }
@@ -748,7 +900,11 @@ impl Simulation {
         if applied <= node.storage.compacted_through() {
             return Ok(());
         }
-        node.snapshot = Some((applied, node.kv.as_ref().map(|kv| kv.snapshot())));
+        node.snapshot = Some(AppSnapshot {
+            slot: applied,
+            kv: node.kv.as_ref().map(|kv| kv.snapshot()),
+            membership: node.applied_membership.clone(),
+        });
         let data = node.snapshot_data();
         self.checker.on_snapshot(applied, &data)?;
         let node = &mut self.nodes[index];
@@ -769,9 +925,12 @@ impl Simulation {
 
     fn inject_faults(&mut self) {
         let faults = self.config.faults.clone();
-        let nodes = self.config.nodes as u64;
+        let nodes = self.nodes.len() as u64;
         for index in 0..self.nodes.len() {
             let id = self.nodes[index].id;
+            if !self.nodes[index].started {
+                continue;
+            }
             if self.nodes[index].replica.is_some() {
                 if self.chance(faults.crash) {
                     self.crash(id);
@@ -806,6 +965,9 @@ impl Simulation {
                     self.note(format!("{from} hands its leadership to {to}"));
                 }
             }
+        }
+        if self.chance(faults.membership) {
+            self.change_membership_at_random();
         }
         if self.chance(faults.compaction) {
             let index = self.below(nodes) as usize;
@@ -845,9 +1007,159 @@ impl Simulation {
         }
     }
 
+    /// The operator changes the membership ([`Faults::membership`]): asks a leader to change
+    /// to a random target (starting the spare nodes it names first). Refusals are counted.
+    fn change_membership_at_random(&mut self) {
+        let leaders: Vec<usize> = (0..self.nodes.len())
+            .filter(|&index| {
+                let node = &self.nodes[index];
+                node.paused_until <= self.now
+                    && node.replica.as_ref().is_some_and(Replica::is_leader)
+            })
+            .collect();
+        if leaders.is_empty() {
+            self.stats.membership_skipped += 1;
+            return;
+        }
+        let index = leaders[self.below(leaders.len() as u64) as usize];
+        let current = self.nodes[index]
+            .replica
+            .as_ref()
+            .and_then(Replica::membership)
+            .cloned()
+            .expect("a leader knows its membership");
+        let Some(target) = self.draw_membership(&current) else {
+            self.stats.membership_skipped += 1;
+            return;
+        };
+        for id in target.all() {
+            if !self.node(id).started {
+                self.start_spare(id, &target);
+            }
+        }
+        let leader = self.nodes[index].id;
+        let replica = self.nodes[index].replica.as_mut().expect("checked");
+        match replica.change_membership(target.clone()) {
+            Ok(slot) => {
+                self.stats.membership_proposed += 1;
+                self.note(format!(
+                    "{leader} proposes {target} (from {current}) at slot {slot}"
+                ));
+                self.membership_proposals.push((slot, target));
+            }
+            Err(error) => {
+                self.stats.membership_refused += 1;
+                self.note(format!("{leader} refuses {target}: {error}"));
+            }
+        }
+    }
+
+    /// A random membership near `current`: one or two of add a learner, promote a learner,
+    /// demote a voter, remove a voter, add a voter, replace a voter, remove a learner. Keeps 1
+    /// to 5 voters, mostly 3 or more (as many as there are nodes, with fewer), never adds a
+    /// lost node, and keeps lost voters a minority. `None` if no draw found one.
+    fn draw_membership(&mut self, current: &Membership) -> Option<Membership> {
+        let usable: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|node| !node.lost)
+            .map(|node| node.id)
+            .collect();
+        let preferred_voters = usable.len().min(3);
+        // One change in four may leave fewer voters (down to one).
+        let small_allowed = self.below(4) == 0;
+        for _ in 0..8 {
+            let mut voters: BTreeSet<NodeId> = current.voters.iter().copied().collect();
+            let mut learners: BTreeSet<NodeId> = current.learners.iter().copied().collect();
+            let changes = if self.below(4) == 0 { 2 } else { 1 };
+            for _ in 0..changes {
+                let outsiders: Vec<NodeId> = usable
+                    .iter()
+                    .copied()
+                    .filter(|id| !voters.contains(id) && !learners.contains(id))
+                    .collect();
+                let usable_learners: Vec<NodeId> = learners
+                    .iter()
+                    .copied()
+                    .filter(|id| usable.contains(id))
+                    .collect();
+                let voter_list: Vec<NodeId> = voters.iter().copied().collect();
+                let learner_list: Vec<NodeId> = learners.iter().copied().collect();
+                match self.below(7) {
+                    0 => {
+                        if let Some(id) = self.pick(&outsiders) {
+                            learners.insert(id);
+                        }
+                    }
+                    1 => {
+                        if let Some(id) = self.pick(&usable_learners) {
+                            learners.remove(&id);
+                            voters.insert(id);
+                        }
+                    }
+                    2 => {
+                        if let Some(id) = self.pick(&voter_list) {
+                            voters.remove(&id);
+                            learners.insert(id);
+                        }
+                    }
+                    3 => {
+                        if let Some(id) = self.pick(&voter_list) {
+                            voters.remove(&id);
+                        }
+                    }
+                    4 => {
+                        if let Some(id) = self.pick(&outsiders) {
+                            voters.insert(id);
+                        }
+                    }
+                    5 => {
+                        let mut incoming = outsiders.clone();
+                        incoming.extend(&usable_learners);
+                        if let (Some(out), Some(id)) =
+                            (self.pick(&voter_list), self.pick(&incoming))
+                        {
+                            voters.remove(&out);
+                            learners.remove(&id);
+                            voters.insert(id);
+                        }
+                    }
+                    _ => {
+                        if let Some(id) = self.pick(&learner_list) {
+                            learners.remove(&id);
+                        }
+                    }
+                }
+            }
+            let target = Membership::new(voters, learners);
+            let voter_count = target.voters.len();
+            if target == *current || !(1..=5).contains(&voter_count) {
+                continue;
+            }
+            let lost = target
+                .voters
+                .iter()
+                .filter(|id| self.node(**id).lost)
+                .count();
+            if lost > (voter_count - 1) / 2 {
+                continue;
+            }
+            if voter_count < preferred_voters && !small_allowed {
+                continue;
+            }
+            return Some(target);
+        }
+        None
+    }
+
+    /// One of `ids` at random, or `None` if it is empty.
+    fn pick(&mut self, ids: &[NodeId]) -> Option<NodeId> {
+        (!ids.is_empty()).then(|| ids[self.below(ids.len() as u64) as usize])
+    }
+
     fn step_clients(&mut self) {
         let mut clients = self.clients.take().expect("kv mode");
-        let nodes = self.config.nodes as u64;
+        let nodes = self.nodes.len() as u64;
         let (now, issue) = (self.now, self.faults_on);
         let mut sends = std::mem::take(&mut self.deferred_sends);
         sends.extend(clients.step(now, nodes, issue, &mut |bound| self.below(bound)));
@@ -985,7 +1297,7 @@ impl Simulation {
     }
 
     fn propose_random(&mut self) {
-        let nodes = self.config.nodes as u64;
+        let nodes = self.nodes.len() as u64;
         let target = NodeId(1 + self.below(nodes));
         self.command_counter += 1;
         let data = Bytes::from(format!("cmd-{}", self.command_counter));
@@ -1060,11 +1372,26 @@ impl Simulation {
             };
             message.hash(&mut self.trace);
             self.stats.delivered += 1;
-            if let Err(error) = replica.step(message) {
-                return Err(Violation::new(
-                    "step",
-                    format!("a valid message was refused: {error}"),
-                ));
+            let (from, kind) = (message.from, message.body.kind());
+            match replica.step(message) {
+                Ok(()) => {}
+                // A reply or a request from a node outside the receiver's membership: removed
+                // meanwhile, or not added yet (a node that still believes it is a member asks
+                // its old leader). Refused and counted, as a transport would; but a member's
+                // message must never be refused so.
+                Err(StepError::UnknownNode(sender))
+                    if !replica
+                        .membership()
+                        .is_some_and(|membership| membership.contains(sender)) =>
+                {
+                    self.stats.unknown_sender += 1;
+                }
+                Err(error) => {
+                    return Err(Violation::new(
+                        "step",
+                        format!("a valid {kind} from {from} was refused: {error}"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -1127,8 +1454,17 @@ impl Simulation {
             if let Some(snapshot) = ready.take_snapshot() {
                 self.install_snapshot(index, snapshot)?;
             }
+            let id = self.nodes[index].id;
             for event in ready.take_events() {
                 match event {
+                    Event::ElectionStarted { ballot } => {
+                        self.checker.on_election_started(index, id, ballot)?;
+                    }
+                    Event::MembershipChanged { slot, membership } => {
+                        self.note(format!("{id}: membership {membership} after slot {slot}"));
+                        self.checker
+                            .check_membership_agreement(index, id, slot, &membership)?;
+                    }
                     Event::BecameLeader { ballot } => {
                         self.stats.elections += 1;
                         self.note(format!("{} leads in {ballot}", self.nodes[index].id));
@@ -1190,22 +1526,58 @@ impl Simulation {
     /// Node `index` reports that `follower` needs compacted slots: it sends its snapshot, as an
     /// application answering `Event::SnapshotNeeded` does.
     fn send_snapshot(&mut self, index: usize, follower: NodeId) -> Result<(), Violation> {
+        self.send_snapshot_once(index, follower, false)
+    }
+
+    /// [`send_snapshot`](Self::send_snapshot), after a fresh snapshot if `retried`.
+    fn send_snapshot_once(
+        &mut self,
+        index: usize,
+        follower: NodeId,
+        retried: bool,
+    ) -> Result<(), Violation> {
         let node = &mut self.nodes[index];
-        let Some((slot, _)) = node.snapshot else {
+        let Some(own) = &node.snapshot else {
             return Err(Violation::new(
                 "check_snapshot_needed_only_after_compaction",
                 format!("{} has no snapshot but compacted", node.id),
             ));
         };
+        let slot = own.slot;
+        // The application's own snapshot: the replica sends the membership it knows in force
+        // after the slot.
         let snapshot = Snapshot {
             slot,
             data: node.snapshot_data(),
+            membership: None,
         };
         let id = node.id;
         let replica = node.replica.as_mut().expect("a live node raised the event");
-        replica
-            .send_snapshot(follower, &snapshot)
-            .map_err(|error| Violation::new("send_snapshot", format!("{id}: {error}")))?;
+        match replica.send_snapshot(follower, &snapshot) {
+            Ok(()) => {}
+            // The same ready removed the follower from the membership after it asked: it no
+            // longer needs the snapshot.
+            Err(SendSnapshotError::UnknownNode(_))
+                if !replica
+                    .membership()
+                    .is_some_and(|membership| membership.contains(follower)) =>
+            {
+                self.note(format!(
+                    "{id}: no snapshot for {follower}, removed meanwhile"
+                ));
+                return Ok(());
+            }
+            // The snapshot is older than the first membership this replica knows (it joined
+            // after it was taken): a fresh one, at the applied mark, is not.
+            Err(SendSnapshotError::UnknownMembership { slot }) if !retried => {
+                self.note(format!(
+                    "{id}: no membership known at {slot}, snapshots again"
+                ));
+                self.compact(index)?;
+                return self.send_snapshot_once(index, follower, true);
+            }
+            Err(error) => return Err(Violation::new("send_snapshot", format!("{id}: {error}"))),
+        }
         self.stats.snapshots_sent += 1;
         self.note(format!("{id}: snapshot at {slot} sent to {follower}"));
         Ok(())
@@ -1237,7 +1609,21 @@ impl Simulation {
             })?;
             node.kv = Some(restored);
         }
-        node.snapshot = Some((snapshot.slot, kv_bytes));
+        if snapshot.membership.is_none() {
+            return Err(Violation::new(
+                "check_snapshot_carries_membership",
+                format!(
+                    "{id} installed a snapshot of slot {} without its membership",
+                    snapshot.slot
+                ),
+            ));
+        }
+        node.snapshot = Some(AppSnapshot {
+            slot: snapshot.slot,
+            kv: kv_bytes,
+            membership: snapshot.membership.clone(),
+        });
+        node.applied_membership = snapshot.membership.clone();
         node.next_apply = snapshot.slot + 1;
         node.compact_disks(snapshot.slot)?;
         self.stats.snapshots_installed += 1;
@@ -1261,6 +1647,12 @@ impl Simulation {
                 ));
             }
             node.next_apply += 1;
+            if let Value::Membership(membership) = &entry.value {
+                node.applied_membership = Some(MembershipAt {
+                    slot: entry.slot,
+                    membership: (**membership).clone(),
+                });
+            }
             if let Value::Command { id, .. } = &entry.value {
                 if node.pending.remove(id) {
                     self.stats.acknowledged += 1;

@@ -17,6 +17,8 @@ use super::Simulation;
 #[cfg(doc)]
 use crate::replica::{Event, Replica};
 #[cfg(doc)]
+use crate::storage::Recovered;
+#[cfg(doc)]
 use crate::storage::Storage;
 
 /// Fault knobs. Probabilities are per message or per node per step; all in `0.0..=1.0`.
@@ -76,6 +78,15 @@ pub struct Faults {
     /// Not a fault but an operator's action, at random: the leader hands its leadership over
     /// to another member ([`Replica::transfer_leadership`]).
     pub transfer: f64,
+    /// Not a fault but an operator's action, at random: the leader is asked to change the
+    /// membership ([`Replica::change_membership`]) to a random target drawn from every node
+    /// (the initial ones and the [spare ones](SimConfig::spare_nodes)): add or remove a
+    /// learner, promote a learner, demote or remove a voter, add a voter, replace a voter by
+    /// another node, or two of these at once, keeping 1 to 5 voters (mostly 3 or more) of
+    /// which lost nodes are a minority. A spare node is started (with
+    /// [`Config::joining`]) just before the first change that names it. Refusals
+    /// (`InProgress`, `Busy`) are normal and counted.
+    pub membership: f64,
 }
 
 impl Faults {
@@ -100,6 +111,7 @@ impl Faults {
             torn_write: 0.0,
             compaction: 0.0,
             transfer: 0.0,
+            membership: 0.0,
         }
     }
 
@@ -124,6 +136,7 @@ impl Faults {
             torn_write: 0.5,
             compaction: 0.005,
             transfer: 0.003,
+            membership: 0.003,
         }
     }
 }
@@ -160,6 +173,16 @@ pub struct Bugs {
     /// With file disks: corruption hits the last batch of the open segment, which recovery
     /// cannot tell from a torn write and truncates (`check_corruption_detected` must notice).
     pub corruption_in_open_tail: bool,
+    /// With [`Faults::membership`]: a spare node is started as a founding member of the
+    /// membership it is about to be added to (`Config::new(id, target voters)`, the target's
+    /// learners as learners) instead of with [`Config::joining`]: an operator error. The
+    /// node believes that membership governs the log from slot 1, knows nothing of the
+    /// cluster's history, and campaigns with its guess.
+    pub joiner_guesses_membership: bool,
+    /// A node restarts without the memberships its storage holds ([`Recovered::memberships`]
+    /// emptied, and its snapshot's membership dropped): it falls back to the membership it
+    /// was first started with (`Config::members`), which a change may have replaced long ago.
+    pub restarts_forget_memberships: bool,
 }
 
 /// How to build a simulation. Start from [`SimConfig::new`] and set fields
@@ -167,15 +190,21 @@ pub struct Bugs {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct SimConfig {
-    /// Number of replicas (ids `1..=nodes`).
+    /// Number of replicas the cluster starts with (ids `1..=nodes`), every one a voter.
     pub nodes: usize,
+    /// Spare nodes (ids `nodes + 1..=nodes + spare_nodes`) that [`Faults::membership`] may
+    /// add to the cluster. Each is started with [`Config::joining`] just before the first
+    /// change that names it (it knows no membership until it learns one), and from then on
+    /// crashes, restarts, pauses, partitions and disk faults hit it as any other node.
+    pub spare_nodes: usize,
     /// The seed of every random choice.
     pub seed: u64,
     /// The faults to inject.
     pub faults: Faults,
     /// Probability per step that the client proposes a new command.
     pub propose_rate: f64,
-    /// Template for every replica's [`Config`] (`id`, `members` and `seed` are set per node).
+    /// Template for every replica's [`Config`] (`id`, `members`, `learners`, `join` and `seed`
+    /// are set per node).
     pub replica: Config,
     /// Deliberate bugs (all off by default).
     pub bugs: Bugs,
@@ -206,6 +235,7 @@ impl SimConfig {
         replica.snapshot_chunk_bytes = 32;
         SimConfig {
             nodes,
+            spare_nodes: 0,
             seed,
             faults: Faults::all(),
             propose_rate: 0.3,
@@ -282,4 +312,25 @@ pub struct SimStats {
     /// Read-index reads aborted: the leadership ended, or a follower's leader refused or
     /// did not answer (the client retried).
     pub kv_reads_aborted: u64,
+    /// Membership changes a leader took ([`Faults::membership`]; `change_membership`
+    /// returned a slot).
+    pub membership_proposed: u64,
+    /// Membership changes a leader refused (`InProgress`, `Busy`: one change at a time).
+    pub membership_refused: u64,
+    /// Membership changes that fired with no leader to ask, or no valid target to ask for.
+    pub membership_skipped: u64,
+    /// Configuration entries chosen that changed the membership (per the checkers' count of
+    /// durable acceptances).
+    pub membership_chosen: u64,
+    /// Nodes that became members (voter or learner) through a chosen change.
+    pub members_added: u64,
+    /// Members that left the membership through a chosen change.
+    pub members_removed: u64,
+    /// Voters that a chosen change made learners, or learners it made voters.
+    pub members_role_changed: u64,
+    /// Spare nodes started ([`SimConfig::spare_nodes`]).
+    pub spares_started: u64,
+    /// Messages a replica refused as coming from a node outside its membership (a reply or a
+    /// request from a node removed meanwhile, or not added yet): counted, not a violation.
+    pub unknown_sender: u64,
 }

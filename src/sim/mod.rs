@@ -13,6 +13,12 @@
 //! unfinished write at a byte, restarts recover from the files and must find exactly what was
 //! durable, and corruption flips real bytes that recovery must refuse.
 //!
+//! With [`Faults::membership`] the leader is asked, at random, to change the membership
+//! (add, remove, promote, demote or replace members, starting [`SimConfig::spare_nodes`] as
+//! joining nodes first): the checkers then count each slot's votes with the voters of the
+//! membership that governs it, require every node to report the same membership for a slot,
+//! and every election to be started by a voter.
+//!
 //! [`twopc`] is a second world, for two-phase commit: coordinators that crash and take over
 //! from a decision log, participants that crash, a lossy network, and the 2PC checkers
 //! (atomicity, validity, termination). [`locks`] is a third, for the lock service: clients

@@ -1,9 +1,9 @@
 //! In-memory storage for tests, benchmarks and the simulator.
 
-use super::{Recovered, Snapshot, Storage, WriteBatch};
+use super::{recovered_memberships, Recovered, Snapshot, Storage, WriteBatch};
 use crate::error::StorageError;
 use crate::log::Log;
-use crate::types::{Entry, HardState, Slot};
+use crate::types::{Entry, HardState, MembershipAt, Slot};
 
 /// Storage held in memory. Every write is "durable" at once; it survives a simulated restart
 /// of the replica as long as the `MemStorage` value itself is kept.
@@ -16,6 +16,7 @@ pub struct MemStorage {
     /// The stored entries; its first slot is one past the compaction mark.
     log: Log,
     snapshot: Option<Snapshot>,
+    memberships: Vec<MembershipAt>,
     writes: u64,
     syncs: u64,
 }
@@ -26,6 +27,7 @@ impl Default for MemStorage {
             hard_state: HardState::default(),
             log: Log::new(1),
             snapshot: None,
+            memberships: Vec::new(),
             writes: 0,
             syncs: 0,
         }
@@ -86,6 +88,7 @@ impl Storage for MemStorage {
         Ok(Recovered {
             hard_state: self.hard_state,
             entries: self.log.range(0, Slot::MAX).cloned().collect(),
+            memberships: recovered_memberships(&self.memberships, self.snapshot.as_ref()),
         })
     }
 
@@ -99,6 +102,9 @@ impl Storage for MemStorage {
         }
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
+        }
+        if let Some(memberships) = batch.memberships.take() {
+            self.memberships = memberships;
         }
         self.writes += 1;
         if batch.must_sync {
@@ -269,6 +275,7 @@ mod tests {
         let newer = Snapshot {
             slot: 7,
             data: Bytes::from_static(b"seven"),
+            membership: None,
         };
         storage.save_snapshot(&newer).unwrap();
         assert_eq!(storage.load_snapshot().unwrap(), Some(newer.clone()));
@@ -276,6 +283,7 @@ mod tests {
             let older = Snapshot {
                 slot,
                 data: Bytes::from_static(b"older"),
+                membership: None,
             };
             storage.save_snapshot(&older).unwrap();
             assert_eq!(storage.load_snapshot().unwrap(), Some(newer.clone()));
@@ -283,6 +291,7 @@ mod tests {
         let newest = Snapshot {
             slot: 8,
             data: Bytes::new(),
+            membership: None,
         };
         storage.save_snapshot(&newest).unwrap();
         assert_eq!(storage.snapshot(), Some(&newest));

@@ -17,7 +17,7 @@ pub use file::{FileStorage, FileStorageOptions};
 pub use mem::MemStorage;
 
 use crate::error::StorageError;
-use crate::types::{Entries, Entry, HardState, Slot};
+use crate::types::{Entries, Entry, HardState, MembershipAt, Slot};
 use bytes::Bytes;
 
 /// One atomic write: either all of it is durable after a crash, or none of it is.
@@ -33,6 +33,11 @@ pub struct WriteBatch {
     /// The write must be on stable storage (fsync) before it is acknowledged: it carries a
     /// promise or an accepted value that a message will reveal.
     pub must_sync: bool,
+    /// `Some`: the cluster's membership changed (a configuration entry was chosen, or a
+    /// snapshot from a peer was installed); store this list in place of the one stored before,
+    /// atomically with the rest of the batch, and return it from [`Storage::recover`]. Oldest
+    /// first; the last one is in force. Rare: most batches carry `None`.
+    pub memberships: Option<Vec<MembershipAt>>,
 }
 
 impl WriteBatch {
@@ -57,12 +62,15 @@ impl WriteBatch {
             hard_state,
             runs,
             must_sync,
+            memberships: None,
         }
     }
 
     /// True if there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.hard_state.is_none() && self.runs.iter().all(|run| run.is_empty())
+        self.hard_state.is_none()
+            && self.memberships.is_none()
+            && self.runs.iter().all(|run| run.is_empty())
     }
 
     /// Every entry of the batch, run after run, in the order to write them.
@@ -78,6 +86,26 @@ pub struct Recovered {
     pub hard_state: HardState,
     /// For each stored slot, the last entry written for it, in slot order.
     pub entries: Vec<Entry>,
+    /// The last membership list written ([`WriteBatch::memberships`]), extended with the
+    /// membership of the saved snapshot ([`Snapshot::membership`]) if that one is newer.
+    /// Empty if none was ever written: the replica then starts from `Config::members`.
+    pub memberships: Vec<MembershipAt>,
+}
+
+/// The membership list to recover: `written` (the last list a batch stored), with the saved
+/// snapshot's membership appended if it is newer than the last one written. Shared by the
+/// storages so that they agree.
+pub(crate) fn recovered_memberships(
+    written: &[MembershipAt],
+    snapshot: Option<&Snapshot>,
+) -> Vec<MembershipAt> {
+    let mut memberships = written.to_vec();
+    if let Some(at) = snapshot.and_then(|snapshot| snapshot.membership.as_ref()) {
+        if memberships.last().map_or(true, |last| at.slot > last.slot) {
+            memberships.push(at.clone());
+        }
+    }
+    memberships
 }
 
 /// The state the application's state machine saved after applying every slot up to and
@@ -92,6 +120,11 @@ pub struct Snapshot {
     pub slot: Slot,
     /// The serialized state machine.
     pub data: Bytes,
+    /// The membership in force after `slot`, on a snapshot that a replica installed from a
+    /// peer (`Ready::snapshot`): saving the snapshot saves it too, so that a crash before the
+    /// ready's batch is written does not lose it. `None` on the application's own snapshots
+    /// (the replica keeps its membership in its write batches).
+    pub membership: Option<MembershipAt>,
 }
 
 /// Durable storage for one replica.

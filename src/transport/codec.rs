@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic            b"SYND" (the u32 0x444e5953, little-endian)
-//!      4     2  format version   FORMAT_VERSION (currently 3)
+//!      4     2  format version   FORMAT_VERSION (currently 4)
 //!      6     8  cluster id       the sender's cluster; frames of another cluster are refused
 //!     14     4  payload length   bytes that follow the header
 //!     18     4  payload CRC32C   checksum of the payload bytes
@@ -46,7 +46,7 @@ use thiserror::Error;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SYND");
 
 /// The frame format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 
 /// Bytes in a frame header: magic, version, cluster id, payload length, payload checksum.
 pub const HEADER_BYTES: usize = 4 + 2 + 8 + 4 + 4;
@@ -542,6 +542,14 @@ mod tests {
                     data: Bytes::from_static(b"set x = 1"),
                 },
             },
+            Entry {
+                slot: 7,
+                ballot: ballot(),
+                value: Value::Membership(Box::new(crate::types::Membership::new(
+                    [NodeId(1), NodeId(2)],
+                    [NodeId(9)],
+                ))),
+            },
         ]
     }
 
@@ -556,6 +564,7 @@ mod tests {
                 ballot: ballot(),
                 granted: true,
                 promised: Ballot::ZERO,
+                chosen: 3,
             },
             Body::Prepare {
                 ballot: ballot(),
@@ -630,11 +639,17 @@ mod tests {
                 received: 300,
             },
             Body::Snapshot {
-                ballot: ballot(),
                 slot: 6,
                 offset: 100,
                 total: 300,
                 data: Bytes::from(vec![5u8; 200]),
+                membership: Box::new(crate::types::MembershipAt {
+                    slot: 4,
+                    membership: crate::types::Membership::new(
+                        [NodeId(1), NodeId(2), NodeId(3)],
+                        [NodeId(4)],
+                    ),
+                }),
             },
         ]
     }

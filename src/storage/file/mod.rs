@@ -21,10 +21,17 @@
 //! The file `snapshot` holds the last [`Snapshot`] saved with [`Storage::save_snapshot`]:
 //!
 //! ```text
-//! snapshot := magic b"SYNODSNP" | format version u16 | cluster id u64 | node id u64
-//!             | slot u64 | data length u64 | checksum u32 | data[data length]
-//! checksum = CRC32C(every header byte before the checksum, data)
+//! snapshot   := magic b"SYNODSNP" | format version u16 (2) | cluster id u64 | node id u64
+//!               | slot u64 | data length u64 | membership length u32 | checksum u32
+//!               | membership[membership length] | data[data length]
+//! membership := empty (length 0: the snapshot has none)
+//!               | slot u64 | voter count u32 | voter ids u64... | learner count u32
+//!               | learner ids u64...
+//! checksum    = CRC32C(every header byte before the checksum, membership, data)
 //! ```
+//!
+//! The membership block is [`Snapshot::membership`], present on a snapshot a replica installed
+//! from a peer; it is small (at most [`MEMBERS_MAX`](crate::config::MEMBERS_MAX) ids).
 //!
 //! It is replaced atomically: the new snapshot is written to `snapshot.tmp`, the file is
 //! synced, renamed over `snapshot`, and the directory is synced. A crash at any point leaves
@@ -32,10 +39,12 @@
 //! [`FileStorage::open`] was never renamed, so it never counted: it is deleted.
 //!
 //! The snapshot is checked whole on open and on every [`Storage::load_snapshot`]: a bad
-//! magic, format version, length (one that disagrees with the file's size, or is above
-//! [`FileStorageOptions::snapshot_bytes_max`], so a corrupt length cannot make recovery
-//! allocate) or checksum is [`StorageError::Corrupt`]; a snapshot of another cluster or
-//! node is [`StorageError::Foreign`]. Neither is ever ignored: a snapshot that silently
+//! magic, format version (a version-1 snapshot, from before memberships, is refused too), a
+//! length (lengths that disagree with the file's size, a data length above
+//! [`FileStorageOptions::snapshot_bytes_max`] or a membership length above the largest valid
+//! membership, so a corrupt length cannot make recovery allocate), checksum, or an ill-formed
+//! membership block is [`StorageError::Corrupt`]; a snapshot of another cluster or node is
+//! [`StorageError::Foreign`]. Neither is ever ignored: a snapshot that silently
 //! vanished would lose the state that the compacted log no longer holds.
 //!
 //! Saving a snapshot does not compact the log; [`FileStorage::compact`] (or
@@ -49,26 +58,43 @@
 //! record  := length u32 | checksum u32 | kind u8 | body[length]
 //! checksum = CRC32C(length bytes, kind, body)
 //!
-//! kind 1  segment header: magic b"SYNODLOG", format version u16, cluster id u64, node id u64,
-//!                         segment sequence number u64, number of its first batch u64
+//! kind 1  segment header: magic b"SYNODLOG", format version u16 (2), cluster id u64,
+//!                         node id u64, segment sequence number u64, number of its first
+//!                         batch u64
 //! kind 2  entry:          slot u64, ballot round u64, ballot node u64, value tag u8
 //!                         (0 no-op; 1 command: proposer node u64, incarnation u64,
-//!                         sequence u64, data = the rest of the body)
+//!                         sequence u64, data = the rest of the body; 2 membership:
+//!                         membership, and nothing after it)
 //! kind 3  hard state:     promised round u64, promised node u64, chosen u64, incarnation u64
 //! kind 4  compaction:     every slot up to this one is discarded u64
 //! kind 5  commit:         batch number u64, records in the batch u32, flags u8 (bit 0: synced)
+//! kind 6  memberships:    count u32, then per item: slot u64, membership
+//!
+//! membership := voter count u32 | voter ids u64... | learner count u32 | learner ids u64...
 //! ```
 //!
+//! A membership must pass [`Membership::validate`](crate::Membership::validate) (at least one
+//! voter, at most [`MEMBERS_MAX`](crate::config::MEMBERS_MAX) members, both lists sorted
+//! without duplicates); a record holding one that does not, or whose counts disagree with its
+//! length, is ill-formed. A memberships record holds the whole list of a
+//! [`WriteBatch::memberships`], at most [`MEMBERSHIPS_MAX`] items.
+//!
 //! The header is the first record of every segment and nowhere else. Every other record
-//! belongs to a batch: one [`Storage::write`] appends the batch's entry, hard state and
-//! compaction records, then one commit record that closes it. Batch numbers run on without a
-//! gap across segments, and a batch never spans two segments.
+//! belongs to a batch: one [`Storage::write`] appends the batch's entry, hard state,
+//! memberships and compaction records, then one commit record that closes it. Batch numbers
+//! run on without a gap across segments, and a batch never spans two segments.
+//!
+//! Version 2 of the segment format added membership entries and the memberships record; a
+//! segment of another version (version 1 included) is refused as [`StorageError::Corrupt`]
+//! ("unsupported segment format version").
 //!
 //! # Recovery
 //!
 //! [`FileStorage::open`] replays every segment, oldest first. Records take effect only at the
 //! commit record that closes their batch, so a batch is recovered whole or not at all; for each
-//! slot the entry written last wins; the hard state written last wins. What it refuses:
+//! slot the entry written last wins; the hard state written last wins; the membership list
+//! written last wins, and [`Storage::recover`] returns it extended with the saved snapshot's
+//! membership if that one is newer. What it refuses:
 //!
 //! - A missing segment (a gap in the sequence numbers), a segment header that does not check
 //!   out, and any damage (a short, checksum-bad or ill-formed record, records without their
@@ -95,9 +121,10 @@
 //! # Compaction
 //!
 //! [`FileStorage::compact`] discards every slot up to a mark (the prefix a snapshot covers):
-//! it writes a compaction record together with the current hard state, synced, then deletes the
-//! oldest segments that no longer hold a live entry. The newest hard state and compaction mark
-//! always live in a segment that is kept.
+//! it writes a compaction record together with the current hard state and the current
+//! membership list (if one was ever written), synced, then deletes the oldest segments that no
+//! longer hold a live entry. The newest hard state, membership list and compaction mark always
+//! live in a segment that is kept.
 
 // The file format and its I/O are split by file: `format` holds the record layout and its
 // encoding, `segment` the segment files and their replay at recovery, `snapshot` the snapshot
@@ -107,15 +134,17 @@ mod segment;
 mod snapshot;
 
 pub(crate) use format::COMMIT_RECORD_BYTES;
-pub use format::SEGMENT_HEADER_BYTES;
+pub use format::{MEMBERSHIPS_MAX, SEGMENT_HEADER_BYTES};
 pub use snapshot::{SNAPSHOT_FILE_NAME, SNAPSHOT_HEADER_BYTES, SNAPSHOT_TMP_FILE_NAME};
 
-use super::{Recovered, Snapshot, Storage, WriteBatch};
+use super::{recovered_memberships, Recovered, Snapshot, Storage, WriteBatch};
 use crate::error::StorageError;
-use crate::types::{Entry, HardState, NodeId, Slot};
+use crate::types::{Entry, HardState, MembershipAt, NodeId, Slot, Value};
+use bytes::Bytes;
 use format::{
-    append_record, check_record, decode_entry, encode_entry, encode_hard_state, put_u64, Commit,
-    Kind, COMMIT_FLAG_SYNCED, ENTRY_COMMAND_FIXED_BYTES,
+    append_record, check_record, decode_entry, encode_entry, encode_hard_state, encode_memberships,
+    put_u64, Commit, Kind, COMMIT_FLAG_SYNCED, ENTRY_COMMAND_FIXED_BYTES,
+    ENTRY_MEMBERSHIP_BYTES_MAX, MEMBERSHIPS_BODY_BYTES_MAX,
 };
 use segment::{create_segment, has_torn_header, list_segments, scan_segment, segment_path};
 use snapshot::{read_snapshot, remove_snapshot_tmp};
@@ -140,7 +169,9 @@ pub struct FileStorageOptions {
     pub cache_bytes_max: usize,
     /// The largest command (`Value::Command` data) an entry may carry. A write with a larger
     /// one is refused; a record claiming more is treated as damage on recovery, so a corrupt
-    /// length cannot make recovery allocate.
+    /// length cannot make recovery allocate. Memberships (entries and lists) are not counted
+    /// here: they have their own fixed bounds ([`MEMBERS_MAX`](crate::config::MEMBERS_MAX)
+    /// members, [`MEMBERSHIPS_MAX`] items).
     pub command_bytes_max: usize,
     /// The most segment files kept open for reading at once.
     pub open_files_max: usize,
@@ -179,9 +210,12 @@ impl FileStorageOptions {
         );
     }
 
-    /// The largest record body any record may have.
+    /// The largest record body any record may have: the largest command entry, membership
+    /// entry or membership list.
     fn record_body_bytes_max(&self) -> usize {
-        ENTRY_COMMAND_FIXED_BYTES + self.command_bytes_max
+        (ENTRY_COMMAND_FIXED_BYTES + self.command_bytes_max)
+            .max(ENTRY_MEMBERSHIP_BYTES_MAX)
+            .max(MEMBERSHIPS_BODY_BYTES_MAX)
     }
 }
 
@@ -196,11 +230,16 @@ struct Location {
 }
 
 /// A record read (or written) that takes effect when its batch commits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Pending {
-    Entry { slot: Slot, location: Location },
+    Entry {
+        slot: Slot,
+        location: Location,
+    },
     HardState(HardState),
     Compaction(Slot),
+    /// A membership list record: the whole list, replacing the one before.
+    Memberships(Vec<MembershipAt>),
 }
 
 /// The replayed state: what the committed batches say.
@@ -212,6 +251,8 @@ struct State {
     /// For each existing segment, how many index locations point into it.
     live_entries: BTreeMap<u64, usize>,
     hard_state: HardState,
+    /// The membership list written last (empty if none was).
+    memberships: Vec<MembershipAt>,
     /// Every slot up to this one is discarded.
     compacted_through: Slot,
     /// The number the next batch's commit record carries.
@@ -219,10 +260,11 @@ struct State {
 }
 
 impl State {
-    /// Applies the records of one committed batch, in order.
-    fn apply(&mut self, pending: &[Pending]) {
-        for record in pending {
-            match *record {
+    /// Applies the records of one committed batch, in order, draining `pending` (which keeps
+    /// its capacity).
+    fn apply(&mut self, pending: &mut Vec<Pending>) {
+        for record in pending.drain(..) {
+            match record {
                 Pending::Entry { slot, location } => {
                     if slot <= self.compacted_through {
                         continue;
@@ -234,6 +276,7 @@ impl State {
                 }
                 Pending::HardState(hard_state) => self.hard_state = hard_state,
                 Pending::Compaction(mark) => self.discard_through(mark),
+                Pending::Memberships(memberships) => self.memberships = memberships,
             }
         }
     }
@@ -352,6 +395,9 @@ pub struct FileStorage {
     syncs: u64,
     /// The slot of the snapshot in force, if there is one.
     snapshot_slot: Option<Slot>,
+    /// The membership of the snapshot in force ([`Snapshot::membership`]), kept so that
+    /// [`Storage::recover`] need not read the snapshot file.
+    snapshot_membership: Option<MembershipAt>,
     /// The open lock file; its `flock` is held as long as this storage lives (`None` where
     /// there is no `flock`).
     _lock: Option<File>,
@@ -509,8 +555,11 @@ impl FileStorage {
         // Before anything is read or repaired: a second writer would corrupt the log.
         let lock = lock_directory(&directory)?;
         remove_snapshot_tmp(&directory)?;
-        let snapshot_slot = read_snapshot(&directory, cluster_id, node_id, &options, false)?
-            .map(|snapshot| snapshot.slot);
+        let (snapshot_slot, snapshot_membership) =
+            match read_snapshot(&directory, cluster_id, node_id, &options, false)? {
+                Some(snapshot) => (Some(snapshot.slot), snapshot.membership),
+                None => (None, None),
+            };
         let mut sequences = list_segments(&directory)?;
         for pair in sequences.windows(2) {
             if pair[1] != pair[0] + 1 {
@@ -605,6 +654,7 @@ impl FileStorage {
             writes: 0,
             syncs: 0,
             snapshot_slot,
+            snapshot_membership,
             _lock: lock,
         })
     }
@@ -655,6 +705,12 @@ impl FileStorage {
         self.state.hard_state
     }
 
+    /// The membership list last written ([`WriteBatch::memberships`]; empty if none was),
+    /// without the saved snapshot's membership that [`Storage::recover`] may add.
+    pub fn memberships(&self) -> &[MembershipAt] {
+        &self.state.memberships
+    }
+
     /// The number of slots stored.
     pub fn len(&self) -> usize {
         self.state.index.len()
@@ -675,11 +731,12 @@ impl FileStorage {
     /// then deletes the oldest segments that no longer hold a live entry. Returns the number of
     /// segments deleted.
     ///
-    /// The discard is durable before any file is deleted: a compaction record and the current
-    /// hard state are written and synced into the current segment first, so the newest hard
-    /// state never lives in a deleted segment. The current segment is never deleted; a segment
-    /// holding an entry above the mark keeps every segment after it too (the sequence has no
-    /// gaps). Compacting below the current mark discards nothing more.
+    /// The discard is durable before any file is deleted: a compaction record, the current
+    /// hard state and the current membership list (if one was written) are written and synced
+    /// into the current segment first, so the newest hard state and membership list never live
+    /// in a deleted segment. The current segment is never deleted; a segment holding an entry
+    /// above the mark keeps every segment after it too (the sequence has no gaps). Compacting
+    /// below the current mark discards nothing more.
     ///
     /// # Errors
     /// [`StorageError::Io`] if the write, a sync or a deletion fails. A crash or failure
@@ -689,7 +746,14 @@ impl FileStorage {
         let mark = up_to_slot.max(self.state.compacted_through);
         if mark > self.state.compacted_through || self.deletable_prefix(mark) > 0 {
             let hard_state = self.state.hard_state;
-            self.write_records(Some(&hard_state), std::iter::empty(), Some(mark), true)?;
+            let memberships = self.state.memberships.clone();
+            self.write_records(
+                Some(&hard_state),
+                std::iter::empty(),
+                (!memberships.is_empty()).then_some(memberships.as_slice()),
+                Some(mark),
+                true,
+            )?;
         }
         assert_eq!(self.state.compacted_through, mark);
         let deletable = self.deletable_prefix(mark);
@@ -752,30 +816,65 @@ impl FileStorage {
         error
     }
 
+    /// Why the storage cannot write this batch (a command above `command_bytes_max`, an
+    /// invalid membership, too long a membership list), if it cannot: recovery would not read
+    /// it back.
+    fn refusal<'a>(
+        &self,
+        mut entries: impl Iterator<Item = &'a Entry>,
+        memberships: Option<&[MembershipAt]>,
+    ) -> Option<String> {
+        let entry_refusal = entries.find_map(|entry| match &entry.value {
+            Value::Command { data, .. } if data.len() > self.options.command_bytes_max => {
+                Some(format!(
+                    "entry for slot {} carries {} bytes, above command_bytes_max {}",
+                    entry.slot,
+                    data.len(),
+                    self.options.command_bytes_max
+                ))
+            }
+            Value::Membership(membership) => membership.validate().err().map(|error| {
+                format!(
+                    "entry for slot {} carries an invalid membership: {}",
+                    entry.slot, error.reason
+                )
+            }),
+            _ => None,
+        });
+        if entry_refusal.is_some() {
+            return entry_refusal;
+        }
+        let memberships = memberships?;
+        if memberships.len() > MEMBERSHIPS_MAX {
+            return Some(format!(
+                "membership list of {} items is above MEMBERSHIPS_MAX {MEMBERSHIPS_MAX}",
+                memberships.len()
+            ));
+        }
+        memberships.iter().find_map(|at| {
+            at.membership.validate().err().map(|error| {
+                format!(
+                    "membership list holds an invalid membership (slot {}): {}",
+                    at.slot, error.reason
+                )
+            })
+        })
+    }
+
     /// Appends one batch and applies it; the common path of `write` and `compact`.
     fn write_records<'a>(
         &mut self,
         hard_state: Option<&HardState>,
         entries: impl Iterator<Item = &'a Entry> + Clone,
+        memberships: Option<&[MembershipAt]>,
         compaction: Option<Slot>,
         must_sync: bool,
     ) -> Result<(), StorageError> {
         self.check_usable()?;
-        if let Some(entry) = entries
-            .clone()
-            .find(|entry| entry.value.size_bytes() > self.options.command_bytes_max)
-        {
+        if let Some(reason) = self.refusal(entries.clone(), memberships) {
             return Err(io_error(
                 &self.current.path,
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "entry for slot {} carries {} bytes, above command_bytes_max {}",
-                        entry.slot,
-                        entry.value.size_bytes(),
-                        self.options.command_bytes_max
-                    ),
-                ),
+                io::Error::new(io::ErrorKind::InvalidInput, reason),
             ));
         }
         self.rotate_if_full()?;
@@ -803,6 +902,12 @@ impl FileStorage {
                 encode_hard_state(body, hard_state);
             });
             pending.push(Pending::HardState(*hard_state));
+        }
+        if let Some(memberships) = memberships {
+            append_record(&mut buffer, Kind::Memberships, |body| {
+                encode_memberships(body, memberships);
+            });
+            pending.push(Pending::Memberships(memberships.to_vec()));
         }
         if let Some(mark) = compaction {
             append_record(&mut buffer, Kind::Compaction, |body| put_u64(body, mark));
@@ -841,7 +946,7 @@ impl FileStorage {
         if let Some(mark) = compaction {
             self.cache.discard_through(mark);
         }
-        self.state.apply(&pending);
+        self.state.apply(&mut pending);
         if pending.capacity() <= 1 << 16 {
             self.pending_buffer = pending;
         }
@@ -957,23 +1062,33 @@ impl Storage for FileStorage {
             .iter()
             .map(|(&slot, &location)| (slot, location))
             .collect();
+        // The snapshot's membership is kept in memory: the file need not be read again.
+        let snapshot = self.snapshot_slot.map(|slot| Snapshot {
+            slot,
+            data: Bytes::new(),
+            membership: self.snapshot_membership.clone(),
+        });
         Ok(Recovered {
             hard_state: self.state.hard_state,
             entries: self.read_entries(locations)?,
+            memberships: recovered_memberships(&self.state.memberships, snapshot.as_ref()),
         })
     }
 
-    /// Appends the batch's entries, its hard state and a commit record in one `write`, then
-    /// syncs the data if `batch.must_sync`. An empty batch writes nothing; if it asks for a
-    /// sync, earlier unsynced writes are synced.
+    /// Appends the batch's entries, its hard state, its membership list and a commit record
+    /// in one `write`, then syncs the data if `batch.must_sync`. An empty batch writes nothing;
+    /// if it asks for a sync, earlier unsynced writes are synced. The batch is left as it was.
     ///
     /// An entry for a slot at or below [`FileStorage::compacted_through`] is written but
     /// ignored: that slot is covered by a snapshot.
     ///
     /// # Errors
     /// [`StorageError::Io`] if the write or the sync failed (the storage then refuses further
-    /// writes until reopened), or if an entry's command exceeds
-    /// [`FileStorageOptions::command_bytes_max`] (nothing is written then).
+    /// writes until reopened), or, with [`io::ErrorKind::InvalidInput`] and nothing written
+    /// (the storage stays usable), if an entry's command exceeds
+    /// [`FileStorageOptions::command_bytes_max`], a membership (in an entry or in
+    /// `batch.memberships`) fails [`Membership::validate`](crate::Membership::validate), or
+    /// `batch.memberships` holds more than [`MEMBERSHIPS_MAX`] items.
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
         self.check_usable()?;
         if batch.is_empty() {
@@ -986,6 +1101,7 @@ impl Storage for FileStorage {
         self.write_records(
             batch.hard_state.as_ref(),
             batch.entries(),
+            batch.memberships.as_deref(),
             None,
             batch.must_sync,
         )
@@ -1026,7 +1142,9 @@ impl Storage for FileStorage {
     ///
     /// # Errors
     /// [`StorageError::Io`] if `snapshot.data` is larger than
-    /// [`FileStorageOptions::snapshot_bytes_max`] (nothing is written then), or if writing,
+    /// [`FileStorageOptions::snapshot_bytes_max`] or `snapshot.membership` fails
+    /// [`Membership::validate`](crate::Membership::validate) (nothing is written then, and the
+    /// error is [`io::ErrorKind::InvalidInput`]), or if writing,
     /// syncing or renaming the file, or syncing the directory, fails. If the failure came
     /// before the rename, the previous snapshot stays in force. If only the directory sync
     /// failed, the new snapshot is in force in this process (later saves must be newer), but
@@ -1051,8 +1169,22 @@ impl Storage for FileStorage {
                 ),
             ));
         }
+        if let Some(Err(error)) = snapshot
+            .membership
+            .as_ref()
+            .map(|at| at.membership.validate())
+        {
+            return Err(io_error(
+                &self.snapshot_path(),
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("snapshot carries an invalid membership: {}", error.reason),
+                ),
+            ));
+        }
         self.write_snapshot_file(snapshot)?;
         self.snapshot_slot = Some(snapshot.slot);
+        self.snapshot_membership = snapshot.membership.clone();
         sync_directory(&self.directory)
     }
 
@@ -1060,7 +1192,7 @@ impl Storage for FileStorage {
     ///
     /// # Errors
     /// [`StorageError::Corrupt`] (naming the file and the offset of the bad field) if the
-    /// file's magic, format version, length or checksum is bad; [`StorageError::Foreign`] if
+    /// file's magic, format version, a length, the checksum or the membership is bad; [`StorageError::Foreign`] if
     /// it belongs to another cluster or node; [`StorageError::Io`] if it cannot be read.
     fn load_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         read_snapshot(

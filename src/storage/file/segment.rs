@@ -7,13 +7,14 @@
 //! the directory synced, before it is used; a replay applies a batch only at the commit record
 //! that closes it, so a batch is recovered whole or not at all; damage is truncated away only
 //! in the last segment, only back to the end of its last intact batch, and never when an
-//! intact commit record of a later synced batch follows it.
+//! intact commit record of a later synced batch follows it. A segment header of another format
+//! version than [`FORMAT_VERSION`] is refused.
 
 use super::format::{
-    append_record, check_record, decode_commit, decode_hard_state, decode_segment_header,
-    encode_segment_header, entry_slot, Kind, SegmentHeader, COMMIT_BODY_BYTES, COMMIT_FLAG_SYNCED,
-    COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES, FORMAT_VERSION, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    append_record, check_record, decode_commit, decode_hard_state, decode_memberships,
+    decode_segment_header, encode_segment_header, entry_slot, Kind, SegmentHeader,
+    COMMIT_BODY_BYTES, COMMIT_FLAG_SYNCED, COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES,
+    FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use super::{
     corrupt, io_error, read_up_to, sync_directory, CurrentSegment, FileStorageOptions, Location,
@@ -177,7 +178,11 @@ pub(super) fn scan_segment(
         return Err(corrupt(
             &path,
             0,
-            format!("unsupported segment format version {}", header.version),
+            format!(
+                "unsupported segment format version {} (this build reads only version \
+                 {FORMAT_VERSION})",
+                header.version
+            ),
         ));
     }
     if header.cluster_id != cluster_id || header.node_id != node_id.0 {
@@ -266,6 +271,7 @@ pub(super) fn scan_segment(
         let parsed = match kind {
             Kind::Entry => entry_slot(body).map(|slot| Pending::Entry { slot, location }),
             Kind::HardState => decode_hard_state(body).map(Pending::HardState),
+            Kind::Memberships => decode_memberships(body).map(Pending::Memberships),
             Kind::Compaction => (body.len() == COMPACTION_BODY_BYTES).then(|| {
                 Pending::Compaction(u64::from_le_bytes(body.try_into().expect("8 bytes")))
             }),
@@ -288,8 +294,7 @@ pub(super) fn scan_segment(
                         ),
                     });
                 }
-                state.apply(&pending);
-                pending.clear();
+                state.apply(&mut pending);
                 state.next_batch += 1;
                 offset += record_bytes;
                 committed_end = offset;
