@@ -123,8 +123,10 @@ pub enum MembershipError {
 /// nothing was sent.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
 pub enum SendSnapshotError {
-    /// The destination is not another member of this cluster. Check the id (the one an
-    /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded) names is always valid).
+    /// The destination is not another member of this cluster. Check the id: the one an
+    /// [`Event::SnapshotNeeded`](crate::replica::Event::SnapshotNeeded) names was a member
+    /// when the event was raised, and is refused only if a membership change removed it
+    /// since (then it needs nothing).
     #[error("{0} is not another member of this cluster")]
     UnknownNode(NodeId),
     /// This replica does not know the membership in force at the snapshot's slot (it joined

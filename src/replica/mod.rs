@@ -505,6 +505,11 @@ impl Replica {
     /// The first ready carries a hard-state write (the incarnation is bumped so proposal ids
     /// stay unique across restarts); proposals return `Busy` until it is acknowledged.
     ///
+    /// The membership comes from `recovered.memberships` when the storage holds one (a
+    /// change was ever chosen here, or a snapshot from a peer installed), else from
+    /// `config.members` and `config.learners` (or none, with `config.join`); changes chosen
+    /// in recovered entries beyond it are applied too.
+    ///
     /// A `config.applied` beyond the recovered chosen mark is the slot of a snapshot the
     /// application restored (installed from a peer before its chosen mark reached the disk):
     /// the chosen mark is raised to it and recovered entries up to it are dropped.
@@ -513,7 +518,7 @@ impl Replica {
     /// A [`ConfigError`] if the configuration is invalid, or if `recovered` is inconsistent
     /// with it (`config.applied` below the first recovered entry when earlier ones were
     /// compacted away, so they could not be handed out again; a chosen slot without an entry;
-    /// entries out of order).
+    /// entries out of order; a stored membership that is invalid or out of slot order).
     pub fn new(config: Config, recovered: Recovered) -> Result<Replica, ConfigError> {
         config.validate()?;
         let mut hard = recovered.hard_state;
@@ -686,7 +691,8 @@ impl Replica {
     /// that the other replicas still hear from. Does nothing on a leader, nor, with leases
     /// ([`Config::lease_ticks`](crate::Config::lease_ticks)), while this replica follows a
     /// live leader or has just started (its vote would break the leader's lease): use
-    /// [`transfer_leadership`](Replica::transfer_leadership) at the leader instead.
+    /// [`transfer_leadership`](Replica::transfer_leadership) at the leader instead. A
+    /// replica that does not vote (a learner, a removed or joining node) never campaigns.
     pub fn campaign(&mut self) {
         if self.role == Role::Leader
             || (self.config.lease_ticks > 0 && self.in_leader_lease(self.config.id))
