@@ -12,7 +12,7 @@
 //! target/release/examples/kv --id 3 --peers $PEERS --client 127.0.0.1:6381 --data /tmp/kv3 &
 //! redis-cli -p 6380 set greeting hello      # any node: followers forward to the leader
 //! redis-cli -p 6381 get greeting
-//! redis-cli -p 6379 info                    # role, leader, slots, fsyncs, proposals per fsync
+//! redis-cli -p 6379 info                    # role, leader, voters, slots, fsyncs, proposals per fsync
 //! ```
 //!
 //! Options: `--cluster-id X` (every node alike; frames of other clusters are refused),
@@ -1160,6 +1160,19 @@ impl Connection {
                 line("last_slot", status.last_slot.to_string());
                 line("incarnation", status.incarnation.to_string());
                 line("lease_reads", status.lease_reads.to_string());
+                let ids = |list: &[NodeId]| {
+                    list.iter()
+                        .map(|id| id.0.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                match &status.membership {
+                    Some(membership) => {
+                        line("voters", ids(&membership.voters));
+                        line("learners", ids(&membership.learners));
+                    }
+                    None => line("voters", "none".to_string()), // joining: not learned yet
+                }
             }
             None => line("role", "stopped".to_string()),
         }
