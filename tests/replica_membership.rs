@@ -69,6 +69,17 @@ fn a_learner_catches_up_and_a_promoted_learner_votes() {
     net.propose(1, "b");
     net.stabilize();
     assert_eq!(net.commands(4), ["a", "b"], "the learner has every command");
+    net.tick_all(2); // a heartbeat round: the leader learns the learner's chosen mark
+    let status = net.replica(1).status();
+    let learner = status.followers.iter().find(|f| f.id == NodeId(4)).unwrap();
+    assert!(
+        !learner.voter && learner.chosen == status.chosen,
+        "{learner:?}"
+    );
+    assert!(status
+        .followers
+        .iter()
+        .all(|follower| follower.voter == (follower.id != NodeId(4))));
 
     // A learner is not counted: with n2 and n3 cut off, nothing is chosen.
     net.isolate(2);

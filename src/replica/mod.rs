@@ -1338,6 +1338,7 @@ impl Replica {
                         inflight_bytes: progress.inflight_bytes,
                         chosen: progress.follower_chosen,
                         ticks_since_heard: self.now - progress.heard_tick,
+                        voter: self.voters.contains(index),
                     }
                 })
                 .collect(),

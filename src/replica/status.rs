@@ -30,6 +30,9 @@ pub struct FollowerStatus {
     pub chosen: Slot,
     /// Ticks since the leader last heard from it.
     pub ticks_since_heard: u64,
+    /// True for a voter, false for a learner (promote a learner once its `chosen` is close
+    /// to the leader's).
+    pub voter: bool,
 }
 
 /// A snapshot of a replica's state, from [`Replica::status`](super::Replica::status).
