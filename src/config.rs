@@ -24,8 +24,11 @@ pub struct Config {
     /// This node joins a running cluster, to be added with
     /// [`Replica::change_membership`](crate::Replica::change_membership): it knows no
     /// membership until a leader sends it the cluster's (a chosen configuration entry, or a
-    /// snapshot), and until then never campaigns. `members` and `learners` are ignored. Only
-    /// a fresh node reads it: once it has learned a membership, its storage holds it.
+    /// snapshot), and until then never campaigns. `members` and `learners` are ignored. Once
+    /// the node has learned a membership its storage holds it and this flag changes nothing;
+    /// until then it matters at every start: restarting a node that has learned nothing
+    /// without it would make it believe `members` is the cluster's first membership, so
+    /// keep it set for every start of a node added this way.
     pub join: bool,
     /// Identifies the cluster on the wire; frames from other clusters are rejected.
     pub cluster_id: u64,

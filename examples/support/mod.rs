@@ -127,7 +127,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub members: Option<String>,
     /// Start as a node joining a running cluster: it waits to be added (SYNOD.SETMEMBERS at
-    /// the leader) and learns the membership from the cluster. Only the first start reads it.
+    /// the leader) and learns the membership from the cluster. Keep it for every start of
+    /// such a node: once its storage holds a membership it changes nothing.
     #[arg(long)]
     pub join: bool,
 }
