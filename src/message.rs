@@ -148,7 +148,10 @@ pub enum Body {
         /// The first slot wanted.
         first_slot: Slot,
     },
-    /// Chosen entries in slot order, contiguous from the Fetch's `first_slot`.
+    /// Chosen entries in slot order, contiguous from the Fetch's `first_slot`. Also sent
+    /// unasked, without entries, by a replica that does not vote and hears no leader: "I know
+    /// every slot up to `chosen` chosen; fetch from me" (a voter that missed a membership
+    /// change learns it that way).
     FetchReply {
         /// The leader's ballot.
         ballot: Ballot,

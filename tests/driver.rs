@@ -61,6 +61,38 @@ struct Node {
     syncs: Arc<AtomicU64>,
 }
 
+/// A thread that sends one tick per millisecond to every driver and to the test body.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Ticker {
+    /// Starts ticking `drivers`; returns the ticker and the test body's own tick stream.
+    fn start(drivers: Vec<mpsc::UnboundedSender<()>>) -> (Ticker, mpsc::UnboundedReceiver<()>) {
+        let (test_tick_sender, test_ticks) = mpsc::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for sender in &drivers {
+                        let _ = sender.unbounded_send(());
+                    }
+                    let _ = test_tick_sender.unbounded_send(());
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        (Ticker { stop, thread }, test_ticks)
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 async fn wait_for_leader(handles: &mut [Handle], ticks: &mut mpsc::UnboundedReceiver<()>) -> usize {
     loop {
         for (index, handle) in handles.iter_mut().enumerate() {
@@ -129,21 +161,7 @@ fn three_drivers_replicate_in_order_with_group_commit() {
             syncs,
         });
     }
-    // A ticker thread: one tick per millisecond to every driver and to the test body.
-    let (test_tick_sender, mut test_ticks) = mpsc::unbounded();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for sender in &tickers {
-                    let _ = sender.unbounded_send(());
-                }
-                let _ = test_tick_sender.unbounded_send(());
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let (ticker, mut test_ticks) = Ticker::start(tickers);
     const COUNT: usize = 3_000;
     let body = async {
         let mut handles: Vec<Handle> = nodes.iter().map(|node| node.handle.clone()).collect();
@@ -225,8 +243,7 @@ fn three_drivers_replicate_in_order_with_group_commit() {
             _ = all_drivers.fuse() => panic!("drivers stopped early"),
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    ticker.join().unwrap();
+    ticker.stop();
     let expected: Vec<Bytes> = std::iter::once(Bytes::from_static(b"first"))
         .chain((0..COUNT).map(|i| Bytes::from(format!("c{i}"))))
         .collect();
@@ -498,20 +515,7 @@ fn drivers_change_membership_while_proposing() {
         handles.push(handle);
         committed.push(applied);
     }
-    let (test_tick_sender, mut test_ticks) = mpsc::unbounded();
-    let stop = Arc::new(AtomicBool::new(false));
-    let ticker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                for sender in &tickers {
-                    let _ = sender.unbounded_send(());
-                }
-                let _ = test_tick_sender.unbounded_send(());
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
+    let (ticker, mut test_ticks) = Ticker::start(tickers);
     let membership = |voters: &[u64], learners: &[u64]| {
         synod::Membership::new(
             voters.iter().copied().map(NodeId),
@@ -593,8 +597,7 @@ fn drivers_change_membership_while_proposing() {
             _ = all_drivers.fuse() => panic!("drivers stopped early"),
         }
     });
-    stop.store(true, Ordering::Relaxed);
-    ticker.join().unwrap();
+    ticker.stop();
     for log in logs {
         assert_eq!(
             log,

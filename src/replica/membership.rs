@@ -19,8 +19,12 @@
 //!
 //! When a replica's chosen mark passes a change it adopts the membership: a leader that is
 //! still a voter campaigns again at once (without pre-votes: the acceptors that follow it do
-//! not hold its own campaign against it); a leader that was removed tells the old members the
-//! change is chosen and hands over to a caught-up voter; candidates give up. Learners accept
+//! not hold its own campaign against it); a leader that was removed tells the old and new
+//! members the change is chosen and hands over to a caught-up voter; candidates give up.
+//! Knowledge of a chosen change can be thin after faults (the removed leader may be the only
+//! node that has it): a candidate behind the voters that refuse it fetches from them (their
+//! `PreVoteReply` carries their chosen mark), and a non-voter that hears no leader tells the
+//! voters its chosen mark once per election timeout (an empty `FetchReply`). Learners accept
 //! like voters but are never counted and never campaign; a replica that is not a voter (a
 //! learner, a removed node, or a node joining with `Config::join` that has not learned a
 //! membership yet) never campaigns.
@@ -36,11 +40,11 @@ use crate::quorum::VoteSet;
 use crate::types::{Entry, Membership, MembershipAt, NodeId, Slot, Value};
 
 /// The member list of a replica: every member of `membership` (if known) and the replica
-/// itself, sorted; its own index; the voters as a set of indices and their number.
+/// itself, sorted; its own index; the voters as a set of indices.
 pub(super) fn member_list(
     id: NodeId,
     membership: Option<&Membership>,
-) -> (Vec<NodeId>, usize, VoteSet, usize) {
+) -> (Vec<NodeId>, usize, VoteSet) {
     let mut members: Vec<NodeId> = membership.map_or_else(Vec::new, |m| m.all().collect());
     if !members.contains(&id) {
         members.push(id);
@@ -48,16 +52,14 @@ pub(super) fn member_list(
     members.sort_unstable();
     let self_index = members.binary_search(&id).expect("pushed above");
     let mut voters = VoteSet::EMPTY;
-    let mut voter_count = 0;
     if let Some(membership) = membership {
         for (index, member) in members.iter().enumerate() {
             if membership.is_voter(*member) {
                 voters.insert(index);
-                voter_count += 1;
             }
         }
     }
-    (members, self_index, voters, voter_count)
+    (members, self_index, voters)
 }
 
 impl Replica {
@@ -120,24 +122,8 @@ impl Replica {
     /// several at once; each is kept, so that a snapshot of any slot still held carries the
     /// membership of its slot). A scan of the new slots, of one tag each.
     pub(super) fn adopt_chosen_membership(&mut self, from: Slot) {
-        let mut changes = self
-            .log
-            .range(from + 1, self.hard.chosen)
-            .filter(|entry| matches!(entry.value, Value::Membership(_)))
-            .peekable();
-        if changes.peek().is_none() {
-            self.membership_floor = self.unchosen_membership_floor();
-            return;
-        }
-        let changes: Vec<MembershipAt> = changes
-            .filter_map(|entry| match &entry.value {
-                Value::Membership(membership) => Some(MembershipAt {
-                    slot: entry.slot,
-                    membership: (**membership).clone(),
-                }),
-                _ => None,
-            })
-            .collect();
+        // Collected first (adopting changes the replica); usually empty, which allocates nothing.
+        let changes = memberships_in(self.log.range(from + 1, self.hard.chosen));
         for at in changes {
             self.adopt_membership(at);
         }
@@ -243,7 +229,7 @@ impl Replica {
     /// by id. The leader and candidate state, indexed by the old list, is dropped by the
     /// caller right after (it steps down).
     fn remap_members(&mut self, membership: Option<&Membership>) {
-        let (members, self_index, voters, voter_count) = member_list(self.config.id, membership);
+        let (members, self_index, voters) = member_list(self.config.id, membership);
         let old = std::mem::replace(&mut self.members, members);
         let mut wanted = vec![None; self.members.len()];
         let mut outgoing = vec![None; self.members.len()];
@@ -257,7 +243,6 @@ impl Replica {
         self.snapshots_out = outgoing;
         self.self_index = self_index;
         self.voters = voters;
-        self.voter_count = voter_count;
         self.pre_votes = VoteSet::EMPTY;
     }
 
@@ -280,28 +265,17 @@ impl Replica {
     pub(super) fn membership_at(&self, slot: Slot) -> Option<&MembershipAt> {
         self.memberships.iter().rev().find(|at| at.slot <= slot)
     }
+}
 
-    /// Recovery: the memberships of chosen configuration entries in `entries` beyond the last
-    /// one known. True if any was found.
-    pub(super) fn recover_memberships(
-        memberships: &mut Vec<MembershipAt>,
-        entries: &[Entry],
-        chosen: Slot,
-    ) -> bool {
-        let known = memberships.last().map_or(0, |at| at.slot);
-        let mut found = false;
-        for entry in entries {
-            if entry.slot <= known || entry.slot > chosen {
-                continue;
-            }
-            if let Value::Membership(membership) = &entry.value {
-                memberships.push(MembershipAt {
-                    slot: entry.slot,
-                    membership: (**membership).clone(),
-                });
-                found = true;
-            }
-        }
-        found
-    }
+/// The memberships of the configuration entries among `entries`, in their order.
+pub(super) fn memberships_in<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<MembershipAt> {
+    entries
+        .filter_map(|entry| match &entry.value {
+            Value::Membership(membership) => Some(MembershipAt {
+                slot: entry.slot,
+                membership: (**membership).clone(),
+            }),
+            _ => None,
+        })
+        .collect()
 }

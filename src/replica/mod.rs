@@ -250,8 +250,6 @@ pub struct Replica {
     self_index: usize,
     /// The indices in `members` of the voters; only their votes count.
     voters: VoteSet,
-    /// The number of voters.
-    voter_count: usize,
     rng: ChaCha8Rng,
 
     /// The hard state as it will be once every pending write is durable.
@@ -363,14 +361,7 @@ const SPARE_CAPACITY_MAX: usize = 4096;
 /// opaque type.
 type Identity<'a> = (
     (&'a Config, &'a Vec<NodeId>, usize, [u8; 32], u128),
-    (
-        &'a Vec<MembershipAt>,
-        bool,
-        Slot,
-        VoteSet,
-        usize,
-        Option<NodeId>,
-    ),
+    (&'a Vec<MembershipAt>, bool, Slot, VoteSet, Option<NodeId>),
     (&'a HardState, bool, bool, &'a Log, Slot),
     (Role, Option<NodeId>, Ballot, u64, Slot),
     (u64, u64, u32, u32, VoteSet, Ballot),
@@ -420,7 +411,6 @@ impl Replica {
                 self.memberships_dirty,
                 self.membership_floor,
                 self.voters,
-                self.voter_count,
                 self.fetch_from,
             ),
             (
@@ -585,14 +575,11 @@ impl Replica {
         }
         // Changes chosen after the last membership stored, in entries that reached the disk
         // with their chosen mark but not with a membership (written by another build).
-        let memberships_dirty = Replica::recover_memberships(
-            &mut memberships,
-            &log.range(log.first(), hard.chosen)
-                .cloned()
-                .collect::<Vec<_>>(),
-            hard.chosen,
-        );
-        let (members, self_index, voters, voter_count) =
+        let known = memberships.last().map_or(0, |at| at.slot);
+        let recovered_changes = membership::memberships_in(log.range(known + 1, hard.chosen));
+        let memberships_dirty = !recovered_changes.is_empty();
+        memberships.extend(recovered_changes);
+        let (members, self_index, voters) =
             membership::member_list(config.id, memberships.last().map(|at| &at.membership));
         hard.incarnation += 1;
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ hard.incarnation.rotate_left(32));
@@ -606,7 +593,6 @@ impl Replica {
             members,
             self_index,
             voters,
-            voter_count,
             rng,
             hard,
             hard_dirty: true,
@@ -902,7 +888,7 @@ impl Replica {
                 if *slot == 0 {
                     return Err(malformed("a snapshot at slot 0 covers nothing"));
                 }
-                if membership.slot > *slot || membership.membership.validate().is_err() {
+                if membership.slot > *slot || !membership_is_valid(&membership.membership) {
                     return Err(malformed(
                         "an invalid membership, or one from after the snapshot",
                     ));
@@ -1382,7 +1368,7 @@ impl Replica {
 
     /// A majority of the voters (1 when there are none: nothing is counted then).
     fn quorum(&self) -> usize {
-        self.voter_count / 2 + 1
+        self.voters.len() / 2 + 1
     }
 
     fn send(&mut self, to: NodeId, body: Body) {

@@ -55,31 +55,16 @@ impl Net {
     }
 
     pub fn with(members: u64, tweak: impl Fn(&mut Config)) -> Net {
-        let mut nodes = BTreeMap::new();
-        for id in 1..=members {
-            let mut config = config(id, members);
-            tweak(&mut config);
-            let replica = Replica::new(config.clone(), Default::default()).unwrap();
-            nodes.insert(
-                NodeId(id),
-                Node {
-                    config,
-                    replica: Some(replica),
-                    storage: MemStorage::new(),
-                    applied: BTreeMap::new(),
-                    events: Vec::new(),
-                    snapshots_installed: 0,
-                },
-            );
-        }
         let mut net = Net {
-            nodes,
+            nodes: BTreeMap::new(),
             queue: Vec::new(),
             blocked: BTreeSet::new(),
             sent: Vec::new(),
         };
-        for id in net.ids() {
-            net.process(id);
+        for id in 1..=members {
+            let mut config = config(id, members);
+            tweak(&mut config);
+            net.start(config);
         }
         net
     }
@@ -88,9 +73,15 @@ impl Net {
     pub fn join(&mut self, id: u64) {
         let mut config = Config::joining(NodeId(id));
         config.seed = 1000 + id;
+        self.start(config);
+    }
+
+    /// Starts a fresh node with `config` (empty storage) and drains its first ready.
+    fn start(&mut self, config: Config) {
+        let id = config.id;
         let replica = Replica::new(config.clone(), Default::default()).unwrap();
         self.nodes.insert(
-            NodeId(id),
+            id,
             Node {
                 config,
                 replica: Some(replica),
@@ -100,7 +91,7 @@ impl Net {
                 snapshots_installed: 0,
             },
         );
-        self.process(NodeId(id));
+        self.process(id);
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
