@@ -15,9 +15,11 @@ pub struct Config {
     /// This replica's id; must be one of `members`.
     pub id: NodeId,
     /// Every voting member of the cluster when it was first started, this replica included
-    /// (unless it is a learner). Only the first start of a cluster reads it: once the
-    /// membership changes ([`Replica::change_membership`](crate::Replica::change_membership)),
-    /// the replica recovers the current one from its storage. Ignored with `join`.
+    /// (unless it is a learner). Only the node's first start (empty storage) reads it: the
+    /// replica writes it with its first ready and from then on recovers the membership in
+    /// force from its storage, including every change
+    /// ([`Replica::change_membership`](crate::Replica::change_membership)). Ignored with
+    /// `join`.
     pub members: Vec<NodeId>,
     /// The non-voting members (learners) the cluster was first started with (usually none).
     pub learners: Vec<NodeId>,
@@ -25,10 +27,10 @@ pub struct Config {
     /// [`Replica::change_membership`](crate::Replica::change_membership): it knows no
     /// membership until a leader sends it the cluster's (a chosen configuration entry, or a
     /// snapshot), and until then never campaigns. `members` and `learners` are ignored. Once
-    /// the node has learned a membership its storage holds it and this flag changes nothing;
-    /// until then it matters at every start: restarting a node that has learned nothing
-    /// without it would make it believe `members` is the cluster's first membership, so
-    /// keep it set for every start of a node added this way.
+    /// only the node's first start (empty storage) reads it: a node that was started to join
+    /// goes on joining after a restart without the flag until it has learned a membership
+    /// (its storage holds a start but no membership), and a node started with members
+    /// ignores the flag later.
     pub join: bool,
     /// Identifies the cluster on the wire; frames from other clusters are rejected.
     pub cluster_id: u64,

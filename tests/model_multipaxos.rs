@@ -25,7 +25,8 @@ use std::collections::BTreeMap;
 use synod::replica::Event;
 use synod::storage::{Snapshot, WriteBatch};
 use synod::{
-    Config, Entry, HardState, Message, NodeId, ProposalId, Recovered, Replica, Slot, Value,
+    Config, Entry, HardState, MembershipAt, Message, NodeId, ProposalId, Recovered, Replica, Slot,
+    Value,
 };
 
 /// A register of one byte (0 before any write): the sequential specification the clients'
@@ -86,6 +87,8 @@ struct Disk {
     /// The application's snapshot (its slot is the compaction point), if it took one or
     /// installed a peer's.
     snapshot: Option<Snapshot>,
+    /// The membership list last written (the first membership, at the node's first start).
+    memberships: Vec<MembershipAt>,
 }
 
 impl Disk {
@@ -109,13 +112,16 @@ impl Disk {
         if let Some(hard_state) = batch.hard_state {
             self.hard_state = hard_state;
         }
+        if let Some(memberships) = &batch.memberships {
+            self.memberships.clone_from(memberships);
+        }
     }
 
     fn recovered(&self) -> Recovered {
         Recovered {
             hard_state: self.hard_state,
             entries: self.entries.values().cloned().collect(),
-            memberships: Vec::new(),
+            memberships: self.memberships.clone(),
         }
     }
 }

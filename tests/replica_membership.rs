@@ -610,3 +610,61 @@ fn a_removed_leader_keeps_telling_a_voter_that_missed_the_change() {
     net.stabilize();
     assert_eq!(net.commands(2), ["a", "b"]);
 }
+
+/// `Config::members` and `Config::join` are read at a node's first start only. n4 was started
+/// to join and has accepted entries, but has not learned a membership when it crashes; an
+/// operator restarts it as a founding member of {1, 2, 3, 4} (a guess: the cluster is
+/// {1, 2, 3}). It must go on joining: it never campaigns with the guess, and it takes the
+/// membership the cluster sends. A founding member restarted with another member list keeps
+/// the one it stored at its first start.
+#[test]
+fn members_and_join_are_read_at_the_first_start_only() {
+    let mut net = Net::new(3);
+    net.elect(1);
+    net.join(4);
+    // n4 accepts what the leader sends it (it is not a member yet: it is sent nothing).
+    net.propose(1, "a");
+    net.stabilize();
+    net.crash(4);
+    net.nodes.get_mut(&NodeId(4)).unwrap().config = common::config(4, 4);
+    net.restart(4);
+    assert_eq!(
+        net.replica(4).membership(),
+        None,
+        "a node started to join took its configured member list after a restart"
+    );
+    assert!(!net.replica(4).is_voter());
+    net.isolate(4);
+    let sent = net.sent.len();
+    for _ in 0..100 {
+        net.tick(4);
+    }
+    assert!(
+        net.sent[sent..]
+            .iter()
+            .all(|message| !matches!(message.body, Body::PreVote { .. } | Body::Prepare { .. })),
+        "n4 campaigned with a guessed membership"
+    );
+    net.heal();
+    let learners = Membership::new(ids(&[1, 2, 3]), ids(&[4]));
+    change(&mut net, 1, learners.clone());
+    net.tick_all(3);
+    assert_eq!(net.replica(4).membership(), Some(&learners));
+    assert_eq!(net.commands(4), ["a"]);
+
+    // A founding member ignores a new member list (and `join`) at later starts.
+    net.crash(2);
+    let node = net.nodes.get_mut(&NodeId(2)).unwrap();
+    node.config.members = ids(&[2, 5, 6]);
+    node.config.join = true;
+    net.restart(2);
+    assert_eq!(net.replica(2).membership(), Some(&learners));
+    assert!(net.replica(2).is_voter());
+
+    // The same through a storage that holds the first membership from the first ready on.
+    let mut fresh = Net::new(3);
+    fresh.crash(3);
+    fresh.nodes.get_mut(&NodeId(3)).unwrap().config.members = ids(&[3]);
+    fresh.restart(3);
+    assert_eq!(fresh.replica(3).membership(), Some(&voters(&[1, 2, 3])));
+}

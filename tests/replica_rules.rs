@@ -1300,7 +1300,7 @@ fn a_replica_restarted_after_compacting_every_entry_starts_its_log_after_the_cho
     let recovered = Recovered {
         hard_state,
         entries: Vec::new(),
-        memberships: Vec::new(),
+        memberships: common::first_memberships(3),
     };
     let mut config = common::config(2, 3);
     config.applied = 3;
@@ -1350,7 +1350,7 @@ fn a_restart_below_the_compaction_point_is_refused() {
             incarnation: 1,
         },
         entries,
-        memberships: Vec::new(),
+        memberships: common::first_memberships(3),
     };
     let mut config = common::config(2, 3);
     config.applied = 2;

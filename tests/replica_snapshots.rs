@@ -359,7 +359,8 @@ fn a_crash_after_saving_the_snapshot_but_before_the_chosen_mark_restarts_from_th
             entry(3, "stale"),
             entry(4, "d"),
         ],
-        memberships: Vec::new(),
+        // A founding member's storage holds its first membership (written at its first start).
+        memberships: common::first_memberships(3),
     };
     let mut config = common::config(2, 3);
     config.applied = 3;
@@ -402,7 +403,8 @@ fn compacted_through_3(id: u64) -> Replica {
             incarnation: 1,
         },
         entries: Vec::new(),
-        memberships: Vec::new(),
+        // A founding member's storage holds its first membership (written at its first start).
+        memberships: common::first_memberships(3),
     };
     let mut config = common::config(id, 3);
     config.applied = 3;

@@ -123,12 +123,15 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = 0)]
     pub lease_ticks: u32,
     /// The voters the cluster is first started with (comma-separated ids, all in --peers;
-    /// default: every id in --peers). --peers may list more nodes, to be added later.
+    /// default: every id in --peers). --peers may list more nodes, to be added later. Read
+    /// at a node's first start only (empty --data): later starts recover the membership in
+    /// force from the data directory.
     #[arg(long)]
     pub members: Option<String>,
     /// Start as a node joining a running cluster: it waits to be added (SYNOD.SETMEMBERS at
-    /// the leader) and learns the membership from the cluster. Keep it for every start of
-    /// such a node: once its storage holds a membership it changes nothing.
+    /// the leader) and learns the membership from the cluster. Read at the node's first start
+    /// only: restarted with or without it, such a node goes on waiting until it has learned
+    /// the membership.
     #[arg(long)]
     pub join: bool,
 }

@@ -495,10 +495,13 @@ impl Replica {
     /// The first ready carries a hard-state write (the incarnation is bumped so proposal ids
     /// stay unique across restarts); proposals return `Busy` until it is acknowledged.
     ///
-    /// The membership comes from `recovered.memberships` when the storage holds one (a
-    /// change was ever chosen here, or a snapshot from a peer installed), else from
-    /// `config.members` and `config.learners` (or none, with `config.join`); changes chosen
-    /// in recovered entries beyond it are applied too.
+    /// The membership comes from `recovered.memberships`. On a fresh node (nothing recovered:
+    /// no incarnation) it is `config.members` and `config.learners`, written with the first
+    /// ready, or none with `config.join` (the node learns it from the cluster). At later
+    /// starts `config.members`, `config.learners` and `config.join` are not read: a node that
+    /// was started to join and has not learned a membership goes on joining even if it is now
+    /// configured as a founding member. Changes chosen in recovered entries beyond the last
+    /// stored membership are applied too.
     ///
     /// A `config.applied` beyond the recovered chosen mark is the slot of a snapshot the
     /// application restored (installed from a peer before its chosen mark reached the disk):
@@ -527,11 +530,28 @@ impl Replica {
                 "stored memberships must be in increasing slot order",
             ));
         }
+        // The first membership is the configuration's at the node's very first start, and is
+        // written with its first batch (with the incarnation, before any promise): from then
+        // on the storage has it and `config.members` is not read again. A storage that holds
+        // a start (an incarnation) but no membership belongs to a node started to join that
+        // has not learned one yet: it goes on joining whatever `config.join` says now, instead
+        // of taking the configuration's members for the cluster's first membership (they are
+        // the voters of some later change at best).
+        let mut memberships_dirty = false;
         if memberships.is_empty() && !config.join {
-            memberships.push(MembershipAt {
-                slot: 0,
-                membership: config.initial_membership(),
-            });
+            if hard.incarnation == 0 {
+                memberships.push(MembershipAt {
+                    slot: 0,
+                    membership: config.initial_membership(),
+                });
+                memberships_dirty = true;
+            } else {
+                tracing::warn!(
+                    node = %config.id,
+                    "the storage holds no membership: this node was started to join a cluster \
+                     and goes on waiting for the cluster to send its membership"
+                );
+            }
         }
         let mut recovered_entries = recovered.entries;
         if config.applied > hard.chosen {
@@ -577,7 +597,7 @@ impl Replica {
         // with their chosen mark but not with a membership (written by another build).
         let known = memberships.last().map_or(0, |at| at.slot);
         let recovered_changes = membership::memberships_in(log.range(known + 1, hard.chosen));
-        let memberships_dirty = !recovered_changes.is_empty();
+        memberships_dirty |= !recovered_changes.is_empty();
         memberships.extend(recovered_changes);
         let (members, self_index, voters) =
             membership::member_list(config.id, memberships.last().map(|at| &at.membership));

@@ -507,6 +507,12 @@ impl Simulation {
         }
         if self.config.bugs.restarts_forget_memberships {
             recovered.memberships.clear();
+            if !config.join {
+                recovered.memberships.push(MembershipAt {
+                    slot: 0,
+                    membership: config.initial_membership(),
+                });
+            }
         }
         let recovered_slot = recovered.memberships.last().map_or(0, |at| at.slot);
         let node = &mut self.nodes[index];

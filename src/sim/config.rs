@@ -179,9 +179,9 @@ pub struct Bugs {
     /// node believes that membership governs the log from slot 1, knows nothing of the
     /// cluster's history, and campaigns with its guess.
     pub joiner_guesses_membership: bool,
-    /// A node restarts without the memberships its storage holds ([`Recovered::memberships`]
-    /// emptied, and its snapshot's membership dropped): it falls back to the membership it
-    /// was first started with (`Config::members`), which a change may have replaced long ago.
+    /// A node restarts with a stale membership list: [`Recovered::memberships`] holds only
+    /// the membership it was first started with (`Config::members`; nothing on a node
+    /// started to join), which a change may have replaced long ago.
     pub restarts_forget_memberships: bool,
 }
 

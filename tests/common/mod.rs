@@ -40,6 +40,15 @@ pub fn config(id: u64, members: u64) -> Config {
     config
 }
 
+/// The membership list a founding member of a cluster of `members` writes with its first
+/// ready: a hand-built `Recovered` of such a member holds it.
+pub fn first_memberships(members: u64) -> Vec<synod::MembershipAt> {
+    vec![synod::MembershipAt {
+        slot: 0,
+        membership: config(1, members).initial_membership(),
+    }]
+}
+
 /// A fresh replica `id` of a cluster of `members`, its first ready (the incarnation write)
 /// written and acknowledged.
 pub fn started(id: u64, members: u64) -> Replica {
