@@ -51,6 +51,11 @@
 //! redis-cli -p 6382 synod.members               # "voters 1,2,3,4 learners "
 //! ```
 //!
+//! A node that is not in the others' `--peers` is made known to them while they run:
+//! `SYNOD.SETPEER 4 127.0.0.1:7004` on every member before the change (`SYNOD.PEERS` lists a
+//! node's peers, `SYNOD.DELPEER 1` forgets a node that left). This is not saved: list the new
+//! node in `--peers` when a member restarts.
+//!
 //! # Semantics
 //!
 //! - **Writes are acknowledged once durable and applied.** A write is proposed to the log and
@@ -146,7 +151,7 @@ use synod::driver::{Driver, DriverConfig, DriverStats, Handle, ProposalError};
 use synod::kv::{Command, KvError, KvLimits, KvStateMachine, Operation, Output, Response};
 use synod::session::{ClientId, RequestHeader};
 use synod::storage::{Recovered, Snapshot, WriteBatch};
-use synod::transport::tcp::{TcpStatsHandle, TcpTransport};
+use synod::transport::tcp::{TcpPeers, TcpStatsHandle, TcpTransport};
 use synod::{
     Entry, FileStorage, FileStorageOptions, NodeId, ProposalId, Replica, Role, Slot, Storage,
     StorageError, Value,
@@ -383,6 +388,8 @@ struct Node {
     applied_slot: watch::Sender<Slot>,
     meters: Arc<StorageMeters>,
     transport: TcpStatsHandle,
+    /// The transport's peers (`SYNOD.SETPEER`, `SYNOD.DELPEER`, `SYNOD.PEERS`).
+    peers: TcpPeers,
     connections: Arc<AtomicUsize>,
     connections_max: usize,
     started: Instant,
@@ -452,6 +459,7 @@ async fn serve(args: Args, storage: FileStorage) -> Result<(), Box<dyn Error>> {
         applied_slot: watch::Sender::new(config_applied),
         meters,
         transport: transport.stats_handle(),
+        peers: transport.peers(),
         connections: Arc::new(AtomicUsize::new(0)),
         connections_max: args.connections_max,
         started: Instant::now(),
@@ -829,6 +837,18 @@ impl Connection {
             }
             b"SYNOD.MEMBERS" if arity_ok(1, 1) => {
                 support::members(&mut self.handle, out).await;
+                Ok(())
+            }
+            b"SYNOD.SETPEER" if arity_ok(3, 3) => {
+                support::set_peer(&self.node.peers, args, out);
+                Ok(())
+            }
+            b"SYNOD.DELPEER" if arity_ok(2, 2) => {
+                support::remove_peer(&self.node.peers, args, out);
+                Ok(())
+            }
+            b"SYNOD.PEERS" if arity_ok(1, 1) => {
+                support::list_peers(&self.node.peers, out);
                 Ok(())
             }
             b"SYNOD.LOCALGET" if arity_ok(2, 2) => {
@@ -1219,7 +1239,7 @@ impl Connection {
 }
 
 /// The commands this server knows (for `COMMAND COUNT` and arity errors).
-const COMMANDS: [&[u8]; 20] = [
+const COMMANDS: [&[u8]; 23] = [
     b"PING",
     b"ECHO",
     b"QUIT",
@@ -1240,6 +1260,9 @@ const COMMANDS: [&[u8]; 20] = [
     b"SYNOD.LOCALGET",
     b"SYNOD.SETMEMBERS",
     b"SYNOD.MEMBERS",
+    b"SYNOD.SETPEER",
+    b"SYNOD.DELPEER",
+    b"SYNOD.PEERS",
 ];
 
 fn config_pair(out: &mut Vec<u8>, name: &str, value: &str) {

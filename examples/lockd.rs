@@ -38,7 +38,9 @@
 //!   applied what the leader had chosen), `-TRYAGAIN` if no leader confirms.
 //! - `INFO`, `PING`, `QUIT`.
 //! - `SYNOD.SETMEMBERS voters [learners]` (at the leader) and `SYNOD.MEMBERS`: membership
-//!   change, as in the `kv` example (start a node to add with `--join`).
+//!   change, as in the `kv` example (start a node to add with `--join`); `SYNOD.SETPEER id
+//!   ip:port`, `SYNOD.DELPEER id` and `SYNOD.PEERS`: this node's transport peers (a node
+//!   to add that is not in `--peers`).
 //!
 //! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
 //! within 10 s gets `-TRYAGAIN` (it may or may not have taken effect; every
@@ -85,7 +87,7 @@ use synod::lock::{
     Outcome, SessionId, Wait,
 };
 use synod::storage::Snapshot;
-use synod::transport::tcp::TcpTransport;
+use synod::transport::tcp::{TcpPeers, TcpTransport};
 use synod::{FileStorage, FileStorageOptions, NodeId, Replica, Role, Slot, Storage, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -158,6 +160,8 @@ struct Node {
     /// The last slot applied here (set while the state's lock is held): `HOLDERS` waits on
     /// it after a read-index.
     applied: watch::Sender<Slot>,
+    /// The transport's peers (`SYNOD.SETPEER`, `SYNOD.DELPEER`, `SYNOD.PEERS`).
+    peers: TcpPeers,
 }
 
 impl Node {
@@ -206,6 +210,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         }),
         next_request: AtomicU64::new(1),
         applied: watch::Sender::new(applied),
+        peers: transport.peers(),
     });
     let ticks = support::ticks(args.node.tick_ms, args.node.lease_ticks > 0).boxed();
     let (driver, handle, committed) = Driver::new(
@@ -519,6 +524,18 @@ impl Connection {
             }
             (b"SYNOD.MEMBERS", 1) => {
                 support::members(&mut self.handle, out).await;
+                Ok(())
+            }
+            (b"SYNOD.SETPEER", 3) => {
+                support::set_peer(&self.node.peers, args, out);
+                Ok(())
+            }
+            (b"SYNOD.DELPEER", 2) => {
+                support::remove_peer(&self.node.peers, args, out);
+                Ok(())
+            }
+            (b"SYNOD.PEERS", 1) => {
+                support::list_peers(&self.node.peers, out);
                 Ok(())
             }
             _ => Err(format!(

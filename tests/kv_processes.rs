@@ -65,6 +65,10 @@ struct Cluster {
     extra: Vec<String>,
     /// Options of one node, on top of those (`--join`, say).
     node_options: Vec<Vec<String>>,
+    /// A node's own `--peers`, instead of `peers`.
+    node_peers: Vec<Option<String>>,
+    /// Every node's peer address, by index (for `SYNOD.SETPEER`).
+    peer_ports: Vec<u16>,
 }
 
 impl Drop for Cluster {
@@ -100,6 +104,8 @@ impl Cluster {
             starts: vec![0; nodes],
             extra: extra.iter().map(|option| option.to_string()).collect(),
             node_options: vec![Vec::new(); nodes],
+            node_peers: vec![None; nodes],
+            peer_ports: ports[..nodes].to_vec(),
         }
     }
 
@@ -114,7 +120,7 @@ impl Cluster {
             .arg("--id")
             .arg((index + 1).to_string())
             .arg("--peers")
-            .arg(&self.peers)
+            .arg(self.node_peers[index].as_ref().unwrap_or(&self.peers))
             .arg("--client")
             .arg(format!("127.0.0.1:{client_port}"))
             .arg("--data")
@@ -633,14 +639,20 @@ fn a_leader_stopped_past_its_lease_serves_no_stale_read_when_it_resumes() {
     eprintln!("the resumed old leader answered {reply:?}");
 }
 
-/// Membership change across processes: n4 starts with `--join` and is added as a learner
-/// (`SYNOD.SETMEMBERS`), catches up, is promoted while n1 is removed in the next change; n1 is
-/// then killed for good and the cluster {2, 3, 4} serves reads and writes, also after n4
-/// restarts (its membership is in its storage, not in its flags).
+/// Membership change across processes: n1..n3 start knowing only each other; n4 starts with
+/// `--join`, the others learn its address (`SYNOD.SETPEER`, while they run), and it is added
+/// as a learner (`SYNOD.SETMEMBERS`), catches up, is promoted while n1 is removed in the next
+/// change; n1 is then killed for good and forgotten (`SYNOD.DELPEER`), and the cluster
+/// {2, 3, 4} serves reads and writes, also after n4 restarts (its membership is in its
+/// storage, not in its flags).
 #[test]
 fn a_node_is_added_and_another_removed_through_resp() {
     let mut cluster = Cluster::of(4, &["--members", "1,2,3"]);
     cluster.node_options[3] = vec!["--join".to_string()];
+    let first_three = peers_argument(&cluster.peer_ports[..3]);
+    for index in 0..3 {
+        cluster.node_peers[index] = Some(first_three.clone());
+    }
     for index in 0..3 {
         cluster.start(index);
     }
@@ -660,6 +672,15 @@ fn a_node_is_added_and_another_removed_through_resp() {
         Reply::Bulk(Some(b"none".to_vec())),
         "a joining node knows no membership"
     );
+    let n4 = format!("127.0.0.1:{}", cluster.peer_ports[3]);
+    for port in &ports[..3] {
+        assert_eq!(
+            until_answered(*port, &[b"SYNOD.SETPEER", b"4", n4.as_bytes()]),
+            Reply::Simple("OK".into())
+        );
+        let listed = text(&until_answered(*port, &[b"SYNOD.PEERS"]));
+        assert!(listed.contains(&format!("4={n4}")), "{listed}");
+    }
     // `SYNOD.SETMEMBERS` at the leader, retried while a leader is being elected.
     let change = |cluster: &mut Cluster, voters: &str, learners: &str| loop {
         let leader = cluster.wait_for_leader();
@@ -703,6 +724,12 @@ fn a_node_is_added_and_another_removed_through_resp() {
         members_at(*port, "voters 2,3,4 learners ");
     }
     cluster.kill(0);
+    for port in &ports[1..4] {
+        assert_eq!(
+            until_answered(*port, &[b"SYNOD.DELPEER", b"1"]),
+            Reply::Integer(1)
+        );
+    }
     let reply = until_answered(ports[3], &[b"SET", b"after", b"w"]);
     assert_eq!(reply, Reply::Simple("OK".into()));
     assert_eq!(

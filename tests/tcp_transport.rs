@@ -11,7 +11,7 @@ use std::time::Duration;
 use synod::driver::{Driver, DriverConfig, Handle, ProposalError};
 use synod::transport::codec::{Codec, HEADER_BYTES};
 use synod::transport::tcp::{
-    Hello, TcpConfig, TcpInbound, TcpStats, TcpStatsHandle, TcpTransport, WireFrame,
+    Hello, TcpConfig, TcpInbound, TcpPeerError, TcpStats, TcpStatsHandle, TcpTransport, WireFrame,
     HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 use synod::{
@@ -233,6 +233,132 @@ async fn a_restarted_peer_is_reached_again() {
     );
     one.0.shutdown().await;
     two.0.shutdown().await;
+}
+
+/// Peers change while the transports run: node 3 is unknown to node 1 until node 1 adds it
+/// (its hello refused before, its messages delivered after, and node 1 can send to it); node 1
+/// removes node 2 (sends to it dropped as unknown, its open connection closed and new ones
+/// refused), then adds it back at a new address where node 2 restarted.
+#[tokio::test]
+async fn peers_are_added_moved_and_removed_while_the_transport_runs() {
+    let (listeners, mut addresses) = bind_loopback(3).await;
+    let mut listeners = listeners.into_iter();
+    let first_two: BTreeMap<NodeId, SocketAddr> = addresses
+        .iter()
+        .filter(|(id, _)| id.0 <= 2)
+        .map(|(id, address)| (*id, *address))
+        .collect();
+    let mut one =
+        TcpTransport::start_with_listener(config(1, &first_two), listeners.next().unwrap())
+            .unwrap();
+    let mut two =
+        TcpTransport::start_with_listener(config(2, &first_two), listeners.next().unwrap())
+            .unwrap();
+    let mut three =
+        TcpTransport::start_with_listener(config(3, &addresses), listeners.next().unwrap())
+            .unwrap();
+    let peers = one.0.peers();
+    let one_stats = one.0.stats_handle();
+    assert_eq!(
+        peers.addresses(),
+        [(NodeId(2), addresses[&NodeId(2)])].into()
+    );
+    deliver(&mut two.0, &mut one.1, heartbeat(2, 1, 1)).await;
+
+    // Node 3 is not a peer of node 1 yet: its hellos are refused, node 1 cannot send to it.
+    three.0.send(heartbeat(3, 1, 1));
+    eventually(&one_stats, "node 3 refused", |stats| {
+        stats.rejected_unknown_node >= 1
+    })
+    .await;
+    one.0.send(heartbeat(1, 3, 1));
+    assert_eq!(one.0.stats().dropped_unknown, 1);
+
+    // Added (through a clone of the handle, as an application holding it in a driver would).
+    assert_eq!(
+        peers.clone().set(NodeId(3), addresses[&NodeId(3)]),
+        Ok(None)
+    );
+    deliver(&mut three.0, &mut one.1, heartbeat(3, 1, 2)).await;
+    deliver(&mut one.0, &mut three.1, heartbeat(1, 3, 2)).await;
+    assert_eq!(
+        peers.set(NodeId(3), addresses[&NodeId(3)]),
+        Ok(Some(addresses[&NodeId(3)])),
+        "the same address changes nothing"
+    );
+    assert_eq!(
+        peers.set(NodeId(1), addresses[&NodeId(3)]),
+        Err(TcpPeerError::ThisNode(NodeId(1)))
+    );
+
+    // Node 2 removed: node 1 sends it nothing and closes what node 2 sends on.
+    let unknown_before = one.0.stats().dropped_unknown;
+    assert_eq!(peers.remove(NodeId(2)), Some(addresses[&NodeId(2)]));
+    assert_eq!(peers.remove(NodeId(2)), None);
+    one.0.send(heartbeat(1, 2, 3));
+    assert_eq!(one.0.stats().dropped_unknown, unknown_before + 1);
+    let refused_before = one_stats.get().rejected_unknown_node;
+    for round in 3..40 {
+        two.0.send(heartbeat(2, 1, round));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually(&one_stats, "node 2's reconnection refused", |stats| {
+        stats.rejected_unknown_node > refused_before
+    })
+    .await;
+    // Nothing from node 2 after its removal reached node 1's inbound stream (node 3's
+    // heartbeat, sent after, arrives; anything from node 2 before it would be a late copy
+    // of round 1 at most).
+    deliver(&mut three.0, &mut one.1, heartbeat(3, 1, 50)).await;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(50), one.1.next()).await
+    {
+        assert!(
+            message.from != NodeId(2) || message.body.ballot().unwrap().round < 3,
+            "a removed peer's message was delivered: {message:?}"
+        );
+    }
+
+    // Node 2 restarts at another address; node 1 adds it there.
+    two.0.shutdown().await;
+    drop(two.1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    addresses.insert(NodeId(2), listener.local_addr().unwrap());
+    let mut two = TcpTransport::start_with_listener(config(2, &addresses), listener).unwrap();
+    assert_eq!(peers.set(NodeId(2), addresses[&NodeId(2)]), Ok(None));
+    deliver(&mut one.0, &mut two.1, heartbeat(1, 2, 60)).await;
+    deliver(&mut two.0, &mut one.1, heartbeat(2, 1, 60)).await;
+    assert_eq!(
+        peers.addresses(),
+        addresses
+            .clone()
+            .into_iter()
+            .filter(|(id, _)| id.0 != 1)
+            .collect()
+    );
+
+    // Moved again (to node 3's address, which answers as node 3): the dialer at the old
+    // address stops and the new one is refused by the wrong node.
+    assert_eq!(
+        peers.set(NodeId(2), addresses[&NodeId(3)]),
+        Ok(Some(addresses[&NodeId(2)]))
+    );
+    let failures_before = one_stats.get().dial_failures;
+    one.0.send(heartbeat(1, 2, 70));
+    eventually(
+        &one_stats,
+        "dialing node 2 at node 3's address fails",
+        |stats| stats.dial_failures > failures_before,
+    )
+    .await;
+
+    one.0.shutdown().await;
+    assert_eq!(
+        peers.set(NodeId(4), addresses[&NodeId(3)]),
+        Err(TcpPeerError::Stopped)
+    );
+    two.0.shutdown().await;
+    three.0.shutdown().await;
 }
 
 #[tokio::test]

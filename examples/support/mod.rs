@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use synod::driver::{Handle, ProposalError};
-use synod::transport::tcp::TcpConfig;
+use synod::transport::tcp::{TcpConfig, TcpPeers};
 use synod::{Config, NodeId, ProposeError, Slot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -452,5 +452,55 @@ pub async fn members(handle: &mut Handle, out: &mut Vec<u8>) {
         }
         None => "none".to_string(),
     };
+    resp::bulk(out, Some(text.as_bytes()));
+}
+
+/// `SYNOD.SETPEER <id> <ip:port>`: tells this node's transport where node `id` listens, so
+/// that it can send to it and accepts its connections: before adding a node that is not in
+/// `--peers` to the membership, on every member (or to follow a node that moved). Replies
+/// `+OK`. Not saved: list the node in `--peers` for the next start.
+#[allow(dead_code)] // as `set_members`
+pub fn set_peer(peers: &TcpPeers, args: &[Bytes], out: &mut Vec<u8>) {
+    let id = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .map(NodeId);
+    let address = std::str::from_utf8(&args[2])
+        .ok()
+        .and_then(|text| text.parse::<SocketAddr>().ok());
+    match (id, address) {
+        (Some(id), Some(address)) => match peers.set(id, address) {
+            Ok(_) => resp::simple(out, "OK"),
+            Err(error) => resp::error(out, &format!("ERR {error}")),
+        },
+        (None, _) => resp::error(out, "ERR bad node id"),
+        (_, None) => resp::error(out, "ERR bad address (ip:port)"),
+    }
+}
+
+/// `SYNOD.DELPEER <id>`: this node's transport forgets node `id` (once it has left the
+/// membership): nothing is sent to it, its connections are closed and refused. Replies 1 if
+/// it was a peer, 0 if not.
+#[allow(dead_code)] // as `set_members`
+pub fn remove_peer(peers: &TcpPeers, args: &[Bytes], out: &mut Vec<u8>) {
+    match std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|text| text.parse().ok())
+    {
+        Some(id) => resp::integer_reply(out, i64::from(peers.remove(NodeId(id)).is_some())),
+        None => resp::error(out, "ERR bad node id"),
+    }
+}
+
+/// `SYNOD.PEERS`: this node's transport peers, as `1=127.0.0.1:7001,2=...` (the form of
+/// `--peers`, without this node).
+#[allow(dead_code)] // as `set_members`
+pub fn list_peers(peers: &TcpPeers, out: &mut Vec<u8>) {
+    let text = peers
+        .addresses()
+        .iter()
+        .map(|(id, address)| format!("{}={address}", id.0))
+        .collect::<Vec<_>>()
+        .join(",");
     resp::bulk(out, Some(text.as_bytes()));
 }

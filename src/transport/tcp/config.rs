@@ -33,8 +33,10 @@ pub struct TcpConfig {
     pub cluster_id: u64,
     /// Where this node listens for its peers' connections (used by [`TcpTransport::start`]).
     pub listen_address: SocketAddr,
-    /// Every peer's id and listen address. An entry for `node_id` itself is ignored, so all
-    /// nodes may share one map. Only these ids may connect, and only they can be sent to.
+    /// Every peer's id and listen address at start. An entry for `node_id` itself is
+    /// ignored, so all nodes may share one map. Only peers may connect, and only they can be
+    /// sent to; [`TcpTransport::peers`] adds, moves and removes peers while the transport
+    /// runs.
     pub peers: BTreeMap<NodeId, SocketAddr>,
     /// Messages queued per peer; `send` drops (and counts) past it.
     pub send_queue_messages_max: usize,

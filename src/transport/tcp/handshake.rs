@@ -180,7 +180,7 @@ pub(super) async fn read_hello<S: AsyncRead + Unpin>(
             hello.cluster_id
         )));
     }
-    if !shared.peers.contains(&hello.from) {
+    if !shared.is_peer(hello.from) {
         return Err(Rejection::UnknownNode(hello.from));
     }
     if hello.to != shared.node_id() {

@@ -41,7 +41,7 @@ const ACCEPT_RETRY_DELAY_MAX: Duration = Duration::from_secs(1);
 pub(super) struct Registry {
     next_serial: u64,
     /// Invariant: each list holds at most `connections_per_peer_max` entries.
-    connections: BTreeMap<NodeId, VecDeque<(u64, oneshot::Sender<()>)>>,
+    pub(super) connections: BTreeMap<NodeId, VecDeque<(u64, oneshot::Sender<()>)>>,
 }
 
 /// An identified inbound connection's place in the registry; dropping it frees the place.
@@ -221,6 +221,14 @@ async fn serve_inbound(
     bump(&shared.counters.accepted);
     debug!(%node, %peer, %address, "accepted");
     let (_registration, displaced) = Registration::new(&shared, peer);
+    // Checked again once registered: a peer removed meanwhile is not served (one removed
+    // after this point has its registered connections closed by `TcpPeers::remove`).
+    if !shared.is_peer(peer) {
+        let rejection = Rejection::UnknownNode(peer);
+        bump(rejection.counter(&shared.counters));
+        warn!(%node, %address, %rejection, "connection refused");
+        return;
+    }
     let mut reader = Reader {
         shared: &shared,
         peer,

@@ -87,6 +87,14 @@
 //! the peer's oldest, so a restarted peer replaces its half-open predecessor). A dialer whose
 //! writes stall for [`TcpConfig::write_timeout`] drops the connection and dials again.
 //!
+//! # Peers
+//!
+//! The transport starts with the peers of [`TcpConfig::peers`]. [`TcpTransport::peers`] hands
+//! out a [`TcpPeers`] handle that changes them while the transport runs (also inside a
+//! driver): add the address of a node that a membership change is about to add, on every
+//! member, before proposing the change; move a peer that came back at another address; remove
+//! a node that has left (its dialer stops, its connections are closed, new ones refused).
+//!
 //! # Never blocking the replica
 //!
 //! [`Transport::send`] puts the message into the peer's bounded queue with `try_send` and
@@ -103,24 +111,26 @@ mod config;
 mod dial;
 mod handshake;
 mod listen;
+mod peers;
 mod stats;
 
 pub use config::{TcpConfig, TcpError};
+pub use peers::{TcpPeerError, TcpPeers};
 pub use stats::{TcpStats, TcpStatsHandle};
 
 use crate::message::Message;
 use crate::transport::codec::Codec;
 use crate::transport::Transport;
 use crate::types::NodeId;
-use dial::run_dialer;
 use futures::Stream;
 use listen::{run_listener, Registry};
+use peers::{start_link, Links};
 use serde::{Deserialize, Serialize};
 use stats::{bump, Counters};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::net::TcpListener;
@@ -189,18 +199,32 @@ impl Stream for TcpInbound {
 }
 
 /// What every task of a transport holds: the stop signal, and a token whose release tells
-/// [`TcpTransport::shutdown`] the task has finished.
+/// [`TcpTransport::shutdown`] the task has finished. A dialer also holds its link's retire
+/// signal: it stops when its peer is removed or moved.
 #[derive(Clone, Debug)]
 struct Lifetime {
     stop: watch::Receiver<()>,
+    retired: Option<watch::Receiver<()>>,
     _alive: mpsc::Sender<()>,
 }
 
 impl Lifetime {
-    /// Completes once the transport is stopped (its stop sender dropped).
+    /// Completes once the transport is stopped (its stop sender dropped), or the task's peer
+    /// retired (its link dropped).
     async fn stopped(&mut self) {
         // Nothing is ever sent: `changed` only returns, with an error, when the sender drops.
-        while self.stop.changed().await.is_ok() {}
+        let Lifetime { stop, retired, .. } = self;
+        let stopped = async { while stop.changed().await.is_ok() {} };
+        match retired {
+            None => stopped.await,
+            Some(retired) => {
+                let retired = async { while retired.changed().await.is_ok() {} };
+                tokio::select! {
+                    () = stopped => {}
+                    () = retired => {}
+                }
+            }
+        }
     }
 }
 
@@ -208,7 +232,17 @@ impl Lifetime {
 #[derive(Debug)]
 struct Shared {
     config: TcpConfig,
-    peers: BTreeSet<NodeId>,
+    /// The peers now (`config.peers` is the set the transport started with).
+    links: Mutex<Links>,
+    /// Bumped at every change of `links`.
+    links_version: AtomicU64,
+    /// Where dialers of peers added later are spawned.
+    runtime: tokio::runtime::Handle,
+    /// The transport's stop signal, for dialers started later.
+    stop: watch::Receiver<()>,
+    /// The tasks' liveness token, weak: the shared state alone (held by a [`TcpPeers`]) must
+    /// not keep [`TcpTransport::shutdown`] waiting.
+    alive: mpsc::WeakSender<()>,
     codec: Codec,
     handshake_codec: Codec,
     counters: Arc<Counters>,
@@ -231,6 +265,34 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    fn links(&self) -> MutexGuard<'_, Links> {
+        // Consistent after every statement, as the registry.
+        self.links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// True if `node` is a peer now: it may connect.
+    fn is_peer(&self, node: NodeId) -> bool {
+        self.links().contains_key(&node)
+    }
+
+    /// The send queue of every peer now.
+    fn queues(&self) -> BTreeMap<NodeId, mpsc::Sender<Message>> {
+        self.links()
+            .iter()
+            .map(|(peer, link)| (*peer, link.queue.clone()))
+            .collect()
+    }
+
+    /// Closes every identified inbound connection from `peer` (it was removed).
+    fn close_inbound(&self, peer: NodeId) {
+        let connections = self.registry().connections.remove(&peer);
+        for (_, close) in connections.into_iter().flatten() {
+            let _ = close.send(());
+        }
+    }
 }
 
 /// Sends messages to peers over TCP (or mutual TLS); see the [module documentation](self).
@@ -240,7 +302,10 @@ impl Shared {
 pub struct TcpTransport {
     node_id: NodeId,
     local_address: SocketAddr,
+    shared: Arc<Shared>,
+    /// The peers' queues as of `links_version` (refreshed when a [`TcpPeers`] changed them).
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    links_version: u64,
     counters: Arc<Counters>,
     /// Dropped to stop every task.
     stop: watch::Sender<()>,
@@ -300,8 +365,14 @@ impl TcpTransport {
             None => None,
         };
         let counters = Arc::new(Counters::default());
+        let (stop, stop_receiver) = watch::channel(());
+        let (alive_sender, alive) = mpsc::channel(1);
         let shared = Arc::new(Shared {
-            peers: config.peer_ids(),
+            links: Mutex::new(Links::new()),
+            links_version: AtomicU64::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            stop: stop_receiver.clone(),
+            alive: alive_sender.downgrade(),
             codec: Codec::new(config.cluster_id, config.frame_bytes_max),
             handshake_codec: Codec::new(config.cluster_id, HANDSHAKE_FRAME_BYTES_MAX),
             counters: counters.clone(),
@@ -311,40 +382,40 @@ impl TcpTransport {
             tls,
             config,
         });
-        let (stop, stop_receiver) = watch::channel(());
-        let (alive_sender, alive) = mpsc::channel(1);
         let lifetime = Lifetime {
             stop: stop_receiver,
+            retired: None,
             _alive: alive_sender,
         };
         let (inbound_sender, inbound) = mpsc::channel(shared.config.inbound_messages_max);
-        let mut queues = BTreeMap::new();
-        for peer in &shared.peers {
-            let Some(address) = shared.config.peers.get(peer).copied() else {
-                continue;
-            };
-            let (queue, receiver) = mpsc::channel(shared.config.send_queue_messages_max);
-            queues.insert(*peer, queue);
-            tokio::spawn(run_dialer(
-                shared.clone(),
-                *peer,
-                address,
-                receiver,
-                lifetime.clone(),
-            ));
+        {
+            let mut links = shared.links();
+            for peer in shared.config.peer_ids() {
+                let address = shared.config.peers[&peer];
+                let link = start_link(&shared, peer, address).expect("the transport is running");
+                links.insert(peer, link);
+            }
         }
+        let queues = shared.queues();
         info!(
             node = %shared.node_id(),
             address = %local_address,
-            peers = shared.peers.len(),
+            peers = queues.len(),
             "tcp transport listening"
         );
         let node_id = shared.node_id();
-        tokio::spawn(run_listener(listener, shared, inbound_sender, lifetime));
+        tokio::spawn(run_listener(
+            listener,
+            shared.clone(),
+            inbound_sender,
+            lifetime,
+        ));
         let transport = TcpTransport {
             node_id,
             local_address,
+            shared,
             queues,
+            links_version: 0,
             counters,
             stop,
             alive,
@@ -371,6 +442,14 @@ impl TcpTransport {
     pub fn stats_handle(&self) -> TcpStatsHandle {
         TcpStatsHandle {
             counters: self.counters.clone(),
+        }
+    }
+
+    /// A handle that adds, moves and removes peers while the transport runs, also after it
+    /// moved into a driver (see [`TcpPeers`]).
+    pub fn peers(&self) -> TcpPeers {
+        TcpPeers {
+            shared: self.shared.clone(),
         }
     }
 
@@ -402,6 +481,12 @@ impl Transport for TcpTransport {
             "TcpTransport of {} asked to send a message from {}",
             self.node_id, message.from
         );
+        let version = self.shared.links_version.load(Ordering::Acquire);
+        if version != self.links_version {
+            // A `TcpPeers` changed the peer set: take the queues as they are now.
+            self.queues = self.shared.queues();
+            self.links_version = version;
+        }
         let Some(queue) = self.queues.get(&message.to) else {
             trace!(node = %self.node_id, to = %message.to, "dropped a message to an unknown node");
             bump(&self.counters.dropped_unknown);
