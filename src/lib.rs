@@ -99,9 +99,11 @@
 //!   [`Replica::change_membership`] with the new [`Membership`] (voters and learners, one
 //!   change at a time). Once the change is chosen, every replica reports
 //!   [`Event::MembershipChanged`] and the new membership governs every later slot; the
-//!   storage keeps it ([`WriteBatch::memberships`], [`Recovered::memberships`]), so a
-//!   restart needs no flag. Add a node as a learner and promote it once it has caught up
-//!   (`tests/replica_membership.rs`):
+//!   storage keeps it ([`WriteBatch::memberships`], [`Recovered::memberships`]; a founding
+//!   member writes its first one with its first ready), so `Config::members` and
+//!   `Config::join` are read at a node's first start only. Add a node as a learner and
+//!   promote it once it has caught up (`tests/replica_membership.rs`); with the TCP
+//!   transport, give the members its address first (`TcpTransport::peers`, feature `net`):
 //!
 //! ```
 //! # use synod::{Config, Membership, NodeId};
