@@ -213,6 +213,35 @@ async fn a_mutual_tls_cluster_exchanges_messages() {
     }
 }
 
+/// A node added to the peer set while the transports run (`TcpTransport::peers`) is dialed
+/// over TLS and accepted with its CA-signed certificate, both ways.
+#[tokio::test]
+async fn a_peer_added_while_running_is_reached_over_tls() {
+    let authority = Authority::new("synod test CA");
+    let (mut nodes, mut addresses) = tls_cluster(&authority, 2).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    addresses.insert(NodeId(4), listener.local_addr().unwrap());
+    let mut four = TcpTransport::start_with_listener(
+        tls_config(4, &addresses, authority.node_tls(4)),
+        listener,
+    )
+    .unwrap();
+    let one = &mut nodes[0];
+    one.0.peers().set(NodeId(4), addresses[&NodeId(4)]).unwrap();
+    deliver(&mut one.0, &mut four.1, heartbeat(1, 4, 1)).await;
+    deliver(&mut four.0, &mut one.1, heartbeat(4, 1, 1)).await;
+    let stats = one.0.stats();
+    assert_eq!(
+        stats.rejected_tls + stats.rejected_identity,
+        0,
+        "{stats:#?}"
+    );
+    four.0.shutdown().await;
+    for (transport, _) in nodes {
+        transport.shutdown().await;
+    }
+}
+
 /// A TLS client that trusts `authority` (so it accepts the node's certificate) and presents
 /// `identity`, if any.
 fn rogue_connector(
