@@ -69,7 +69,8 @@ pub enum ReadError {
     },
     /// [`Config::reads_max`](crate::Config::reads_max) reads are waiting for their
     /// confirmation already (or a follower has just started: its first ready is not written
-    /// yet). Retry once some are reported.
+    /// yet, or a leader is finishing a membership change its election recovered, after which
+    /// it campaigns again). Retry once some are reported, or shortly.
     #[error("busy: too many reads waiting")]
     Busy,
 }

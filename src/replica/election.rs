@@ -328,6 +328,7 @@ impl Replica {
             lease_ended: false,
             forwarded_seen: vec![(0, 0); self.members.len()],
             membership_pending: change,
+            phase_one_stopped: change.is_some(),
         });
         self.role = Role::Leader;
         self.set_leader(Some(self.config.id), ballot);

@@ -146,9 +146,11 @@ impl Replica {
         data: Bytes,
         membership: MembershipAt,
     ) {
-        if self.role != Role::Follower || slot <= self.hard.chosen {
+        if !matches!(self.role, Role::Follower | Role::PreCandidate) || slot <= self.hard.chosen {
             // A leader's vote window starts at its chosen mark and a candidate's phase 1 at
-            // its own: neither moves here. A follower already past `slot` needs nothing.
+            // its own: neither moves here. A follower (or a pre-candidate, which has asked
+            // nobody to promise anything yet, and may be a voter that missed a change and
+            // learns it only from this snapshot) already past `slot` needs nothing.
             return;
         }
         tracing::debug!(

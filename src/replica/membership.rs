@@ -13,7 +13,10 @@
 //!   its first unchosen slot. If the values it recovers include a change at slot `s`, what
 //!   its promises report after `s` says nothing (a majority of the new membership may have
 //!   chosen values there that no acceptor of the old one holds): it re-proposes up to `s`
-//!   only, and once `s` is chosen runs phase 1 again, in the new membership. If a change at
+//!   only, and once `s` is chosen runs phase 1 again, in the new membership — also when the
+//!   change names the membership already in force (a retried change can be recovered like
+//!   any other): until then it knows nothing of the slots after `s`, so it serves no read
+//!   either (its old majority confirming its ballot says nothing about them). If a change at
 //!   `s` was chosen, a majority of the old membership accepted it, so every phase-1 majority
 //!   of the old membership reports it (P2c): no candidate can miss a chosen change.
 //!
@@ -23,7 +26,8 @@
 //! members the change is chosen and hands over to a caught-up voter; candidates give up.
 //! Knowledge of a chosen change can be thin after faults (the removed leader may be the only
 //! node that has it): a candidate behind the voters that refuse it fetches from them (their
-//! `PreVoteReply` carries their chosen mark), and a non-voter that hears no leader tells the
+//! `PreVoteReply` carries their chosen mark), or installs their snapshot if they compacted
+//! (a pre-candidate installs one like a follower), and a non-voter that hears no leader tells the
 //! voters its chosen mark once per election timeout (an empty `FetchReply`). Learners accept
 //! like voters but are never counted and never campaign; a replica that is not a voter (a
 //! learner, a removed node, or a node joining with `Config::join` that has not learned a
@@ -163,8 +167,20 @@ impl Replica {
             return;
         }
         if self.membership() == Some(&at.membership) {
+            // Nothing changes, except for a leader whose phase 1 stopped at this change: it
+            // recovered nothing after it (a stale change retried, or one naming the
+            // membership in force, can be recovered like any other), so it runs phase 1
+            // again from the slot after it, as it would after a real change.
+            let rerun = self
+                .leadership
+                .as_ref()
+                .is_some_and(|leadership| leadership.phase_one_stopped);
             self.clear_pending_membership();
-            return; // nothing changes
+            if rerun {
+                self.step_down(StepDownReason::MembershipChanged);
+                self.start_election(None);
+            }
+            return;
         }
         tracing::info!(node = %self.config.id, slot = at.slot, membership = %at.membership,
             "membership changed");

@@ -181,6 +181,11 @@ struct Leadership {
     /// The slot of a membership change proposed or recovered and not chosen yet: no slot
     /// after it is given out until it is chosen.
     membership_pending: Option<Slot>,
+    /// Phase 1 stopped at a recovered change (`membership_pending`): this leadership knows
+    /// nothing of the slots after it, which a majority of the change's membership may have
+    /// chosen values in. It serves no read, and once the change is chosen it runs phase 1
+    /// again, even if the change named the membership already in force.
+    phase_one_stopped: bool,
     /// With leases: the tick each read round still unconfirmed was sent at, oldest first
     /// (bounded: rounds beyond the bound cannot renew the lease).
     round_ticks: VecDeque<(u64, u64)>,

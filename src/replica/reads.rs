@@ -101,16 +101,22 @@ impl Replica {
         let Some(leadership) = self.leadership.as_mut() else {
             return false;
         };
-        if leadership.reads.len() >= self.config.reads_max {
+        // A leader whose phase 1 stopped at a recovered change knows nothing of the slots
+        // after it: a majority of the change's membership may have chosen values there (and
+        // its own majority confirming its ballot says nothing about them). It leads only
+        // until the change is chosen, then campaigns again.
+        if leadership.reads.len() >= self.config.reads_max || leadership.phase_one_stopped {
             return false;
         }
         read.slot = self.hard.chosen.max(leadership.read_floor);
         read.round = leadership.read_round + 1;
-        // The only member: nobody can have promised a higher ballot. Under a lease, no other
-        // leader can have been elected since the lease's round was sent.
-        let at_once = self.members.len() == 1 || self.holds_lease();
+        // The only voter (learners do not count): nobody can have promised a higher ballot.
+        // Under a lease, no other leader can have been elected since the lease's round was
+        // sent.
+        let only_voter = self.voters.len() == 1;
+        let at_once = only_voter || self.holds_lease();
         if at_once {
-            if self.members.len() > 1 {
+            if !only_voter {
                 self.lease_reads += 1;
             }
             self.answer_read(read.context, read.from, Some(read.slot));

@@ -86,7 +86,9 @@ pub enum StepDownReason {
     Transferred,
     /// A membership change was chosen. A leader that is still a voter campaigns again at
     /// once, in the new membership (the slots after the change need its quorums); one that
-    /// is not hands over to a voter of the new membership.
+    /// is not hands over to a voter of the new membership. Also a leader whose election
+    /// recovered the change (its phase 1 stopped there) once it is chosen, even if the
+    /// change named the membership in force: it runs phase 1 for the slots after it.
     MembershipChanged,
 }
 

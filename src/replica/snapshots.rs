@@ -142,7 +142,7 @@ impl Replica {
         data: Bytes,
         membership: MembershipAt,
     ) {
-        if self.role != Role::Follower || slot <= self.hard.chosen {
+        if !matches!(self.role, Role::Follower | Role::PreCandidate) || slot <= self.hard.chosen {
             // Not wanted here (see `install_snapshot`): the sender can stop.
             self.send(
                 from,

@@ -1013,8 +1013,9 @@ impl Simulation {
         }
     }
 
-    /// The operator changes the membership ([`Faults::membership`]): asks a leader to change
-    /// to a random target (starting the spare nodes it names first). Refusals are counted.
+    /// The operator changes the membership ([`Faults::membership`]): asks a leader (any node
+    /// that believes it leads, deposed or not) to change to a random target, sometimes the
+    /// membership in force (starting the spare nodes it names first). Refusals are counted.
     fn change_membership_at_random(&mut self) {
         let leaders: Vec<usize> = (0..self.nodes.len())
             .filter(|&index| {
@@ -1034,7 +1035,15 @@ impl Simulation {
             .and_then(Replica::membership)
             .cloned()
             .expect("a leader knows its membership");
-        let Some(target) = self.draw_membership(&current) else {
+        // One change in eight names the membership in force, as an operator's retry of a
+        // change chosen meanwhile does: it changes nothing, but phase 1 recovers it like any
+        // other change (and must not stop there for good).
+        let target = if self.below(8) == 0 {
+            Some(current.clone())
+        } else {
+            self.draw_membership(&current)
+        };
+        let Some(target) = target else {
             self.stats.membership_skipped += 1;
             return;
         };
