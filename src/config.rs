@@ -47,7 +47,9 @@ pub struct Config {
     /// heartbeat from, sent fewer than `lease_ticks` ticks ago, answers
     /// [`Replica::read_index`](crate::Replica::read_index) at once, without a round of
     /// heartbeats: the members that acknowledged refuse to help elect anyone else for
-    /// `election_ticks` after they heard it (leader stickiness). Must be below
+    /// `election_ticks` whole ticks after they heard it (leader stickiness; with leases on
+    /// that is one tick count more than without, since a message may arrive at the very end
+    /// of a tick). Must be below
     /// `election_ticks`, and is safe only if:
     ///
     /// - every member runs with the same `election_ticks` and leases on;

@@ -17,15 +17,20 @@ impl Replica {
     /// is evidently no longer leading (it restarted, or stepped down).
     ///
     /// With leases, a replica also counts as following a live leader for its first
-    /// `election_ticks` ticks after it started.
+    /// `election_ticks` ticks after it started, and every window is one tick longer: a
+    /// message heard during tick `n` may have come at its very end, so `election_ticks`
+    /// whole ticks have passed since only once the count is past `n + election_ticks` (a
+    /// lease of `election_ticks / r` leader ticks then holds against followers ticking up
+    /// to `r` times faster, as `Config::lease_ticks` says).
     pub(super) fn in_leader_lease(&self, candidate: NodeId) -> bool {
         match self.role {
             Role::Leader => true,
             _ => {
+                let sticky_ticks =
+                    u64::from(self.config.election_ticks) + u64::from(self.config.lease_ticks > 0);
                 self.now < self.votes_blocked_until
                     || (self.leader.is_some_and(|leader| leader != candidate)
-                        && self.now - self.leader_heard_tick
-                            < u64::from(self.config.election_ticks))
+                        && self.now - self.leader_heard_tick < sticky_ticks)
             }
         }
     }

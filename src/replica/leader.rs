@@ -203,7 +203,12 @@ impl Replica {
             return;
         };
         let progress = &leadership.followers[transfer.to];
-        let caught_up = progress.next_slot >= leadership.next_slot && progress.inflight.is_empty();
+        // The target's phase 1 starts after its chosen mark: acceptors ignore a Prepare that
+        // needs slots they compacted, so a target behind the compaction point (waiting for a
+        // snapshot) would depose this leader and win nothing.
+        let caught_up = progress.next_slot >= leadership.next_slot
+            && progress.inflight.is_empty()
+            && progress.follower_chosen + 1 >= self.log.first();
         let due = transfer.sent_tick.map_or(true, |sent| {
             self.now - sent >= u64::from(self.config.retransmit_ticks)
         });

@@ -648,8 +648,10 @@ impl Replica {
             forward_queue: Vec::new(),
             remote_reads: VecDeque::new(),
             remote_round: 0,
+            // One tick more than `election_ticks`: the first tick may come at once after
+            // the start (see `in_leader_lease`).
             votes_blocked_until: if config.lease_ticks > 0 {
-                u64::from(config.election_ticks)
+                u64::from(config.election_ticks) + 1
             } else {
                 0
             },

@@ -275,7 +275,8 @@ impl Net {
             let Some(replica) = self.nodes[&other].replica.as_ref() else {
                 continue;
             };
-            for _ in 0..replica.config().election_ticks {
+            // One tick more than `election_ticks`: with leases, votes stay blocked that long.
+            for _ in 0..=replica.config().election_ticks {
                 self.tick(other.0);
             }
             self.queue.retain(|message| message.from != other);
