@@ -162,6 +162,12 @@ impl Config {
                 ));
             }
         }
+        if self.applied > crate::replica::SLOT_OR_ROUND_MAX {
+            return Err(ConfigError::new(
+                "applied",
+                "must be at most SLOT_OR_ROUND_MAX (2^62)",
+            ));
+        }
         if self.heartbeat_ticks == 0 {
             return Err(ConfigError::new("heartbeat_ticks", "must be at least 1"));
         }

@@ -290,6 +290,7 @@ fn compacting_through_the_snapshot_keeps_the_rest_across_reopen() {
             runs: vec![(1..=6).map(noop).collect()],
             must_sync: true,
             memberships: None,
+            compact_through: None,
         })
         .unwrap();
     let taken = Snapshot {

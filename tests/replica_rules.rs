@@ -1412,6 +1412,7 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_b
             runs: Vec::new(),
             must_sync: true,
             memberships: None,
+            compact_through: None,
         })
         .unwrap();
     node.storage.compact(snapshot_slot);

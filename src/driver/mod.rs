@@ -767,6 +767,13 @@ fn write_loop<S: Storage>(
                             if next.batch.hard_state.is_some() {
                                 batch.hard_state = next.batch.hard_state;
                             }
+                            // The latest membership list replaces the earlier ones, as the
+                            // writes one after the other would have.
+                            if next.batch.memberships.is_some() {
+                                batch.memberships = next.batch.memberships;
+                            }
+                            batch.compact_through =
+                                batch.compact_through.max(next.batch.compact_through);
                             batch.runs.extend(next.batch.runs);
                             batch.must_sync |= next.batch.must_sync;
                             messages.extend(next.messages);

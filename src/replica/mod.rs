@@ -310,6 +310,9 @@ pub struct Replica {
     incarnation_durable: bool,
     proposal_sequence: u64,
     forward_queue: Vec<Command>,
+    /// Set by `new` when the storage must discard the entries up to this slot with the first
+    /// ready's batch ([`WriteBatch::compact_through`]).
+    compact_through: Option<Slot>,
     /// With leases: no vote is granted before this tick (a restarted replica may have
     /// acknowledged a lease it no longer remembers).
     votes_blocked_until: u64,
@@ -397,6 +400,7 @@ type Identity<'a> = (
     (
         &'a Vec<Option<OutgoingSnapshot>>,
         &'a Option<IncomingSnapshot>,
+        Option<Slot>,
     ),
 );
 
@@ -474,7 +478,7 @@ impl Replica {
                 self.votes_blocked_until,
                 self.lease_reads,
             ),
-            (&self.snapshots_out, &self.snapshot_in),
+            (&self.snapshots_out, &self.snapshot_in, self.compact_through),
         )
     }
 }
@@ -520,6 +524,12 @@ impl Replica {
     pub fn new(config: Config, recovered: Recovered) -> Result<Replica, ConfigError> {
         config.validate()?;
         let mut hard = recovered.hard_state;
+        if hard.chosen > SLOT_OR_ROUND_MAX || hard.promised.round > SLOT_OR_ROUND_MAX {
+            return Err(ConfigError::new(
+                "recovered",
+                "the stored chosen mark or promised round is beyond SLOT_OR_ROUND_MAX",
+            ));
+        }
         let mut memberships = recovered.memberships;
         for at in &memberships {
             at.membership
@@ -542,7 +552,11 @@ impl Replica {
         // has not learned one yet: it goes on joining whatever `config.join` says now, instead
         // of taking the configuration's members for the cluster's first membership (they are
         // the voters of some later change at best).
-        let mut memberships_dirty = false;
+        // A recovered list is written again with the first ready: it may hold a membership
+        // that only the saved snapshot had (one installed from a peer, before the crash let
+        // the ready's batch write it), and the application's next own snapshot, which carries
+        // none, would replace that snapshot and lose it.
+        let mut memberships_dirty = !memberships.is_empty();
         if memberships.is_empty() && !config.join {
             if hard.incarnation == 0 {
                 memberships.push(MembershipAt {
@@ -559,6 +573,7 @@ impl Replica {
             }
         }
         let mut recovered_entries = recovered.entries;
+        let mut compact_through = None;
         if config.applied > hard.chosen {
             // The application restored a snapshot installed from a peer whose chosen mark did
             // not reach the disk before a crash (the snapshot is saved first). The snapshot
@@ -566,6 +581,9 @@ impl Replica {
             // (older accepted values, perhaps not the chosen ones) must never be served.
             hard.chosen = config.applied;
             recovered_entries.retain(|entry| entry.slot > config.applied);
+            // The storage drops them too, with the first ready's batch, which makes the new
+            // chosen mark durable: a later restart must not read them back as chosen.
+            compact_through = Some(config.applied);
         }
         // With no entry at all, every chosen slot was compacted away (or none is chosen yet):
         // the log starts after the chosen mark, which also tells phase 1 where it stops.
@@ -646,6 +664,7 @@ impl Replica {
             incarnation_durable: false,
             proposal_sequence: 0,
             forward_queue: Vec::new(),
+            compact_through,
             remote_reads: VecDeque::new(),
             remote_round: 0,
             // One tick more than `election_ticks`: the first tick may come at once after
@@ -1161,6 +1180,7 @@ impl Replica {
         batch.number = number;
         batch.write.must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         batch.write.hard_state = self.hard_dirty.then_some(self.hard);
+        batch.write.compact_through = self.compact_through.take();
         if self.memberships_dirty {
             self.memberships_dirty = false;
             batch.write.memberships = Some(self.memberships.clone());
@@ -1446,6 +1466,16 @@ impl Replica {
             self.hard_dirty = true;
             if self.membership_floor <= chosen {
                 self.adopt_chosen_membership(from);
+            }
+            // A snapshot still arriving that the chosen mark has passed is not needed any
+            // more: its chunks (up to `snapshot_bytes_max`) are dropped, not kept until another
+            // transfer replaces them.
+            if self
+                .snapshot_in
+                .as_ref()
+                .is_some_and(|incoming| incoming.slot <= chosen)
+            {
+                self.snapshot_in = None;
             }
         }
     }

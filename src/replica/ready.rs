@@ -155,6 +155,7 @@ impl Batch {
         clear(&mut self.events, capacity_max);
         self.write.hard_state = None;
         self.write.memberships = None;
+        self.write.compact_through = None;
         self.snapshot = None;
     }
 }

@@ -52,7 +52,7 @@ impl OutgoingSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct IncomingSnapshot {
     from: NodeId,
-    slot: Slot,
+    pub(super) slot: Slot,
     total: u64,
     data: BytesMut,
     membership: MembershipAt,

@@ -743,6 +743,7 @@ mod tests {
             runs: vec![],
             must_sync: true,
             memberships: None,
+            compact_through: None,
         };
         checker.on_durable(0, &write(5)).unwrap();
         assert_eq!(

@@ -94,6 +94,9 @@ impl Storage for MemStorage {
 
     /// Keeps the batch's runs (no copy), leaving `batch.runs` empty. Never fails.
     fn write(&mut self, batch: &mut WriteBatch) -> Result<(), StorageError> {
+        if let Some(through) = batch.compact_through {
+            self.log.compact(through);
+        }
         // Many batches carry no run (a Commit's, say): skip building and dropping a `Drain`.
         if !batch.runs.is_empty() {
             for run in batch.runs.drain(..) {

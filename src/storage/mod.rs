@@ -38,6 +38,17 @@ pub struct WriteBatch {
     /// atomically with the rest of the batch, and return it from [`Storage::recover`]. Oldest
     /// first; the last one is in force. Rare: most batches carry `None`.
     pub memberships: Option<Vec<MembershipAt>>,
+    /// `Some(s)`: discard every entry up to and including `s`, as [`Storage::compact`]`(s)`
+    /// does, atomically with the rest of the batch (never the rest without it). The replica
+    /// sets it in its first ready after a restart with [`Config::applied`] above the
+    /// recovered chosen mark: a snapshot installed from a peer was saved, and a crash came
+    /// before the storage was compacted through it, so the storage still holds accepted
+    /// values at or below `s` that may not be the chosen ones; the batch makes `s` the
+    /// durable chosen mark, and they must not then be read back as chosen. Rare: `None`
+    /// otherwise.
+    ///
+    /// [`Config::applied`]: crate::Config::applied
+    pub compact_through: Option<Slot>,
 }
 
 impl WriteBatch {
@@ -63,6 +74,7 @@ impl WriteBatch {
             runs,
             must_sync,
             memberships: None,
+            compact_through: None,
         }
     }
 
@@ -70,6 +82,7 @@ impl WriteBatch {
     pub fn is_empty(&self) -> bool {
         self.hard_state.is_none()
             && self.memberships.is_none()
+            && self.compact_through.is_none()
             && self.runs.iter().all(|run| run.is_empty())
     }
 
@@ -140,6 +153,8 @@ pub trait Storage {
     fn recover(&mut self) -> Result<Recovered, StorageError>;
 
     /// Writes `batch` atomically; if `batch.must_sync`, it is durable when this returns `Ok`.
+    /// Atomically means the hard state, the entries, the membership list and the compaction
+    /// mark ([`WriteBatch::compact_through`]) of the batch are all durable, or none of them.
     ///
     /// The batch is lent, not given: the storage may move the runs out of `batch.runs`
     /// (a memory storage keeps them that way, without a copy) or leave them, and the caller

@@ -1098,11 +1098,16 @@ impl Storage for FileStorage {
             self.writes += 1;
             return Ok(());
         }
+        // A compaction mark is recorded with the batch, in the same commit; the segments it
+        // frees are deleted by the next `compact`.
+        let compaction = batch
+            .compact_through
+            .map(|through| through.max(self.state.compacted_through));
         self.write_records(
             batch.hard_state.as_ref(),
             batch.entries(),
             batch.memberships.as_deref(),
-            None,
+            compaction,
             batch.must_sync,
         )
     }
