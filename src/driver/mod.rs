@@ -517,7 +517,7 @@ where
         let mut inbound_open = true;
         let mut requests_open = true;
         loop {
-            if let Err(error) = self.drain(jobs).await {
+            if let Err(error) = self.drain(jobs, &mut done).await {
                 // The storage thread stops after a failed write: report that failure, not the
                 // closed channel it left behind.
                 while let Some(outcome) = done.next().await {
@@ -670,15 +670,20 @@ where
 
     /// Hands out every ready: messages now, the write to the storage thread, committed entries
     /// to the application (waiting for room: backpressure).
-    async fn drain(&mut self, jobs: &std::sync::mpsc::Sender<Job>) -> Result<(), DriverError> {
+    async fn drain(
+        &mut self,
+        jobs: &std::sync::mpsc::Sender<Job>,
+        done: &mut mpsc::UnboundedReceiver<Result<Done, StorageError>>,
+    ) -> Result<(), DriverError> {
         let stopped = || DriverError::StorageThread("stopped".into());
         while self.replica.has_ready() {
             let mut ready = self.replica.ready();
             self.transport.send_all(ready.take_messages());
             let committed: Vec<Entry> = self.replica.committed(&ready).cloned().collect();
             let snapshot = ready.take_snapshot();
+            let number = ready.number();
             let job = WriteJob {
-                number: ready.number(),
+                number,
                 batch: ready.take_persist(),
                 messages: ready.take_persisted_messages(),
                 snapshot: snapshot.clone(),
@@ -710,6 +715,18 @@ where
             // The write is acknowledged when the storage thread reports it (`on_persisted`).
             self.replica.recycle(ready);
             if let Some(snapshot) = snapshot {
+                // Handed out once the storage has saved it (and written the batch that
+                // records its slot chosen): the application may then record its state as
+                // applied through the snapshot's slot, and a restart restores the snapshot.
+                loop {
+                    let completed = done.next().await.ok_or_else(stopped)??;
+                    let ours =
+                        matches!(&completed, Done::Written(written) if written.number >= number);
+                    self.on_completed(completed);
+                    if ours {
+                        break;
+                    }
+                }
                 self.stats.snapshots_installed += 1;
                 let _ = self.committed.send(Applied::Snapshot(snapshot)).await;
             }

@@ -343,10 +343,12 @@ impl Participant {
                 match self.txns.get(&txn) {
                     // Asked already: the application's vote is pending.
                     Some(State::Asked { .. }) => {}
-                    // Prepared: the yes vote is durable; say it again.
+                    // Prepared: say the yes vote again, after the write of this ready (the
+                    // prepared record may be in a ready not written yet: a duplicate request
+                    // can arrive between `vote` and the write).
                     Some(State::Prepared { coordinator, .. }) => {
                         let to = *coordinator;
-                        self.ready.messages.push(Message {
+                        self.ready.persisted_messages.push(Message {
                             txn,
                             from: self.config.id,
                             to,
@@ -411,9 +413,11 @@ impl Participant {
                         });
                     }
                     (Some(State::Asked { .. }), Outcome::Commit) => return Err(unexpected),
-                    // Finished here and forgotten: a resent commit still wants its ack.
+                    // Finished here and forgotten: a resent commit still wants its ack, after
+                    // the write of this ready (the commit record may be in a ready not
+                    // written yet: a duplicate decision can arrive before the write).
                     (None, Outcome::Commit) => {
-                        self.ready.messages.push(Message {
+                        self.ready.persisted_messages.push(Message {
                             txn,
                             from: self.config.id,
                             to: from,
