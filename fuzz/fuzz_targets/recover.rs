@@ -35,7 +35,7 @@ fn record(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
 fn segment(sequence: u64, first_batch: u64, node: u64, records: &[(u8, &[u8])]) -> Vec<u8> {
     let mut header = Vec::new();
     header.extend_from_slice(b"SYNODLOG");
-    header.extend_from_slice(&1u16.to_le_bytes());
+    header.extend_from_slice(&2u16.to_le_bytes());
     for value in [CLUSTER, node, sequence, first_batch] {
         header.extend_from_slice(&value.to_le_bytes());
     }

@@ -40,7 +40,7 @@ pub struct LockClient {
     keep_alive_every: u64,
     now: u64,
     session: Option<SessionId>,
-    /// Local tick at which the renewal in flight was sent (the oldest one unanswered).
+    /// Local tick at which the oldest renewal sent since the last answer was sent.
     renewal_sent_at: Option<u64>,
     last_keep_alive_at: u64,
     live_until: u64,
@@ -81,7 +81,7 @@ impl LockClient {
 
     /// The command that opens (or renews) this client's session.
     pub fn open(&mut self) -> Command {
-        self.renewal_sent_at.get_or_insert(self.now);
+        self.renewal_sent();
         Command::Open {
             client: self.client,
             lease: self.lease,
@@ -96,7 +96,7 @@ impl LockClient {
             return None;
         }
         self.last_keep_alive_at = self.now;
-        self.renewal_sent_at.get_or_insert(self.now);
+        self.renewal_sent();
         Some(Command::KeepAlive { session })
     }
 
@@ -152,8 +152,22 @@ impl LockClient {
                 self.session = Some(*session);
                 self.renewed();
             }
-            (Command::KeepAlive { .. }, Outcome::Renewed { .. }) => self.renewed(),
-            (Command::Acquire { name, mode, .. }, Outcome::Granted { token }) => {
+            // Answers to commands of an earlier session are stale: they say nothing of this
+            // one (a late grant would hand out a revoked token).
+            (Command::KeepAlive { session }, Outcome::Renewed { .. })
+                if Some(*session) == self.session =>
+            {
+                self.renewed()
+            }
+            (
+                Command::Acquire {
+                    session,
+                    name,
+                    mode,
+                    ..
+                },
+                Outcome::Granted { token },
+            ) if Some(*session) == self.session => {
                 self.granted(name, *mode, *token);
             }
             (Command::Release { name, .. }, _) => {
@@ -164,7 +178,11 @@ impl LockClient {
             {
                 self.lost();
             }
-            (Command::Close { .. }, Outcome::Closed { .. }) => self.lost(),
+            (Command::Close { session }, Outcome::Closed { .. })
+                if Some(*session) == self.session =>
+            {
+                self.lost()
+            }
             _ => {}
         }
     }
@@ -224,8 +242,18 @@ impl LockClient {
         }
     }
 
+    fn renewal_sent(&mut self) {
+        self.renewal_sent_at.get_or_insert(self.now);
+    }
+
+    /// An answer to a renewal: credited with the oldest send since the previous answer, and
+    /// an answer with no send recorded since (a late answer to a renewal an earlier answer
+    /// was credited for) extends nothing: never the time it arrives, which would extend the
+    /// local lease past the service's.
     fn renewed(&mut self) {
-        let sent_at = self.renewal_sent_at.take().unwrap_or(self.now);
+        let Some(sent_at) = self.renewal_sent_at.take() else {
+            return;
+        };
         let until = sent_at + self.lease - self.margin;
         self.live_until = self.live_until.max(until);
     }

@@ -13,7 +13,9 @@ use crate::error::ConfigError;
 ///   `Time` can expire anyone. Keep-alives sent while there was no leader could not be
 ///   chosen; the grace gives their clients time to send them again.
 /// - Then, every `interval` ticks, [`Command::Time`] with the leader's clock: the log time it
-///   had applied when it took over, plus the ticks it has led since.
+///   had applied when it took over, plus the ticks it has led since, but never more than
+///   `interval` past the log time it has applied (a lost `Time` slows log time down instead
+///   of making it jump: a lease renewed at the stale log time keeps its whole length).
 ///
 /// A deposed leader's late `Time` entries are harmless: the service ignores a `now` below its
 /// log time.
@@ -24,8 +26,21 @@ use crate::error::ConfigError;
 /// let mut clock = LeaseClock::new(5, 50).unwrap();
 /// assert_eq!(clock.tick(false, 0), None);
 /// assert_eq!(clock.tick(true, 0), Some(Command::Grace { ticks: 50 }));
-/// let proposed: Vec<Command> = (0..10).filter_map(|_| clock.tick(true, 0)).collect();
+/// // Each `Time` applied before the next one is proposed:
+/// let mut applied_now = 0;
+/// let mut proposed = Vec::new();
+/// for _ in 0..10 {
+///     if let Some(command) = clock.tick(true, applied_now) {
+///         if let Command::Time { now } = command {
+///             applied_now = now;
+///         }
+///         proposed.push(command);
+///     }
+/// }
 /// assert_eq!(proposed, [Command::Time { now: 5 }, Command::Time { now: 10 }]);
+/// // If they are lost, log time runs slow rather than jumping past the lost ones:
+/// let proposed: Vec<Command> = (0..10).filter_map(|_| clock.tick(true, 10)).collect();
+/// assert_eq!(proposed, [Command::Time { now: 15 }, Command::Time { now: 15 }]);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseClock {
@@ -76,6 +91,11 @@ impl LeaseClock {
             return None;
         }
         self.since_time = 0;
-        Some(Command::Time { now: self.clock })
+        // Never more than `interval` past the log time applied here: if `Time` entries were
+        // lost, log time then runs slow (leases last longer, which is safe) instead of
+        // jumping over the lost ones, which would end a lease renewed meanwhile (counted from
+        // the stale log time) early, while its client still trusts it.
+        let now = self.clock.min(applied_now.saturating_add(self.interval));
+        Some(Command::Time { now })
     }
 }

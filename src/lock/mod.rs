@@ -174,6 +174,10 @@ pub enum LockError {
     },
 }
 
+/// The highest log time: a [`Command::Time`] beyond it moves log time to it, no further, so
+/// that every lease end and wait deadline counted from log time fits in a `u64`.
+pub const TIME_MAX: u64 = 1 << 62;
+
 /// What happened to a session that did not ask for it just then: grants to queued acquires,
 /// timeouts, expiries. Drained with [`LockService::take_events`]; the replica serving the
 /// session tells its client.
@@ -675,6 +679,9 @@ impl LockService {
     }
 
     fn advance_time(&mut self, slot: Slot, now: u64) -> Outcome {
+        // Log time stops at TIME_MAX: a lease or deadline counted from it never saturates
+        // (a session whose lease end equalled a saturated `now` could never expire).
+        let now = now.min(TIME_MAX);
         if now <= self.state.now {
             return Outcome::Time {
                 now: self.state.now,

@@ -962,6 +962,9 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
             token: FencingToken(12),
         },
     );
+    // A queued acquire of "y": its grant comes as an event.
+    let acquire_y = client.acquire("y", Shared, Wait::Forever).unwrap();
+    client.on_outcome(&acquire_y, &Outcome::Queued { position: 0 });
     client.on_event(&LockEvent::Granted {
         session: SessionId(9),
         name: "y".into(),

@@ -57,6 +57,10 @@ pub(super) struct SegmentScan {
 struct Damage {
     offset: u64,
     reason: String,
+    /// Where a later synced commit record could begin: past every record that passed its
+    /// checksum (their bodies are the application's bytes, which may hold anything, a commit
+    /// record's image included), and past a torn record's declared extent.
+    scan_from: u64,
 }
 
 /// The sequence numbers of the segment files in `directory`, ascending.
@@ -229,12 +233,15 @@ pub(super) fn scan_segment(
                     "{} records without their commit record (a torn batch)",
                     pending.len()
                 ),
+                // Every record up to the end is intact: nothing can follow.
+                scan_from: file_bytes,
             });
         }
         if file_bytes - offset < RECORD_HEADER_BYTES as u64 {
             break Some(Damage {
                 offset,
                 reason: "incomplete record header at the end of the file".into(),
+                scan_from: file_bytes,
             });
         }
         record.resize(RECORD_HEADER_BYTES, 0);
@@ -246,6 +253,7 @@ pub(super) fn scan_segment(
             break Some(Damage {
                 offset,
                 reason: format!("record length {body_bytes} is above the limit {body_bytes_max}"),
+                scan_from: offset + 1,
             });
         }
         let record_bytes = (RECORD_HEADER_BYTES + body_bytes) as u64;
@@ -253,6 +261,9 @@ pub(super) fn scan_segment(
             break Some(Damage {
                 offset,
                 reason: format!("record of {record_bytes} bytes runs past the end of the file"),
+                // The record being written when the file ended, or one whose length was
+                // damaged: which, only a later commit can tell.
+                scan_from: offset + 1,
             });
         }
         record.resize(RECORD_HEADER_BYTES + body_bytes, 0);
@@ -261,7 +272,14 @@ pub(super) fn scan_segment(
             .map_err(|error| io_error(&path, error))?;
         let (kind, body) = match check_record(&record) {
             Ok(checked) => checked,
-            Err(reason) => break Some(Damage { offset, reason }),
+            // Its length may be what is damaged: look for a later commit from the next byte.
+            Err(reason) => {
+                break Some(Damage {
+                    offset,
+                    reason,
+                    scan_from: offset + 1,
+                })
+            }
         };
         let location = Location {
             segment: sequence,
@@ -280,11 +298,13 @@ pub(super) fn scan_segment(
                     break Some(Damage {
                         offset,
                         reason: "ill-formed commit record".into(),
+                        scan_from: offset + record_bytes,
                     });
                 };
                 if commit.batch != state.next_batch || commit.records as usize != pending.len() {
                     break Some(Damage {
                         offset,
+                        scan_from: offset + record_bytes,
                         reason: format!(
                             "commit of batch {} with {} records, expected batch {} with {}",
                             commit.batch,
@@ -308,6 +328,7 @@ pub(super) fn scan_segment(
                 break Some(Damage {
                     offset,
                     reason: format!("ill-formed {kind:?} record"),
+                    scan_from: offset + record_bytes,
                 })
             }
         }
@@ -324,7 +345,7 @@ pub(super) fn scan_segment(
     }
     let mut file = reader.into_inner();
     if let Some((commit_offset, batch)) =
-        find_synced_commit(&mut file, damage.offset, file_bytes, state.next_batch)
+        find_synced_commit(&mut file, damage.scan_from, file_bytes, state.next_batch)
             .map_err(|error| io_error(&path, error))?
     {
         return Err(corrupt(
