@@ -210,6 +210,10 @@ impl Handle {
     /// A proposal forwarded to a leader that then fails may never commit: wrap this in your
     /// runtime's timeout and retry (idempotently, see [`crate::session`]).
     ///
+    /// Do not await it in the task that reads [`Committed`]: the driver hands entries out
+    /// with a bounded channel, and waits for room before it reads the next request, so the
+    /// two would wait for each other.
+    ///
     /// # Errors
     /// As [`propose`](Handle::propose), plus [`ProposalError::Unknown`] if the driver stopped
     /// before the command committed.
@@ -320,6 +324,9 @@ impl Handle {
     /// `snapshot.slot` from [`Committed`]) to the storage and compacts the log through its
     /// slot, in the replica and in the storage. Returns once the snapshot is durable. Peers
     /// that later need the compacted slots are sent this snapshot.
+    ///
+    /// Await it in another task than the one that reads [`Committed`] (spawn it): the driver
+    /// may be waiting for room in that channel before it reads this request.
     ///
     /// # Errors
     /// [`CompactError::NotApplied`] if the snapshot is beyond what the driver handed out;
