@@ -2,7 +2,7 @@
 //! `FileStorage` recovery. Storage and codec tests always run; the TCP tests (module `tcp`)
 //! need `--features net`. Scenarios from session 14's review; one bug they showed is fixed
 //! (a command holding a commit record's image no longer turns a torn tail into a refusal to
-//! open), two are still open, marked `#[ignore = "OPEN BUG ..."]` (run them with
+//! open), others are still open, marked `#[ignore = "OPEN BUG ..."]` (run them with
 //! `-- --include-ignored`). This binary installs a counting global allocator
 //! (largest request per thread) for one codec test; it defers to `System`.
 
@@ -226,9 +226,9 @@ fn a_torn_batch_with_plain_data_is_a_torn_tail() {
 /// good, even if the option is raised again. (In a closed segment the same record makes
 /// open fail as `Corrupt`.) The limit exists to bound allocation for a *corrupt* length;
 /// a length that fits the file should be checked by its checksum (read in bounded chunks),
-/// or the open should fail instead of truncating.
+/// or the open should fail instead of truncating. Fixed: an intact oversized record makes
+/// the open fail with the limit it needs.
 #[test]
-#[ignore = "OPEN BUG (session 14): lowering command_bytes_max truncates acknowledged synced batches"]
 fn lowering_command_bytes_max_does_not_destroy_acknowledged_batches() {
     let directory = TempDir::new().unwrap();
     let mut storage = open(directory.path(), options()).unwrap();

@@ -250,6 +250,27 @@ pub(super) fn scan_segment(
             .map_err(|error| io_error(&path, error))?;
         let body_bytes = u32::from_le_bytes(record[0..4].try_into().expect("4 bytes")) as usize;
         if body_bytes > body_bytes_max {
+            // Written under a higher `command_bytes_max`? A record that lies whole in the file
+            // and whose checksum holds (read in bounded chunks) is acknowledged data: refuse
+            // to open rather than truncate it.
+            let record_bytes = (RECORD_HEADER_BYTES + body_bytes) as u64;
+            if record_bytes <= file_bytes - offset
+                && intact_oversized(&mut reader, &record, body_bytes)
+                    .map_err(|error| io_error(&path, error))?
+            {
+                return Err(corrupt(
+                    &path,
+                    offset,
+                    format!(
+                        "an intact record of {body_bytes} bytes is above this storage's limit \
+                         of {body_bytes_max}: it was written with a higher command_bytes_max; \
+                         open with that limit"
+                    ),
+                ));
+            }
+            reader
+                .seek(SeekFrom::Start(offset + RECORD_HEADER_BYTES as u64))
+                .map_err(|error| io_error(&path, error))?;
             break Some(Damage {
                 offset,
                 reason: format!("record length {body_bytes} is above the limit {body_bytes_max}"),
@@ -371,6 +392,23 @@ pub(super) fn scan_segment(
     Ok(SegmentScan {
         length: committed_end,
     })
+}
+
+/// True if the record whose header is `header` (its body of `body_bytes` following in
+/// `reader`) has a good checksum, read in chunks of at most 1 MiB.
+fn intact_oversized(reader: &mut impl Read, header: &[u8], body_bytes: usize) -> io::Result<bool> {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let expected = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    let mut checksum = crc32c::crc32c_append(crc32c::crc32c(&header[0..4]), &header[8..9]);
+    let mut chunk = vec![0u8; CHUNK_BYTES.min(body_bytes)];
+    let mut left = body_bytes;
+    while left > 0 {
+        let take = left.min(CHUNK_BYTES);
+        reader.read_exact(&mut chunk[..take])?;
+        checksum = crc32c::crc32c_append(checksum, &chunk[..take]);
+        left -= take;
+    }
+    Ok(checksum == expected)
 }
 
 /// Looks in `file[from..file_bytes]`, at every byte offset, for an intact commit record of a
