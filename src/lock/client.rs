@@ -81,7 +81,7 @@ impl LockClient {
 
     /// The command that opens (or renews) this client's session.
     pub fn open(&mut self) -> Command {
-        self.renewal_sent();
+        self.renewal_sent_at.get_or_insert(self.now);
         Command::Open {
             client: self.client,
             lease: self.lease,
@@ -96,7 +96,7 @@ impl LockClient {
             return None;
         }
         self.last_keep_alive_at = self.now;
-        self.renewal_sent();
+        self.renewal_sent_at.get_or_insert(self.now);
         Some(Command::KeepAlive { session })
     }
 
@@ -240,10 +240,6 @@ impl LockClient {
         if !stale {
             self.held.insert(name.to_owned(), (mode, token));
         }
-    }
-
-    fn renewal_sent(&mut self) {
-        self.renewal_sent_at.get_or_insert(self.now);
     }
 
     /// An answer to a renewal: credited with the oldest send since the previous answer, and

@@ -208,7 +208,7 @@ impl Replica {
         // snapshot) would depose this leader and win nothing.
         let caught_up = progress.next_slot >= leadership.next_slot
             && progress.inflight.is_empty()
-            && progress.follower_chosen + 1 >= self.log.first();
+            && !progress.behind_compaction(self.log.first());
         let due = transfer.sent_tick.map_or(true, |sent| {
             self.now - sent >= u64::from(self.config.retransmit_ticks)
         });

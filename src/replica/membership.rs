@@ -198,10 +198,9 @@ impl Replica {
                 }
                 commits.push(*member);
                 let progress = &leadership.followers[index];
-                // As for a transfer: it must not need slots compacted here.
                 let caught_up = progress.next_slot > at.slot
                     && progress.inflight.is_empty()
-                    && progress.follower_chosen + 1 >= self.log.first();
+                    && !progress.behind_compaction(self.log.first());
                 if !stays_voter
                     && handover.is_none()
                     && caught_up

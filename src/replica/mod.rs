@@ -552,18 +552,12 @@ impl Replica {
         // has not learned one yet: it goes on joining whatever `config.join` says now, instead
         // of taking the configuration's members for the cluster's first membership (they are
         // the voters of some later change at best).
-        // A recovered list is written again with the first ready: it may hold a membership
-        // that only the saved snapshot had (one installed from a peer, before the crash let
-        // the ready's batch write it), and the application's next own snapshot, which carries
-        // none, would replace that snapshot and lose it.
-        let mut memberships_dirty = !memberships.is_empty();
         if memberships.is_empty() && !config.join {
             if hard.incarnation == 0 {
                 memberships.push(MembershipAt {
                     slot: 0,
                     membership: config.initial_membership(),
                 });
-                memberships_dirty = true;
             } else {
                 tracing::warn!(
                     node = %config.id,
@@ -572,6 +566,11 @@ impl Replica {
                 );
             }
         }
+        // Any list, a recovered one too, is written with the first ready: a recovered one may
+        // hold a membership that only the saved snapshot had (one installed from a peer,
+        // before the crash let the ready's batch write it), and the application's next own
+        // snapshot, which carries none, would replace that snapshot and lose it.
+        let mut memberships_dirty = !memberships.is_empty();
         let mut recovered_entries = recovered.entries;
         let mut compact_through = None;
         if config.applied > hard.chosen {

@@ -45,6 +45,13 @@ impl Progress {
         }
     }
 
+    /// True if the follower's chosen mark is below `first_slot - 1`, the leader's compaction
+    /// point: its phase 1 would need slots the leader (and likely the others) discarded, so it
+    /// cannot take over before a snapshot brings it past them.
+    pub(crate) fn behind_compaction(&self, first_slot: Slot) -> bool {
+        self.follower_chosen + 1 < first_slot
+    }
+
     /// True if another Accept fits in the window.
     pub(crate) fn has_room(&self, inflight_msgs_max: usize, inflight_bytes_max: usize) -> bool {
         self.inflight.len() < inflight_msgs_max && self.inflight_bytes < inflight_bytes_max

@@ -99,7 +99,7 @@ pub(super) fn append_record(
 }
 
 /// The checksum of a record: over its length field, then its kind and body.
-fn record_checksum(length: &[u8], kind_and_body: &[u8]) -> u32 {
+pub(super) fn record_checksum(length: &[u8], kind_and_body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(length), kind_and_body)
 }
 

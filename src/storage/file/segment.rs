@@ -12,7 +12,7 @@
 
 use super::format::{
     append_record, check_record, decode_commit, decode_hard_state, decode_memberships,
-    decode_segment_header, encode_segment_header, entry_slot, Kind, SegmentHeader,
+    decode_segment_header, encode_segment_header, entry_slot, record_checksum, Kind, SegmentHeader,
     COMMIT_BODY_BYTES, COMMIT_FLAG_SYNCED, COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES,
     FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
@@ -268,9 +268,6 @@ pub(super) fn scan_segment(
                     ),
                 ));
             }
-            reader
-                .seek(SeekFrom::Start(offset + RECORD_HEADER_BYTES as u64))
-                .map_err(|error| io_error(&path, error))?;
             break Some(Damage {
                 offset,
                 reason: format!("record length {body_bytes} is above the limit {body_bytes_max}"),
@@ -399,7 +396,7 @@ pub(super) fn scan_segment(
 fn intact_oversized(reader: &mut impl Read, header: &[u8], body_bytes: usize) -> io::Result<bool> {
     const CHUNK_BYTES: usize = 1 << 20;
     let expected = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let mut checksum = crc32c::crc32c_append(crc32c::crc32c(&header[0..4]), &header[8..9]);
+    let mut checksum = record_checksum(&header[0..4], &header[8..9]);
     let mut chunk = vec![0u8; CHUNK_BYTES.min(body_bytes)];
     let mut left = body_bytes;
     while left > 0 {
