@@ -186,9 +186,17 @@ fn open_bytes(bytes: &[u8]) -> (TempDir, Result<FileStorage, StorageError>) {
     (directory, result)
 }
 
-/// The checksum of a record: CRC32C over its length field, then its kind and body.
-fn record_checksum(record: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&record[0..4]), &record[8..])
+/// The checksum of a record: CRC32C continued from `seed` over its length field, then its
+/// kind and body (seed 0 for the segment header, [`segment_seed`] for the others).
+fn record_checksum(seed: u32, record: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, &record[0..4]), &record[8..])
+}
+
+/// The checksum seed of a segment's records after its header: CRC32C of the salt, the last
+/// field of the header (format 3).
+fn segment_seed(segment: &[u8]) -> u32 {
+    let header = SEGMENT_HEADER_BYTES as usize;
+    crc32c::crc32c(&segment[header - 8..header])
 }
 
 /// Splits the records of a segment's bytes (header included): (offset, kind, whole record).
@@ -582,8 +590,12 @@ fn invalid_memberships_and_overlong_lists_are_refused_without_writing_anything()
     assert_eq!(storage.recover().unwrap(), model(&good[..1]));
 }
 
+/// Bytes of a commit record: record header 9, batch u64, record count u32, flags u8.
+const COMMIT_RECORD_BYTES: u64 = 9 + 13;
+
 /// Flips every byte of a log holding membership records. A flip in the segment header, or in
-/// a batch that a later synced batch vouches for, is refused as `Corrupt`; any other flip is a
+/// a batch that a later synced batch vouches for (or its own intact synced commit followed by
+/// a later batch), is refused as `Corrupt`; any other flip is a
 /// torn tail that loses exactly the damaged batch and those after it. Never a panic, never
 /// wrong data.
 fn check_every_byte_flip(must_sync: [bool; 6]) -> (usize, usize) {
@@ -595,7 +607,11 @@ fn check_every_byte_flip(must_sync: [bool; 6]) -> (usize, usize) {
         damaged[position] ^= 0x5A;
         let (_directory, opened) = open_bytes(&damaged);
         let batch = ends.iter().filter(|&&end| end <= position as u64).count();
-        let vouched = must_sync[batch + 1..].iter().any(|&synced| synced);
+        // A later batch that asked for a sync makes this one durable before it; so does this
+        // batch's own synced commit, intact, followed by a later batch's commit.
+        let in_own_commit = position as u64 >= ends[batch] - COMMIT_RECORD_BYTES;
+        let vouched = must_sync[batch + 1..].iter().any(|&synced| synced)
+            || (must_sync[batch] && batch + 1 < ends.len() && !in_own_commit);
         let in_header = (position as u64) < SEGMENT_HEADER_BYTES;
         match opened {
             Err(StorageError::Corrupt { reason, .. }) => {
@@ -643,7 +659,7 @@ fn forge_memberships_record(bytes: &mut [u8], body: &[u8]) -> usize {
     let end = offset + record.len();
     assert_eq!(record.len(), RECORD_HEADER_BYTES + body.len());
     bytes[offset + RECORD_HEADER_BYTES..end].copy_from_slice(body);
-    let checksum = record_checksum(&bytes[offset..end]);
+    let checksum = record_checksum(segment_seed(bytes), &bytes[offset..end]);
     bytes[offset + 4..offset + 8].copy_from_slice(&checksum.to_le_bytes());
     offset
 }
@@ -903,24 +919,31 @@ fn a_version_1_snapshot_is_refused_with_a_clear_error() {
 }
 
 #[test]
-fn a_version_1_segment_is_refused_with_a_clear_error() {
+fn segments_of_earlier_versions_are_refused_with_a_clear_error() {
     let batches = [WriteBatch::new(
         Some(hard_state(1, 0)),
         vec![entry(1, 1, 3)],
         true,
     )];
-    let (mut bytes, _) = written_log(&batches);
+    let (written, _) = written_log(&batches);
     // The version field of the header body, after the record header and the magic.
     let version = RECORD_HEADER_BYTES + 8;
-    assert_eq!(u16::from_le_bytes([bytes[version], bytes[version + 1]]), 2);
-    bytes[version..version + 2].copy_from_slice(&1u16.to_le_bytes());
-    let header = SEGMENT_HEADER_BYTES as usize;
-    let checksum = record_checksum(&bytes[..header]);
-    bytes[4..8].copy_from_slice(&checksum.to_le_bytes());
-    let (_directory, opened) = open_bytes(&bytes);
-    let (path, offset) = assert_corrupt(opened, "unsupported segment format version 1");
-    assert!(path.ends_with(".seg"), "{path}");
-    assert_eq!(offset, 0);
+    assert_eq!(
+        u16::from_le_bytes([written[version], written[version + 1]]),
+        3
+    );
+    for old in [1u16, 2] {
+        let mut bytes = written.clone();
+        bytes[version..version + 2].copy_from_slice(&old.to_le_bytes());
+        let header = SEGMENT_HEADER_BYTES as usize;
+        let checksum = record_checksum(0, &bytes[..header]);
+        bytes[4..8].copy_from_slice(&checksum.to_le_bytes());
+        let (_directory, opened) = open_bytes(&bytes);
+        let (path, offset) =
+            assert_corrupt(opened, &format!("unsupported segment format version {old}"));
+        assert!(path.ends_with(".seg"), "{path}");
+        assert_eq!(offset, 0);
+    }
 }
 
 /// One step of the model test.

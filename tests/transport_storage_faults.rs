@@ -1,9 +1,10 @@
 //! Adversarial review of the TCP transport (peers, dialers, handshake), the wire codec and
 //! `FileStorage` recovery. Storage and codec tests always run; the TCP tests (module `tcp`)
-//! need `--features net`. Scenarios from session 14's review; one bug they showed is fixed
+//! need `--features net`. Scenarios from session 14's review; the bugs they showed are fixed
 //! (a command holding a commit record's image no longer turns a torn tail into a refusal to
-//! open), others are still open, marked `#[ignore = "OPEN BUG ..."]` (run them with
-//! `-- --include-ignored`). This binary installs a counting global allocator
+//! open: session 14 for a whole torn entry, session 15 for a cut one by salting the segment's
+//! checksums; damage in a synced batch that a later commit follows is refused, session 15).
+//! This binary installs a counting global allocator
 //! (largest request per thread) for one codec test; it defers to `System`.
 
 use std::fs;
@@ -189,11 +190,11 @@ fn a_torn_batch_whose_command_embeds_a_commit_lookalike_is_a_torn_tail_when_its_
 
 /// The same look-alike, with the crash cutting the entry itself short after it: the record
 /// that runs past the end of the file may be the one being written or one whose length was
-/// damaged, and only a later commit can tell, so the scan must look inside it. A commit
-/// checksum keyed with a per-segment salt (a format change) would make look-alikes
-/// impossible to forge.
+/// damaged, and only a later commit can tell, so the scan must look inside it. Fixed in
+/// session 15 (segment format 3): every record's checksum is keyed with a random salt from
+/// the segment header, which the application does not know, so its bytes cannot pass for a
+/// commit record.
 #[test]
-#[ignore = "OPEN BUG (session 14): a commit look-alike inside a command cut short by a crash turns the torn tail into a Corrupt refusal"]
 fn a_torn_batch_whose_command_embeds_a_commit_lookalike_is_a_torn_tail_when_the_entry_is_cut() {
     torn_batch_with_a_lookalike(22 + 10);
 }
@@ -266,9 +267,9 @@ fn lowering_command_bytes_max_does_not_destroy_acknowledged_batches() {
 /// then `set_len`s away batch 2 (synced, acknowledged) and batch 3, silently. The module's
 /// own rule refuses damage once "a later batch that was synced" follows it; the damaged
 /// batch's own synced commit, followed by any later intact commit, is the same proof.
-/// (The existing byte-flip tests encode the narrower rule.)
+/// Fixed in session 15 (`find_durable_proof` in src/storage/file/segment.rs); the byte-flip
+/// tests now encode both proofs.
 #[test]
-#[ignore = "OPEN BUG (session 14): damage in a synced batch followed by an unsynced one is truncated"]
 fn damage_in_a_synced_batch_that_a_later_commit_follows_is_refused() {
     let batches = vec![
         WriteBatch::new(Some(hard_state(1, 0)), vec![entry(1, 1, 8)], true),
@@ -583,19 +584,21 @@ fn a_crash_midway_through_segment_deletion_recovers_the_compacted_state() {
     }
 }
 
-/// Not a bug in `src/`, but in the fuzz harness: `fuzz/fuzz_targets/recover.rs` builds its
-/// segment headers with format version **1** (`1u16.to_le_bytes()`), while `FileStorage`
-/// reads only version 2. Every input the fuzzer builds is therefore refused at the segment
-/// header, and the target never reaches the record decoders, the batch/commit logic or the
-/// torn-tail rules it claims to fuzz. This test builds a well-formed log (header, a hard state
-/// and its commit) exactly as the target does and shows it refused; with version 2 it opens.
+/// Found by the review in the fuzz harness, not in `src/`: `fuzz/fuzz_targets/recover.rs`
+/// built its segment headers with an old format version, so `FileStorage` refused every
+/// input at the segment header and the target never reached the record decoders, the
+/// batch/commit logic or the torn-tail rules it claims to fuzz. This test builds a log
+/// (header, a hard state and its commit) exactly as the target now does (format 3, a fixed
+/// salt keying every record after the header) and shows it opens; with an older version
+/// it is refused.
 #[test]
-fn the_recover_fuzz_targets_segments_are_refused_at_their_header() {
-    fn record(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
+fn the_recover_fuzz_targets_segments_open() {
+    const SALT: u64 = 0x5A17;
+    fn record(buffer: &mut Vec<u8>, seed: u32, kind: u8, body: &[u8]) {
         let length = (body.len() as u32).to_le_bytes();
         let mut kind_and_body = vec![kind];
         kind_and_body.extend_from_slice(body);
-        let checksum = crc32c::crc32c_append(crc32c::crc32c(&length), &kind_and_body);
+        let checksum = crc32c::crc32c_append(crc32c::crc32c_append(seed, &length), &kind_and_body);
         buffer.extend_from_slice(&length);
         buffer.extend_from_slice(&checksum.to_le_bytes());
         buffer.extend_from_slice(&kind_and_body);
@@ -603,29 +606,30 @@ fn the_recover_fuzz_targets_segments_are_refused_at_their_header() {
     let segment = |version: u16| {
         let mut header = b"SYNODLOG".to_vec();
         header.extend_from_slice(&version.to_le_bytes());
-        for value in [CLUSTER, NODE.0, 1, 1] {
+        for value in [CLUSTER, NODE.0, 1, 1, SALT] {
             header.extend_from_slice(&value.to_le_bytes());
         }
         let mut file = Vec::new();
-        record(&mut file, 1, &header);
-        record(&mut file, 3, &[7; 32]);
+        record(&mut file, 0, 1, &header);
+        let seed = crc32c::crc32c(&SALT.to_le_bytes());
+        record(&mut file, seed, 3, &[7; 32]);
         let mut commit = 1u64.to_le_bytes().to_vec();
         commit.extend_from_slice(&1u32.to_le_bytes());
         commit.push(1);
-        record(&mut file, 5, &commit);
+        record(&mut file, seed, 5, &commit);
         file
     };
-    let (_directory, as_the_fuzzer_builds_it) = open_bytes(&segment(1));
-    match as_the_fuzzer_builds_it {
-        Err(StorageError::Corrupt { reason, .. }) => {
-            assert!(
-                reason.contains("unsupported segment format version 1"),
+    for old in [1, 2] {
+        let (_directory, opened) = open_bytes(&segment(old));
+        match opened {
+            Err(StorageError::Corrupt { reason, .. }) => assert!(
+                reason.contains(&format!("unsupported segment format version {old}")),
                 "{reason}"
-            )
+            ),
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
-    let (_directory, current) = open_bytes(&segment(2));
+    let (_directory, current) = open_bytes(&segment(3));
     let hard_state = current.unwrap().hard_state();
     assert_eq!(hard_state.chosen, u64::from_le_bytes([7; 8]));
 }

@@ -21,12 +21,18 @@ use synod::{FileStorage, FileStorageOptions, NodeId, Storage, WriteBatch};
 const CLUSTER: u64 = 7;
 const NODE: u64 = 2;
 
-fn record(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
+/// The segments' salt (format 3): any value, the fuzzer need not hide it.
+const SALT: u64 = 0x5A17;
+
+/// Appends a record whose checksum is continued from `seed` (0 for the segment header, the
+/// CRC32C of the salt for every other record).
+fn record(buffer: &mut Vec<u8>, seed: u32, kind: u8, body: &[u8]) {
     let length = (body.len() as u32).to_le_bytes();
     let mut kind_and_body = Vec::with_capacity(1 + body.len());
     kind_and_body.push(kind);
     kind_and_body.extend_from_slice(body);
-    let checksum = crc32c::crc32c_append(crc32c::crc32c(&length), &kind_and_body);
+    let checksum =
+        crc32c::crc32c_append(crc32c::crc32c_append(seed, &length), &kind_and_body);
     buffer.extend_from_slice(&length);
     buffer.extend_from_slice(&checksum.to_le_bytes());
     buffer.extend_from_slice(&kind_and_body);
@@ -35,14 +41,15 @@ fn record(buffer: &mut Vec<u8>, kind: u8, body: &[u8]) {
 fn segment(sequence: u64, first_batch: u64, node: u64, records: &[(u8, &[u8])]) -> Vec<u8> {
     let mut header = Vec::new();
     header.extend_from_slice(b"SYNODLOG");
-    header.extend_from_slice(&2u16.to_le_bytes());
-    for value in [CLUSTER, node, sequence, first_batch] {
+    header.extend_from_slice(&3u16.to_le_bytes());
+    for value in [CLUSTER, node, sequence, first_batch, SALT] {
         header.extend_from_slice(&value.to_le_bytes());
     }
     let mut file = Vec::new();
-    record(&mut file, 1, &header);
+    record(&mut file, 0, 1, &header);
+    let seed = crc32c::crc32c(&SALT.to_le_bytes());
     for (kind, body) in records {
-        record(&mut file, *kind, body);
+        record(&mut file, seed, *kind, body);
     }
     file
 }

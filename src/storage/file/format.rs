@@ -3,7 +3,9 @@
 //! of record bodies (see the [record layout](super#records)).
 //!
 //! Nothing here does I/O. Invariants: a record is `length u32 | checksum u32 | kind u8 |
-//! body`, little-endian, its checksum covering the length field, the kind and the body; the
+//! body`, little-endian, its checksum covering the length field, the kind and the body,
+//! keyed with the segment's salt (every record but the segment header, which carries the
+//! salt and is checksummed with [`HEADER_SEED`]); the
 //! `*_BYTES` constants are the sizes of that fixed layout and agree with the encoders and
 //! decoders here; decoders return `None` (or an error) for ill-formed input and never panic
 //! on it; a decoded membership always passes [`Membership::validate`], and a count is checked
@@ -11,7 +13,10 @@
 //! change and needs a new [`FORMAT_VERSION`].
 //!
 //! Version 2 added membership entries (value tag 2) and the membership list record
-//! ([`Kind::Memberships`]).
+//! ([`Kind::Memberships`]). Version 3 added the segment salt: a random `u64` in the header
+//! that keys the checksum of every later record of the segment, so that bytes the
+//! application wrote (a command's data) cannot pass for a record, a commit record in
+//! particular, when recovery looks for one at every byte offset past damage.
 
 use crate::config::MEMBERS_MAX;
 use crate::types::{
@@ -22,11 +27,11 @@ use bytes::Bytes;
 /// The magic at the start of every segment header body.
 pub(super) const SEGMENT_MAGIC: [u8; 8] = *b"SYNODLOG";
 /// The segment format version this build writes and the only one it reads.
-pub(super) const FORMAT_VERSION: u16 = 2;
+pub(super) const FORMAT_VERSION: u16 = 3;
 
 /// Bytes before a record's body: length, checksum, kind.
 pub(super) const RECORD_HEADER_BYTES: usize = 4 + 4 + 1;
-const HEADER_BODY_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8;
+const HEADER_BODY_BYTES: usize = 8 + 2 + 8 + 8 + 8 + 8 + 8;
 /// Bytes of the header record at the start of every segment.
 pub const SEGMENT_HEADER_BYTES: u64 = (RECORD_HEADER_BYTES + HEADER_BODY_BYTES) as u64;
 const HARD_STATE_BODY_BYTES: usize = 4 * 8;
@@ -79,10 +84,29 @@ impl Kind {
     }
 }
 
+/// The checksum seed of the segment header record (which is read before the salt is known).
+pub(super) const HEADER_SEED: u32 = 0;
+
+/// The checksum seed of a segment's records after its header: CRC32C of its salt.
+pub(super) fn checksum_seed(salt: u64) -> u32 {
+    crc32c::crc32c(&salt.to_le_bytes())
+}
+
+/// A fresh segment salt: unpredictable to the application (from the standard library's
+/// randomly keyed hasher), mixed with the segment's identity and the time.
+pub(super) fn new_salt(cluster_id: u64, node_id: u64, sequence: u64) -> u64 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    std::collections::hash_map::RandomState::new().hash_one((cluster_id, node_id, sequence, nanos))
+}
+
 /// Appends one record to `buffer`: a header placeholder, the body `write_body` appends, then
-/// the length and checksum. Returns the record's length.
+/// the length and the checksum keyed with `seed`. Returns the record's length.
 pub(super) fn append_record(
     buffer: &mut Vec<u8>,
+    seed: u32,
     kind: Kind,
     write_body: impl FnOnce(&mut Vec<u8>),
 ) -> u32 {
@@ -93,14 +117,15 @@ pub(super) fn append_record(
     let body_bytes =
         u32::try_from(buffer.len() - start - RECORD_HEADER_BYTES).expect("body fits u32");
     buffer[start..start + 4].copy_from_slice(&body_bytes.to_le_bytes());
-    let checksum = record_checksum(&buffer[start..start + 4], &buffer[start + 8..]);
+    let checksum = record_checksum(seed, &buffer[start..start + 4], &buffer[start + 8..]);
     buffer[start + 4..start + 8].copy_from_slice(&checksum.to_le_bytes());
     u32::try_from(buffer.len() - start).expect("record fits u32")
 }
 
-/// The checksum of a record: over its length field, then its kind and body.
-pub(super) fn record_checksum(length: &[u8], kind_and_body: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(length), kind_and_body)
+/// The checksum of a record: CRC32C continued from `seed` over its length field, then its
+/// kind and body.
+pub(super) fn record_checksum(seed: u32, length: &[u8], kind_and_body: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c_append(seed, length), kind_and_body)
 }
 
 pub(super) fn put_u64(buffer: &mut Vec<u8>, value: u64) {
@@ -327,6 +352,8 @@ pub(super) struct SegmentHeader {
     pub(super) node_id: u64,
     pub(super) sequence: u64,
     pub(super) first_batch: u64,
+    /// Keys the checksums of the segment's other records ([`checksum_seed`]).
+    pub(super) salt: u64,
 }
 
 pub(super) fn encode_segment_header(buffer: &mut Vec<u8>, header: &SegmentHeader) {
@@ -336,6 +363,7 @@ pub(super) fn encode_segment_header(buffer: &mut Vec<u8>, header: &SegmentHeader
     put_u64(buffer, header.node_id);
     put_u64(buffer, header.sequence);
     put_u64(buffer, header.first_batch);
+    put_u64(buffer, header.salt);
 }
 
 pub(super) fn decode_segment_header(body: &[u8]) -> Option<SegmentHeader> {
@@ -351,11 +379,13 @@ pub(super) fn decode_segment_header(body: &[u8]) -> Option<SegmentHeader> {
         node_id: reader.u64()?,
         sequence: reader.u64()?,
         first_batch: reader.u64()?,
+        salt: reader.u64()?,
     })
 }
 
-/// Checks a record's header and checksum given its whole bytes; returns its kind and body.
-pub(super) fn check_record(record: &[u8]) -> Result<(Kind, &[u8]), String> {
+/// Checks a record's header and its checksum keyed with `seed`, given its whole bytes;
+/// returns its kind and body.
+pub(super) fn check_record(record: &[u8], seed: u32) -> Result<(Kind, &[u8]), String> {
     let Some((header, body)) = record.split_first_chunk::<RECORD_HEADER_BYTES>() else {
         return Err("record shorter than its header".into());
     };
@@ -367,7 +397,7 @@ pub(super) fn check_record(record: &[u8]) -> Result<(Kind, &[u8]), String> {
         ));
     }
     let expected = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let actual = record_checksum(&header[0..4], &record[8..]);
+    let actual = record_checksum(seed, &header[0..4], &record[8..]);
     if expected != actual {
         return Err(format!(
             "checksum mismatch: record says {expected:#010x}, bytes have {actual:#010x}"

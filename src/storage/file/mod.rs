@@ -56,11 +56,12 @@
 //!
 //! ```text
 //! record  := length u32 | checksum u32 | kind u8 | body[length]
-//! checksum = CRC32C(length bytes, kind, body)
+//! checksum = CRC32C(salt u64, length bytes, kind, body)   (every record but the header)
+//!          = CRC32C(length bytes, kind, body)             (the segment header)
 //!
-//! kind 1  segment header: magic b"SYNODLOG", format version u16 (2), cluster id u64,
+//! kind 1  segment header: magic b"SYNODLOG", format version u16 (3), cluster id u64,
 //!                         node id u64, segment sequence number u64, number of its first
-//!                         batch u64
+//!                         batch u64, salt u64 (random, drawn when the segment is created)
 //! kind 2  entry:          slot u64, ballot round u64, ballot node u64, value tag u8
 //!                         (0 no-op; 1 command: proposer node u64, incarnation u64,
 //!                         sequence u64, data = the rest of the body; 2 membership:
@@ -84,9 +85,11 @@
 //! memberships and compaction records, then one commit record that closes it. Batch numbers
 //! run on without a gap across segments, and a batch never spans two segments.
 //!
-//! Version 2 of the segment format added membership entries and the memberships record; a
-//! segment of another version (version 1 included) is refused as [`StorageError::Corrupt`]
-//! ("unsupported segment format version").
+//! Version 2 of the segment format added membership entries and the memberships record;
+//! version 3 the salt, which keys every later record's checksum so that the application's
+//! bytes inside a command cannot pass for a record (recovery looks for commit records at
+//! every byte offset past damage, below). A segment of another version (1 and 2 included) is
+//! refused as [`StorageError::Corrupt`] ("unsupported segment format version").
 //!
 //! # Recovery
 //!
@@ -104,13 +107,19 @@
 //! - A segment of another cluster or node: [`StorageError::Foreign`].
 //!
 //! What it repairs: damage in the **last** segment is a torn tail — the batches written just
-//! before a crash — and is truncated away, back to the end of the last intact batch. One
-//! exception keeps that safe: if an intact commit record of a later batch that was *synced*
-//! follows the damage, the damaged batch was durable before that sync returned, so the damage
-//! is corruption, not a torn write, and the storage is refused as `Corrupt`. (Batches written
-//! without a sync carry no durability promise; a power cut may persist them out of order, so
-//! damage followed only by unsynced batches is still a torn tail.) A last segment whose header
-//! was never completely written is removed.
+//! before a crash — and is truncated away, back to the end of the last intact batch. The
+//! exception keeps that safe: when intact commit records after the damage prove the damaged
+//! batch was durable, the damage is corruption, not a torn write, and the storage is refused
+//! as `Corrupt`. The proofs: a commit of a later batch that was *synced* (its sync covered
+//! the damaged batch), or the damaged batch's own commit, synced, followed by a commit of any
+//! later batch (which is appended only after the damaged batch's write and sync returned).
+//! Batches written without a sync carry no durability promise; a power cut may persist them
+//! out of order, so damage in an unsynced batch followed only by unsynced batches is still a
+//! torn tail. The first proof also refuses one crash: a power cut during a later batch's sync
+//! that persisted that batch's commit but not an earlier unsynced batch's bytes. Refusing
+//! needs an operator there, where accepting would silently drop acknowledged data after bit
+//! rot; the storage chooses the refusal. A last segment whose header was never completely
+//! written is removed.
 //!
 //! # Memory
 //!
@@ -242,14 +251,23 @@ enum Pending {
     Memberships(Vec<MembershipAt>),
 }
 
+/// What recovery and the writer know of one existing segment.
+#[derive(Clone, Copy, Debug)]
+struct SegmentState {
+    /// How many index locations point into it.
+    live_entries: usize,
+    /// The checksum seed of its records after the header ([`format::checksum_seed`]).
+    seed: u32,
+}
+
 /// The replayed state: what the committed batches say.
 #[derive(Debug, Default)]
 struct State {
     /// For each live slot, the location of the entry written last. Invariant: every key is
     /// above `compacted_through`.
     index: BTreeMap<Slot, Location>,
-    /// For each existing segment, how many index locations point into it.
-    live_entries: BTreeMap<u64, usize>,
+    /// Every existing segment, by sequence number.
+    segments: BTreeMap<u64, SegmentState>,
     hard_state: HardState,
     /// The membership list written last (empty if none was).
     memberships: Vec<MembershipAt>,
@@ -269,7 +287,10 @@ impl State {
                     if slot <= self.compacted_through {
                         continue;
                     }
-                    *self.live_entries.entry(location.segment).or_insert(0) += 1;
+                    self.segments
+                        .get_mut(&location.segment)
+                        .expect("an entry's segment exists")
+                        .live_entries += 1;
                     if let Some(previous) = self.index.insert(slot, location) {
                         self.release(previous.segment);
                     }
@@ -298,12 +319,12 @@ impl State {
     }
 
     fn release(&mut self, segment: u64) {
-        let count = self
-            .live_entries
+        let segment = self
+            .segments
             .get_mut(&segment)
             .expect("an indexed segment is counted");
-        assert!(*count > 0);
-        *count -= 1;
+        assert!(segment.live_entries > 0);
+        segment.live_entries -= 1;
     }
 }
 
@@ -364,6 +385,8 @@ struct CurrentSegment {
     length: u64,
     /// Bytes were appended since the last sync.
     unsynced: bool,
+    /// The checksum seed of its records after the header.
+    seed: u32,
 }
 
 /// Durable [`Storage`] in a directory of checksummed, append-only segment files.
@@ -410,7 +433,7 @@ impl fmt::Debug for FileStorage {
             .field("directory", &self.directory)
             .field("cluster_id", &self.cluster_id)
             .field("node_id", &self.node_id)
-            .field("segments", &self.state.live_entries.len())
+            .field("segments", &self.state.segments.len())
             .field("current_segment", &self.current.sequence)
             .field("slots", &self.state.index.len())
             .field("compacted_through", &self.state.compacted_through)
@@ -627,12 +650,19 @@ impl FileStorage {
                     file,
                     length: last_length,
                     unsynced: false,
+                    seed: storage_state.segments[&sequence].seed,
                 }
             }
             None => {
                 let current =
                     create_segment(&directory, 1, storage_state.next_batch, cluster_id, node_id)?;
-                storage_state.live_entries.insert(1, 0);
+                storage_state.segments.insert(
+                    1,
+                    SegmentState {
+                        live_entries: 0,
+                        seed: current.seed,
+                    },
+                );
                 current
             }
         };
@@ -679,7 +709,7 @@ impl FileStorage {
     /// The paths of the segment files, oldest first.
     pub fn segment_paths(&self) -> Vec<PathBuf> {
         self.state
-            .live_entries
+            .segments
             .keys()
             .map(|&sequence| segment_path(&self.directory, sequence))
             .collect()
@@ -759,18 +789,24 @@ impl FileStorage {
         let deletable = self.deletable_prefix(mark);
         let sequences: Vec<u64> = self
             .state
-            .live_entries
+            .segments
             .keys()
             .take(deletable)
             .copied()
             .collect();
         for sequence in sequences {
             assert!(sequence < self.current.sequence);
-            assert_eq!(self.state.live_entries.get(&sequence), Some(&0));
+            assert_eq!(
+                self.state
+                    .segments
+                    .get(&sequence)
+                    .map(|segment| segment.live_entries),
+                Some(0)
+            );
             let path = segment_path(&self.directory, sequence);
             self.readers.remove(&sequence);
             fs::remove_file(&path).map_err(|error| io_error(&path, error))?;
-            self.state.live_entries.remove(&sequence);
+            self.state.segments.remove(&sequence);
             // One directory sync per deletion keeps the surviving segments contiguous even
             // on a file system that would reorder the removals.
             sync_directory(&self.directory)?;
@@ -792,7 +828,7 @@ impl FileStorage {
             .unwrap_or(self.current.sequence)
             .min(self.current.sequence);
         self.state
-            .live_entries
+            .segments
             .keys()
             .take_while(|&&sequence| sequence < limit)
             .count()
@@ -879,13 +915,14 @@ impl FileStorage {
         }
         self.rotate_if_full()?;
 
+        let seed = self.current.seed;
         let mut buffer = std::mem::take(&mut self.write_buffer);
         buffer.clear();
         let mut pending = std::mem::take(&mut self.pending_buffer);
         pending.clear(); // reused across writes: it keeps the capacity it grew to
         for entry in entries.clone() {
             let offset = self.current.length + buffer.len() as u64;
-            let record_bytes = append_record(&mut buffer, Kind::Entry, |body| {
+            let record_bytes = append_record(&mut buffer, seed, Kind::Entry, |body| {
                 encode_entry(body, entry);
             });
             pending.push(Pending::Entry {
@@ -898,19 +935,21 @@ impl FileStorage {
             });
         }
         if let Some(hard_state) = hard_state {
-            append_record(&mut buffer, Kind::HardState, |body| {
+            append_record(&mut buffer, seed, Kind::HardState, |body| {
                 encode_hard_state(body, hard_state);
             });
             pending.push(Pending::HardState(*hard_state));
         }
         if let Some(memberships) = memberships {
-            append_record(&mut buffer, Kind::Memberships, |body| {
+            append_record(&mut buffer, seed, Kind::Memberships, |body| {
                 encode_memberships(body, memberships);
             });
             pending.push(Pending::Memberships(memberships.to_vec()));
         }
         if let Some(mark) = compaction {
-            append_record(&mut buffer, Kind::Compaction, |body| put_u64(body, mark));
+            append_record(&mut buffer, seed, Kind::Compaction, |body| {
+                put_u64(body, mark)
+            });
             pending.push(Pending::Compaction(mark));
         }
         let commit = Commit {
@@ -918,7 +957,7 @@ impl FileStorage {
             records: u32::try_from(pending.len()).expect("a batch has fewer than 2^32 records"),
             flags: if must_sync { COMMIT_FLAG_SYNCED } else { 0 },
         };
-        append_record(&mut buffer, Kind::Commit, |body| {
+        append_record(&mut buffer, seed, Kind::Commit, |body| {
             put_u64(body, commit.batch);
             body.extend_from_slice(&commit.records.to_le_bytes());
             body.push(commit.flags);
@@ -991,8 +1030,14 @@ impl FileStorage {
         );
         match created {
             Ok(current) => {
+                self.state.segments.insert(
+                    sequence,
+                    SegmentState {
+                        live_entries: 0,
+                        seed: current.seed,
+                    },
+                );
                 self.current = current;
-                self.state.live_entries.insert(sequence, 0);
                 Ok(())
             }
             Err(error) => Err(self.fail(error)),
@@ -1017,8 +1062,9 @@ impl FileStorage {
         file.seek(SeekFrom::Start(location.offset))
             .and_then(|_| file.read_exact(&mut record))
             .map_err(|error| io_error(&path, error))?;
-        let (kind, body) =
-            check_record(&record).map_err(|reason| corrupt(&path, location.offset, reason))?;
+        let seed = self.state.segments[&location.segment].seed;
+        let (kind, body) = check_record(&record, seed)
+            .map_err(|reason| corrupt(&path, location.offset, reason))?;
         if kind != Kind::Entry {
             return Err(corrupt(
                 &path,

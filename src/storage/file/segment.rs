@@ -6,19 +6,20 @@
 //! and other files are ignored; a segment is created with its header written and synced, and
 //! the directory synced, before it is used; a replay applies a batch only at the commit record
 //! that closes it, so a batch is recovered whole or not at all; damage is truncated away only
-//! in the last segment, only back to the end of its last intact batch, and never when an
-//! intact commit record of a later synced batch follows it. A segment header of another format
+//! in the last segment, only back to the end of its last intact batch, and never when intact
+//! commit records after it prove the damaged batch was synced ([`find_durable_proof`]). A segment header of another format
 //! version than [`FORMAT_VERSION`] is refused.
 
 use super::format::{
-    append_record, check_record, decode_commit, decode_hard_state, decode_memberships,
-    decode_segment_header, encode_segment_header, entry_slot, record_checksum, Kind, SegmentHeader,
-    COMMIT_BODY_BYTES, COMMIT_FLAG_SYNCED, COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES,
-    FORMAT_VERSION, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    append_record, check_record, checksum_seed, decode_commit, decode_hard_state,
+    decode_memberships, decode_segment_header, encode_segment_header, entry_slot, new_salt,
+    record_checksum, Kind, SegmentHeader, COMMIT_BODY_BYTES, COMMIT_FLAG_SYNCED,
+    COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES, FORMAT_VERSION, HEADER_SEED, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use super::{
     corrupt, io_error, read_up_to, sync_directory, CurrentSegment, FileStorageOptions, Location,
-    Pending, State,
+    Pending, SegmentState, State,
 };
 use crate::error::StorageError;
 use crate::types::NodeId;
@@ -57,9 +58,9 @@ pub(super) struct SegmentScan {
 struct Damage {
     offset: u64,
     reason: String,
-    /// Where a later synced commit record could begin: past every record that passed its
-    /// checksum (their bodies are the application's bytes, which may hold anything, a commit
-    /// record's image included), and past a torn record's declared extent.
+    /// Where a commit record after the damage could begin: past every record that passed its
+    /// checksum, and past a torn record's declared extent. (A record inside the application's
+    /// bytes cannot pass: checksums are keyed with the segment's salt.)
     scan_from: u64,
 }
 
@@ -118,9 +119,10 @@ pub(super) fn create_segment(
         node_id: node_id.0,
         sequence,
         first_batch,
+        salt: new_salt(cluster_id, node_id.0, sequence),
     };
     let mut buffer = Vec::with_capacity(SEGMENT_HEADER_BYTES as usize);
-    append_record(&mut buffer, Kind::Header, |body| {
+    append_record(&mut buffer, HEADER_SEED, Kind::Header, |body| {
         encode_segment_header(body, &header);
     });
     assert_eq!(buffer.len() as u64, SEGMENT_HEADER_BYTES);
@@ -134,6 +136,7 @@ pub(super) fn create_segment(
         file,
         length: SEGMENT_HEADER_BYTES,
         unsynced: false,
+        seed: checksum_seed(header.salt),
     })
 }
 
@@ -169,7 +172,7 @@ pub(super) fn scan_segment(
     if read < header_bytes.len() {
         return Err(corrupt(&path, 0, "segment shorter than its header"));
     }
-    let header = check_record(&header_bytes)
+    let header = check_record(&header_bytes, HEADER_SEED)
         .map_err(|reason| corrupt(&path, 0, format!("bad segment header: {reason}")))
         .and_then(|(kind, body)| match (kind, decode_segment_header(body)) {
             (Kind::Header, Some(header)) => Ok(header),
@@ -214,7 +217,14 @@ pub(super) fn scan_segment(
         ));
     }
     state.next_batch = header.first_batch;
-    state.live_entries.insert(sequence, 0);
+    let seed = checksum_seed(header.salt);
+    state.segments.insert(
+        sequence,
+        SegmentState {
+            live_entries: 0,
+            seed,
+        },
+    );
 
     // The records. Each turn consumes one whole record, so the loop is bounded by the file.
     let body_bytes_max = options.record_body_bytes_max();
@@ -255,7 +265,7 @@ pub(super) fn scan_segment(
             // to open rather than truncate it.
             let record_bytes = (RECORD_HEADER_BYTES + body_bytes) as u64;
             if record_bytes <= file_bytes - offset
-                && intact_oversized(&mut reader, &record, body_bytes)
+                && intact_oversized(&mut reader, seed, &record, body_bytes)
                     .map_err(|error| io_error(&path, error))?
             {
                 return Err(corrupt(
@@ -288,7 +298,7 @@ pub(super) fn scan_segment(
         reader
             .read_exact(&mut record[RECORD_HEADER_BYTES..])
             .map_err(|error| io_error(&path, error))?;
-        let (kind, body) = match check_record(&record) {
+        let (kind, body) = match check_record(&record, seed) {
             Ok(checked) => checked,
             // Its length may be what is damaged: look for a later commit from the next byte.
             Err(reason) => {
@@ -362,17 +372,22 @@ pub(super) fn scan_segment(
         return Err(corrupt(&path, damage.offset, damage.reason));
     }
     let mut file = reader.into_inner();
-    if let Some((commit_offset, batch)) =
-        find_synced_commit(&mut file, damage.scan_from, file_bytes, state.next_batch)
-            .map_err(|error| io_error(&path, error))?
+    if let Some((commit_offset, batch)) = find_durable_proof(
+        &mut file,
+        seed,
+        damage.scan_from,
+        file_bytes,
+        state.next_batch,
+    )
+    .map_err(|error| io_error(&path, error))?
     {
         return Err(corrupt(
             &path,
             damage.offset,
             format!(
-                "{}; the synced batch {batch} at offset {commit_offset} follows it, so this is \
-                 not a torn tail",
-                damage.reason
+                "{}; the commit of batch {batch} at offset {commit_offset} shows that batch {} \
+                 was synced before the damage, so this is not a torn tail",
+                damage.reason, state.next_batch
             ),
         ));
     }
@@ -393,10 +408,15 @@ pub(super) fn scan_segment(
 
 /// True if the record whose header is `header` (its body of `body_bytes` following in
 /// `reader`) has a good checksum, read in chunks of at most 1 MiB.
-fn intact_oversized(reader: &mut impl Read, header: &[u8], body_bytes: usize) -> io::Result<bool> {
+fn intact_oversized(
+    reader: &mut impl Read,
+    seed: u32,
+    header: &[u8],
+    body_bytes: usize,
+) -> io::Result<bool> {
     const CHUNK_BYTES: usize = 1 << 20;
     let expected = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
-    let mut checksum = record_checksum(&header[0..4], &header[8..9]);
+    let mut checksum = record_checksum(seed, &header[0..4], &header[8..9]);
     let mut chunk = vec![0u8; CHUNK_BYTES.min(body_bytes)];
     let mut left = body_bytes;
     while left > 0 {
@@ -408,10 +428,19 @@ fn intact_oversized(reader: &mut impl Read, header: &[u8], body_bytes: usize) ->
     Ok(checksum == expected)
 }
 
-/// Looks in `file[from..file_bytes]`, at every byte offset, for an intact commit record of a
-/// batch after `damaged_batch` that was synced. Returns its offset and batch number.
-fn find_synced_commit(
+/// Looks in `file[from..file_bytes]`, at every byte offset, for intact commit records (keyed
+/// with `seed`, so the application's bytes cannot pass for one) that prove the batch
+/// `damaged_batch` was durable, so that its damage is not a torn write:
+///
+/// - a commit of a later batch that was synced (its sync covered the damaged batch); or
+/// - a commit of the damaged batch itself that was synced, followed by a commit of any later
+///   batch: the later batch is appended only once the damaged one's write, sync included,
+///   returned.
+///
+/// Returns the offset and batch number of the commit that completes the proof.
+fn find_durable_proof(
     file: &mut File,
+    seed: u32,
     from: u64,
     file_bytes: u64,
     damaged_batch: u64,
@@ -419,6 +448,8 @@ fn find_synced_commit(
     const CHUNK_BYTES: usize = 1 << 20;
     let mut chunk = Vec::new();
     let mut chunk_start = from;
+    // A synced commit of the damaged batch itself was seen.
+    let mut damaged_was_synced = false;
     // Each turn advances `chunk_start` by at least one byte until a record no longer fits.
     while file_bytes.saturating_sub(chunk_start) >= COMMIT_RECORD_BYTES as u64 {
         let chunk_bytes = (file_bytes - chunk_start).min(CHUNK_BYTES as u64) as usize;
@@ -432,11 +463,14 @@ fn find_synced_commit(
             {
                 continue;
             }
-            let Ok((_, body)) = check_record(candidate) else {
+            let Ok((_, body)) = check_record(candidate, seed) else {
                 continue;
             };
             let commit = decode_commit(body).expect("length checked");
-            if commit.batch > damaged_batch && commit.flags & COMMIT_FLAG_SYNCED != 0 {
+            let synced = commit.flags & COMMIT_FLAG_SYNCED != 0;
+            if commit.batch == damaged_batch && synced {
+                damaged_was_synced = true;
+            } else if commit.batch > damaged_batch && (synced || damaged_was_synced) {
                 return Ok(Some((chunk_start + position as u64, commit.batch)));
             }
         }
