@@ -459,7 +459,7 @@ impl Connection {
                         token: token.map(|token| FencingToken(token.expect("checked"))),
                     };
                     match self.run(command).await {
-                        Ok(Outcome::Released) => {
+                        Ok(Outcome::Released { .. }) => {
                             resp::simple(out, "OK");
                             Ok(())
                         }

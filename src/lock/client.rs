@@ -126,8 +126,7 @@ impl LockClient {
         // release was for. Without one, the release withdraws a wait.
         let token = match self.held.remove(name) {
             Some((_, token)) => {
-                let newest = self.released.entry(name.to_owned()).or_insert(token);
-                *newest = (*newest).max(token);
+                self.note_released(name, token);
                 Some(token)
             }
             None if self.releasing.contains(name) => self.released.get(name).copied(),
@@ -170,7 +169,14 @@ impl LockClient {
             ) if Some(*session) == self.session => {
                 self.granted(name, *mode, *token);
             }
-            (Command::Release { name, .. }, _) => {
+            (Command::Release { session, name, .. }, outcome) => {
+                if let (Outcome::Released { token }, true) =
+                    (outcome, Some(*session) == self.session)
+                {
+                    // The grant released may be one this client never heard of (a withdraw
+                    // that met a fresh grant): its event, if it comes later, is stale.
+                    self.note_released(name, *token);
+                }
                 self.releasing.remove(name);
             }
             (_, Outcome::Refused(super::LockError::UnknownSession(session)))
@@ -227,6 +233,12 @@ impl LockClient {
         self.held
             .iter()
             .map(|(name, (mode, token))| (name.as_str(), *mode, *token))
+    }
+
+    /// Remembers that the grant of `token` of lock `name` is released.
+    fn note_released(&mut self, name: &str, token: FencingToken) {
+        let newest = self.released.entry(name.to_owned()).or_insert(token);
+        *newest = (*newest).max(token);
     }
 
     /// Takes a grant, unless it is stale: the lock is being released, or the token is one

@@ -158,8 +158,14 @@ pub enum Outcome {
         /// Waiters ahead of this one.
         position: usize,
     },
-    /// The lock is released.
-    Released,
+    /// The lock is released: the grant of `token`. (A release without a token may release a
+    /// grant its proposer has not heard of yet: a wait granted just before the withdraw was
+    /// applied. The token tells the client which grant is gone, so that the grant's event,
+    /// arriving later, is known to be stale.)
+    Released {
+        /// The fencing token of the grant released.
+        token: FencingToken,
+    },
     /// The session's wait for the lock is withdrawn.
     Withdrawn,
     /// Log time is now `now` (unchanged if the command was stale).

@@ -658,9 +658,11 @@ impl LockService {
             .iter()
             .position(|h| h.session == session && token.map_or(true, |token| token == h.token));
         let outcome = if let Some(index) = holder {
-            lock.holders.remove(index);
+            let released = lock.holders.remove(index);
             self.session_mut(session).held.remove(name);
-            Outcome::Released
+            Outcome::Released {
+                token: released.token,
+            }
         } else if token.is_some() {
             // Not that grant: a stale release never touches a later grant, nor a wait.
             return Err(LockError::NotHeld);

@@ -104,7 +104,12 @@ fn waiters_are_granted_in_fifo_order_with_the_token_of_the_granting_entry() {
     }
     let mut tokens = vec![FencingToken(5)];
     for index in 0..3 {
-        assert_eq!(log.release(sessions[index], "x"), Outcome::Released);
+        assert_eq!(
+            log.release(sessions[index], "x"),
+            Outcome::Released {
+                token: tokens[index]
+            }
+        );
         let events = log.service.take_events();
         assert_eq!(
             events,
@@ -121,7 +126,10 @@ fn waiters_are_granted_in_fifo_order_with_the_token_of_the_granting_entry() {
         tokens.windows(2).all(|pair| pair[0] < pair[1]),
         "{tokens:?}"
     );
-    assert_eq!(log.release(sessions[3], "x"), Outcome::Released);
+    assert_eq!(
+        log.release(sessions[3], "x"),
+        Outcome::Released { token: tokens[3] }
+    );
     // Nothing is left of the lock.
     assert!(log.service.holders("x").is_empty());
     assert!(log.service.state.locks.is_empty());
@@ -269,7 +277,10 @@ fn a_release_with_a_token_releases_that_grant_only() {
         name: "x".into(),
         token,
     };
-    assert_eq!(log.apply(release(Some(first))), Outcome::Released);
+    assert_eq!(
+        log.apply(release(Some(first))),
+        Outcome::Released { token: first }
+    );
     // b has it now; a queues again and gets it back with a later token.
     log.acquire(a, "x", Exclusive, Wait::Forever);
     assert_eq!(
@@ -287,7 +298,10 @@ fn a_release_with_a_token_releases_that_grant_only() {
         Outcome::Refused(LockError::NotHeld)
     );
     assert_eq!(log.service.holders("x"), [(a, Exclusive, second)]);
-    assert_eq!(log.apply(release(Some(second))), Outcome::Released);
+    assert_eq!(
+        log.apply(release(Some(second))),
+        Outcome::Released { token: second }
+    );
 }
 
 #[test]
@@ -1139,7 +1153,7 @@ fn the_client_waits_for_a_release_and_ignores_stale_grants() {
         },
     );
     assert_eq!(client.token("x"), None);
-    client.on_outcome(&release, &Outcome::Released);
+    client.on_outcome(&release, &Outcome::Released { token: FencingToken(5) });
     let again = client.acquire("x", Exclusive, Wait::Forever).unwrap();
     // The old grant, answered late, is still stale; a new one counts.
     client.on_outcome(
