@@ -49,6 +49,13 @@
 //!
 //! # Semantics
 //!
+//! - **Exactly once.** A replica proposes a client's command again when no answer came
+//!   (the leader changed, say), so a command may be chosen twice. Each connection therefore
+//!   proposes through a proposer session of the lock service (`Command::OpenProposer` at its
+//!   first command, then every command as `Command::Once`): a second copy is answered from
+//!   the service's table and never applied again (a copy of an `ACQUIRE` chosen after the
+//!   `RELEASE` that followed it would otherwise take the lock again).
+//!
 //! - **Log time.** The leader proposes `Time` every `--clock-interval` ticks and a `Grace` of
 //!   `--grace` ticks when it takes over ([`LeaseClock`]); leases expire, waits time out and
 //!   lock-delays end only at those entries, on every replica alike.
@@ -86,6 +93,7 @@ use synod::lock::{
     Command, FencingToken, LeaseClock, LockError, LockEvent, LockLimits, LockService, Mode,
     Outcome, SessionId, Wait,
 };
+use synod::session::{ClientId, RequestHeader};
 use synod::storage::Snapshot;
 use synod::transport::tcp::{TcpPeers, TcpTransport};
 use synod::{FileStorage, FileStorageOptions, NodeId, Replica, Role, Slot, Storage, Value};
@@ -250,6 +258,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
             let connection = Connection {
                 node: node.clone(),
                 handle: handle.clone(),
+                proposer: None,
+                next_sequence: 1,
             };
             connection.serve(stream)
         },
@@ -387,6 +397,11 @@ async fn apply_committed(
 struct Connection {
     node: Arc<Node>,
     handle: Handle,
+    /// This connection's proposer session: its commands are proposed exactly once
+    /// (`Command::Once`), however often they are re-proposed. Opened at the first command.
+    proposer: Option<ClientId>,
+    /// The sequence number of the next command in the proposer session.
+    next_sequence: u64,
 }
 
 impl support::Commands for Connection {
@@ -583,15 +598,61 @@ impl Connection {
         Ok(())
     }
 
-    /// Proposes `command` (again, until applied here or timed out) and returns its outcome.
+    /// Proposes `command` exactly once, in this connection's proposer session (again, until
+    /// applied here or timed out), and returns its outcome.
     async fn run(&mut self, command: Command) -> Result<Outcome, String> {
+        // A proposer session can expire (evicted by newer ones): open another and try again,
+        // but only when the refused copy is the only one that was proposed.
+        for _ in 0..2 {
+            let proposer = self.proposer().await?;
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            let once = Command::Once {
+                header: RequestHeader {
+                    client: proposer,
+                    sequence,
+                    // One command at a time: every earlier answer was received (or given up
+                    // on, and then a late copy of it must not be applied either).
+                    acknowledged_below: sequence,
+                },
+                command: Box::new(command.clone()),
+            };
+            match self.propose(&once).await? {
+                (
+                    Outcome::Refused(LockError::ProposerExpired(_) | LockError::UnknownProposer(_)),
+                    1,
+                ) => self.proposer = None,
+                (outcome, _) => return Ok(outcome),
+            }
+        }
+        Err("TRYAGAIN the proposer session expired twice; retry".to_string())
+    }
+
+    /// This connection's proposer session, opened if there is none yet.
+    async fn proposer(&mut self) -> Result<ClientId, String> {
+        if let Some(proposer) = self.proposer {
+            return Ok(proposer);
+        }
+        // A copy of the open opens a proposer session nobody uses: evicted in time.
+        match self.propose(&Command::OpenProposer).await? {
+            (Outcome::ProposerOpened { proposer }, _) => {
+                self.proposer = Some(proposer);
+                self.next_sequence = 1;
+                Ok(proposer)
+            }
+            (other, _) => Err(failure(Ok(other))),
+        }
+    }
+
+    /// Proposes `command` (again, until applied here or timed out); returns its outcome and
+    /// how many copies were proposed.
+    async fn propose(&mut self, command: &Command) -> Result<(Outcome, usize), String> {
         let request = self.node.next_request.fetch_add(1, Ordering::Relaxed);
-        let data = entry(self.node.id, request, &command);
+        let data = entry(self.node.id, request, command);
         let (sender, mut receiver) = oneshot::channel();
         self.node.state().waiters.insert(request, sender);
         let outcome = support::propose_until_answered(&mut self.handle, data, &mut receiver)
             .await
-            .map(|(outcome, _)| outcome)
             .map_err(Unanswered::reply);
         self.node.state().waiters.remove(&request);
         outcome

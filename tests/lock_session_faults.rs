@@ -2,11 +2,11 @@
 //! service (`synod::lock`), client sessions (`synod::session`) and the kv state machine
 //! (`synod::kv`).
 //!
-//! Scenarios from session 14's review. Four bugs they showed are fixed (log time no longer
+//! Scenarios from session 14's review. The bugs they showed are fixed: log time no longer
 //! jumps over lost `Time` entries; a late keep-alive answer no longer extends the local lease
 //! from its arrival; answers to an earlier session's commands are ignored; log time stops at
-//! `TIME_MAX`). Two are still open, marked `#[ignore = "OPEN BUG ..."]`: they fail, and say
-//! what goes wrong.
+//! `TIME_MAX` (session 14); a duplicated acquire is applied once through `Command::Once`; a
+//! grant event after a withdraw that released that grant is stale (session 15).
 
 use bytes::Bytes;
 use synod::kv::{self, KvLimits, KvStateMachine, Operation, Output, Response};
@@ -169,21 +169,24 @@ fn lease_world(lose_time_entries: bool) -> Option<(u64, u64)> {
     both
 }
 
-/// A retried `Acquire` is documented as harmless ("answered as the first time"), and lockd
-/// re-proposes every command until it is answered ("every command is safe to retry"), so one
-/// ACQUIRE can be chosen twice. If the client got the first copy's grant and released the lock
-/// before the second copy is applied, the second copy grants the lock again, to a session
-/// whose client believes it released it and has nobody waiting for that answer (lockd's
-/// `waiters` entry for the request is gone). The lock is then held until the session ends,
-/// which for a client that keeps its session alive is never: every other waiter starves.
+/// A retried `Acquire` was documented as harmless ("answered as the first time"), and lockd
+/// re-proposes every command until it is answered, so one ACQUIRE can be chosen twice. If the
+/// client got the first copy's grant and released the lock before the second copy is
+/// applied, the second copy grants the lock again, to a session whose client believes it
+/// released it and has nobody waiting for that answer (lockd's `waiters` entry for the
+/// request is gone). The lock is then held until the session ends, which for a client that
+/// keeps its session alive is never: every other waiter starves.
 ///
-/// Fix direction: give `Acquire` a per-session request id (or the token of the last grant the
-/// client saw released / a sequence number) so the service can recognize a stale copy, or put
-/// the lock commands behind `synod::session::SessionTable`.
+/// Fixed in session 15: a proposer that re-proposes wraps its commands in `Command::Once`
+/// (a proposer session of the service, `SessionTable` semantics); lockd does. A copy is
+/// answered from the table and never applied twice. A bare command is still applied as
+/// often as it is chosen, as the lock module's documentation says.
 #[test]
-#[ignore = "OPEN BUG (session 14): a duplicated Acquire applied after the Release grants the lock again"]
-fn a_duplicated_acquire_applied_after_the_release_grants_the_lock_again() {
+fn a_duplicated_acquire_applied_after_the_release_does_not_grant_the_lock_again() {
     let mut log = Log::new(LockLimits::default());
+    let Outcome::ProposerOpened { proposer } = log.apply(&Command::OpenProposer) else {
+        panic!()
+    };
     let Outcome::Opened { session: a, .. } = log.apply(&Command::Open {
         client: 1,
         lease: 100,
@@ -196,28 +199,44 @@ fn a_duplicated_acquire_applied_after_the_release_grants_the_lock_again() {
     }) else {
         panic!()
     };
-    let request = acquire(a, "x", Mode::Exclusive, Wait::Forever);
+    let once = |sequence, command| Command::Once {
+        header: RequestHeader {
+            client: proposer,
+            sequence,
+            // The proposer (lockd) acknowledges each answer it has delivered.
+            acknowledged_below: sequence,
+        },
+        command: Box::new(command),
+    };
+    let request = once(1, acquire(a, "x", Mode::Exclusive, Wait::Forever));
     let first = log.apply(&request);
     let Outcome::Granted { token } = first else {
         panic!("{first:?}")
     };
     // The client uses the lock and releases that grant.
     assert_eq!(
-        log.apply(&Command::Release {
-            session: a,
-            name: "x".into(),
-            token: Some(token)
-        }),
+        log.apply(&once(
+            2,
+            Command::Release {
+                session: a,
+                name: "x".into(),
+                token: Some(token)
+            }
+        )),
         Outcome::Released { token }
     );
     // The re-proposed copy of the same request is chosen later.
     let second = log.apply(&request);
-    // B now waits behind a holder that does not know it holds the lock.
-    let b_outcome = log.apply(&acquire(b, "x", Mode::Exclusive, Wait::Forever));
+    // B gets the lock.
+    let b_outcome = log.apply(&once(3, acquire(b, "x", Mode::Exclusive, Wait::Forever)));
     assert!(
         !matches!(second, Outcome::Granted { .. }),
         "the stale copy was granted again ({second:?}); B: {b_outcome:?}; holders {:?}",
         log.service.holders("x")
+    );
+    assert!(
+        matches!(b_outcome, Outcome::Granted { .. }),
+        "{b_outcome:?}"
     );
 }
 

@@ -10,6 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use synod::lock::{Command, FencingToken, LockLimits, LockService, Mode, Outcome, SessionId, Wait};
+use synod::session::{ClientId, RequestHeader, SessionLimits};
 
 fuzz_target!(|data: &[u8]| {
     let _ = LockService::restore(data);
@@ -22,6 +23,11 @@ fuzz_target!(|data: &[u8]| {
         lease_min: 2,
         lease_max: 40,
         lock_delay: 3,
+        proposers: SessionLimits {
+            sessions_max: 2,
+            responses_per_session_max: 2,
+            response_bytes_per_session_max: 256,
+        },
     };
     let mut service = LockService::new(limits).expect("valid limits");
     let names = ["a", "b", "c", "dd"];
@@ -34,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         input = rest;
         let session = SessionId(u64::from(arg >> 4) + 1);
         let name = names[usize::from(arg & 3)].to_string();
-        let bytes = match op % 9 {
+        let bytes = match op % 11 {
             0 => Command::Open {
                 client: u64::from(arg & 7),
                 lease: u64::from(arg >> 2),
@@ -71,6 +77,21 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => Command::Grace {
                 ticks: u64::from(arg & 31),
+            }
+            .encode(),
+            8 => Command::OpenProposer.encode(),
+            9 => Command::Once {
+                header: RequestHeader {
+                    client: ClientId(u64::from(arg & 3)),
+                    sequence: u64::from((arg >> 2) & 7),
+                    acknowledged_below: u64::from((op >> 5) & 7),
+                },
+                command: Box::new(Command::Acquire {
+                    session,
+                    name,
+                    mode: Mode::Exclusive,
+                    wait: Wait::Forever,
+                }),
             }
             .encode(),
             _ => {

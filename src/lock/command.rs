@@ -1,6 +1,7 @@
 //! What clients and the leader propose to a lock service, and what applying it answers.
 
 use super::{FencingToken, LockError, Mode, SessionId};
+use crate::session::{ClientId, RequestHeader, ResponseSize};
 use serde::{Deserialize, Serialize};
 
 /// The hard ceiling on an encoded command the decoder accepts (a lock name is at most
@@ -49,8 +50,9 @@ pub enum Command {
         session: SessionId,
     },
     /// Asks for lock `name` in `mode`. Answers [`Outcome::Granted`] (also when the session
-    /// already holds it in that mode: a retried acquire is harmless), [`Outcome::Queued`],
-    /// or a refusal.
+    /// already holds it in that mode: a retry while the grant lasts is harmless),
+    /// [`Outcome::Queued`], or a refusal. A copy applied after the session released the grant
+    /// takes the lock again: a proposer that proposes copies wraps it in [`Command::Once`].
     Acquire {
         /// The session.
         session: SessionId,
@@ -91,6 +93,28 @@ pub enum Command {
     Grace {
         /// The grace, in ticks.
         ticks: u64,
+    },
+    /// Opens a *proposer* session, for proposing commands exactly once with
+    /// [`Command::Once`]. Answers [`Outcome::ProposerOpened`]. A proposer is whatever proposes
+    /// again when it cannot tell whether a proposal was chosen (a server re-proposing a
+    /// client's command after a leader change, say), not a lock session: many proposers may
+    /// act for one lock session. See [exactly once](super#exactly-once).
+    OpenProposer,
+    /// Applies `command` at most once, however many copies of this entry are chosen: the
+    /// first copy applies it, a later copy is answered what the first one was and changes
+    /// nothing. `header` names the proposer session ([`Command::OpenProposer`]), a sequence
+    /// number unique within it (every copy carries the same one) and the proposer's
+    /// acknowledgement of the answers it has received (a copy below it is refused, never
+    /// applied). Answers what `command` answers, or a refusal of the proposal:
+    /// [`LockError::StaleRequest`], [`LockError::ResponseDropped`],
+    /// [`LockError::TooManyRequests`], [`LockError::ProposerExpired`],
+    /// [`LockError::UnknownProposer`]; a nested `Once` or `OpenProposer` is
+    /// [`LockError::Malformed`].
+    Once {
+        /// The proposer session, the sequence number and the acknowledgement.
+        header: RequestHeader,
+        /// The command to apply once.
+        command: Box<Command>,
     },
 }
 
@@ -173,6 +197,30 @@ pub enum Outcome {
         /// The current log time.
         now: u64,
     },
+    /// A proposer session is open: put `proposer` in the header of every
+    /// [`Command::Once`].
+    ProposerOpened {
+        /// The proposer session's id.
+        proposer: ClientId,
+    },
     /// Nothing changed; the reason is given. The state machine is unchanged.
     Refused(LockError),
+}
+
+impl ResponseSize for Outcome {
+    /// An estimate of the outcome's size, for the bound on the answers a proposer session
+    /// keeps ([`LockLimits::proposers`](super::LockLimits::proposers)).
+    fn size_bytes(&self) -> usize {
+        const BASE: usize = std::mem::size_of::<Outcome>();
+        match self {
+            Outcome::Closed { released } => {
+                BASE + released
+                    .iter()
+                    .map(|name| std::mem::size_of::<String>() + name.len())
+                    .sum::<usize>()
+            }
+            Outcome::Refused(LockError::Malformed { reason }) => BASE + reason.len(),
+            _ => BASE,
+        }
+    }
 }

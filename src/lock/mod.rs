@@ -44,6 +44,51 @@
 //! On the client's side, [`LockClient`] builds the commands, schedules keep-alives and keeps a
 //! conservative local view of the lease and the tokens of the locks held.
 //!
+//! # Exactly once
+//!
+//! Paxos chooses every copy of a command it is given. A server that proposes a client's
+//! command again when it cannot tell whether the first proposal was chosen (the leader
+//! changed, the answer is late) may see it chosen twice, and the second copy may come after
+//! the client acted on the first answer. Most commands do no harm twice: `Open`, `KeepAlive`
+//! and `Close` renew or end what they did, and a `Release` with a token never touches another
+//! grant. But an `Acquire` applied again after the client released its grant takes the lock
+//! again, for a client that does not know it (and a token-less `Release` may release a later
+//! grant). A proposer that re-proposes therefore wraps its commands in [`Command::Once`]:
+//! it opens a proposer session once ([`Command::OpenProposer`]), numbers its proposals, and
+//! every later copy of one is answered what the first copy was, without being applied, or,
+//! once the proposer acknowledged that answer, refused (the table is a [`SessionTable`], in
+//! the replicated state and its snapshot).
+//!
+//! ```
+//! use synod::lock::{Command, LockError, LockLimits, LockService, Mode, Outcome, Wait};
+//! use synod::session::RequestHeader;
+//!
+//! let mut locks = LockService::new(LockLimits::default()).unwrap();
+//! let mut slot = 0;
+//! let mut apply = |command: &Command| {
+//!     slot += 1;
+//!     locks.apply(slot, &command.encode())
+//! };
+//! let Outcome::ProposerOpened { proposer } = apply(&Command::OpenProposer) else { panic!() };
+//! let Outcome::Opened { session, .. } = apply(&Command::Open { client: 1, lease: 100 })
+//! else { panic!() };
+//! let once = |sequence, command| Command::Once {
+//!     header: RequestHeader { client: proposer, sequence, acknowledged_below: sequence },
+//!     command: Box::new(command),
+//! };
+//! let acquire = once(1, Command::Acquire {
+//!     session, name: "printer".into(), mode: Mode::Exclusive, wait: Wait::Forever,
+//! });
+//! let Outcome::Granted { token } = apply(&acquire) else { panic!() };
+//! // A second copy (the answer was slow, the proposer proposed again) gets the same answer.
+//! assert_eq!(apply(&acquire), Outcome::Granted { token });
+//! apply(&once(2, Command::Release { session, name: "printer".into(), token: Some(token) }));
+//! // A copy after the proposer acknowledged the answer is refused, and takes nothing.
+//! assert!(matches!(apply(&acquire), Outcome::Refused(LockError::StaleRequest { .. })));
+//! # drop(apply);
+//! assert!(locks.holders("printer").is_empty());
+//! ```
+//!
 //! Bad input never panics: undecodable bytes, unknown sessions and out-of-bound requests are
 //! [`Outcome::Refused`] with a [`LockError`], and leave the state unchanged. Everything is
 //! bounded by [`LockLimits`].
@@ -59,6 +104,9 @@ pub use clock::LeaseClock;
 pub use command::{Command, Outcome, Wait, COMMAND_BYTES_CEILING};
 
 use crate::error::ConfigError;
+use crate::session::{
+    ClientId, Outcome as SessionOutcome, RequestHeader, SessionLimits, SessionTable,
+};
 use crate::types::Slot;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -172,6 +220,41 @@ pub enum LockError {
         /// The maximum.
         max: usize,
     },
+    /// A [`Command::Once`] whose sequence number is below the proposer's acknowledgement: a
+    /// late copy of a proposal whose answer the proposer already had, or gave up on. Not
+    /// applied.
+    #[error("request {sequence} of proposer {proposer} is stale")]
+    StaleRequest {
+        /// The proposer session.
+        proposer: ClientId,
+        /// The sequence number.
+        sequence: u64,
+    },
+    /// A later copy of a [`Command::Once`] that was applied, whose answer the proposer session
+    /// no longer keeps ([`LockLimits::proposers`] bounds the bytes kept). Not applied again;
+    /// the command took effect, its answer is lost.
+    #[error("request {sequence} of proposer {proposer} was applied; its answer is lost")]
+    ResponseDropped {
+        /// The proposer session.
+        proposer: ClientId,
+        /// The sequence number.
+        sequence: u64,
+    },
+    /// The proposer session keeps the answers of as many unacknowledged requests as
+    /// [`LockLimits::proposers`] allows. Not applied: acknowledge answers, then propose again.
+    #[error("proposer {proposer} has too many unacknowledged requests")]
+    TooManyRequests {
+        /// The proposer session.
+        proposer: ClientId,
+    },
+    /// The proposer session was opened but is gone (evicted by newer ones past
+    /// [`LockLimits::proposers`]). Not applied: open another proposer session. Its
+    /// unacknowledged requests may or may not have taken effect.
+    #[error("proposer {0} expired")]
+    ProposerExpired(ClientId),
+    /// No such proposer session was ever opened. Not applied.
+    #[error("unknown proposer {0}")]
+    UnknownProposer(ClientId),
 }
 
 /// The highest log time: a [`Command::Time`] beyond it moves log time to it, no further, so
@@ -231,6 +314,10 @@ pub struct LockLimits {
     pub lease_max: u64,
     /// How long a lock released by an expiry stays unavailable, in ticks. Default 20.
     pub lock_delay: u64,
+    /// The bounds of the proposer sessions of [`Command::Once`]: how many (past it, opening
+    /// one evicts the least recently active), and the unacknowledged answers each keeps.
+    /// Default: 1 024 proposers, 1 024 answers and 256 KiB of answers each.
+    pub proposers: SessionLimits,
 }
 
 impl Default for LockLimits {
@@ -244,6 +331,11 @@ impl Default for LockLimits {
             lease_min: 10,
             lease_max: 100_000,
             lock_delay: 20,
+            proposers: SessionLimits {
+                sessions_max: 1024,
+                responses_per_session_max: 1024,
+                response_bytes_per_session_max: 256 << 10,
+            },
         }
     }
 }
@@ -253,8 +345,10 @@ impl LockLimits {
     ///
     /// # Errors
     /// [`ConfigError`] naming the first bound that is zero (every `_max` and
-    /// `lease_min` must be at least 1) or `lease_min > lease_max`.
+    /// `lease_min` must be at least 1) or `lease_min > lease_max`, or the first field of
+    /// `proposers` that [`SessionLimits::validate`] refuses.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.proposers.validate()?;
         let positive = [
             ("sessions_max", self.sessions_max as u64),
             ("locks_max", self.locks_max as u64),
@@ -345,6 +439,8 @@ struct State {
     last_slot: Slot,
     sessions: BTreeMap<SessionId, Session>,
     locks: BTreeMap<String, Lock>,
+    /// The proposer sessions of [`Command::Once`], with the answers they keep.
+    proposers: SessionTable<Outcome>,
 }
 
 /// The lock service state machine. See the [module documentation](self).
@@ -382,6 +478,7 @@ impl LockService {
             last_slot: 0,
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
+            proposers: SessionTable::new(limits.proposers),
         }))
     }
 
@@ -475,8 +572,43 @@ impl LockService {
             } => self.release(slot, session, &name, token),
             Command::Time { now } => Ok(self.advance_time(slot, now)),
             Command::Grace { ticks } => Ok(self.grace(ticks)),
+            Command::OpenProposer => Ok(Outcome::ProposerOpened {
+                proposer: self.state.proposers.open(slot).client,
+            }),
+            Command::Once { header, command } => self.apply_once(slot, header, *command),
         };
         result.unwrap_or_else(Outcome::Refused)
+    }
+
+    /// Applies `command` unless the proposer session `header` names has applied it already.
+    fn apply_once(
+        &mut self,
+        slot: Slot,
+        header: RequestHeader,
+        command: Command,
+    ) -> Result<Outcome, LockError> {
+        if matches!(command, Command::Once { .. } | Command::OpenProposer) {
+            return Err(LockError::Malformed {
+                reason: "a proposer command inside Once".into(),
+            });
+        }
+        let proposer = header.client;
+        let sequence = header.sequence;
+        match self.state.proposers.check(header, slot) {
+            SessionOutcome::New => {
+                let outcome = self.apply_command(slot, command);
+                self.state.proposers.record(header, outcome.clone());
+                Ok(outcome)
+            }
+            SessionOutcome::Duplicate(outcome) => Ok(outcome),
+            SessionOutcome::Stale => Err(LockError::StaleRequest { proposer, sequence }),
+            SessionOutcome::ResponseDropped => {
+                Err(LockError::ResponseDropped { proposer, sequence })
+            }
+            SessionOutcome::SessionFull => Err(LockError::TooManyRequests { proposer }),
+            SessionOutcome::SessionExpired => Err(LockError::ProposerExpired(proposer)),
+            SessionOutcome::UnknownSession => Err(LockError::UnknownProposer(proposer)),
+        }
     }
 
     fn open(&mut self, slot: Slot, client: u64, lease: u64) -> Result<Outcome, LockError> {
@@ -865,6 +997,11 @@ impl LockService {
         };
         if state.limits.validate().is_err() {
             return Err(SnapshotError::Invalid("limits out of range"));
+        }
+        if *state.proposers.limits() != state.limits.proposers {
+            return Err(SnapshotError::Invalid(
+                "the proposer sessions' limits differ from the service's",
+            ));
         }
         // Every holder and waiter must name an open session, once per lock, before the
         // indexes can be rebuilt from them.

@@ -810,6 +810,178 @@ fn the_lease_clock_graces_then_ticks_and_stops_when_deposed() {
     assert_eq!(times, [Command::Time { now: 63 }]);
 }
 
+impl Log {
+    fn open_proposer(&mut self) -> ClientId {
+        match self.apply(Command::OpenProposer) {
+            Outcome::ProposerOpened { proposer } => proposer,
+            other => panic!("open proposer refused: {other:?}"),
+        }
+    }
+}
+
+/// `command` proposed once by `proposer` as request `sequence`, acknowledging below `ack`.
+fn once(proposer: ClientId, sequence: u64, ack: u64, command: Command) -> Command {
+    Command::Once {
+        header: RequestHeader {
+            client: proposer,
+            sequence,
+            acknowledged_below: ack,
+        },
+        command: Box::new(command),
+    }
+}
+
+#[test]
+fn once_applies_a_command_once_and_answers_its_copies_the_same() {
+    let mut log = Log::new();
+    let proposer = log.open_proposer();
+    let (a, b) = (log.open(1, 100), log.open(2, 100));
+    let acquire = |session| Command::Acquire {
+        session,
+        name: "x".into(),
+        mode: Exclusive,
+        wait: Wait::Forever,
+    };
+    let withdraw = |session| Command::Release {
+        session,
+        name: "x".into(),
+        token: None,
+    };
+    // A holds x; B queues (request 1), withdraws (request 2), and queues again (request 3).
+    log.acquire(a, "x", Exclusive, Wait::Forever);
+    let a_token = FencingToken(log.slot);
+    let queue = once(proposer, 1, 1, acquire(b));
+    assert_eq!(log.apply(queue.clone()), Outcome::Queued { position: 0 });
+    let withdrawal = once(proposer, 2, 1, withdraw(b));
+    assert_eq!(log.apply(withdrawal.clone()), Outcome::Withdrawn);
+    let queue_again = once(proposer, 3, 1, acquire(b));
+    assert_eq!(log.apply(queue_again), Outcome::Queued { position: 0 });
+    // Late copies of requests 1 and 2 (request 1 not acknowledged yet): answered as the first
+    // time, and nothing changes: the withdraw does not drop the new wait.
+    assert_eq!(log.apply(queue), Outcome::Queued { position: 0 });
+    assert_eq!(log.apply(withdrawal.clone()), Outcome::Withdrawn);
+    assert_eq!(log.service.waiters("x"), [(b, Exclusive)]);
+    // A releases: B is granted by its third request.
+    log.release(a, "x");
+    let b_token = FencingToken(log.slot);
+    assert!(matches!(
+        log.service.take_events()[..],
+        [LockEvent::Granted { session, token, .. }] if session == b && token == b_token
+    ));
+    assert!(b_token > a_token);
+    // A copy of the withdraw now would release B's grant if applied; it is not.
+    assert_eq!(log.apply(withdrawal), Outcome::Withdrawn);
+    assert_eq!(log.service.holders("x"), [(b, Exclusive, b_token)]);
+    assert!(log.service.take_events().is_empty());
+    // The same command under a new sequence number is a new request.
+    assert_eq!(
+        log.apply(once(proposer, 4, 4, withdraw(b))),
+        Outcome::Released { token: b_token }
+    );
+    assert!(log.service.holders("x").is_empty());
+}
+
+#[test]
+fn once_refuses_stale_unknown_expired_full_and_nested_requests_and_changes_nothing() {
+    let mut log = Log::with(LockLimits {
+        proposers: crate::session::SessionLimits {
+            sessions_max: 2,
+            responses_per_session_max: 2,
+            response_bytes_per_session_max: 1024,
+        },
+        ..LockLimits::default()
+    });
+    let first = log.open_proposer();
+    let a = log.open(1, 100);
+    let acquire = |name: &str| Command::Acquire {
+        session: a,
+        name: name.into(),
+        mode: Exclusive,
+        wait: Wait::Try,
+    };
+    assert!(matches!(
+        log.apply(once(first, 5, 0, acquire("x"))),
+        Outcome::Granted { .. }
+    ));
+    assert!(matches!(
+        log.apply(once(first, 6, 0, acquire("y"))),
+        Outcome::Granted { .. }
+    ));
+    let state = log.service.state.locks.clone();
+    // Two answers kept, none acknowledged: a third request is refused, not applied.
+    assert_eq!(
+        log.apply(once(first, 7, 0, acquire("z"))),
+        Outcome::Refused(LockError::TooManyRequests { proposer: first })
+    );
+    // Below the acknowledgement: refused, not applied.
+    assert_eq!(
+        log.apply(once(first, 5, 6, acquire("x"))),
+        Outcome::Refused(LockError::StaleRequest {
+            proposer: first,
+            sequence: 5
+        })
+    );
+    // Nested proposer commands are malformed.
+    for nested in [Command::OpenProposer, once(first, 9, 0, acquire("z"))] {
+        assert!(matches!(
+            log.apply(once(first, 8, 6, nested)),
+            Outcome::Refused(LockError::Malformed { .. })
+        ));
+    }
+    // Never opened.
+    assert_eq!(
+        log.apply(once(ClientId(77), 1, 0, acquire("z"))),
+        Outcome::Refused(LockError::UnknownProposer(ClientId(77)))
+    );
+    // Two more proposers evict the least recently active one: the first.
+    log.open_proposer();
+    log.open_proposer();
+    assert_eq!(
+        log.apply(once(first, 6, 6, acquire("y"))),
+        Outcome::Refused(LockError::ProposerExpired(first))
+    );
+    assert_eq!(
+        log.service.state.locks, state,
+        "no refusal changed the locks"
+    );
+}
+
+#[test]
+fn proposer_sessions_survive_a_snapshot_and_their_limits_must_match() {
+    let mut log = Log::new();
+    let proposer = log.open_proposer();
+    let a = log.open(1, 100);
+    let acquire = once(
+        proposer,
+        1,
+        0,
+        Command::Acquire {
+            session: a,
+            name: "x".into(),
+            mode: Exclusive,
+            wait: Wait::Try,
+        },
+    );
+    let granted = log.apply(acquire.clone());
+    let mut restored = LockService::restore(&log.service.snapshot()).unwrap();
+    assert_eq!(restored, log.service);
+    // The restored replica answers a copy from the table, as the others do.
+    log.slot += 1;
+    assert_eq!(restored.apply(log.slot, &acquire.encode()), granted);
+    assert_eq!(log.service.apply(log.slot, &acquire.encode()), granted);
+    assert_eq!(restored.snapshot(), log.service.snapshot());
+    // A snapshot whose proposer table disagrees with its limits is refused.
+    let mut state = log.service.state.clone();
+    state.limits.proposers.sessions_max += 1;
+    let bytes = bincode::serde::encode_to_vec(&state, bincode::config::standard()).unwrap();
+    assert_eq!(
+        LockService::restore(&bytes),
+        Err(SnapshotError::Invalid(
+            "the proposer sessions' limits differ from the service's"
+        ))
+    );
+}
+
 /// One step of a random history.
 #[derive(Clone, Debug)]
 enum Step {
@@ -821,9 +993,21 @@ enum Step {
     Time(u64),
     Grace,
     Junk(Vec<u8>),
+    OpenProposer,
+    /// Proposer (index), sequence, acknowledged below, the command.
+    Once(u8, u64, u64, Box<Step>),
 }
 
 fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        12 => base_step(),
+        1 => Just(Step::OpenProposer),
+        4 => (0u8..3, 0u64..6, 0u64..4, base_step())
+            .prop_map(|(p, s, a, inner)| Step::Once(p, s, a, Box::new(inner))),
+    ]
+}
+
+fn base_step() -> impl Strategy<Value = Step> {
     prop_oneof![
         2 => (0u64..5).prop_map(Step::Open),
         2 => (0u64..5).prop_map(Step::KeepAlive),
@@ -859,6 +1043,7 @@ proptest! {
         let mut commands = Vec::new();
         let mut outcomes = Vec::new();
         let mut halfway = None;
+        let mut first_outcomes: BTreeMap<(ClientId, u64), Outcome> = BTreeMap::new();
         for (index, step) in steps.iter().enumerate() {
             if index == steps.len() / 2 {
                 halfway = Some((log.service.snapshot(), log.slot, commands.len()));
@@ -866,34 +1051,99 @@ proptest! {
             let session = |client: u64, log: &Log| {
                 log.service.clients.get(&client).copied().unwrap_or(SessionId(1_000 + client))
             };
+            let command = |step: &Step, log: &Log, now: u64| -> Option<Command> {
+                Some(match step {
+                    Step::Open(client) => Command::Open { client: *client, lease: 5 + client * 3 },
+                    Step::KeepAlive(client) => Command::KeepAlive { session: session(*client, log) },
+                    Step::Close(client) => Command::Close { session: session(*client, log) },
+                    Step::Acquire(client, name, exclusive, wait) => Command::Acquire {
+                        session: session(*client, log),
+                        name: names[*name as usize].into(),
+                        mode: if *exclusive { Exclusive } else { Shared },
+                        wait: [Wait::Try, Wait::Ticks(0), Wait::Ticks(6), Wait::Forever][*wait as usize],
+                    },
+                    Step::Release(client, name, token) => Command::Release {
+                        session: session(*client, log),
+                        name: names[*name as usize].into(),
+                        token: token.map(|slot| FencingToken(log.slot.saturating_sub(slot))),
+                    },
+                    Step::Time(_) => Command::Time { now },
+                    Step::Grace => Command::Grace { ticks: 7 },
+                    Step::OpenProposer => Command::OpenProposer,
+                    Step::Junk(_) | Step::Once(..) => return None,
+                })
+            };
+            match step {
+                Step::Time(by) => now += by,
+                Step::Once(_, _, _, inner) => {
+                    if let Step::Time(by) = **inner {
+                        now += by;
+                    }
+                }
+                _ => {}
+            }
+            // A repeated (proposer, sequence): the first copy's outcome, if it was applied.
+            let mut repeated = None;
             let bytes = match step {
-                Step::Open(client) => Command::Open { client: *client, lease: 5 + client * 3 }.encode(),
-                Step::KeepAlive(client) => Command::KeepAlive { session: session(*client, &log) }.encode(),
-                Step::Close(client) => Command::Close { session: session(*client, &log) }.encode(),
-                Step::Acquire(client, name, exclusive, wait) => Command::Acquire {
-                    session: session(*client, &log),
-                    name: names[*name as usize].into(),
-                    mode: if *exclusive { Exclusive } else { Shared },
-                    wait: [Wait::Try, Wait::Ticks(0), Wait::Ticks(6), Wait::Forever][*wait as usize],
-                }.encode(),
-                Step::Release(client, name, token) => Command::Release {
-                    session: session(*client, &log),
-                    name: names[*name as usize].into(),
-                    token: token.map(|slot| FencingToken(log.slot.saturating_sub(slot))),
-                }.encode(),
-                Step::Time(by) => { now += by; Command::Time { now }.encode() }
-                Step::Grace => Command::Grace { ticks: 7 }.encode(),
                 Step::Junk(bytes) => bytes.clone(),
+                Step::Once(proposer, sequence, acknowledged, inner) => {
+                    let header = RequestHeader {
+                        client: ClientId(u64::from(*proposer) + 1),
+                        sequence: *sequence,
+                        acknowledged_below: *acknowledged,
+                    };
+                    repeated = Some(first_outcomes.get(&(header.client, header.sequence)).cloned());
+                    let inner = command(inner, &log, now).unwrap_or(Command::Time { now });
+                    Command::Once { header, command: Box::new(inner) }.encode()
+                }
+                step => command(step, &log, now).expect("not junk").encode(),
             };
             // The heads of every queue, to check that grants come from there.
             let heads: Vec<Vec<SessionId>> = names
                 .iter()
                 .map(|name| log.service.waiters(name).iter().map(|w| w.0).collect())
                 .collect();
+            let before = (
+                log.service.state.sessions.clone(),
+                log.service.state.locks.clone(),
+                log.service.state.now,
+            );
             log.slot += 1;
             let outcome = log.service.apply(log.slot, &bytes);
             prop_assert_eq!(log.service.check_invariants(), Ok(()));
-            if let Outcome::Granted { token } = outcome {
+            let proposal_refused = matches!(
+                outcome,
+                Outcome::Refused(
+                    LockError::StaleRequest { .. }
+                        | LockError::ResponseDropped { .. }
+                        | LockError::TooManyRequests { .. }
+                        | LockError::ProposerExpired(_)
+                        | LockError::UnknownProposer(_)
+                )
+            );
+            if let (Some(first), Step::Once(proposer, sequence, ..)) = (&repeated, step) {
+                let key = (ClientId(u64::from(*proposer) + 1), *sequence);
+                match first {
+                    // Applied once already: never again. The first answer, or a refusal.
+                    Some(first) => {
+                        prop_assert!(proposal_refused || outcome == *first,
+                            "copy answered {:?}, first {:?}", outcome, first);
+                        let after = (
+                            log.service.state.sessions.clone(),
+                            log.service.state.locks.clone(),
+                            log.service.state.now,
+                        );
+                        prop_assert!(before == after, "a copy changed the state");
+                    }
+                    None if !proposal_refused => {
+                        first_outcomes.insert(key, outcome.clone());
+                    }
+                    None => {}
+                }
+            }
+            let duplicate = matches!(repeated, Some(Some(_)));
+            if let (Outcome::Granted { token }, false) = (&outcome, duplicate) {
+                let token = *token;
                 if token.0 == log.slot {
                     // A new grant: its token is above every earlier entry's.
                     prop_assert!(token > last_token);
@@ -1153,7 +1403,12 @@ fn the_client_waits_for_a_release_and_ignores_stale_grants() {
         },
     );
     assert_eq!(client.token("x"), None);
-    client.on_outcome(&release, &Outcome::Released { token: FencingToken(5) });
+    client.on_outcome(
+        &release,
+        &Outcome::Released {
+            token: FencingToken(5),
+        },
+    );
     let again = client.acquire("x", Exclusive, Wait::Forever).unwrap();
     // The old grant, answered late, is still stale; a new one counts.
     client.on_outcome(
