@@ -451,7 +451,7 @@ impl Connection {
             (b"KEEPALIVE", 2) => match number(1) {
                 Ok(session) => {
                     let session = SessionId(session);
-                    match self.run(Command::KeepAlive { session }).await {
+                    match self.run(Command::KeepAlive { session, tag: 0 }).await {
                         Ok(Outcome::Renewed { expires_at }) => {
                             resp::integer_reply(out, expires_at as i64);
                             Ok(())

@@ -160,7 +160,10 @@ fn every_replica_holds_the_same_locks_across_a_leader_change() {
     // Alice keeps her session alive through 60 ticks, twice her lease.
     locks.ticks(60, |locks, tick| {
         if tick % 10 == 0 {
-            locks.propose(Command::KeepAlive { session: alice });
+            locks.propose(Command::KeepAlive {
+                session: alice,
+                tag: 0,
+            });
         }
     });
     assert!(locks.services[&1].now() >= 50, "the leader moves log time");
@@ -175,7 +178,10 @@ fn every_replica_holds_the_same_locks_across_a_leader_change() {
     let clock_entries_before = locks.clock_entries.len();
     locks.ticks(40, |locks, tick| {
         if tick % 10 == 0 {
-            locks.propose(Command::KeepAlive { session: alice });
+            locks.propose(Command::KeepAlive {
+                session: alice,
+                tag: 0,
+            });
         }
     });
     let from_node_2: Vec<&Command> = locks.clock_entries[clock_entries_before..]

@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
                 lease: u64::from(arg >> 2),
             }
             .encode(),
-            1 => Command::KeepAlive { session }.encode(),
+            1 => Command::KeepAlive { session, tag: 0 }.encode(),
             2 => Command::Close { session }.encode(),
             3 | 4 => Command::Acquire {
                 session,

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// **The local lease.** The client counts its own ticks. A lease renewed by a command sent at
 /// local tick `t` is trusted until `t + lease - margin`: the service starts the lease when it
 /// applies the command, which is after `t`, so the client's view ends first as long as its
-/// ticks run no slower than the leader's by more than the margin. Past that point
+/// ticks run no slower than the leader's by more than the margin. Each keep-alive carries
+/// the tick it was sent at (`tag`), so an answer is credited with its own send, in whatever
+/// order the answers arrive; an open's answer with the oldest open sent since the last
+/// answer to one. Past that point
 /// [`is_live`](LockClient::is_live) is false and [`token`](LockClient::token) returns
 /// nothing: stop using what the locks guard, and open a new session. (The fencing token is
 /// what protects a resource from a client whose clock lies; the local lease only makes such
@@ -40,8 +43,8 @@ pub struct LockClient {
     keep_alive_every: u64,
     now: u64,
     session: Option<SessionId>,
-    /// Local tick at which the oldest renewal sent since the last answer was sent.
-    renewal_sent_at: Option<u64>,
+    /// Local tick at which the oldest open sent since the last answer to one was sent.
+    open_sent_at: Option<u64>,
     last_keep_alive_at: u64,
     live_until: u64,
     held: BTreeMap<String, (Mode, FencingToken)>,
@@ -70,7 +73,7 @@ impl LockClient {
             keep_alive_every: lease / 3,
             now: 0,
             session: None,
-            renewal_sent_at: None,
+            open_sent_at: None,
             last_keep_alive_at: 0,
             live_until: 0,
             held: BTreeMap::new(),
@@ -81,7 +84,7 @@ impl LockClient {
 
     /// The command that opens (or renews) this client's session.
     pub fn open(&mut self) -> Command {
-        self.renewal_sent_at.get_or_insert(self.now);
+        self.open_sent_at.get_or_insert(self.now);
         Command::Open {
             client: self.client,
             lease: self.lease,
@@ -96,8 +99,10 @@ impl LockClient {
             return None;
         }
         self.last_keep_alive_at = self.now;
-        self.renewal_sent_at.get_or_insert(self.now);
-        Some(Command::KeepAlive { session })
+        Some(Command::KeepAlive {
+            session,
+            tag: self.now,
+        })
     }
 
     /// The command that asks for lock `name`, or `None` without a session, or while a
@@ -149,14 +154,20 @@ impl LockClient {
                     self.held.clear();
                 }
                 self.session = Some(*session);
-                self.renewed();
+                // Credited with the oldest open sent since the last answer to one (opens are
+                // rare and carry no tag); a late answer with none recorded extends nothing.
+                if let Some(sent_at) = self.open_sent_at.take() {
+                    self.renewed(sent_at);
+                }
             }
             // Answers to commands of an earlier session are stale: they say nothing of this
             // one (a late grant would hand out a revoked token).
-            (Command::KeepAlive { session }, Outcome::Renewed { .. })
+            // Credited with the tick this very keep-alive was sent at, whatever order the
+            // answers arrive in.
+            (Command::KeepAlive { session, tag }, Outcome::Renewed { .. })
                 if Some(*session) == self.session =>
             {
-                self.renewed()
+                self.renewed(*tag)
             }
             (
                 Command::Acquire {
@@ -254,14 +265,13 @@ impl LockClient {
         }
     }
 
-    /// An answer to a renewal: credited with the oldest send since the previous answer, and
-    /// an answer with no send recorded since (a late answer to a renewal an earlier answer
-    /// was credited for) extends nothing: never the time it arrives, which would extend the
-    /// local lease past the service's.
-    fn renewed(&mut self) {
-        let Some(sent_at) = self.renewal_sent_at.take() else {
+    /// An answer to a renewal sent at local tick `sent_at`: the service started the lease
+    /// after that, so the local lease holds until `sent_at + lease - margin`. A tag from the
+    /// future (not one this client wrote) extends nothing.
+    fn renewed(&mut self, sent_at: u64) {
+        if sent_at > self.now {
             return;
-        };
+        }
         let until = sent_at + self.lease - self.margin;
         self.live_until = self.live_until.max(until);
     }
@@ -270,7 +280,7 @@ impl LockClient {
         self.session = None;
         self.held.clear();
         self.releasing.clear();
-        self.renewal_sent_at = None;
+        self.open_sent_at = None;
         self.live_until = 0;
     }
 }

@@ -42,6 +42,10 @@ pub enum Command {
     KeepAlive {
         /// The session.
         session: SessionId,
+        /// Opaque to the service: it only travels with the command, back to the proposer
+        /// with the answer. [`LockClient`](super::LockClient) puts the local tick it sent
+        /// this keep-alive at here, and credits the answer with exactly that send.
+        tag: u64,
     },
     /// Ends the session: its locks are released (without lock-delay: the holder let go on
     /// purpose) and its waits dropped. Answers [`Outcome::Closed`].

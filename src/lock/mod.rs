@@ -557,7 +557,7 @@ impl LockService {
     fn apply_command(&mut self, slot: Slot, command: Command) -> Outcome {
         let result = match command {
             Command::Open { client, lease } => self.open(slot, client, lease),
-            Command::KeepAlive { session } => self.keep_alive(session),
+            Command::KeepAlive { session, .. } => self.keep_alive(session),
             Command::Close { session } => self.close(slot, session),
             Command::Acquire {
                 session,

@@ -439,7 +439,7 @@ fn keep_alives_and_reopens_renew_the_lease() {
     let a = log.open(1, 50);
     log.time(40);
     assert_eq!(
-        log.apply(Command::KeepAlive { session: a }),
+        log.apply(Command::KeepAlive { session: a, tag: 0 }),
         Outcome::Renewed { expires_at: 90 }
     );
     log.time(89);
@@ -458,7 +458,7 @@ fn keep_alives_and_reopens_renew_the_lease() {
     log.time(109);
     assert_eq!(log.service.session_count(), 0);
     assert_eq!(
-        log.apply(Command::KeepAlive { session: a }),
+        log.apply(Command::KeepAlive { session: a, tag: 0 }),
         Outcome::Refused(LockError::UnknownSession(a))
     );
     for lease in [0, 9, 100_001] {
@@ -1054,7 +1054,7 @@ proptest! {
             let command = |step: &Step, log: &Log, now: u64| -> Option<Command> {
                 Some(match step {
                     Step::Open(client) => Command::Open { client: *client, lease: 5 + client * 3 },
-                    Step::KeepAlive(client) => Command::KeepAlive { session: session(*client, log) },
+                    Step::KeepAlive(client) => Command::KeepAlive { session: session(*client, log), tag: 0 },
                     Step::Close(client) => Command::Close { session: session(*client, log) },
                     Step::Acquire(client, name, exclusive, wait) => Command::Acquire {
                         session: session(*client, log),
@@ -1257,7 +1257,8 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
     assert_eq!(
         keep_alive,
         Some(Command::KeepAlive {
-            session: SessionId(9)
+            session: SessionId(9),
+            tag: 33,
         })
     );
     // One keep-alive every third of the lease: 33 local ticks apart.
@@ -1300,6 +1301,7 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
         (
             Command::KeepAlive {
                 session: SessionId(4),
+                tag: 0,
             },
             Outcome::Refused(LockError::UnknownSession(SessionId(4))),
         ),
@@ -1348,6 +1350,7 @@ fn the_client_ignores_what_concerns_other_sessions_and_keeps_locks_across_a_rene
     });
     let other = Command::KeepAlive {
         session: SessionId(8),
+        tag: 0,
     };
     client.on_outcome(
         &other,
