@@ -5,6 +5,9 @@ use super::{Command, FencingToken, LockEvent, Mode, Outcome, SessionId, Wait};
 use crate::error::ConfigError;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// The most locks whose newest released token a [`LockClient`] remembers.
+pub const RELEASED_MAX: usize = 1024;
+
 /// A lock service client's bookkeeping, sans-IO: it builds the commands to propose, tells when
 /// to send keep-alives, and keeps the locks held with their fencing tokens.
 ///
@@ -52,7 +55,9 @@ pub struct LockClient {
     releasing: BTreeSet<String>,
     /// The newest token released of each lock: an answer granting that token or an older
     /// one is stale (an acquire the log ordered before the release).
-    released: BTreeMap<String, FencingToken>,
+    /// Cleared with the session (grants of an earlier session are ignored anyway), and at
+    /// most [`RELEASED_MAX`] locks: past it the lowest token is forgotten.
+    pub(super) released: BTreeMap<String, FencingToken>,
 }
 
 impl LockClient {
@@ -151,7 +156,10 @@ impl LockClient {
         match (command, outcome) {
             (Command::Open { .. }, Outcome::Opened { session, .. }) => {
                 if self.session != Some(*session) {
+                    // Nothing of an earlier session concerns this one.
                     self.held.clear();
+                    self.released.clear();
+                    self.releasing.clear();
                 }
                 self.session = Some(*session);
                 // Credited with the oldest open sent since the last answer to one (opens are
@@ -161,9 +169,8 @@ impl LockClient {
                 }
             }
             // Answers to commands of an earlier session are stale: they say nothing of this
-            // one (a late grant would hand out a revoked token).
-            // Credited with the tick this very keep-alive was sent at, whatever order the
-            // answers arrive in.
+            // one (a late grant would hand out a revoked token). A renewal is credited with
+            // the tick this very keep-alive was sent at, whatever order the answers arrive in.
             (Command::KeepAlive { session, tag }, Outcome::Renewed { .. })
                 if Some(*session) == self.session =>
             {
@@ -246,10 +253,21 @@ impl LockClient {
             .map(|(name, (mode, token))| (name.as_str(), *mode, *token))
     }
 
-    /// Remembers that the grant of `token` of lock `name` is released.
+    /// Remembers that the grant of `token` of lock `name` is released, forgetting the lock
+    /// with the lowest token if more than [`RELEASED_MAX`] are remembered (the oldest release:
+    /// a grant it would make stale is the least likely still to be on its way).
     fn note_released(&mut self, name: &str, token: FencingToken) {
         let newest = self.released.entry(name.to_owned()).or_insert(token);
         *newest = (*newest).max(token);
+        if self.released.len() > RELEASED_MAX {
+            let oldest = self
+                .released
+                .iter()
+                .min_by_key(|(_, token)| **token)
+                .map(|(name, _)| name.clone())
+                .expect("not empty");
+            self.released.remove(&oldest);
+        }
     }
 
     /// Takes a grant, unless it is stale: the lock is being released, or the token is one
@@ -279,6 +297,7 @@ impl LockClient {
     fn lost(&mut self) {
         self.session = None;
         self.held.clear();
+        self.released.clear();
         self.releasing.clear();
         self.open_sent_at = None;
         self.live_until = 0;

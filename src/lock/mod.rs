@@ -99,7 +99,7 @@ mod command;
 #[cfg(test)]
 mod tests;
 
-pub use client::LockClient;
+pub use client::{LockClient, RELEASED_MAX};
 pub use clock::LeaseClock;
 pub use command::{Command, Outcome, Wait, COMMAND_BYTES_CEILING};
 

@@ -1468,3 +1468,66 @@ fn the_local_lease_ends_exactly_a_margin_before_the_lease() {
     client.tick();
     assert!(!client.is_live(), "the renewed local lease ends at 123");
 }
+
+#[test]
+fn the_client_remembers_a_bounded_number_of_releases_and_none_across_sessions() {
+    let mut client = LockClient::new(1, 100).unwrap();
+    let open = client.open();
+    client.on_outcome(
+        &open,
+        &Outcome::Opened {
+            session: SessionId(1),
+            expires_at: 100,
+        },
+    );
+    let hold = |client: &mut LockClient, name: &str, token: u64| {
+        let acquire = client.acquire(name, Exclusive, Wait::Try).unwrap();
+        client.on_outcome(
+            &acquire,
+            &Outcome::Granted {
+                token: FencingToken(token),
+            },
+        );
+        acquire
+    };
+    // Lock i is granted token 10 + i and released, for one lock more than remembered.
+    let mut acquires = Vec::new();
+    for index in 0..=RELEASED_MAX as u64 {
+        let name = format!("lock{index}");
+        acquires.push(hold(&mut client, &name, 10 + index));
+        let release = client.release(&name).unwrap();
+        client.on_outcome(
+            &release,
+            &Outcome::Released {
+                token: FencingToken(10 + index),
+            },
+        );
+    }
+    assert_eq!(client.released.len(), RELEASED_MAX);
+    // The oldest release is forgotten: a late copy of its grant is taken (the bound's price);
+    // a late copy of any other is stale.
+    client.on_outcome(
+        &acquires[1],
+        &Outcome::Granted {
+            token: FencingToken(11),
+        },
+    );
+    assert_eq!(client.token("lock1"), None);
+    client.on_outcome(
+        &acquires[0],
+        &Outcome::Granted {
+            token: FencingToken(10),
+        },
+    );
+    assert_eq!(client.token("lock0"), Some(FencingToken(10)));
+    // A new session starts with nothing of the old one.
+    let open = client.open();
+    client.on_outcome(
+        &open,
+        &Outcome::Opened {
+            session: SessionId(2),
+            expires_at: 200,
+        },
+    );
+    assert!(client.released.is_empty() && client.held().next().is_none());
+}
