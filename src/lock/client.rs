@@ -30,7 +30,7 @@ pub const RELEASED_MAX: usize = 1024;
 /// let open = client.open();
 /// assert_eq!(open, Command::Open { client: 7, lease: 100 });
 /// // ... proposed, chosen, applied; the service answered:
-/// client.on_outcome(&open, &Outcome::Opened { session: SessionId(3), expires_at: 100 });
+/// client.on_outcome(&open, &Outcome::Opened { session: SessionId(3), expires_at: 100, held: vec![] });
 /// let acquire = client.acquire("printer", Mode::Exclusive, Wait::Forever).unwrap();
 /// client.on_outcome(&acquire, &Outcome::Granted { token: FencingToken(4) });
 /// assert_eq!(client.token("printer"), Some(FencingToken(4)));
@@ -87,7 +87,11 @@ impl LockClient {
         })
     }
 
-    /// The command that opens (or renews) this client's session.
+    /// The command that opens (or renews) this client's session. A client that restarted
+    /// (a new `LockClient` with the same `client` id) gets its old session back if it is
+    /// still open, and the answer lists the locks it holds: [`held`](Self::held) has them.
+    /// (Answers addressed to the client before its restart must not reach the new one: they
+    /// travel over connections that end with it.)
     pub fn open(&mut self) -> Command {
         self.open_sent_at.get_or_insert(self.now);
         Command::Open {
@@ -154,10 +158,16 @@ impl LockClient {
     /// What the service answered to `command`, which this client proposed.
     pub fn on_outcome(&mut self, command: &Command, outcome: &Outcome) {
         match (command, outcome) {
-            (Command::Open { .. }, Outcome::Opened { session, .. }) => {
+            (Command::Open { .. }, Outcome::Opened { session, held, .. }) => {
                 if self.session != Some(*session) {
-                    // Nothing of an earlier session concerns this one.
-                    self.held.clear();
+                    // Nothing of an earlier session concerns this one. The session may be
+                    // one this client opened before a restart, holding locks: take them, so
+                    // that they are used or released rather than kept unknowingly. (A later
+                    // answer to an open of the same session lists nothing new: ignored.)
+                    self.held = held
+                        .iter()
+                        .map(|lock| (lock.name.clone(), (lock.mode, lock.token)))
+                        .collect();
                     self.released.clear();
                     self.releasing.clear();
                 }

@@ -153,6 +153,17 @@ impl Command {
     }
 }
 
+/// A lock a session holds, as [`Outcome::Opened`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeldLock {
+    /// The lock's name.
+    pub name: String,
+    /// How it is held.
+    pub mode: Mode,
+    /// The fencing token of the grant.
+    pub token: FencingToken,
+}
+
 /// What applying one command answers, for the client that proposed it. Every replica
 /// computes the same outcome; the one that took the request returns it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -163,6 +174,9 @@ pub enum Outcome {
         session: SessionId,
         /// When the lease ends, in log time, unless renewed.
         expires_at: u64,
+        /// The locks the session holds, by name (none for a new session): what a client that
+        /// restarted and opened its session again holds without knowing it.
+        held: Vec<HeldLock>,
     },
     /// The lease is renewed until log time `expires_at`.
     Renewed {
@@ -221,6 +235,12 @@ impl ResponseSize for Outcome {
                 BASE + released
                     .iter()
                     .map(|name| std::mem::size_of::<String>() + name.len())
+                    .sum::<usize>()
+            }
+            Outcome::Opened { held, .. } => {
+                BASE + held
+                    .iter()
+                    .map(|lock| std::mem::size_of::<HeldLock>() + lock.name.len())
                     .sum::<usize>()
             }
             Outcome::Refused(LockError::Malformed { reason }) => BASE + reason.len(),

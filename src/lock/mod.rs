@@ -101,7 +101,7 @@ mod tests;
 
 pub use client::{LockClient, RELEASED_MAX};
 pub use clock::LeaseClock;
-pub use command::{Command, Outcome, Wait, COMMAND_BYTES_CEILING};
+pub use command::{Command, HeldLock, Outcome, Wait, COMMAND_BYTES_CEILING};
 
 use crate::error::ConfigError;
 use crate::session::{
@@ -627,6 +627,7 @@ impl LockService {
             return Ok(Outcome::Opened {
                 session,
                 expires_at,
+                held: self.held_by(session),
             });
         }
         if self.state.sessions.len() >= limits.sessions_max {
@@ -650,7 +651,30 @@ impl LockService {
         Ok(Outcome::Opened {
             session,
             expires_at,
+            held: Vec::new(),
         })
+    }
+
+    /// The locks `session` holds, by name.
+    fn held_by(&self, session: SessionId) -> Vec<HeldLock> {
+        self.state.sessions[&session]
+            .held
+            .iter()
+            .filter_map(|name| {
+                let holder = self
+                    .state
+                    .locks
+                    .get(name)?
+                    .holders
+                    .iter()
+                    .find(|h| h.session == session)?;
+                Some(HeldLock {
+                    name: name.clone(),
+                    mode: holder.mode,
+                    token: holder.token,
+                })
+            })
+            .collect()
     }
 
     fn keep_alive(&mut self, session: SessionId) -> Result<Outcome, LockError> {

@@ -451,7 +451,8 @@ fn keep_alives_and_reopens_renew_the_lease() {
         }),
         Outcome::Opened {
             session: a,
-            expires_at: 109
+            expires_at: 109,
+            held: vec![],
         }
     );
     assert_eq!(log.service.session_count(), 1);
@@ -1217,6 +1218,7 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
         &Outcome::Opened {
             session: SessionId(9),
             expires_at: 100,
+            held: vec![],
         },
     );
     let acquire = client.acquire("x", Exclusive, Wait::Forever).unwrap();
@@ -1318,6 +1320,7 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
             &Outcome::Opened {
                 session: SessionId(4),
                 expires_at: 500,
+                held: vec![],
             },
         );
         assert!(client.is_live());
@@ -1333,6 +1336,7 @@ fn the_client_ignores_what_concerns_other_sessions_and_keeps_locks_across_a_rene
     let opened = |session| Outcome::Opened {
         session: SessionId(session),
         expires_at: 100,
+        held: vec![],
     };
     client.on_outcome(&open, &opened(9));
     assert_eq!(client.session(), Some(SessionId(9)));
@@ -1377,6 +1381,7 @@ fn the_client_waits_for_a_release_and_ignores_stale_grants() {
         &Outcome::Opened {
             session: SessionId(2),
             expires_at: 100,
+            held: vec![],
         },
     );
     let acquire = client.acquire("x", Exclusive, Wait::Forever).unwrap();
@@ -1448,6 +1453,7 @@ fn the_local_lease_ends_exactly_a_margin_before_the_lease() {
         &Outcome::Opened {
             session: SessionId(2),
             expires_at: 100,
+            held: vec![],
         },
     );
     // Sent at local tick 0: trusted for 100 - 10 ticks.
@@ -1478,6 +1484,7 @@ fn the_client_remembers_a_bounded_number_of_releases_and_none_across_sessions() 
         &Outcome::Opened {
             session: SessionId(1),
             expires_at: 100,
+            held: vec![],
         },
     );
     let hold = |client: &mut LockClient, name: &str, token: u64| {
@@ -1527,7 +1534,47 @@ fn the_client_remembers_a_bounded_number_of_releases_and_none_across_sessions() 
         &Outcome::Opened {
             session: SessionId(2),
             expires_at: 200,
+            held: vec![],
         },
     );
     assert!(client.released.is_empty() && client.held().next().is_none());
+}
+
+#[test]
+fn a_restarted_client_learns_the_locks_its_session_holds_and_a_late_answer_changes_nothing() {
+    let mut log = Log::new();
+    let mut client = LockClient::new(7, 100).unwrap();
+    let open = client.open();
+    let outcome = log.apply(open.clone());
+    assert!(matches!(&outcome, Outcome::Opened { held, .. } if held.is_empty()));
+    client.on_outcome(&open, &outcome);
+    for (name, mode) in [("x", Exclusive), ("y", Shared)] {
+        let acquire = client.acquire(name, mode, Wait::Try).unwrap();
+        let outcome = log.apply(acquire.clone());
+        client.on_outcome(&acquire, &outcome);
+    }
+    let held: Vec<_> = client
+        .held()
+        .map(|(n, m, t)| (n.to_owned(), m, t))
+        .collect();
+    assert_eq!(held.len(), 2);
+    // The client restarts: it knows nothing, opens its session again, and learns its locks.
+    let mut restarted = LockClient::new(7, 100).unwrap();
+    let reopen = restarted.open();
+    let reopened = log.apply(reopen.clone());
+    restarted.on_outcome(&reopen, &reopened);
+    let relearned: Vec<_> = restarted
+        .held()
+        .map(|(n, m, t)| (n.to_owned(), m, t))
+        .collect();
+    assert_eq!(relearned, held);
+    assert_eq!(restarted.token("x"), Some(held[0].2));
+    // It releases x; an answer to an earlier open of the same session, listing x, arrives
+    // late: nothing comes back.
+    let release = restarted.release("x").unwrap();
+    let outcome = log.apply(release.clone());
+    restarted.on_outcome(&release, &outcome);
+    restarted.on_outcome(&reopen, &reopened);
+    assert_eq!(restarted.token("x"), None);
+    assert!(restarted.token("y").is_some());
 }
