@@ -24,7 +24,9 @@
 //! # Commands
 //!
 //! - `OPEN client lease` opens (or renews) the session of `client` (a number the client
-//!   picks): `*2 :session :lease_end` (log time, in ticks).
+//!   picks): `*3 :session :lease_end *N`, the lease's end in log time (ticks) and the locks
+//!   the session holds, one `name mode token` string each (a client that restarted and
+//!   opened its session again learns what it holds).
 //! - `KEEPALIVE session`: `:lease_end`.
 //! - `ACQUIRE session name [SHARED] [TRY | WAIT ticks]`: blocks until granted (default:
 //!   exclusive, wait forever), then `:token`; `TRY` fails at once with `-BUSY`; a wait that
@@ -438,10 +440,19 @@ impl Connection {
                     Ok(Outcome::Opened {
                         session,
                         expires_at,
+                        held,
                     }) => {
-                        resp::array(out, 2);
+                        resp::array(out, 3);
                         resp::integer_reply(out, session.0 as i64);
                         resp::integer_reply(out, expires_at as i64);
+                        // The locks the session holds (a client that restarted and opened
+                        // its session again learns them): `name mode token` each.
+                        resp::array(out, held.len());
+                        for lock in held {
+                            let line =
+                                format!("{} {} {}", lock.name, mode_name(lock.mode), lock.token.0);
+                            resp::bulk(out, Some(line.as_bytes()));
+                        }
                         Ok(())
                     }
                     other => Err(failure(other)),
@@ -508,12 +519,7 @@ impl Connection {
                 let holders = self.node.state().service.holders(&text(1));
                 resp::array(out, holders.len());
                 for (session, mode, token) in holders {
-                    let mode = if mode == Mode::Shared {
-                        "shared"
-                    } else {
-                        "exclusive"
-                    };
-                    let line = format!("{} {mode} {}", session.0, token.0);
+                    let line = format!("{} {} {}", session.0, mode_name(mode), token.0);
                     resp::bulk(out, Some(line.as_bytes()));
                 }
                 Ok(())
@@ -694,6 +700,14 @@ fn acquire_command(args: &[Bytes], session: Result<u64, String>) -> Result<Comma
         mode,
         wait,
     })
+}
+
+/// How `HOLDERS` and `OPEN` name a mode.
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Shared => "shared",
+        Mode::Exclusive => "exclusive",
+    }
 }
 
 /// The error reply for an outcome that is not the one expected.

@@ -141,6 +141,21 @@ fn a_lock_survives_a_sigkilled_leader_and_passes_on_when_its_holder_goes_quiet()
     let mut alice = cluster.client(near);
     let alice_session = open(&mut alice, "1", "300");
     let alice_token = integer(alice.command(&[b"ACQUIRE", alice_session.as_bytes(), b"printer"]));
+    // Alice, restarted, opens her session again (through the other follower): the answer
+    // lists the lock she holds.
+    let mut alice_again = cluster.client(far);
+    match alice_again.command(&[b"OPEN", b"1", b"300"]) {
+        Ok(Reply::Array(items)) => {
+            assert_eq!(items[0], Reply::Integer(alice_session.parse().unwrap()));
+            assert_eq!(
+                items[2],
+                Reply::Array(vec![Reply::Bulk(Some(
+                    format!("printer exclusive {alice_token}").into_bytes()
+                ))])
+            );
+        }
+        other => panic!("OPEN answered {other:?}"),
+    }
     let mut bob = cluster.client(far);
     let bob_session = open(&mut bob, "2", "100000");
     assert_eq!(
