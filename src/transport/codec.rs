@@ -28,10 +28,35 @@
 //! | payload does not match its CRC32C       | [`DecodeError::Checksum`]        |
 //! | payload is not a value of the type      | [`DecodeError::Payload`]         |
 //!
-//! Bincode itself allocates a byte string or string as soon as it has read its declared length.
-//! The payload is therefore decoded with a bincode allocation limit derived from the payload's
-//! real length (at most [`CLAIM_BYTES_PER_PAYLOAD_BYTE`] times it, rounded up to a power of
-//! four): a 100-byte frame that declares a 4 GiB byte string is refused without allocating it.
+//! ## What decoding allocates
+//!
+//! A peer must not make the receiver allocate what a frame merely declares. Decoding a payload
+//! of `n` bytes allocates in proportion to `n`, whatever lengths its bincode declares:
+//!
+//! * A string or byte string is allocated only once its bytes are known to be in the payload:
+//!   it is read in place from the frame, then copied (bincode alone would allocate its
+//!   declared length first). At most `n` bytes for all of them together.
+//! * serde preallocates a sequence or map for the number of elements it declares (up to
+//!   1 MiB per collection, serde's `size_hint::cautious`, whatever the payload's size). The
+//!   decoder reports to serde at most as many elements, over all the sequences and maps of
+//!   the value together, as the payload has bytes: every element takes at least one. A valid
+//!   payload's sequences still get exactly the capacity they declare.
+//! * Bincode's allocation limit, at most [`CLAIM_BYTES_PER_PAYLOAD_BYTE`] times `n` rounded
+//!   up to a power of four (at least 64 KiB), caps the in-memory size bincode counts for the
+//!   primitives, strings and byte strings decoded: a 100-byte frame that declares a 4 GiB byte
+//!   string is refused (`LimitExceeded`) before anything is read for it.
+//!
+//! For synod's messages, [`Message`](crate::Message) and the TCP transport's `WireFrame`,
+//! whose largest sequence element is an [`Entry`](crate::Entry) (88 bytes on 64-bit targets),
+//! decoding a payload of `n` bytes therefore makes no single allocation larger than `n * 88`
+//! bytes and holds less than twice that at once, the decoded value included: a 37-byte frame
+//! declaring 2^40 entries costs at most 15 × 88 bytes for its 15-byte payload.
+//! `tests/codec_bounds.rs` measures both bounds on hostile frames. For another type, a
+//! hostile payload can make serde preallocate at most `n` elements of its sequences and maps
+//! in all (a hash map or set allocates a table of about twice the elements reported). The
+//! decoder does not bound nesting: a type that contains itself would be decoded as deep as
+//! the payload nests it; synod's message types do not. None of this involves the wire
+//! format: the decoder reads the same bytes as plain bincode.
 //!
 //! [`Codec`] encodes and decodes whole frames held in one buffer; [`FrameDecoder`] cuts frames
 //! out of a byte stream fed in arbitrary chunks (as read from a TCP socket).
@@ -56,9 +81,10 @@ pub const HEADER_BYTES: usize = 4 + 2 + 8 + 4 + 4;
 /// It keeps the bincode allocation limit (a multiple of the payload length) within 1 GiB.
 pub const FRAME_BYTES_MAX_LIMIT: usize = 64 << 20;
 
-/// Bincode counts ("claims") the in-memory size of every value it decodes: at most 16 bytes
-/// (an `u128`) for the smallest encoding of 1 byte. A well-formed payload of `n` bytes never
-/// claims more than `16 * n`, so that is the limit the decoder allows, rounded up.
+/// Bincode counts ("claims") the in-memory size of every primitive, string and byte string it
+/// decodes (not the sequences serde preallocates; see the module documentation): at most
+/// 16 bytes (an `u128`) for the smallest encoding of 1 byte. A well-formed payload of `n`
+/// bytes never claims more than `16 * n`, so that is the limit the decoder allows, rounded up.
 pub const CLAIM_BYTES_PER_PAYLOAD_BYTE: usize = 16;
 
 /// The smallest bincode allocation limit used, for small payloads.
@@ -214,6 +240,11 @@ impl Codec {
     /// Decodes the frame at the start of `bytes`; returns the value and the frame's length, so
     /// the caller can decode the next frame from `&bytes[length..]`.
     ///
+    /// Allocates in proportion to the frame's real length, never to what it declares: for a
+    /// [`Message`](crate::Message) with a payload of `n` bytes, no allocation above `n * 88`
+    /// bytes and less than twice that live at once (module documentation, "What decoding
+    /// allocates", also for other types).
+    ///
     /// # Errors
     /// Any [`DecodeError`] (see the module documentation); `Truncated` means the frame may
     /// still be completed by more bytes, every other error means the bytes are not a frame for
@@ -282,9 +313,9 @@ fn decode_checked_payload<T: DeserializeOwned>(
 }
 
 /// Decodes a bincode (serde API, standard configuration) payload that must be consumed whole,
-/// with an allocation limit proportional to the payload's real length: the body of a frame,
-/// without its header or checksum (for a transport that frames and checks messages itself,
-/// or a fuzzer).
+/// allocating in proportion to the payload's real length (module documentation, "What
+/// decoding allocates"): the body of a frame, without its header or checksum (for a transport
+/// that frames and checks messages itself, or a fuzzer).
 ///
 /// # Errors
 /// [`DecodeError::Payload`] if the bytes are not exactly one value of `T`, or if decoding
@@ -302,7 +333,11 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, DecodeEr
             $(
                 if claim_bytes <= $limit {
                     let config = bincode::config::standard().with_limit::<{ $limit }>();
-                    let decoded = bincode::serde::decode_from_slice::<T, _>(payload, config);
+                    let decoded = bincode::serde::seed_decode_from_slice(
+                        bounded::Payload::<T>::new(payload.len()),
+                        payload,
+                        config,
+                    );
                     return finish_decode(decoded, payload.len());
                 }
             )+
@@ -344,8 +379,9 @@ fn finish_decode<T>(
 /// Feed every chunk read from the connection to [`FrameDecoder::push`]; it appends each
 /// complete frame's value to the output vector. Memory stays bounded: at most one partial frame
 /// (never more than the codec's `frame_bytes_max`) is buffered between calls, the frame length
-/// is validated as soon as the header is complete, and the buffer only grows with bytes that
-/// actually arrived.
+/// is validated as soon as the header is complete, the buffer only grows with bytes that
+/// actually arrived, and decoding a frame allocates in proportion to its length as
+/// [`Codec::decode`] does (module documentation, "What decoding allocates").
 ///
 /// After any error the stream's framing can no longer be trusted: the decoder stays failed and
 /// returns the same error from every later `push`. Close the connection.
@@ -502,6 +538,421 @@ impl<T: DeserializeOwned> FrameDecoder<T> {
             needed,
             available: self.partial.len(),
         })
+    }
+}
+
+/// The serde layer between bincode's slice deserializer and the decoded type that keeps what a
+/// payload can make the receiver allocate in proportion to its length (see the module
+/// documentation, "What decoding allocates"). It forwards every call unchanged, except that:
+///
+/// * the length of a sequence or map read from the payload (`deserialize_seq`,
+///   `deserialize_map`) is reported to the visitor (`size_hint`, from which serde
+///   preallocates) as at most what is left of a budget of one element per payload byte, and
+///   the budget is charged with what was reported;
+/// * an owned string or byte string (`deserialize_string`, `deserialize_byte_buf`) is read
+///   borrowed from the payload and then copied, so it is allocated only once its bytes are
+///   known to be there, instead of at its declared length before they are read.
+///
+/// The wire format is untouched: bincode reads the same bytes either way. (An element type
+/// that is not zero-sized yet encodes to no bytes, say a struct of skipped fields, may make a
+/// valid sequence outgrow its reported size: that costs reallocations, never a refusal.)
+///
+/// Every method is `#[inline]`: without the hints the extra layer cost about a quarter of the
+/// decoding time of a small message (a Heartbeat); with them it costs nothing measurable.
+mod bounded {
+    use serde::de::{
+        Deserialize, DeserializeSeed, Deserializer, EnumAccess, Error, MapAccess, SeqAccess,
+        VariantAccess, Visitor,
+    };
+    use std::cell::Cell;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    /// Deserializes a `T` whose payload is `payload_bytes` long through the bounding layer.
+    pub(super) struct Payload<T> {
+        payload_bytes: usize,
+        _value: PhantomData<fn() -> T>,
+    }
+
+    impl<T> Payload<T> {
+        pub(super) fn new(payload_bytes: usize) -> Payload<T> {
+            Payload {
+                payload_bytes,
+                _value: PhantomData,
+            }
+        }
+    }
+
+    impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Payload<T> {
+        type Value = T;
+
+        #[inline]
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<T, D::Error> {
+            // Every element of a sequence or map takes at least one payload byte (its first
+            // byte is its own: an element's sequences start after their length prefix), so a
+            // valid payload's sequences and maps declare at most this many elements together.
+            let budget = Cell::new(self.payload_bytes);
+            T::deserialize(Bounded::new(deserializer, &budget))
+        }
+    }
+
+    /// Wraps a deserializer, visitor, seed, enum access or variant access of one decode.
+    struct Bounded<'b, X> {
+        inner: X,
+        /// Elements the sequences and maps still to come may be preallocated for.
+        budget: &'b Cell<usize>,
+        /// For a visitor: the sequence or map it may visit has a length read from the payload
+        /// (to charge to the budget), not one its type fixes (tuples, structs).
+        charged: bool,
+    }
+
+    impl<'b, X> Bounded<'b, X> {
+        #[inline]
+        fn new(inner: X, budget: &'b Cell<usize>) -> Bounded<'b, X> {
+            Bounded {
+                inner,
+                budget,
+                charged: false,
+            }
+        }
+
+        /// The size hint to report for a sequence or map of `declared` elements.
+        #[inline]
+        fn grant(&self, declared: Option<usize>) -> usize {
+            match declared {
+                Some(declared) if self.charged => {
+                    let granted = declared.min(self.budget.get());
+                    self.budget.set(self.budget.get() - granted);
+                    granted
+                }
+                _ => usize::MAX,
+            }
+        }
+    }
+
+    macro_rules! forward_deserialize {
+        ($($method:ident($($argument:ident: $type:ty),*);)*) => {$(
+            #[inline]
+            fn $method<V: Visitor<'de>>(
+                self,
+                $($argument: $type,)*
+                visitor: V,
+            ) -> Result<V::Value, D::Error> {
+                self.inner.$method($($argument,)* Bounded::new(visitor, self.budget))
+            }
+        )*};
+    }
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for Bounded<'_, D> {
+        type Error = D::Error;
+
+        forward_deserialize! {
+            deserialize_any();
+            deserialize_bool();
+            deserialize_i8();
+            deserialize_i16();
+            deserialize_i32();
+            deserialize_i64();
+            deserialize_i128();
+            deserialize_u8();
+            deserialize_u16();
+            deserialize_u32();
+            deserialize_u64();
+            deserialize_u128();
+            deserialize_f32();
+            deserialize_f64();
+            deserialize_char();
+            deserialize_str();
+            deserialize_bytes();
+            deserialize_option();
+            deserialize_unit();
+            deserialize_unit_struct(name: &'static str);
+            deserialize_newtype_struct(name: &'static str);
+            deserialize_tuple(length: usize);
+            deserialize_tuple_struct(name: &'static str, length: usize);
+            deserialize_struct(name: &'static str, fields: &'static [&'static str]);
+            deserialize_enum(name: &'static str, variants: &'static [&'static str]);
+            deserialize_identifier();
+            deserialize_ignored_any();
+        }
+
+        #[inline]
+        fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_str(Owned(visitor))
+        }
+
+        #[inline]
+        fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            self.inner.deserialize_bytes(Owned(visitor))
+        }
+
+        #[inline]
+        fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            let mut visitor = Bounded::new(visitor, self.budget);
+            visitor.charged = true;
+            self.inner.deserialize_seq(visitor)
+        }
+
+        #[inline]
+        fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, D::Error> {
+            let mut visitor = Bounded::new(visitor, self.budget);
+            visitor.charged = true;
+            self.inner.deserialize_map(visitor)
+        }
+
+        #[inline]
+        fn is_human_readable(&self) -> bool {
+            self.inner.is_human_readable()
+        }
+    }
+
+    macro_rules! forward_visit {
+        ($($method:ident($type:ty);)*) => {$(
+            #[inline]
+            fn $method<E: Error>(self, value: $type) -> Result<V::Value, E> {
+                self.inner.$method(value)
+            }
+        )*};
+    }
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Bounded<'_, V> {
+        type Value = V::Value;
+
+        #[inline]
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.inner.expecting(formatter)
+        }
+
+        forward_visit! {
+            visit_bool(bool);
+            visit_i8(i8);
+            visit_i16(i16);
+            visit_i32(i32);
+            visit_i64(i64);
+            visit_i128(i128);
+            visit_u8(u8);
+            visit_u16(u16);
+            visit_u32(u32);
+            visit_u64(u64);
+            visit_u128(u128);
+            visit_f32(f32);
+            visit_f64(f64);
+            visit_char(char);
+            visit_str(&str);
+            visit_borrowed_str(&'de str);
+            visit_string(String);
+            visit_bytes(&[u8]);
+            visit_borrowed_bytes(&'de [u8]);
+            visit_byte_buf(Vec<u8>);
+        }
+
+        #[inline]
+        fn visit_none<E: Error>(self) -> Result<V::Value, E> {
+            self.inner.visit_none()
+        }
+
+        #[inline]
+        fn visit_unit<E: Error>(self) -> Result<V::Value, E> {
+            self.inner.visit_unit()
+        }
+
+        #[inline]
+        fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<V::Value, D::Error> {
+            self.inner
+                .visit_some(Bounded::new(deserializer, self.budget))
+        }
+
+        #[inline]
+        fn visit_newtype_struct<D: Deserializer<'de>>(
+            self,
+            deserializer: D,
+        ) -> Result<V::Value, D::Error> {
+            self.inner
+                .visit_newtype_struct(Bounded::new(deserializer, self.budget))
+        }
+
+        #[inline]
+        fn visit_seq<A: SeqAccess<'de>>(self, access: A) -> Result<V::Value, A::Error> {
+            let granted = self.grant(access.size_hint());
+            self.inner.visit_seq(Elements {
+                inner: access,
+                budget: self.budget,
+                granted,
+            })
+        }
+
+        #[inline]
+        fn visit_map<A: MapAccess<'de>>(self, access: A) -> Result<V::Value, A::Error> {
+            let granted = self.grant(access.size_hint());
+            self.inner.visit_map(Elements {
+                inner: access,
+                budget: self.budget,
+                granted,
+            })
+        }
+
+        #[inline]
+        fn visit_enum<A: EnumAccess<'de>>(self, access: A) -> Result<V::Value, A::Error> {
+            self.inner.visit_enum(Bounded::new(access, self.budget))
+        }
+    }
+
+    impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Bounded<'_, S> {
+        type Value = S::Value;
+
+        #[inline]
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<S::Value, D::Error> {
+            self.inner
+                .deserialize(Bounded::new(deserializer, self.budget))
+        }
+    }
+
+    impl<'de, 'b, A: EnumAccess<'de>> EnumAccess<'de> for Bounded<'b, A> {
+        type Error = A::Error;
+        type Variant = Bounded<'b, A::Variant>;
+
+        #[inline]
+        fn variant_seed<S: DeserializeSeed<'de>>(
+            self,
+            seed: S,
+        ) -> Result<(S::Value, Self::Variant), A::Error> {
+            let (value, variant) = self.inner.variant_seed(Bounded::new(seed, self.budget))?;
+            Ok((value, Bounded::new(variant, self.budget)))
+        }
+    }
+
+    impl<'de, A: VariantAccess<'de>> VariantAccess<'de> for Bounded<'_, A> {
+        type Error = A::Error;
+
+        #[inline]
+        fn unit_variant(self) -> Result<(), A::Error> {
+            self.inner.unit_variant()
+        }
+
+        #[inline]
+        fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+            self,
+            seed: S,
+        ) -> Result<S::Value, A::Error> {
+            self.inner
+                .newtype_variant_seed(Bounded::new(seed, self.budget))
+        }
+
+        #[inline]
+        fn tuple_variant<V: Visitor<'de>>(
+            self,
+            length: usize,
+            visitor: V,
+        ) -> Result<V::Value, A::Error> {
+            self.inner
+                .tuple_variant(length, Bounded::new(visitor, self.budget))
+        }
+
+        #[inline]
+        fn struct_variant<V: Visitor<'de>>(
+            self,
+            fields: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, A::Error> {
+            self.inner
+                .struct_variant(fields, Bounded::new(visitor, self.budget))
+        }
+    }
+
+    /// The elements of a sequence or the entries of a map, reported as at most `granted`.
+    struct Elements<'b, A> {
+        inner: A,
+        budget: &'b Cell<usize>,
+        granted: usize,
+    }
+
+    impl<'de, A: SeqAccess<'de>> SeqAccess<'de> for Elements<'_, A> {
+        type Error = A::Error;
+
+        #[inline]
+        fn next_element_seed<S: DeserializeSeed<'de>>(
+            &mut self,
+            seed: S,
+        ) -> Result<Option<S::Value>, A::Error> {
+            self.inner
+                .next_element_seed(Bounded::new(seed, self.budget))
+        }
+
+        #[inline]
+        fn size_hint(&self) -> Option<usize> {
+            self.inner.size_hint().map(|left| left.min(self.granted))
+        }
+    }
+
+    impl<'de, A: MapAccess<'de>> MapAccess<'de> for Elements<'_, A> {
+        type Error = A::Error;
+
+        #[inline]
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            self.inner.next_key_seed(Bounded::new(seed, self.budget))
+        }
+
+        #[inline]
+        fn next_value_seed<S: DeserializeSeed<'de>>(
+            &mut self,
+            seed: S,
+        ) -> Result<S::Value, A::Error> {
+            self.inner.next_value_seed(Bounded::new(seed, self.budget))
+        }
+
+        #[inline]
+        fn next_entry_seed<K: DeserializeSeed<'de>, S: DeserializeSeed<'de>>(
+            &mut self,
+            key: K,
+            value: S,
+        ) -> Result<Option<(K::Value, S::Value)>, A::Error> {
+            self.inner.next_entry_seed(
+                Bounded::new(key, self.budget),
+                Bounded::new(value, self.budget),
+            )
+        }
+
+        #[inline]
+        fn size_hint(&self) -> Option<usize> {
+            self.inner.size_hint().map(|left| left.min(self.granted))
+        }
+    }
+
+    /// Hands a visitor that asked for an owned string or byte string the borrowed one,
+    /// copied: bincode then checks that its bytes are in the payload before anything is
+    /// allocated for it.
+    struct Owned<V>(V);
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for Owned<V> {
+        type Value = V::Value;
+
+        #[inline]
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.expecting(formatter)
+        }
+
+        #[inline]
+        fn visit_str<E: Error>(self, value: &str) -> Result<V::Value, E> {
+            self.0.visit_string(value.to_owned())
+        }
+
+        #[inline]
+        fn visit_string<E: Error>(self, value: String) -> Result<V::Value, E> {
+            self.0.visit_string(value)
+        }
+
+        #[inline]
+        fn visit_bytes<E: Error>(self, value: &[u8]) -> Result<V::Value, E> {
+            self.0.visit_byte_buf(value.to_vec())
+        }
+
+        #[inline]
+        fn visit_byte_buf<E: Error>(self, value: Vec<u8>) -> Result<V::Value, E> {
+            self.0.visit_byte_buf(value)
+        }
     }
 }
 
