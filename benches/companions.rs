@@ -60,6 +60,7 @@ fn lock_benches(c: &mut Criterion) {
         &Command::Open {
             client: 1,
             lease: 100_000,
+            tag: 0,
         },
     );
     let session = synod::lock::SessionId(1);

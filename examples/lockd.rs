@@ -155,8 +155,10 @@ fn main() -> ExitCode {
 struct State {
     service: LockService,
     slot: Slot,
-    /// Commands proposed through this node, by request number, waiting for their outcome.
-    waiters: HashMap<u64, oneshot::Sender<Outcome>>,
+    /// Commands proposed through this node, by request number, waiting for their outcome:
+    /// the entry proposed (an applied entry is answered only if it is that very entry) and
+    /// where its outcome goes.
+    waiters: HashMap<u64, (Bytes, oneshot::Sender<Outcome>)>,
     /// Queued acquires of this node's clients, waiting for their grant (or its end).
     grants: HashMap<(SessionId, String), oneshot::Sender<LockEvent>>,
     /// Whether this replica leads (for `INFO`).
@@ -218,7 +220,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
             grants: HashMap::new(),
             role: Role::Follower,
         }),
-        next_request: AtomicU64::new(1),
+        next_request: AtomicU64::new(first_request_number()),
         applied: watch::Sender::new(applied),
         peers: transport.peers(),
     });
@@ -303,6 +305,19 @@ async fn run_clock(node: Arc<Node>, mut handle: Handle, mut clock: LeaseClock, t
     }
 }
 
+/// Where this process's request numbers start: random, so that an entry an earlier process
+/// of this node proposed, chosen after a restart, does not carry a number a waiter of this
+/// one uses (in [1, 2^63): never 0, which marks the clock's entries).
+fn first_request_number() -> u64 {
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let random =
+        std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
+    (random >> 1).max(1)
+}
+
 /// A log entry: the header, then the encoded command.
 fn entry(node: NodeId, request: u64, command: &Command) -> Bytes {
     let mut data = Vec::with_capacity(HEADER_BYTES + 64);
@@ -349,10 +364,17 @@ async fn apply_committed(
         let origin = u64::from_le_bytes(data[..8].try_into().expect("8 bytes"));
         let request = u64::from_le_bytes(data[8..16].try_into().expect("8 bytes"));
         let outcome = state.service.apply(entry.slot, &data[HEADER_BYTES..]);
-        if origin == node.id.0 && request != 0 {
-            if let Some(waiter) = state.waiters.remove(&request) {
-                let _ = waiter.send(outcome);
-            }
+        // An entry an earlier process of this node proposed may be chosen after a restart:
+        // it is answered only to a waiter that proposed exactly these bytes.
+        if origin == node.id.0
+            && request != 0
+            && state
+                .waiters
+                .get(&request)
+                .is_some_and(|(proposed, _)| proposed[..] == data[..])
+        {
+            let (_, waiter) = state.waiters.remove(&request).expect("checked");
+            let _ = waiter.send(outcome);
         }
         for event in state.service.take_events() {
             match &event {
@@ -436,7 +458,14 @@ impl Connection {
                 return After::Close;
             }
             (b"OPEN", 3) => match (number(1), number(2)) {
-                (Ok(client), Ok(lease)) => match self.run(Command::Open { client, lease }).await {
+                (Ok(client), Ok(lease)) => match self
+                    .run(Command::Open {
+                        client,
+                        lease,
+                        tag: 0,
+                    })
+                    .await
+                {
                     Ok(Outcome::Opened {
                         session,
                         expires_at,
@@ -656,7 +685,10 @@ impl Connection {
         let request = self.node.next_request.fetch_add(1, Ordering::Relaxed);
         let data = entry(self.node.id, request, command);
         let (sender, mut receiver) = oneshot::channel();
-        self.node.state().waiters.insert(request, sender);
+        self.node
+            .state()
+            .waiters
+            .insert(request, (data.clone(), sender));
         let outcome = support::propose_until_answered(&mut self.handle, data, &mut receiver)
             .await
             .map_err(Unanswered::reply);

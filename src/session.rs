@@ -52,6 +52,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use thiserror::Error;
 
+/// The most client ids a [`SessionTable`] allocates in its lifetime: a deserialized table
+/// whose next id is above it is refused (no real table opens 2^62 sessions, and a table
+/// claiming to be near the end of the id space could not open sessions for long).
+pub const CLIENT_IDS_MAX: u64 = 1 << 62;
+
 /// Identifies a client session. Allocated by [`SessionTable::open`], starting at 1, never reused.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -283,6 +288,11 @@ impl<R: ResponseSize> TryFrom<SessionTableState<R>> for SessionTable<R> {
         }
         if state.next_client == 0 {
             return invalid("next client id is zero");
+        }
+        if state.next_client > CLIENT_IDS_MAX {
+            // No real table opens 2^62 sessions; a snapshot that says so would run out of ids
+            // to allocate.
+            return invalid("next client id above CLIENT_IDS_MAX");
         }
         if state.sessions.len() > state.limits.sessions_max {
             return invalid("more sessions than sessions_max");

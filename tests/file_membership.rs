@@ -590,12 +590,8 @@ fn invalid_memberships_and_overlong_lists_are_refused_without_writing_anything()
     assert_eq!(storage.recover().unwrap(), model(&good[..1]));
 }
 
-/// Bytes of a commit record: record header 9, batch u64, record count u32, flags u8.
-const COMMIT_RECORD_BYTES: u64 = 9 + 13;
-
 /// Flips every byte of a log holding membership records. A flip in the segment header, or in
-/// a batch that a later synced batch vouches for (or its own intact synced commit followed by
-/// a later batch), is refused as `Corrupt`; any other flip is a
+/// a batch that a later synced batch vouches for (or a later batch written after its sync), is refused as `Corrupt`; any other flip is a
 /// torn tail that loses exactly the damaged batch and those after it. Never a panic, never
 /// wrong data.
 fn check_every_byte_flip(must_sync: [bool; 6]) -> (usize, usize) {
@@ -607,11 +603,10 @@ fn check_every_byte_flip(must_sync: [bool; 6]) -> (usize, usize) {
         damaged[position] ^= 0x5A;
         let (_directory, opened) = open_bytes(&damaged);
         let batch = ends.iter().filter(|&&end| end <= position as u64).count();
-        // A later batch that asked for a sync makes this one durable before it; so does this
-        // batch's own synced commit, intact, followed by a later batch's commit.
-        let in_own_commit = position as u64 >= ends[batch] - COMMIT_RECORD_BYTES;
+        // A later batch that asked for a sync makes this one durable before it; so does a
+        // later batch whose previous batch was synced by the writer (its commit says so).
         let vouched = must_sync[batch + 1..].iter().any(|&synced| synced)
-            || (must_sync[batch] && batch + 1 < ends.len() && !in_own_commit);
+            || (batch + 1 < ends.len() && must_sync[batch..ends.len() - 1].iter().any(|&s| s));
         let in_header = (position as u64) < SEGMENT_HEADER_BYTES;
         match opened {
             Err(StorageError::Corrupt { reason, .. }) => {

@@ -141,10 +141,12 @@ fn every_replica_holds_the_same_locks_across_a_leader_change() {
     let alice = opened(locks.propose(Command::Open {
         client: 1,
         lease: 30,
+        tag: 0,
     }));
     let bob = opened(locks.propose(Command::Open {
         client: 2,
         lease: 1000,
+        tag: 0,
     }));
     let acquire = |session| Command::Acquire {
         session,

@@ -190,12 +190,14 @@ fn a_duplicated_acquire_applied_after_the_release_does_not_grant_the_lock_again(
     let Outcome::Opened { session: a, .. } = log.apply(&Command::Open {
         client: 1,
         lease: 100,
+        tag: 0,
     }) else {
         panic!()
     };
     let Outcome::Opened { session: b, .. } = log.apply(&Command::Open {
         client: 2,
         lease: 100,
+        tag: 0,
     }) else {
         panic!()
     };
@@ -262,6 +264,7 @@ fn log_time_at_u64_max_makes_an_open_session_immortal_and_the_snapshot_unrestora
         &Command::Open {
             client: 1,
             lease: 100,
+            tag: 0,
         }
         .encode(),
     );
@@ -532,8 +535,11 @@ fn fencing_tokens_grow_through_release_close_timeout_and_expiry() {
     });
     let mut sessions = Vec::new();
     for client in 1..=5 {
-        let Outcome::Opened { session, .. } = log.apply(&Command::Open { client, lease: 50 })
-        else {
+        let Outcome::Opened { session, .. } = log.apply(&Command::Open {
+            client,
+            lease: 50,
+            tag: 0,
+        }) else {
             panic!()
         };
         sessions.push(session);
@@ -608,12 +614,14 @@ fn huge_numbers_do_not_panic_or_break_invariants() {
     let Outcome::Opened { session: a, .. } = log.apply(&Command::Open {
         client: u64::MAX,
         lease: 10,
+        tag: 0,
     }) else {
         panic!()
     };
     let Outcome::Opened { session: b, .. } = log.apply(&Command::Open {
         client: 0,
         lease: 100_000,
+        tag: 0,
     }) else {
         panic!()
     };
@@ -681,6 +689,7 @@ fn replicas_and_a_restored_replica_stay_identical() {
             0 => Command::Open {
                 client: next(8),
                 lease: 10 + next(40),
+                tag: 0,
             },
             1 => Command::KeepAlive { session, tag: 0 },
             2 => Command::Close { session },

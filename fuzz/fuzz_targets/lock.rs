@@ -44,6 +44,7 @@ fuzz_target!(|data: &[u8]| {
             0 => Command::Open {
                 client: u64::from(arg & 7),
                 lease: u64::from(arg >> 2),
+                tag: 0,
             }
             .encode(),
             1 => Command::KeepAlive { session, tag: 0 }.encode(),

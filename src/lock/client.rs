@@ -28,7 +28,7 @@ pub const RELEASED_MAX: usize = 1024;
 ///
 /// let mut client = LockClient::new(7, 100).unwrap();
 /// let open = client.open();
-/// assert_eq!(open, Command::Open { client: 7, lease: 100 });
+/// assert_eq!(open, Command::Open { client: 7, lease: 100, tag: 0 });
 /// // ... proposed, chosen, applied; the service answered:
 /// client.on_outcome(&open, &Outcome::Opened { session: SessionId(3), expires_at: 100, held: vec![] });
 /// let acquire = client.acquire("printer", Mode::Exclusive, Wait::Forever).unwrap();
@@ -46,18 +46,23 @@ pub struct LockClient {
     keep_alive_every: u64,
     now: u64,
     session: Option<SessionId>,
-    /// Local tick at which the oldest open sent since the last answer to one was sent.
-    open_sent_at: Option<u64>,
+    /// Sessions below this one are behind the client: an answer opening one is stale (a
+    /// session id is the slot that opened it, so a later session has a larger id).
+    session_floor: u64,
     last_keep_alive_at: u64,
     live_until: u64,
     held: BTreeMap<String, (Mode, FencingToken)>,
     /// Locks whose release is proposed and not yet answered: no acquire of them meanwhile.
     releasing: BTreeSet<String>,
-    /// The newest token released of each lock: an answer granting that token or an older
-    /// one is stale (an acquire the log ordered before the release).
-    /// Cleared with the session (grants of an earlier session are ignored anyway), and at
-    /// most [`RELEASED_MAX`] locks: past it the lowest token is forgotten.
-    pub(super) released: BTreeMap<String, FencingToken>,
+    /// The newest token released of each lock, with the number of that release: an answer
+    /// granting that token or an older one is stale (an acquire the log ordered before the
+    /// release). Cleared with the session (grants of an earlier session are ignored anyway),
+    /// and at most [`RELEASED_MAX`] locks: past it the least recently released is forgotten.
+    pub(super) released: BTreeMap<String, (FencingToken, u64)>,
+    /// The locks of `released` by the number of their last release.
+    release_order: BTreeMap<u64, String>,
+    /// Releases noted so far: numbers them.
+    releases: u64,
 }
 
 impl LockClient {
@@ -78,12 +83,14 @@ impl LockClient {
             keep_alive_every: lease / 3,
             now: 0,
             session: None,
-            open_sent_at: None,
+            session_floor: 0,
             last_keep_alive_at: 0,
             live_until: 0,
             held: BTreeMap::new(),
             releasing: BTreeSet::new(),
             released: BTreeMap::new(),
+            release_order: BTreeMap::new(),
+            releases: 0,
         })
     }
 
@@ -93,10 +100,10 @@ impl LockClient {
     /// (Answers addressed to the client before its restart must not reach the new one: they
     /// travel over connections that end with it.)
     pub fn open(&mut self) -> Command {
-        self.open_sent_at.get_or_insert(self.now);
         Command::Open {
             client: self.client,
             lease: self.lease,
+            tag: self.now,
         }
     }
 
@@ -143,7 +150,9 @@ impl LockClient {
                 self.note_released(name, token);
                 Some(token)
             }
-            None if self.releasing.contains(name) => self.released.get(name).copied(),
+            None if self.releasing.contains(name) => {
+                self.released.get(name).map(|&(token, _)| token)
+            }
             None => None,
         };
         let session = self.session?;
@@ -158,7 +167,11 @@ impl LockClient {
     /// What the service answered to `command`, which this client proposed.
     pub fn on_outcome(&mut self, command: &Command, outcome: &Outcome) {
         match (command, outcome) {
-            (Command::Open { .. }, Outcome::Opened { session, held, .. }) => {
+            // An answer opening a session the client has left behind (one it lost, or one
+            // before the session it has) is stale.
+            (Command::Open { tag, .. }, Outcome::Opened { session, held, .. })
+                if session.0 >= self.session_floor =>
+            {
                 if self.session != Some(*session) {
                     // Nothing of an earlier session concerns this one. The session may be
                     // one this client opened before a restart, holding locks: take them, so
@@ -169,14 +182,13 @@ impl LockClient {
                         .map(|lock| (lock.name.clone(), (lock.mode, lock.token)))
                         .collect();
                     self.released.clear();
+                    self.release_order.clear();
                     self.releasing.clear();
                 }
                 self.session = Some(*session);
-                // Credited with the oldest open sent since the last answer to one (opens are
-                // rare and carry no tag); a late answer with none recorded extends nothing.
-                if let Some(sent_at) = self.open_sent_at.take() {
-                    self.renewed(sent_at);
-                }
+                self.session_floor = session.0;
+                // Credited with the tick this very open was sent at.
+                self.renewed(*tag);
             }
             // Answers to commands of an earlier session are stale: they say nothing of this
             // one (a late grant would hand out a revoked token). A renewal is credited with
@@ -263,19 +275,23 @@ impl LockClient {
             .map(|(name, (mode, token))| (name.as_str(), *mode, *token))
     }
 
-    /// Remembers that the grant of `token` of lock `name` is released, forgetting the lock
-    /// with the lowest token if more than [`RELEASED_MAX`] are remembered (the oldest release:
-    /// a grant it would make stale is the least likely still to be on its way).
+    /// Remembers that the grant of `token` of lock `name` is released, forgetting the least
+    /// recently released lock if more than [`RELEASED_MAX`] are remembered (never this one: a
+    /// late grant of the release just made is the likeliest still to come).
     fn note_released(&mut self, name: &str, token: FencingToken) {
-        let newest = self.released.entry(name.to_owned()).or_insert(token);
-        *newest = (*newest).max(token);
+        self.releases += 1;
+        let number = self.releases;
+        let newest = match self.released.remove(name) {
+            Some((previous, previous_number)) => {
+                self.release_order.remove(&previous_number);
+                previous.max(token)
+            }
+            None => token,
+        };
+        self.released.insert(name.to_owned(), (newest, number));
+        self.release_order.insert(number, name.to_owned());
         if self.released.len() > RELEASED_MAX {
-            let oldest = self
-                .released
-                .iter()
-                .min_by_key(|(_, token)| **token)
-                .map(|(name, _)| name.clone())
-                .expect("not empty");
+            let (_, oldest) = self.release_order.pop_first().expect("not empty");
             self.released.remove(&oldest);
         }
     }
@@ -287,7 +303,7 @@ impl LockClient {
             || self
                 .released
                 .get(name)
-                .is_some_and(|newest| token <= *newest);
+                .is_some_and(|&(newest, _)| token <= newest);
         if !stale {
             self.held.insert(name.to_owned(), (mode, token));
         }
@@ -305,11 +321,13 @@ impl LockClient {
     }
 
     fn lost(&mut self) {
-        self.session = None;
+        if let Some(session) = self.session.take() {
+            self.session_floor = self.session_floor.max(session.0.saturating_add(1));
+        }
         self.held.clear();
         self.released.clear();
+        self.release_order.clear();
         self.releasing.clear();
-        self.open_sent_at = None;
         self.live_until = 0;
     }
 }

@@ -36,6 +36,9 @@ pub enum Command {
         /// [`LockLimits::lease_min`](super::LockLimits::lease_min) and
         /// [`LockLimits::lease_max`](super::LockLimits::lease_max).
         lease: u64,
+        /// Opaque to the service, as in [`Command::KeepAlive`]: [`LockClient`](super::LockClient)
+        /// puts the local tick it sent this open at here, and credits the answer with it.
+        tag: u64,
     },
     /// Renews the session's lease: it now expires `lease` ticks after the current log time.
     /// Answers [`Outcome::Renewed`].

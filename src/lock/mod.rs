@@ -23,9 +23,9 @@
 //! // Entries as the log chose them: (slot, command). Commands travel encoded.
 //! let mut apply = |slot, command: Command| locks.apply(slot, &command.encode());
 //!
-//! let Outcome::Opened { session: alice, .. } = apply(1, Command::Open { client: 1, lease: 100 })
+//! let Outcome::Opened { session: alice, .. } = apply(1, Command::Open { client: 1, lease: 100, tag: 0 })
 //! else { panic!() };
-//! let Outcome::Opened { session: bob, .. } = apply(2, Command::Open { client: 2, lease: 100 })
+//! let Outcome::Opened { session: bob, .. } = apply(2, Command::Open { client: 2, lease: 100, tag: 0 })
 //! else { panic!() };
 //! let acquire = |session| Command::Acquire {
 //!     session, name: "printer".into(), mode: Mode::Exclusive, wait: Wait::Forever,
@@ -70,7 +70,7 @@
 //!     locks.apply(slot, &command.encode())
 //! };
 //! let Outcome::ProposerOpened { proposer } = apply(&Command::OpenProposer) else { panic!() };
-//! let Outcome::Opened { session, .. } = apply(&Command::Open { client: 1, lease: 100 })
+//! let Outcome::Opened { session, .. } = apply(&Command::Open { client: 1, lease: 100, tag: 0 })
 //! else { panic!() };
 //! let once = |sequence, command| Command::Once {
 //!     header: RequestHeader { client: proposer, sequence, acknowledged_below: sequence },
@@ -556,7 +556,7 @@ impl LockService {
 
     fn apply_command(&mut self, slot: Slot, command: Command) -> Outcome {
         let result = match command {
-            Command::Open { client, lease } => self.open(slot, client, lease),
+            Command::Open { client, lease, .. } => self.open(slot, client, lease),
             Command::KeepAlive { session, .. } => self.keep_alive(session),
             Command::Close { session } => self.close(slot, session),
             Command::Acquire {
@@ -1025,6 +1025,11 @@ impl LockService {
         if *state.proposers.limits() != state.limits.proposers {
             return Err(SnapshotError::Invalid(
                 "the proposer sessions' limits differ from the service's",
+            ));
+        }
+        if state.proposers.last_index() > state.last_slot {
+            return Err(SnapshotError::Invalid(
+                "the proposer sessions are ahead of the last slot applied",
             ));
         }
         // Every holder and waiter must name an open session, once per lock, before the

@@ -34,7 +34,11 @@ impl Log {
     }
 
     fn open(&mut self, client: u64, lease: u64) -> SessionId {
-        match self.apply(Command::Open { client, lease }) {
+        match self.apply(Command::Open {
+            client,
+            lease,
+            tag: 0,
+        }) {
             Outcome::Opened { session, .. } => session,
             other => panic!("open refused: {other:?}"),
         }
@@ -447,7 +451,8 @@ fn keep_alives_and_reopens_renew_the_lease() {
     assert_eq!(
         log.apply(Command::Open {
             client: 1,
-            lease: 20
+            lease: 20,
+            tag: 0,
         }),
         Outcome::Opened {
             session: a,
@@ -464,7 +469,11 @@ fn keep_alives_and_reopens_renew_the_lease() {
     );
     for lease in [0, 9, 100_001] {
         assert_eq!(
-            log.apply(Command::Open { client: 2, lease }),
+            log.apply(Command::Open {
+                client: 2,
+                lease,
+                tag: 0
+            }),
             Outcome::Refused(LockError::LeaseOutOfRange {
                 lease,
                 min: 10,
@@ -510,6 +519,7 @@ fn limits_refuse_and_change_nothing() {
             Command::Open {
                 client: 3,
                 lease: 100,
+                tag: 0,
             },
             LockError::TooManySessions { max: 2 },
         ),
@@ -557,6 +567,7 @@ fn limits_refuse_and_change_nothing() {
     let d_refused = log.apply(Command::Open {
         client: 4,
         lease: 100,
+        tag: 0,
     });
     assert_eq!(
         d_refused,
@@ -1054,7 +1065,7 @@ proptest! {
             };
             let command = |step: &Step, log: &Log, now: u64| -> Option<Command> {
                 Some(match step {
-                    Step::Open(client) => Command::Open { client: *client, lease: 5 + client * 3 },
+                    Step::Open(client) => Command::Open { client: *client, lease: 5 + client * 3, tag: 0 },
                     Step::KeepAlive(client) => Command::KeepAlive { session: session(*client, log), tag: 0 },
                     Step::Close(client) => Command::Close { session: session(*client, log) },
                     Step::Acquire(client, name, exclusive, wait) => Command::Acquire {
@@ -1298,27 +1309,34 @@ fn the_client_trusts_its_lease_conservatively_and_forgets_a_lost_session() {
     });
     assert_eq!(client.session(), None);
     assert_eq!(client.held().count(), 0);
-    // A refusal for an unknown session and a close do the same.
-    for ending in [
+    // A refusal for an unknown session and a close do the same (for later sessions: a
+    // session opened later has a larger id).
+    for (session, ending) in [
         (
-            Command::KeepAlive {
-                session: SessionId(4),
-                tag: 0,
-            },
-            Outcome::Refused(LockError::UnknownSession(SessionId(4))),
+            SessionId(40),
+            (
+                Command::KeepAlive {
+                    session: SessionId(40),
+                    tag: 0,
+                },
+                Outcome::Refused(LockError::UnknownSession(SessionId(40))),
+            ),
         ),
         (
-            Command::Close {
-                session: SessionId(4),
-            },
-            Outcome::Closed { released: vec![] },
+            SessionId(41),
+            (
+                Command::Close {
+                    session: SessionId(41),
+                },
+                Outcome::Closed { released: vec![] },
+            ),
         ),
     ] {
         let open = client.open();
         client.on_outcome(
             &open,
             &Outcome::Opened {
-                session: SessionId(4),
+                session,
                 expires_at: 500,
                 held: vec![],
             },

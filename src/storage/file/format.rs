@@ -57,6 +57,9 @@ pub(super) const MEMBERSHIPS_BODY_BYTES_MAX: usize = 4 + MEMBERSHIPS_MAX * MEMBE
 /// Bytes of the largest valid membership entry body.
 pub(super) const ENTRY_MEMBERSHIP_BYTES_MAX: usize = ENTRY_FIXED_BYTES + MEMBERSHIP_BYTES_MAX;
 pub(super) const COMMIT_FLAG_SYNCED: u8 = 1;
+/// Commit flag: the batch before this one was synced, by the same open of the storage,
+/// before this batch was appended (so it was durable).
+pub(super) const COMMIT_FLAG_PREVIOUS_DURABLE: u8 = 2;
 
 /// The kinds of record in a segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -68,7 +68,9 @@
 //!                         membership, and nothing after it)
 //! kind 3  hard state:     promised round u64, promised node u64, chosen u64, incarnation u64
 //! kind 4  compaction:     every slot up to this one is discarded u64
-//! kind 5  commit:         batch number u64, records in the batch u32, flags u8 (bit 0: synced)
+//! kind 5  commit:         batch number u64, records in the batch u32, flags u8 (bit 0: the
+//!                         batch is synced; bit 1: the batch before it was synced by the same
+//!                         open of the storage before this one was appended)
 //! kind 6  memberships:    count u32, then per item: slot u64, membership
 //!
 //! membership := voter count u32 | voter ids u64... | learner count u32 | learner ids u64...
@@ -108,18 +110,21 @@
 //!
 //! What it repairs: damage in the **last** segment is a torn tail — the batches written just
 //! before a crash — and is truncated away, back to the end of the last intact batch. The
-//! exception keeps that safe: when intact commit records after the damage prove the damaged
-//! batch was durable, the damage is corruption, not a torn write, and the storage is refused
-//! as `Corrupt`. The proofs: a commit of a later batch that was *synced* (its sync covered
-//! the damaged batch), or the damaged batch's own commit, synced, followed by a commit of any
-//! later batch (which is appended only after the damaged batch's write and sync returned).
-//! Batches written without a sync carry no durability promise; a power cut may persist them
-//! out of order, so damage in an unsynced batch followed only by unsynced batches is still a
-//! torn tail. The first proof also refuses one crash: a power cut during a later batch's sync
-//! that persisted that batch's commit but not an earlier unsynced batch's bytes. Refusing
-//! needs an operator there, where accepting would silently drop acknowledged data after bit
-//! rot; the storage chooses the refusal. A last segment whose header was never completely
-//! written is removed.
+//! exception keeps that safe: when an intact commit record after the damage proves the
+//! damaged batch was durable, the damage is corruption, not a torn write, and the storage is
+//! refused as `Corrupt`. The proofs: a commit of a later batch that was *synced* (its sync
+//! covered the damaged batch), or a commit of a later batch whose flag says the batch before
+//! it was synced by the same open of the storage before it was appended. (A sync that `open`
+//! makes of what it recovered does not count for that flag: after a failed fsync the page
+//! cache may hold bytes the disk does not, and a reopen in the same process would read
+//! them.) Batches written without a sync carry no durability promise; a power cut may persist
+//! them out of order, so damage in an unsynced batch followed only by unsynced batches is
+//! still a torn tail. The first proof also refuses one crash: a power cut during a later
+//! batch's sync that persisted that batch's commit but not an earlier unsynced batch's
+//! bytes. Refusing needs an operator there, where accepting would silently drop acknowledged
+//! data after bit rot; the storage chooses the refusal. A last segment whose header was never
+//! completely written is removed. After recovery `open` syncs the last segment, so that what
+//! the replica recovers is durable before it acts on it.
 //!
 //! # Memory
 //!
@@ -152,8 +157,8 @@ use crate::types::{Entry, HardState, MembershipAt, NodeId, Slot, Value};
 use bytes::Bytes;
 use format::{
     append_record, check_record, decode_entry, encode_entry, encode_hard_state, encode_memberships,
-    put_u64, Commit, Kind, COMMIT_FLAG_SYNCED, ENTRY_COMMAND_FIXED_BYTES,
-    ENTRY_MEMBERSHIP_BYTES_MAX, MEMBERSHIPS_BODY_BYTES_MAX,
+    put_u64, Commit, Kind, COMMIT_FLAG_PREVIOUS_DURABLE, COMMIT_FLAG_SYNCED,
+    ENTRY_COMMAND_FIXED_BYTES, ENTRY_MEMBERSHIP_BYTES_MAX, MEMBERSHIPS_BODY_BYTES_MAX,
 };
 use segment::{create_segment, has_torn_header, list_segments, scan_segment, segment_path};
 use snapshot::{read_snapshot, remove_snapshot_tmp};
@@ -416,6 +421,12 @@ pub struct FileStorage {
     failure: Option<String>,
     writes: u64,
     syncs: u64,
+    /// The number of the last batch this open of the storage appended.
+    last_written: Option<u64>,
+    /// The number of the last batch a sync by this open of the storage made durable (a sync
+    /// made at open, of what recovery found, does not count: after a failed fsync the page
+    /// cache may hold what the disk does not).
+    durable_through: Option<u64>,
     /// The slot of the snapshot in force, if there is one.
     snapshot_slot: Option<Slot>,
     /// The membership of the snapshot in force ([`Snapshot::membership`]), kept so that
@@ -637,6 +648,7 @@ impl FileStorage {
             last_length = scan.length;
         }
 
+        let mut syncs = 0;
         let current = match sequences.last() {
             Some(&sequence) => {
                 let path = segment_path(&directory, sequence);
@@ -644,6 +656,11 @@ impl FileStorage {
                     .append(true)
                     .open(&path)
                     .map_err(|error| io_error(&path, error))?;
+                // What recovery found may be in the page cache only (the previous process
+                // died before its sync): make it durable before the replica acts on it and
+                // before anything is appended after it.
+                file.sync_data().map_err(|error| io_error(&path, error))?;
+                syncs += 1;
                 CurrentSegment {
                     sequence,
                     path,
@@ -682,7 +699,9 @@ impl FileStorage {
             pending_buffer: Vec::new(),
             failure: None,
             writes: 0,
-            syncs: 0,
+            syncs,
+            last_written: None,
+            durable_through: None,
             snapshot_slot,
             snapshot_membership,
             _lock: lock,
@@ -700,8 +719,8 @@ impl FileStorage {
     }
 
     /// The number of times segment data or a snapshot was synced to stable storage since open
-    /// (by writes that asked for it, by segment rotation, by compaction, and once per saved
-    /// snapshot).
+    /// (once by the open itself when segments existed, by writes that asked for it, by segment
+    /// rotation, by compaction, and once per saved snapshot).
     pub fn sync_count(&self) -> u64 {
         self.syncs
     }
@@ -952,10 +971,25 @@ impl FileStorage {
             });
             pending.push(Pending::Compaction(mark));
         }
+        let batch_number = self.state.next_batch;
+        let Some(next_batch) = batch_number.checked_add(1) else {
+            return Err(corrupt(
+                &self.current.path,
+                self.current.length,
+                "batch numbers are exhausted",
+            ));
+        };
+        let mut flags = if must_sync { COMMIT_FLAG_SYNCED } else { 0 };
+        if self
+            .durable_through
+            .is_some_and(|durable| durable.checked_add(1) == Some(batch_number))
+        {
+            flags |= COMMIT_FLAG_PREVIOUS_DURABLE;
+        }
         let commit = Commit {
-            batch: self.state.next_batch,
+            batch: batch_number,
             records: u32::try_from(pending.len()).expect("a batch has fewer than 2^32 records"),
-            flags: if must_sync { COMMIT_FLAG_SYNCED } else { 0 },
+            flags,
         };
         append_record(&mut buffer, seed, Kind::Commit, |body| {
             put_u64(body, commit.batch);
@@ -977,11 +1011,12 @@ impl FileStorage {
         }
         self.current.length += batch_bytes;
         self.current.unsynced = true;
+        self.last_written = Some(batch_number);
         if must_sync {
             self.sync_current()?;
         }
 
-        self.state.next_batch += 1;
+        self.state.next_batch = next_batch;
         if let Some(mark) = compaction {
             self.cache.discard_through(mark);
         }
@@ -1005,6 +1040,9 @@ impl FileStorage {
         }
         self.current.unsynced = false;
         self.syncs += 1;
+        // Every batch this open appended is in a synced segment: closed segments were synced
+        // before the next one was created.
+        self.durable_through = self.last_written;
         Ok(())
     }
 

@@ -13,9 +13,9 @@
 use super::format::{
     append_record, check_record, checksum_seed, decode_commit, decode_hard_state,
     decode_memberships, decode_segment_header, encode_segment_header, entry_slot, new_salt,
-    record_checksum, Kind, SegmentHeader, COMMIT_BODY_BYTES, COMMIT_FLAG_SYNCED,
-    COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES, FORMAT_VERSION, HEADER_SEED, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
+    record_checksum, Kind, SegmentHeader, COMMIT_BODY_BYTES, COMMIT_FLAG_PREVIOUS_DURABLE,
+    COMMIT_FLAG_SYNCED, COMMIT_RECORD_BYTES, COMPACTION_BODY_BYTES, FORMAT_VERSION, HEADER_SEED,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
 };
 use super::{
     corrupt, io_error, read_up_to, sync_directory, CurrentSegment, FileStorageOptions, Location,
@@ -216,6 +216,13 @@ pub(super) fn scan_segment(
             ),
         ));
     }
+    if header.first_batch == u64::MAX {
+        return Err(corrupt(
+            &path,
+            0,
+            "segment starts at the last batch number (no number left for the next batch)",
+        ));
+    }
     state.next_batch = header.first_batch;
     let seed = checksum_seed(header.salt);
     state.segments.insert(
@@ -342,8 +349,15 @@ pub(super) fn scan_segment(
                         ),
                     });
                 }
+                let Some(next_batch) = state.next_batch.checked_add(1) else {
+                    break Some(Damage {
+                        offset,
+                        reason: "a commit of the last batch number".into(),
+                        scan_from: offset + record_bytes,
+                    });
+                };
                 state.apply(&mut pending);
-                state.next_batch += 1;
+                state.next_batch = next_batch;
                 offset += record_bytes;
                 committed_end = offset;
                 continue;
@@ -428,16 +442,12 @@ fn intact_oversized(
     Ok(checksum == expected)
 }
 
-/// Looks in `file[from..file_bytes]`, at every byte offset, for intact commit records (keyed
-/// with `seed`, so the application's bytes cannot pass for one) that prove the batch
-/// `damaged_batch` was durable, so that its damage is not a torn write:
-///
-/// - a commit of a later batch that was synced (its sync covered the damaged batch); or
-/// - a commit of the damaged batch itself that was synced, followed by a commit of any later
-///   batch: the later batch is appended only once the damaged one's write, sync included,
-///   returned.
-///
-/// Returns the offset and batch number of the commit that completes the proof.
+/// Looks in `file[from..file_bytes]`, at every byte offset, for an intact commit record (keyed
+/// with `seed`, so the application's bytes cannot pass for one) that proves the batch
+/// `damaged_batch` was durable, so that its damage is not a torn write: a commit of a later
+/// batch that was synced (its sync covered the damaged batch), or a commit of a later batch
+/// that says the batch before it was synced by the same open of the storage before it was
+/// appended ([`COMMIT_FLAG_PREVIOUS_DURABLE`]). Returns its offset and batch number.
 fn find_durable_proof(
     file: &mut File,
     seed: u32,
@@ -448,8 +458,6 @@ fn find_durable_proof(
     const CHUNK_BYTES: usize = 1 << 20;
     let mut chunk = Vec::new();
     let mut chunk_start = from;
-    // A synced commit of the damaged batch itself was seen.
-    let mut damaged_was_synced = false;
     // Each turn advances `chunk_start` by at least one byte until a record no longer fits.
     while file_bytes.saturating_sub(chunk_start) >= COMMIT_RECORD_BYTES as u64 {
         let chunk_bytes = (file_bytes - chunk_start).min(CHUNK_BYTES as u64) as usize;
@@ -467,10 +475,8 @@ fn find_durable_proof(
                 continue;
             };
             let commit = decode_commit(body).expect("length checked");
-            let synced = commit.flags & COMMIT_FLAG_SYNCED != 0;
-            if commit.batch == damaged_batch && synced {
-                damaged_was_synced = true;
-            } else if commit.batch > damaged_batch && (synced || damaged_was_synced) {
+            let proves = commit.flags & (COMMIT_FLAG_SYNCED | COMMIT_FLAG_PREVIOUS_DURABLE) != 0;
+            if commit.batch > damaged_batch && proves {
                 return Ok(Some((chunk_start + position as u64, commit.batch)));
             }
         }
