@@ -31,8 +31,7 @@ fn record(buffer: &mut Vec<u8>, seed: u32, kind: u8, body: &[u8]) {
     let mut kind_and_body = Vec::with_capacity(1 + body.len());
     kind_and_body.push(kind);
     kind_and_body.extend_from_slice(body);
-    let checksum =
-        crc32c::crc32c_append(crc32c::crc32c_append(seed, &length), &kind_and_body);
+    let checksum = crc32c::crc32c_append(crc32c::crc32c_append(seed, &length), &kind_and_body);
     buffer.extend_from_slice(&length);
     buffer.extend_from_slice(&checksum.to_le_bytes());
     buffer.extend_from_slice(&kind_and_body);
