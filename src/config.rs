@@ -3,8 +3,10 @@
 use crate::error::ConfigError;
 use crate::types::{NodeId, Slot};
 
-/// The largest cluster a replica supports (votes are tracked in a 64-bit mask).
-pub const MEMBERS_MAX: usize = 64;
+/// The largest membership a replica supports, voters and learners together. Votes are
+/// tracked in a 64-bit mask over a replica's member list, which also holds the replica itself
+/// when it is not a member (removed, or joining): hence one below 64.
+pub const MEMBERS_MAX: usize = 63;
 
 /// Everything a [`Replica`](crate::replica::Replica) needs to know before it starts.
 ///
@@ -75,11 +77,20 @@ pub struct Config {
     pub inflight_bytes_max: usize,
     /// Payload bytes in one Accept (at least one entry is always sent).
     pub accept_bytes_max: usize,
+    /// The largest command [`propose`](crate::Replica::propose) takes (a larger one is
+    /// [`ProposeError::TooLarge`](crate::ProposeError::TooLarge); a larger forwarded one is
+    /// dropped). Every message carries at least one entry, so keep it, plus
+    /// `accept_bytes_max` or `fetch_bytes_max`, below the transport's frame limit (the TCP
+    /// transport's default `frame_bytes_max` is 16 MiB): a command that no message can carry
+    /// would stall the log. Default 8 MiB.
+    pub command_bytes_max: usize,
     /// Payload bytes proposed but not yet chosen; past it `propose` returns `Busy`.
     pub uncommitted_bytes_max: usize,
     /// Entries proposed but not yet chosen; past it `propose` returns `Busy`.
     pub uncommitted_entries_max: usize,
-    /// Payload bytes in one FetchReply.
+    /// Payload bytes in one FetchReply, and in one page of a Promise (an acceptor whose
+    /// accepted entries would not fit one message promises in pages; at least one entry per
+    /// message).
     pub fetch_bytes_max: usize,
     /// The largest snapshot, in bytes of state-machine data, that this replica sends with
     /// [`Replica::send_snapshot`](crate::Replica::send_snapshot) or accepts from a peer (a
@@ -134,6 +145,7 @@ impl Config {
             inflight_msgs_max: 256,
             inflight_bytes_max: 16 << 20,
             accept_bytes_max: 256 << 10,
+            command_bytes_max: 8 << 20,
             uncommitted_bytes_max: 64 << 20,
             uncommitted_entries_max: 65_536,
             fetch_bytes_max: 1 << 20,
@@ -177,6 +189,13 @@ impl Config {
                 "must be greater than heartbeat_ticks",
             ));
         }
+        if self.election_ticks > u32::MAX / 2 {
+            // The randomized timeout is drawn from election_ticks..2 * election_ticks.
+            return Err(ConfigError::new(
+                "election_ticks",
+                "must be at most u32::MAX / 2",
+            ));
+        }
         if self.retransmit_ticks == 0 {
             return Err(ConfigError::new("retransmit_ticks", "must be at least 1"));
         }
@@ -190,6 +209,7 @@ impl Config {
             ("inflight_msgs_max", self.inflight_msgs_max),
             ("inflight_bytes_max", self.inflight_bytes_max),
             ("accept_bytes_max", self.accept_bytes_max),
+            ("command_bytes_max", self.command_bytes_max),
             ("uncommitted_bytes_max", self.uncommitted_bytes_max),
             ("uncommitted_entries_max", self.uncommitted_entries_max),
             ("fetch_bytes_max", self.fetch_bytes_max),
@@ -240,7 +260,7 @@ pub(crate) fn validate_membership(id: NodeId, members: &[NodeId]) -> Result<(), 
     if members.len() > MEMBERS_MAX {
         return Err(ConfigError::new(
             "members",
-            "at most 64 members are supported",
+            "at most MEMBERS_MAX (63) members are supported",
         ));
     }
     let mut sorted = members.to_vec();

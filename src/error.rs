@@ -46,13 +46,24 @@ pub enum ProposeError {
         /// The command, handed back.
         command: Bytes,
     },
+    /// The command is larger than [`Config::command_bytes_max`](crate::Config::command_bytes_max):
+    /// no message could carry it. Split it, or raise the limit (and the transport's frame).
+    #[error("command of {} bytes is above command_bytes_max ({max})", command.len())]
+    TooLarge {
+        /// The command, handed back.
+        command: Bytes,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ProposeError {
     /// Takes the command back out of the error.
     pub fn into_command(self) -> Bytes {
         match self {
-            ProposeError::NotLeader { command, .. } | ProposeError::Busy { command } => command,
+            ProposeError::NotLeader { command, .. }
+            | ProposeError::Busy { command }
+            | ProposeError::TooLarge { command, .. } => command,
         }
     }
 }

@@ -78,10 +78,16 @@ pub enum Body {
         ballot: Ballot,
         /// The slot the Prepare asked from.
         first_slot: Slot,
-        /// The acceptor's highest-ballot accepted entry for each slot `>= first_slot`.
+        /// The acceptor's highest-ballot accepted entry for each slot from `first_slot` on
+        /// (up to `next_slot`, excluded, if there is one).
         accepted: Vec<Entry>,
         /// The acceptor's chosen mark.
         chosen: Slot,
+        /// `Some(slot)`: the promise is paged (its entries would not fit one message of
+        /// [`Config::fetch_bytes_max`](crate::Config::fetch_bytes_max)) and continues from
+        /// `slot`: the candidate asks again with a `Prepare` of the same ballot from `slot`,
+        /// and counts the acceptor once the last page (`None`) has come.
+        next_slot: Option<Slot>,
     },
     /// Phase 2a: "accept these values in these contiguous slots under `ballot`". Also carries
     /// the leader's chosen mark.

@@ -168,7 +168,7 @@ impl Membership {
         if self.voters.len() + self.learners.len() > crate::config::MEMBERS_MAX {
             return Err(ConfigError::new(
                 "members",
-                "at most 64 members (voters and learners) are supported",
+                "at most MEMBERS_MAX (63) members, voters and learners together",
             ));
         }
         let sorted_unique = |list: &[NodeId]| list.windows(2).all(|pair| pair[0] < pair[1]);

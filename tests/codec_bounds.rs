@@ -343,6 +343,7 @@ fn every_message() -> Vec<Message> {
             first_slot: 5,
             accepted: entries(),
             chosen: 4,
+            next_slot: None,
         },
         Body::Accept {
             ballot: ballot(),

@@ -446,7 +446,7 @@ fn membership_entries_round_trip_through_write_recover_and_entries() {
         cache_bytes_max: 0,
         ..options()
     };
-    let largest: Vec<u64> = (1..=64).collect();
+    let largest: Vec<u64> = (1..=synod::config::MEMBERS_MAX as u64).collect();
     let entries = vec![
         entry(1, 1, 4),
         membership_entry(2, 1, &[1, 2, 3], &[]),
@@ -491,7 +491,7 @@ fn memberships_are_not_limited_by_command_bytes_max() {
         command_bytes_max: 8,
         ..options()
     };
-    let largest: Vec<u64> = (1..=64).collect();
+    let largest: Vec<u64> = (1..=synod::config::MEMBERS_MAX as u64).collect();
     let list: Vec<MembershipAt> = (0..200)
         .map(|slot| at(slot, &largest[..7], &largest[7..]))
         .collect();

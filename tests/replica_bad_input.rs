@@ -98,6 +98,7 @@ fn body() -> impl Strategy<Value = Body> {
                     first_slot,
                     accepted: entries(first, count, accepted_in, scatter, value),
                     chosen,
+                    next_slot: None,
                 }
             }
         ),
@@ -299,6 +300,7 @@ fn every_slot_and_round_field_is_bounded() {
                     first_slot: 1,
                     accepted: vec![],
                     chosen: 0,
+                    next_slot: None,
                 },
             ),
             (
@@ -308,6 +310,7 @@ fn every_slot_and_round_field_is_bounded() {
                     first_slot: n,
                     accepted: vec![],
                     chosen: 0,
+                    next_slot: None,
                 },
             ),
             (
@@ -317,6 +320,7 @@ fn every_slot_and_round_field_is_bounded() {
                     first_slot: 1,
                     accepted: vec![],
                     chosen: n,
+                    next_slot: None,
                 },
             ),
             (
@@ -326,6 +330,7 @@ fn every_slot_and_round_field_is_bounded() {
                     first_slot: n - 1,
                     accepted: run(n, 1),
                     chosen: 0,
+                    next_slot: None,
                 },
             ),
             (
@@ -335,6 +340,7 @@ fn every_slot_and_round_field_is_bounded() {
                     first_slot: 1,
                     accepted: run(1, n),
                     chosen: 0,
+                    next_slot: None,
                 },
             ),
             (

@@ -800,6 +800,7 @@ fn a_new_leader_adopts_the_highest_ballot_value_whatever_order_promises_arrive_i
                     first_slot: 1,
                     accepted: vec![accepted],
                     chosen: 0,
+                    next_slot: None,
                 },
             })
             .unwrap();
@@ -1099,6 +1100,7 @@ fn a_promise_for_an_older_ballot_does_not_count() {
             first_slot: 1,
             accepted: Vec::new(),
             chosen: 0,
+            next_slot: None,
         },
     };
     candidate.step(promise(Ballot::new(2, NodeId(1)))).unwrap();
@@ -1614,6 +1616,7 @@ fn a_promise_leaving_more_holes_than_the_lookahead_is_refused() {
                 })
                 .collect(),
             chosen: 0,
+            next_slot: None,
         },
     };
     let dropped = candidate.status().dropped_messages;

@@ -722,6 +722,7 @@ fn bad_input_is_refused_without_changing_state() {
                     first_slot: 4,
                     accepted: vec![entry(2)],
                     chosen: 0,
+                    next_slot: None,
                 },
             },
             "promise below first slot",

@@ -41,6 +41,8 @@ pub enum Unanswered {
     Lost,
     /// The node is stopping.
     Stopping,
+    /// The command is larger than the replica takes (`Config::command_bytes_max`).
+    TooLarge,
 }
 
 impl Unanswered {
@@ -53,6 +55,7 @@ impl Unanswered {
             ),
             Unanswered::Lost => "TRYAGAIN the answer was lost; the command may or may not have taken effect".to_string(),
             Unanswered::Stopping => "ERR the node is stopping".to_string(),
+            Unanswered::TooLarge => "ERR the command is larger than the replica takes".to_string(),
         }
     }
 }
@@ -85,6 +88,9 @@ pub async fn propose_until_answered<T>(
             Err(ProposalError::Rejected(ProposeError::NotLeader { .. }))
             | Err(ProposalError::Rejected(ProposeError::Busy { .. })) => {
                 tokio::time::sleep_until((Instant::now() + REFUSED_BACKOFF).min(deadline)).await;
+            }
+            Err(ProposalError::Rejected(ProposeError::TooLarge { .. })) => {
+                return Err(Unanswered::TooLarge);
             }
             Err(ProposalError::Stopped { .. }) | Err(ProposalError::Unknown) => {
                 return Err(Unanswered::Stopping);

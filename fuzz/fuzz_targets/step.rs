@@ -63,6 +63,7 @@ fn forge(cluster: &Cluster, to: usize, kind: u8, number: u64) -> Message {
                 Ballot::new(promised.round.saturating_sub(1).max(1), from),
             )],
             chosen: 0,
+            next_slot: None,
         },
         2 => Body::Accepted {
             ballot: promised,

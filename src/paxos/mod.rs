@@ -120,7 +120,7 @@ pub use config::Config;
 pub use config::FaultInjection;
 pub use error::{ProposeError, StepError};
 pub use message::{Body, Message};
-pub use node::Node;
+pub use node::{Node, ROUND_MAX};
 pub use proposer::ProposerPhase;
 pub use ready::{Event, Ready};
 

@@ -15,6 +15,11 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::collections::VecDeque;
 
+/// The highest ballot round a node accepts from a peer or from its storage: far beyond any
+/// real number of retries, and far enough below `u64::MAX` that a node always has a next
+/// round to propose with.
+pub const ROUND_MAX: u64 = 1 << 62;
+
 /// A vote of this node's own acceptor for its own proposer or learner, counted only once the
 /// write it depends on is durable (the same rule as for a remote acceptor's reply).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -116,6 +121,12 @@ impl Node {
             return Err(ConfigError::new(
                 "recovered",
                 "the accepted ballot is above the promise",
+            ));
+        }
+        if promised.round > ROUND_MAX || proposer_round > ROUND_MAX {
+            return Err(ConfigError::new(
+                "recovered",
+                "a round beyond ROUND_MAX (no real node gets there)",
             ));
         }
         let mut members = config.members.clone();
@@ -343,6 +354,20 @@ impl Node {
                 }
             }
             Body::Decided { .. } => {}
+        }
+        // Rounds far beyond any real retry count would leave no next round to propose with.
+        let highest_round = match &message.body {
+            Body::Prepare { ballot }
+            | Body::Accept { ballot, .. }
+            | Body::Accepted { ballot, .. } => ballot.round,
+            Body::Promise { ballot, accepted } => ballot
+                .round
+                .max(accepted.as_ref().map_or(0, |a| a.ballot.round)),
+            Body::Nack { ballot, promised } => ballot.round.max(promised.round),
+            Body::Decided { .. } => 0,
+        };
+        if highest_round > ROUND_MAX {
+            return Err(malformed("round beyond ROUND_MAX"));
         }
         match &message.body {
             Body::Accept { ballot, value } | Body::Accepted { ballot, value } => {

@@ -63,11 +63,21 @@ impl Replica {
             // Give the candidate time to finish phase 1 before campaigning ourselves.
             self.election_elapsed = 0;
         }
-        let accepted: Vec<Entry> = self
-            .log
-            .range(first_slot, self.log.last())
-            .cloned()
-            .collect();
+        // One page of at most `fetch_bytes_max` payload bytes (and at least one entry): a
+        // backlog larger than a message is sent in pages the candidate asks for in turn.
+        let bytes_max = self.config.fetch_bytes_max;
+        let mut bytes = 0;
+        let mut accepted: Vec<Entry> = Vec::new();
+        let mut next_slot = None;
+        for entry in self.log.range(first_slot, self.log.last()) {
+            let size = entry.value.size_bytes();
+            if !accepted.is_empty() && bytes + size > bytes_max {
+                next_slot = Some(entry.slot);
+                break;
+            }
+            bytes += size;
+            accepted.push(entry.clone());
+        }
         let chosen = self.hard.chosen;
         self.send_after_persist(
             from,
@@ -76,6 +86,7 @@ impl Replica {
                 first_slot,
                 accepted,
                 chosen,
+                next_slot,
             },
         );
     }

@@ -160,6 +160,7 @@ impl Replica {
             first_slot,
             promised: VoteSet::EMPTY,
             reported: BTreeMap::new(),
+            pages: BTreeMap::new(),
             sent_tick: self.now,
             transfer,
         });
@@ -186,19 +187,29 @@ impl Replica {
             return;
         }
         candidacy.sent_tick = self.now;
-        let (first_slot, promised) = (candidacy.first_slot, candidacy.promised);
-        let transfer = candidacy.transfer;
         let ballot = self.hard.promised;
+        let mut prepares = Vec::new();
         for index in 0..self.members.len() {
-            if index != self.self_index && self.voters.contains(index) && !promised.contains(index)
+            if index != self.self_index
+                && self.voters.contains(index)
+                && !candidacy.promised.contains(index)
             {
+                // From the page the acceptor owes next, if its promise is paged.
+                let first_slot = candidacy
+                    .pages
+                    .get(&index)
+                    .copied()
+                    .unwrap_or(candidacy.first_slot);
                 let body = Body::Prepare {
                     ballot,
                     first_slot,
-                    transfer,
+                    transfer: candidacy.transfer,
                 };
-                self.send(self.members[index], body);
+                prepares.push((self.members[index], body));
             }
+        }
+        for (to, body) in prepares {
+            self.send(to, body);
         }
     }
 
@@ -210,10 +221,11 @@ impl Replica {
         first_slot: Slot,
         accepted: Vec<Entry>,
         _chosen: Slot,
+        next_slot: Option<Slot>,
     ) {
         let index = self.member_index(from).expect("validated sender");
         if self.voters.contains(index) {
-            self.add_promise(index, ballot, first_slot, accepted);
+            self.add_promise(index, ballot, first_slot, accepted, next_slot);
         }
     }
 
@@ -230,7 +242,7 @@ impl Replica {
             .range(first_slot, self.log.last())
             .cloned()
             .collect();
-        self.add_promise(self.self_index, ballot, first_slot, own);
+        self.add_promise(self.self_index, ballot, first_slot, own, None);
     }
 
     fn add_promise(
@@ -239,6 +251,7 @@ impl Replica {
         ballot: Ballot,
         first_slot: Slot,
         accepted: Vec<Entry>,
+        next_slot: Option<Slot>,
     ) {
         if self.role != Role::Candidate || ballot != self.hard.promised {
             return;
@@ -248,8 +261,23 @@ impl Replica {
         let Some(candidacy) = &mut self.candidacy else {
             return;
         };
-        if first_slot != candidacy.first_slot || !candidacy.promised.insert(index) {
+        // The page expected from this acceptor: its first, or the one its last page named.
+        let expected = candidacy
+            .pages
+            .get(&index)
+            .copied()
+            .unwrap_or(candidacy.first_slot);
+        if first_slot != expected || candidacy.promised.contains(index) {
             return;
+        }
+        match next_slot {
+            Some(next_slot) => {
+                candidacy.pages.insert(index, next_slot);
+            }
+            None => {
+                candidacy.pages.remove(&index);
+                candidacy.promised.insert(index);
+            }
         }
         for entry in accepted {
             if entry.slot < candidacy.first_slot {
@@ -261,6 +289,16 @@ impl Replica {
                     candidacy.reported.insert(entry.slot, entry);
                 }
             }
+        }
+        if let Some(next_slot) = next_slot {
+            // Ask for the next page at once (a lost one is asked again by the retransmission).
+            let body = Body::Prepare {
+                ballot,
+                first_slot: next_slot,
+                transfer: candidacy.transfer,
+            };
+            self.send(self.members[index], body);
+            return;
         }
         // The leader counts its own promise only once durable: without it, a crash could let
         // this node reuse the ballot with other values.
@@ -331,7 +369,7 @@ impl Replica {
             lease_until: 0,
             round_ticks: VecDeque::new(),
             lease_ended: false,
-            forwarded_seen: vec![(0, 0); self.members.len()],
+            forwarded_seen: vec![super::ForwardWindow::default(); self.members.len()],
             membership_pending: change,
             phase_one_stopped: change.is_some(),
         });

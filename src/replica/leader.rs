@@ -379,16 +379,22 @@ impl Replica {
                 .leadership
                 .as_ref()
                 .expect("leader state")
-                .forwarded_seen[origin];
-            if command.id.node != from || key <= seen {
+                .forwarded_seen[origin]
+                .seen(key);
+            if command.id.node != from || seen {
                 self.dropped_messages += 1; // a duplicate (or a forward of a forward)
+                continue;
+            }
+            if command.data.len() > self.config.command_bytes_max {
+                self.dropped_messages += 1; // the follower's propose refuses these
                 continue;
             }
             if self.has_room_for(command.data.len()) {
                 self.leadership
                     .as_mut()
                     .expect("leader state")
-                    .forwarded_seen[origin] = key;
+                    .forwarded_seen[origin]
+                    .insert(key);
                 self.append_command(command.id, command.data);
             } else {
                 self.dropped_messages += 1;

@@ -120,11 +120,41 @@ struct Candidacy {
     promised: VoteSet,
     /// For each slot, the highest-ballot entry reported so far.
     reported: BTreeMap<Slot, Entry>,
+    /// Acceptors whose promise is paged, with the slot the next page starts at (asked for
+    /// with a `Prepare` from that slot); counted in `promised` once their last page came.
+    pages: BTreeMap<usize, Slot>,
     /// Tick of the last (re)transmission of the Prepare.
     sent_tick: u64,
     /// Started by the `TimeoutNow` of the leader of this ballot: the Prepares ask the
     /// acceptors that follow it to set leader stickiness aside.
     transfer: Option<Ballot>,
+}
+
+/// The ids of the commands one member forwarded that a leader proposed: every id at or below
+/// `floor`, and those in `above`. At most [`FORWARD_WINDOW`] ids are kept above the floor;
+/// past it the lowest is folded into the floor (a forward arriving later than that many
+/// newer ones from the same member is taken for a duplicate).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct ForwardWindow {
+    floor: (u64, u64),
+    above: std::collections::BTreeSet<(u64, u64)>,
+}
+
+/// The most forwarded ids a leader remembers above each member's floor.
+const FORWARD_WINDOW: usize = 1024;
+
+impl ForwardWindow {
+    fn seen(&self, id: (u64, u64)) -> bool {
+        id <= self.floor || self.above.contains(&id)
+    }
+
+    fn insert(&mut self, id: (u64, u64)) {
+        self.above.insert(id);
+        while self.above.len() > FORWARD_WINDOW {
+            let lowest = self.above.pop_first().expect("not empty");
+            self.floor = self.floor.max(lowest);
+        }
+    }
 }
 
 /// The acceptors of one unchosen slot, and its payload bytes (released from
@@ -160,9 +190,10 @@ struct Leadership {
     heartbeat_elapsed: u32,
     /// Ticks since the last check-quorum.
     check_quorum_elapsed: u32,
-    /// The highest (incarnation, sequence) forwarded by each member and proposed: a command
-    /// at or below it is a duplicate (proposal ids only grow per origin) and is dropped.
-    forwarded_seen: Vec<(u64, u64)>,
+    /// The (incarnation, sequence) ids each member forwarded that were proposed: a command
+    /// seen there is a duplicate and is dropped. Forwards may arrive out of order, so the ids
+    /// are kept exactly, in a bounded window.
+    forwarded_seen: Vec<ForwardWindow>,
     /// The last slot phase 1 recovered: any value a previous leader got chosen is at or below
     /// it, so no read is served from a slot below it.
     read_floor: Slot,
@@ -786,7 +817,8 @@ impl Replica {
                 first_slot,
                 accepted,
                 chosen,
-            } => self.on_promise(from, ballot, first_slot, accepted, chosen),
+                next_slot,
+            } => self.on_promise(from, ballot, first_slot, accepted, chosen, next_slot),
             Body::Accept {
                 ballot,
                 chosen,
@@ -954,6 +986,7 @@ impl Replica {
             Body::Promise {
                 first_slot,
                 accepted,
+                next_slot,
                 ..
             } => {
                 let mut previous = first_slot.saturating_sub(1);
@@ -965,6 +998,12 @@ impl Replica {
                         return Err(malformed("an invalid membership"));
                     }
                     previous = entry.slot;
+                }
+                if let Some(next_slot) = next_slot {
+                    // A page holds at least one entry, and the next starts after it.
+                    if accepted.is_empty() || *next_slot <= previous {
+                        return Err(malformed("a promise page that does not advance"));
+                    }
                 }
             }
             Body::ReadIndex { round, .. } | Body::ReadIndexReply { round, .. } if *round == 0 => {
@@ -1010,9 +1049,14 @@ impl Replica {
     ///
     /// # Errors
     /// [`ProposeError::NotLeader`] with a leader hint (not leading and not forwarding, or no
-    /// leader known); [`ProposeError::Busy`] when a bound is reached. The command is handed
-    /// back in both.
+    /// leader known); [`ProposeError::Busy`] when a bound is reached;
+    /// [`ProposeError::TooLarge`] above [`Config::command_bytes_max`](crate::Config::command_bytes_max).
+    /// The command is handed back in each.
     pub fn propose(&mut self, command: Bytes) -> Result<ProposalId, ProposeError> {
+        if command.len() > self.config.command_bytes_max {
+            let max = self.config.command_bytes_max;
+            return Err(ProposeError::TooLarge { command, max });
+        }
         if !self.incarnation_durable {
             return Err(ProposeError::Busy { command });
         }
@@ -1402,7 +1446,7 @@ impl Replica {
     // ---- helpers shared by the parts ----
 
     /// The index of `id` in the (sorted) member list. A linear scan: clusters have a handful
-    /// of members (at most 64), and every message looks its sender up.
+    /// of members (at most 64 with this replica), and every message looks its sender up.
     #[inline]
     fn member_index(&self, id: NodeId) -> Option<usize> {
         if self.members.len() <= 16 {
@@ -1550,11 +1594,13 @@ fn highest_slot_or_round(body: &Body) -> u64 {
             first_slot,
             accepted,
             chosen,
+            next_slot,
         } => ballot
             .round
             .max(*first_slot)
             .max(*chosen)
-            .max(entries_highest(accepted)),
+            .max(entries_highest(accepted))
+            .max(next_slot.unwrap_or(0)),
         // Every entry of an Accept carries its ballot (checked): only the last slot is new.
         Body::Accept {
             ballot,

@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic            b"SYND" (the u32 0x444e5953, little-endian)
-//!      4     2  format version   FORMAT_VERSION (currently 4)
+//!      4     2  format version   FORMAT_VERSION (currently 5)
 //!      6     8  cluster id       the sender's cluster; frames of another cluster are refused
 //!     14     4  payload length   bytes that follow the header
 //!     18     4  payload CRC32C   checksum of the payload bytes
@@ -71,7 +71,7 @@ use thiserror::Error;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SYND");
 
 /// The frame format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 
 /// Bytes in a frame header: magic, version, cluster id, payload length, payload checksum.
 pub const HEADER_BYTES: usize = 4 + 2 + 8 + 4 + 4;
@@ -1028,6 +1028,7 @@ mod tests {
                 first_slot: 3,
                 accepted: entries(),
                 chosen: 2,
+                next_slot: Some(9),
             },
             Body::Accept {
                 ballot: ballot(),
