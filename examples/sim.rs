@@ -48,7 +48,11 @@ struct Args {
     liveness_steps: u64,
     /// Faults to inject: "all", "none", or a comma list of
     /// loss,duplicate,delay,crash,partition,disk,pause,clog,skew,corrupt,compaction,transfer,
-    /// membership (the leader is asked to change the membership at random; see --spare-nodes).
+    /// membership (the leader is asked to change the membership at random; see --spare-nodes),
+    /// hold (a ready left undrained for a few steps while messages arrive), ready-crash (a
+    /// crash between a ready's messages and its write, or between its write and the messages
+    /// that waited for it), snapshot-crash (a crash between saving a snapshot and compacting,
+    /// or between an installed snapshot's compaction and the ready's write).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Key-value clients per run (0: opaque commands). With clients, each run ends with a
@@ -153,6 +157,12 @@ fn faults(spec: &str) -> Result<Faults, String> {
             "compaction" => faults.compaction = all.compaction,
             "transfer" => faults.transfer = all.transfer,
             "membership" => faults.membership = all.membership,
+            "hold" => {
+                faults.ready_hold = all.ready_hold;
+                faults.ready_hold_ticks_max = all.ready_hold_ticks_max;
+            }
+            "ready-crash" => faults.crash_in_ready = all.crash_in_ready,
+            "snapshot-crash" => faults.crash_in_snapshot = all.crash_in_snapshot,
             other => return Err(format!("unknown fault '{other}'")),
         }
     }
@@ -216,6 +226,11 @@ fn add(total: &mut SimStats, stats: &SimStats) {
     total.members_role_changed += stats.members_role_changed;
     total.spares_started += stats.spares_started;
     total.unknown_sender += stats.unknown_sender;
+    total.readies_held += stats.readies_held;
+    total.crashes_before_write += stats.crashes_before_write;
+    total.crashes_after_write += stats.crashes_after_write;
+    total.crashes_before_compaction += stats.crashes_before_compaction;
+    total.crashes_after_compaction += stats.crashes_after_compaction;
 }
 
 /// The 2PC sweep: every seed of the two-phase-commit world; returns the failures.
@@ -238,6 +253,9 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
                 total.aborted += stats.aborted;
                 total.takeovers += stats.takeovers;
                 total.participant_crashes += stats.participant_crashes;
+                total.crashes_before_write += stats.crashes_before_write;
+                total.crashes_after_write += stats.crashes_after_write;
+                total.readies_held += stats.readies_held;
                 total.messages += stats.messages;
             }
             Err(violation) => {
@@ -246,16 +264,19 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
             }
         }
     }
-    println!("| seeds | participants | transactions | committed | aborted | coordinator takeovers | participant crashes | messages | violations |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| seeds | participants | transactions | committed | aborted | coordinator takeovers | participant crashes | of which before a write / after a write | readies held | messages | violations |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {count} | {} | {} | {} | {} | {} | {} | {} | {failures} |",
+        "| {count} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {failures} |",
         args.nodes,
         total.begun,
         total.committed,
         total.aborted,
         total.takeovers,
         total.participant_crashes,
+        total.crashes_before_write,
+        total.crashes_after_write,
+        total.readies_held,
         total.messages
     );
     println!(
@@ -342,8 +363,11 @@ fn main() {
         }
         return;
     }
-    if args.nodes == 0 || args.nodes + args.spare_nodes > 64 {
-        eprintln!("--nodes must be at least 1, and --nodes plus --spare-nodes at most 64");
+    if args.nodes == 0 || args.nodes + args.spare_nodes > synod::config::MEMBERS_MAX {
+        eprintln!(
+            "--nodes must be at least 1, and --nodes plus --spare-nodes at most {}",
+            synod::config::MEMBERS_MAX
+        );
         std::process::exit(2);
     }
     if args.disk_dir.is_none() && args.disk != "mem" {
@@ -442,6 +466,26 @@ fn main() {
         ("partitions", total.partitions),
         ("clogged links", total.clogs),
         ("crashes", total.crashes),
+        (
+            "crashes after a ready's messages, before its write",
+            total.crashes_before_write,
+        ),
+        (
+            "crashes after a ready's write, before its messages",
+            total.crashes_after_write,
+        ),
+        (
+            "crashes after saving a snapshot, before compacting",
+            total.crashes_before_compaction,
+        ),
+        (
+            "crashes after an installed snapshot's compaction, before the write",
+            total.crashes_after_compaction,
+        ),
+        (
+            "readies left undrained while messages arrived",
+            total.readies_held,
+        ),
         ("unsynced writes lost at crash", total.writes_lost),
         ("unsynced writes kept at crash", total.writes_kept),
         ("unsynced writes torn at crash", total.writes_torn),

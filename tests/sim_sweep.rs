@@ -510,7 +510,7 @@ fn membership_checkers_catch_a_restart_that_forgets_the_stored_memberships() {
 /// A spare node started as a founding member of the membership it is about to join (instead
 /// of with `Config::joining`) may campaign with its guess before it hears from the leader,
 /// and count a majority of the guessed voters for slots the old voters govern. Rare: the
-/// first seed that catches it is 172 (`replay`: the same configuration, that seed).
+/// first seed that catches it is 268 (`replay`: the same configuration, that seed).
 #[test]
 #[cfg_attr(
     debug_assertions,

@@ -414,11 +414,18 @@ impl Checker {
         Ok(())
     }
 
-    /// Node `index` restarted with `recovered`: it must remember its last durable promise.
+    /// Node `index` restarted with `recovered`, and the application's snapshot at `applied`
+    /// (0: none): it must remember its last durable promise, and every entry it recovered at
+    /// or below its recovered chosen mark must hold the value chosen there (the replica
+    /// serves them as chosen, to itself and to peers that fetch them). Entries up to a
+    /// snapshot beyond the recovered chosen mark are exempt: the replica discards them (a
+    /// crash came between saving the snapshot and the write that made its slot the chosen
+    /// mark).
     pub(crate) fn on_restart(
         &mut self,
         index: usize,
         recovered: &Recovered,
+        applied: Slot,
     ) -> Result<(), Violation> {
         if recovered.hard_state.promised < self.promised[index] {
             return Err(Violation::new(
@@ -430,6 +437,25 @@ impl Checker {
             ));
         }
         self.promised[index] = recovered.hard_state.promised;
+        let chosen_mark = recovered.hard_state.chosen;
+        let discarded = if applied > chosen_mark { applied } else { 0 };
+        for entry in &recovered.entries {
+            if entry.slot <= discarded || entry.slot > chosen_mark {
+                continue;
+            }
+            match self.chosen.get(&entry.slot) {
+                Some(chosen) if *chosen != entry.value => {
+                    return Err(Violation::new(
+                        "check_recovered_chosen_were_chosen",
+                        format!(
+                            "node index {index} restarted with {:?} in slot {} (ballot {}) at or below its chosen mark {chosen_mark}, but {chosen:?} was chosen there",
+                            entry.value, entry.slot, entry.ballot
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+        }
         Ok(())
     }
 
@@ -760,9 +786,46 @@ mod tests {
             memberships: Vec::new(),
         };
         assert_eq!(
-            checker.on_restart(0, &recovered).unwrap_err().property,
+            checker.on_restart(0, &recovered, 0).unwrap_err().property,
             "check_promise_never_regresses"
         );
+    }
+
+    #[test]
+    fn catches_a_restart_that_reads_back_an_unchosen_value_below_its_chosen_mark() {
+        let mut checker = three();
+        let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
+        // Node 3 accepted `a` in slot 1; nodes 1 and 2 then chose `b` there.
+        accept(&mut checker, 2, 1, 1, &a).unwrap();
+        accept(&mut checker, 0, 1, 2, &b).unwrap();
+        accept(&mut checker, 1, 1, 2, &b).unwrap();
+        let recovered = |chosen| Recovered {
+            hard_state: HardState {
+                promised: ballot(2),
+                chosen,
+                incarnation: 2,
+            },
+            entries: vec![Entry {
+                slot: 1,
+                ballot: ballot(1),
+                value: a.clone(),
+            }],
+            memberships: Vec::new(),
+        };
+        // Above the chosen mark it is just an old acceptance.
+        checker.on_restart(2, &recovered(0), 0).unwrap();
+        // Below a snapshot beyond the chosen mark the replica discards it.
+        checker.on_restart(2, &recovered(0), 1).unwrap();
+        // At or below the chosen mark it would be served as chosen.
+        for applied in [0, 1] {
+            assert_eq!(
+                checker
+                    .on_restart(2, &recovered(1), applied)
+                    .unwrap_err()
+                    .property,
+                "check_recovered_chosen_were_chosen"
+            );
+        }
     }
 
     #[test]
@@ -777,6 +840,7 @@ mod tests {
                 first_slot: 1,
                 accepted: vec![],
                 chosen: 0,
+                next_slot: None,
             },
         };
         let violation = checker.on_release(1, &storage, &promise).unwrap_err();

@@ -3,7 +3,10 @@
 //! on a crash (optionally real [`FileStorage`](crate::FileStorage)s, see
 //! [`SimConfig::file_disks`]); crashes and restarts; snapshots with log compaction
 //! ([`Faults::compaction`]); membership changes that add spare nodes and remove members
-//! ([`Faults::membership`]); and checkers run after every step.
+//! ([`Faults::membership`]); readies left undrained while messages arrive
+//! ([`Faults::ready_hold`]) and crashes inside the handling of a ready or a snapshot
+//! ([`Faults::crash_in_ready`], [`Faults::crash_in_snapshot`]); and checkers run after
+//! every step.
 //!
 //! Every random choice comes from one ChaCha8 RNG seeded by [`SimConfig::seed`], and every
 //! collection iterates in a fixed order, so a seed replays the same run, byte for byte; the
@@ -35,6 +38,9 @@ struct PendingWrite {
     number: u64,
     batch: WriteBatch,
     messages: Vec<Message>,
+    /// The node crashes once this write is durable, before its messages are sent
+    /// ([`Faults::crash_in_ready`]).
+    crash_after: bool,
 }
 
 /// The application's last snapshot of a node's state machine. Durable (the application's own
@@ -68,6 +74,8 @@ struct SimNode {
     pending: BTreeSet<ProposalId>,
     /// The node does nothing before this step.
     paused_until: u64,
+    /// The node leaves its ready undrained before this step ([`Faults::ready_hold`]).
+    ready_held_until: u64,
     /// Ticks per step (clock skew), and the fraction of a tick carried over.
     tick_rate: f64,
     tick_carry: f64,
@@ -123,6 +131,23 @@ impl SimNode {
             slot: 0,
             membership: self.config.initial_membership(),
         })
+    }
+
+    /// Saves `snapshot` on every disk the node has, as a driver saves it in its storage
+    /// ([`Storage::save_snapshot`]): the model disk, the lying disk's truth and the files.
+    /// (The application keeps its own copy too, [`AppSnapshot`].)
+    fn save_snapshot_on_disks(&mut self, snapshot: &Snapshot) -> Result<(), Violation> {
+        self.storage
+            .save_snapshot(snapshot)
+            .expect("MemStorage cannot fail");
+        self.truly_synced
+            .save_snapshot(snapshot)
+            .expect("MemStorage cannot fail");
+        if let Some(file) = self.file.as_mut() {
+            file.save_snapshot(snapshot)
+                .map_err(|error| Violation::new("file_storage", error))?;
+        }
+        Ok(())
     }
 
     /// Drops the log through `slot` on every disk the node has: the model disk, the lying
@@ -223,6 +248,7 @@ impl Simulation {
                     next_apply: 1,
                     pending: BTreeSet::new(),
                     paused_until: 0,
+                    ready_held_until: 0,
                     tick_rate: 1.0,
                     tick_carry: 0.0,
                     lease_reads_counted: 0,
@@ -341,6 +367,7 @@ impl Simulation {
         self.clogged.clear();
         for index in 0..self.nodes.len() {
             self.nodes[index].paused_until = 0;
+            self.nodes[index].ready_held_until = 0;
             self.nodes[index].tick_rate = 1.0;
             if self.nodes[index].replica.is_none() && !self.nodes[index].lost {
                 self.restart(self.nodes[index].id);
@@ -433,6 +460,7 @@ impl Simulation {
             node.kv_waiters.clear();
             node.kv_reads.clear();
             node.kv_reads_ready.clear();
+            node.ready_held_until = 0;
             if self.config.bugs.lying_disk {
                 node.storage = node.truly_synced.clone();
             }
@@ -441,10 +469,9 @@ impl Simulation {
         }
     }
 
-    /// Restarts `id` from its disk (a spare node not started yet stays down).
-    ///
-    /// # Panics
-    /// If the disk's contents are refused by `Replica::new` (a bug the checkers report first).
+    /// Restarts `id` from its disk (a spare node not started yet stays down). If
+    /// `Replica::new` refuses what the disk holds, the node stays down and the next
+    /// [`step`](Self::step) reports `check_restart_from_disk`.
     pub fn restart(&mut self, id: NodeId) {
         let index = self.index(id);
         let node = &mut self.nodes[index];
@@ -474,7 +501,8 @@ impl Simulation {
             }
         }
         let node = &mut self.nodes[index];
-        if let Err(violation) = self.checker.on_restart(index, &recovered) {
+        let applied = node.snapshot.as_ref().map_or(0, |snapshot| snapshot.slot);
+        if let Err(violation) = self.checker.on_restart(index, &recovered, applied) {
             self.violation.get_or_insert(violation);
         }
         let mut config = node.config.clone();
@@ -515,8 +543,17 @@ impl Simulation {
             }
         }
         let recovered_slot = recovered.memberships.last().map_or(0, |at| at.slot);
+        let replica = match Replica::new(config.clone(), recovered) {
+            Ok(replica) => replica,
+            Err(error) => {
+                // What the node's own writes left on its disk must always be startable.
+                let detail = format!("{id} cannot restart from its disk: {error}");
+                self.violation
+                    .get_or_insert(Violation::new("check_restart_from_disk", detail));
+                return;
+            }
+        };
         let node = &mut self.nodes[index];
-        let replica = Replica::new(config.clone(), recovered).expect("recoverable state");
         self.checker
             .on_start(index, replica.membership(), recovered_slot);
         node.replica = Some(replica);
@@ -657,12 +694,37 @@ impl Simulation {
             return Err(Violation::new(
                 "check_file_recovery",
                 format!(
-                    "{} recovered from its files a state other than its disk's: hard state {:?} vs {:?}, {} vs {} entries, first difference at slot {slot:?}",
+                    "{} recovered from its files a state other than its disk's: hard state {:?} vs {:?}, {} vs {} entries, first difference at slot {slot:?}, memberships {:?} vs {:?}",
                     node.id,
                     recovered.hard_state,
                     model.hard_state,
                     recovered.entries.len(),
-                    model.entries.len()
+                    model.entries.len(),
+                    recovered.memberships,
+                    model.memberships
+                ),
+            ));
+        }
+        // The snapshot file holds the last snapshot saved, whatever crash came after it.
+        let from_file = file.load_snapshot().map_err(|error| {
+            Violation::new(
+                "check_file_recovery",
+                format!("{}: the snapshot file did not load: {error}", node.id),
+            )
+        })?;
+        let saved = node
+            .storage
+            .load_snapshot()
+            .expect("MemStorage cannot fail");
+        if from_file != saved {
+            let slot = |snapshot: &Option<Snapshot>| snapshot.as_ref().map(|at| at.slot);
+            return Err(Violation::new(
+                "check_file_recovery",
+                format!(
+                    "{} loaded from its files the snapshot of slot {:?}, but saved the one of slot {:?} last",
+                    node.id,
+                    slot(&from_file),
+                    slot(&saved)
                 ),
             ));
         }
@@ -705,7 +767,8 @@ impl Simulation {
     }
 
     /// Runs one step: faults, delivery of due messages (in random order), one tick per node,
-    /// completion of due writes, and every ready; then the checkers.
+    /// completion of due writes, and every ready (but those left undrained for now,
+    /// [`Faults::ready_hold`]); then the checkers.
     ///
     /// # Errors
     /// The first safety [`Violation`] found.
@@ -747,6 +810,9 @@ impl Simulation {
                 continue; // a paused process runs nothing, not even its completions
             }
             self.complete_writes(index)?;
+            if self.holds_ready(index) {
+                continue;
+            }
             self.drain_ready(index)?;
         }
         let counts = self.checker.membership_counts();
@@ -894,8 +960,10 @@ impl Simulation {
     }
 
     /// Node `index`, if live, snapshots its state machine at its applied mark and compacts
-    /// through it: nodes behind it are sent the snapshot when they need it.
-    fn compact(&mut self, index: usize) -> Result<(), Violation> {
+    /// through it: nodes behind it are sent the snapshot when they need it. With
+    /// `crash_allowed`, it may crash between saving the snapshot and compacting
+    /// ([`Faults::crash_in_snapshot`]).
+    fn compact(&mut self, index: usize, crash_allowed: bool) -> Result<(), Violation> {
         let node = &mut self.nodes[index];
         if node.replica.is_none() {
             return Ok(());
@@ -913,10 +981,26 @@ impl Simulation {
         });
         let data = node.snapshot_data();
         self.checker.on_snapshot(applied, &data)?;
+        // The application's own snapshot carries no membership (the replica keeps it in its
+        // write batches).
+        let saved = Snapshot {
+            slot: applied,
+            data,
+            membership: None,
+        };
+        self.nodes[index].save_snapshot_on_disks(&saved)?;
+        let id = self.nodes[index].id;
+        if crash_allowed && self.faults_on && self.chance(self.config.faults.crash_in_snapshot) {
+            self.stats.crashes_before_compaction += 1;
+            self.note(format!(
+                "{id}: snapshot at {applied} saved, crash before compacting"
+            ));
+            self.crash(id);
+            return Ok(());
+        }
         let node = &mut self.nodes[index];
         node.replica.as_mut().expect("live").compact(applied);
         node.compact_disks(applied)?;
-        let id = node.id;
         self.stats.compactions += 1;
         self.note(format!("{id}: snapshot at {applied}, compacted through it"));
         Ok(())
@@ -977,7 +1061,7 @@ impl Simulation {
         }
         if self.chance(faults.compaction) {
             let index = self.below(nodes) as usize;
-            if let Err(violation) = self.compact(index) {
+            if let Err(violation) = self.compact(index, true) {
                 self.violation.get_or_insert(violation);
             }
         }
@@ -1412,7 +1496,29 @@ impl Simulation {
         Ok(())
     }
 
-    /// Completes the writes of `index` that are due, in order, releasing their messages.
+    /// True if node `index` leaves its ready undrained this step ([`Faults::ready_hold`]):
+    /// still held, or a ready waits and a new hold is drawn.
+    fn holds_ready(&mut self, index: usize) -> bool {
+        if self.nodes[index].ready_held_until > self.now {
+            return true;
+        }
+        let waiting = self.nodes[index]
+            .replica
+            .as_ref()
+            .is_some_and(Replica::has_ready);
+        if !(waiting && self.faults_on && self.chance(self.config.faults.ready_hold)) {
+            return false;
+        }
+        let steps = 1 + self.below(self.config.faults.ready_hold_ticks_max.max(1));
+        self.nodes[index].ready_held_until = self.now + steps;
+        self.stats.readies_held += 1;
+        let id = self.nodes[index].id;
+        self.note(format!("{id} leaves its ready undrained for {steps}"));
+        true
+    }
+
+    /// Completes the writes of `index` that are due, in order, releasing their messages (or
+    /// crashes the node between a write and its messages, [`Faults::crash_in_ready`]).
     fn complete_writes(&mut self, index: usize) -> Result<(), Violation> {
         loop {
             let node = &mut self.nodes[index];
@@ -1433,6 +1539,16 @@ impl Simulation {
             }
             write.batch.hash(&mut self.trace);
             self.checker.on_durable(index, &write.batch)?;
+            if write.crash_after && self.faults_on {
+                let id = self.nodes[index].id;
+                self.stats.crashes_after_write += 1;
+                self.note(format!(
+                    "{id}: write of ready {} durable, crash before its messages",
+                    write.number
+                ));
+                self.crash(id);
+                return Ok(());
+            }
             for message in &write.messages {
                 self.checker
                     .on_release(index, &self.nodes[index].storage, message)?;
@@ -1466,10 +1582,40 @@ impl Simulation {
                 }
                 self.send(message);
             }
-            if let Some(snapshot) = ready.take_snapshot() {
-                self.install_snapshot(index, snapshot)?;
-            }
             let id = self.nodes[index].id;
+            if let Some(snapshot) = ready.take_snapshot() {
+                let slot = snapshot.slot;
+                let crash = self.faults_on && self.chance(self.config.faults.crash_in_snapshot);
+                let before_compaction = crash && self.below(2) == 0;
+                self.install_snapshot(index, snapshot)?;
+                if before_compaction {
+                    self.stats.crashes_before_compaction += 1;
+                    self.note(format!(
+                        "{id}: installed snapshot of slot {slot} saved, crash before compacting"
+                    ));
+                    self.crash(id);
+                    return Ok(());
+                }
+                self.nodes[index].compact_disks(slot)?;
+                if crash {
+                    // The ready's write (its new chosen mark) was handed to the disk and had
+                    // not finished: the crash loses, keeps or tears it.
+                    self.stats.crashes_after_compaction += 1;
+                    self.note(format!(
+                        "{id}: installed snapshot of slot {slot} saved and compacted, crash before the write"
+                    ));
+                    let batch = self.to_disk(ready.take_persist());
+                    self.nodes[index].writes.push_back(PendingWrite {
+                        complete_at: self.now,
+                        number,
+                        batch,
+                        messages: Vec::new(),
+                        crash_after: false,
+                    });
+                    self.crash(id);
+                    return Ok(());
+                }
+            }
             for event in ready.take_events() {
                 match event {
                     Event::ElectionStarted { ballot } => {
@@ -1518,7 +1664,11 @@ impl Simulation {
                 0
             };
             let complete_at = self.now + self.below(delay + 1);
-            let batch = ready.take_persist();
+            // A crash inside this ready's handling: before its write reached the disk, or
+            // once it is durable and before its messages are sent.
+            let crash = self.faults_on && self.chance(self.config.faults.crash_in_ready);
+            let crash_after = crash && self.below(2) == 0;
+            let batch = self.to_disk(ready.take_persist());
             let mut messages = ready.take_persisted_messages();
             if self.config.bugs.send_before_persist {
                 for message in messages.drain(..) {
@@ -1532,10 +1682,28 @@ impl Simulation {
                 number,
                 batch,
                 messages,
+                crash_after,
             });
+            if crash && !crash_after {
+                self.stats.crashes_before_write += 1;
+                self.note(format!(
+                    "{id}: messages of ready {number} sent, crash before its write"
+                ));
+                self.crash(id);
+                return Ok(());
+            }
             self.complete_writes(index)?;
         }
         Ok(())
+    }
+
+    /// The write the disk does for `batch`: all of it (without
+    /// `Bugs::storage_ignores_compact_through`).
+    fn to_disk(&self, mut batch: WriteBatch) -> WriteBatch {
+        if self.config.bugs.storage_ignores_compact_through {
+            batch.compact_through = None;
+        }
+        batch
     }
 
     /// Node `index` reports that `follower` needs compacted slots: it sends its snapshot, as an
@@ -1588,7 +1756,7 @@ impl Simulation {
                 self.note(format!(
                     "{id}: no membership known at {slot}, snapshots again"
                 ));
-                self.compact(index)?;
+                self.compact(index, false)?;
                 return self.send_snapshot_once(index, follower, true);
             }
             Err(error) => return Err(Violation::new("send_snapshot", format!("{id}: {error}"))),
@@ -1599,8 +1767,8 @@ impl Simulation {
     }
 
     /// Node `index`'s replica installed a snapshot from a peer: the application restores its
-    /// state machine from it, keeps it as its own snapshot and compacts its disks through it,
-    /// all before the ready's write.
+    /// state machine from it and saves it as its own snapshot (the caller then compacts the
+    /// disks through it), all before the ready's write.
     fn install_snapshot(&mut self, index: usize, snapshot: Snapshot) -> Result<(), Violation> {
         self.checker.on_snapshot(snapshot.slot, &snapshot.data)?;
         self.checker.on_snapshot_installed(index, snapshot.slot)?;
@@ -1638,9 +1806,9 @@ impl Simulation {
             kv: kv_bytes,
             membership: snapshot.membership.clone(),
         });
+        node.save_snapshot_on_disks(&snapshot)?;
         node.applied_membership = snapshot.membership.clone();
         node.next_apply = snapshot.slot + 1;
-        node.compact_disks(snapshot.slot)?;
         self.stats.snapshots_installed += 1;
         self.note(format!(
             "{id}: installed a snapshot of slot {}",

@@ -87,6 +87,29 @@ pub struct Faults {
     /// [`Config::joining`]) just before the first change that names it. Refusals
     /// (`InProgress`, `Busy`) are normal and counted.
     pub membership: f64,
+    /// A live node with a ready to hand out leaves it undrained: it does not call
+    /// [`Replica::ready`] for `1..=ready_hold_ticks_max` steps, while messages, ticks and
+    /// proposals go on being stepped into its replica (and its writes in flight complete).
+    /// The ready then holds everything they produced since: an application busy elsewhere
+    /// (applying, or waiting on its transport) drains late, and nothing in the API obliges it
+    /// to drain at once.
+    pub ready_hold: f64,
+    /// The longest hold of a ready ([`ready_hold`](Faults::ready_hold)), in steps.
+    pub ready_hold_ticks_max: u64,
+    /// A node crashes inside the handling of one ready, with this probability per ready
+    /// handed out: half the time after the ready's messages are sent (and its snapshot
+    /// installed and its committed entries applied) but before its write reached the disk
+    /// (the write is then unfinished: lost, kept or torn as any other), half the time once
+    /// its write is durable but before the messages that waited for it are sent.
+    pub crash_in_ready: f64,
+    /// A node crashes inside the handling of a snapshot, with this probability per snapshot
+    /// saved: for a snapshot installed from a peer, half the time after the application saved
+    /// it and before it compacted the storage through its slot, half the time after the
+    /// compaction but before the ready's write (which records the new chosen mark) reached
+    /// the disk; for the node's own snapshot ([`compaction`](Faults::compaction)), after
+    /// saving it and before compacting. The node restarts from the saved snapshot and a
+    /// storage that does not reflect it (yet).
+    pub crash_in_snapshot: f64,
 }
 
 impl Faults {
@@ -112,6 +135,10 @@ impl Faults {
             compaction: 0.0,
             transfer: 0.0,
             membership: 0.0,
+            ready_hold: 0.0,
+            ready_hold_ticks_max: 0,
+            crash_in_ready: 0.0,
+            crash_in_snapshot: 0.0,
         }
     }
 
@@ -137,6 +164,10 @@ impl Faults {
             compaction: 0.005,
             transfer: 0.003,
             membership: 0.003,
+            ready_hold: 0.02,
+            ready_hold_ticks_max: 4,
+            crash_in_ready: 0.0005,
+            crash_in_snapshot: 0.2,
         }
     }
 }
@@ -183,6 +214,12 @@ pub struct Bugs {
     /// the membership it was first started with (`Config::members`; nothing on a node
     /// started to join), which a change may have replaced long ago.
     pub restarts_forget_memberships: bool,
+    /// The disk ignores [`WriteBatch::compact_through`](crate::storage::WriteBatch): a
+    /// [`Storage`] that misses it. After a crash between saving a snapshot and compacting
+    /// ([`Faults::crash_in_snapshot`]), the entries up to the snapshot that the restarted
+    /// replica asked the disk to drop stay on it, and the restart after the next one reads
+    /// them back as chosen.
+    pub storage_ignores_compact_through: bool,
 }
 
 /// How to build a simulation. Start from [`SimConfig::new`] and set fields
@@ -333,4 +370,21 @@ pub struct SimStats {
     /// Messages a replica refused as coming from a node outside its membership (a reply or a
     /// request from a node removed meanwhile, or not added yet): counted, not a violation.
     pub unknown_sender: u64,
+    /// Readies left undrained for a few steps while messages and ticks were stepped in
+    /// ([`Faults::ready_hold`]).
+    pub readies_held: u64,
+    /// Crashes after a ready's messages were sent, before its write reached the disk
+    /// ([`Faults::crash_in_ready`]; also counted in `crashes`).
+    pub crashes_before_write: u64,
+    /// Crashes after a ready's write was durable, before the messages that waited for it
+    /// were sent ([`Faults::crash_in_ready`]; also counted in `crashes`).
+    pub crashes_after_write: u64,
+    /// Crashes after a snapshot (installed from a peer, or the node's own) was saved, before
+    /// the storage was compacted through it ([`Faults::crash_in_snapshot`]; also counted in
+    /// `crashes`).
+    pub crashes_before_compaction: u64,
+    /// Crashes after an installed snapshot was saved and the storage compacted, before the
+    /// ready's write reached the disk ([`Faults::crash_in_snapshot`]; also counted in
+    /// `crashes`).
+    pub crashes_after_compaction: u64,
 }

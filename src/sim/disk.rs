@@ -20,7 +20,7 @@
 
 use crate::error::StorageError;
 use crate::storage::file::{COMMIT_RECORD_BYTES, SEGMENT_HEADER_BYTES};
-use crate::storage::{FileStorage, FileStorageOptions, Recovered, Storage, WriteBatch};
+use crate::storage::{FileStorage, FileStorageOptions, Recovered, Snapshot, Storage, WriteBatch};
 use crate::types::{NodeId, Slot};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -110,6 +110,27 @@ impl FileDisk {
             .as_mut()
             .ok_or_else(|| "write to a file disk whose node is down".to_string())?;
         storage.write(&mut batch).map_err(|error| error.to_string())
+    }
+
+    /// Saves `snapshot` in the snapshot file (durable when this returns; an older one than
+    /// the file's is ignored).
+    pub(super) fn save_snapshot(&mut self, snapshot: &Snapshot) -> Result<(), String> {
+        let storage = self
+            .storage
+            .as_mut()
+            .ok_or_else(|| "snapshot saved on a file disk whose node is down".to_string())?;
+        storage
+            .save_snapshot(snapshot)
+            .map_err(|error| error.to_string())
+    }
+
+    /// The snapshot the files hold (the node must be up: after [`open`](Self::open)).
+    pub(super) fn load_snapshot(&mut self) -> Result<Option<Snapshot>, String> {
+        let storage = self
+            .storage
+            .as_mut()
+            .ok_or_else(|| "snapshot read from a file disk whose node is down".to_string())?;
+        storage.load_snapshot().map_err(|error| error.to_string())
     }
 
     /// Compacts the files through `through` (durable when this returns).

@@ -2,7 +2,10 @@
 //! [`DecisionLog`], with the 2PC checkers.
 //!
 //! The world loses, duplicates and reorders messages; crashes participants (also between
-//! their write and the messages that waited for it) and restarts them from their records;
+//! a ready's messages and its write, and between the write and the messages that waited for
+//! it) and restarts them from their records; leaves a participant's ready undrained for a
+//! while as messages and ticks go on arriving (a duplicate vote request between the vote and
+//! its write, say);
 //! crashes the active coordinator and lets the other one take over, recovered from the
 //! decision log, as the next leader of a Paxos group holding that log would (the log's entries
 //! still in flight when it crashes are chosen or lost at random). The decision log applies
@@ -10,7 +13,9 @@
 //!
 //! Checked after every step: **atomicity** (no transaction committed anywhere and aborted
 //! anywhere else, participants and coordinators alike) and **validity** (a commit only with a
-//! durable yes from every participant). Then the faults stop and everyone comes back:
+//! durable yes from every participant); and at every message a participant sends, that
+//! what it reveals is durable (**durable before revealed**: a yes vote only with its prepared
+//! record on the disk, a commit acknowledgement only with its commit record). Then the faults stop and everyone comes back:
 //! **termination** (every participant that was prepared learns the decision, and no prepared
 //! record is left).
 //!
@@ -24,8 +29,8 @@
 //! A failing seed replays alone: `cargo run --release --example sim -- --twopc --seed N`.
 
 use crate::twopc::{
-    Coordinator, CoordinatorConfig, CoordinatorEvent, DecisionLog, LogEntry, Message, Outcome,
-    Participant, ParticipantConfig, ParticipantEvent, ParticipantRecord, TxnId,
+    Body, Coordinator, CoordinatorConfig, CoordinatorEvent, DecisionLog, LogEntry, Message,
+    Outcome, Participant, ParticipantConfig, ParticipantEvent, ParticipantRecord, TxnId, VoteError,
 };
 use crate::types::NodeId;
 use bytes::Bytes;
@@ -47,6 +52,25 @@ pub struct TwoPcConfig {
     pub settle_rounds: u64,
     /// Whether faults are injected at all. Default true.
     pub faults: bool,
+    /// With faults: the chance, in percent per ready a participant has to hand out, that it
+    /// leaves the ready undrained for `1..=ready_hold_steps_max` steps, while messages and
+    /// ticks go on being stepped into it (an application that drains late: nothing in the
+    /// API obliges it to drain at once). Default 10.
+    pub ready_hold_percent: u32,
+    /// The longest hold of a participant's ready, in steps. Default 40.
+    pub ready_hold_steps_max: u64,
+    /// With faults: the chance, in percent per ready, that the participant crashes after
+    /// sending the ready's messages and before its records reached the disk (they are
+    /// lost). Default 3.
+    pub crash_before_write_percent: u32,
+    /// With faults: the chance, in percent per ready, that the participant crashes after
+    /// its records are durable and before the messages that waited for them are sent.
+    /// Default 3.
+    pub crash_after_write_percent: u32,
+    /// A deliberate bug, to prove the checkers catch it (never set it otherwise): the
+    /// application sends a participant's persisted messages (yes votes, commit
+    /// acknowledgements) with the others, before writing the ready's records.
+    pub send_before_write: bool,
     /// Trace every ready and takeover to standard error.
     pub trace: bool,
 }
@@ -60,6 +84,11 @@ impl TwoPcConfig {
             steps: 3_000,
             settle_rounds: 400,
             faults: true,
+            ready_hold_percent: 10,
+            ready_hold_steps_max: 40,
+            crash_before_write_percent: 3,
+            crash_after_write_percent: 3,
+            send_before_write: false,
             trace: false,
         }
     }
@@ -76,8 +105,16 @@ pub struct TwoPcStats {
     pub aborted: u64,
     /// Coordinator crashes, each followed by a takeover.
     pub takeovers: u64,
-    /// Participant crashes.
+    /// Participant crashes (all of them: those inside a ready too).
     pub participant_crashes: u64,
+    /// Participant crashes after a ready's messages were sent, before its records were
+    /// written ([`TwoPcConfig::crash_before_write_percent`]).
+    pub crashes_before_write: u64,
+    /// Participant crashes after a ready's records were written, before the messages that
+    /// waited for them were sent ([`TwoPcConfig::crash_after_write_percent`]).
+    pub crashes_after_write: u64,
+    /// Participant readies left undrained for a while ([`TwoPcConfig::ready_hold_percent`]).
+    pub readies_held: u64,
     /// Messages sent (before loss and duplication).
     pub messages: u64,
 }
@@ -87,7 +124,8 @@ pub struct TwoPcStats {
 pub struct TwoPcViolation {
     /// The run's seed.
     pub seed: u64,
-    /// The checker: `check_2pc_atomicity`, `check_2pc_validity` or `check_2pc_termination`.
+    /// The checker: `check_2pc_atomicity`, `check_2pc_validity`, `check_2pc_termination`,
+    /// `check_2pc_durable_before_revealed` or `check_2pc_messages`.
     pub property: &'static str,
     /// What happened.
     pub detail: String,
@@ -139,6 +177,12 @@ struct World {
     finished: BTreeMap<NodeId, Vec<ParticipantRecord>>,
     network: Vec<Message>,
     faults: bool,
+    /// Steps taken.
+    now: u64,
+    /// Participants that leave their ready undrained until the given step.
+    held_until: BTreeMap<NodeId, u64>,
+    /// Participants whose next ready was held: it comes late.
+    late: BTreeSet<NodeId>,
     next_txn: u64,
     /// Every outcome anyone reported for each transaction.
     outcomes: BTreeMap<TxnId, BTreeSet<Outcome>>,
@@ -164,6 +208,9 @@ impl World {
             finished: BTreeMap::new(),
             network: Vec::new(),
             faults: config.faults,
+            now: 0,
+            held_until: BTreeMap::new(),
+            late: BTreeSet::new(),
             next_txn: 1,
             outcomes: BTreeMap::new(),
             prepared: BTreeMap::new(),
@@ -237,7 +284,33 @@ impl World {
             .collect();
         let participant = Participant::recover(config, records).expect("valid configuration");
         self.participants.insert(id, Some(participant));
+        self.held_until.remove(&id);
         self.drain_participant(id);
+    }
+
+    /// Participant `id` crashes: what it had not written is lost.
+    fn crash_participant(&mut self, id: NodeId) {
+        if self.config.trace {
+            eprintln!("{id} crashes");
+        }
+        self.participants.insert(id, None);
+        self.held_until.remove(&id);
+        self.late.remove(&id);
+        self.stats.participant_crashes += 1;
+    }
+
+    /// Drains the participants whose held ready is due.
+    fn release_held(&mut self) {
+        let due: Vec<NodeId> = self
+            .held_until
+            .iter()
+            .filter(|(_, until)| **until <= self.now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.held_until.remove(&id);
+            self.drain_participant(id);
+        }
     }
 
     /// The atomicity and validity checkers, on every report of an outcome.
@@ -270,6 +343,36 @@ impl World {
                 }
             }
             Outcome::Abort => self.stats.aborted += 1,
+        }
+    }
+
+    /// Participant `id` sends `messages`: a yes vote needs its prepared record on the disk
+    /// (or the finished record that replaced it there: the same write may have prepared the
+    /// transaction and applied its decision), a commit acknowledgement its commit record (the
+    /// state they reveal must survive a crash, whatever happens to the ready still being
+    /// written).
+    fn check_durable_before_revealed(&mut self, id: NodeId, messages: &[Message]) {
+        for message in messages {
+            let finished = |outcome: Option<Outcome>| {
+                self.finished[&id].iter().any(|record| {
+                    matches!(record, ParticipantRecord::Finished { txn, outcome: done }
+                        if *txn == message.txn && outcome.map_or(true, |wanted| wanted == *done))
+                })
+            };
+            let durable = match message.body {
+                Body::Vote { yes: true } => {
+                    self.disks[&id].contains_key(&message.txn) || finished(None)
+                }
+                Body::DecisionAck => finished(Some(Outcome::Commit)),
+                _ => true,
+            };
+            if !durable {
+                let detail = format!(
+                    "{id} sent {:?} for {} before the record it reveals was written",
+                    message.body, message.txn
+                );
+                self.violated("check_2pc_durable_before_revealed", detail);
+            }
         }
     }
 
@@ -311,14 +414,39 @@ impl World {
             let Some(Some(participant)) = self.participants.get_mut(&id) else {
                 return;
             };
-            if !participant.has_ready() {
+            if !participant.has_ready() || self.held_until.contains_key(&id) {
                 return;
             }
+            if self.faults && self.chance(self.config.ready_hold_percent) {
+                let steps = 1 + self.rng.next_u64() % self.config.ready_hold_steps_max.max(1);
+                if self.config.trace {
+                    eprintln!("{id} leaves its ready undrained for {steps} steps");
+                }
+                self.held_until.insert(id, self.now + steps);
+                self.late.insert(id);
+                self.stats.readies_held += 1;
+                return;
+            }
+            let Some(Some(participant)) = self.participants.get_mut(&id) else {
+                return;
+            };
             let mut ready = participant.ready();
+            let late = self.late.remove(&id);
             if self.config.trace {
                 eprintln!("{id} ready: {ready:?}");
             }
-            self.send(ready.take_messages());
+            let mut messages = ready.take_messages();
+            if self.config.send_before_write {
+                messages.extend(ready.take_persisted_messages());
+            }
+            self.check_durable_before_revealed(id, &messages);
+            self.send(messages);
+            // A crash after the messages, before the records reached the disk.
+            if self.faults && self.chance(self.config.crash_before_write_percent) {
+                self.stats.crashes_before_write += 1;
+                self.crash_participant(id);
+                return;
+            }
             for record in ready.take_records() {
                 let disk = self
                     .disks
@@ -348,17 +476,30 @@ impl World {
                 }
             }
             // A crash between the write and the messages that waited for it.
-            if self.faults && self.chance(3) {
-                self.participants.insert(id, None);
-                self.stats.participant_crashes += 1;
+            if self.faults && self.chance(self.config.crash_after_write_percent) {
+                self.stats.crashes_after_write += 1;
+                self.crash_participant(id);
                 return;
             }
-            self.send(ready.take_persisted_messages());
+            let messages = ready.take_persisted_messages();
+            self.check_durable_before_revealed(id, &messages);
+            self.send(messages);
             for event in events {
                 if let ParticipantEvent::VoteRequested { txn, .. } = event {
                     let yes = !self.chance(12);
-                    if let Some(Some(participant)) = self.participants.get_mut(&id) {
-                        participant.vote(txn, yes).expect("a vote was asked for");
+                    let Some(Some(participant)) = self.participants.get_mut(&id) else {
+                        continue;
+                    };
+                    match participant.vote(txn, yes) {
+                        Ok(()) => {}
+                        // The ready was held: the transaction was decided (an abort for a
+                        // vote that did not come in time) before the application heard of
+                        // the request.
+                        Err(VoteError::NotAsked(_)) if late => {}
+                        Err(error) => self.violated(
+                            "check_2pc_messages",
+                            format!("{id} refused the vote it asked for: {error}"),
+                        ),
                     }
                 }
             }
@@ -449,8 +590,7 @@ impl World {
             let index = self.below(self.participant_ids.len());
             let id = self.participant_ids[index];
             if self.participants[&id].is_some() {
-                self.participants.insert(id, None);
-                self.stats.participant_crashes += 1;
+                self.crash_participant(id);
             } else {
                 self.restart_participant(id);
             }
@@ -458,6 +598,8 @@ impl World {
     }
 
     fn step(&mut self) {
+        self.now += 1;
+        self.release_held();
         match self.below(100) {
             0..=49 => self.deliver(),
             50..=69 => self.choose_log_entry(),
@@ -480,8 +622,13 @@ impl World {
             self.step();
             self.check()?;
         }
-        // Faults stop: everyone is up, and everything pending must finish.
+        // Faults stop: everyone is up, held readies are drained, and everything pending
+        // must finish.
         self.faults = false;
+        let held: Vec<NodeId> = std::mem::take(&mut self.held_until).into_keys().collect();
+        for id in held {
+            self.drain_participant(id);
+        }
         for index in 0..self.participant_ids.len() {
             let id = self.participant_ids[index];
             if self.participants[&id].is_none() {
