@@ -610,6 +610,14 @@ fn text(args: &[Bytes], index: usize) -> String {
     String::from_utf8_lossy(&args[index]).into_owned()
 }
 
+/// Argument `index`, an account name: UTF-8 (decoding other bytes lossily would give two
+/// different names one account).
+fn account_name(args: &[Bytes], index: usize) -> Result<String, String> {
+    std::str::from_utf8(&args[index])
+        .map(str::to_owned)
+        .map_err(|_| "ERR account names must be UTF-8".to_string())
+}
+
 /// Argument `index`, a number.
 fn number<T: std::str::FromStr>(args: &[Bytes], index: usize) -> Result<T, String> {
     text(args, index)
@@ -641,7 +649,7 @@ impl Connection {
         match (name, args.len()) {
             (b"PING", 1) => resp::simple(out, "PONG"),
             (b"DEPOSIT" | b"WITHDRAW", 3 | 5) => {
-                let account = text(args, 1);
+                let account = account_name(args, 1)?;
                 state::check_name(&account).map_err(|error| format!("ERR {error}"))?;
                 let amount: i64 = number(args, 2)?;
                 state::check_amount(amount).map_err(|error| format!("ERR {error}"))?;
@@ -671,7 +679,7 @@ impl Connection {
                 }
             }
             (b"BALANCE", 2) => {
-                let account = text(args, 1);
+                let account = account_name(args, 1)?;
                 state::check_name(&account).map_err(|error| format!("ERR {error}"))?;
                 let shard = self.bank.placement.shard(&account);
                 if self.read_index(shard).await {
@@ -689,8 +697,8 @@ impl Connection {
             }
             (b"TRANSFER", 4 | 6) => {
                 let transfer = Transfer {
-                    from: text(args, 1),
-                    to: text(args, 2),
+                    from: account_name(args, 1)?,
+                    to: account_name(args, 2)?,
                     amount: number(args, 3)?,
                 };
                 transfer.check().map_err(|error| format!("ERR {error}"))?;
@@ -740,7 +748,7 @@ impl Connection {
                 resp::simple(out, answer);
             }
             (b"SHARD", 2) => {
-                let account = text(args, 1);
+                let account = account_name(args, 1)?;
                 resp::integer_reply(out, self.bank.placement.shard(&account) as i64);
             }
             (b"AUDIT", 1) => {

@@ -832,7 +832,8 @@ impl Connection {
                 Ok(())
             }
             b"SYNOD.SETMEMBERS" if arity_ok(2, 3) => {
-                support::set_members(&mut self.handle, args, out).await;
+                support::set_members(&mut self.handle, &self.node.peers, self.node.id, args, out)
+                    .await;
                 Ok(())
             }
             b"SYNOD.MEMBERS" if arity_ok(1, 1) => {

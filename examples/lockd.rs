@@ -569,7 +569,8 @@ impl Connection {
                 Ok(())
             }
             (b"SYNOD.SETMEMBERS", 2..=3) => {
-                support::set_members(&mut self.handle, args, out).await;
+                support::set_members(&mut self.handle, &self.node.peers, self.node.id, args, out)
+                    .await;
                 Ok(())
             }
             (b"SYNOD.MEMBERS", 1) => {

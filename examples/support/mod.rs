@@ -334,6 +334,28 @@ pub trait Commands {
     ) -> impl std::future::Future<Output = After> + Send;
 }
 
+/// After a protocol error: closing with input unread would make the kernel reset the
+/// connection, and a client still writing its request (a value over the limit, say) would
+/// never read the error. Stop writing, then read and drop what the client still sends, for at
+/// most [`DRAIN_BYTES_MAX`] bytes and [`DRAIN_TIME`], before closing.
+async fn drain_and_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut drained = 0;
+    let deadline = Instant::now() + DRAIN_TIME;
+    while drained < DRAIN_BYTES_MAX {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(read)) if read > 0 => drained += read,
+            _ => break, // end of input, an error, or out of time
+        }
+    }
+}
+
+/// The most bytes [`drain_and_close`] reads after a protocol error.
+const DRAIN_BYTES_MAX: usize = 64 << 20;
+/// The longest [`drain_and_close`] waits after a protocol error.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
 /// Serves one client connection: parses RESP2 requests within `limits`, answers every
 /// complete request buffered (a pipeline) in order, and writes the replies out at least
 /// every `flush_bytes` and whenever the input runs dry. A malformed request gets
@@ -354,6 +376,7 @@ pub async fn serve_resp<C: Commands>(
                 resp::Parsed::Error(error) => {
                     resp::error(&mut output, &format!("ERR {error}"));
                     let _ = stream.write_all(&output).await;
+                    drain_and_close(stream).await;
                     return;
                 }
                 resp::Parsed::Request { args, consumed } => {
@@ -413,8 +436,18 @@ pub async fn read_index(handle: &mut Handle, applied: &watch::Sender<Slot>) -> b
 /// proposes a membership change at this node, which must lead. Replies with the slot of the
 /// change (an integer), or an error (not the leader, a change under way, an invalid
 /// membership). The change is done once `SYNOD.MEMBERS` shows it on the nodes.
+///
+/// Every node named must be this node or one of the transport's peers (`SYNOD.SETPEER`
+/// first): a voter nobody can reach would leave a membership without a reachable quorum,
+/// which no command could then undo.
 #[allow(dead_code)] // the bank runs several groups per process and changes no membership
-pub async fn set_members(handle: &mut Handle, args: &[Bytes], out: &mut Vec<u8>) {
+pub async fn set_members(
+    handle: &mut Handle,
+    peers: &TcpPeers,
+    this_node: NodeId,
+    args: &[Bytes],
+    out: &mut Vec<u8>,
+) {
     let list = |index: usize| match args.get(index) {
         Some(text) => std::str::from_utf8(text)
             .map_err(|_| "ids must be text".to_string())
@@ -428,6 +461,18 @@ pub async fn set_members(handle: &mut Handle, args: &[Bytes], out: &mut Vec<u8>)
             return;
         }
     };
+    let known = peers.addresses();
+    if let Some(unknown) = voters
+        .iter()
+        .chain(&learners)
+        .find(|&&id| id != this_node && !known.contains_key(&id))
+    {
+        resp::error(
+            out,
+            &format!("ERR node {unknown} has no address here: SYNOD.SETPEER it first"),
+        );
+        return;
+    }
     match handle
         .change_membership(synod::Membership::new(voters, learners))
         .await

@@ -115,7 +115,7 @@ mod peers;
 mod stats;
 
 pub use config::{TcpConfig, TcpError};
-pub use peers::{TcpPeerError, TcpPeers};
+pub use peers::{TcpPeerError, TcpPeers, PEERS_MAX};
 pub use stats::{TcpStats, TcpStatsHandle};
 
 use crate::message::Message;

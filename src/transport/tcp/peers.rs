@@ -42,7 +42,19 @@ pub enum TcpPeerError {
     /// The transport has stopped (shut down or dropped): there is nothing to change.
     #[error("the transport has stopped")]
     Stopped,
+    /// The transport has [`PEERS_MAX`] peers already: a new one is refused (moving a peer to
+    /// another address is not). Remove peers that left the membership first.
+    #[error("the transport has {max} peers already")]
+    TooMany {
+        /// [`PEERS_MAX`].
+        max: usize,
+    },
 }
+
+/// The most peers a [`TcpTransport`](super::TcpTransport) dials: twice the largest membership,
+/// room for a whole membership being replaced by another. Each peer costs a dialer task and
+/// its connections.
+pub const PEERS_MAX: usize = 2 * crate::config::MEMBERS_MAX;
 
 /// Starts a dialer for `peer` at `address` and returns its link.
 pub(super) fn start_link(
@@ -99,7 +111,7 @@ impl TcpPeers {
     ///
     /// # Errors
     /// [`TcpPeerError::ThisNode`] for this node's own id; [`TcpPeerError::Stopped`] once the
-    /// transport has stopped.
+    /// transport has stopped; [`TcpPeerError::TooMany`] for a new peer beyond [`PEERS_MAX`].
     pub fn set(&self, id: NodeId, address: SocketAddr) -> Result<Option<SocketAddr>, TcpPeerError> {
         let shared = &self.shared;
         if id == shared.node_id() {
@@ -109,6 +121,9 @@ impl TcpPeers {
         let previous = links.get(&id).map(|link| link.address);
         if previous == Some(address) {
             return Ok(previous);
+        }
+        if previous.is_none() && links.len() >= PEERS_MAX {
+            return Err(TcpPeerError::TooMany { max: PEERS_MAX });
         }
         let link = start_link(shared, id, address)?;
         // Replacing the link drops the old one: its dialer stops.
