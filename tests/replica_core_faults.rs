@@ -1762,3 +1762,38 @@ fn the_sweep_catches_promises_released_before_their_write() {
         "{caught}"
     );
 }
+
+/// The review's note "a `Forward` above the frame loses every queued proposal", fixed in
+/// session 15: a follower whose queued forwards would not fit one message of
+/// `accept_bytes_max` sends them in several, in order, and the leader proposes every one.
+/// Here the frame holds 16 KiB and a follower queues eight 4 KiB commands (32 KiB) before its
+/// ready: one Forward would be dropped whole.
+#[test]
+fn queued_forwards_larger_than_a_frame_go_in_several_messages() {
+    let mut cluster = Cluster::with(3, |config| config.accept_bytes_max = 8 << 10);
+    cluster.codec = Some(Codec::new(0, 16 << 10));
+    cluster.elect(1);
+    cluster.stabilize();
+    let commands: Vec<String> = (0..8)
+        .map(|index| format!("{index}{}", "f".repeat(4095)))
+        .collect();
+    for command in &commands {
+        cluster
+            .replica_mut(2)
+            .propose(Bytes::from(command.clone()))
+            .expect("forwarded");
+    }
+    cluster.process(NodeId(2));
+    cluster.stabilize();
+    cluster.tick_all(3);
+    cluster.stabilize();
+    assert!(
+        cluster.oversized.is_empty(),
+        "dropped: {:?}",
+        cluster.oversized
+    );
+    for id in 1..=3 {
+        // (`commands` names a command this large by its size.)
+        assert_eq!(cluster.commands(id).len(), commands.len(), "node {id}");
+    }
+}

@@ -88,6 +88,24 @@ fn all_faults_five_nodes_many_seeds() {
     }
 }
 
+/// Promises in pages (session 15): with `fetch_bytes_max` at one byte every Promise holds one
+/// entry per page, so every election after a crash goes through many pages, under every
+/// fault. `SIM_PAGED_SEEDS=N` runs more seeds.
+#[test]
+fn all_faults_with_one_entry_promise_pages() {
+    let seeds: u64 = std::env::var("SIM_PAGED_SEEDS").map_or(30, |n| n.parse().unwrap());
+    let mut elections = 0;
+    for nodes in [3, 5] {
+        for seed in 0..seeds {
+            let mut config = SimConfig::new(nodes, seed);
+            config.faults = Faults::all();
+            config.replica.fetch_bytes_max = 1;
+            elections += run_config(config).stats().elections;
+        }
+    }
+    assert!(elections > 0);
+}
+
 #[test]
 fn same_seed_same_trace() {
     let first = run_seed(3, 7, Faults::all());

@@ -63,6 +63,11 @@ impl Replica {
             // Give the candidate time to finish phase 1 before campaigning ourselves.
             self.election_elapsed = 0;
         }
+        if ballot == self.hard.promised && from == ballot.node {
+            // The candidate this replica promised asks for a page of its promise: phase 1 is
+            // progressing, give it time to finish before campaigning ourselves.
+            self.election_elapsed = 0;
+        }
         // One page of at most `fetch_bytes_max` payload bytes (and at least one entry): a
         // backlog larger than a message is sent in pages the candidate asks for in turn.
         let bytes_max = self.config.fetch_bytes_max;

@@ -291,6 +291,8 @@ impl Replica {
             }
         }
         if let Some(next_slot) = next_slot {
+            // Phase 1 is progressing: a long promise must not run the candidate out of time.
+            self.election_elapsed = 0;
             // Ask for the next page at once (a lost one is asked again by the retransmission).
             let body = Body::Prepare {
                 ballot,

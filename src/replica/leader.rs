@@ -158,15 +158,36 @@ impl Replica {
         }
     }
 
-    /// Sends queued forwarded proposals to the known leader, in one message.
+    /// Sends queued forwarded proposals to the known leader: in one message, or in several of
+    /// at most `accept_bytes_max` payload bytes each (at least one command each) when they
+    /// would not fit one (a message above the transport's frame would lose them all).
     pub(super) fn flush_forwards(&mut self) {
         if self.forward_queue.is_empty() {
             return;
         }
         match self.leader {
             Some(leader) if leader != self.config.id && self.role != Role::Leader => {
-                let commands = std::mem::take(&mut self.forward_queue);
-                self.send(leader, Body::Forward { commands });
+                let mut commands = std::mem::take(&mut self.forward_queue);
+                let bytes_max = self.config.accept_bytes_max;
+                let total: usize = commands.iter().map(|command| command.data.len()).sum();
+                if total <= bytes_max {
+                    self.send(leader, Body::Forward { commands });
+                    return;
+                }
+                while !commands.is_empty() {
+                    let mut bytes = 0;
+                    let count = commands
+                        .iter()
+                        .take_while(|command| {
+                            bytes += command.data.len();
+                            bytes <= bytes_max
+                        })
+                        .count()
+                        .max(1);
+                    let rest = commands.split_off(count);
+                    self.send(leader, Body::Forward { commands });
+                    commands = rest;
+                }
             }
             _ => self.forward_queue.clear(), // no leader to forward to: the proposals are lost
         }
