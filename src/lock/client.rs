@@ -30,7 +30,8 @@ pub const RELEASED_MAX: usize = 1024;
 /// let open = client.open();
 /// assert_eq!(open, Command::Open { client: 7, lease: 100, tag: 0 });
 /// // ... proposed, chosen, applied; the service answered:
-/// client.on_outcome(&open, &Outcome::Opened { session: SessionId(3), expires_at: 100, held: vec![] });
+/// let opened = Outcome::Opened { session: SessionId(3), expires_at: 100, held: vec![] };
+/// client.on_outcome(&open, &opened);
 /// let acquire = client.acquire("printer", Mode::Exclusive, Wait::Forever).unwrap();
 /// client.on_outcome(&acquire, &Outcome::Granted { token: FencingToken(4) });
 /// assert_eq!(client.token("printer"), Some(FencingToken(4)));

@@ -23,10 +23,9 @@
 //! // Entries as the log chose them: (slot, command). Commands travel encoded.
 //! let mut apply = |slot, command: Command| locks.apply(slot, &command.encode());
 //!
-//! let Outcome::Opened { session: alice, .. } = apply(1, Command::Open { client: 1, lease: 100, tag: 0 })
-//! else { panic!() };
-//! let Outcome::Opened { session: bob, .. } = apply(2, Command::Open { client: 2, lease: 100, tag: 0 })
-//! else { panic!() };
+//! let open = |client| Command::Open { client, lease: 100, tag: 0 };
+//! let Outcome::Opened { session: alice, .. } = apply(1, open(1)) else { panic!() };
+//! let Outcome::Opened { session: bob, .. } = apply(2, open(2)) else { panic!() };
 //! let acquire = |session| Command::Acquire {
 //!     session, name: "printer".into(), mode: Mode::Exclusive, wait: Wait::Forever,
 //! };

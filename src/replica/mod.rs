@@ -1050,8 +1050,9 @@ impl Replica {
     /// # Errors
     /// [`ProposeError::NotLeader`] with a leader hint (not leading and not forwarding, or no
     /// leader known); [`ProposeError::Busy`] when a bound is reached;
-    /// [`ProposeError::TooLarge`] above [`Config::command_bytes_max`](crate::Config::command_bytes_max).
-    /// The command is handed back in each.
+    /// [`ProposeError::TooLarge`] above
+    /// [`Config::command_bytes_max`](crate::Config::command_bytes_max). The command is handed
+    /// back in each.
     pub fn propose(&mut self, command: Bytes) -> Result<ProposalId, ProposeError> {
         if command.len() > self.config.command_bytes_max {
             let max = self.config.command_bytes_max;

@@ -7,8 +7,8 @@
 //! the directory synced, before it is used; a replay applies a batch only at the commit record
 //! that closes it, so a batch is recovered whole or not at all; damage is truncated away only
 //! in the last segment, only back to the end of its last intact batch, and never when intact
-//! commit records after it prove the damaged batch was synced ([`find_durable_proof`]). A segment header of another format
-//! version than [`FORMAT_VERSION`] is refused.
+//! commit records after it prove the damaged batch was synced ([`find_durable_proof`]). A
+//! segment header of another format version than [`FORMAT_VERSION`] is refused.
 
 use super::format::{
     append_record, check_record, checksum_seed, decode_commit, decode_hard_state,
