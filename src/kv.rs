@@ -270,6 +270,13 @@ pub enum KvError {
         /// The maximum number of keys.
         keys_max: u64,
     },
+    /// The operation would take the store's keys and values above
+    /// [`KvLimits::store_bytes_max`] bytes. Not applied; delete keys first.
+    #[error("store full: {store_bytes_max} bytes of keys and values")]
+    StoreFull {
+        /// The maximum.
+        store_bytes_max: u64,
+    },
 }
 
 /// The answer to one [`Command`].
@@ -358,6 +365,11 @@ pub struct KvLimits {
     pub value_bytes_max: usize,
     /// Length of one encoded command; at most [`COMMAND_BYTES_CEILING`].
     pub command_bytes_max: usize,
+    /// Bytes of all keys and values together. The store is what a snapshot holds: keep this
+    /// (plus the sessions' cached responses) below the replica's
+    /// [`Config::snapshot_bytes_max`](crate::Config::snapshot_bytes_max), or compaction fails
+    /// and the log grows without bound. Default 512 MiB (the snapshot limit is 1 GiB).
+    pub store_bytes_max: usize,
     /// The bounds of the session table.
     pub sessions: SessionLimits,
 }
@@ -369,6 +381,7 @@ impl Default for KvLimits {
             key_bytes_max: 1024,
             value_bytes_max: 1024 * 1024,
             command_bytes_max: 2 * 1024 * 1024,
+            store_bytes_max: 512 << 20,
             sessions: SessionLimits::default(),
         }
     }
@@ -382,6 +395,9 @@ impl KvLimits {
         }
         if self.key_bytes_max == 0 {
             return Err(ConfigError::new("key_bytes_max", "must be at least 1"));
+        }
+        if self.store_bytes_max == 0 {
+            return Err(ConfigError::new("store_bytes_max", "must be at least 1"));
         }
         if self.command_bytes_max == 0 || self.command_bytes_max > COMMAND_BYTES_CEILING {
             return Err(ConfigError::new(
@@ -416,6 +432,8 @@ pub struct KvStateMachine {
     limits: KvLimits,
     /// The store. At most `limits.keys_max` keys, each within the key and value bounds.
     data: BTreeMap<Bytes, Bytes>,
+    /// Bytes of the keys and values in `data` (derived; at most `limits.store_bytes_max`).
+    data_bytes: usize,
     /// Deduplicates requests; responses are cached for retries.
     sessions: SessionTable<Response>,
     /// The last slot applied; 0 before the first.
@@ -449,6 +467,7 @@ impl KvStateMachine {
         KvStateMachine {
             limits,
             data: BTreeMap::new(),
+            data_bytes: 0,
             sessions: SessionTable::new(limits.sessions),
             last_applied_slot: 0,
         }
@@ -533,9 +552,12 @@ impl KvStateMachine {
             },
             Command::Request { header, operation } => {
                 let limits = &self.limits;
-                let data = &mut self.data;
+                let store = &mut Store {
+                    data: &mut self.data,
+                    bytes: &mut self.data_bytes,
+                };
                 match self.sessions.execute(header, slot, || {
-                    match apply_operation(limits, data, operation) {
+                    match apply_operation(limits, store, operation) {
                         Ok(output) => Response::Output(output),
                         Err(error) => Response::Error(error),
                     }
@@ -591,14 +613,20 @@ impl KvStateMachine {
         if snapshot.data.len() > limits.keys_max {
             return Err(SnapshotError::Invalid("more keys than keys_max"));
         }
+        let mut data_bytes = 0usize;
         for (key, value) in &snapshot.data {
             if key.len() > limits.key_bytes_max || value.len() > limits.value_bytes_max {
                 return Err(SnapshotError::Invalid("key or value above its bound"));
             }
+            data_bytes = data_bytes.saturating_add(key.len() + value.len());
+        }
+        if data_bytes > limits.store_bytes_max {
+            return Err(SnapshotError::Invalid("more bytes than store_bytes_max"));
         }
         Ok(KvStateMachine {
             limits,
             data: snapshot.data,
+            data_bytes,
             sessions: snapshot.sessions,
             last_applied_slot: snapshot.last_applied_slot,
         })
@@ -606,14 +634,63 @@ impl KvStateMachine {
 
     fn check_invariants(&self) {
         debug_assert!(self.data.len() <= self.limits.keys_max);
+        debug_assert!(self.data_bytes <= self.limits.store_bytes_max);
         debug_assert!(self.sessions.last_index() <= self.last_applied_slot);
+    }
+}
+
+/// The store and the bytes of its keys and values, changed together.
+struct Store<'a> {
+    data: &'a mut BTreeMap<Bytes, Bytes>,
+    bytes: &'a mut usize,
+}
+
+impl Store<'_> {
+    /// Refuses `key = value` if it would add a key past `keys_max` or take the store past
+    /// `store_bytes_max`.
+    fn check_room(
+        &self,
+        limits: &KvLimits,
+        key: &Bytes,
+        value_bytes: usize,
+    ) -> Result<(), KvError> {
+        let old_bytes = self.data.get(key).map(|old| key.len() + old.len());
+        if old_bytes.is_none() && self.data.len() >= limits.keys_max {
+            return Err(KvError::TooManyKeys {
+                keys_max: limits.keys_max as u64,
+            });
+        }
+        let bytes = *self.bytes - old_bytes.unwrap_or(0) + key.len() + value_bytes;
+        if bytes > limits.store_bytes_max {
+            return Err(KvError::StoreFull {
+                store_bytes_max: limits.store_bytes_max as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, key: Bytes, value: Bytes) {
+        *self.bytes += key.len() + value.len();
+        if let Some(old) = self.data.insert(key.clone(), value) {
+            *self.bytes -= key.len() + old.len();
+        }
+    }
+
+    fn remove(&mut self, key: &Bytes) -> bool {
+        match self.data.remove(key) {
+            Some(old) => {
+                *self.bytes -= key.len() + old.len();
+                true
+            }
+            None => false,
+        }
     }
 }
 
 /// Applies one operation to the store, or explains why it cannot.
 fn apply_operation(
     limits: &KvLimits,
-    data: &mut BTreeMap<Bytes, Bytes>,
+    store: &mut Store<'_>,
     operation: Operation,
 ) -> Result<Output, KvError> {
     let key_length_bytes = operation.key().len();
@@ -632,34 +709,26 @@ fn apply_operation(
         }
         Ok(())
     };
-    let check_room = |data: &BTreeMap<Bytes, Bytes>, key: &Bytes| {
-        if !data.contains_key(key) && data.len() >= limits.keys_max {
-            return Err(KvError::TooManyKeys {
-                keys_max: limits.keys_max as u64,
-            });
-        }
-        Ok(())
-    };
     match operation {
-        Operation::Get { key } => Ok(Output::Value(data.get(&key).cloned())),
+        Operation::Get { key } => Ok(Output::Value(store.data.get(&key).cloned())),
         Operation::Put { key, value } => {
             check_value(value.len())?;
-            check_room(data, &key)?;
-            data.insert(key, value);
+            store.check_room(limits, &key, value.len())?;
+            store.insert(key, value);
             Ok(Output::Written)
         }
-        Operation::Delete { key } => Ok(Output::Deleted(data.remove(&key).is_some())),
+        Operation::Delete { key } => Ok(Output::Deleted(store.remove(&key))),
         Operation::Append { key, value } => {
-            let current_length_bytes = data.get(&key).map_or(0, Bytes::len);
+            let current_length_bytes = store.data.get(&key).map_or(0, Bytes::len);
             let length_bytes = current_length_bytes.saturating_add(value.len());
             check_value(length_bytes)?;
-            check_room(data, &key)?;
+            store.check_room(limits, &key, length_bytes)?;
             let mut appended = Vec::with_capacity(length_bytes);
-            if let Some(current) = data.get(&key) {
+            if let Some(current) = store.data.get(&key) {
                 appended.extend_from_slice(current);
             }
             appended.extend_from_slice(&value);
-            data.insert(key, Bytes::from(appended));
+            store.insert(key, Bytes::from(appended));
             Ok(Output::Appended {
                 length_bytes: length_bytes as u64,
             })
@@ -668,16 +737,16 @@ fn apply_operation(
             if let Some(new) = &new {
                 check_value(new.len())?;
             }
-            if data.get(&key) != expected.as_ref() {
+            if store.data.get(&key) != expected.as_ref() {
                 return Ok(Output::Swapped(false));
             }
             match new {
                 Some(new) => {
-                    check_room(data, &key)?;
-                    data.insert(key, new);
+                    store.check_room(limits, &key, new.len())?;
+                    store.insert(key, new);
                 }
                 None => {
-                    data.remove(&key);
+                    store.remove(&key);
                 }
             }
             Ok(Output::Swapped(true))
@@ -717,12 +786,89 @@ mod tests {
         Bytes::copy_from_slice(text.as_bytes())
     }
 
+    #[test]
+    fn the_store_stays_within_store_bytes_max_and_a_snapshot_beyond_it_is_refused() {
+        let limits = KvLimits {
+            store_bytes_max: 20,
+            ..small_limits()
+        };
+        let mut machine = KvStateMachine::new(limits);
+        let mut slot = 0;
+        let mut apply = |machine: &mut KvStateMachine, command: Command| {
+            slot += 1;
+            machine.apply(slot, &command.encode())
+        };
+        let Response::SessionOpened { client } = apply(&mut machine, Command::OpenSession) else {
+            panic!()
+        };
+        let mut sequence = 0;
+        let mut request = |operation| {
+            sequence += 1;
+            Command::Request {
+                header: RequestHeader {
+                    client,
+                    sequence,
+                    acknowledged_below: sequence,
+                },
+                operation,
+            }
+        };
+        let put = |key: &str, value: &str| Operation::Put {
+            key: bytes(key),
+            value: bytes(value),
+        };
+        // 2 + 8 and 2 + 8: 20 bytes, the limit.
+        for key in ["k1", "k2"] {
+            let response = apply(&mut machine, request(put(key, "12345678")));
+            assert_eq!(response, Response::Output(Output::Written));
+        }
+        let full = Response::Error(KvError::StoreFull {
+            store_bytes_max: 20,
+        });
+        assert_eq!(apply(&mut machine, request(put("k3", "1"))), full);
+        // Replacing a value counts the difference; growing past the limit is refused.
+        assert_eq!(
+            apply(&mut machine, request(put("k1", "1234567"))),
+            Response::Output(Output::Written)
+        );
+        let append = Operation::Append {
+            key: bytes("k1"),
+            value: bytes("8"),
+        };
+        assert_eq!(
+            apply(&mut machine, request(append)),
+            Response::Output(Output::Appended { length_bytes: 8 })
+        );
+        assert_eq!(apply(&mut machine, request(put("k3", "1"))), full);
+        // Deleting frees the key's bytes.
+        let delete = Operation::Delete { key: bytes("k2") };
+        assert_eq!(
+            apply(&mut machine, request(delete)),
+            Response::Output(Output::Deleted(true))
+        );
+        assert_eq!(
+            apply(&mut machine, request(put("k3", "1"))),
+            Response::Output(Output::Written)
+        );
+        assert_eq!(machine.data_bytes, 2 + 8 + 2 + 1);
+        // A restored replica counts the same bytes; a snapshot above its limit is refused.
+        let restored = KvStateMachine::restore(&machine.snapshot()).unwrap();
+        assert_eq!(restored, machine);
+        let mut tighter = machine.clone();
+        tighter.limits.store_bytes_max = 12;
+        assert_eq!(
+            KvStateMachine::restore(&tighter.snapshot()),
+            Err(SnapshotError::Invalid("more bytes than store_bytes_max"))
+        );
+    }
+
     fn small_limits() -> KvLimits {
         KvLimits {
             keys_max: 3,
             key_bytes_max: 8,
             value_bytes_max: 8,
             command_bytes_max: 256,
+            store_bytes_max: 1024,
             sessions: SessionLimits {
                 sessions_max: 2,
                 responses_per_session_max: 4,
