@@ -351,6 +351,9 @@ async fn drain_and_close(stream: &mut TcpStream) {
     }
 }
 
+/// The buffer capacity a connection keeps between requests; a larger one is given back.
+const BUFFER_BYTES_KEPT: usize = 64 * 1024;
+
 /// The most bytes [`drain_and_close`] reads after a protocol error.
 const DRAIN_BYTES_MAX: usize = 64 << 20;
 /// The longest [`drain_and_close`] waits after a protocol error.
@@ -404,6 +407,14 @@ pub async fn serve_resp<C: Commands>(
                 return;
             }
             output.clear();
+        }
+        // A large request or reply must not pin its memory while the connection idles:
+        // many idle connections would hold the largest buffers each ever needed.
+        if output.capacity() > BUFFER_BYTES_KEPT {
+            output = Vec::with_capacity(16 * 1024);
+        }
+        if input.is_empty() && input.capacity() > BUFFER_BYTES_KEPT {
+            input = BytesMut::with_capacity(16 * 1024);
         }
         input.reserve(16 * 1024);
         match stream.read_buf(&mut input).await {
