@@ -67,6 +67,7 @@ impl Replica {
             // The candidate this replica promised asks for a page of its promise: phase 1 is
             // progressing, give it time to finish before campaigning ourselves.
             self.election_elapsed = 0;
+            self.phase_one_heard_tick = Some(self.now);
         }
         // One page of at most `fetch_bytes_max` payload bytes (and at least one entry): a
         // backlog larger than a message is sent in pages the candidate asks for in turn.

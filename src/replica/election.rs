@@ -83,8 +83,18 @@ impl Replica {
         self.check_pre_vote_quorum();
     }
 
+    /// True while the phase 1 of the ballot this replica promised, owned by another replica
+    /// than `candidate`, progressed within `election_ticks` (see `phase_one_heard_tick`).
+    fn in_phase_one_of_another(&self, candidate: NodeId) -> bool {
+        self.hard.promised.node != candidate
+            && self.phase_one_heard_tick.is_some_and(|heard| {
+                self.now - heard < u64::from(self.config.election_ticks)
+            })
+    }
+
     pub(super) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot, chosen: Slot) {
         let granted = !self.in_leader_lease(from)
+            && !self.in_phase_one_of_another(from)
             && ballot > self.hard.promised
             && chosen >= self.hard.chosen;
         let (promised, chosen) = (self.hard.promised, self.hard.chosen);
@@ -198,8 +208,7 @@ impl Replica {
                 let first_slot = candidacy
                     .pages
                     .get(&index)
-                    .copied()
-                    .unwrap_or(candidacy.first_slot);
+                    .map_or(candidacy.first_slot, |&(next_slot, _)| next_slot);
                 let body = Body::Prepare {
                     ballot,
                     first_slot,
@@ -262,17 +271,32 @@ impl Replica {
             return;
         };
         // The page expected from this acceptor: its first, or the one its last page named.
-        let expected = candidacy
+        let (expected, unreported_before) = candidacy
             .pages
             .get(&index)
             .copied()
-            .unwrap_or(candidacy.first_slot);
+            .unwrap_or((candidacy.first_slot, 0));
         if first_slot != expected || candidacy.promised.contains(index) {
+            return;
+        }
+        // The slots this page leaves unreported, up to the next page: over a whole promise an
+        // honest acceptor leaves at most `accept_lookahead_slots_max` (validation bounds one
+        // message). A promise past it is dropped: this acceptor is not counted.
+        let end = match (next_slot, accepted.last()) {
+            (Some(next_slot), _) => next_slot,
+            (None, Some(last)) => last.slot + 1,
+            (None, None) => first_slot,
+        };
+        let unreported =
+            unreported_before + (end.saturating_sub(first_slot)).saturating_sub(accepted.len() as u64);
+        if unreported > self.config.accept_lookahead_slots_max {
+            candidacy.pages.remove(&index);
+            self.dropped_messages += 1;
             return;
         }
         match next_slot {
             Some(next_slot) => {
-                candidacy.pages.insert(index, next_slot);
+                candidacy.pages.insert(index, (next_slot, unreported));
             }
             None => {
                 candidacy.pages.remove(&index);
@@ -291,8 +315,10 @@ impl Replica {
             }
         }
         if let Some(next_slot) = next_slot {
-            // Phase 1 is progressing: a long promise must not run the candidate out of time.
+            // Phase 1 is progressing: a long promise must not run the candidate out of time,
+            // nor let it grant a pre-vote that would preempt it.
             self.election_elapsed = 0;
+            self.phase_one_heard_tick = Some(self.now);
             // Ask for the next page at once (a lost one is asked again by the retransmission).
             let body = Body::Prepare {
                 ballot,

@@ -120,9 +120,11 @@ struct Candidacy {
     promised: VoteSet,
     /// For each slot, the highest-ballot entry reported so far.
     reported: BTreeMap<Slot, Entry>,
-    /// Acceptors whose promise is paged, with the slot the next page starts at (asked for
-    /// with a `Prepare` from that slot); counted in `promised` once their last page came.
-    pages: BTreeMap<usize, Slot>,
+    /// Acceptors whose promise is paged: the slot the next page starts at (asked for with a
+    /// `Prepare` from that slot), and the slots their pages so far left unreported (an
+    /// honest acceptor leaves at most `accept_lookahead_slots_max` in its whole promise).
+    /// Counted in `promised` once their last page came.
+    pages: BTreeMap<usize, (Slot, u64)>,
     /// Tick of the last (re)transmission of the Prepare.
     sent_tick: u64,
     /// Started by the `TimeoutNow` of the leader of this ballot: the Prepares ask the
@@ -312,6 +314,11 @@ pub struct Replica {
     now: u64,
     /// The tick this replica last heard from the leader it follows.
     leader_heard_tick: u64,
+    /// The tick at which this replica last saw the phase 1 of the ballot it promised progress
+    /// (a page asked for, as an acceptor; a page received, as the candidate). While it is
+    /// recent, pre-votes for others are denied: a long paged phase 1 must not be preempted
+    /// by a replica that already promised and whose timer ran out.
+    phase_one_heard_tick: Option<u64>,
     /// Ticks since the election timer was reset.
     election_elapsed: u32,
     /// The current randomized election timeout.
@@ -679,6 +686,7 @@ impl Replica {
             leader_chosen: hard.chosen,
             now: 0,
             leader_heard_tick: 0,
+            phase_one_heard_tick: None,
             election_elapsed: 0,
             election_timeout: 0,
             pre_votes: VoteSet::EMPTY,
@@ -1017,6 +1025,7 @@ impl Replica {
         if let Body::Promise {
             first_slot,
             accepted,
+            next_slot,
             ..
         } = &message.body
         {
@@ -1026,9 +1035,13 @@ impl Replica {
             // below its highest report (a former leader's own log has none). More would let
             // one faulty peer make the candidate allocate a no-op for each.
             let reported = accepted.len() as u64;
-            let span = accepted
-                .last()
-                .map_or(0, |last| last.slot + 1 - first_slot.max(&1));
+            // Up to the next page for a paged promise: the slots before it are this page's.
+            let end = match (next_slot, accepted.last()) {
+                (Some(next_slot), _) => *next_slot,
+                (None, Some(last)) => last.slot + 1,
+                (None, None) => *first_slot.max(&1),
+            };
+            let span = end - first_slot.max(&1);
             if span - reported > self.config.accept_lookahead_slots_max {
                 return Err(malformed(
                     "more unreported slots than accept_lookahead_slots_max allows",
@@ -1488,6 +1501,8 @@ impl Replica {
             self.hard.promised = ballot;
             self.hard_dirty = true;
             self.hard_needs_sync = true;
+            // What was heard of an earlier ballot's phase 1 says nothing of this one.
+            self.phase_one_heard_tick = None;
         }
     }
 
