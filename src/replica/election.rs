@@ -87,9 +87,9 @@ impl Replica {
     /// than `candidate`, progressed within `election_ticks` (see `phase_one_heard_tick`).
     fn in_phase_one_of_another(&self, candidate: NodeId) -> bool {
         self.hard.promised.node != candidate
-            && self.phase_one_heard_tick.is_some_and(|heard| {
-                self.now - heard < u64::from(self.config.election_ticks)
-            })
+            && self
+                .phase_one_heard_tick
+                .is_some_and(|heard| self.now - heard < u64::from(self.config.election_ticks))
     }
 
     pub(super) fn on_pre_vote(&mut self, from: NodeId, ballot: Ballot, chosen: Slot) {
@@ -287,8 +287,8 @@ impl Replica {
             (None, Some(last)) => last.slot + 1,
             (None, None) => first_slot,
         };
-        let unreported =
-            unreported_before + (end.saturating_sub(first_slot)).saturating_sub(accepted.len() as u64);
+        let unreported = unreported_before
+            + (end.saturating_sub(first_slot)).saturating_sub(accepted.len() as u64);
         if unreported > self.config.accept_lookahead_slots_max {
             candidacy.pages.remove(&index);
             self.dropped_messages += 1;
