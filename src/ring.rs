@@ -353,7 +353,7 @@ impl Ring {
             ring: self,
             start,
             walked: 0,
-            seen: Vec::new(),
+            seen: std::collections::BTreeSet::new(),
         }
     }
 
@@ -520,7 +520,8 @@ pub struct Successors<'a> {
     ring: &'a Ring,
     start: usize,
     walked: usize,
-    seen: Vec<GroupId>,
+    /// The groups returned so far (a set: walking every group stays O(points log groups)).
+    seen: std::collections::BTreeSet<GroupId>,
 }
 
 impl Iterator for Successors<'_> {
@@ -531,8 +532,7 @@ impl Iterator for Successors<'_> {
         while self.walked < points.len() && self.seen.len() < self.ring.groups.len() {
             let group = points[(self.start + self.walked) % points.len()].group;
             self.walked += 1;
-            if !self.seen.contains(&group) {
-                self.seen.push(group);
+            if self.seen.insert(group) {
                 return Some(group);
             }
         }
