@@ -14,10 +14,9 @@ pub const RELEASED_MAX: usize = 1024;
 /// **The local lease.** The client counts its own ticks. A lease renewed by a command sent at
 /// local tick `t` is trusted until `t + lease - margin`: the service starts the lease when it
 /// applies the command, which is after `t`, so the client's view ends first as long as its
-/// ticks run no slower than the leader's by more than the margin. Each keep-alive carries
-/// the tick it was sent at (`tag`), so an answer is credited with its own send, in whatever
-/// order the answers arrive; an open's answer with the oldest open sent since the last
-/// answer to one. Past that point
+/// ticks run no slower than the leader's by more than the margin. Each keep-alive and open
+/// carries the tick it was sent at (`tag`), so an answer is credited with its own send, in
+/// whatever order the answers arrive. Past that point
 /// [`is_live`](LockClient::is_live) is false and [`token`](LockClient::token) returns
 /// nothing: stop using what the locks guard, and open a new session. (The fencing token is
 /// what protects a resource from a client whose clock lies; the local lease only makes such

@@ -3,7 +3,7 @@
 
 use super::{Replica, Role, StepDownReason};
 use crate::message::Body;
-use crate::types::{Ballot, Entries, Entry, NodeId, Slot};
+use crate::types::{Ballot, Entries, NodeId, Slot};
 
 impl Replica {
     /// Phase 1b. *Paxos Made Simple* §2.2, P1a: an acceptor may promise `ballot` iff it has not
@@ -71,19 +71,7 @@ impl Replica {
         }
         // One page of at most `fetch_bytes_max` payload bytes (and at least one entry): a
         // backlog larger than a message is sent in pages the candidate asks for in turn.
-        let bytes_max = self.config.fetch_bytes_max;
-        let mut bytes = 0;
-        let mut accepted: Vec<Entry> = Vec::new();
-        let mut next_slot = None;
-        for entry in self.log.range(first_slot, self.log.last()) {
-            let size = entry.value.size_bytes();
-            if !accepted.is_empty() && bytes + size > bytes_max {
-                next_slot = Some(entry.slot);
-                break;
-            }
-            bytes += size;
-            accepted.push(entry.clone());
-        }
+        let (accepted, next_slot) = self.page_of_entries(first_slot, self.log.last());
         let chosen = self.hard.chosen;
         self.send_after_persist(
             from,

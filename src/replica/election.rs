@@ -282,13 +282,8 @@ impl Replica {
         // The slots this page leaves unreported, up to the next page: over a whole promise an
         // honest acceptor leaves at most `accept_lookahead_slots_max` (validation bounds one
         // message). A promise past it is dropped: this acceptor is not counted.
-        let end = match (next_slot, accepted.last()) {
-            (Some(next_slot), _) => next_slot,
-            (None, Some(last)) => last.slot + 1,
-            (None, None) => first_slot,
-        };
-        let unreported = unreported_before
-            + (end.saturating_sub(first_slot)).saturating_sub(accepted.len() as u64);
+        let unreported =
+            unreported_before + super::promise_page_unreported(first_slot, &accepted, next_slot);
         if unreported > self.config.accept_lookahead_slots_max {
             candidacy.pages.remove(&index);
             self.dropped_messages += 1;

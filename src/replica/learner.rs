@@ -94,6 +94,23 @@ impl Replica {
         }
     }
 
+    /// The entries of the log in `first..=last`, up to `fetch_bytes_max` payload bytes (at
+    /// least one entry), and the slot of the first entry left out, if any: one FetchReply,
+    /// or one page of a Promise.
+    pub(super) fn page_of_entries(&self, first: Slot, last: Slot) -> (Vec<Entry>, Option<Slot>) {
+        let mut bytes = 0;
+        let mut entries = Vec::new();
+        for entry in self.log.range(first, last) {
+            let size = entry.value.size_bytes();
+            if !entries.is_empty() && bytes + size > self.config.fetch_bytes_max {
+                return (entries, Some(entry.slot));
+            }
+            bytes += size;
+            entries.push(entry.clone());
+        }
+        (entries, None)
+    }
+
     /// Serves chosen entries from `first_slot` on, up to `fetch_bytes_max`. Any replica serves
     /// what it knows chosen.
     pub(super) fn on_fetch(&mut self, from: NodeId, first_slot: Slot) {
@@ -114,16 +131,7 @@ impl Replica {
             }
             return;
         }
-        let mut bytes = 0;
-        let mut entries = Vec::new();
-        for entry in self.log.range(first_slot, self.hard.chosen) {
-            if !entries.is_empty() && bytes + entry.value.size_bytes() > self.config.fetch_bytes_max
-            {
-                break;
-            }
-            bytes += entry.value.size_bytes();
-            entries.push(entry.clone());
-        }
+        let (entries, _) = self.page_of_entries(first_slot, self.hard.chosen);
         let (ballot, chosen) = (self.hard.promised, self.hard.chosen);
         self.send(
             from,

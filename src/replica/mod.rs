@@ -1034,15 +1034,9 @@ impl Replica {
             // `accept_lookahead_slots_max`, so it leaves at most that many unreported slots
             // below its highest report (a former leader's own log has none). More would let
             // one faulty peer make the candidate allocate a no-op for each.
-            let reported = accepted.len() as u64;
-            // Up to the next page for a paged promise: the slots before it are this page's.
-            let end = match (next_slot, accepted.last()) {
-                (Some(next_slot), _) => *next_slot,
-                (None, Some(last)) => last.slot + 1,
-                (None, None) => *first_slot.max(&1),
-            };
-            let span = end - first_slot.max(&1);
-            if span - reported > self.config.accept_lookahead_slots_max {
+            if promise_page_unreported(*first_slot, accepted, *next_slot)
+                > self.config.accept_lookahead_slots_max
+            {
                 return Err(malformed(
                     "more unreported slots than accept_lookahead_slots_max allows",
                 ));
@@ -1645,6 +1639,19 @@ fn highest_slot_or_round(body: &Body) -> u64 {
         Body::Snapshot { slot, .. } => *slot,
         Body::SnapshotAck { slot, .. } => *slot,
     }
+}
+
+/// The slots a Promise page from `first_slot` leaves unreported: those up to its next page
+/// (`next_slot`), or up to its last entry, that it holds no entry for.
+fn promise_page_unreported(first_slot: Slot, accepted: &[Entry], next_slot: Option<Slot>) -> u64 {
+    let first_slot = first_slot.max(1);
+    let end = match (next_slot, accepted.last()) {
+        (Some(next_slot), _) => next_slot,
+        (None, Some(last)) => last.slot + 1,
+        (None, None) => first_slot,
+    };
+    end.saturating_sub(first_slot)
+        .saturating_sub(accepted.len() as u64)
 }
 
 #[cfg(test)]
