@@ -40,107 +40,23 @@
 //! test's profile and features, as `tests/kv_processes.rs` does, and use free ports below the
 //! ephemeral range and temporary directories, removed with their processes.
 
+mod examples_support;
+
+use examples_support::{build_example, free_port_blocks, free_ports, text, Nodes, Reply};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 use synod::ring::{GroupId, Ring, RingConfig, RingError, RingSpec};
 
 // =======================================================================================
-// Helpers (copied from tests/examples_support and adapted: a strict reply parser, raw
-// writes, and processes with their own arguments).
+// Helpers (building the examples, free ports and processes from tests/examples_support; here
+// a strict reply parser, raw writes, and processes with their own arguments).
 
 /// Waits below end as soon as their condition holds; this bounds them on a busy machine.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Builds example `name` for the running test's profile and features and returns its
-/// executable (see `tests/examples_support/mod.rs`, which this copies).
-fn build_example(name: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_string());
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let test_exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("a target directory");
-    let features = if cfg!(feature = "tls") {
-        "net,tls"
-    } else {
-        "net"
-    };
-    let mut command = Command::new(&cargo);
-    command
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(&manifest)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .args(["--example", name, "--features", features])
-        .arg("--message-format=json-render-diagnostics");
-    match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            command.arg("--release");
-        }
-        Some(other) => {
-            command.args(["--profile", other]);
-        }
-        None => panic!("unexpected test path {}", test_exe.display()),
-    }
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "OUT_DIR",
-            ]
-            .contains(&name.as_ref())
-        {
-            command.env_remove(name.as_ref());
-        }
-    }
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|error| panic!("running {cargo}: {error}"));
-    assert!(
-        output.status.success(),
-        "building the {name} example failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .filter(|line| line.contains(r#""reason":"compiler-artifact""#))
-        .filter(|line| {
-            line.contains(r#""kind":["example"]"#) && line.contains(&format!(r#""name":"{name}""#))
-        })
-        .find_map(json_executable)
-        .unwrap_or_else(|| panic!("cargo named no {name} executable:\n{stdout}"))
-}
-
-fn json_executable(line: &str) -> Option<PathBuf> {
-    let start = line.find(r#""executable":""#)? + r#""executable":""#.len();
-    let mut path = String::new();
-    let mut characters = line[start..].chars();
-    while let Some(character) = characters.next() {
-        match character {
-            '"' => return Some(PathBuf::from(path)),
-            '\\' => path.push(characters.next()?),
-            other => path.push(other),
-        }
-    }
-    None
-}
 
 fn kv_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
@@ -150,69 +66,6 @@ fn kv_binary() -> &'static Path {
 fn bank_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| build_example("bank"))
-}
-
-/// The first ports of `count` blocks of `width` consecutive loopback ports that were free a
-/// moment ago, below the kernel's ephemeral range (copied from `examples_support`: a port from
-/// that range can be taken by an outgoing connection while a killed node is down).
-fn free_port_blocks(count: usize, width: u16) -> Vec<u16> {
-    const LOW: u16 = 10_000;
-    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32_768);
-    let high = ephemeral_low.max(LOW + 1_000);
-    let span = high - LOW - width;
-    let mut held = Vec::new();
-    let mut bases = Vec::new();
-    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    let mix = std::process::id()
-        .wrapping_mul(2_654_435_761)
-        .wrapping_add(calls.wrapping_mul(7_919))
-        .wrapping_add(nanos);
-    let mut offset = (mix % u32::from(span)) as u16;
-    for _ in 0..2000 {
-        if bases.len() == count {
-            return bases;
-        }
-        offset = ((u32::from(offset) + 97) % u32::from(span)) as u16;
-        let candidate = LOW + offset;
-        let mut given = GIVEN
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if (candidate..candidate + width).any(|port| given.contains(&port)) {
-            continue;
-        }
-        let listeners: Vec<TcpListener> = (0..width)
-            .map_while(|step| TcpListener::bind(("127.0.0.1", candidate + step)).ok())
-            .collect();
-        if listeners.len() == usize::from(width) {
-            bases.push(candidate);
-            given.extend(candidate..candidate + width);
-            held.extend(listeners);
-        }
-    }
-    panic!("no {count} blocks of {width} consecutive free ports below {high}");
-}
-
-fn free_ports(count: usize) -> Vec<u16> {
-    free_port_blocks(count, 1)
-}
-
-/// One RESP2 reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
 }
 
 impl Reply {
@@ -364,14 +217,6 @@ fn frame(args: &[&[u8]]) -> Vec<u8> {
     request
 }
 
-fn text(reply: &Reply) -> String {
-    match reply {
-        Reply::Bulk(Some(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-        Reply::Simple(text) => text.clone(),
-        other => panic!("expected text, got {other:?}"),
-    }
-}
-
 /// `field:value` lines of a bulk reply (INFO), as pairs.
 fn field(reply: &Reply, name: &str) -> Option<String> {
     text(reply)
@@ -379,95 +224,34 @@ fn field(reply: &Reply, name: &str) -> Option<String> {
         .find_map(|line| line.strip_prefix(&format!("{name}:")).map(str::to_owned))
 }
 
-/// Server processes with their own arguments, data directories and logs in one temporary
-/// directory. Dropping it kills them (and prints their logs if the test is failing).
+/// Server processes with their own arguments (`examples_support::Nodes`: data directories
+/// and logs in one temporary directory; dropping it kills them and prints their logs if the
+/// test is failing).
 struct Procs {
-    binary: PathBuf,
-    root: tempfile::TempDir,
+    nodes: Nodes,
     args: Vec<Vec<String>>,
-    children: Vec<Option<Child>>,
-    starts: Vec<u32>,
 }
 
 impl Procs {
     fn new(binary: &Path, args: Vec<Vec<String>>) -> Procs {
-        let count = args.len();
         Procs {
-            binary: binary.to_path_buf(),
-            root: tempfile::TempDir::new().expect("a temporary directory"),
+            nodes: Nodes::with_binary(binary.to_path_buf(), args.len()),
             args,
-            children: (0..count).map(|_| None).collect(),
-            starts: vec![0; count],
         }
     }
 
     fn start(&mut self, index: usize) {
-        assert!(self.children[index].is_none(), "node {} runs", index + 1);
-        self.starts[index] += 1;
-        let log = self
-            .root
-            .path()
-            .join(format!("node-{}.{}.log", index + 1, self.starts[index]));
-        let log = std::fs::File::create(log).expect("a log file");
-        let child = Command::new(&self.binary)
-            .args(&self.args[index])
-            .arg("--data")
-            .arg(self.root.path().join(format!("node-{}", index + 1)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("a log file"))
-            .stderr(log)
-            .spawn()
-            .expect("starting the server");
-        self.children[index] = Some(child);
+        self.nodes.start(index, &self.args[index]);
     }
 
     /// `SIGKILL`s node `index` and reaps it.
     fn kill(&mut self, index: usize) {
-        if let Some(mut child) = self.children[index].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.nodes.kill(index);
     }
 
     /// Panics if a node exited by itself (failed to start, or crashed: a panic aborts).
     fn check_running(&mut self) {
-        for (index, child) in self.children.iter_mut().enumerate() {
-            if let Some(child) = child {
-                if let Some(status) = child.try_wait().expect("waiting on a child") {
-                    panic!("node {} exited: {status}", index + 1);
-                }
-            }
-        }
-    }
-
-    fn print_logs(&self) {
-        let Ok(listing) = std::fs::read_dir(self.root.path()) else {
-            return;
-        };
-        let mut logs: Vec<PathBuf> = listing
-            .filter_map(|item| item.ok().map(|item| item.path()))
-            .filter(|path| path.extension().is_some_and(|extension| extension == "log"))
-            .collect();
-        logs.sort();
-        for log in logs {
-            let content = std::fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = content.lines().collect();
-            eprintln!("--- {} (last 30 lines)", log.display());
-            for line in &lines[lines.len().saturating_sub(30)..] {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for index in 0..self.children.len() {
-            self.kill(index);
-        }
-        if thread::panicking() {
-            self.print_logs();
-        }
+        self.nodes.check_running();
     }
 }
 
@@ -553,7 +337,7 @@ impl Kv {
         loop {
             self.procs.check_running();
             let leaders: Vec<usize> = (0..self.ports.len())
-                .filter(|&index| self.procs.children[index].is_some())
+                .filter(|&index| self.procs.nodes.started(index))
                 .filter(|&index| {
                     self.info(index).is_ok_and(|reply| {
                         matches!(reply, Reply::Bulk(Some(_)))

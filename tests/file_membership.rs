@@ -2,16 +2,20 @@
 //! and the membership of a saved snapshot, across reopen, compaction, damage and old formats,
 //! with `MemStorage` as the model.
 
+mod file_log;
+
+use file_log::{
+    entry, hard_state, model, only_segment, open, open_bytes, options, segment_files, written_log,
+};
 use proptest::prelude::*;
 use std::fs;
-use std::path::{Path, PathBuf};
 use synod::storage::file::{
     MEMBERSHIPS_MAX, SEGMENT_HEADER_BYTES, SNAPSHOT_FILE_NAME, SNAPSHOT_HEADER_BYTES,
 };
-use synod::storage::{FileStorage, FileStorageOptions};
+use synod::storage::FileStorageOptions;
 use synod::{
-    Ballot, Entry, HardState, MemStorage, Membership, MembershipAt, NodeId, ProposalId, Recovered,
-    Snapshot, Storage, StorageError, Value, WriteBatch,
+    Ballot, Entry, HardState, MemStorage, Membership, MembershipAt, NodeId, Recovered, Snapshot,
+    Storage, StorageError, Value, WriteBatch,
 };
 use tempfile::TempDir;
 
@@ -22,19 +26,11 @@ const RECORD_HEADER_BYTES: usize = 9;
 /// The record kind of a membership list.
 const KIND_MEMBERSHIPS: u8 = 6;
 
-fn options() -> FileStorageOptions {
-    FileStorageOptions::default()
-}
-
 fn small_segments() -> FileStorageOptions {
     FileStorageOptions {
         segment_bytes_max: 200,
         ..FileStorageOptions::default()
     }
-}
-
-fn open(directory: &Path, options: FileStorageOptions) -> Result<FileStorage, StorageError> {
-    FileStorage::open(directory, CLUSTER, NODE, options)
 }
 
 fn membership(voters: &[u64], learners: &[u64]) -> Membership {
@@ -51,41 +47,11 @@ fn at(slot: u64, voters: &[u64], learners: &[u64]) -> MembershipAt {
     }
 }
 
-fn entry(slot: u64, round: u64, data_bytes: usize) -> Entry {
-    let value = if data_bytes == 0 {
-        Value::Noop
-    } else {
-        Value::Command {
-            id: ProposalId {
-                node: NodeId(round % 5),
-                incarnation: round,
-                sequence: slot,
-            },
-            data: (0..data_bytes)
-                .map(|index| (slot as usize * 31 + index) as u8)
-                .collect(),
-        }
-    };
-    Entry {
-        slot,
-        ballot: Ballot::new(round, NodeId(round % 3 + 1)),
-        value,
-    }
-}
-
 fn membership_entry(slot: u64, round: u64, voters: &[u64], learners: &[u64]) -> Entry {
     Entry {
         slot,
         ballot: Ballot::new(round, NodeId(1)),
         value: Value::Membership(Box::new(membership(voters, learners))),
-    }
-}
-
-fn hard_state(round: u64, chosen: u64) -> HardState {
-    HardState {
-        promised: Ballot::new(round, NodeId(1)),
-        chosen,
-        incarnation: round + 100,
     }
 }
 
@@ -136,54 +102,6 @@ fn sample_batches(must_sync: [bool; 6]) -> Vec<WriteBatch> {
         ),
         WriteBatch::new(None, vec![entry(6, 2, 9)], must_sync[5]),
     ]
-}
-
-/// What `MemStorage` recovers after `batches`.
-fn model(batches: &[WriteBatch]) -> Recovered {
-    let mut memory = MemStorage::new();
-    for batch in batches {
-        memory.write(&mut batch.clone()).unwrap();
-    }
-    memory.recover().unwrap()
-}
-
-fn segment_files(directory: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(directory)
-        .unwrap()
-        .map(|item| item.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
-fn only_segment(directory: &Path) -> PathBuf {
-    let segments = segment_files(directory);
-    assert_eq!(segments.len(), 1, "{segments:?}");
-    segments.into_iter().next().unwrap()
-}
-
-/// Writes `batches` into a fresh single-segment log; returns its bytes and the file length
-/// after each batch.
-fn written_log(batches: &[WriteBatch]) -> (Vec<u8>, Vec<u64>) {
-    let directory = TempDir::new().unwrap();
-    let mut storage = open(directory.path(), options()).unwrap();
-    let path = only_segment(directory.path());
-    let mut ends = Vec::new();
-    for batch in batches {
-        storage.write(&mut batch.clone()).unwrap();
-        ends.push(fs::metadata(&path).unwrap().len());
-    }
-    drop(storage);
-    (fs::read(&path).unwrap(), ends)
-}
-
-/// Opens a log made of `bytes` as the first segment of a fresh directory.
-fn open_bytes(bytes: &[u8]) -> (TempDir, Result<FileStorage, StorageError>) {
-    let directory = TempDir::new().unwrap();
-    fs::write(directory.path().join("00000000000000000001.seg"), bytes).unwrap();
-    let result = open(directory.path(), options());
-    (directory, result)
 }
 
 /// The checksum of a record: CRC32C continued from `seed` over its length field, then its
@@ -590,48 +508,10 @@ fn invalid_memberships_and_overlong_lists_are_refused_without_writing_anything()
     assert_eq!(storage.recover().unwrap(), model(&good[..1]));
 }
 
-/// Flips every byte of a log holding membership records. A flip in the segment header, or in
-/// a batch that a later synced batch vouches for (or a later batch written after its sync), is refused as `Corrupt`; any other flip is a
-/// torn tail that loses exactly the damaged batch and those after it. Never a panic, never
-/// wrong data.
+/// Flips every byte of a log holding membership records in turn (see
+/// `file_log::check_every_byte_flip`).
 fn check_every_byte_flip(must_sync: [bool; 6]) -> (usize, usize) {
-    let batches = sample_batches(must_sync);
-    let (bytes, ends) = written_log(&batches);
-    let (mut refused, mut truncated) = (0, 0);
-    for position in 0..bytes.len() {
-        let mut damaged = bytes.clone();
-        damaged[position] ^= 0x5A;
-        let (_directory, opened) = open_bytes(&damaged);
-        let batch = ends.iter().filter(|&&end| end <= position as u64).count();
-        // A later batch that asked for a sync makes this one durable before it; so does a
-        // later batch whose previous batch was synced by the writer (its commit says so).
-        let vouched = must_sync[batch + 1..].iter().any(|&synced| synced)
-            || (batch + 1 < ends.len() && must_sync[batch..ends.len() - 1].iter().any(|&s| s));
-        let in_header = (position as u64) < SEGMENT_HEADER_BYTES;
-        match opened {
-            Err(StorageError::Corrupt { reason, .. }) => {
-                assert!(
-                    in_header || vouched,
-                    "flip at {position} (batch {batch}) refused: {reason}"
-                );
-                refused += 1;
-            }
-            Err(error) => panic!("flip at {position}: unexpected {error}"),
-            Ok(mut storage) => {
-                assert!(
-                    !in_header && !vouched,
-                    "flip at {position} (batch {batch}) was not refused"
-                );
-                assert_eq!(
-                    storage.recover().unwrap(),
-                    model(&batches[..batch]),
-                    "flip at {position}"
-                );
-                truncated += 1;
-            }
-        }
-    }
-    (refused, truncated)
+    file_log::check_every_byte_flip(&sample_batches(must_sync), must_sync, false)
 }
 
 #[test]

@@ -1,61 +1,23 @@
 //! Crash and corruption tests of `FileStorage`, with `MemStorage` as the model.
 
+mod file_log;
+
+use file_log::{entry, hard_state, model, open, open_bytes, options, segment_files, written_log};
 use proptest::prelude::*;
 use std::fs;
 use std::path::{Path, PathBuf};
 use synod::storage::file::{LOCK_FILE_NAME, SEGMENT_HEADER_BYTES};
 use synod::storage::{FileStorage, FileStorageOptions};
-use synod::{
-    Ballot, Entry, HardState, MemStorage, NodeId, ProposalId, Recovered, Storage, StorageError,
-    Value, WriteBatch,
-};
+use synod::{Entry, MemStorage, NodeId, Recovered, Storage, StorageError, WriteBatch};
 use tempfile::TempDir;
 
 const CLUSTER: u64 = 0xC1;
 const NODE: NodeId = NodeId(3);
 
-fn options() -> FileStorageOptions {
-    FileStorageOptions::default()
-}
-
 fn small_segments() -> FileStorageOptions {
     FileStorageOptions {
         segment_bytes_max: 200,
         ..FileStorageOptions::default()
-    }
-}
-
-fn open(directory: &Path, options: FileStorageOptions) -> Result<FileStorage, StorageError> {
-    FileStorage::open(directory, CLUSTER, NODE, options)
-}
-
-fn entry(slot: u64, round: u64, data_bytes: usize) -> Entry {
-    let value = if data_bytes == 0 {
-        Value::Noop
-    } else {
-        Value::Command {
-            id: ProposalId {
-                node: NodeId(round % 5),
-                incarnation: round,
-                sequence: slot,
-            },
-            data: (0..data_bytes)
-                .map(|index| (slot as usize * 31 + index) as u8)
-                .collect(),
-        }
-    };
-    Entry {
-        slot,
-        ballot: Ballot::new(round, NodeId(round % 3 + 1)),
-        value,
-    }
-}
-
-fn hard_state(round: u64, chosen: u64) -> HardState {
-    HardState {
-        promised: Ballot::new(round, NodeId(1)),
-        chosen,
-        incarnation: round + 100,
     }
 }
 
@@ -82,54 +44,6 @@ fn sample_batches(must_sync: [bool; 6]) -> Vec<WriteBatch> {
         ),
         WriteBatch::new(Some(hard_state(4, 4)), vec![entry(6, 4, 9)], must_sync[5]),
     ]
-}
-
-/// What `MemStorage` recovers after `batches`.
-fn model(batches: &[WriteBatch]) -> Recovered {
-    let mut memory = MemStorage::new();
-    for batch in batches {
-        memory.write(&mut batch.clone()).unwrap();
-    }
-    memory.recover().unwrap()
-}
-
-fn only_segment(directory: &Path) -> PathBuf {
-    let segments = segment_files(directory);
-    assert_eq!(segments.len(), 1, "{segments:?}");
-    segments.into_iter().next().unwrap()
-}
-
-fn segment_files(directory: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(directory)
-        .unwrap()
-        .map(|item| item.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
-/// Writes `batches` into a fresh single-segment log; returns its bytes and the file length
-/// after each batch.
-fn written_log(batches: &[WriteBatch]) -> (Vec<u8>, Vec<u64>) {
-    let directory = TempDir::new().unwrap();
-    let mut storage = open(directory.path(), options()).unwrap();
-    let path = only_segment(directory.path());
-    let mut ends = Vec::new();
-    for batch in batches {
-        storage.write(&mut batch.clone()).unwrap();
-        ends.push(fs::metadata(&path).unwrap().len());
-    }
-    drop(storage);
-    (fs::read(&path).unwrap(), ends)
-}
-
-/// Opens a log made of `bytes` as the first segment of a fresh directory.
-fn open_bytes(bytes: &[u8]) -> (TempDir, Result<FileStorage, StorageError>) {
-    let directory = TempDir::new().unwrap();
-    fs::write(directory.path().join("00000000000000000001.seg"), bytes).unwrap();
-    let result = open(directory.path(), options());
-    (directory, result)
 }
 
 #[test]
@@ -210,60 +124,10 @@ fn every_truncation_recovers_exactly_the_wholly_written_batches() {
     }
 }
 
-/// Flips every byte of the log in turn. A flip in the segment header, or in a batch that a
-/// later synced batch vouches for (or a later batch written after its sync), must be refused as `Corrupt`; any other flip is a torn
-/// tail that loses exactly the damaged batch and those after it. Never wrong data.
+/// Flips every byte of the sample log in turn (see `file_log::check_every_byte_flip`), and
+/// checks that a refusal reports an offset in the damaged batch.
 fn check_every_byte_flip(must_sync: [bool; 6]) -> (usize, usize) {
-    let batches = sample_batches(must_sync);
-    let (bytes, ends) = written_log(&batches);
-    let (mut refused, mut truncated) = (0, 0);
-    for position in 0..bytes.len() {
-        let mut damaged = bytes.clone();
-        damaged[position] ^= 0x5A;
-        let (_directory, opened) = open_bytes(&damaged);
-        let batch = ends.iter().filter(|&&end| end <= position as u64).count();
-        // A later batch that asked for a sync makes this one durable before it; so does a
-        // later batch whose previous batch was synced by the writer (its commit says so).
-        let vouched = must_sync[batch + 1..].iter().any(|&synced| synced)
-            || (batch + 1 < ends.len() && must_sync[batch..ends.len() - 1].iter().any(|&s| s));
-        let in_header = (position as u64) < SEGMENT_HEADER_BYTES;
-        match opened {
-            Err(StorageError::Corrupt { offset, reason, .. }) => {
-                assert!(
-                    in_header || vouched,
-                    "flip at {position} (batch {batch}) refused: {reason}"
-                );
-                let batch_start = if batch == 0 {
-                    SEGMENT_HEADER_BYTES
-                } else {
-                    ends[batch - 1]
-                };
-                if in_header {
-                    assert_eq!(offset, 0);
-                } else {
-                    assert!(
-                        batch_start <= offset && offset <= position as u64,
-                        "flip at {position}: reported offset {offset}"
-                    );
-                }
-                refused += 1;
-            }
-            Err(error) => panic!("flip at {position}: unexpected {error}"),
-            Ok(mut storage) => {
-                assert!(
-                    !in_header && !vouched,
-                    "flip at {position} (batch {batch}) was not refused"
-                );
-                assert_eq!(
-                    storage.recover().unwrap(),
-                    model(&batches[..batch]),
-                    "flip at {position}"
-                );
-                truncated += 1;
-            }
-        }
-    }
-    (refused, truncated)
+    file_log::check_every_byte_flip(&sample_batches(must_sync), must_sync, true)
 }
 
 #[test]

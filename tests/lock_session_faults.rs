@@ -8,7 +8,10 @@
 //! `TIME_MAX` (session 14); a duplicated acquire is applied once through `Command::Once`; a
 //! grant event after a withdraw that released that grant is stale (session 15).
 
+mod lock_log;
+
 use bytes::Bytes;
+use lock_log::Log;
 use synod::kv::{self, KvLimits, KvStateMachine, Operation, Output, Response};
 use synod::lock::{
     Command, FencingToken, LeaseClock, LockClient, LockEvent, LockLimits, LockService, Mode,
@@ -17,41 +20,6 @@ use synod::lock::{
 use synod::session::{
     ClientId, Outcome as SessionOutcome, RequestHeader, SessionLimits, SessionTable,
 };
-
-/// A lock service and its log's next slot.
-struct Log {
-    service: LockService,
-    slot: u64,
-}
-
-impl Log {
-    fn new(limits: LockLimits) -> Log {
-        Log {
-            service: LockService::new(limits).unwrap(),
-            slot: 0,
-        }
-    }
-
-    fn apply(&mut self, command: &Command) -> Outcome {
-        self.slot += 1;
-        let outcome = self.service.apply(self.slot, &command.encode());
-        self.service
-            .check_invariants()
-            .expect("invariants hold after every entry");
-        outcome
-    }
-
-    /// Applies and lets `clients` see the events (grants, expiries) at once.
-    fn apply_and_tell(&mut self, command: &Command, clients: &mut [&mut LockClient]) -> Outcome {
-        let outcome = self.apply(command);
-        for event in self.service.take_events() {
-            for client in clients.iter_mut() {
-                client.on_event(&event);
-            }
-        }
-        outcome
-    }
-}
 
 fn acquire(session: SessionId, name: &str, mode: Mode, wait: Wait) -> Command {
     Command::Acquire {
@@ -122,16 +90,10 @@ fn lease_world(lose_time_entries: bool) -> Option<(u64, u64)> {
     let grace = clock.tick(true, log.service.now()).unwrap();
     log.apply(&grace);
     for client in [&mut a, &mut b] {
-        let open = client.open();
-        let outcome = log.apply(&open);
-        client.on_outcome(&open, &outcome);
+        log.open(client);
     }
-    let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.acquire_exclusive(&mut a, "x");
+    let (_, outcome) = log.acquire_exclusive(&mut b, "x");
     assert!(a.token("x").is_some());
     assert_eq!(outcome, Outcome::Queued { position: 0 });
 
@@ -153,8 +115,7 @@ fn lease_world(lose_time_entries: bool) -> Option<(u64, u64)> {
         // later keep-alives are lost (and it hears no events).
         if let Some(keep_alive) = a.tick() {
             if tick <= 80 {
-                let outcome = log.apply(&keep_alive);
-                a.on_outcome(&keep_alive, &outcome);
+                log.submit(&mut a, &keep_alive);
             }
         }
         if let Some(keep_alive) = b.tick() {
@@ -305,16 +266,10 @@ fn a_late_keep_alive_answer_extends_the_local_lease_past_the_service_lease() {
     let mut a = LockClient::new(1, 100).unwrap();
     let mut b = LockClient::new(2, 100).unwrap();
     for client in [&mut a, &mut b] {
-        let open = client.open();
-        let outcome = log.apply(&open);
-        client.on_outcome(&open, &outcome);
+        log.open(client);
     }
-    let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.acquire_exclusive(&mut a, "x");
+    log.acquire_exclusive(&mut b, "x");
 
     let mut late: Option<(Command, Outcome)> = None;
     let mut both = None;
@@ -325,8 +280,7 @@ fn a_late_keep_alive_answer_extends_the_local_lease_past_the_service_lease() {
             match tick {
                 33 => late = Some((keep_alive.clone(), log.apply(&keep_alive))),
                 66 => {
-                    let outcome = log.apply(&keep_alive);
-                    a.on_outcome(&keep_alive, &outcome);
+                    log.submit(&mut a, &keep_alive);
                 }
                 _ => {} // A is cut off from the cluster from here on.
             }
@@ -364,16 +318,10 @@ fn an_answer_arriving_out_of_order_is_credited_with_its_own_keep_alive() {
     let mut a = LockClient::new(1, 100).unwrap();
     let mut b = LockClient::new(2, 100).unwrap();
     for client in [&mut a, &mut b] {
-        let open = client.open();
-        let outcome = log.apply(&open);
-        client.on_outcome(&open, &outcome);
+        log.open(client);
     }
-    let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.acquire_exclusive(&mut a, "x");
+    log.acquire_exclusive(&mut b, "x");
 
     let mut slow: Option<(Command, Outcome)> = None;
     let mut both = None;
@@ -384,8 +332,7 @@ fn an_answer_arriving_out_of_order_is_credited_with_its_own_keep_alive() {
             match tick {
                 33 => slow = Some((keep_alive.clone(), log.apply(&keep_alive))),
                 66 => {
-                    let outcome = log.apply(&keep_alive);
-                    a.on_outcome(&keep_alive, &outcome);
+                    log.submit(&mut a, &keep_alive);
                 }
                 _ => {} // K3 and later are lost: A is cut off.
             }
@@ -428,9 +375,7 @@ fn a_late_grant_answer_of_an_expired_session_is_held_by_the_new_session() {
     let mut a = LockClient::new(1, 100).unwrap();
     let mut b = LockClient::new(2, 100).unwrap();
     for client in [&mut a, &mut b] {
-        let open = client.open();
-        let outcome = log.apply(&open);
-        client.on_outcome(&open, &outcome);
+        log.open(client);
     }
     // A's acquire is granted; the answer is delayed.
     let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
@@ -438,16 +383,13 @@ fn a_late_grant_answer_of_an_expired_session_is_held_by_the_new_session() {
     let Outcome::Granted { token: old_token } = granted else {
         panic!("{granted:?}")
     };
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.acquire_exclusive(&mut b, "x");
     // A is cut off: its keep-alives are lost, its session expires at 100, and after the
     // lock-delay B gets the lock.
     for tick in 1..=130u64 {
         a.tick();
         if let Some(keep_alive) = b.tick() {
-            let outcome = log.apply(&keep_alive);
-            b.on_outcome(&keep_alive, &outcome);
+            log.submit(&mut b, &keep_alive);
         }
         log.apply_and_tell(&Command::Time { now: tick }, &mut [&mut a, &mut b]);
     }
@@ -455,9 +397,7 @@ fn a_late_grant_answer_of_an_expired_session_is_held_by_the_new_session() {
     let b_token = b.token("x").expect("B holds x");
     assert!(b_token > old_token);
     // A opens a new session; then the old grant's answer finally arrives.
-    let open = a.open();
-    let outcome = log.apply(&open);
-    a.on_outcome(&open, &outcome);
+    log.open(&mut a);
     a.on_outcome(&acquire_a, &granted);
     assert_eq!(
         a.token("x"),
@@ -483,23 +423,16 @@ fn a_grant_event_after_a_withdraw_is_not_taken_as_held() {
     let mut b = LockClient::new(2, 100).unwrap();
     let mut c = LockClient::new(3, 100).unwrap();
     for client in [&mut a, &mut b, &mut c] {
-        let open = client.open();
-        let outcome = log.apply(&open);
-        client.on_outcome(&open, &outcome);
+        log.open(client);
     }
-    let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.acquire_exclusive(&mut a, "x");
+    let (_, outcome) = log.acquire_exclusive(&mut b, "x");
     assert_eq!(outcome, Outcome::Queued { position: 0 });
     // B gives up waiting; A releases first in the log, which grants B.
     let withdraw = b.release("x").unwrap();
     assert!(matches!(withdraw, Command::Release { token: None, .. }));
     let release_a = a.release("x").unwrap();
-    let outcome = log.apply(&release_a);
-    a.on_outcome(&release_a, &outcome);
+    log.submit(&mut a, &release_a);
     let events = log.service.take_events();
     assert!(matches!(&events[..], [LockEvent::Granted { .. }]));
     // The withdraw releases that grant; B hears the answer first.
@@ -508,8 +441,7 @@ fn a_grant_event_after_a_withdraw_is_not_taken_as_held() {
     b.on_outcome(&withdraw, &outcome);
     // C takes the free lock.
     let acquire_c = c.acquire("x", Mode::Exclusive, Wait::Try).unwrap();
-    let outcome = log.apply(&acquire_c);
-    c.on_outcome(&acquire_c, &outcome);
+    log.submit(&mut c, &acquire_c);
     let c_token = c.token("x").expect("C holds x");
     // B's grant event arrives late.
     b.on_event(&events[0]);

@@ -5,7 +5,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::Net;
+use common::{n3_behind_the_compaction_point_with, Net};
 use synod::message::{Body, Message};
 use synod::replica::Event;
 use synod::{
@@ -37,20 +37,6 @@ fn snapshot_message(from: u64, to: u64, slot: u64, data: &[u8]) -> Message {
 /// n3 misses slots 1..=3 while n1 and n2 choose, apply, snapshot and compact them.
 fn n3_behind_the_compaction_point() -> Net {
     n3_behind_the_compaction_point_with(|_| {})
-}
-
-fn n3_behind_the_compaction_point_with(tweak: impl Fn(&mut synod::Config)) -> Net {
-    let mut net = Net::with(3, tweak);
-    net.isolate(3);
-    net.elect(1);
-    for data in ["a", "b", "c"] {
-        net.propose(1, data);
-    }
-    net.stabilize();
-    for id in [1, 2] {
-        assert_eq!(net.snapshot_and_compact(id), 3);
-    }
-    net
 }
 
 #[test]

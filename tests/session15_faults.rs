@@ -36,6 +36,13 @@
 //! ignores answers opening a session below the newest it has had, and evicts releases in
 //! release order.
 
+mod file_log;
+mod lock_log;
+
+use file_log::{
+    command, hard_state, model, open, open_bytes_in, options, segment_files, written_log,
+};
+use lock_log::Log;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -46,10 +53,7 @@ use synod::lock::{
 };
 use synod::session::{ClientId, RequestHeader, SessionLimits};
 use synod::storage::{FileStorage, FileStorageOptions};
-use synod::{
-    Ballot, Entry, HardState, MemStorage, NodeId, ProposalId, Recovered, Storage, StorageError,
-    Value, WriteBatch,
-};
+use synod::{Entry, NodeId, Recovered, Storage, StorageError, WriteBatch};
 use tempfile::TempDir;
 
 // =============================================================================================
@@ -63,29 +67,6 @@ const HEADER_BYTES: usize = 59;
 /// Where the salt sits in a segment file: the last field of the header body.
 const SALT_OFFSET: usize = HEADER_BYTES - 8;
 
-fn options() -> FileStorageOptions {
-    FileStorageOptions::default()
-}
-
-fn open(directory: &Path, options: FileStorageOptions) -> Result<FileStorage, StorageError> {
-    FileStorage::open(directory, CLUSTER, NODE, options)
-}
-
-fn command(slot: u64, round: u64, data: Vec<u8>) -> Entry {
-    Entry {
-        slot,
-        ballot: Ballot::new(round, NodeId(1)),
-        value: Value::Command {
-            id: ProposalId {
-                node: NodeId(1),
-                incarnation: round,
-                sequence: slot,
-            },
-            data: data.into(),
-        },
-    }
-}
-
 fn entry(slot: u64, round: u64, data_bytes: usize) -> Entry {
     command(
         slot,
@@ -94,49 +75,6 @@ fn entry(slot: u64, round: u64, data_bytes: usize) -> Entry {
             .map(|index| (slot as usize * 7 + index * 13 + round as usize) as u8)
             .collect(),
     )
-}
-
-fn hard_state(round: u64, chosen: u64) -> HardState {
-    HardState {
-        promised: Ballot::new(round, NodeId(1)),
-        chosen,
-        incarnation: round + 100,
-    }
-}
-
-fn segment_files(directory: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(directory)
-        .unwrap()
-        .map(|item| item.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
-/// What `MemStorage` (the model) recovers after `batches`.
-fn model(batches: &[WriteBatch]) -> Recovered {
-    let mut memory = MemStorage::new();
-    for batch in batches {
-        memory.write(&mut batch.clone()).unwrap();
-    }
-    memory.recover().unwrap()
-}
-
-/// Writes `batches` into a fresh single-segment log; returns its bytes and the file length
-/// after each batch.
-fn written_log(batches: &[WriteBatch]) -> (Vec<u8>, Vec<u64>) {
-    let directory = TempDir::new().unwrap();
-    let mut storage = open(directory.path(), options()).unwrap();
-    let path = segment_files(directory.path()).remove(0);
-    let mut ends = Vec::new();
-    for batch in batches {
-        storage.write(&mut batch.clone()).unwrap();
-        ends.push(fs::metadata(&path).unwrap().len());
-    }
-    drop(storage);
-    assert_eq!(segment_files(directory.path()).len(), 1);
-    (fs::read(&path).unwrap(), ends)
 }
 
 /// A fresh directory, in memory where the machine has `/dev/shm` (the crash-image loops open
@@ -151,12 +89,9 @@ fn scratch_directory() -> TempDir {
     TempDir::new().unwrap()
 }
 
-/// Opens a log made of `bytes` as the only segment of a fresh directory.
+/// Opens a log made of `bytes` as the only segment of a fresh scratch directory.
 fn open_bytes(bytes: &[u8]) -> (TempDir, Result<FileStorage, StorageError>) {
-    let directory = scratch_directory();
-    fs::write(directory.path().join("00000000000000000001.seg"), bytes).unwrap();
-    let result = open(directory.path(), options());
-    (directory, result)
+    open_bytes_in(scratch_directory(), bytes)
 }
 
 /// The checksum seed of a segment's records after its header: CRC32C of its salt.
@@ -619,41 +554,6 @@ fn a_segment_at_the_last_batch_number_does_not_panic_recovery() {
 // =============================================================================================
 // Helpers: lock service
 // =============================================================================================
-
-/// A lock service and its log's next slot.
-struct Log {
-    service: LockService,
-    slot: u64,
-}
-
-impl Log {
-    fn new(limits: LockLimits) -> Log {
-        Log {
-            service: LockService::new(limits).unwrap(),
-            slot: 0,
-        }
-    }
-
-    fn apply(&mut self, command: &Command) -> Outcome {
-        self.slot += 1;
-        let outcome = self.service.apply(self.slot, &command.encode());
-        self.service
-            .check_invariants()
-            .expect("invariants hold after every entry");
-        outcome
-    }
-
-    /// Applies and lets `clients` see the events (grants, expiries) at once.
-    fn apply_and_tell(&mut self, command: &Command, clients: &mut [&mut LockClient]) -> Outcome {
-        let outcome = self.apply(command);
-        for event in self.service.take_events() {
-            for client in clients.iter_mut() {
-                client.on_event(&event);
-            }
-        }
-        outcome
-    }
-}
 
 fn acquire(session: SessionId, name: &str, wait: Wait) -> Command {
     Command::Acquire {
@@ -1153,16 +1053,10 @@ fn keep_alive_answers_in_any_order_never_outlive_the_service_lease() {
         let mut a = LockClient::new(1, 60).unwrap();
         let mut b = LockClient::new(2, 60).unwrap();
         for client in [&mut a, &mut b] {
-            let open = client.open();
-            let outcome = log.apply(&open);
-            client.on_outcome(&open, &outcome);
+            log.open(client);
         }
-        let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-        let outcome = log.apply(&acquire_a);
-        a.on_outcome(&acquire_a, &outcome);
-        let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-        let outcome = log.apply(&acquire_b);
-        b.on_outcome(&acquire_b, &outcome);
+        log.acquire_exclusive(&mut a, "x");
+        log.acquire_exclusive(&mut b, "x");
         let session_a = a.session().unwrap();
         let cut_off_at = 30 + rng.below(200);
         // (delivery tick, command, outcome); and copies to apply later (apply tick, command).
@@ -1232,19 +1126,14 @@ fn a_client_becomes_live_again_and_a_new_session_can_acquire() {
         ..LockLimits::default()
     });
     let mut a = LockClient::new(1, 30).unwrap();
-    let open = a.open();
-    let outcome = log.apply(&open);
-    a.on_outcome(&open, &outcome);
-    let acquire_x = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_x);
-    a.on_outcome(&acquire_x, &outcome);
+    log.open(&mut a);
+    log.acquire_exclusive(&mut a, "x");
     let mut renewed_at = 0;
     for tick in 1..=60u64 {
         log.apply(&Command::Time { now: tick / 3 }); // log time slow: the lease holds
         if let Some(keep_alive) = a.tick() {
             if tick > 40 {
-                let outcome = log.apply(&keep_alive);
-                a.on_outcome(&keep_alive, &outcome);
+                log.submit(&mut a, &keep_alive);
                 renewed_at = tick;
                 break;
             }
@@ -1268,14 +1157,11 @@ fn a_client_becomes_live_again_and_a_new_session_can_acquire() {
     let expired = log.apply_and_tell(&Command::Time { now: 1_000 }, &mut [&mut a]);
     assert!(matches!(expired, Outcome::Time { .. }));
     assert_eq!(a.session(), None, "A heard its expiry");
-    let open = a.open();
-    let outcome = log.apply(&open);
-    a.on_outcome(&open, &outcome);
+    log.open(&mut a);
     let acquire_x = a
         .acquire("x", Mode::Exclusive, Wait::Forever)
         .expect("the old session's pending release does not block the new session");
-    let granted = log.apply(&acquire_x);
-    a.on_outcome(&acquire_x, &granted);
+    let granted = log.submit(&mut a, &acquire_x);
     assert!(matches!(granted, Outcome::Granted { .. }));
     assert!(a.token("x").is_some(), "the new grant is held");
     // The old release is applied late (refused: its session is gone), and answered.
@@ -1321,18 +1207,10 @@ fn a_duplicate_open_answer_is_credited_with_its_own_send() {
     });
     let mut a = LockClient::new(1, 100).unwrap();
     let mut b = LockClient::new(2, 100).unwrap();
-    let open_a = a.open();
-    let outcome = log.apply(&open_a);
-    a.on_outcome(&open_a, &outcome);
-    let open_b = b.open();
-    let outcome = log.apply(&open_b);
-    b.on_outcome(&open_b, &outcome);
-    let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    let open_a = log.open(&mut a);
+    log.open(&mut b);
+    log.acquire_exclusive(&mut a, "x");
+    log.acquire_exclusive(&mut b, "x");
 
     let mut slow_answer = None;
     let mut both = None;
@@ -1386,19 +1264,11 @@ fn a_late_open_answer_of_an_expired_session_is_ignored() {
     });
     let mut a = LockClient::new(1, 100).unwrap();
     let mut b = LockClient::new(2, 100).unwrap();
-    let open_a = a.open();
-    let outcome = log.apply(&open_a);
-    a.on_outcome(&open_a, &outcome);
+    let open_a = log.open(&mut a);
     let first = a.session().unwrap();
-    let open_b = b.open();
-    let outcome = log.apply(&open_b);
-    b.on_outcome(&open_b, &outcome);
-    let acquire_a = a.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
-    let acquire_b = b.acquire("x", Mode::Exclusive, Wait::Forever).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.open(&mut b);
+    log.acquire_exclusive(&mut a, "x");
+    log.acquire_exclusive(&mut b, "x");
 
     let mut slow_answer = None;
     let mut both = None;
@@ -1409,9 +1279,7 @@ fn a_late_open_answer_of_an_expired_session_is_ignored() {
             2 => slow_answer = Some(log.apply(&open_a)), // copy 2: held [x]
             103 => {
                 assert_eq!(a.session(), None, "A heard its expiry");
-                let open = a.open();
-                let outcome = log.apply(&open);
-                a.on_outcome(&open, &outcome);
+                log.open(&mut a);
                 assert_ne!(a.session(), Some(first));
             }
             130 => a.on_outcome(&open_a, &slow_answer.take().unwrap()),
@@ -1462,13 +1330,10 @@ fn the_bounded_released_map_still_refuses_a_late_grant_of_the_last_release() {
     let mut a = LockClient::new(1, 100_000).unwrap();
     let mut b = LockClient::new(2, 100_000).unwrap();
     for client in [&mut a, &mut b] {
-        let open = client.open();
-        let outcome = log.apply(&open);
-        client.on_outcome(&open, &outcome);
+        log.open(client);
     }
     let acquire_a = a.acquire("a", Mode::Exclusive, Wait::Try).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
+    let outcome = log.submit(&mut a, &acquire_a);
     let Outcome::Granted { token } = outcome else {
         panic!("granted")
     };
@@ -1477,11 +1342,9 @@ fn the_bounded_released_map_still_refuses_a_late_grant_of_the_last_release() {
     for index in 0..RELEASED_MAX {
         let name = format!("lock-{index}");
         let acquire = a.acquire(&name, Mode::Exclusive, Wait::Try).unwrap();
-        let outcome = log.apply(&acquire);
-        a.on_outcome(&acquire, &outcome);
+        log.submit(&mut a, &acquire);
         let release = a.release(&name).unwrap();
-        let outcome = log.apply(&release);
-        a.on_outcome(&release, &outcome);
+        log.submit(&mut a, &release);
     }
     let release = a.release("a").unwrap();
     let outcome = log.apply(&release);
@@ -1491,8 +1354,7 @@ fn the_bounded_released_map_still_refuses_a_late_grant_of_the_last_release() {
     // The slow answer of the copy.
     a.on_outcome(&acquire_a, &slow_copy);
     let acquire_b = b.acquire("a", Mode::Exclusive, Wait::Try).unwrap();
-    let outcome = log.apply(&acquire_b);
-    b.on_outcome(&acquire_b, &outcome);
+    log.submit(&mut b, &acquire_b);
     assert!(b.token("a").is_some());
     assert_eq!(
         a.token("a"),
@@ -1507,25 +1369,19 @@ fn the_bounded_released_map_still_refuses_a_late_grant_of_the_last_release() {
 fn a_late_grant_answer_after_the_release_is_stale() {
     let mut log = Log::new(LockLimits::default());
     let mut a = LockClient::new(1, 100_000).unwrap();
-    let open = a.open();
-    let outcome = log.apply(&open);
-    a.on_outcome(&open, &outcome);
+    log.open(&mut a);
     let acquire_a = a.acquire("a", Mode::Exclusive, Wait::Try).unwrap();
-    let outcome = log.apply(&acquire_a);
-    a.on_outcome(&acquire_a, &outcome);
+    log.submit(&mut a, &acquire_a);
     let slow_copy = log.apply(&acquire_a);
     for index in 0..10 {
         let name = format!("lock-{index}");
         let acquire = a.acquire(&name, Mode::Exclusive, Wait::Try).unwrap();
-        let outcome = log.apply(&acquire);
-        a.on_outcome(&acquire, &outcome);
+        log.submit(&mut a, &acquire);
         let release = a.release(&name).unwrap();
-        let outcome = log.apply(&release);
-        a.on_outcome(&release, &outcome);
+        log.submit(&mut a, &release);
     }
     let release = a.release("a").unwrap();
-    let outcome = log.apply(&release);
-    a.on_outcome(&release, &outcome);
+    log.submit(&mut a, &release);
     a.on_outcome(&acquire_a, &slow_copy);
     assert_eq!(a.token("a"), None);
     // And a grant event of the same token (a withdraw that met it) is stale too.

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::Net;
+use common::{n3_behind_the_compaction_point_with, Net};
 use synod::message::{Body, Message};
 use synod::storage::{FileStorage, FileStorageOptions};
 use synod::{
@@ -476,22 +476,6 @@ fn the_driver_keeps_the_membership_list_of_merged_writes() {
             recovered.memberships
         );
     });
-}
-
-/// n3 misses slots 1..=3 while n1 and n2 choose, apply, snapshot and compact them (as in
-/// `tests/replica_snapshots.rs`).
-fn n3_behind_the_compaction_point_with(tweak: impl Fn(&mut Config)) -> Net {
-    let mut net = Net::with(3, tweak);
-    net.isolate(3);
-    net.elect(1);
-    for data in ["a", "b", "c"] {
-        net.propose(1, data);
-    }
-    net.stabilize();
-    for id in [1, 2] {
-        assert_eq!(net.snapshot_and_compact(id), 3);
-    }
-    net
 }
 
 /// Liveness (slow, not stuck): the receiver of a snapshot restarts mid-transfer and loses the

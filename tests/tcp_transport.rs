@@ -3,6 +3,8 @@
 //! drivers replicating over it.
 #![cfg(feature = "net")]
 
+mod tcp_support;
+
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::BTreeMap;
@@ -11,31 +13,17 @@ use std::time::Duration;
 use synod::driver::{Driver, DriverConfig, Handle, ProposalError};
 use synod::transport::codec::{Codec, HEADER_BYTES};
 use synod::transport::tcp::{
-    Hello, TcpConfig, TcpInbound, TcpPeerError, TcpStats, TcpStatsHandle, TcpTransport, WireFrame,
+    Hello, TcpConfig, TcpInbound, TcpPeerError, TcpStats, TcpTransport, WireFrame,
     HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 use synod::{
-    Ballot, Body, Config, MemStorage, Message, NodeId, ProposeError, Replica, Role, Storage,
-    Transport, Value,
+    Config, MemStorage, Message, NodeId, ProposeError, Replica, Role, Storage, Transport, Value,
 };
+use tcp_support::{deliver, eventually, heartbeat, pair, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const CLUSTER: u64 = 0xC1A5;
-/// Long enough for a loaded CI machine; every wait below returns as soon as it can.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn heartbeat(from: u64, to: u64, round: u64) -> Message {
-    Message {
-        from: NodeId(from),
-        to: NodeId(to),
-        body: Body::Heartbeat {
-            ballot: Ballot::new(round, NodeId(from)),
-            chosen: round,
-            read: 0,
-        },
-    }
-}
 
 async fn bind_loopback(count: usize) -> (Vec<TcpListener>, BTreeMap<NodeId, SocketAddr>) {
     let mut listeners = Vec::new();
@@ -73,26 +61,6 @@ async fn cluster(
     (nodes, addresses)
 }
 
-/// Sends `message` again every few milliseconds (the first ones are dropped while the
-/// connection is being dialed) until the receiver gets it. Other messages received meanwhile
-/// (late copies of earlier deliveries) are skipped.
-async fn deliver(transport: &mut TcpTransport, inbound: &mut TcpInbound, message: Message) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        transport.send(message.clone());
-        let wait = tokio::time::Instant::now() + Duration::from_millis(20);
-        while let Ok(Some(received)) = tokio::time::timeout_at(wait, inbound.next()).await {
-            if received == message {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{message:?} was never delivered"
-        );
-    }
-}
-
 /// The next message from `from`, skipping late copies of earlier deliveries from others.
 async fn next_from(inbound: &mut TcpInbound, from: u64) -> Message {
     loop {
@@ -103,22 +71,6 @@ async fn next_from(inbound: &mut TcpInbound, from: u64) -> Message {
         if message.from == NodeId(from) {
             return message;
         }
-    }
-}
-
-/// Waits until `condition` holds for the counters.
-async fn eventually(stats: &TcpStatsHandle, what: &str, condition: impl Fn(&TcpStats) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let now = stats.get();
-        if condition(&now) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -189,18 +141,6 @@ async fn three_transports_exchange_messages_both_ways() {
     }
     for (transport, _) in nodes {
         transport.shutdown().await;
-    }
-}
-
-/// Two distinct elements of `nodes`, mutably.
-fn pair<T>(nodes: &mut [T], first: usize, second: usize) -> (&mut T, &mut T) {
-    assert_ne!(first, second);
-    if first < second {
-        let (left, right) = nodes.split_at_mut(second);
-        (&mut left[first], &mut right[0])
-    } else {
-        let (left, right) = nodes.split_at_mut(first);
-        (&mut right[0], &mut left[second])
     }
 }
 

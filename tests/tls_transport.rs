@@ -4,6 +4,8 @@
 //! working. Certificates are generated here with rcgen.
 #![cfg(feature = "tls")]
 
+mod tcp_support;
+
 use futures::StreamExt;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -16,16 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use synod::transport::codec::Codec;
 use synod::transport::tcp::{
-    Hello, TcpConfig, TcpInbound, TcpStats, TcpStatsHandle, TcpTransport, WireFrame,
-    HANDSHAKE_FRAME_BYTES_MAX, PROTOCOL_VERSION,
+    Hello, TcpConfig, TcpInbound, TcpTransport, WireFrame, HANDSHAKE_FRAME_BYTES_MAX,
+    PROTOCOL_VERSION,
 };
 use synod::transport::tls::{node_name, TlsConfig};
-use synod::{Ballot, Body, Message, NodeId, Transport};
+use synod::{NodeId, Transport};
+use tcp_support::{deliver, eventually, heartbeat, pair, PATIENCE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const CLUSTER: u64 = 0x7151;
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// A certificate authority for the test cluster.
 struct Authority {
@@ -78,18 +80,6 @@ fn private_key(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivatePkcs8KeyDer::from(key.serialize_der()).into()
 }
 
-fn heartbeat(from: u64, to: u64, round: u64) -> Message {
-    Message {
-        from: NodeId(from),
-        to: NodeId(to),
-        body: Body::Heartbeat {
-            ballot: Ballot::new(round, NodeId(from)),
-            chosen: round,
-            read: 0,
-        },
-    }
-}
-
 /// Nodes `1..=count` with TLS from `authority`; the peer map also names node 3 when
 /// `count < 3` (at a closed port), so intruders can claim a known id.
 async fn tls_cluster(
@@ -133,55 +123,10 @@ fn tls_config(id: u64, addresses: &BTreeMap<NodeId, SocketAddr>, tls: TlsConfig)
     config
 }
 
-fn pair<T>(nodes: &mut [T], first: usize, second: usize) -> (&mut T, &mut T) {
-    assert_ne!(first, second);
-    if first < second {
-        let (left, right) = nodes.split_at_mut(second);
-        (&mut left[first], &mut right[0])
-    } else {
-        let (left, right) = nodes.split_at_mut(first);
-        (&mut right[0], &mut left[second])
-    }
-}
-
-/// Sends `message` repeatedly until the receiver gets it (early sends are dropped while the
-/// connection is dialed); skips late copies of earlier deliveries.
-async fn deliver(transport: &mut TcpTransport, inbound: &mut TcpInbound, message: Message) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        transport.send(message.clone());
-        let wait = tokio::time::Instant::now() + Duration::from_millis(20);
-        while let Ok(Some(received)) = tokio::time::timeout_at(wait, inbound.next()).await {
-            if received == message {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{message:?} was never delivered"
-        );
-    }
-}
-
 async fn still_serving(nodes: &mut [(TcpTransport, TcpInbound)], round: u64) {
     let (one, two) = pair(nodes, 0, 1);
     deliver(&mut two.0, &mut one.1, heartbeat(2, 1, round)).await;
     deliver(&mut one.0, &mut two.1, heartbeat(1, 2, round)).await;
-}
-
-async fn eventually(stats: &TcpStatsHandle, what: &str, condition: impl Fn(&TcpStats) -> bool) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let now = stats.get();
-        if condition(&now) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {now:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

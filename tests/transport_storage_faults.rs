@@ -7,13 +7,15 @@
 //! This binary installs a counting global allocator
 //! (largest request per thread) for one codec test; it defers to `System`.
 
+mod file_log;
+#[cfg(feature = "net")]
+mod tcp_support;
+
+use file_log::{command, hard_state, model, open, open_bytes, options, segment_files, written_log};
 use std::fs;
-use std::path::{Path, PathBuf};
-use synod::storage::{FileStorage, FileStorageOptions};
-use synod::{
-    Ballot, Entry, HardState, MemStorage, NodeId, ProposalId, Recovered, Storage, StorageError,
-    Value, WriteBatch,
-};
+use std::path::PathBuf;
+use synod::storage::FileStorageOptions;
+use synod::{Entry, MemStorage, NodeId, Recovered, Storage, StorageError, WriteBatch};
 use tempfile::TempDir;
 
 /// Counts the bytes the current thread asks the allocator for (largest single request), for
@@ -46,33 +48,10 @@ static ALLOCATOR: LargestRequest = LargestRequest;
 const CLUSTER: u64 = 0xC1;
 const NODE: NodeId = NodeId(3);
 
-fn options() -> FileStorageOptions {
-    FileStorageOptions::default()
-}
-
 fn small_segments() -> FileStorageOptions {
     FileStorageOptions {
         segment_bytes_max: 300,
         ..FileStorageOptions::default()
-    }
-}
-
-fn open(directory: &Path, options: FileStorageOptions) -> Result<FileStorage, StorageError> {
-    FileStorage::open(directory, CLUSTER, NODE, options)
-}
-
-fn command(slot: u64, round: u64, data: Vec<u8>) -> Entry {
-    Entry {
-        slot,
-        ballot: Ballot::new(round, NodeId(1)),
-        value: Value::Command {
-            id: ProposalId {
-                node: NodeId(1),
-                incarnation: round,
-                sequence: slot,
-            },
-            data: data.into(),
-        },
     }
 }
 
@@ -84,57 +63,6 @@ fn entry(slot: u64, round: u64, data_bytes: usize) -> Entry {
             .map(|index| (slot as usize * 7 + index) as u8)
             .collect(),
     )
-}
-
-fn hard_state(round: u64, chosen: u64) -> HardState {
-    HardState {
-        promised: Ballot::new(round, NodeId(1)),
-        chosen,
-        incarnation: round + 100,
-    }
-}
-
-fn segment_files(directory: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = fs::read_dir(directory)
-        .unwrap()
-        .map(|item| item.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|extension| extension == "seg"))
-        .collect();
-    files.sort();
-    files
-}
-
-/// What `MemStorage` (the model) recovers after `batches`.
-fn model(batches: &[WriteBatch]) -> Recovered {
-    let mut memory = MemStorage::new();
-    for batch in batches {
-        memory.write(&mut batch.clone()).unwrap();
-    }
-    memory.recover().unwrap()
-}
-
-/// Writes `batches` into a fresh single-segment log; returns its bytes and the file length
-/// after each batch.
-fn written_log(batches: &[WriteBatch]) -> (Vec<u8>, Vec<u64>) {
-    let directory = TempDir::new().unwrap();
-    let mut storage = open(directory.path(), options()).unwrap();
-    let path = segment_files(directory.path()).remove(0);
-    let mut ends = Vec::new();
-    for batch in batches {
-        storage.write(&mut batch.clone()).unwrap();
-        ends.push(fs::metadata(&path).unwrap().len());
-    }
-    drop(storage);
-    assert_eq!(segment_files(directory.path()).len(), 1);
-    (fs::read(&path).unwrap(), ends)
-}
-
-/// Opens a log made of `bytes` as the only segment of a fresh directory.
-fn open_bytes(bytes: &[u8]) -> (TempDir, Result<FileStorage, StorageError>) {
-    let directory = TempDir::new().unwrap();
-    fs::write(directory.path().join("00000000000000000001.seg"), bytes).unwrap();
-    let result = open(directory.path(), options());
-    (directory, result)
 }
 
 /// The bytes of an intact commit record (kind 5) of `batch`, `records` records, `flags`.
@@ -765,6 +693,7 @@ mod codec {
 
 #[cfg(feature = "net")]
 mod tcp {
+    use super::tcp_support::{heartbeat, PATIENCE};
     use futures::StreamExt;
     use std::collections::BTreeMap;
     use std::net::SocketAddr;
@@ -774,24 +703,11 @@ mod tcp {
         Hello, TcpConfig, TcpPeerError, TcpTransport, WireFrame, HANDSHAKE_FRAME_BYTES_MAX,
         PROTOCOL_VERSION,
     };
-    use synod::{Ballot, Body, Message, NodeId, Transport};
+    use synod::{NodeId, Transport};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     const CLUSTER: u64 = 0xC1A6;
-    const PATIENCE: Duration = Duration::from_secs(20);
-
-    fn heartbeat(from: u64, to: u64, round: u64) -> Message {
-        Message {
-            from: NodeId(from),
-            to: NodeId(to),
-            body: Body::Heartbeat {
-                ballot: Ballot::new(round, NodeId(from)),
-                chosen: round,
-                read: 0,
-            },
-        }
-    }
 
     fn config(id: u64, peers: &BTreeMap<NodeId, SocketAddr>) -> TcpConfig {
         let mut config = TcpConfig::new(NodeId(id), CLUSTER, peers[&NodeId(id)], peers.clone());

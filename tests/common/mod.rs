@@ -414,6 +414,22 @@ impl Net {
     }
 }
 
+/// n3 misses slots 1..=3 while n1 and n2 choose, apply, snapshot and compact them (the
+/// snapshot scenarios of `tests/replica_snapshots.rs` and `tests/snapshot_faults.rs`).
+pub fn n3_behind_the_compaction_point_with(tweak: impl Fn(&mut Config)) -> Net {
+    let mut net = Net::with(3, tweak);
+    net.isolate(3);
+    net.elect(1);
+    for data in ["a", "b", "c"] {
+        net.propose(1, data);
+    }
+    net.stabilize();
+    for id in [1, 2] {
+        assert_eq!(net.snapshot_and_compact(id), 3);
+    }
+    net
+}
+
 /// The applied values up to `slot`, as a snapshot's bytes.
 pub fn encode_snapshot(slot: u64, applied: &BTreeMap<u64, Value>) -> Snapshot {
     let values: Vec<(u64, Value)> = applied

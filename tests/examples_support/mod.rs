@@ -314,8 +314,13 @@ pub struct Nodes {
 impl Nodes {
     /// Builds example `name` and makes room for `count` nodes; none runs yet.
     pub fn new(name: &str, count: usize) -> Nodes {
+        Nodes::with_binary(build_example(name), count)
+    }
+
+    /// Makes room for `count` nodes of the server `binary` (built already); none runs yet.
+    pub fn with_binary(binary: PathBuf, count: usize) -> Nodes {
         Nodes {
-            binary: build_example(name),
+            binary,
             root: tempfile::TempDir::new().expect("a temporary directory"),
             children: (0..count).map(|_| None).collect(),
             starts: vec![0; count],
