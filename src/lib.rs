@@ -139,7 +139,7 @@
 //!   standard workload).
 //! - [`quorum`], [`types`], [`message`], [`config`], [`error`]: the vocabulary.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod driver;
@@ -148,6 +148,7 @@ pub mod kv;
 pub mod lock;
 mod log;
 pub mod message;
+mod page;
 pub mod paxos;
 pub mod quorum;
 pub mod replica;

@@ -3,17 +3,19 @@
 //!
 //! Slots below `first` were compacted away by the application. The log is a sequence of shared
 //! runs ([`Entries`]) in slot order, with holes between them, followed by an open *tail*: the
-//! entries stored one by one since the tail was last sealed. Sealing moves the tail into one
-//! shared run and hands a reference to it to a *sink* (the replica's unwritten entries), so the
-//! log, the storage write and every follower's Accept share one allocation per batch, and no
-//! entry is cloned on the steady-state path.
+//! entries stored one by one since the tail was last sealed. The tail is the unfrozen end of a
+//! page (`crate::page`) that the runs sealed before it share: sealing freezes the tail into
+//! one shared run in place and hands a reference to it to a *sink* (the replica's unwritten
+//! entries), so the log, the storage write and every follower's Accept share the page, and no
+//! entry is cloned or moved on the steady-state path. A run that continues the newest run in
+//! the same page is joined to it, so a log holds one run for many one-entry batches.
 //!
 //! [`MemStorage`](crate::MemStorage) keeps its entries in a `Log` too, through
 //! [`Log::put`].
 
+use crate::page::Writer;
 use crate::types::{Ballot, Entries, Entry, Slot};
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 /// Entries by slot, from `first` on, with holes.
 #[derive(Clone, Debug)]
@@ -23,8 +25,9 @@ pub(crate) struct Log {
     /// Non-empty runs of consecutive slots, in slot order, not overlapping, all at or above
     /// `first` and below `tail_first` when the tail holds entries.
     runs: VecDeque<Entries>,
-    /// Entries of consecutive slots from `tail_first` on, beyond every run, not yet sealed.
-    tail: Vec<Entry>,
+    /// Entries of consecutive slots from `tail_first` on, beyond every run, not yet sealed:
+    /// the unfrozen part of the page that the runs sealed before share.
+    tail: Writer<Entry>,
     /// The slot of `tail[0]` (meaningless while the tail is empty).
     tail_first: Slot,
 }
@@ -85,7 +88,7 @@ impl Log {
         Log {
             first,
             runs: VecDeque::new(),
-            tail: Vec::new(),
+            tail: Writer::default(),
             tail_first: 0,
         }
     }
@@ -97,8 +100,8 @@ impl Log {
 
     /// The highest slot holding an entry, or `first - 1` if none.
     pub(crate) fn last(&self) -> Slot {
-        if !self.tail.is_empty() {
-            self.tail_first + self.tail.len() as Slot - 1
+        if !self.tail().is_empty() {
+            self.tail_first + self.tail().len() as Slot - 1
         } else {
             self.runs.back().map_or(self.first - 1, run_last)
         }
@@ -106,12 +109,12 @@ impl Log {
 
     /// The number of slots holding an entry.
     pub(crate) fn len(&self) -> usize {
-        self.runs.iter().map(|run| run.len()).sum::<usize>() + self.tail.len()
+        self.runs.iter().map(|run| run.len()).sum::<usize>() + self.tail().len()
     }
 
     /// True if the tail holds entries not yet sealed into a run (and handed to a sink).
     pub(crate) fn has_unsealed(&self) -> bool {
-        !self.tail.is_empty()
+        !self.tail().is_empty()
     }
 
     /// The index of the first run whose last slot is at or beyond `slot` (`runs.len()` if
@@ -137,7 +140,35 @@ impl Log {
 
     /// The entries of the tail, not yet sealed (in slot order).
     pub(crate) fn unsealed(&self) -> &[Entry] {
-        &self.tail
+        self.tail.unfrozen()
+    }
+
+    /// The tail's entries.
+    #[inline]
+    fn tail(&self) -> &[Entry] {
+        self.tail.unfrozen()
+    }
+
+    /// Appends `entry` to the tail (its slot follows the tail's last).
+    #[inline]
+    fn push_tail(&mut self, entry: Entry) {
+        let bytes = entry.value.size_bytes();
+        self.tail.push(entry, bytes);
+    }
+
+    /// Keeps `run` (beyond every run held) as the newest run: joined to the newest run when
+    /// it continues it in the same page (consecutive seals), so one run stands for many
+    /// one-entry batches.
+    #[inline]
+    fn push_run(&mut self, run: Entries) {
+        let run = match self.runs.back_mut() {
+            Some(back) => match back.try_join(run) {
+                Ok(()) => return,
+                Err(run) => run,
+            },
+            None => run,
+        };
+        self.runs.push_back(run);
     }
 
     /// The entry at `slot`, if held.
@@ -146,8 +177,8 @@ impl Log {
         if slot < self.first {
             return None;
         }
-        if !self.tail.is_empty() && slot >= self.tail_first {
-            return self.tail.get((slot - self.tail_first) as usize);
+        if !self.tail().is_empty() && slot >= self.tail_first {
+            return self.tail().get((slot - self.tail_first) as usize);
         }
         let index = self.locate(slot);
         let run = self.runs.get(index)?;
@@ -170,26 +201,26 @@ impl Log {
             entry.slot
         );
         let slot = entry.slot;
-        if self.tail.is_empty() {
+        if self.tail().is_empty() {
             if !self.runs.back().is_some_and(|run| run_last(run) >= slot) {
                 self.tail_first = slot;
-                self.tail.push(entry);
+                self.push_tail(entry);
                 return;
             }
         } else {
-            let end = self.tail_first + self.tail.len() as Slot;
+            let end = self.tail_first + self.tail().len() as Slot;
             if slot == end {
-                self.tail.push(entry);
+                self.push_tail(entry);
                 return;
             }
             if slot > end {
                 self.seal(sink);
                 self.tail_first = slot;
-                self.tail.push(entry);
+                self.push_tail(entry);
                 return;
             }
             if slot >= self.tail_first {
-                self.tail[(slot - self.tail_first) as usize] = entry;
+                self.tail.unfrozen_mut()[(slot - self.tail_first) as usize] = entry;
                 return;
             }
         }
@@ -213,24 +244,23 @@ impl Log {
         debug_assert!(run.windows(2).all(|pair| pair[1].slot == pair[0].slot + 1));
         self.seal(sink);
         sink.push(run.clone());
-        self.runs.push_back(run);
+        self.push_run(run);
     }
 
-    /// Moves the tail into a run of its own (one allocation, no entry cloned) and hands the
-    /// run to `sink`.
+    /// Freezes the tail into a run (in its page: no entry cloned or moved) and hands the run
+    /// to `sink`.
     #[inline]
     pub(crate) fn seal(&mut self, sink: &mut Vec<Entries>) {
-        if !self.tail.is_empty() {
+        if !self.tail().is_empty() {
             self.seal_tail(sink);
         }
     }
 
     #[inline(never)]
     fn seal_tail(&mut self, sink: &mut Vec<Entries>) {
-        let all: Arc<[Entry]> = self.tail.drain(..).collect();
-        let run = Entries::from_shared(all);
+        let run = Entries::from_shared(self.tail.freeze());
         sink.push(run.clone());
-        self.runs.push_back(run);
+        self.push_run(run);
     }
 
     /// Stores `run` (consecutive slots), replacing whatever the log held in its slots. The part
@@ -244,8 +274,8 @@ impl Log {
         // The common case, inlined: a run beyond everything held, with no tail (the runs hold
         // no slot below `self.first`, so neither does this one).
         if let (Some(first), Some(back)) = (run.first_slot(), self.runs.back()) {
-            if self.tail.is_empty() && first > run_last(back) {
-                self.runs.push_back(run);
+            if self.tail().is_empty() && first > run_last(back) {
+                self.push_run(run);
                 return;
             }
         }
@@ -259,7 +289,7 @@ impl Log {
             return;
         };
         assert!(
-            self.tail.is_empty() || last < self.tail_first,
+            self.tail().is_empty() || last < self.tail_first,
             "a run put over the log's tail"
         );
         if !self.runs.back().is_some_and(|back| run_last(back) >= first) {
@@ -332,7 +362,7 @@ impl Log {
             return next - 1;
         }
         // The common case: `from` is in the newest run and nothing follows it.
-        if let (true, Some(run)) = (self.tail.is_empty(), self.runs.back()) {
+        if let (true, Some(run)) = (self.tail().is_empty(), self.runs.back()) {
             let low = run_first(run);
             if low <= next {
                 return walk_in_ballot(run, low, next, last, ballot).0 - 1;
@@ -342,7 +372,7 @@ impl Log {
             .runs
             .range(self.locate(next)..)
             .map(|run| (run_first(run), &run[..]));
-        let tail = (!self.tail.is_empty()).then_some((self.tail_first, &self.tail[..]));
+        let tail = (!self.tail().is_empty()).then_some((self.tail_first, self.tail()));
         for (low, entries) in runs.chain(tail) {
             if next > last || low > next {
                 break; // done, or a hole
@@ -358,14 +388,14 @@ impl Log {
 
     /// The tail's entries in `first..=last`.
     fn tail_slice(&self, first: Slot, last: Slot) -> &[Entry] {
-        if self.tail.is_empty() {
+        if self.tail().is_empty() {
             return &[];
         }
         let (low, high) = (first.max(self.tail_first), last.min(self.last()));
         if low > high {
             &[]
         } else {
-            &self.tail[(low - self.tail_first) as usize..=(high - self.tail_first) as usize]
+            &self.tail()[(low - self.tail_first) as usize..=(high - self.tail_first) as usize]
         }
     }
 
@@ -405,7 +435,7 @@ impl Log {
         if first > last {
             return Entries::new();
         }
-        if self.tail.is_empty() || last < self.tail_first {
+        if self.tail().is_empty() || last < self.tail_first {
             let index = self.locate(first);
             if let Some(run) = self.runs.get(index) {
                 let low = run_first(run);
@@ -434,9 +464,9 @@ impl Log {
         if let Some(run) = self.runs.front_mut() {
             run.drop_below(next);
         }
-        if !self.tail.is_empty() && through >= self.tail_first {
-            let count = ((next - self.tail_first) as usize).min(self.tail.len());
-            self.tail.drain(..count);
+        if !self.tail().is_empty() && through >= self.tail_first {
+            let count = ((next - self.tail_first) as usize).min(self.tail().len());
+            self.tail.discard_front(count);
             self.tail_first += count as Slot;
         }
         self.first = next;
@@ -588,6 +618,39 @@ mod tests {
         assert_eq!(sink.len(), 3);
         assert_eq!(sink[2], Entries::one(entry(4)));
         assert!(log.get(5).is_none() && log.get(7).is_some());
+    }
+
+    #[test]
+    fn consecutive_seals_share_a_page_and_every_holder_keeps_them_as_one_run() {
+        let mut log = Log::new(1);
+        let mut storage = Log::new(1); // a holder that `put`s what the sink hands it
+        let mut sink = Vec::new();
+        for slot in 1..=10 {
+            log.set(entry(slot), &mut sink);
+            log.seal(&mut sink);
+        }
+        assert_eq!(sink.len(), 10, "one run per seal");
+        assert!(sink.iter().all(|run| run.same_page(&sink[0])));
+        assert_eq!(log.runs.len(), 1, "joined");
+        for run in sink.drain(..) {
+            storage.put(run);
+        }
+        assert_eq!(storage.runs.len(), 1, "joined");
+        assert_eq!(slots(&storage), (1..=10).collect::<Vec<_>>());
+        // A gap in slots is not joined, though the page continues.
+        log.set(entry(12), &mut sink);
+        log.seal(&mut sink);
+        assert!(sink[0].same_page(&log.runs[0]));
+        storage.put(sink.pop().expect("sealed"));
+        assert_eq!((log.runs.len(), storage.runs.len()), (2, 2));
+        assert_eq!(slots(&storage), [(1..=10).collect(), vec![12]].concat());
+        // Runs of another page are not joined either.
+        storage.put(Entries::one(entry(13)));
+        assert_eq!(storage.runs.len(), 3);
+        // Compaction inside a joined run keeps the rest of it.
+        storage.compact(4);
+        assert_eq!(storage.get(5), Some(&entry(5)));
+        assert_eq!(storage.len(), 6 + 1 + 1);
     }
 
     #[test]

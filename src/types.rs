@@ -1,9 +1,9 @@
 //! The vocabulary shared by every module: node ids, ballots, slots, proposals and log entries.
 
+use crate::page::Shared;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::Arc;
 
 /// The identity of one replica within a cluster. Must be unique within the cluster.
 #[derive(
@@ -229,7 +229,9 @@ pub struct Entry {
 /// (see `Body::Accept` and `WriteBatch::runs`). It dereferences to `&[Entry]`; on the wire it
 /// is encoded exactly as a `Vec<Entry>`.
 ///
-/// Building one from a `Vec<Entry>` moves the entries into a single allocation. A run built by
+/// Building one from a `Vec<Entry>` moves the entries into a page of their own. The replica's
+/// own runs are parts of larger pages: the runs of consecutive `ready`s share one page, which
+/// lives until its last run is dropped. A run built by
 /// the replica always holds consecutive slots; one built by the application should too (a
 /// replica refuses an Accept whose entries are not, with `StepError::Malformed`, and the slot
 /// arithmetic of [`Entries::slots`] and [`Entries::last_slot`] assumes it).
@@ -246,13 +248,10 @@ pub struct Entry {
 /// ```
 #[derive(Clone, Default)]
 pub struct Entries {
-    /// The shared allocation (`None`: the empty run, which allocates nothing).
-    all: Option<Arc<[Entry]>>,
-    /// The part of `all` this run covers.
-    start: usize,
-    end: usize,
-    /// The slot of `all[start]` (0 for the empty run), so that finding a slot in a run reads
-    /// no entry.
+    /// The entries, in a page shared with other runs (empty: no page).
+    run: Shared<Entry>,
+    /// The slot of `run[0]` (0 for the empty run), so that finding a slot in a run reads no
+    /// entry.
     first: Slot,
 }
 
@@ -260,25 +259,16 @@ impl Entries {
     /// The empty run.
     pub const fn new() -> Entries {
         Entries {
-            all: None,
-            start: 0,
-            end: 0,
+            run: Shared::empty(),
             first: 0,
         }
     }
 
-    /// The run of every entry of `all` (which must hold consecutive slots).
-    pub(crate) fn from_shared(all: Arc<[Entry]>) -> Entries {
-        let end = all.len();
-        if end == 0 {
-            return Entries::new();
-        }
-        Entries {
-            first: all[0].slot,
-            all: Some(all),
-            start: 0,
-            end,
-        }
+    /// The run of `run`'s entries (which must hold consecutive slots).
+    #[inline]
+    pub(crate) fn from_shared(run: Shared<Entry>) -> Entries {
+        let first = run.first().map_or(0, |entry| entry.slot);
+        Entries { run, first }
     }
 
     /// A run of one entry.
@@ -289,29 +279,29 @@ impl Entries {
     /// The slot of the first entry, if any.
     #[inline]
     pub fn first_slot(&self) -> Option<Slot> {
-        (self.start < self.end).then_some(self.first)
+        (!self.run.is_empty()).then_some(self.first)
     }
 
     /// The slot of the last entry, if any (computed from the first: the run holds
     /// consecutive slots).
     #[inline]
     pub fn last_slot(&self) -> Option<Slot> {
-        (self.start < self.end).then(|| self.first + (self.end - self.start - 1) as Slot)
+        (!self.run.is_empty()).then(|| self.first + (self.run.len() - 1) as Slot)
     }
 
     /// The first slot of a run known not to be empty (the log's runs never are): no check.
     #[inline]
     pub(crate) fn first_slot_of_held(&self) -> Slot {
-        debug_assert!(self.start < self.end, "an empty run");
+        debug_assert!(!self.run.is_empty(), "an empty run");
         self.first
     }
 
     /// The last slot of a run known not to be empty: no check.
     #[inline]
     pub(crate) fn last_slot_of_held(&self) -> Slot {
-        debug_assert!(self.start < self.end, "an empty run");
+        debug_assert!(!self.run.is_empty(), "an empty run");
         self.first
-            .wrapping_add((self.end - self.start) as Slot)
+            .wrapping_add(self.run.len() as Slot)
             .wrapping_sub(1)
     }
 
@@ -322,9 +312,9 @@ impl Entries {
         debug_assert!(low == self.first && low <= first && first <= last);
         debug_assert!(last <= self.last_slot_of_held());
         Entries {
-            all: self.all.clone(),
-            start: self.start + (first - low) as usize,
-            end: self.start + (last - low) as usize + 1,
+            run: self
+                .run
+                .sub((first - low) as usize, (last - low) as usize + 1),
             first,
         }
     }
@@ -347,13 +337,31 @@ impl Entries {
     pub(crate) fn drop_below(&mut self, slot: Slot) {
         if let Some(low) = self.first_slot() {
             if slot > low {
-                self.start = (self.start + (slot - low) as usize).min(self.end);
-                self.first = slot;
-                if self.start == self.end {
-                    *self = Entries::new();
-                }
+                self.run
+                    .drop_front(usize::try_from(slot - low).unwrap_or(usize::MAX));
+                self.first = if self.run.is_empty() { 0 } else { slot };
             }
         }
+    }
+
+    /// Extends this run by `next` when `next` continues it, slot after slot, in the same page
+    /// (the next seal of the same log); otherwise gives `next` back. Lets a holder keep one run for many
+    /// consecutive one-entry batches.
+    #[inline]
+    pub(crate) fn try_join(&mut self, next: Entries) -> Result<(), Entries> {
+        let first = next.first;
+        if self.run.is_empty() || self.last_slot_of_held().wrapping_add(1) != first {
+            return Err(next);
+        }
+        self.run
+            .try_join(next.run)
+            .map_err(|run| Entries { run, first })
+    }
+
+    /// True if both runs share a page (or are both empty): for tests.
+    #[cfg(test)]
+    pub(crate) fn same_page(&self, other: &Entries) -> bool {
+        self.run.same_page(&other.run)
     }
 }
 
@@ -362,10 +370,7 @@ impl std::ops::Deref for Entries {
 
     #[inline]
     fn deref(&self) -> &[Entry] {
-        match &self.all {
-            Some(all) => &all[self.start..self.end],
-            None => &[],
-        }
+        &self.run
     }
 }
 
@@ -375,7 +380,7 @@ impl From<Vec<Entry>> for Entries {
         if entries.is_empty() {
             return Entries::new(); // no allocation for the empty run
         }
-        Entries::from_shared(Arc::from(entries))
+        Entries::from_shared(Shared::from_vec(entries))
     }
 }
 
@@ -462,10 +467,7 @@ mod tests {
         );
         let middle = run.slots(4, 5);
         assert_eq!(middle.iter().map(|e| e.slot).collect::<Vec<_>>(), [4, 5]);
-        assert!(Arc::ptr_eq(
-            run.all.as_ref().unwrap(),
-            middle.all.as_ref().unwrap()
-        ));
+        assert!(run.same_page(&middle));
         assert_eq!(run.slots(0, 100), run);
         assert!(run.slots(8, 9).is_empty() && run.slots(5, 4).is_empty());
         assert_eq!(middle.slots(5, 9).first_slot(), Some(5));
@@ -473,8 +475,8 @@ mod tests {
         tail.drop_below(6);
         assert_eq!(tail.first_slot(), Some(6));
         tail.drop_below(100);
-        assert!(tail.is_empty() && tail.all.is_none());
-        assert!(Entries::from(Vec::new()).all.is_none());
+        assert!(tail.is_empty() && tail.same_page(&Entries::new()));
+        assert!(Entries::from(Vec::new()).same_page(&Entries::new()));
         assert_eq!(
             format!("{:?}", Entries::one(entry(1))),
             format!("{:?}", [entry(1)])
