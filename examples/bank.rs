@@ -43,6 +43,10 @@
 //!   as this node's replicas have applied them (consistent only when nothing is in flight).
 //! - `INFO`, `PING`, `QUIT`.
 //!
+//! A client connection that sends nothing for `--client-idle-secs` (300; 0: never) while no
+//! command of its runs is closed (a transfer waiting for its decision is not idle); client
+//! connections have TCP keep-alive. The bank has no `SYNOD.*` operator commands.
+//!
 //! **Retries.** A command that cannot reach the cluster within 10 s answers `-TRYAGAIN`: it
 //! may or may not have taken effect. `KEY k` (a number, unique per intended operation
 //! across all clients) makes a retry safe: every group remembers the last 100 000 keys and
@@ -134,6 +138,8 @@ struct Args {
     /// Client connections served at once.
     #[arg(long, default_value_t = 1024)]
     connections_max: usize,
+    #[command(flatten)]
+    clients: support::ClientArgs,
 }
 
 fn main() -> ExitCode {
@@ -351,6 +357,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
         args.node.peers[&id],
         args.node.data.display()
     );
+    // The bank has no SYNOD.* operator commands: nothing to guard.
+    let client_policy = support::ClientPolicy {
+        idle: args.clients.idle(),
+        admin: None,
+    };
     tokio::spawn(support::accept_clients(
         format!("bank[{id}]"),
         listener,
@@ -361,7 +372,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
                 bank: bank.clone(),
                 handles: handles.clone(),
             };
-            connection.serve(stream)
+            connection.serve(stream, client_policy.clone())
         },
     ));
     let (stopped, index, _) = futures::future::select_all(drivers).await;
@@ -635,8 +646,8 @@ fn client_key(args: &[Bytes], index: usize) -> Result<Option<u64>, String> {
 }
 
 impl Connection {
-    async fn serve(mut self, mut stream: TcpStream) {
-        support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, 16 * 1024).await;
+    async fn serve(mut self, mut stream: TcpStream, policy: support::ClientPolicy) {
+        support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, 16 * 1024, &policy).await;
     }
 
     /// Runs one command and appends its reply to `out`; an error is the error reply.

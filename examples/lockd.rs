@@ -19,7 +19,10 @@
 //! ```
 //!
 //! Any replica serves any client (followers forward proposals to the leader). One tick is
-//! `--tick-ms` (10 ms): a lease of 3000 ticks is 30 s.
+//! `--tick-ms` (10 ms): a lease of 3000 ticks is 30 s. A client connection that sends
+//! nothing for `--client-idle-secs` (300; 0: never) while no command of its runs is closed
+//! (an `ACQUIRE` waiting for its lock is not idle; the session outlives the connection);
+//! client connections have TCP keep-alive.
 //!
 //! # Commands
 //!
@@ -42,7 +45,10 @@
 //! - `SYNOD.SETMEMBERS voters [learners]` (at the leader) and `SYNOD.MEMBERS`: membership
 //!   change, as in the `kv` example (start a node to add with `--join`); `SYNOD.SETPEER id
 //!   ip:port`, `SYNOD.DELPEER id` and `SYNOD.PEERS`: this node's transport peers (a node
-//!   to add that is not in `--peers`).
+//!   to add that is not in `--peers`). With `--admin-token TOKEN` (or the
+//!   `SYNOD_ADMIN_TOKEN` environment variable) a connection must first send
+//!   `SYNOD.AUTH TOKEN`, or these answer `-NOAUTH ...`, as in the `kv` example; without a
+//!   token they are open to every client (a warning at start).
 //!
 //! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
 //! within 10 s gets `-TRYAGAIN` (it may or may not have taken effect; every
@@ -140,15 +146,32 @@ struct Args {
     /// Client connections served at once.
     #[arg(long, default_value_t = 1024)]
     connections_max: usize,
+    #[command(flatten)]
+    clients: support::ClientArgs,
+    #[command(flatten)]
+    admin: support::AdminArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Err(error) = args.node.node_id() {
-        eprintln!("{error}");
-        return ExitCode::from(2);
-    }
-    support::run_server("lockd", serve(args))
+    let id = match args.node.node_id() {
+        Ok(id) => id,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let client_policy = match args.admin.gate(&format!("lockd[{id}]")) {
+        Ok(gate) => support::ClientPolicy {
+            idle: args.clients.idle(),
+            admin: Some(gate),
+        },
+        Err(error) => {
+            eprintln!("lockd[{id}]: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    support::run_server("lockd", serve(args, client_policy))
 }
 
 /// What the applier maintains, behind one lock.
@@ -190,7 +213,7 @@ fn limits(args: &Args) -> LockLimits {
     }
 }
 
-async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
+async fn serve(args: Args, client_policy: support::ClientPolicy) -> Result<(), Box<dyn Error>> {
     let id = NodeId(args.node.id);
     let mut storage = FileStorage::open(
         &args.node.data,
@@ -265,7 +288,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn Error>> {
                 proposer: None,
                 next_sequence: 1,
             };
-            connection.serve(stream)
+            connection.serve(stream, client_policy.clone())
         },
     ));
     match driver.await {
@@ -435,8 +458,8 @@ impl support::Commands for Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, mut stream: TcpStream) {
-        support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, 16 * 1024).await;
+    async fn serve(mut self, mut stream: TcpStream, policy: support::ClientPolicy) {
+        support::serve_resp(&mut self, &mut stream, &REQUEST_LIMITS, 16 * 1024, &policy).await;
     }
 
     /// Runs one command and appends its reply to `out`.

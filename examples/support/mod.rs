@@ -1,6 +1,8 @@
 //! What the example servers (`kv`, `lockd`, `bank`) share: the `--peers` parser, the
 //! crash-only panic hook and the runtime around a server, the tick stream that drives a
-//! replica, the client acceptor and the RESP2 connection loop. Included by each with
+//! replica, the client acceptor and the RESP2 connection loop with its protections (TCP
+//! keep-alive, the idle timeout `--client-idle-secs`, and the operator token `--admin-token`
+//! that guards the `SYNOD.*` commands). Included by each with
 //! `#[path = "support/mod.rs"] mod support;` (next to `mod resp;`).
 
 use crate::resp;
@@ -142,6 +144,181 @@ pub struct NodeArgs {
     pub join: bool,
 }
 
+/// The options of the client port that every example server takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Close a client connection that sends nothing for this many seconds (0: never). Only a
+    /// connection waiting for its next request can be idle: one waiting for a command's answer
+    /// (a proposal, a lock) is not. A client that reads none of its replies for this long is
+    /// closed too.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub client_idle_secs: u64,
+}
+
+impl ClientArgs {
+    /// The idle timeout: `None` for never.
+    pub fn idle(&self) -> Option<Duration> {
+        (self.client_idle_secs > 0).then(|| Duration::from_secs(self.client_idle_secs))
+    }
+}
+
+/// The environment variable the operator token is read from when `--admin-token` is not
+/// given.
+#[allow(dead_code)] // the bank has no operator commands
+pub const ADMIN_TOKEN_ENV: &str = "SYNOD_ADMIN_TOKEN";
+
+/// The longest operator token taken.
+#[allow(dead_code)] // as `ADMIN_TOKEN_ENV`
+pub const ADMIN_TOKEN_BYTES_MAX: usize = 256;
+
+/// The operator token's option, for the servers with `SYNOD.*` commands (`kv`, `lockd`).
+#[derive(clap::Args, Clone)]
+pub struct AdminArgs {
+    /// The operator token: when set, a connection must send `SYNOD.AUTH <token>` before any
+    /// other SYNOD.* command (membership, peers, debugging), which is otherwise refused with
+    /// -NOAUTH; the data commands need no token. 1 to 256 visible ASCII characters. Default:
+    /// the SYNOD_ADMIN_TOKEN environment variable (preferable: a command line is visible to
+    /// every user of the machine). With neither, any client may run the SYNOD.* commands,
+    /// and a warning says so at start.
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminArgs {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.admin_token.as_ref().map(|_| "<redacted>");
+        formatter
+            .debug_struct("AdminArgs")
+            .field("admin_token", &token)
+            .finish()
+    }
+}
+
+#[allow(dead_code)] // as `ADMIN_TOKEN_ENV`
+impl AdminArgs {
+    /// The gate of the `SYNOD.*` commands: the token of `--admin-token`, else of
+    /// [`ADMIN_TOKEN_ENV`], else none, which `server` (the name its messages start with)
+    /// warns about on stderr. An empty token, one longer than [`ADMIN_TOKEN_BYTES_MAX`] or
+    /// one with other than visible ASCII characters is an error.
+    pub fn gate(&self, server: &str) -> Result<AdminGate, String> {
+        let (source, token) = match &self.admin_token {
+            Some(token) => ("--admin-token", token.clone()),
+            None => match std::env::var(ADMIN_TOKEN_ENV) {
+                Ok(token) => (ADMIN_TOKEN_ENV, token),
+                Err(std::env::VarError::NotPresent) => {
+                    eprintln!(
+                        "{server}: warning: no --admin-token (nor {ADMIN_TOKEN_ENV}): any client \
+                         can run the SYNOD.* operator commands and reconfigure the cluster"
+                    );
+                    return Ok(AdminGate { token: None });
+                }
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err(format!("{ADMIN_TOKEN_ENV}: the admin token is not UTF-8"));
+                }
+            },
+        };
+        if token.is_empty() {
+            return Err(format!("{source}: the admin token is empty"));
+        }
+        if token.len() > ADMIN_TOKEN_BYTES_MAX {
+            return Err(format!(
+                "{source}: the admin token is longer than {ADMIN_TOKEN_BYTES_MAX} bytes"
+            ));
+        }
+        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(format!(
+                "{source}: the admin token may hold visible ASCII characters only (no spaces)"
+            ));
+        }
+        Ok(AdminGate {
+            token: Some(Arc::from(token.into_bytes())),
+        })
+    }
+}
+
+/// Guards a server's `SYNOD.*` operator commands: with a token, a connection must send
+/// `SYNOD.AUTH <token>` (compared in constant time) before any other; without one, they
+/// are open to every client (and `SYNOD.AUTH` is an error).
+#[derive(Clone)]
+pub struct AdminGate {
+    token: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for AdminGate {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let token = self.token.as_ref().map(|_| "<redacted>");
+        formatter
+            .debug_struct("AdminGate")
+            .field("token", &token)
+            .finish()
+    }
+}
+
+impl AdminGate {
+    /// Screens one command of a connection (`authenticated`: whether it has sent the right
+    /// token). Answers `SYNOD.AUTH` itself (a wrong token also ends an earlier
+    /// authentication), and refuses every other `SYNOD.*` command with `-NOAUTH` while a
+    /// token is configured and the connection has not sent it. True if the command was
+    /// answered here; false if it is the server's to run.
+    fn screen(&self, authenticated: &mut bool, args: &[Bytes], out: &mut Vec<u8>) -> bool {
+        const PREFIX: &[u8] = b"SYNOD.";
+        let name = &args[0];
+        if name.len() < PREFIX.len() || !name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
+            return false;
+        }
+        if name.eq_ignore_ascii_case(b"SYNOD.AUTH") {
+            match (&self.token, args.len()) {
+                (_, length) if length != 2 => resp::error(
+                    out,
+                    "ERR wrong number of arguments for 'synod.auth' command",
+                ),
+                (None, _) => resp::error(
+                    out,
+                    "ERR SYNOD.AUTH called, but this node has no admin token (--admin-token)",
+                ),
+                (Some(token), _) => {
+                    *authenticated = constant_time_eq(&args[1], token);
+                    if *authenticated {
+                        resp::simple(out, "OK");
+                    } else {
+                        resp::error(out, "WRONGPASS invalid admin token");
+                    }
+                }
+            }
+            return true;
+        }
+        if self.token.is_some() && !*authenticated {
+            resp::error(
+                out,
+                "NOAUTH the SYNOD.* commands need SYNOD.AUTH <admin token> first",
+            );
+            return true;
+        }
+        false
+    }
+}
+
+/// Whether `given` equals `expected`, in a time that depends on their lengths only (not on
+/// where they differ), so that timing answers does not reveal a token byte by byte.
+fn constant_time_eq(given: &[u8], expected: &[u8]) -> bool {
+    let mut difference = u8::from(given.len() != expected.len());
+    for (index, &byte) in expected.iter().enumerate() {
+        difference |= byte ^ given.get(index).copied().unwrap_or(0);
+    }
+    std::hint::black_box(difference) == 0
+}
+
+/// How a server treats its client connections (see [`serve_resp`]).
+#[derive(Clone, Debug, Default)]
+pub struct ClientPolicy {
+    /// Close a connection that sends nothing for this long while it is waited on for a
+    /// request, or reads nothing of its replies for this long (`None`: never).
+    pub idle: Option<Duration>,
+    /// The gate of the `SYNOD.*` commands; `None` for a server that has none (they reach
+    /// the server like any other command).
+    pub admin: Option<AdminGate>,
+}
+
 /// Parses a comma-separated list of node ids: `1,2,3`.
 pub fn parse_ids(text: &str) -> Result<Vec<NodeId>, String> {
     text.split(',')
@@ -257,9 +434,34 @@ pub fn run_server(name: &str, serve: impl Future<Output = Result<(), Box<dyn Err
     }
 }
 
+/// Idle time of a client connection before the kernel's first keep-alive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Time between keep-alive probes (where the platform lets it be set); after the kernel's
+/// count of unanswered probes (9 on Linux) the connection fails: about 2.5 minutes after a
+/// client vanished.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Turns on TCP keep-alive on a client connection ([`KEEPALIVE_IDLE`],
+/// [`KEEPALIVE_INTERVAL`]).
+pub fn set_keepalive(stream: &TcpStream) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new().with_time(KEEPALIVE_IDLE);
+    #[cfg(any(
+        target_os = "linux",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "netbsd",
+        target_os = "windows"
+    ))]
+    let keepalive = keepalive.with_interval(KEEPALIVE_INTERVAL);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
 /// Accepts client connections on `listener` forever, each served by `serve` on a task of its
 /// own, at most `connections_max` at once (`open` counts them): one more is answered
-/// `-ERR max number of clients reached` and closed. A failed accept (out of file
+/// `-ERR max number of clients reached` and closed. Every connection served gets TCP
+/// keep-alive ([`set_keepalive`]) and no Nagle delay. A failed accept (out of file
 /// descriptors, say) waits a moment instead of spinning.
 pub async fn accept_clients<F, Fut>(
     name: String,
@@ -290,6 +492,11 @@ pub async fn accept_clients<F, Fut>(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // A client that vanished (host down, cable cut) without closing is found by the
+        // kernel's probes, and its connection then fails instead of lasting forever.
+        if let Err(error) = set_keepalive(&stream) {
+            eprintln!("{name}: cannot enable TCP keep-alive on a client connection: {error}");
+        }
         let connection = serve(stream);
         let open = open.clone();
         tokio::spawn(async move {
@@ -359,17 +566,45 @@ const DRAIN_BYTES_MAX: usize = 64 << 20;
 /// The longest [`drain_and_close`] waits after a protocol error.
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
+/// Writes `bytes` out to the client; with an `idle` timeout, fails if the client reads
+/// nothing (the write makes no progress) for that long.
+async fn write_out(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    idle: Option<Duration>,
+) -> std::io::Result<()> {
+    let Some(idle) = idle else {
+        return stream.write_all(bytes).await;
+    };
+    let mut written = 0;
+    while written < bytes.len() {
+        match tokio::time::timeout(idle, stream.write(&bytes[written..])).await {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(count)) => written += count,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Serves one client connection: parses RESP2 requests within `limits`, answers every
 /// complete request buffered (a pipeline) in order, and writes the replies out at least
 /// every `flush_bytes` and whenever the input runs dry. A malformed request gets
 /// `-ERR Protocol error` and closes the connection (the stream cannot be resynchronized).
-/// Returns when the client closes, a write fails, or a command says [`After::Close`].
+/// `policy.admin` screens the `SYNOD.*` commands ([`AdminGate`]) before `commands` sees
+/// them. Returns when the client closes, a write fails, a command says [`After::Close`], or
+/// the client stays idle past `policy.idle`: it sends nothing while no command of its runs,
+/// or reads nothing of its replies (a command waiting on the cluster never counts as idle).
 pub async fn serve_resp<C: Commands>(
     commands: &mut C,
     stream: &mut TcpStream,
     limits: &resp::Limits,
     flush_bytes: usize,
+    policy: &ClientPolicy,
 ) {
+    let idle = policy.idle;
+    let mut authenticated = false;
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);
     loop {
@@ -378,7 +613,7 @@ pub async fn serve_resp<C: Commands>(
                 resp::Parsed::Incomplete => break,
                 resp::Parsed::Error(error) => {
                     resp::error(&mut output, &format!("ERR {error}"));
-                    let _ = stream.write_all(&output).await;
+                    let _ = write_out(stream, &output, idle).await;
                     drain_and_close(stream).await;
                     return;
                 }
@@ -389,12 +624,16 @@ pub async fn serve_resp<C: Commands>(
                     if args.is_empty() {
                         continue;
                     }
-                    if commands.command(&args, &mut output).await == After::Close {
-                        let _ = stream.write_all(&output).await;
+                    let screened = policy
+                        .admin
+                        .as_ref()
+                        .is_some_and(|gate| gate.screen(&mut authenticated, &args, &mut output));
+                    if !screened && commands.command(&args, &mut output).await == After::Close {
+                        let _ = write_out(stream, &output, idle).await;
                         return;
                     }
                     if output.len() >= flush_bytes {
-                        if stream.write_all(&output).await.is_err() {
+                        if write_out(stream, &output, idle).await.is_err() {
                             return;
                         }
                         output.clear();
@@ -403,7 +642,7 @@ pub async fn serve_resp<C: Commands>(
             }
         }
         if !output.is_empty() {
-            if stream.write_all(&output).await.is_err() {
+            if write_out(stream, &output, idle).await.is_err() {
                 return;
             }
             output.clear();
@@ -417,7 +656,16 @@ pub async fn serve_resp<C: Commands>(
             input = BytesMut::with_capacity(16 * 1024);
         }
         input.reserve(16 * 1024);
-        match stream.read_buf(&mut input).await {
+        let read = match idle {
+            // Idle: not a byte arrived for that long (also in the middle of a request: any
+            // bytes start the wait again). Closed without a word, as Redis does.
+            Some(idle) => match tokio::time::timeout(idle, stream.read_buf(&mut input)).await {
+                Ok(read) => read,
+                Err(_) => return,
+            },
+            None => stream.read_buf(&mut input).await,
+        };
+        match read {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
