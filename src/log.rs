@@ -161,14 +161,18 @@ impl Log {
     /// one-entry batches.
     #[inline]
     fn push_run(&mut self, run: Entries) {
-        let run = match self.runs.back_mut() {
-            Some(back) => match back.try_join(run) {
-                Ok(()) => return,
-                Err(run) => run,
-            },
-            None => run,
-        };
-        self.runs.push_back(run);
+        if !self.join_run(&run) {
+            self.runs.push_back(run);
+        }
+    }
+
+    /// Extends the newest run by `run` if `run` continues it in the same page; says whether
+    /// it did (then the log needs no reference of its own to `run`).
+    #[inline]
+    fn join_run(&mut self, run: &Entries) -> bool {
+        self.runs
+            .back_mut()
+            .is_some_and(|back| back.try_extend(run))
     }
 
     /// The entry at `slot`, if held.
@@ -243,8 +247,10 @@ impl Log {
         assert!(first > self.last(), "append below the log's end");
         debug_assert!(run.windows(2).all(|pair| pair[1].slot == pair[0].slot + 1));
         self.seal(sink);
-        sink.push(run.clone());
-        self.push_run(run);
+        if !self.join_run(&run) {
+            self.runs.push_back(run.clone());
+        }
+        sink.push(run);
     }
 
     /// Freezes the tail into a run (in its page: no entry cloned or moved) and hands the run
@@ -259,8 +265,10 @@ impl Log {
     #[inline(never)]
     fn seal_tail(&mut self, sink: &mut Vec<Entries>) {
         let run = Entries::from_shared(self.tail.freeze());
-        sink.push(run.clone());
-        self.push_run(run);
+        if !self.join_run(&run) {
+            self.runs.push_back(run.clone());
+        }
+        sink.push(run);
     }
 
     /// Stores `run` (consecutive slots), replacing whatever the log held in its slots. The part

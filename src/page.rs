@@ -9,7 +9,7 @@
 //! run list (thousands of 40-byte slots per holder between compactions). A page holds the runs
 //! of many consecutive seals: a seal is a pointer and a length into the page the writer keeps
 //! filling, and a holder that already has the run just before it extends that run instead of
-//! storing another (`Shared::try_join`). Safe Rust has no container that hands out shared
+//! storing another (`Shared::try_extend`). Safe Rust has no container that hands out shared
 //! slices of a buffer that is still being appended to (`Arc<[T]>` is complete when made;
 //! `bytes::BytesMut` does exactly this, for bytes only). The gain is measured in
 //! `benches/peers/README.md`.
@@ -167,18 +167,21 @@ impl<T> Shared<T> {
         }
     }
 
-    /// Extends this run by `next` when `next` starts right where this run ends, in the same
-    /// page (consecutive seals of one writer); otherwise gives `next` back.
-    pub(crate) fn try_join(&mut self, next: Shared<T>) -> Result<(), Shared<T>> {
+    /// Extends this run by the values of `next` when `next` starts right where this run ends,
+    /// in the same page, and says whether it did. `next` is left as it is: this run's own
+    /// reference keeps the page alive, so no reference count changes.
+    #[inline]
+    pub(crate) fn try_extend(&mut self, next: &Shared<T>) -> bool {
         match (&self.page, &next.page) {
             (Some(mine), Some(theirs))
                 if Arc::ptr_eq(mine, theirs)
                     && self.start.as_ptr().wrapping_add(self.len) == next.start.as_ptr() =>
             {
+                // Invariant 3 holds for the union: `next` witnesses that its values are frozen.
                 self.len += next.len;
-                Ok(())
+                true
             }
-            _ => Err(next),
+            _ => false,
         }
     }
 
@@ -451,18 +454,20 @@ mod tests {
         writer.push(3, 0);
         let second = writer.freeze();
         assert!(first.same_page(&second));
-        let copy = second.clone();
-        first
-            .try_join(second)
-            .expect("consecutive runs of one page join");
-        assert_eq!(&first[..], &[1, 2, 3]);
-        assert!(first.try_join(copy).is_err(), "not adjacent any more");
         assert!(
-            first.try_join(Shared::from_vec(vec![4])).is_err(),
+            first.try_extend(&second),
+            "consecutive runs of one page join"
+        );
+        assert_eq!(&first[..], &[1, 2, 3]);
+        drop(second);
+        assert_eq!(&first[..], &[1, 2, 3], "the joined run keeps the page");
+        assert!(!first.try_extend(&first.sub(2, 3)), "not adjacent");
+        assert!(
+            !first.try_extend(&Shared::from_vec(vec![4])),
             "another page"
         );
         let mut empty = Shared::empty();
-        assert!(empty.try_join(first.sub(0, 1)).is_err());
+        assert!(!empty.try_extend(&first.sub(0, 1)));
     }
 
     #[test]

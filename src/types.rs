@@ -345,17 +345,13 @@ impl Entries {
     }
 
     /// Extends this run by `next` when `next` continues it, slot after slot, in the same page
-    /// (the next seal of the same log); otherwise gives `next` back. Lets a holder keep one run for many
-    /// consecutive one-entry batches.
+    /// (the next seal of the same log), and says whether it did; `next` is untouched. Lets a
+    /// holder keep one run for many consecutive one-entry batches.
     #[inline]
-    pub(crate) fn try_join(&mut self, next: Entries) -> Result<(), Entries> {
-        let first = next.first;
-        if self.run.is_empty() || self.last_slot_of_held().wrapping_add(1) != first {
-            return Err(next);
-        }
-        self.run
-            .try_join(next.run)
-            .map_err(|run| Entries { run, first })
+    pub(crate) fn try_extend(&mut self, next: &Entries) -> bool {
+        !self.run.is_empty()
+            && self.last_slot_of_held().wrapping_add(1) == next.first
+            && self.run.try_extend(&next.run)
     }
 
     /// True if both runs share a page (or are both empty): for tests.
