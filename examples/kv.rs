@@ -356,14 +356,24 @@ struct SnapshotState {
 }
 
 impl SnapshotState {
-    /// `[log_digest u64 LE][commands_applied u64 LE][KvStateMachine::snapshot()]`.
-    fn encode(applied: &Applied) -> Snapshot {
-        let mut data = Vec::new();
-        data.extend_from_slice(&applied.log_digest.to_le_bytes());
-        data.extend_from_slice(&applied.commands_applied.to_le_bytes());
-        data.extend_from_slice(&applied.kv.snapshot());
-        Snapshot {
+    /// The state to snapshot: a clone of the applier's (it shares the keys and values).
+    fn of(applied: &Applied) -> SnapshotState {
+        SnapshotState {
             slot: applied.slot,
+            kv: applied.kv.clone(),
+            log_digest: applied.log_digest,
+            commands_applied: applied.commands_applied,
+        }
+    }
+
+    /// `[log_digest u64 LE][commands_applied u64 LE][KvStateMachine::snapshot()]`.
+    fn encode(&self) -> Snapshot {
+        let mut data = Vec::new();
+        data.extend_from_slice(&self.log_digest.to_le_bytes());
+        data.extend_from_slice(&self.commands_applied.to_le_bytes());
+        data.extend_from_slice(&self.kv.snapshot());
+        Snapshot {
+            slot: self.slot,
             data: Bytes::from(data),
             membership: None,
         }
@@ -680,12 +690,19 @@ async fn apply_committed(
             && node.applied().slot >= last_snapshot + snapshot_every
             && !compacting.swap(true, Ordering::AcqRel)
         {
-            let snapshot = SnapshotState::encode(&node.applied());
-            last_snapshot = snapshot.slot;
+            // A clone of the state shares its keys and values: cheap under the lock, where
+            // encoding the whole state would hold up the applier and every reader.
+            let state = SnapshotState::of(&node.applied());
+            last_snapshot = state.slot;
             let (mut handle, compacting, id) = (handle.clone(), compacting.clone(), node.id);
             tokio::spawn(async move {
-                if let Err(error) = handle.compact(snapshot).await {
-                    eprintln!("kv[{id}]: compaction failed: {error}");
+                match tokio::task::spawn_blocking(move || state.encode()).await {
+                    Ok(snapshot) => {
+                        if let Err(error) = handle.compact(snapshot).await {
+                            eprintln!("kv[{id}]: compaction failed: {error}");
+                        }
+                    }
+                    Err(error) => eprintln!("kv[{id}]: encoding the snapshot failed: {error}"),
                 }
                 compacting.store(false, Ordering::Release);
             });
