@@ -78,7 +78,10 @@
 //!   leader accepted since its last ready become one run, which its log, its write
 //!   ([`WriteBatch::runs`]) and the Accept to every follower all reference; a follower keeps
 //!   the run an Accept brought. A storage that keeps entries in memory can keep the runs as
-//!   they come ([`MemStorage`] does): one reference count per batch, none per entry.
+//!   they come ([`MemStorage`] does): one reference count per batch, none per entry. The
+//!   runs of consecutive readies are parts of one page, written in place (the crate's only
+//!   `unsafe` code, in `src/page.rs`), so even one command per ready allocates nothing per
+//!   entry, and a holder keeps consecutive runs as one.
 //! - **Snapshots and compaction.** Once your state machine's snapshot of slot `s` is durable,
 //!   [`Replica::compact`]`(s)` and [`Storage::compact`]`(s)` drop the log up to `s`; at a
 //!   restart, restore the snapshot and pass `s` as [`Config::applied`] (a lower mark is

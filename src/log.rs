@@ -224,7 +224,9 @@ impl Log {
                 return;
             }
             if slot >= self.tail_first {
-                self.tail.unfrozen_mut()[(slot - self.tail_first) as usize] = entry;
+                let bytes = entry.value.size_bytes();
+                self.tail
+                    .replace((slot - self.tail_first) as usize, entry, bytes);
                 return;
             }
         }
@@ -981,5 +983,43 @@ mod tests {
         log.put(run(9, 9, 2));
         assert_eq!(log.get(9).unwrap().ballot.round, 2);
         assert_eq!(log.len(), 41);
+    }
+
+    #[test]
+    fn commands_stored_over_the_tail_count_towards_the_page_bound() {
+        use crate::page::PAGE_BYTES_MAX;
+        use crate::types::ProposalId;
+        let mut log = Log::new(1);
+        let mut sink = Vec::new();
+        for slot in 1..=16 {
+            log.set(entry(slot), &mut sink); // a no-op carries no bytes
+        }
+        for slot in 1..=16 {
+            let data = bytes::Bytes::from(vec![slot as u8; PAGE_BYTES_MAX / 8]);
+            let value = Value::Command {
+                id: ProposalId::default(),
+                data,
+            };
+            // A higher ballot's value for a slot of the tail: replaced in place.
+            log.set(
+                Entry {
+                    slot,
+                    ballot: Ballot::new(2, NodeId(2)),
+                    value,
+                },
+                &mut sink,
+            );
+        }
+        log.seal(&mut sink);
+        let batch = sink.pop().expect("sealed");
+        let bytes: usize = batch.iter().map(|entry| entry.value.size_bytes()).sum();
+        assert_eq!(bytes, 2 * PAGE_BYTES_MAX);
+        log.set(entry(17), &mut sink);
+        log.seal(&mut sink);
+        let next = sink.pop().expect("sealed");
+        assert!(
+            !next.same_page(&batch),
+            "a page carrying twice PAGE_BYTES_MAX bytes is retired at the freeze"
+        );
     }
 }
