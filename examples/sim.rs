@@ -7,6 +7,7 @@
 //! cargo run --release --example sim -- --seeds 1000 --nodes 3 --spare-nodes 2  # membership changes add them
 //! cargo run --release --example sim -- --twopc --seeds 5000           # two-phase commit world
 //! cargo run --release --example sim -- --twopc --seed 17 --trace      # replay one, step by step
+//! cargo run --release --example sim -- --twopc --seeds 5000 --twopc-remember 2  # forgetting
 //! cargo run --release --example sim -- --locks --seeds 5000           # the lock service world
 //! ```
 //!
@@ -78,6 +79,17 @@ struct Args {
     /// --seed, --steps and --nodes (participants, 1 to 16).
     #[arg(long)]
     twopc: bool,
+    /// With --twopc: finished transactions each participant remembers
+    /// (`ParticipantConfig::finished_remembered`) and, unless --twopc-log-remember says
+    /// otherwise, the decision log too (`DecisionLog::with_finished_max`). Small bounds make
+    /// a run forget transactions while late duplicates about them are still in flight.
+    /// Default: 4096 and 65 536 (a run forgets nothing).
+    #[arg(long)]
+    twopc_remember: Option<usize>,
+    /// With --twopc: finished transactions the decision log remembers (default: as
+    /// --twopc-remember, else 65 536).
+    #[arg(long)]
+    twopc_log_remember: Option<usize>,
     /// Run the lock service world (`synod::sim::locks`) instead: clients on clocks of their
     /// own that stall, leaders that fail, lost messages; checks exclusion and fencing. Uses
     /// --seeds, --first-seed, --seed, --steps and --nodes (clients).
@@ -240,11 +252,17 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
     let mut total = TwoPcStats::default();
     let mut failures = 0;
     for seed in first..first + count {
+        let defaults = TwoPcConfig::new(seed);
         let config = TwoPcConfig {
             participants: args.nodes,
             steps: args.steps,
             trace: args.trace,
-            ..TwoPcConfig::new(seed)
+            finished_remembered: args.twopc_remember.unwrap_or(defaults.finished_remembered),
+            log_finished_max: args
+                .twopc_log_remember
+                .or(args.twopc_remember)
+                .unwrap_or(defaults.log_finished_max),
+            ..defaults
         };
         match run(&config) {
             Ok(stats) => {
@@ -257,17 +275,26 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
                 total.crashes_after_write += stats.crashes_after_write;
                 total.readies_held += stats.readies_held;
                 total.messages += stats.messages;
+                total.floor_refusals += stats.floor_refusals;
+                total.log_floor_aborts += stats.log_floor_aborts;
             }
             Err(violation) => {
                 failures += 1;
-                eprintln!("{violation} --nodes {} --steps {}", args.nodes, args.steps);
+                let mut replay = format!("--nodes {} --steps {}", args.nodes, args.steps);
+                if let Some(remember) = args.twopc_remember {
+                    replay += &format!(" --twopc-remember {remember}");
+                }
+                if let Some(remember) = args.twopc_log_remember {
+                    replay += &format!(" --twopc-log-remember {remember}");
+                }
+                eprintln!("{violation} {replay}");
             }
         }
     }
-    println!("| seeds | participants | transactions | committed | aborted | coordinator takeovers | participant crashes | of which before a write / after a write | readies held | messages | violations |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| seeds | participants | transactions | committed | aborted | coordinator takeovers | participant crashes | of which before a write / after a write | readies held | messages | votes refused at a floor / log aborts at its floor | violations |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {count} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {failures} |",
+        "| {count} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} / {} | {failures} |",
         args.nodes,
         total.begun,
         total.committed,
@@ -277,7 +304,9 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
         total.crashes_before_write,
         total.crashes_after_write,
         total.readies_held,
-        total.messages
+        total.messages,
+        total.floor_refusals,
+        total.log_floor_aborts
     );
     println!(
         "{:.1} seeds/s",

@@ -432,6 +432,7 @@ fn prepared_survives_a_crash_and_only_commit_needs_a_synced_record() {
         ready.take_records(),
         [ParticipantRecord::Finished {
             txn,
+            coordinator: C,
             outcome: Outcome::Commit
         }]
     );
@@ -449,6 +450,7 @@ fn prepared_survives_a_crash_and_only_commit_needs_a_synced_record() {
             record,
             ParticipantRecord::Finished {
                 txn,
+                coordinator: C,
                 outcome: Outcome::Commit,
             },
         ],

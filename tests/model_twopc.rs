@@ -158,6 +158,9 @@ impl World {
                         self.disks[index].remove(txn);
                         self.finished[index].push(record);
                     }
+                    // The model's participants remember every finished transaction (the
+                    // default window): no floor rises.
+                    ParticipantRecord::Floor { .. } => self.finished[index].push(record),
                 }
             }
             let persisted = ready.take_persisted_messages();

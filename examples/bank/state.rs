@@ -401,13 +401,17 @@ pub struct ShardApplied {
     pub messages: Vec<Message>,
 }
 
-/// What a shard keeps durable of its participant: the prepared records, and the finished
-/// transactions it remembers, oldest first (those that voted no too).
+/// What a shard keeps durable of its participant: the prepared records, the finished
+/// transactions it remembers, oldest first, with the coordinator that asked (those that voted
+/// no too), and the floor of what it forgot, by coordinator (a vote request at or below it,
+/// for a transaction the participant does not know, is answered no: it may be a duplicate of
+/// one forgotten, whose commit must not be applied twice).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 struct Records {
     prepared: BTreeMap<TxnId, ParticipantRecord>,
-    finished: VecDeque<(TxnId, Outcome)>,
+    finished: VecDeque<(TxnId, NodeId, Outcome)>,
     finished_set: BTreeSet<TxnId>,
+    floors: BTreeMap<NodeId, TxnId>,
 }
 
 impl Records {
@@ -418,31 +422,52 @@ impl Records {
             ParticipantRecord::Prepared { txn, .. } => {
                 self.prepared.insert(txn, record);
             }
-            ParticipantRecord::Finished { txn, outcome } => {
+            ParticipantRecord::Finished {
+                txn,
+                coordinator,
+                outcome,
+            } => {
                 self.prepared.remove(&txn);
-                self.finish(txn, outcome);
+                self.finish(txn, coordinator, outcome);
+            }
+            // Handed out as the participant forgets what `finish` drops here too.
+            ParticipantRecord::Floor { coordinator, txn } => {
+                let floor = self.floors.entry(coordinator).or_insert(txn);
+                *floor = txn.max(*floor);
             }
         }
     }
 
-    fn finish(&mut self, txn: TxnId, outcome: Outcome) {
+    fn finish(&mut self, txn: TxnId, coordinator: NodeId, outcome: Outcome) {
         if self.finished_set.insert(txn) {
-            self.finished.push_back((txn, outcome));
+            self.finished.push_back((txn, coordinator, outcome));
         }
         while self.finished.len() > FINISHED_REMEMBERED {
-            if let Some((old, _)) = self.finished.pop_front() {
+            if let Some((old, _, _)) = self.finished.pop_front() {
                 self.finished_set.remove(&old);
             }
         }
     }
 
-    /// The records to recover a participant from: finished first, then the prepared ones.
+    /// The records to recover a participant from: the floors, the finished ones, then the
+    /// prepared ones.
     fn all(&self) -> Vec<ParticipantRecord> {
-        let finished = self
-            .finished
+        let floors = self
+            .floors
             .iter()
-            .map(|&(txn, outcome)| ParticipantRecord::Finished { txn, outcome });
-        finished.chain(self.prepared.values().cloned()).collect()
+            .map(|(&coordinator, &txn)| ParticipantRecord::Floor { coordinator, txn });
+        let finished =
+            self.finished
+                .iter()
+                .map(|&(txn, coordinator, outcome)| ParticipantRecord::Finished {
+                    txn,
+                    coordinator,
+                    outcome,
+                });
+        floors
+            .chain(finished)
+            .chain(self.prepared.values().cloned())
+            .collect()
     }
 }
 
@@ -518,9 +543,10 @@ impl Shard {
             Some(Entry::TwoPc(message)) => {
                 // A message the participant refuses (not addressed to it, beyond its bounds,
                 // nonsense) changes nothing, on every replica alike.
+                let from = message.from;
                 let stepped = self.participant.step(message);
                 if stepped.is_ok() {
-                    self.drain(&mut applied.messages);
+                    self.drain(from, &mut applied.messages);
                 }
             }
             Some(entry) if entry.origin().is_some() => {
@@ -554,7 +580,7 @@ impl Shard {
 
     /// Hands the participant's work out: messages to the coordinator, records to keep, votes
     /// decided from the balances, decisions applied to them.
-    fn drain(&mut self, messages: &mut Vec<Message>) {
+    fn drain(&mut self, from: NodeId, messages: &mut Vec<Message>) {
         while self.participant.has_ready() {
             let mut ready = self.participant.ready();
             messages.extend(ready.take_messages());
@@ -568,7 +594,8 @@ impl Shard {
                     ParticipantEvent::VoteRequested { txn, payload } => {
                         let yes = self.reserve(&payload);
                         if !yes {
-                            self.records.finish(txn, Outcome::Abort);
+                            // The request being applied asked: `from` is its coordinator.
+                            self.records.finish(txn, from, Outcome::Abort);
                         }
                         self.participant
                             .vote(txn, yes)
@@ -677,7 +704,7 @@ impl Shard {
         }
         image.keys.check()?;
         let records = &image.records;
-        let finished: BTreeSet<TxnId> = records.finished.iter().map(|(txn, _)| *txn).collect();
+        let finished: BTreeSet<TxnId> = records.finished.iter().map(|(txn, ..)| *txn).collect();
         if finished != records.finished_set
             || finished.len() != records.finished.len()
             || records.finished.len() > FINISHED_REMEMBERED

@@ -242,6 +242,43 @@ fn a_restored_shard_remembers_its_no_votes() {
 }
 
 #[test]
+fn a_duplicate_vote_request_after_the_window_does_not_move_money_twice() {
+    // The participant forgets the oldest of its finished transactions beyond
+    // FINISHED_REMEMBERED, and keeps a floor instead: a vote request at or below it for a
+    // transaction it does not know gets no. Without the floor, a duplicate of t1's request
+    // (a coordinator's resend chosen late in the shard's log) would prepare t1 again, and the
+    // ledger, which still remembers t1's commit, would have it applied a second time. A
+    // replica restored from a snapshot must keep the same floor, or the replicas would vote
+    // differently on the duplicate.
+    let mut shard = Shard::new(1);
+    shard.apply(&adjust("alice", 10_000, 1));
+    let ops = |amount: i64| vec![("alice".to_string(), -amount), ("bob".to_string(), amount)];
+    let first = vote_request(1, 1, &ops(100));
+    assert_eq!(vote(&shard.apply(&first).messages), Some(true));
+    shard.apply(&decision(1, 1, Outcome::Commit));
+    for txn in 2..=FINISHED_REMEMBERED as u64 + 1 {
+        assert_eq!(
+            vote(&shard.apply(&vote_request(1, txn, &ops(1))).messages),
+            Some(true)
+        );
+        shard.apply(&decision(1, txn, Outcome::Commit));
+    }
+    let moved = 100 + FINISHED_REMEMBERED as i64;
+    assert_eq!(shard.balance("alice"), (10_000 - moved, 0));
+    let mut restored = Shard::restore(1, &shard.snapshot()).unwrap();
+    assert_eq!(restored, shard);
+    for replica in [&mut shard, &mut restored] {
+        assert_eq!(vote(&replica.apply(&first).messages), Some(false));
+        assert!(replica.prepared().is_empty());
+        // The ledger's commit, resent to a participant that is past t1: acknowledged only.
+        replica.apply(&decision(1, 1, Outcome::Commit));
+        assert_eq!(replica.balance("alice"), (10_000 - moved, 0));
+        assert_eq!(replica.balance("bob"), (moved, 0));
+    }
+    assert_eq!(shard.snapshot(), restored.snapshot());
+}
+
+#[test]
 fn snapshots_round_trip_and_bad_ones_are_refused() {
     let mut shard = Shard::new(2);
     shard.apply(&adjust("alice", 100, 1));

@@ -11,8 +11,15 @@
 //! still in flight when it crashes are chosen or lost at random). The decision log applies
 //! entries after a random delay, first writer wins. Participants vote no now and then.
 //!
+//! With [`TwoPcConfig::finished_remembered`] and [`TwoPcConfig::log_finished_max`] small,
+//! participants and the decision log forget finished transactions within a run, and late
+//! duplicates of vote requests, votes and queries meet the floors that stand for them (see
+//! [Forgetting](crate::twopc#forgetting)).
+//!
 //! Checked after every step: **atomicity** (no transaction committed anywhere and aborted
-//! anywhere else, participants and coordinators alike) and **validity** (a commit only with a
+//! anywhere else, participants, coordinators and the decision log alike, and the log never
+//! changes the outcome it holds for a transaction, even after forgetting it), **applied
+//! once** (no participant applies a commit twice) and **validity** (a commit only with a
 //! durable yes from every participant); and at every message a participant sends, that
 //! what it reveals is durable (**durable before revealed**: a yes vote only with its prepared
 //! record on the disk, a commit acknowledgement only with its commit record). Then the faults stop and everyone comes back:
@@ -71,6 +78,14 @@ pub struct TwoPcConfig {
     /// application sends a participant's persisted messages (yes votes, commit
     /// acknowledgements) with the others, before writing the ready's records.
     pub send_before_write: bool,
+    /// Finished transactions each participant remembers
+    /// ([`ParticipantConfig::finished_remembered`]), and the finished records its
+    /// application keeps on disk (with the newest floor of each coordinator). Default 4096:
+    /// a run forgets nothing.
+    pub finished_remembered: usize,
+    /// Finished transactions the decision log remembers
+    /// ([`DecisionLog::with_finished_max`]). Default [`DecisionLog::FINISHED_MAX`].
+    pub log_finished_max: usize,
     /// Trace every ready and takeover to standard error.
     pub trace: bool,
 }
@@ -89,6 +104,8 @@ impl TwoPcConfig {
             crash_before_write_percent: 3,
             crash_after_write_percent: 3,
             send_before_write: false,
+            finished_remembered: 4096,
+            log_finished_max: DecisionLog::FINISHED_MAX,
             trace: false,
         }
     }
@@ -117,6 +134,12 @@ pub struct TwoPcStats {
     pub readies_held: u64,
     /// Messages sent (before loss and duplication).
     pub messages: u64,
+    /// Vote requests a participant answered no because they were at or below the floor of
+    /// what it forgot (not the application's no votes).
+    pub floor_refusals: u64,
+    /// `Decide` entries the decision log answered abort, unrecorded, because they were at or
+    /// below the floor of what it forgot.
+    pub log_floor_aborts: u64,
 }
 
 /// A property the run broke.
@@ -124,8 +147,9 @@ pub struct TwoPcStats {
 pub struct TwoPcViolation {
     /// The run's seed.
     pub seed: u64,
-    /// The checker: `check_2pc_atomicity`, `check_2pc_validity`, `check_2pc_termination`,
-    /// `check_2pc_durable_before_revealed` or `check_2pc_messages`.
+    /// The checker: `check_2pc_atomicity`, `check_2pc_applied_once`, `check_2pc_validity`,
+    /// `check_2pc_termination`, `check_2pc_durable_before_revealed` or
+    /// `check_2pc_messages`.
     pub property: &'static str,
     /// What happened.
     pub detail: String,
@@ -172,9 +196,20 @@ struct World {
     /// Entries handed to the log and not yet chosen: (who handed it, entry).
     pending_log: Vec<(usize, LogEntry)>,
     participants: BTreeMap<NodeId, Option<Participant>>,
-    /// Each participant's durable prepared records, and its latest finished ones.
+    /// Each participant's durable prepared records, its latest finished ones, and its newest
+    /// floor of each coordinator.
     disks: BTreeMap<NodeId, BTreeMap<TxnId, ParticipantRecord>>,
     finished: BTreeMap<NodeId, Vec<ParticipantRecord>>,
+    floors: BTreeMap<NodeId, BTreeMap<NodeId, ParticipantRecord>>,
+    /// Every finished record each participant ever wrote (the disk keeps the newest only):
+    /// for the checkers.
+    finished_ever: BTreeMap<NodeId, BTreeMap<TxnId, Outcome>>,
+    /// The commits each participant applied (with their durable finished record).
+    applied: BTreeMap<NodeId, BTreeSet<TxnId>>,
+    /// The no votes the application cast and the participant has not sent yet.
+    no_votes: BTreeSet<(NodeId, TxnId)>,
+    /// The outcome the decision log held for each transaction, once it held one.
+    logged: BTreeMap<TxnId, Outcome>,
     network: Vec<Message>,
     faults: bool,
     /// Steps taken.
@@ -201,11 +236,16 @@ impl World {
             config: config.clone(),
             participant_ids: participant_ids.clone(),
             coordinator: None,
-            log: DecisionLog::new(),
+            log: DecisionLog::with_finished_max(config.log_finished_max),
             pending_log: Vec::new(),
             participants: BTreeMap::new(),
             disks: BTreeMap::new(),
             finished: BTreeMap::new(),
+            floors: BTreeMap::new(),
+            finished_ever: BTreeMap::new(),
+            applied: BTreeMap::new(),
+            no_votes: BTreeSet::new(),
+            logged: BTreeMap::new(),
             network: Vec::new(),
             faults: config.faults,
             now: 0,
@@ -222,6 +262,9 @@ impl World {
         for id in participant_ids {
             world.disks.insert(id, BTreeMap::new());
             world.finished.insert(id, Vec::new());
+            world.floors.insert(id, BTreeMap::new());
+            world.finished_ever.insert(id, BTreeMap::new());
+            world.applied.insert(id, BTreeSet::new());
             world.participants.insert(id, None);
             world.restart_participant(id);
         }
@@ -264,7 +307,7 @@ impl World {
         }
         for (_, entry) in std::mem::take(&mut self.pending_log) {
             if self.chance(50) {
-                self.log.apply(&entry);
+                self.apply_log_entry(&entry);
             }
         }
         let coordinator = Coordinator::recover(World::coordinator_config(index), &self.log)
@@ -277,8 +320,10 @@ impl World {
         let mut config = ParticipantConfig::new(id);
         config.coordinators = COORDINATORS.to_vec();
         config.query_ticks = 11;
-        let records: Vec<ParticipantRecord> = self.finished[&id]
-            .iter()
+        config.finished_remembered = self.config.finished_remembered;
+        let records: Vec<ParticipantRecord> = self.floors[&id]
+            .values()
+            .chain(&self.finished[&id])
             .chain(self.disks[&id].values())
             .cloned()
             .collect();
@@ -313,10 +358,43 @@ impl World {
         }
     }
 
+    /// Applies an entry to the decision log, and checks that the outcome the log holds for
+    /// the transaction agrees with every other (it may forget it, never change it).
+    fn apply_log_entry(&mut self, entry: &LogEntry) -> Option<(TxnId, crate::twopc::Decided)> {
+        if let LogEntry::Decide { txn, .. } = entry {
+            let floor = self.log.floor();
+            if floor.is_some_and(|floor| *txn <= floor) && self.log.outcome(*txn).is_none() {
+                self.stats.log_floor_aborts += 1;
+            }
+        }
+        let answer = self.log.apply(entry);
+        if let Some((txn, _)) = &answer {
+            if let Some(outcome) = self.log.outcome(*txn) {
+                let first = *self.logged.entry(*txn).or_insert(outcome);
+                let reported = self.outcomes.get(txn).cloned().unwrap_or_default();
+                if first != outcome || reported.iter().any(|seen| *seen != outcome) {
+                    self.violated(
+                        "check_2pc_atomicity",
+                        format!(
+                            "the decision log holds {outcome:?} for {txn}, which was {first:?} \
+                             there and reported {reported:?}"
+                        ),
+                    );
+                }
+            }
+        }
+        answer
+    }
+
     /// The atomicity and validity checkers, on every report of an outcome.
     fn record(&mut self, txn: TxnId, outcome: Outcome, by: String) {
         if self.config.trace {
             eprintln!("{txn}: {outcome:?} by {by}");
+        }
+        if let Some(logged) = self.logged.get(&txn).filter(|logged| **logged != outcome) {
+            let detail = format!("{txn}: {outcome:?} reported by {by}, the log held {logged:?}");
+            self.violated("check_2pc_atomicity", detail);
+            return;
         }
         let seen = self.outcomes.entry(txn).or_default();
         let fresh = seen.insert(outcome);
@@ -350,14 +428,18 @@ impl World {
     /// (or the finished record that replaced it there: the same write may have prepared the
     /// transaction and applied its decision), a commit acknowledgement its commit record (the
     /// state they reveal must survive a crash, whatever happens to the ready still being
-    /// written).
+    /// written). Also counts the no votes the application did not cast: the floor's.
     fn check_durable_before_revealed(&mut self, id: NodeId, messages: &[Message]) {
         for message in messages {
+            if message.body == (Body::Vote { yes: false })
+                && !self.no_votes.remove(&(id, message.txn))
+            {
+                self.stats.floor_refusals += 1;
+            }
             let finished = |outcome: Option<Outcome>| {
-                self.finished[&id].iter().any(|record| {
-                    matches!(record, ParticipantRecord::Finished { txn, outcome: done }
-                        if *txn == message.txn && outcome.map_or(true, |wanted| wanted == *done))
-                })
+                self.finished_ever[&id]
+                    .get(&message.txn)
+                    .is_some_and(|done| outcome.map_or(true, |wanted| wanted == *done))
             };
             let durable = match message.body {
                 Body::Vote { yes: true } => {
@@ -458,12 +540,24 @@ impl World {
                         self.prepared.entry(txn).or_default().insert(id);
                         disk.insert(txn, record);
                     }
-                    ParticipantRecord::Finished { txn, .. } => {
+                    ParticipantRecord::Finished { txn, outcome, .. } => {
                         disk.remove(&txn);
+                        let ever = self.finished_ever.get_mut(&id).expect("kept");
+                        ever.insert(txn, outcome);
                         let finished = self.finished.get_mut(&id).expect("kept");
                         finished.push(record);
-                        if finished.len() > 4096 {
+                        if finished.len() > self.config.finished_remembered {
                             finished.remove(0);
+                        }
+                    }
+                    ParticipantRecord::Floor { coordinator, txn } => {
+                        let floors = self.floors.get_mut(&id).expect("kept");
+                        let higher = match floors.get(&coordinator) {
+                            Some(ParticipantRecord::Floor { txn: kept, .. }) => txn > *kept,
+                            _ => true,
+                        };
+                        if higher {
+                            floors.insert(coordinator, record);
                         }
                     }
                 }
@@ -472,6 +566,15 @@ impl World {
             let events = ready.take_events();
             for event in &events {
                 if let ParticipantEvent::Decided { txn, outcome, .. } = event {
+                    if *outcome == Outcome::Commit {
+                        let applied = self.applied.get_mut(&id).expect("kept");
+                        if !applied.insert(*txn) {
+                            self.violated(
+                                "check_2pc_applied_once",
+                                format!("participant {id} applied {txn}'s commit twice"),
+                            );
+                        }
+                    }
                     self.record(*txn, *outcome, format!("participant {id}"));
                 }
             }
@@ -491,6 +594,9 @@ impl World {
                         continue;
                     };
                     match participant.vote(txn, yes) {
+                        Ok(()) if !yes => {
+                            self.no_votes.insert((id, txn));
+                        }
                         Ok(()) => {}
                         // The ready was held: the transaction was decided (an abort for a
                         // vote that did not come in time) before the application heard of
@@ -535,7 +641,7 @@ impl World {
             return;
         }
         let (by, entry) = self.pending_log.remove(0);
-        let answer = self.log.apply(&entry);
+        let answer = self.apply_log_entry(&entry);
         if let (Some((txn, decided)), Some((active, coordinator))) =
             (answer, self.coordinator.as_mut())
         {

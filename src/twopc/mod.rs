@@ -46,7 +46,49 @@
 //! participant's commit record. Both machines have the crate's face: `tick`, `step`, a
 //! numbered `ready` drained in order (messages, then the write, then the messages that
 //! needed it, then events) and `advance`.
-
+//!
+//! # Forgetting
+//! Both sides remember finished transactions in bounded windows: a participant the newest
+//! [`ParticipantConfig::finished_remembered`] (default 4096), the decision log the newest
+//! [`DecisionLog::finished_max`] (default [`DecisionLog::FINISHED_MAX`]). A message about a
+//! transaction that left a window must not be taken for news:
+//! - **A participant** keeps, per coordinator, a **floor**: the highest transaction of that
+//!   coordinator it forgot. A vote request at or below the floor for a transaction it does
+//!   not know (not in flight, not remembered) is answered **no** at once, without asking the
+//!   application. Preparing it again could apply a committed transaction twice: the
+//!   coordinator, told yes about a transaction it forgot, logs a presumed abort, and the
+//!   log, still remembering the commit, answers commit. The no is safe whatever the
+//!   request was: a decided transaction ignores a late vote, an undecided one aborts. The
+//!   floor is durable: each rise is handed out as a [`ParticipantRecord::Floor`] and
+//!   [`Participant::recover`] takes it back. With [`ParticipantConfig::coordinators`] set
+//!   (a coordinator group), a request from any member meets the highest floor of them all.
+//! - **The decision log** keeps a floor too, the highest transaction it dropped: a `Decide`
+//!   at or below it for a transaction it holds nothing about is answered abort and not
+//!   recorded. That is what a late vote or status query about a forgotten transaction makes
+//!   a coordinator log (a presumed abort); the abort goes to a participant that is past the
+//!   transaction and ignores it. Recording it could contradict the forgotten decision (a
+//!   committed transaction later read as aborted), and a late `Decide` of commit recorded anew
+//!   could commit at a participant still prepared on a transaction that aborted. Late
+//!   acknowledgements and no votes about a forgotten transaction are ignored, as before.
+//!
+//! What the floors rest on:
+//! - A participant's no is always safe. For its floor to catch every duplicate, every vote
+//!   request for a transaction must come from the coordinator that began it or from a member
+//!   of the participant's coordinator group, and ids are never reused (also across the
+//!   coordinators a participant serves; see [`TxnId`]).
+//! - The log's unrecorded abort is safe for participants: none is prepared on a forgotten
+//!   commit (a commit is forgotten only once every participant acknowledged it). The
+//!   coordinator that handed out the late `Decide` hears abort, so a copy of a `Decide` must
+//!   reach the log before the log forgets its transaction, within `finished_max` later
+//!   forgotten ones (a coordinator hears the log's answer as soon as the first copy is
+//!   applied, and stops handing it out).
+//! - Liveness: each coordinator (group) hands out ids that **grow in the order it begins its
+//!   transactions**. Ids may still reach a participant out of order: a vote request delayed
+//!   past `finished_remembered` later transactions of its coordinator finished at that
+//!   participant is refused (its transaction aborts, to be retried under a new id); a
+//!   transaction whose first `Decide` reaches the log after `finished_max` transactions with
+//!   higher ids were finished and dropped aborts.
+//!
 //! One transaction over two participants, with the decision log kept locally:
 //!
 //! ```
@@ -125,10 +167,14 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use thiserror::Error;
 
-/// Names a transaction. The application picks it, and must never reuse one with the same
-/// coordinator (or coordinator group): the decision log remembers finished transactions
-/// ([`DecisionLog::FINISHED_MAX`] of them) and answers a reused id with the old outcome.
-/// A counter kept in the same Paxos group, or a (node, sequence) pair, does it.
+/// Names a transaction. The application picks it, and must never reuse one: not with the
+/// same coordinator (or coordinator group), nor across the coordinators a participant serves
+/// (a participant knows a transaction by its id alone). The decision log remembers finished
+/// transactions ([`DecisionLog::finished_max`] of them) and answers a reused id with the old
+/// outcome; beyond their windows the participant and the log refuse ids at or below the
+/// floors of what they forgot, so each coordinator's ids should grow in the order it begins
+/// its transactions (see [Forgetting](self#forgetting)). A counter kept in the same Paxos
+/// group, or a (node, sequence) pair with the sequence in the low bits, does it.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -326,19 +372,37 @@ pub struct Decided {
 /// change nothing and are answered with the decision already there.
 ///
 /// A `Forget` does not make the log forget the outcome at once: the transaction moves to a
-/// bounded memory of finished transactions ([`DecisionLog::FINISHED_MAX`] of them, oldest
-/// dropped first), so that a late duplicate of a participant's query, arriving after a
-/// committed transaction was forgotten, is answered with the commit and not with a presumed
-/// abort. Only the live decisions are what a recovering coordinator resumes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// bounded memory of finished transactions ([`DecisionLog::FINISHED_MAX`] of them by default,
+/// [`with_finished_max`](Self::with_finished_max) to choose; oldest dropped first), so that a
+/// late duplicate of a participant's query, arriving after a committed transaction was
+/// forgotten, is answered with the commit and not with a presumed abort. Only the live
+/// decisions are what a recovering coordinator resumes.
+///
+/// Beyond that memory the log keeps a **floor**, the highest transaction it dropped: a
+/// `Decide` at or below the floor for a transaction it holds nothing about is answered
+/// **abort** and not recorded (so [`outcome`](Self::outcome) stays `None`): it can only be a
+/// late copy about a transaction decided and forgotten long ago (whose participants are all
+/// past it: no one is prepared on a forgotten commit), or one whose decision comes later than
+/// `finished_max` transactions with higher ids were finished, which aborts. Recording it
+/// instead could contradict the forgotten decision. See the [module documentation](self#forgetting)
+/// for what this assumes of transaction ids.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DecisionLog {
     decided: BTreeMap<TxnId, Decided>,
     finished: BTreeMap<TxnId, Outcome>,
     finished_order: VecDeque<TxnId>,
+    finished_max: usize,
+    floor: Option<TxnId>,
+}
+
+impl Default for DecisionLog {
+    fn default() -> DecisionLog {
+        DecisionLog::with_finished_max(DecisionLog::FINISHED_MAX)
+    }
 }
 
 impl DecisionLog {
-    /// How many finished transactions the log remembers.
+    /// How many finished transactions the log remembers by default.
     pub const FINISHED_MAX: usize = 65_536;
 
     /// An empty log.
@@ -346,9 +410,33 @@ impl DecisionLog {
         DecisionLog::default()
     }
 
+    /// An empty log that remembers `finished_max` finished transactions (0: none; every
+    /// `Forget` raises the floor at once). Every copy of one log must use the same bound:
+    /// it decides what the log answers.
+    pub fn with_finished_max(finished_max: usize) -> DecisionLog {
+        DecisionLog {
+            decided: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            finished_order: VecDeque::new(),
+            finished_max,
+            floor: None,
+        }
+    }
+
+    /// How many finished transactions the log remembers.
+    pub fn finished_max(&self) -> usize {
+        self.finished_max
+    }
+
+    /// The highest transaction the log dropped from its memory of finished ones, if any.
+    pub fn floor(&self) -> Option<TxnId> {
+        self.floor
+    }
+
     /// Applies one entry. For a `Decide`, returns the transaction's decision: the one just
     /// applied, or the one that was there first (for a finished transaction: its outcome,
-    /// with the participants the entry named). For a `Forget`, returns `None`.
+    /// with the participants the entry named; for one at or below the [floor](Self::floor)
+    /// the log holds nothing about: abort, not recorded). For a `Forget`, returns `None`.
     pub fn apply(&mut self, entry: &LogEntry) -> Option<(TxnId, Decided)> {
         match entry {
             LogEntry::Decide {
@@ -356,11 +444,14 @@ impl DecisionLog {
                 outcome,
                 participants,
             } => {
-                if let Some(outcome) = self.finished.get(txn) {
+                let known = self.finished.get(txn).copied();
+                let forgotten = self.floor.is_some_and(|floor| *txn <= floor)
+                    && !self.decided.contains_key(txn);
+                if let Some(outcome) = known.or(forgotten.then_some(Outcome::Abort)) {
                     return Some((
                         *txn,
                         Decided {
-                            outcome: *outcome,
+                            outcome,
                             participants: participants.clone(),
                         },
                     ));
@@ -375,10 +466,12 @@ impl DecisionLog {
                 if let Some(decided) = self.decided.remove(txn) {
                     self.finished.insert(*txn, decided.outcome);
                     self.finished_order.push_back(*txn);
-                    while self.finished_order.len() > DecisionLog::FINISHED_MAX {
-                        if let Some(old) = self.finished_order.pop_front() {
-                            self.finished.remove(&old);
-                        }
+                    while self.finished_order.len() > self.finished_max {
+                        let Some(old) = self.finished_order.pop_front() else {
+                            break;
+                        };
+                        self.finished.remove(&old);
+                        self.floor = self.floor.max(Some(old));
                     }
                 }
                 None

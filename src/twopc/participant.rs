@@ -5,7 +5,7 @@ use crate::error::ConfigError;
 use crate::types::NodeId;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use thiserror::Error;
 
 /// How a [`Participant`] behaves.
@@ -24,8 +24,12 @@ pub struct ParticipantConfig {
     pub txns_max: usize,
     /// The largest payload a vote request may carry. Default 1 MiB.
     pub payload_bytes_max: usize,
-    /// Finished transactions remembered, so that a duplicated vote request arriving after
-    /// the decision is not taken for a new transaction. Default 4096.
+    /// Finished transactions remembered one by one, so that a duplicated vote request
+    /// arriving after the decision is not taken for a new transaction. Default 4096 (0:
+    /// none). Beyond it the participant keeps a **floor** per coordinator, the highest
+    /// transaction of that coordinator it forgot (handed out as [`ParticipantRecord::Floor`]),
+    /// and votes no, without asking the application, on a vote request at or below the floor
+    /// for a transaction it does not know: see the [module documentation](super#forgetting).
     pub finished_remembered: usize,
 }
 
@@ -53,9 +57,17 @@ impl ParticipantConfig {
     }
 }
 
-/// What a participant keeps durable: one record per prepared transaction. Write each
-/// record a ready hands out before sending its persisted messages; on restart pass the
-/// prepared records that are still there to [`Participant::recover`].
+/// What a participant keeps durable: one record per prepared transaction, one per finished
+/// one, and a floor per coordinator. Write each record a ready hands out, in order, before
+/// sending its persisted messages; on restart pass [`Participant::recover`] the prepared
+/// records not followed by their finished one, the newest finished ones (at least
+/// [`ParticipantConfig::finished_remembered`] of them, oldest first) and the newest floor of
+/// each coordinator.
+///
+/// A finished record may be dropped once it is not among the newest
+/// `finished_remembered`, and a floor once a higher floor of the same coordinator is written:
+/// the participant hands a floor out, in the same ready or an earlier one, before any
+/// finished record it covers can leave that window.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ParticipantRecord {
     /// `txn` is prepared: this participant voted yes and must await the decision, across
@@ -73,8 +85,21 @@ pub enum ParticipantRecord {
     Finished {
         /// The transaction.
         txn: TxnId,
+        /// The coordinator that asked for the vote (the prepared record's), whose floor
+        /// rises to `txn` when the participant forgets the transaction.
+        coordinator: NodeId,
         /// The decision.
         outcome: Outcome,
+    },
+    /// The participant forgot finished transactions of `coordinator` up to `txn`: a vote
+    /// request from it at or below `txn`, for a transaction the participant does not know,
+    /// is answered no. Handed out whenever the floor rises; only the newest one of each
+    /// coordinator matters (a lower one changes nothing). It needs no sync of its own.
+    Floor {
+        /// The coordinator whose transactions the floor covers.
+        coordinator: NodeId,
+        /// The highest transaction of that coordinator forgotten.
+        txn: TxnId,
     },
 }
 
@@ -171,8 +196,11 @@ enum State {
 pub struct Participant {
     config: ParticipantConfig,
     txns: BTreeMap<TxnId, State>,
-    finished: BTreeSet<TxnId>,
+    /// Finished transactions remembered, with the coordinator that asked for each.
+    finished: BTreeMap<TxnId, NodeId>,
     finished_order: VecDeque<TxnId>,
+    /// The highest transaction forgotten, by the coordinator that asked for it.
+    floors: BTreeMap<NodeId, TxnId>,
     ready: ParticipantReady,
 }
 
@@ -186,17 +214,21 @@ impl Participant {
         Ok(Participant {
             config,
             txns: BTreeMap::new(),
-            finished: BTreeSet::new(),
+            finished: BTreeMap::new(),
             finished_order: VecDeque::new(),
+            floors: BTreeMap::new(),
             ready: ParticipantReady::default(),
         })
     }
 
     /// A participant restarted from its records: the `Prepared` ones without a later
-    /// `Finished` (it stays prepared on each, and asks for the decision at once), and the
-    /// most recent `Finished` ones, oldest first (up to
-    /// [`ParticipantConfig::finished_remembered`]; it remembers those transactions as over,
-    /// so that a vote request duplicated by the network long ago does not prepare one again).
+    /// `Finished` (it stays prepared on each, and asks for the decision at once), the
+    /// most recent `Finished` ones, oldest first (it remembers the newest
+    /// [`ParticipantConfig::finished_remembered`] of those transactions as over, so that a
+    /// vote request duplicated by the network long ago does not prepare one again), and the
+    /// `Floor` ones (any order; the highest of each coordinator counts). Finished
+    /// records beyond the window raise their coordinator's floor as they are forgotten, and
+    /// the first ready hands out the `Floor` records for that.
     ///
     /// # Errors
     /// [`ConfigError`] as for [`new`](Self::new).
@@ -221,9 +253,14 @@ impl Participant {
                         },
                     );
                 }
-                ParticipantRecord::Finished { txn, .. } => {
+                ParticipantRecord::Finished {
+                    txn, coordinator, ..
+                } => {
                     participant.txns.remove(&txn);
-                    participant.remember_finished(txn);
+                    participant.remember_finished(txn, coordinator);
+                }
+                ParticipantRecord::Floor { coordinator, txn } => {
+                    participant.raise_floor(coordinator, txn);
                 }
             }
         }
@@ -252,6 +289,24 @@ impl Participant {
             .iter()
             .filter(|(_, state)| matches!(state, State::Prepared { .. }))
             .map(|(txn, _)| *txn)
+    }
+
+    /// The floor that applies to vote requests from `coordinator`: a request at or below it
+    /// for a transaction this participant does not know is answered no. The highest
+    /// transaction of `coordinator` forgotten here, or with `coordinator` one of
+    /// [`ParticipantConfig::coordinators`], of any of them. `None`: nothing forgotten.
+    pub fn floor(&self, coordinator: NodeId) -> Option<TxnId> {
+        let own = self.floors.get(&coordinator).copied();
+        if !self.config.coordinators.contains(&coordinator) {
+            return own;
+        }
+        let group = self
+            .config
+            .coordinators
+            .iter()
+            .filter_map(|member| self.floors.get(member).copied())
+            .max();
+        own.max(group)
     }
 
     /// The application's vote on `txn`, after [`ParticipantEvent::VoteRequested`]. Yes:
@@ -294,7 +349,7 @@ impl Participant {
         } else {
             self.ready.messages.push(message);
             self.txns.remove(&txn);
-            self.remember_finished(txn);
+            self.remember_finished(txn, coordinator);
         }
         Ok(())
     }
@@ -356,7 +411,19 @@ impl Participant {
                         });
                     }
                     // A duplicate of a request whose transaction is over.
-                    None if self.finished.contains(&txn) => {}
+                    None if self.finished.contains_key(&txn) => {}
+                    // At or below the floor, not known: possibly a duplicate of a request
+                    // whose transaction is over and forgotten here (preparing it again
+                    // could apply a commit twice). No: a decided transaction ignores a late
+                    // vote, an undecided one aborts.
+                    None if self.floor(from).is_some_and(|floor| txn <= floor) => {
+                        self.ready.messages.push(Message {
+                            txn,
+                            from: self.config.id,
+                            to: from,
+                            body: Body::Vote { yes: false },
+                        });
+                    }
                     None => {
                         if self.txns.len() >= self.config.txns_max {
                             return Err(StepError::TooManyTxns {
@@ -379,12 +446,21 @@ impl Participant {
             }
             Body::Decision { outcome } => {
                 match (self.txns.get(&txn).cloned(), outcome) {
-                    (Some(State::Prepared { payload, .. }), _) => {
+                    (
+                        Some(State::Prepared {
+                            payload,
+                            coordinator,
+                            ..
+                        }),
+                        _,
+                    ) => {
                         self.txns.remove(&txn);
-                        self.remember_finished(txn);
-                        self.ready
-                            .records
-                            .push(ParticipantRecord::Finished { txn, outcome });
+                        self.ready.records.push(ParticipantRecord::Finished {
+                            txn,
+                            coordinator,
+                            outcome,
+                        });
+                        self.remember_finished(txn, coordinator);
                         self.ready.events.push(ParticipantEvent::Decided {
                             txn,
                             outcome,
@@ -403,9 +479,15 @@ impl Participant {
                         }
                     }
                     // The coordinator gave up before this participant voted.
-                    (Some(State::Asked { payload, .. }), Outcome::Abort) => {
+                    (
+                        Some(State::Asked {
+                            payload,
+                            coordinator,
+                        }),
+                        Outcome::Abort,
+                    ) => {
                         self.txns.remove(&txn);
-                        self.remember_finished(txn);
+                        self.remember_finished(txn, coordinator);
                         self.ready.events.push(ParticipantEvent::Decided {
                             txn,
                             outcome,
@@ -461,16 +543,34 @@ impl Participant {
         }
     }
 
-    fn remember_finished(&mut self, txn: TxnId) {
-        if self.config.finished_remembered == 0 {
-            return;
-        }
-        if self.finished.insert(txn) {
+    /// Remembers `txn` (asked for by `coordinator`) as over; the oldest remembered beyond
+    /// the window is forgotten, and raises its coordinator's floor.
+    fn remember_finished(&mut self, txn: TxnId, coordinator: NodeId) {
+        if self.finished.insert(txn, coordinator).is_none() {
             self.finished_order.push_back(txn);
         }
         while self.finished_order.len() > self.config.finished_remembered {
-            if let Some(old) = self.finished_order.pop_front() {
-                self.finished.remove(&old);
+            let Some(old) = self.finished_order.pop_front() else {
+                break;
+            };
+            if let Some(coordinator) = self.finished.remove(&old) {
+                if self.raise_floor(coordinator, old) {
+                    self.ready.records.push(ParticipantRecord::Floor {
+                        coordinator,
+                        txn: old,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Raises `coordinator`'s floor to `txn`; false if it was there or higher already.
+    fn raise_floor(&mut self, coordinator: NodeId, txn: TxnId) -> bool {
+        match self.floors.get(&coordinator) {
+            Some(floor) if *floor >= txn => false,
+            _ => {
+                self.floors.insert(coordinator, txn);
+                true
             }
         }
     }

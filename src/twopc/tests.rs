@@ -100,6 +100,7 @@ fn all_yes_commits_and_the_decision_is_logged_before_anyone_hears_it() {
             ready.take_records(),
             [ParticipantRecord::Finished {
                 txn,
+                coordinator: C,
                 outcome: Outcome::Commit
             }]
         );
@@ -456,6 +457,70 @@ fn the_decision_log_keeps_the_first_decision_and_round_trips() {
 }
 
 #[test]
+fn the_decision_log_answers_abort_at_or_below_its_floor_and_records_nothing() {
+    assert_eq!(DecisionLog::new().finished_max(), DecisionLog::FINISHED_MAX);
+    assert_eq!(DecisionLog::new(), DecisionLog::default());
+    let mut log = DecisionLog::with_finished_max(1);
+    assert_eq!(log.finished_max(), 1);
+    let decide = |txn, outcome| LogEntry::Decide {
+        txn: TxnId(txn),
+        outcome,
+        participants: vec![P[0]],
+    };
+    let answer = |log: &mut DecisionLog, entry: &LogEntry| log.apply(entry).unwrap().1.outcome;
+    // t5 stays live (a commit still being announced) while t1..t3 are decided and forgotten.
+    assert_eq!(
+        answer(&mut log, &decide(5, Outcome::Commit)),
+        Outcome::Commit
+    );
+    for (txn, outcome) in [
+        (1, Outcome::Commit),
+        (2, Outcome::Abort),
+        (3, Outcome::Commit),
+    ] {
+        let floor = if txn > 2 { Some(TxnId(txn - 2)) } else { None };
+        assert_eq!(log.floor(), floor);
+        assert_eq!(answer(&mut log, &decide(txn, outcome)), outcome);
+        log.apply(&LogEntry::Forget { txn: TxnId(txn) });
+    }
+    assert_eq!(log.floor(), Some(TxnId(2)));
+    assert_eq!(log.outcome(TxnId(3)), Some(Outcome::Commit), "remembered");
+    for txn in [1, 2] {
+        assert_eq!(log.outcome(TxnId(txn)), None, "forgotten");
+        // A late decision either way: abort, and the log still holds nothing about it.
+        for outcome in [Outcome::Commit, Outcome::Abort] {
+            assert_eq!(answer(&mut log, &decide(txn, outcome)), Outcome::Abort);
+            assert_eq!(log.outcome(TxnId(txn)), None);
+        }
+    }
+    // Remembered and live decisions are answered as before, floor or not.
+    assert_eq!(
+        answer(&mut log, &decide(3, Outcome::Abort)),
+        Outcome::Commit
+    );
+    assert_eq!(
+        answer(&mut log, &decide(5, Outcome::Abort)),
+        Outcome::Commit
+    );
+    // Above the floor: a new decision, recorded.
+    assert_eq!(answer(&mut log, &decide(4, Outcome::Abort)), Outcome::Abort);
+    assert_eq!(log.outcome(TxnId(4)), Some(Outcome::Abort));
+    assert_eq!(log.len(), 2);
+    // Nothing remembered at all: every Forget raises the floor at once.
+    let mut log = DecisionLog::with_finished_max(0);
+    assert_eq!(
+        answer(&mut log, &decide(9, Outcome::Commit)),
+        Outcome::Commit
+    );
+    log.apply(&LogEntry::Forget { txn: TxnId(9) });
+    assert_eq!((log.floor(), log.outcome(TxnId(9))), (Some(TxnId(9)), None));
+    assert_eq!(
+        answer(&mut log, &decide(9, Outcome::Commit)),
+        Outcome::Abort
+    );
+}
+
+#[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let mut coordinator = coordinator();
     coordinator.begin(TxnId(1), parts(&P[..2])).unwrap();
@@ -689,8 +754,31 @@ fn a_participant_remembers_its_newest_finished_transactions_within_the_bound() {
         participant.step(request(txn)).unwrap();
         assert!(!participant.has_ready(), "t{txn} is over");
     }
-    // The oldest was forgotten: a repeated request is taken for a new one.
+    // The oldest was forgotten, and raised the coordinator's floor: a repeated request is
+    // answered no at once, without asking the application (it may be a duplicate of a
+    // transaction that committed here).
+    assert_eq!(participant.floor(C), Some(TxnId(1)));
     participant.step(request(1)).unwrap();
+    let mut ready = participant.ready();
+    assert!(ready.take_events().is_empty());
+    assert!(ready.take_records().is_empty());
+    assert_eq!(
+        ready.take_messages(),
+        [Message {
+            txn: TxnId(1),
+            from: P[0],
+            to: C,
+            body: Body::Vote { yes: false }
+        }]
+    );
+    // Another coordinator's transactions have a floor of their own.
+    assert_eq!(participant.floor(NodeId(101)), None);
+    participant
+        .step(Message {
+            from: NodeId(101),
+            ..request(1)
+        })
+        .unwrap();
     assert!(matches!(
         &participant.ready().take_events()[..],
         [ParticipantEvent::VoteRequested { .. }]
