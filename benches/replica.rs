@@ -58,7 +58,9 @@ impl Cluster {
                     if let Some(last) = self.replicas[index].committed(&ready).last() {
                         self.applied[index] = last.slot;
                     }
-                    self.replicas[index].advance(ready);
+                    self.replicas[index]
+                        .advance(ready)
+                        .expect("its own ready, acknowledged in order");
                 }
             }
             while let Some(message) = self.inbox.pop_front() {

@@ -97,7 +97,7 @@ impl Cluster {
                         );
                     }
                 }
-                replica.advance(ready);
+                replica.advance(ready)?; // its own ready, acknowledged in order
             }
         }
         Ok(())

@@ -1,6 +1,11 @@
 //! The error taxonomy (DESIGN.md §5).
 //!
-//! - Misuse of the API (a programming error) is an `assert!`.
+//! - Misuse of the API (a programming error) gets a typed error that says what was wrong and
+//!   changes nothing ([`AcknowledgeError`], [`CompactError`], a [`ConfigError`] or
+//!   [`StorageError::InvalidOptions`] for unusable options), not a panic; a transport drops
+//!   and counts a message it cannot send. The few functions that still assert a documented
+//!   precondition (pure helpers such as [`quorum::majority`](crate::quorum::majority)) say so
+//!   under `# Panics`.
 //! - An expected rejection is a typed error that hands ownership back ([`ProposeError`]).
 //! - Bad input from the network is a [`StepError`] or a [`DecodeError`]: it never panics and
 //!   never changes state.
@@ -25,6 +30,64 @@ impl ConfigError {
     pub fn new(field: &'static str, reason: &'static str) -> ConfigError {
         ConfigError { field, reason }
     }
+}
+
+/// An acknowledgement of written readies was refused
+/// ([`Replica::advance`](crate::Replica::advance),
+/// [`Replica::on_persisted`](crate::Replica::on_persisted), and the same methods of a
+/// [`paxos::Node`](crate::paxos::Node)). Nothing changed: no vote was counted as durable.
+///
+/// It is a bug in the event loop, not a fault of the storage: acknowledge each ready once its
+/// write is durable, in the order the readies were taken, on the replica that made it. A
+/// replica whose writes did complete should go on with the next correct acknowledgement; if
+/// the loop has lost track of which writes are durable, stop the node and restart it from its
+/// storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum AcknowledgeError {
+    /// `number` was never handed out: the last ready taken has number `last`. Acknowledge only
+    /// numbers read from [`Ready::number`](crate::Ready::number).
+    #[error("ready {number} was never handed out (the last one handed out is {last})")]
+    NeverHandedOut {
+        /// The number acknowledged.
+        number: u64,
+        /// The number of the last ready handed out.
+        last: u64,
+    },
+    /// `number` is below `acknowledged`, a number already acknowledged: writes complete, and
+    /// are acknowledged, in the order the readies were taken. (Acknowledging the same number
+    /// again is allowed and does nothing.)
+    #[error("ready {number} acknowledged after ready {acknowledged}: acknowledge in order")]
+    OutOfOrder {
+        /// The number acknowledged.
+        number: u64,
+        /// The highest number acknowledged before.
+        acknowledged: u64,
+    },
+    /// The ready handed to `advance` was made by another replica or node (or is a
+    /// `Ready::default()`): its number says nothing about this one's writes. Hand each ready
+    /// back to the one that made it. A clone of a replica or node shares its readies: a
+    /// ready taken before the clone was made is accepted by both.
+    #[error("ready {number} was made by another replica")]
+    ForeignReady {
+        /// The foreign ready's number.
+        number: u64,
+    },
+}
+
+/// [`Replica::compact`](crate::Replica::compact) was refused; nothing was compacted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum CompactError {
+    /// `through` is beyond the applied mark: the entries after `applied` are not handed out
+    /// yet (through [`Replica::committed`](crate::Replica::committed)), so the application
+    /// cannot have them in its snapshot. Compact only through a slot the application has
+    /// applied and saved in a snapshot (at most [`Status::applied`](crate::Status::applied)).
+    #[error("cannot compact through slot {through}: only slots through {applied} are applied")]
+    NotApplied {
+        /// The slot asked for.
+        through: Slot,
+        /// The replica's applied mark: the last slot handed out as chosen.
+        applied: Slot,
+    },
 }
 
 /// A proposal was not accepted; the command is handed back untouched.
@@ -300,6 +363,12 @@ pub enum StorageError {
         /// The process id the holder wrote into the lock file, if it could be read.
         holder_pid: Option<u32>,
     },
+    /// The [`FileStorageOptions`](crate::FileStorageOptions) given to
+    /// [`FileStorage::open`](crate::FileStorage::open) are unusable; nothing was opened or
+    /// created. Fix the field the error names (see
+    /// [`FileStorageOptions::validate`](crate::FileStorageOptions::validate)).
+    #[error("unusable storage options: {0}")]
+    InvalidOptions(ConfigError),
     /// Entries were asked for that are not stored (compacted away, or never written).
     #[error("slot {slot} is not available (stored range {first}..={last})")]
     Unavailable {

@@ -54,7 +54,7 @@
 //!                 applied[index].push(data.clone()); // shares the bytes, copies none
 //!             }
 //!         }
-//!         replica.advance(ready); // or on_persisted(number) when the write finishes later
+//!         replica.advance(ready)?; // or on_persisted(number) when the write finishes later
 //!     }
 //! }
 //! # }
@@ -69,7 +69,9 @@
 //!   vote only once its write is acknowledged.
 //! - **Asynchronous storage.** You may take the next ready before the previous write finishes;
 //!   acknowledge writes in order with [`Replica::on_persisted`]. One fsync then covers every
-//!   proposal of the batch (group commit).
+//!   proposal of the batch (group commit). A number never handed out, one acknowledged out of
+//!   order, or a ready handed to another replica's `advance` is refused with an
+//!   [`AcknowledgeError`] (misuse is an error, never a panic).
 //! - **Time is ticks.** Randomized election timeouts come from a seeded RNG
 //!   ([`Config::seed`]): the same inputs in the same order give the same outputs.
 //! - **Bounded.** Every window and backlog has a limit in [`Config`]; past it
@@ -165,8 +167,8 @@ pub mod types;
 
 pub use config::Config;
 pub use error::{
-    ConfigError, DecodeError, MembershipError, ProposeError, ReadError, SendSnapshotError,
-    StepError, StorageError, TransferError,
+    AcknowledgeError, CompactError, ConfigError, DecodeError, MembershipError, ProposeError,
+    ReadError, SendSnapshotError, StepError, StorageError, TransferError,
 };
 pub use message::{Body, Message};
 pub use replica::{Event, Ready, Replica, Role, Status};

@@ -516,3 +516,30 @@ mod tests {
         assert!(Ballot::ZERO < Ballot::new(0, NodeId(1)));
     }
 }
+
+/// Stamps the [`Ready`](crate::Ready) batches of one replica (or [`paxos::Node`](crate::paxos::Node))
+/// with the instance that made them, so that `advance` refuses a ready from another one: its
+/// number would pass the order checks and mark this one's unwritten votes durable.
+///
+/// Unique within the process (a counter; 0 is never handed out, so a `Ready::default()` is
+/// foreign everywhere). Not part of any state's identity: two replicas built from the same
+/// inputs are equal, and they behave the same, whatever their stamps.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Origin(u64);
+
+impl fmt::Debug for Origin {
+    /// Without the stamp: the `Debug` output of a replica stays the same from run to run.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Origin(_)")
+    }
+}
+
+impl Origin {
+    /// A stamp no other instance in this process has.
+    pub(crate) fn next() -> Origin {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        // Relaxed: only uniqueness matters, and `fetch_add` gives that under any ordering.
+        Origin(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}

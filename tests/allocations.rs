@@ -102,7 +102,9 @@ impl Cluster {
                 self.storages[index].write(ready.persist_mut()).unwrap();
                 self.queue.extend(ready.drain_persisted_messages());
                 self.applied[index] += replica.committed(&ready).count() as u64;
-                replica.advance(ready);
+                replica
+                    .advance(ready)
+                    .expect("its own ready, acknowledged in order");
             }
         }
         busy

@@ -111,7 +111,7 @@ const HASHED_FACTOR: usize = 3;
 const CLUSTER: u64 = 0xB0;
 
 fn codec() -> Codec {
-    Codec::new(CLUSTER, 1 << 20)
+    Codec::new(CLUSTER, 1 << 20).expect("a frame size within the codec's limits")
 }
 
 fn frame_around(payload: &[u8]) -> Vec<u8> {

@@ -92,7 +92,10 @@ fn differential<T: DeserializeOwned + PartialEq + Debug>(
 
 /// The payload the codec writes for `value`: the frame without its header.
 fn payload_of<T: Serialize>(value: &T) -> Vec<u8> {
-    let frame = Codec::new(1, 64 << 20).encode(value).expect("encodes");
+    let frame = Codec::new(1, 64 << 20)
+        .expect("a frame size within the codec's limits")
+        .encode(value)
+        .expect("encodes");
     let payload = frame[HEADER_BYTES..].to_vec();
     assert_eq!(
         payload,
@@ -424,7 +427,7 @@ proptest! {
         prop_assert_eq!(codec_decode::<Message>(&payload), Ok(original.clone()));
         prop_assert_eq!(plain_decode::<Message>(&payload), Ok(original.clone()));
         // Through a whole frame too.
-        let codec = Codec::new(7, 1 << 20);
+        let codec = Codec::new(7, 1 << 20).expect("a frame size within the codec's limits");
         if let Ok(frame) = codec.encode(&original) {
             let (decoded, consumed) = codec.decode::<Message>(&frame).unwrap();
             prop_assert_eq!(decoded, original);

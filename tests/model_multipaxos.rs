@@ -266,7 +266,9 @@ impl World {
                 self.applied[index].insert(entry.slot, entry.value.clone());
             }
             let events = ready.take_events();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
             for event in events {
                 if let (Event::SnapshotNeeded { follower }, Some(snapshot)) =
                     (event, &self.disks[index].snapshot)
@@ -419,7 +421,10 @@ impl Model for MultiPaxos {
                 next.compactions_left -= 1;
                 let applied = next.replicas[node].as_ref()?.status().applied;
                 let snapshot = encode_snapshot(applied, &next.applied[node]);
-                next.replicas[node].as_mut()?.compact(applied);
+                next.replicas[node]
+                    .as_mut()?
+                    .compact(applied)
+                    .expect("compacting at or below the applied mark");
                 next.disks[node].compact(snapshot);
             }
             Action::Restart(node) => {

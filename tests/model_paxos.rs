@@ -84,7 +84,8 @@ impl World {
             let mut out = ready.take_messages();
             // The write is durable at once; the persisted messages follow it.
             out.extend(ready.take_persisted_messages());
-            node.advance(ready);
+            node.advance(ready)
+                .expect("its own ready, acknowledged in order");
             for message in out {
                 if let Body::Accepted { ballot, value } = &message.body {
                     self.votes.insert((message.from, *ballot, value.clone()));

@@ -79,7 +79,9 @@ fn default_frame_bytes_max() -> usize {
 /// acknowledgement reaches it, then restarts. Returns the cluster after the crash and restart.
 fn burst_then_leader_crash(commands: usize) -> Cluster {
     let mut cluster = Cluster::new(3);
-    cluster.codec = Some(Codec::new(0, default_frame_bytes_max()));
+    cluster.codec = Some(
+        Codec::new(0, default_frame_bytes_max()).expect("a frame size within the codec's limits"),
+    );
     cluster.elect(1);
     cluster.stabilize();
     let block = Bytes::from(vec![b'x'; 1 << 20]);
@@ -199,7 +201,9 @@ fn a_backlog_larger_than_a_frame_does_not_stop_every_election() {
 #[test]
 fn a_command_larger_than_a_frame_is_refused_or_gets_through() {
     let mut cluster = Cluster::new(3);
-    cluster.codec = Some(Codec::new(0, default_frame_bytes_max()));
+    cluster.codec = Some(
+        Codec::new(0, default_frame_bytes_max()).expect("a frame size within the codec's limits"),
+    );
     cluster.elect(1);
     cluster.stabilize();
     let huge = Bytes::from(vec![b'h'; 17 << 20]);
@@ -382,7 +386,9 @@ fn paxos_a_peer_round_at_u64_max_never_makes_a_later_call_panic() {
             proposer.tick();
             while proposer.has_ready() {
                 let ready = proposer.ready();
-                proposer.advance(ready);
+                proposer
+                    .advance(ready)
+                    .expect("its own ready, acknowledged in order");
             }
         }
     }));
@@ -1021,7 +1027,9 @@ impl AsyncWorld {
             node.revealed = node.revealed.max(ballot);
         }
         if let Some(replica) = node.replica.as_mut() {
-            replica.on_persisted(pending.number);
+            replica
+                .on_persisted(pending.number)
+                .expect("a number handed out, acknowledged in order");
         }
         self.network.extend(pending.messages);
         Ok(())
@@ -1348,7 +1356,7 @@ fn the_sweep_catches_promises_released_before_their_write() {
 #[test]
 fn queued_forwards_larger_than_a_frame_go_in_several_messages() {
     let mut cluster = Cluster::with(3, |config| config.accept_bytes_max = 8 << 10);
-    cluster.codec = Some(Codec::new(0, 16 << 10));
+    cluster.codec = Some(Codec::new(0, 16 << 10).expect("a frame size within the codec's limits"));
     cluster.elect(1);
     cluster.stabilize();
     let commands: Vec<String> = (0..8)

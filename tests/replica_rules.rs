@@ -97,7 +97,9 @@ fn drain(replica: &mut Replica) -> Vec<Message> {
         let mut ready = replica.ready();
         sent.extend(ready.take_messages());
         sent.extend(ready.take_persisted_messages());
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
     sent
 }
@@ -138,7 +140,9 @@ fn an_acceptor_refuses_a_prepare_below_its_promise() {
     let low = Ballot::new(1, NodeId(1));
     replica.step(prepare(3, 2, high)).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     replica.step(prepare(1, 2, low)).unwrap();
     let mut ready = replica.ready();
     assert!(ready.persist().is_empty(), "a refusal writes nothing");
@@ -169,7 +173,9 @@ fn a_repeated_prepare_for_the_promised_ballot_is_promised_again_without_a_write(
     let ballot = Ballot::new(1, NodeId(1));
     replica.step(prepare(1, 2, ballot)).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     replica.step(prepare(1, 2, ballot)).unwrap();
     let mut ready = replica.ready();
     assert!(
@@ -216,7 +222,9 @@ fn a_late_duplicate_of_the_leaders_prepare_does_not_unseat_it_at_a_follower() {
         ready.persist().hard_state.is_none(),
         "no new promise to write"
     );
-    follower.advance(ready);
+    follower
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 #[test]
@@ -230,7 +238,9 @@ fn an_accept_for_slots_already_chosen_writes_nothing() {
         .step(accept_slot_1(1, first, 0, value.clone()))
         .unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     replica
         .step(Message {
             from: NodeId(1),
@@ -242,7 +252,9 @@ fn an_accept_for_slots_already_chosen_writes_nothing() {
         })
         .unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     assert_eq!(replica.status().chosen, 1);
     let second = Ballot::new(2, NodeId(3));
     replica.step(accept_slot_1(3, second, 1, value)).unwrap();
@@ -277,7 +289,9 @@ fn a_healthy_leader_ignores_a_higher_prepare() {
     assert_eq!(leader.status().promised, promised);
     let mut ready = leader.ready();
     assert!(ready.take_persisted_messages().is_empty(), "no promise");
-    leader.advance(ready);
+    leader
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 #[test]
@@ -355,7 +369,9 @@ fn pre_vote_granted(replica: &mut Replica, ballot: Ballot, chosen: u64) -> bool 
         .unwrap();
     let mut ready = replica.ready();
     let replies = ready.take_messages();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let granted: Vec<bool> = replies
         .iter()
         .filter_map(|message| match message.body {
@@ -388,7 +404,9 @@ fn a_pre_vote_is_denied_for_a_ballot_not_above_the_promise() {
     let promised = Ballot::new(replica.status().promised.round + 2, NodeId(3));
     replica.step(prepare(3, 2, promised)).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     assert_eq!(replica.status().promised, promised);
     assert!(!pre_vote_granted(&mut replica, promised, 1));
     let above = Ballot::new(promised.round + 1, NodeId(3));
@@ -635,7 +653,9 @@ fn a_follower_fetches_once_what_it_lacks_and_never_what_it_holds() {
             .iter()
             .filter(|message| matches!(message.body, Body::Fetch { .. }))
             .count();
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
         count
     };
     fetches(&mut replica);
@@ -694,7 +714,9 @@ fn fetch_reply_slots(net: &mut Net, first_slot: u64) -> Option<Vec<u64>> {
             _ => None,
         })
         .collect();
-    leader.advance(ready);
+    leader
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     assert!(replies.len() <= 1);
     replies.into_iter().next()
 }
@@ -839,7 +861,9 @@ fn a_leader_counts_its_own_acceptance_only_once_that_write_is_durable() {
     leader.propose(Bytes::from_static(b"y")).unwrap();
     let ready_y = leader.ready();
     assert!(ready_y.number() > ready_x.number());
-    leader.on_persisted(ready_x.number());
+    leader
+        .on_persisted(ready_x.number())
+        .expect("a number handed out, acknowledged in order");
     leader
         .step(Message {
             from: NodeId(2),
@@ -856,7 +880,9 @@ fn a_leader_counts_its_own_acceptance_only_once_that_write_is_durable() {
         slot_x,
         "y is accepted by n2 only: the leader's own acceptance of it is not durable yet"
     );
-    leader.on_persisted(ready_y.number());
+    leader
+        .on_persisted(ready_y.number())
+        .expect("a number handed out, acknowledged in order");
     assert_eq!(leader.status().chosen, slot_x + 1);
 }
 
@@ -940,7 +966,9 @@ fn status_reports_silence_and_compaction() {
     let follower = net.replica_mut(2);
     let applied = follower.status().applied;
     assert!(applied >= 3);
-    follower.compact(3);
+    follower
+        .compact(3)
+        .expect("compacting at or below the applied mark");
     assert_eq!(follower.status().first_slot, 4);
 }
 
@@ -1010,7 +1038,9 @@ fn a_fetch_reply_counts_as_chosen_only_up_to_its_mark() {
     let ready = follower.ready();
     let committed: Vec<u64> = follower.committed(&ready).map(|e| e.slot).collect();
     assert_eq!(committed, vec![1, 2]);
-    follower.advance(ready);
+    follower
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 /// Lost Prepares are sent again after `retransmit_ticks` (to the members that have not
@@ -1186,7 +1216,9 @@ fn compacted_majority_and_a_blank_node() -> Net {
         let replica = net.replica_mut(id);
         let applied = replica.status().applied;
         assert_eq!(applied, 3);
-        replica.compact(applied);
+        replica
+            .compact(applied)
+            .expect("compacting at or below the applied mark");
     }
     net.crash(1);
     net.heal();
@@ -1383,7 +1415,9 @@ fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot_installed_b
     let snapshot_slot = net.replica(1).status().applied;
     assert_eq!(snapshot_slot, 3);
     for id in [1, 2] {
-        net.replica_mut(id).compact(snapshot_slot);
+        net.replica_mut(id)
+            .compact(snapshot_slot)
+            .expect("compacting at or below the applied mark");
         let node = net.nodes.get_mut(&NodeId(id)).unwrap();
         node.storage.compact(snapshot_slot);
     }
@@ -1466,7 +1500,9 @@ fn an_acceptor_stores_only_the_slots_within_its_lookahead() {
             acknowledged.into_iter().collect::<Vec<_>>(),
             "{slots:?}"
         );
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
 }
 
@@ -1506,7 +1542,9 @@ fn a_higher_ballot_overwrites_an_unchosen_slot_and_a_duplicate_is_not_written_tw
         .step(accept_slot_1(1, first, 0, command("old")))
         .unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let second = Ballot::new(2, NodeId(3));
     for (delivery, written) in [("first", true), ("duplicate", false)] {
         replica
@@ -1528,7 +1566,9 @@ fn a_higher_ballot_overwrites_an_unchosen_slot_and_a_duplicate_is_not_written_tw
             matches!(acknowledged[..], [Message { body: Body::Accepted { ballot, .. }, .. }] if ballot == second),
             "{delivery}: {acknowledged:?}"
         );
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
 }
 
@@ -1673,7 +1713,9 @@ fn the_same_leader_under_a_higher_ballot_is_reported_again() {
                     _ => None,
                 }),
         );
-        follower.advance(ready);
+        follower
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
     assert_eq!(reported, [(Some(NodeId(1)), 1), (Some(NodeId(1)), 2)]);
 }

@@ -6,7 +6,10 @@ use bytes::Bytes;
 use common::Net;
 use synod::message::{Body, Message};
 use synod::replica::{Event, Role, StepDownReason};
-use synod::{Ballot, Entry, NodeId, ProposeError, Recovered, Replica, StepError, Storage, Value};
+use synod::{
+    AcknowledgeError, Ballot, Entry, NodeId, ProposeError, Recovered, Replica, StepError, Storage,
+    Value,
+};
 
 fn is_accept(message: &Message) -> bool {
     matches!(message.body, Body::Accept { .. })
@@ -69,12 +72,16 @@ fn leader_counts_its_own_vote_only_after_its_write() {
     // ready carrying the entry is acknowledged as durable.
     let mut replica = Replica::new(common::config(1, 1), Recovered::default()).unwrap();
     let first = replica.ready();
-    replica.advance(first);
+    replica
+        .advance(first)
+        .expect("its own ready, acknowledged in order");
     while !replica.is_leader() {
         replica.tick();
         while replica.has_ready() {
             let ready = replica.ready();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
         }
     }
     replica.propose(Bytes::from_static(b"x")).unwrap();
@@ -90,7 +97,9 @@ fn leader_counts_its_own_vote_only_after_its_write() {
     // A second ready is taken while the first write is still in flight (asynchronous storage).
     let second = replica.ready();
     assert!(second.persist().is_empty());
-    replica.on_persisted(ready.number());
+    replica
+        .on_persisted(ready.number())
+        .expect("a number handed out, acknowledged in order");
     assert_eq!(replica.status().chosen, 1);
     let third = replica.ready();
     assert_eq!(replica.committed(&third).count(), 1);
@@ -107,7 +116,9 @@ fn committed_entries_are_read_from_the_log_and_outlive_later_calls() {
         replica.tick();
         while replica.has_ready() {
             let ready = replica.ready();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
         }
     }
     let before = replica.status().chosen;
@@ -115,7 +126,9 @@ fn committed_entries_are_read_from_the_log_and_outlive_later_calls() {
         replica.propose(Bytes::copy_from_slice(command)).unwrap();
     }
     let write = replica.ready();
-    replica.advance(write);
+    replica
+        .advance(write)
+        .expect("its own ready, acknowledged in order");
     let ready = replica.ready();
     assert_eq!(ready.committed_slots(), before + 1..=before + 3);
     let commands = |replica: &Replica, ready: &synod::replica::Ready| -> Vec<(u64, Bytes)> {
@@ -136,7 +149,9 @@ fn committed_entries_are_read_from_the_log_and_outlive_later_calls() {
     replica.propose(Bytes::from_static(b"d")).unwrap();
     while replica.has_ready() {
         let next = replica.ready();
-        replica.advance(next);
+        replica
+            .advance(next)
+            .expect("its own ready, acknowledged in order");
     }
     replica.tick();
     assert_eq!(
@@ -152,23 +167,41 @@ fn committed_entries_are_read_from_the_log_and_outlive_later_calls() {
         assert!(replica
             .committed(&later)
             .all(|entry| entry.slot > before + 3));
-        replica.advance(later);
+        replica
+            .advance(later)
+            .expect("its own ready, acknowledged in order");
     }
     // Compacting part of the range skips those slots; compacting all of it leaves nothing.
-    replica.compact(before + 2);
+    replica
+        .compact(before + 2)
+        .expect("compacting at or below the applied mark");
     assert_eq!(commands(&replica, &ready), first[2..]);
-    replica.compact(before + 3);
+    replica
+        .compact(before + 3)
+        .expect("compacting at or below the applied mark");
     assert!(replica.committed(&ready).next().is_none());
 }
 
 #[test]
-#[should_panic(expected = "in order")]
 fn writes_must_be_acknowledged_in_order() {
     let mut replica = Replica::new(common::config(1, 3), Recovered::default()).unwrap();
     let first = replica.ready();
     let _second = replica.ready();
-    replica.on_persisted(2);
-    replica.on_persisted(first.number());
+    replica
+        .on_persisted(2)
+        .expect("a number handed out, acknowledged in order");
+    assert_eq!(
+        replica.on_persisted(first.number()),
+        Err(AcknowledgeError::OutOfOrder {
+            number: first.number(),
+            acknowledged: 2
+        })
+    );
+    assert_eq!(
+        replica.on_persisted(2),
+        Ok(()),
+        "the same number again is fine"
+    );
 }
 
 #[test]
@@ -176,7 +209,9 @@ fn promises_wait_for_the_write() {
     // Persistence before promise: Promise and Accepted only ever leave in the persisted list.
     let mut follower = Replica::new(common::config(2, 3), Recovered::default()).unwrap();
     let ready = follower.ready();
-    follower.advance(ready);
+    follower
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let ballot = Ballot::new(1, NodeId(1));
     follower
         .step(Message {
@@ -856,7 +891,9 @@ fn an_acceptor_never_accepts_below_its_promise() {
     // Paxos Made Simple §2.2, P1a.
     let mut replica = Replica::new(common::config(2, 3), Recovered::default()).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let high = Ballot::new(5, NodeId(3));
     let low = Ballot::new(4, NodeId(1));
     replica
@@ -871,7 +908,9 @@ fn an_acceptor_never_accepts_below_its_promise() {
         })
         .unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let entries = vec![Entry {
         slot: 1,
         ballot: low,
@@ -913,7 +952,9 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
     // Paxos Made Simple §2.2, phase 1b: the promise carries the accepted proposals.
     let mut replica = Replica::new(common::config(2, 3), Recovered::default()).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let first = Ballot::new(1, NodeId(1));
     let data = Bytes::from_static(b"v");
     let value = Value::Command {
@@ -937,7 +978,9 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
         })
         .unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let second = Ballot::new(2, NodeId(3));
     replica
         .step(Message {
@@ -958,7 +1001,9 @@ fn an_acceptor_reports_its_highest_ballot_values_in_a_promise() {
     }
     while replica.has_ready() {
         let ready = replica.ready();
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
     replica
         .step(Message {

@@ -82,7 +82,9 @@ fn the_snapshot_needed_event_is_raised_once_per_election_timeout_per_follower() 
     net.stabilize();
     for id in [1, 2] {
         let applied = net.replica(id).status().applied;
-        net.replica_mut(id).compact(applied);
+        net.replica_mut(id)
+            .compact(applied)
+            .expect("compacting at or below the applied mark");
         net.nodes
             .get_mut(&NodeId(id))
             .unwrap()
@@ -130,7 +132,9 @@ fn only_a_follower_behind_the_snapshot_installs_it() {
     let leader = net.replica_mut(1);
     let ready = leader.ready();
     assert!(ready.snapshot().is_none());
-    leader.advance(ready);
+    leader
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     assert_eq!(net.replica(1).status().chosen, before.chosen);
     // A follower already at or past the slot ignores it.
     let chosen = net.replica(2).status().chosen;
@@ -139,7 +143,9 @@ fn only_a_follower_behind_the_snapshot_installs_it() {
         .unwrap();
     let mut ready = net.replica_mut(2).ready();
     assert!(ready.take_snapshot().is_none());
-    net.replica_mut(2).advance(ready);
+    net.replica_mut(2)
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     assert_eq!(net.replica(2).status().chosen, chosen);
 }
 
@@ -204,7 +210,9 @@ fn an_installed_snapshot_moves_the_marks_and_drops_what_it_covers() {
         })
         .collect();
     assert_eq!(acceptances, [(2, 2)]);
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let status = replica.status();
     assert_eq!((status.chosen, status.applied), (1, 1));
 }
@@ -249,7 +257,9 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
         Err(SendSnapshotError::TooLarge { size: max + 1, max })
     );
     // Older than the compaction point: the receiver would still lack compacted slots.
-    replica.compact(chosen);
+    replica
+        .compact(chosen)
+        .expect("compacting at or below the applied mark");
     assert_eq!(
         replica.send_snapshot(NodeId(2), &snapshot(chosen - 1, 1)),
         Err(SendSnapshotError::TooOld {
@@ -263,7 +273,9 @@ fn send_snapshot_refuses_what_it_cannot_vouch_for() {
         .unwrap();
     let mut ready = replica.ready();
     let sent = ready.take_messages();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     // The first window of chunks.
     let chunk = replica.config().snapshot_chunk_bytes;
     assert_eq!(sent.len(), (max / chunk).clamp(1, 4));
@@ -280,7 +292,9 @@ fn malformed_snapshots_are_refused_without_a_change() {
     config.snapshot_bytes_max = 1 << 16;
     let mut replica = Replica::new(config, Default::default()).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     let before = replica.clone();
     let error = replica.step(snapshot_message(1, 2, 0, b"x")).unwrap_err();
     assert!(matches!(error, StepError::Malformed { .. }), "{error}");
@@ -318,7 +332,9 @@ fn malformed_snapshots_are_refused_without_a_change() {
         .unwrap();
     let mut ready = replica.ready();
     assert_eq!(ready.take_snapshot().map(|s| s.data.len()), Some(max));
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 #[test]
@@ -356,7 +372,9 @@ fn a_crash_after_saving_the_snapshot_but_before_the_chosen_mark_restarts_from_th
     let ready = replica.ready();
     assert_eq!(ready.persist().hard_state.map(|hard| hard.chosen), Some(3));
     assert!(replica.committed(&ready).next().is_none());
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     // A peer asking for slot 2 is told it needs a snapshot, not given the stale value.
     replica
         .step(Message {
@@ -376,7 +394,9 @@ fn a_crash_after_saving_the_snapshot_but_before_the_chosen_mark_restarts_from_th
             follower: NodeId(3)
         }]
     );
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 /// A replica of a 3-member cluster restarted after compacting through slot 3 (its log starts
@@ -396,7 +416,9 @@ fn compacted_through_3(id: u64) -> Replica {
     config.applied = 3;
     let mut replica = Replica::new(config, recovered).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     replica
 }
 
@@ -418,7 +440,9 @@ fn snapshot_needed(replica: &mut Replica) -> usize {
         .iter()
         .filter(|event| matches!(event, Event::SnapshotNeeded { .. }))
         .count();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     count
 }
 
@@ -477,7 +501,9 @@ fn after_installing_a_snapshot_a_follower_fetches_only_what_is_still_missing() {
             .unwrap();
         let mut ready = replica.ready();
         assert_eq!(fetches(&ready.take_messages()), [1]);
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
         replica
             .step(snapshot_message(1, 2, snapshot_slot, b"state"))
             .unwrap();
@@ -487,7 +513,9 @@ fn after_installing_a_snapshot_a_follower_fetches_only_what_is_still_missing() {
             expected,
             "snapshot of {snapshot_slot}"
         );
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
 }
 
@@ -531,7 +559,9 @@ fn step_chunk(replica: &mut Replica, message: Message) -> (Vec<(u64, u64)>, Opti
         })
         .collect();
     let snapshot = ready.take_snapshot();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     (acks, snapshot)
 }
 
@@ -693,7 +723,7 @@ fn a_sender_gives_up_on_a_transfer_without_progress() {
 #[test]
 fn a_snapshot_larger_than_a_frame_arrives_whole_through_the_wire_codec() {
     use synod::transport::codec::Codec;
-    let codec = Codec::new(0, 16 << 20);
+    let codec = Codec::new(0, 16 << 20).expect("a frame size within the codec's limits");
     let mut net = n3_behind_the_compaction_point();
     // The "state machine" of slots 1..=3 with a 20 MiB value in slot 1.
     let big: Vec<u8> = (0..20u32 << 20).map(|index| (index % 251) as u8).collect();

@@ -149,7 +149,9 @@ fn fetch_reply(replica: &mut Replica, from: u64, first_slot: u64) -> Option<Vec<
             Body::FetchReply { entries, .. } => Some(entries),
             _ => None,
         });
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     reply
 }
 
@@ -220,7 +222,9 @@ fn drain(replica: &mut Replica, storage: &mut impl Storage) {
             storage.compact(snapshot.slot).unwrap();
         }
         storage.write(ready.persist_mut()).unwrap();
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
 }
 
@@ -322,7 +326,9 @@ fn a_joiners_membership_from_an_installed_snapshot_survives_its_next_own_snapsho
     };
     storage.save_snapshot(&own).unwrap();
     storage.compact(7).unwrap();
-    replica.compact(7);
+    replica
+        .compact(7)
+        .expect("compacting at or below the applied mark");
     drain(&mut replica, &mut storage);
     let written = storage.memberships().to_vec();
     drop(replica);
@@ -695,7 +701,9 @@ fn hostile_snapshot_and_fetch_messages_are_refused_or_harmless() {
     }
     let ready = replica.ready();
     assert!(ready.persist().is_empty() && replica.status().chosen == 0);
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 /// A FetchReply's entries beyond its own chosen mark are not taken as chosen, and neither is
@@ -723,7 +731,9 @@ fn fetched_entries_beyond_the_repliers_chosen_mark_are_ignored() {
     let committed: Vec<u64> = replica.committed(&ready).map(|e| e.slot).collect();
     assert_eq!(committed, [1, 2]);
     assert_eq!(replica.status().last_slot, 2, "slot 3 is not even stored");
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
 }
 
 fn copy_directory(from: &std::path::Path, to: &std::path::Path) {
@@ -837,7 +847,9 @@ fn step_chunk(replica: &mut Replica, message: Message) -> (Vec<(u64, u64, u64)>,
         })
         .collect();
     let snapshot = ready.take_snapshot();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     (acks, snapshot)
 }
 
@@ -934,13 +946,17 @@ fn a_partial_snapshot_is_dropped_once_the_chosen_mark_passes_it() {
     // that only the transfer differs.
     step_chunk(&mut with_partial, chunk(1, 5, 0, 1 << 20, &[7; 4096]));
     let ready = without.ready();
-    without.advance(ready);
+    without
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     with_partial.step(fetched.clone()).unwrap();
     without.step(fetched).unwrap();
     for replica in [&mut with_partial, &mut without] {
         while replica.has_ready() {
             let ready = replica.ready();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
         }
     }
     assert_eq!(with_partial.status(), without.status());

@@ -351,7 +351,8 @@ impl Intruder {
             .await;
         let mut header = [0u8; HEADER_BYTES];
         intruder.stream.read_exact(&mut header).await.unwrap();
-        let codec = Codec::new(CLUSTER, HANDSHAKE_FRAME_BYTES_MAX);
+        let codec = Codec::new(CLUSTER, HANDSHAKE_FRAME_BYTES_MAX)
+            .expect("a frame size within the codec's limits");
         let Err(synod::DecodeError::Truncated { needed, .. }) = codec.decode::<WireFrame>(&header)
         else {
             panic!("not a welcome header");
@@ -386,6 +387,7 @@ impl Intruder {
 
 fn hello_frame(frame_cluster: u64, hello_cluster: u64, from: u64, to: u64) -> Vec<u8> {
     Codec::new(frame_cluster, HANDSHAKE_FRAME_BYTES_MAX)
+        .expect("a frame size within the codec's limits")
         .encode(&WireFrame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: hello_cluster,
@@ -397,6 +399,7 @@ fn hello_frame(frame_cluster: u64, hello_cluster: u64, from: u64, to: u64) -> Ve
 
 fn message_frame(message: Message) -> Vec<u8> {
     Codec::new(CLUSTER, 16 << 20)
+        .expect("a frame size within the codec's limits")
         .encode(&WireFrame::Message(message))
         .unwrap()
 }
@@ -459,6 +462,7 @@ async fn bad_handshakes_are_rejected_and_counted_while_good_peers_are_served() {
         (
             "bad protocol version",
             Codec::new(CLUSTER, HANDSHAKE_FRAME_BYTES_MAX)
+                .expect("a frame size within the codec's limits")
                 .encode(&WireFrame::Hello(Hello {
                     protocol_version: PROTOCOL_VERSION + 1,
                     cluster_id: CLUSTER,

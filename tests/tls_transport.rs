@@ -211,6 +211,7 @@ fn rogue_connector(
 
 fn hello_then_message(from: u64) -> Vec<u8> {
     let mut bytes = Codec::new(CLUSTER, HANDSHAKE_FRAME_BYTES_MAX)
+        .expect("a frame size within the codec's limits")
         .encode(&WireFrame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             cluster_id: CLUSTER,
@@ -219,6 +220,7 @@ fn hello_then_message(from: u64) -> Vec<u8> {
         }))
         .unwrap();
     Codec::new(CLUSTER, 1 << 20)
+        .expect("a frame size within the codec's limits")
         .encode_into(&WireFrame::Message(heartbeat(from, 1, 999)), &mut bytes)
         .unwrap();
     bytes

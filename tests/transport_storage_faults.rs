@@ -585,7 +585,7 @@ mod codec {
     /// (Some decode: a huge varint is a valid ballot round.)
     #[test]
     fn checksummed_frames_declaring_huge_lengths_never_panic_and_decoders_agree() {
-        let codec = Codec::new(CLUSTER, 1 << 16);
+        let codec = Codec::new(CLUSTER, 1 << 16).expect("a frame size within the codec's limits");
         let huge = [0xFDu8, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
         let mut refused = 0;
         for tags in 0..64u8 {
@@ -628,7 +628,7 @@ mod codec {
     #[test]
     fn a_tiny_frame_declaring_a_huge_entry_vector_allocates_in_proportion_to_its_length() {
         use synod::{Ballot, Body, NodeId};
-        let codec = Codec::new(CLUSTER, 1 << 20);
+        let codec = Codec::new(CLUSTER, 1 << 20).expect("a frame size within the codec's limits");
         let message = |entries: usize| Message {
             from: NodeId(1),
             to: NodeId(2),
@@ -676,7 +676,7 @@ mod codec {
     /// complete, with only the header buffered; a zero-length payload is refused.
     #[test]
     fn oversize_and_empty_frames_are_refused_from_the_header() {
-        let codec = Codec::new(CLUSTER, 1024);
+        let codec = Codec::new(CLUSTER, 1024).expect("a frame size within the codec's limits");
         let mut header = frame_around(&[]);
         header[14..18].copy_from_slice(&(u32::MAX).to_le_bytes());
         let mut decoder = FrameDecoder::<Message>::new(codec);
@@ -937,7 +937,8 @@ mod tcp {
         let (mut good, _good_inbound) =
             TcpTransport::start_with_listener(config(2, &peers), b).unwrap();
 
-        let codec = Codec::new(CLUSTER, HANDSHAKE_FRAME_BYTES_MAX);
+        let codec = Codec::new(CLUSTER, HANDSHAKE_FRAME_BYTES_MAX)
+            .expect("a frame size within the codec's limits");
         let mut base = codec
             .encode(&WireFrame::Hello(Hello {
                 protocol_version: PROTOCOL_VERSION,

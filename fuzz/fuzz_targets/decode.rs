@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, input)) = data.split_first() else {
         return;
     };
-    let codec = Codec::new(CLUSTER, 1 << 16);
+    let codec = Codec::new(CLUSTER, 1 << 16).expect("a frame size within the codec's limits");
     let wrapped;
     let stream = if mode & 0x80 != 0 {
         wrapped = frame_around(input);

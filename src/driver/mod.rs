@@ -24,7 +24,9 @@
 //! A storage failure stops the driver with [`DriverError::Storage`]: nothing that failed to
 //! persist is ever acknowledged.
 
-use crate::error::{MembershipError, ProposeError, ReadError, StorageError, TransferError};
+use crate::error::{
+    AcknowledgeError, MembershipError, ProposeError, ReadError, StorageError, TransferError,
+};
 use crate::message::Message;
 use crate::replica::{Event, Replica, Status};
 use crate::storage::Snapshot;
@@ -73,6 +75,11 @@ pub enum DriverError {
     /// The storage thread could not be started or died.
     #[error("storage thread failed: {0}")]
     StorageThread(String),
+    /// The replica refused the acknowledgement of a write the storage thread completed: a
+    /// bug in the driver, never expected. The driver stops rather than guess which votes are
+    /// durable; restart the node from its storage.
+    #[error("write acknowledgement refused: {0}")]
+    Acknowledge(#[from] AcknowledgeError),
 }
 
 /// [`Handle::compact`] was refused; nothing was saved or compacted.
@@ -102,6 +109,20 @@ pub enum CompactError {
     /// The driver has stopped (or its storage failed while saving the snapshot).
     #[error("the driver has stopped")]
     Stopped,
+}
+
+impl From<crate::error::CompactError> for CompactError {
+    /// The replica's refusal ([`Replica::compact`]) as the driver's.
+    fn from(error: crate::error::CompactError) -> CompactError {
+        match error {
+            crate::error::CompactError::NotApplied { through, applied } => {
+                CompactError::NotApplied {
+                    slot: through,
+                    applied,
+                }
+            }
+        }
+    }
 }
 
 /// A proposal made through a [`Handle`] failed.
@@ -498,7 +519,8 @@ where
     ///
     /// # Errors
     /// [`DriverError::Storage`] if a write failed; [`DriverError::StorageThread`] if the
-    /// storage thread could not run.
+    /// storage thread could not run; [`DriverError::Acknowledge`] if the replica refused the
+    /// acknowledgement of a completed write (a driver bug).
     pub async fn run(mut self) -> Result<DriverStats, DriverError> {
         let storage = self.storage.take().expect("run is called once");
         let (job_sender, job_receiver) = std::sync::mpsc::channel::<Job>();
@@ -544,7 +566,7 @@ where
                 },
                 completed = done.next() => {
                     let completed = completed.ok_or_else(|| DriverError::StorageThread("stopped".into()))??;
-                    self.on_completed(completed);
+                    self.on_completed(completed)?;
                 }
                 message = next_if(&mut self.inbound, inbound_open).fuse() => match message {
                     Some(message) => {
@@ -563,7 +585,7 @@ where
         // Clean stop: let the writes already queued finish so their messages are not lost.
         while self.in_progress > 0 {
             match done.next().await {
-                Some(Ok(completed)) => self.on_completed(completed),
+                Some(Ok(completed)) => self.on_completed(completed)?,
                 Some(Err(error)) => return Err(error.into()),
                 None => break,
             }
@@ -573,13 +595,16 @@ where
 
     /// The storage thread finished a job. A write is durable: release the messages that
     /// revealed it, then count own votes.
-    fn on_completed(&mut self, done: Done) {
+    ///
+    /// # Errors
+    /// [`DriverError::Acknowledge`] if the replica refuses the write's acknowledgement.
+    fn on_completed(&mut self, done: Done) -> Result<(), DriverError> {
         match done {
             Done::Written(completed) => {
                 self.in_progress -= completed.merged_writes as u64;
                 self.stats.storage_writes += 1;
                 self.transport.send_all(completed.messages);
-                self.replica.on_persisted(completed.number);
+                self.replica.on_persisted(completed.number)?;
             }
             Done::Compacted => {
                 self.in_progress -= 1;
@@ -598,6 +623,7 @@ where
                 }
             }
         }
+        Ok(())
     }
 
     fn handle(
@@ -621,7 +647,11 @@ where
                 }
                 // The replica forgets the prefix now; the storage saves the snapshot before
                 // any later job, so a peer's request for it (a later job) reads this one.
-                self.replica.compact(snapshot.slot);
+                // Refused only beyond the applied mark, checked above.
+                if let Err(error) = self.replica.compact(snapshot.slot) {
+                    let _ = reply.send(Err(error.into()));
+                    return Ok(());
+                }
                 jobs.send(Job::Compact(snapshot))
                     .map_err(|_| DriverError::StorageThread("stopped".into()))?;
                 self.in_progress += 1;
@@ -729,7 +759,7 @@ where
                     let completed = done.next().await.ok_or_else(stopped)??;
                     let ours =
                         matches!(&completed, Done::Written(written) if written.number >= number);
-                    self.on_completed(completed);
+                    self.on_completed(completed)?;
                     if ours {
                         break;
                     }

@@ -83,7 +83,7 @@
 //!                     println!("{} learned {:?}", node.id(), value);
 //!                 }
 //!             }
-//!             node.advance(ready);
+//!             node.advance(ready)?; // this node's ready, acknowledged in order
 //!         }
 //!     }
 //!     for message in std::mem::take(&mut network) {
@@ -104,7 +104,8 @@
 //! # Errors
 //! Bad input from the network is a [`StepError`] and leaves the node unchanged; a refused
 //! proposal is a [`ProposeError`] that hands the value back; an invalid [`Config`] or recovered
-//! state is a [`ConfigError`](crate::ConfigError).
+//! state is a [`ConfigError`](crate::ConfigError); an acknowledgement of a ready that was not
+//! handed out, out of order or from another node is an [`AcknowledgeError`].
 
 mod acceptor;
 mod config;
@@ -115,6 +116,8 @@ mod node;
 mod proposer;
 mod ready;
 
+/// Re-exported for convenience: the error of [`Node::advance`] and [`Node::on_persisted`].
+pub use crate::error::AcknowledgeError;
 pub use config::Config;
 #[doc(hidden)]
 pub use config::FaultInjection;

@@ -8,8 +8,8 @@ use super::{
     Body, Config, DurableState, Event, InstanceId, Message, Proposal, ProposeError, Ready,
     StepError,
 };
-use crate::error::ConfigError;
-use crate::types::{Ballot, NodeId};
+use crate::error::{AcknowledgeError, ConfigError};
+use crate::types::{Ballot, NodeId, Origin};
 use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -51,6 +51,24 @@ impl std::hash::Hash for SeededRng {
         self.0.get_seed().hash(state);
         self.0.get_word_pos().hash(state);
     }
+}
+
+/// The node's [`Origin`] stamp, left out of its `Eq` and `Hash`: it names the value in
+/// memory, not the state (two nodes built from the same inputs are equal, and a model checker
+/// must see them so).
+#[derive(Clone, Copy, Debug)]
+struct OriginStamp(Origin);
+
+impl PartialEq for OriginStamp {
+    fn eq(&self, _other: &OriginStamp) -> bool {
+        true
+    }
+}
+
+impl Eq for OriginStamp {}
+
+impl std::hash::Hash for OriginStamp {
+    fn hash<H: std::hash::Hasher>(&self, _state: &mut H) {}
 }
 
 /// One member of one single-decree Paxos instance: acceptor, learner and, once
@@ -96,6 +114,8 @@ pub struct Node {
     persisted_number: u64,
     /// Messages refused since start.
     dropped_messages: u64,
+    /// Stamped on every ready, so that `advance` refuses a ready made by another node.
+    origin: OriginStamp,
 }
 
 impl Node {
@@ -159,6 +179,7 @@ impl Node {
             ready_number: 0,
             persisted_number: 0,
             dropped_messages: 0,
+            origin: OriginStamp(Origin::next()),
             config,
         })
     }
@@ -418,6 +439,7 @@ impl Node {
         self.durable_needs_sync = false;
         Ready {
             number,
+            origin: self.origin.0,
             write,
             must_sync,
             messages: std::mem::take(&mut self.messages),
@@ -427,26 +449,43 @@ impl Node {
     }
 
     /// Acknowledges a ready whose write is durable and whose messages were handed to the
-    /// transport. Same as `on_persisted(ready.number())`.
-    pub fn advance(&mut self, ready: Ready) {
-        self.on_persisted(ready.number);
+    /// transport. Same as `on_persisted(ready.number())`, once the ready is known to be this
+    /// node's.
+    ///
+    /// # Errors
+    /// [`AcknowledgeError::ForeignReady`] if another node made `ready` (or it is a
+    /// `Ready::default()`); otherwise as [`on_persisted`](Node::on_persisted). Nothing is
+    /// acknowledged then.
+    pub fn advance(&mut self, ready: Ready) -> Result<(), AcknowledgeError> {
+        if ready.origin != self.origin.0 {
+            return Err(AcknowledgeError::ForeignReady {
+                number: ready.number,
+            });
+        }
+        self.on_persisted(ready.number)
     }
 
     /// Tells the node that the writes of every ready up to `number` are durable, so its own
-    /// acceptor's promises and acceptances count from now on.
+    /// acceptor's promises and acceptances count from now on. Acknowledging the same number
+    /// again does nothing.
     ///
-    /// # Panics
-    /// If `number` was never handed out, or is lower than a number already acknowledged
-    /// (writes must complete in order).
-    pub fn on_persisted(&mut self, number: u64) {
-        assert!(
-            number <= self.ready_number,
-            "ready {number} was never handed out"
-        );
-        assert!(
-            number >= self.persisted_number,
-            "writes must be acknowledged in order"
-        );
+    /// # Errors
+    /// [`AcknowledgeError::NeverHandedOut`] if no ready with `number` was handed out yet;
+    /// [`AcknowledgeError::OutOfOrder`] if `number` is lower than a number already
+    /// acknowledged (writes must complete in order). Nothing is acknowledged then.
+    pub fn on_persisted(&mut self, number: u64) -> Result<(), AcknowledgeError> {
+        if number > self.ready_number {
+            return Err(AcknowledgeError::NeverHandedOut {
+                number,
+                last: self.ready_number,
+            });
+        }
+        if number < self.persisted_number {
+            return Err(AcknowledgeError::OutOfOrder {
+                number,
+                acknowledged: self.persisted_number,
+            });
+        }
         self.persisted_number = number;
         while let Some((vote_number, _)) = self.self_votes.front() {
             if *vote_number > number {
@@ -459,6 +498,7 @@ impl Node {
                 SelfVote::Accepted { ballot, value } => self.on_accepted(own, ballot, value),
             }
         }
+        Ok(())
     }
 
     // ---- acceptor ----

@@ -2,7 +2,7 @@
 //! [`Event`]s in it.
 
 use super::{DurableState, Message};
-use crate::types::Ballot;
+use crate::types::{Ballot, Origin};
 use bytes::Bytes;
 
 /// Something that happened inside the node that the application may want to know.
@@ -59,6 +59,8 @@ pub enum Event {
 #[must_use = "a Ready carries messages and writes that must be handled"]
 pub struct Ready {
     pub(super) number: u64,
+    /// The node that made the ready (zero, which no node has, in a default one).
+    pub(super) origin: Origin,
     pub(super) write: Option<DurableState>,
     pub(super) must_sync: bool,
     pub(super) messages: Vec<Message>,

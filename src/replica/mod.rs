@@ -87,13 +87,16 @@ pub use status::{FollowerStatus, Role, Status};
 
 use crate::config::Config;
 use crate::error::{
-    ConfigError, ProposeError, ReadError, SendSnapshotError, StepError, TransferError,
+    AcknowledgeError, CompactError, ConfigError, ProposeError, ReadError, SendSnapshotError,
+    StepError, TransferError,
 };
 use crate::log::Log;
 use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
 use crate::storage::{Recovered, Snapshot};
-use crate::types::{Ballot, Entries, Entry, HardState, MembershipAt, NodeId, ProposalId, Slot};
+use crate::types::{
+    Ballot, Entries, Entry, HardState, MembershipAt, NodeId, Origin, ProposalId, Slot,
+};
 use bytes::Bytes;
 use progress::Progress;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -379,6 +382,9 @@ pub struct Replica {
     /// stream of batches allocates nothing for it or its buffers. Always empty (only its
     /// buffers' capacity matters), so it is not part of the replica's identity.
     spare: Option<Box<Batch>>,
+    /// Stamped on every ready, so that `advance` refuses a ready made by another replica.
+    /// Not part of the replica's identity (see [`Origin`]); a clone keeps it.
+    origin: Origin,
 }
 
 /// False for a membership entry that fails [`Membership::validate`](crate::Membership::validate)
@@ -723,6 +729,7 @@ impl Replica {
             dropped_messages: 0,
             lease_reads: 0,
             spare: None,
+            origin: Origin::next(),
             config,
         };
         replica.prune_memberships();
@@ -1229,6 +1236,7 @@ impl Replica {
         // them to gather the next batch.
         let mut batch = self.spare.take().unwrap_or_default();
         batch.number = number;
+        batch.origin = self.origin;
         batch.write.must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         batch.write.hard_state = self.hard_dirty.then_some(self.hard);
         batch.write.compact_through = self.compact_through.take();
@@ -1267,13 +1275,26 @@ impl Replica {
     }
 
     /// Acknowledges a ready whose write is durable and whose messages were handed to the
-    /// transport. Same as `on_persisted(ready.number())`.
+    /// transport. Same as `on_persisted(ready.number())`, once the ready is known to be this
+    /// replica's.
     ///
     /// The ready's buffers are kept for reuse: drain it with the `drain_*` methods rather than
     /// the `take_*` ones and steady-state batches allocate no output vectors.
-    pub fn advance(&mut self, ready: Ready) {
-        self.on_persisted(ready.batch.number);
+    ///
+    /// # Errors
+    /// [`AcknowledgeError::ForeignReady`] if another replica made `ready` (or it is a
+    /// `Ready::default()`); otherwise as [`on_persisted`](Replica::on_persisted). Nothing is
+    /// acknowledged then, and the ready is dropped.
+    #[inline]
+    pub fn advance(&mut self, ready: Ready) -> Result<(), AcknowledgeError> {
+        if ready.batch.origin != self.origin {
+            return Err(AcknowledgeError::ForeignReady {
+                number: ready.batch.number,
+            });
+        }
+        self.on_persisted(ready.batch.number)?;
         self.recycle(ready);
+        Ok(())
     }
 
     /// Hands back a ready whose write is still in flight, so that the next
@@ -1289,25 +1310,32 @@ impl Replica {
     }
 
     /// Tells the replica that the writes of every ready up to `number` are durable, so its own
-    /// promises and acceptances count from now on.
+    /// promises and acceptances count from now on. Acknowledging the same number again does
+    /// nothing.
     ///
-    /// # Panics
-    /// If `number` was never handed out, or is lower than a number already acknowledged
-    /// (writes must complete in order).
+    /// # Errors
+    /// [`AcknowledgeError::NeverHandedOut`] if no ready with `number` was handed out yet;
+    /// [`AcknowledgeError::OutOfOrder`] if `number` is lower than a number already
+    /// acknowledged (writes must complete in order). Nothing is acknowledged then.
     #[inline]
-    pub fn on_persisted(&mut self, number: u64) {
-        assert!(
-            number <= self.ready_number,
-            "ready {number} was never handed out"
-        );
-        assert!(
-            number >= self.persisted_number,
-            "writes must be acknowledged in order"
-        );
+    pub fn on_persisted(&mut self, number: u64) -> Result<(), AcknowledgeError> {
+        if number > self.ready_number {
+            return Err(AcknowledgeError::NeverHandedOut {
+                number,
+                last: self.ready_number,
+            });
+        }
+        if number < self.persisted_number {
+            return Err(AcknowledgeError::OutOfOrder {
+                number,
+                acknowledged: self.persisted_number,
+            });
+        }
         self.persisted_number = number;
         if !self.self_votes.is_empty() {
             self.count_self_votes(number);
         }
+        Ok(())
     }
 
     /// Counts this replica's own votes whose write is durable (ready `number` or earlier).
@@ -1336,15 +1364,21 @@ impl Replica {
     /// at or below `through`) gets no promise from this replica, which could not report the
     /// values it accepted there.
     ///
-    /// # Panics
-    /// If `through` is beyond the applied mark.
-    pub fn compact(&mut self, through: Slot) {
-        assert!(
-            through <= self.applied,
-            "cannot compact entries not yet applied"
-        );
+    /// Compacting through a slot already compacted does nothing.
+    ///
+    /// # Errors
+    /// [`CompactError::NotApplied`] if `through` is beyond the applied mark (the last slot
+    /// handed out by [`committed`](Replica::committed)); nothing is compacted then.
+    pub fn compact(&mut self, through: Slot) -> Result<(), CompactError> {
+        if through > self.applied {
+            return Err(CompactError::NotApplied {
+                through,
+                applied: self.applied,
+            });
+        }
         self.log.compact(through);
         self.prune_memberships();
+        Ok(())
     }
 
     /// Sends `snapshot` to `to`: the answer to an [`Event::SnapshotNeeded`] naming `to`, a
@@ -1669,7 +1703,9 @@ mod tests {
             Replica::new(Config::new(NodeId(2), members), recovered).expect("valid config");
         while replica.has_ready() {
             let ready = replica.ready();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
         }
         replica
     }
@@ -1751,7 +1787,9 @@ mod tests {
             "the next ready reuses the batch"
         );
         assert_eq!(ready.number(), number + 1);
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
         assert_eq!(replica.persisted_number, number + 1);
     }
 

@@ -2,7 +2,7 @@
 
 use crate::message::Message;
 use crate::storage::{Snapshot, WriteBatch};
-use crate::types::{Ballot, NodeId, Slot};
+use crate::types::{Ballot, NodeId, Origin, Slot};
 
 /// Something that happened inside the replica that the application may want to know.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -124,6 +124,8 @@ pub struct Ready {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Batch {
     pub(super) number: u64,
+    /// The replica that made the batch (zero, which no replica has, in a default one).
+    pub(super) origin: Origin,
     pub(super) write: WriteBatch,
     pub(super) messages: Vec<Message>,
     pub(super) persisted_messages: Vec<Message>,

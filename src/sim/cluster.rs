@@ -999,7 +999,11 @@ impl Simulation {
             return Ok(());
         }
         let node = &mut self.nodes[index];
-        node.replica.as_mut().expect("live").compact(applied);
+        node.replica
+            .as_mut()
+            .expect("live")
+            .compact(applied)
+            .map_err(|error| Violation::new("replica_compact", error.to_string()))?;
         node.compact_disks(applied)?;
         self.stats.compactions += 1;
         self.note(format!("{id}: snapshot at {applied}, compacted through it"));
@@ -1554,7 +1558,9 @@ impl Simulation {
                     .on_release(index, &self.nodes[index].storage, message)?;
             }
             if let Some(replica) = self.nodes[index].replica.as_mut() {
-                replica.on_persisted(write.number);
+                replica
+                    .on_persisted(write.number)
+                    .map_err(|error| Violation::new("replica_acknowledge", error.to_string()))?;
             }
             for message in write.messages {
                 self.send(message);

@@ -61,7 +61,7 @@
 //! [`Codec`] encodes and decodes whole frames held in one buffer; [`FrameDecoder`] cuts frames
 //! out of a byte stream fed in arbitrary chunks (as read from a TCP socket).
 
-use crate::error::DecodeError;
+use crate::error::{ConfigError, DecodeError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::marker::PhantomData;
@@ -156,22 +156,26 @@ pub struct Codec {
 impl Codec {
     /// A codec for `cluster_id` with frames of at most `frame_bytes_max` bytes, header included.
     ///
-    /// # Panics
-    /// If `frame_bytes_max` is not above [`HEADER_BYTES`] or is above
-    /// [`FRAME_BYTES_MAX_LIMIT`] (a configuration mistake).
-    pub fn new(cluster_id: u64, frame_bytes_max: usize) -> Codec {
-        assert!(
-            frame_bytes_max > HEADER_BYTES,
-            "frame_bytes_max ({frame_bytes_max}) must exceed the {HEADER_BYTES}-byte header"
-        );
-        assert!(
-            frame_bytes_max <= FRAME_BYTES_MAX_LIMIT,
-            "frame_bytes_max ({frame_bytes_max}) must be at most {FRAME_BYTES_MAX_LIMIT}"
-        );
-        Codec {
+    /// # Errors
+    /// A [`ConfigError`] for field `frame_bytes_max` if it is not above [`HEADER_BYTES`] (no
+    /// payload would fit) or is above [`FRAME_BYTES_MAX_LIMIT`].
+    pub fn new(cluster_id: u64, frame_bytes_max: usize) -> Result<Codec, ConfigError> {
+        if frame_bytes_max <= HEADER_BYTES {
+            return Err(ConfigError::new(
+                "frame_bytes_max",
+                "must exceed the frame header (HEADER_BYTES)",
+            ));
+        }
+        if frame_bytes_max > FRAME_BYTES_MAX_LIMIT {
+            return Err(ConfigError::new(
+                "frame_bytes_max",
+                "must be at most FRAME_BYTES_MAX_LIMIT",
+            ));
+        }
+        Ok(Codec {
             cluster_id,
             frame_bytes_max,
-        }
+        })
     }
 
     /// The cluster id this codec writes and requires.
@@ -967,7 +971,7 @@ mod tests {
     const CLUSTER: u64 = 0x5EED;
 
     fn codec() -> Codec {
-        Codec::new(CLUSTER, 1 << 20)
+        Codec::new(CLUSTER, 1 << 20).expect("a frame size within the codec's limits")
     }
 
     fn ballot() -> Ballot {
@@ -1189,6 +1193,7 @@ mod tests {
     #[test]
     fn foreign_cluster_is_refused() {
         let frame = Codec::new(CLUSTER + 1, 1 << 20)
+            .expect("a frame size within the codec's limits")
             .encode(&message(Body::PreVote {
                 ballot: ballot(),
                 chosen: 3,
@@ -1206,7 +1211,7 @@ mod tests {
 
     #[test]
     fn oversized_frames_are_refused_on_both_sides() {
-        let small = Codec::new(CLUSTER, 64);
+        let small = Codec::new(CLUSTER, 64).expect("a frame size within the codec's limits");
         let big = message(every_body().pop().unwrap());
         let error = small.encode(&big).unwrap_err();
         assert!(

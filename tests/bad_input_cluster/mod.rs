@@ -65,7 +65,9 @@ impl Cluster {
             ready.append_persisted_messages_to(&mut self.queue);
             let _ = replica.committed(&ready).count();
             let events = ready.take_events();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
             for event in events {
                 if let Event::SnapshotNeeded { follower } = event {
                     if let Ok(Some(snapshot)) = storage.load_snapshot() {

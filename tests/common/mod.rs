@@ -54,7 +54,9 @@ pub fn first_memberships(members: u64) -> Vec<synod::MembershipAt> {
 pub fn started(id: u64, members: u64) -> Replica {
     let mut replica = Replica::new(config(id, members), Default::default()).unwrap();
     let ready = replica.ready();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     replica
 }
 
@@ -168,7 +170,9 @@ impl Net {
                 }
             }
             let events = ready.take_events();
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
             for event in &events {
                 // Answer a lagging follower with the saved snapshot, if there is one.
                 if let Event::SnapshotNeeded { follower } = event {
@@ -408,7 +412,11 @@ impl Net {
         let node = self.nodes.get_mut(&NodeId(id)).unwrap();
         let snapshot = encode_snapshot(applied, &node.applied);
         node.storage.save_snapshot(&snapshot).unwrap();
-        node.replica.as_mut().expect("node is up").compact(applied);
+        node.replica
+            .as_mut()
+            .expect("node is up")
+            .compact(applied)
+            .expect("compacting at or below the applied mark");
         node.storage.compact(applied);
         applied
     }

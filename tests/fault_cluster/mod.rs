@@ -157,7 +157,9 @@ impl Cluster {
                 }
             }
             node.events.extend(ready.take_events());
-            replica.advance(ready);
+            replica
+                .advance(ready)
+                .expect("its own ready, acknowledged in order");
             for message in out {
                 self.send(message);
             }
@@ -403,7 +405,9 @@ pub fn drain(replica: &mut Replica) -> Vec<Message> {
         let mut ready = replica.ready();
         out.extend(ready.take_messages());
         out.extend(ready.take_persisted_messages());
-        replica.advance(ready);
+        replica
+            .advance(ready)
+            .expect("its own ready, acknowledged in order");
     }
     out
 }
@@ -417,7 +421,9 @@ pub fn candidate_n1_with(tweak: impl Fn(&mut Config)) -> (Replica, Ballot) {
     let mut replica = Replica::new(config, storage.recover().unwrap()).unwrap();
     let mut ready = replica.ready();
     storage.write(ready.persist_mut()).unwrap();
-    replica.advance(ready);
+    replica
+        .advance(ready)
+        .expect("its own ready, acknowledged in order");
     replica.campaign();
     let pre_vote = drain(&mut replica)
         .into_iter()

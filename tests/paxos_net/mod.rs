@@ -188,7 +188,8 @@ impl Net {
             .node
             .as_mut()
             .expect("only live nodes have pending writes")
-            .on_persisted(write.number);
+            .on_persisted(write.number)
+            .expect("a number handed out, acknowledged in order");
         self.enqueue(write.messages);
         self.process(id);
         true

@@ -133,7 +133,9 @@ impl<S: Storage> Cluster for SynodCluster<S> {
                         self.appliers[index].apply(data);
                     }
                 }
-                replica.advance(ready);
+                replica
+                    .advance(ready)
+                    .expect("its own ready, acknowledged in order");
             }
         }
         busy
@@ -142,7 +144,9 @@ impl<S: Storage> Cluster for SynodCluster<S> {
     fn compact(&mut self) {
         let through = self.applied_slots.iter().copied().min().unwrap_or(0);
         for (replica, storage) in self.replicas.iter_mut().zip(&mut self.storages) {
-            replica.compact(through);
+            replica
+                .compact(through)
+                .expect("every replica applied through the lowest applied slot");
             storage.compact(through).expect("storage compaction");
         }
     }

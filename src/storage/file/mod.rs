@@ -152,7 +152,7 @@ pub use format::{MEMBERSHIPS_MAX, SEGMENT_HEADER_BYTES};
 pub use snapshot::{SNAPSHOT_FILE_NAME, SNAPSHOT_HEADER_BYTES, SNAPSHOT_TMP_FILE_NAME};
 
 use super::{recovered_memberships, Recovered, Snapshot, Storage, WriteBatch};
-use crate::error::StorageError;
+use crate::error::{ConfigError, StorageError};
 use crate::types::{Entry, HardState, MembershipAt, NodeId, Slot, Value};
 use bytes::Bytes;
 use format::{
@@ -208,20 +208,29 @@ impl Default for FileStorageOptions {
 }
 
 impl FileStorageOptions {
-    /// Asserts the options are usable (a configuration mistake is a programming error).
-    fn assert_valid(&self) {
-        assert!(
-            self.segment_bytes_max > SEGMENT_HEADER_BYTES,
-            "segment_bytes_max must exceed the {SEGMENT_HEADER_BYTES}-byte segment header"
-        );
-        assert!(
-            self.command_bytes_max <= u32::MAX as usize - ENTRY_COMMAND_FIXED_BYTES,
-            "command_bytes_max must leave the record length within a u32"
-        );
-        assert!(
-            self.open_files_max >= 1,
-            "open_files_max must be at least 1"
-        );
+    /// Checks the options are usable, as [`FileStorage::open`] does first.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first unusable field: `segment_bytes_max` not above the
+    /// [`SEGMENT_HEADER_BYTES`]-byte segment header, `command_bytes_max` too large for a record
+    /// length (a `u32`), or `open_files_max` zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.segment_bytes_max <= SEGMENT_HEADER_BYTES {
+            return Err(ConfigError::new(
+                "segment_bytes_max",
+                "must exceed the segment header (SEGMENT_HEADER_BYTES)",
+            ));
+        }
+        if self.command_bytes_max > u32::MAX as usize - ENTRY_COMMAND_FIXED_BYTES {
+            return Err(ConfigError::new(
+                "command_bytes_max",
+                "must leave the record length within a u32",
+            ));
+        }
+        if self.open_files_max == 0 {
+            return Err(ConfigError::new("open_files_max", "must be at least 1"));
+        }
+        Ok(())
     }
 
     /// The largest record body any record may have: the largest command entry, membership
@@ -569,16 +578,15 @@ impl FileStorage {
     ///   a torn tail is damaged, or the snapshot file does not check out (see
     ///   [Snapshot](self#snapshot)); the error names the file and the byte offset.
     /// - [`StorageError::Io`] if the directory or a file cannot be read, written or synced.
-    ///
-    /// # Panics
-    /// If `options` are unusable (see [`FileStorageOptions`]).
+    /// - [`StorageError::InvalidOptions`] if `options` are unusable (see
+    ///   [`FileStorageOptions::validate`]); nothing is opened or created then.
     pub fn open(
         directory: impl AsRef<Path>,
         cluster_id: u64,
         node_id: NodeId,
         options: FileStorageOptions,
     ) -> Result<FileStorage, StorageError> {
-        options.assert_valid();
+        options.validate().map_err(StorageError::InvalidOptions)?;
         let directory = directory.as_ref().to_path_buf();
         if !directory.is_dir() {
             fs::create_dir_all(&directory).map_err(|error| io_error(&directory, error))?;

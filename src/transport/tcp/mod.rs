@@ -135,7 +135,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, trace};
+use tracing::{error, info, trace};
 
 #[cfg(feature = "tls")]
 use crate::transport::tls::TlsContext;
@@ -373,8 +373,8 @@ impl TcpTransport {
             runtime: tokio::runtime::Handle::current(),
             stop: stop_receiver.clone(),
             alive: alive_sender.downgrade(),
-            codec: Codec::new(config.cluster_id, config.frame_bytes_max),
-            handshake_codec: Codec::new(config.cluster_id, HANDSHAKE_FRAME_BYTES_MAX),
+            codec: Codec::new(config.cluster_id, config.frame_bytes_max)?,
+            handshake_codec: Codec::new(config.cluster_id, HANDSHAKE_FRAME_BYTES_MAX)?,
             counters: counters.clone(),
             handshaking: AtomicUsize::new(0),
             registry: Mutex::new(Registry::default()),
@@ -473,14 +473,20 @@ impl Transport for TcpTransport {
     /// Queues `message` for its peer without waiting; drops and counts it if the peer's queue
     /// is full, the peer is unknown, or the transport is stopping.
     ///
-    /// # Panics
-    /// If `message.from` is not this node (a programming error: the peer would refuse it).
+    /// A message whose `from` is not this node is a programming error (the peer would refuse
+    /// it and close the connection): it is dropped, logged as an error and counted in
+    /// [`TcpStats::dropped_wrong_sender`].
     fn send(&mut self, message: Message) {
-        assert_eq!(
-            message.from, self.node_id,
-            "TcpTransport of {} asked to send a message from {}",
-            self.node_id, message.from
-        );
+        if message.from != self.node_id {
+            error!(
+                node = %self.node_id,
+                from = %message.from,
+                to = %message.to,
+                "dropped a message from another node: a transport sends its own node's messages"
+            );
+            bump(&self.counters.dropped_wrong_sender);
+            return;
+        }
         let version = self.shared.links_version.load(Ordering::Acquire);
         if version != self.links_version {
             // A `TcpPeers` changed the peer set: take the queues as they are now.
@@ -509,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_hello_fits_the_handshake_frame_limit() {
-        let codec = Codec::new(u64::MAX, HANDSHAKE_FRAME_BYTES_MAX);
+        let codec = Codec::new(u64::MAX, HANDSHAKE_FRAME_BYTES_MAX).expect("a valid frame size");
         let hello = WireFrame::Hello(Hello {
             protocol_version: u16::MAX,
             cluster_id: u64::MAX,

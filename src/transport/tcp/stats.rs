@@ -51,6 +51,9 @@ counters! {
     dropped_unknown,
     /// Messages `send` dropped because the transport is shutting down.
     dropped_stopped,
+    /// Messages `send` dropped because their `from` is not this node (a programming error in
+    /// the caller, logged as an error: the peer would refuse them).
+    dropped_wrong_sender,
     /// Messages dropped because they do not fit in `frame_bytes_max` (or cannot be encoded).
     dropped_encode,
     /// Messages dropped because their peer was unreachable: queued while it was, or in a
@@ -140,6 +143,7 @@ impl TcpStats {
         self.dropped_full
             + self.dropped_unknown
             + self.dropped_stopped
+            + self.dropped_wrong_sender
             + self.dropped_encode
             + self.dropped_disconnected
     }
