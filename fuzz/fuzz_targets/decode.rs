@@ -7,7 +7,7 @@
 //! bincode payload decoder instead of being stopped by the CRC.
 //!
 //! Run from the repository root (cargo-fuzz needs nightly features):
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run decode fuzz/corpus/decode fuzz/seeds/decode -- -max_total_time=60`
+//! `mkdir -p fuzz/corpus/decode && RUSTC_BOOTSTRAP=1 cargo fuzz run decode fuzz/corpus/decode fuzz/seeds/decode -- -max_total_time=60`
 //! `fuzz/seeds/decode` holds a few valid frames and payloads (cluster id 1) to start from.
 #![no_main]
 

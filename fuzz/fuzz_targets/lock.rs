@@ -5,7 +5,7 @@
 //! raw input fed to `restore` must not panic.
 //!
 //! Run from the repository root:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run lock fuzz/corpus/lock -- -max_total_time=60`
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run lock -- -max_total_time=60`
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -11,7 +11,7 @@
 //! - then records: kind `u8`, body length `u8`, body.
 //!
 //! Run from the repository root:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run recover fuzz/corpus/recover -- -max_total_time=60`
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run recover -- -max_total_time=60`
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

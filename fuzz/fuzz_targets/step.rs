@@ -19,7 +19,7 @@
 //!   the wire, without a frame): decoded and stepped into its recipient if it is a member.
 //!
 //! Run from the repository root:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run step fuzz/corpus/step -- -max_total_time=60`
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run step -- -max_total_time=60`
 #![no_main]
 
 #[path = "../../tests/bad_input_cluster/mod.rs"]

@@ -8,7 +8,7 @@
 //! messages name one of the four newest.
 //!
 //! Run from the repository root:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run twopc fuzz/corpus/twopc -- -max_total_time=60`
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run twopc -- -max_total_time=60`
 #![no_main]
 
 use bytes::Bytes;
