@@ -491,7 +491,7 @@ async fn serve(
                 opened: HashMap::new(),
             },
             None => Applied {
-                kv: KvStateMachine::new(KvLimits::default()),
+                kv: KvStateMachine::new(KvLimits::default()).expect("the default limits are valid"),
                 slot: 0,
                 log_digest: FNV_OFFSET,
                 commands_applied: 0,

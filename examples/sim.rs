@@ -192,7 +192,7 @@ fn run_one(
     config.kv_clients = args.kv_clients;
     config.replica.lease_ticks = args.lease_ticks;
     config.file_disks = args.file_disks(seed);
-    let mut simulation = Simulation::new(config);
+    let mut simulation = Simulation::new(config).expect("a valid simulation config");
     let result = simulation
         .run(args.steps)
         .and_then(|()| simulation.check_liveness(args.liveness_steps));

@@ -17,7 +17,9 @@
 //! Bad input (undecodable bytes, oversized keys) yields an error [`Response`], never a panic.
 
 use crate::error::ConfigError;
-use crate::session::{ClientId, Outcome, RequestHeader, ResponseSize, SessionLimits, SessionTable};
+use crate::session::{
+    ClientId, Outcome, RequestHeader, ResponseSize, SessionError, SessionLimits, SessionTable,
+};
 use crate::types::Slot;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -277,6 +279,31 @@ pub enum KvError {
         /// The maximum.
         store_bytes_max: u64,
     },
+    /// [`KvStateMachine::apply`] was called for a slot at or below the last one applied: a
+    /// bug in the caller (entries are applied once, in slot order). Not applied; nothing
+    /// changed.
+    #[error("slot {slot} applied after slot {last}")]
+    SlotReplayed {
+        /// The slot given.
+        slot: u64,
+        /// The last slot applied.
+        last: u64,
+    },
+    /// The session table refused the command (see [`SessionError`]): client ids are
+    /// exhausted, which only a corrupt snapshot leads to. Not applied.
+    #[error("session table refused the command: {reason}")]
+    SessionRefused {
+        /// The session table's error.
+        reason: String,
+    },
+}
+
+impl From<SessionError> for KvError {
+    fn from(error: SessionError) -> KvError {
+        KvError::SessionRefused {
+            reason: error.to_string(),
+        }
+    }
 }
 
 /// The answer to one [`Command`].
@@ -321,7 +348,9 @@ impl ResponseSize for Response {
         // The enum itself, plus the bytes it owns.
         let owned_bytes = match self {
             Response::Output(Output::Value(Some(value))) => value.len(),
-            Response::Error(KvError::Malformed { reason }) => reason.len(),
+            Response::Error(KvError::Malformed { reason } | KvError::SessionRefused { reason }) => {
+                reason.len()
+            }
             _ => 0,
         };
         std::mem::size_of::<Response>() + owned_bytes
@@ -461,16 +490,17 @@ struct KvSnapshotRef<'a> {
 impl KvStateMachine {
     /// Creates an empty store.
     ///
-    /// Panics if `limits` is invalid (see [`KvLimits::validate`]).
-    pub fn new(limits: KvLimits) -> KvStateMachine {
-        assert!(limits.validate().is_ok(), "invalid key-value limits");
-        KvStateMachine {
+    /// # Errors
+    /// The [`ConfigError`] of [`KvLimits::validate`] if `limits` is invalid.
+    pub fn new(limits: KvLimits) -> Result<KvStateMachine, ConfigError> {
+        limits.validate()?;
+        Ok(KvStateMachine {
             limits,
             data: BTreeMap::new(),
             data_bytes: 0,
-            sessions: SessionTable::new(limits.sessions),
+            sessions: SessionTable::new(limits.sessions)?,
             last_applied_slot: 0,
-        }
+        })
     }
 
     /// The limits the store was created with.
@@ -507,15 +537,12 @@ impl KvStateMachine {
     /// Applies the command chosen for `slot` and returns its response.
     ///
     /// Bytes that do not decode give [`KvError::Malformed`]; the slot still counts as applied.
-    ///
-    /// Panics unless `slot` is above every slot applied before (entries are applied once, in
-    /// order).
+    /// A `slot` at or below the last one applied (entries are applied once, in slot order)
+    /// gives [`KvError::SlotReplayed`] and changes nothing.
     pub fn apply(&mut self, slot: Slot, command: &[u8]) -> Response {
-        assert!(
-            slot > self.last_applied_slot,
-            "slot {slot} applied after slot {}",
-            self.last_applied_slot
-        );
+        if let Some(replayed) = self.replayed(slot) {
+            return replayed;
+        }
         if command.len() > self.limits.command_bytes_max {
             self.last_applied_slot = slot;
             return Response::Error(KvError::CommandTooLarge {
@@ -534,22 +561,29 @@ impl KvStateMachine {
 
     /// Applies an already decoded command chosen for `slot`; see [`apply`](Self::apply).
     pub fn apply_command(&mut self, slot: Slot, command: Command) -> Response {
-        assert!(
-            slot > self.last_applied_slot,
-            "slot {slot} applied after slot {}",
-            self.last_applied_slot
-        );
+        if let Some(replayed) = self.replayed(slot) {
+            return replayed;
+        }
         self.last_applied_slot = slot;
         let response = match command {
-            Command::OpenSession => Response::SessionOpened {
-                client: self.sessions.open(slot).client,
+            Command::OpenSession => match self.sessions.open(slot) {
+                Ok(opened) => Response::SessionOpened {
+                    client: opened.client,
+                },
+                Err(error) => Response::Error(error.into()),
             },
-            Command::CloseSession { client } => Response::SessionClosed {
-                was_open: self.sessions.close(client),
+            Command::CloseSession { client } => match self.sessions.close(client) {
+                Ok(was_open) => Response::SessionClosed { was_open },
+                Err(error) => Response::Error(error.into()),
             },
-            Command::ExpireSessions { inactive_before } => Response::SessionsExpired {
-                count: self.sessions.expire_inactive(inactive_before) as u64,
-            },
+            Command::ExpireSessions { inactive_before } => {
+                match self.sessions.expire_inactive(inactive_before) {
+                    Ok(count) => Response::SessionsExpired {
+                        count: count as u64,
+                    },
+                    Err(error) => Response::Error(error.into()),
+                }
+            }
             Command::Request { header, operation } => {
                 let limits = &self.limits;
                 let store = &mut Store {
@@ -569,6 +603,16 @@ impl KvStateMachine {
         };
         self.check_invariants();
         response
+    }
+
+    /// The answer to a slot at or below the last one applied, if `slot` is one.
+    fn replayed(&self, slot: Slot) -> Option<Response> {
+        (slot <= self.last_applied_slot).then(|| {
+            Response::Error(KvError::SlotReplayed {
+                slot,
+                last: self.last_applied_slot,
+            })
+        })
     }
 
     /// A 64-bit fingerprint of the whole replicated state (data, sessions, last applied slot,
@@ -762,9 +806,11 @@ fn refusal_error(outcome: Outcome<Response>) -> KvError {
         Outcome::SessionFull => KvError::SessionFull,
         Outcome::SessionExpired => KvError::SessionExpired,
         Outcome::UnknownSession => KvError::UnknownSession,
-        Outcome::New | Outcome::Duplicate(_) => {
-            unreachable!("execute answers New and Duplicate itself")
-        }
+        Outcome::Misuse(error) => error.into(),
+        // `execute` answers New and Duplicate itself; never handed here.
+        Outcome::New | Outcome::Duplicate(_) => KvError::SessionRefused {
+            reason: "unexpected session outcome".into(),
+        },
     }
 }
 
@@ -792,7 +838,7 @@ mod tests {
             store_bytes_max: 20,
             ..small_limits()
         };
-        let mut machine = KvStateMachine::new(limits);
+        let mut machine = KvStateMachine::new(limits).unwrap();
         let mut slot = 0;
         let mut apply = |machine: &mut KvStateMachine, command: Command| {
             slot += 1;
@@ -886,7 +932,7 @@ mod tests {
     impl Harness {
         fn new(limits: KvLimits) -> Harness {
             Harness {
-                machine: KvStateMachine::new(limits),
+                machine: KvStateMachine::new(limits).unwrap(),
                 slot: 0,
             }
         }
@@ -1213,7 +1259,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(commands in proptest::collection::vec(
             proptest::collection::vec(any::<u8>(), 0..64), 1..50)) {
-            let mut machine = KvStateMachine::new(small_limits());
+            let mut machine = KvStateMachine::new(small_limits()).unwrap();
             for (index, command) in commands.iter().enumerate() {
                 machine.apply(index as u64 + 1, command);
             }
@@ -1225,7 +1271,7 @@ mod tests {
             flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
             value_length_bytes in 0usize..12,
         ) {
-            let mut machine = KvStateMachine::new(small_limits());
+            let mut machine = KvStateMachine::new(small_limits()).unwrap();
             machine.apply(1, &Command::OpenSession.encode());
             let command = Command::Request {
                 header: RequestHeader { client: ClientId(1), sequence: 1, acknowledged_below: 1 },

@@ -175,6 +175,42 @@ pub enum Outcome<R> {
     SessionExpired,
     /// No session with this id was ever opened (a forged or corrupted id). Not applied.
     UnknownSession,
+    /// The call broke the table's protocol (an index below one already passed in, or a
+    /// `New` request still waiting for its [`record`](SessionTable::record)): a bug in the
+    /// caller, not a fault of the request. Nothing changed; the request was not applied.
+    Misuse(SessionError),
+}
+
+/// A [`SessionTable`] call broke the table's protocol: a bug in the caller. The table is
+/// unchanged. Logical indices only rise (pass each entry's slot, in slot order), and a
+/// [`check`](SessionTable::check) answering [`Outcome::New`] must be followed by the
+/// [`record`](SessionTable::record) of the same request before any other call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum SessionError {
+    /// `index` is below `last`, an index already passed in.
+    #[error("logical index {index} is below {last}, an index already passed in")]
+    IndexBehind {
+        /// The index given.
+        index: u64,
+        /// The highest index passed in so far.
+        last: u64,
+    },
+    /// A `check` answered [`Outcome::New`] for `pending`, whose `record` has not come yet.
+    #[error("request {pending:?} awaits its record; record it before any other call")]
+    AwaitingRecord {
+        /// The request waiting for its record.
+        pending: RequestHeader,
+    },
+    /// `record` of a request that the last `check` did not answer [`Outcome::New`] for.
+    #[error("record of {request:?}, which no check answered New for")]
+    NotAwaited {
+        /// The request given to `record`.
+        request: RequestHeader,
+    },
+    /// [`CLIENT_IDS_MAX`] client ids have been allocated: no session can be opened (only a
+    /// corrupt or forged snapshot gets here).
+    #[error("client ids exhausted (at most CLIENT_IDS_MAX are allocated)")]
+    IdsExhausted,
 }
 
 /// The result of [`SessionTable::open`].
@@ -221,7 +257,7 @@ struct Session<R> {
 /// Serializes (for snapshots) to a canonical form: equal tables encode to equal bytes, so a
 /// digest of the encoding compares replicas. Deserializing validates every invariant.
 /// Serializing between a `New` [`check`](Self::check) and its [`record`](Self::record) is a
-/// programming error (the table is mid-apply) and panics.
+/// programming error (the table is mid-apply): the serializer's error, nothing written.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(
     try_from = "SessionTableState<R>",
@@ -264,10 +300,11 @@ struct SessionTableStateRef<'a, R> {
 
 impl<R: Serialize> Serialize for SessionTable<R> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        assert!(
-            self.awaiting_record.is_none(),
-            "a session table cannot be saved between check and record"
-        );
+        if self.awaiting_record.is_some() {
+            return Err(serde::ser::Error::custom(
+                "a session table cannot be saved between check and record",
+            ));
+        }
         SessionTableStateRef {
             limits: &self.limits,
             next_client: self.next_client,
@@ -341,18 +378,18 @@ impl<R: ResponseSize> TryFrom<SessionTableState<R>> for SessionTable<R> {
 impl<R: Clone + ResponseSize> SessionTable<R> {
     /// Creates an empty table.
     ///
-    /// Panics if `limits` is invalid (see [`SessionLimits::validate`]): that is a programming
-    /// error, to be caught when the configuration is loaded.
-    pub fn new(limits: SessionLimits) -> SessionTable<R> {
-        assert!(limits.validate().is_ok(), "invalid session limits");
-        SessionTable {
+    /// # Errors
+    /// The [`ConfigError`] of [`SessionLimits::validate`] if `limits` is invalid.
+    pub fn new(limits: SessionLimits) -> Result<SessionTable<R>, ConfigError> {
+        limits.validate()?;
+        Ok(SessionTable {
             limits,
             sessions: BTreeMap::new(),
             by_activity: BTreeSet::new(),
             next_client: 1,
             last_index: 0,
             awaiting_record: None,
-        }
+        })
     }
 
     /// The limits the table was created with.
@@ -384,10 +421,18 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
     /// allocates its id. If [`SessionLimits::sessions_max`] sessions are open, the least recently
     /// active one (smallest last index, then smallest id) is evicted first.
     ///
-    /// Panics if `index` is below an index already passed in, or if called between `check`
-    /// and `record`.
-    pub fn open(&mut self, index: u64) -> OpenedSession {
-        self.advance_index(index);
+    /// # Errors
+    /// [`SessionError::IndexBehind`] if `index` is below an index already passed in,
+    /// [`SessionError::AwaitingRecord`] between a `New` `check` and its `record`,
+    /// [`SessionError::IdsExhausted`] once [`CLIENT_IDS_MAX`] ids are allocated. Nothing
+    /// changed.
+    pub fn open(&mut self, index: u64) -> Result<OpenedSession, SessionError> {
+        self.check_index(index)?;
+        // An id at CLIENT_IDS_MAX would make a table (and its snapshot) that no longer loads.
+        if self.next_client >= CLIENT_IDS_MAX {
+            return Err(SessionError::IdsExhausted);
+        }
+        self.last_index = index;
         let mut evicted = None;
         if self.sessions.len() >= self.limits.sessions_max {
             let oldest = self.by_activity.pop_first();
@@ -397,11 +442,8 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
             evicted = Some(oldest_client);
         }
         let client = ClientId(self.next_client);
-        // Ids are never reused: exhausting 2^64 ids is not a realistic state.
-        self.next_client = self
-            .next_client
-            .checked_add(1)
-            .expect("client ids exhausted");
+        // Below CLIENT_IDS_MAX (checked above): no overflow.
+        self.next_client += 1;
         let session = Session {
             last_active_index: index,
             acknowledged_below: 0,
@@ -411,26 +453,27 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
         self.sessions.insert(client, session);
         self.by_activity.insert((index, client));
         self.check_invariants();
-        OpenedSession { client, evicted }
+        Ok(OpenedSession { client, evicted })
     }
 
     /// Closes `client`'s session at the client's request (or an operator's): its cached
     /// responses are forgotten and its later requests get [`Outcome::SessionExpired`].
     /// Returns whether the session was open.
-    pub fn close(&mut self, client: ClientId) -> bool {
-        assert!(
-            self.awaiting_record.is_none(),
-            "close between check and record"
-        );
+    ///
+    /// # Errors
+    /// [`SessionError::AwaitingRecord`] between a `New` `check` and its `record`; nothing
+    /// changed.
+    pub fn close(&mut self, client: ClientId) -> Result<bool, SessionError> {
+        self.check_not_awaiting()?;
         let Some(session) = self.sessions.remove(&client) else {
-            return false;
+            return Ok(false);
         };
         let removed = self
             .by_activity
             .remove(&(session.last_active_index, client));
-        assert!(removed);
+        debug_assert!(removed);
         self.check_invariants();
-        true
+        Ok(true)
     }
 
     /// Expires every session whose last activity is below `before_index`. Returns how many.
@@ -438,11 +481,12 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
     /// The table never decides this on its own: the application (typically the leader, from
     /// its clock) proposes an "expire sessions inactive before slot X" command and applies it
     /// here, so every replica expires the same sessions.
-    pub fn expire_inactive(&mut self, before_index: u64) -> usize {
-        assert!(
-            self.awaiting_record.is_none(),
-            "expire between check and record"
-        );
+    ///
+    /// # Errors
+    /// [`SessionError::AwaitingRecord`] between a `New` `check` and its `record`; nothing
+    /// changed.
+    pub fn expire_inactive(&mut self, before_index: u64) -> Result<usize, SessionError> {
+        self.check_not_awaiting()?;
         let mut expired = 0;
         // Bounded: each iteration removes one of at most `sessions_max` sessions.
         for _ in 0..self.limits.sessions_max {
@@ -454,11 +498,11 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
             }
             self.by_activity.pop_first();
             let removed = self.sessions.remove(&client);
-            assert!(removed.is_some());
+            debug_assert!(removed.is_some());
             expired += 1;
         }
         self.check_invariants();
-        expired
+        Ok(expired)
     }
 
     /// Decides what to do with a request applied at logical `index` (its slot).
@@ -469,10 +513,14 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
     /// [`record`](Self::record) before any other call on the table. No other outcome needs a
     /// follow-up call.
     ///
-    /// Panics if `index` is below an index already passed in, or if a `New` request is still
-    /// waiting for its `record`.
+    /// A call that breaks the protocol (`index` below an index already passed in, or a `New`
+    /// request still waiting for its `record`) is answered [`Outcome::Misuse`] and changes
+    /// nothing.
     pub fn check(&mut self, request: RequestHeader, index: u64) -> Outcome<R> {
-        self.advance_index(index);
+        if let Err(error) = self.check_index(index) {
+            return Outcome::Misuse(error);
+        }
+        self.last_index = index;
         let client = request.client;
         let Some(session) = self.sessions.get_mut(&client) else {
             if client.0 == 0 || client.0 >= self.next_client {
@@ -484,7 +532,7 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
         let previous_index = session.last_active_index;
         session.last_active_index = index;
         let moved = self.by_activity.remove(&(previous_index, client));
-        assert!(moved);
+        debug_assert!(moved);
         self.by_activity.insert((index, client));
 
         if request.acknowledged_below > session.acknowledged_below {
@@ -522,20 +570,22 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
     /// Deterministic rejections computed by the application (say, a value too large) must be
     /// recorded too, so that every retry gets the same answer.
     ///
-    /// Panics unless `request` is exactly the request of the last `New` outcome.
-    pub fn record(&mut self, request: RequestHeader, response: R) {
-        assert_eq!(
-            self.awaiting_record.take(),
-            Some(request),
-            "record must follow check answering New for the same request"
-        );
+    /// # Errors
+    /// [`SessionError::NotAwaited`] unless `request` is exactly the request of the last `New`
+    /// outcome (with no other call since); nothing changed.
+    pub fn record(&mut self, request: RequestHeader, response: R) -> Result<(), SessionError> {
+        if self.awaiting_record != Some(request) {
+            return Err(SessionError::NotAwaited { request });
+        }
+        // Invariant: `check` answered New for it and no call came between (every other call
+        // is refused while a record is awaited), so its session is open and has room.
+        let Some(session) = self.sessions.get_mut(&request.client) else {
+            return Err(SessionError::NotAwaited { request });
+        };
+        self.awaiting_record = None;
         let bytes_max = self.limits.response_bytes_per_session_max;
-        let session = self
-            .sessions
-            .get_mut(&request.client)
-            .expect("check answered New, so the session is open");
-        assert!(request.sequence >= session.acknowledged_below);
-        assert!(session.applied.len() < self.limits.responses_per_session_max);
+        debug_assert!(request.sequence >= session.acknowledged_below);
+        debug_assert!(session.applied.len() < self.limits.responses_per_session_max);
 
         let size_bytes = response.size_bytes();
         let cached = if size_bytes <= bytes_max {
@@ -545,7 +595,7 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
             None
         };
         let previous = session.applied.insert(request.sequence, cached);
-        assert!(previous.is_none(), "a sequence number is applied once");
+        debug_assert!(previous.is_none(), "a sequence number is applied once");
 
         // Bounded by the number of responses in the session.
         for response in session.applied.values_mut() {
@@ -556,8 +606,9 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
                 session.cached_bytes -= dropped.size_bytes();
             }
         }
-        assert!(session.cached_bytes <= bytes_max);
+        debug_assert!(session.cached_bytes <= bytes_max);
         self.check_invariants();
+        Ok(())
     }
 
     /// Applies a request at most once: [`check`](Self::check), then on [`Outcome::New`] runs
@@ -565,7 +616,8 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
     ///
     /// Returns `Ok(response)` with the fresh response for a new request or the cached one for
     /// a duplicate; `Err(outcome)` with the refusal otherwise (`apply` was not run, and must
-    /// not be: see [`Outcome`] for what to tell the client).
+    /// not be: see [`Outcome`] for what to tell the client; [`Outcome::Misuse`] is a bug of
+    /// the caller).
     pub fn execute(
         &mut self,
         request: RequestHeader,
@@ -575,25 +627,34 @@ impl<R: Clone + ResponseSize> SessionTable<R> {
         match self.check(request, index) {
             Outcome::New => {
                 let response = apply();
-                self.record(request, response.clone());
-                Ok(response)
+                match self.record(request, response.clone()) {
+                    Ok(()) => Ok(response),
+                    Err(error) => Err(Outcome::Misuse(error)),
+                }
             }
             Outcome::Duplicate(response) => Ok(response),
             refused => Err(refused),
         }
     }
 
-    fn advance_index(&mut self, index: u64) {
-        assert!(
-            self.awaiting_record.is_none(),
-            "check answered New; call record before anything else"
-        );
-        assert!(
-            index >= self.last_index,
-            "logical index went backwards: {index} < {}",
-            self.last_index
-        );
-        self.last_index = index;
+    /// Refuses a call while a `New` request awaits its record.
+    fn check_not_awaiting(&self) -> Result<(), SessionError> {
+        match self.awaiting_record {
+            Some(pending) => Err(SessionError::AwaitingRecord { pending }),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses an index below one already passed in (or a call while a record is awaited).
+    fn check_index(&self, index: u64) -> Result<(), SessionError> {
+        self.check_not_awaiting()?;
+        if index < self.last_index {
+            return Err(SessionError::IndexBehind {
+                index,
+                last: self.last_index,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -645,29 +706,29 @@ mod tests {
 
     #[test]
     fn new_then_duplicate_returns_the_cached_response() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        let client = table.open(1).unwrap().client;
         assert_eq!(client, ClientId(1));
         let request = header(client, 1, 0);
         assert_eq!(table.check(request, 2), Outcome::New);
-        table.record(request, response("one"));
+        table.record(request, response("one")).unwrap();
         assert_eq!(table.check(request, 3), Outcome::Duplicate(response("one")));
         assert_eq!(table.check(request, 4), Outcome::Duplicate(response("one")));
     }
 
     #[test]
     fn acknowledged_requests_become_stale_and_are_forgotten() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        let client = table.open(1).unwrap().client;
         for sequence in 1..=3 {
             let request = header(client, sequence, 1);
             assert_eq!(table.check(request, 1 + sequence), Outcome::New);
-            table.record(request, response("x"));
+            table.record(request, response("x")).unwrap();
         }
         // The client has received 1 and 2.
         let request = header(client, 4, 3);
         assert_eq!(table.check(request, 10), Outcome::New);
-        table.record(request, response("four"));
+        table.record(request, response("four")).unwrap();
         assert_eq!(table.check(header(client, 1, 0), 11), Outcome::Stale);
         assert_eq!(table.check(header(client, 2, 0), 11), Outcome::Stale);
         assert_eq!(
@@ -680,12 +741,14 @@ mod tests {
 
     #[test]
     fn pipelined_requests_apply_in_any_order() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        let client = table.open(1).unwrap().client;
         for sequence in [5, 3, 4, 1, 2] {
             let request = header(client, sequence, 1);
             assert_eq!(table.check(request, 2), Outcome::New);
-            table.record(request, response(&sequence.to_string()));
+            table
+                .record(request, response(&sequence.to_string()))
+                .unwrap();
         }
         for sequence in 1..=5 {
             assert_eq!(
@@ -697,12 +760,12 @@ mod tests {
 
     #[test]
     fn full_session_refuses_new_requests_until_acknowledged() {
-        let mut table = SessionTable::<Bytes>::new(limits(4, 2, 1024));
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(limits(4, 2, 1024)).unwrap();
+        let client = table.open(1).unwrap().client;
         for sequence in 1..=2 {
             let request = header(client, sequence, 1);
             assert_eq!(table.check(request, 2), Outcome::New);
-            table.record(request, response("r"));
+            table.record(request, response("r")).unwrap();
         }
         assert_eq!(table.check(header(client, 3, 1), 3), Outcome::SessionFull);
         // A retry of an applied request is still answered.
@@ -713,17 +776,17 @@ mod tests {
         // Acknowledging 1 frees room for 3.
         let request = header(client, 3, 2);
         assert_eq!(table.check(request, 4), Outcome::New);
-        table.record(request, response("three"));
+        table.record(request, response("three")).unwrap();
     }
 
     #[test]
     fn byte_bound_drops_oldest_responses_but_never_reapplies() {
-        let mut table = SessionTable::<Bytes>::new(limits(4, 8, 10));
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(limits(4, 8, 10)).unwrap();
+        let client = table.open(1).unwrap().client;
         for (sequence, text) in [(1, "aaaa"), (2, "bbbb"), (3, "cccc")] {
             let request = header(client, sequence, 1);
             assert_eq!(table.check(request, 2), Outcome::New);
-            table.record(request, response(text));
+            table.record(request, response(text)).unwrap();
         }
         assert_eq!(
             table.check(header(client, 1, 1), 3),
@@ -736,21 +799,23 @@ mod tests {
         // A response above the bound is never cached.
         let request = header(client, 4, 1);
         assert_eq!(table.check(request, 4), Outcome::New);
-        table.record(request, response("this is far too long"));
+        table
+            .record(request, response("this is far too long"))
+            .unwrap();
         assert_eq!(table.check(request, 5), Outcome::ResponseDropped);
         assert_eq!(table.sessions[&client].cached_bytes, 8);
     }
 
     #[test]
     fn least_recently_active_session_is_evicted_and_expires() {
-        let mut table = SessionTable::<Bytes>::new(limits(2, 4, 64));
-        let first = table.open(1).client;
-        let second = table.open(2).client;
+        let mut table = SessionTable::<Bytes>::new(limits(2, 4, 64)).unwrap();
+        let first = table.open(1).unwrap().client;
+        let second = table.open(2).unwrap().client;
         // `first` is active again at 3, so `second` is the least recent.
         let request = header(first, 1, 1);
         assert_eq!(table.check(request, 3), Outcome::New);
-        table.record(request, response("r"));
-        let opened = table.open(4);
+        table.record(request, response("r")).unwrap();
+        let opened = table.open(4).unwrap();
         assert_eq!(opened.evicted, Some(second));
         assert_eq!(
             table.check(header(second, 1, 1), 5),
@@ -770,15 +835,17 @@ mod tests {
 
     #[test]
     fn close_and_expire_inactive() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        let clients: Vec<ClientId> = (1..=4).map(|index| table.open(index).client).collect();
-        assert!(table.close(clients[0]));
-        assert!(!table.close(clients[0]));
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        let clients: Vec<ClientId> = (1..=4)
+            .map(|index| table.open(index).unwrap().client)
+            .collect();
+        assert!(table.close(clients[0]).unwrap());
+        assert!(!table.close(clients[0]).unwrap());
         assert_eq!(
             table.check(header(clients[0], 1, 1), 5),
             Outcome::SessionExpired
         );
-        assert_eq!(table.expire_inactive(4), 2);
+        assert_eq!(table.expire_inactive(4).unwrap(), 2);
         assert_eq!(table.len(), 1);
         assert!(table.contains(clients[3]));
         assert_eq!(
@@ -789,8 +856,8 @@ mod tests {
 
     #[test]
     fn execute_runs_the_closure_once() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        let client = table.open(1).unwrap().client;
         let mut runs = 0;
         for index in 2..5 {
             let result = table.execute(header(client, 7, 1), index, || {
@@ -803,29 +870,36 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "record must follow check")]
     fn record_without_check_is_misuse() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        let client = table.open(1).client;
-        table.record(header(client, 1, 1), response("r"));
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        let client = table.open(1).unwrap().client;
+        let request = header(client, 1, 1);
+        assert_eq!(
+            table.record(request, response("r")),
+            Err(SessionError::NotAwaited { request })
+        );
     }
 
     #[test]
-    #[should_panic(expected = "logical index went backwards")]
     fn index_going_backwards_is_misuse() {
-        let mut table = SessionTable::<Bytes>::new(SessionLimits::default());
-        table.open(5);
-        table.open(4);
+        let mut table = SessionTable::<Bytes>::new(SessionLimits::default()).unwrap();
+        table.open(5).unwrap();
+        let before = table.clone();
+        assert_eq!(
+            table.open(4),
+            Err(SessionError::IndexBehind { index: 4, last: 5 })
+        );
+        assert_eq!(table, before);
     }
 
     #[test]
     fn snapshot_round_trips_and_rejects_corruption() {
-        let mut table = SessionTable::<Bytes>::new(limits(3, 4, 64));
-        let client = table.open(1).client;
+        let mut table = SessionTable::<Bytes>::new(limits(3, 4, 64)).unwrap();
+        let client = table.open(1).unwrap().client;
         let request = header(client, 1, 1);
         assert_eq!(table.check(request, 2), Outcome::New);
-        table.record(request, response("one"));
-        table.open(3);
+        table.record(request, response("one")).unwrap();
+        table.open(3).unwrap();
 
         // Untrusted bytes are decoded with a limit: bincode allocates a byte string's
         // declared length before reading it.
@@ -878,7 +952,7 @@ mod tests {
             deliveries in proptest::collection::vec(
                 (0usize..5, 1u64..8, any::<bool>(), 0u8..20), 1..200),
         ) {
-            let mut table = SessionTable::<Bytes>::new(limits(sessions_max, responses_max, bytes_max));
+            let mut table = SessionTable::<Bytes>::new(limits(sessions_max, responses_max, bytes_max)).unwrap();
             let mut clients: Vec<ClientId> = Vec::new();
             let mut models: HashMap<ClientId, ClientModel> = HashMap::new();
             let mut applied: HashMap<(ClientId, u64), Bytes> = HashMap::new();
@@ -886,18 +960,18 @@ mod tests {
             for (client_choice, sequence, acknowledge, action) in deliveries {
                 index += 1;
                 if clients.is_empty() || action == 0 {
-                    let client = table.open(index).client;
+                    let client = table.open(index).unwrap().client;
                     clients.push(client);
                     models.insert(client, ClientModel::default());
                     continue;
                 }
                 let client = clients[client_choice % clients.len()];
                 if action == 1 {
-                    table.close(client);
+                    table.close(client).unwrap();
                     continue;
                 }
                 if action == 2 {
-                    table.expire_inactive(index.saturating_sub(10));
+                    table.expire_inactive(index.saturating_sub(10)).unwrap();
                     continue;
                 }
                 let model = models.get_mut(&client).unwrap();
@@ -939,8 +1013,8 @@ mod tests {
         fn every_request_applies_exactly_once_without_eviction(
             order in proptest::collection::vec((0u64..3, 1u64..6), 1..120),
         ) {
-            let mut table = SessionTable::<Bytes>::new(limits(8, 8, 1024));
-            let clients: Vec<ClientId> = (0..3).map(|index| table.open(index).client).collect();
+            let mut table = SessionTable::<Bytes>::new(limits(8, 8, 1024)).unwrap();
+            let clients: Vec<ClientId> = (0..3).map(|index| table.open(index).unwrap().client).collect();
             let mut runs: HashMap<(ClientId, u64), u32> = HashMap::new();
             for (step, (client_index, sequence)) in order.iter().enumerate() {
                 let client = clients[*client_index as usize];

@@ -710,9 +710,10 @@ fn reply_caches_never_answer_another_sessions_request() {
         sessions_max: 2,
         responses_per_session_max: 4,
         response_bytes_per_session_max: 64,
-    });
-    let one = table.open(1).client;
-    let two = table.open(2).client;
+    })
+    .unwrap();
+    let one = table.open(1).unwrap().client;
+    let two = table.open(2).unwrap().client;
     assert_eq!(
         table.execute(header(one, 1, 0), 3, || Bytes::from("one")),
         Ok(Bytes::from("one"))
@@ -729,15 +730,15 @@ fn reply_caches_never_answer_another_sessions_request() {
         table.check(header(two, 1, 0), 6),
         SessionOutcome::Duplicate(Bytes::from("two"))
     );
-    assert!(table.close(one));
-    let three = table.open(7).client;
+    assert!(table.close(one).unwrap());
+    let three = table.open(7).unwrap().client;
     assert_ne!(three, one);
     assert_eq!(
         table.check(header(one, 1, 0), 8),
         SessionOutcome::SessionExpired
     );
     // A third open evicts the least recently active (two, active at 6).
-    let four = table.open(9);
+    let four = table.open(9).unwrap();
     assert_eq!(four.evicted, Some(two));
     assert_eq!(
         table.check(header(two, 1, 0), 10),
@@ -773,7 +774,7 @@ fn kv_duplicates_apply_once_across_a_snapshot() {
         },
         ..KvLimits::default()
     };
-    let mut machine = KvStateMachine::new(limits);
+    let mut machine = KvStateMachine::new(limits).unwrap();
     let mut slot = 0;
     let open = |machine: &mut KvStateMachine, slot: &mut u64| match kv_apply(
         machine,

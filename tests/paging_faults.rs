@@ -774,7 +774,7 @@ fn election_ticks_and_members_at_their_limits() {
 
 fn run_sim(config: SimConfig) -> SimStats {
     let (nodes, seed) = (config.nodes, config.seed);
-    let mut simulation = Simulation::new(config);
+    let mut simulation = Simulation::new(config).expect("a valid simulation config");
     if let Err(violation) = simulation
         .run(1_500)
         .and_then(|()| simulation.check_liveness(3_000))

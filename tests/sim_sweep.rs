@@ -10,7 +10,7 @@ fn run_seed(nodes: usize, seed: u64, faults: Faults) -> Simulation {
 
 fn run_config(config: SimConfig) -> Simulation {
     let (nodes, seed) = (config.nodes, config.seed);
-    let mut simulation = Simulation::new(config);
+    let mut simulation = Simulation::new(config).expect("a valid simulation config");
     if let Err(violation) = simulation.run(1_500) {
         let tail: Vec<&str> = simulation.recent().collect();
         panic!(
@@ -125,7 +125,7 @@ fn first_violation_with(bugs: synod::sim::Bugs, files: bool) -> synod::sim::Viol
         let mut config = SimConfig::new(3, seed);
         config.bugs = bugs.clone();
         config.file_disks = files.then(std::env::temp_dir);
-        let mut simulation = Simulation::new(config);
+        let mut simulation = Simulation::new(config).expect("a valid simulation config");
         if let Err(violation) = simulation.run(2_000) {
             return violation;
         }
@@ -138,7 +138,7 @@ fn first_violation_with(bugs: synod::sim::Bugs, files: bool) -> synod::sim::Viol
 /// of `seeds` seeds that none of them catches.
 fn caught_by(properties: &[&str], seeds: u64, make: impl Fn(u64) -> SimConfig) {
     for seed in 0..seeds {
-        let mut simulation = Simulation::new(make(seed));
+        let mut simulation = Simulation::new(make(seed)).expect("a valid simulation config");
         match simulation
             .run(1_500)
             .and_then(|()| simulation.check_liveness(3_000))
@@ -246,7 +246,7 @@ fn checkers_catch_a_disk_that_lies_about_fsync() {
 
 #[test]
 fn liveness_checker_fails_when_the_bound_is_too_short() {
-    let mut simulation = Simulation::new(SimConfig::new(3, 3));
+    let mut simulation = Simulation::new(SimConfig::new(3, 3)).expect("a valid simulation config");
     simulation.run(300).unwrap();
     let violation = simulation.check_liveness(1).unwrap_err();
     assert_eq!(violation.property, "check_liveness");
@@ -258,7 +258,7 @@ fn kv_clients_histories_are_linearizable_under_all_faults() {
     for seed in 0..12 {
         let mut config = SimConfig::new(3, seed);
         config.kv_clients = 4;
-        let mut simulation = Simulation::new(config);
+        let mut simulation = Simulation::new(config).expect("a valid simulation config");
         if let Err(violation) = simulation
             .run(1_500)
             .and_then(|()| simulation.check_liveness(3_000))
@@ -490,7 +490,7 @@ fn membership_changes_are_deterministic() {
 /// there is not confused with anything the liveness phase reports.
 fn caught_in_safety_phase(properties: &[&str], seeds: u64, make: impl Fn(u64) -> SimConfig) {
     for seed in 0..seeds {
-        let mut simulation = Simulation::new(make(seed));
+        let mut simulation = Simulation::new(make(seed)).expect("a valid simulation config");
         match simulation.run(1_500) {
             Err(violation) if properties.contains(&violation.property) => {
                 eprintln!("caught at seed {seed}: {violation}");

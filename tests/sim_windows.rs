@@ -21,7 +21,7 @@ use synod::sim::{Bugs, SimConfig, SimStats, Simulation};
 /// Runs `config` (a safety phase, then liveness); panics on any violation.
 fn run_config(config: SimConfig) -> Simulation {
     let seed = config.seed;
-    let mut simulation = Simulation::new(config);
+    let mut simulation = Simulation::new(config).expect("a valid simulation config");
     if let Err(violation) = simulation
         .run(1_500)
         .and_then(|()| simulation.check_liveness(3_000))
@@ -103,7 +103,7 @@ fn the_windows_are_deterministic() {
 /// (`None` if none of `seeds` seeds fails).
 fn first_failure(seeds: u64, make: impl Fn(u64) -> SimConfig) -> Option<(u64, &'static str)> {
     (0..seeds).find_map(|seed| {
-        let mut simulation = Simulation::new(make(seed));
+        let mut simulation = Simulation::new(make(seed)).expect("a valid simulation config");
         simulation
             .run(1_500)
             .and_then(|()| simulation.check_liveness(3_000))

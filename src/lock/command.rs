@@ -246,7 +246,9 @@ impl ResponseSize for Outcome {
                     .map(|lock| std::mem::size_of::<HeldLock>() + lock.name.len())
                     .sum::<usize>()
             }
-            Outcome::Refused(LockError::Malformed { reason }) => BASE + reason.len(),
+            Outcome::Refused(
+                LockError::Malformed { reason } | LockError::ProposerTableRefused { reason },
+            ) => BASE + reason.len(),
             _ => BASE,
         }
     }

@@ -254,6 +254,22 @@ pub enum LockError {
     /// No such proposer session was ever opened. Not applied.
     #[error("unknown proposer {0}")]
     UnknownProposer(ClientId),
+    /// The proposer table refused the command (a
+    /// [`SessionError`](crate::session::SessionError)): proposer ids are exhausted, which
+    /// only a corrupt snapshot leads to. Not applied.
+    #[error("the proposer table refused the command: {reason}")]
+    ProposerTableRefused {
+        /// The table's error.
+        reason: String,
+    },
+}
+
+impl From<crate::session::SessionError> for LockError {
+    fn from(error: crate::session::SessionError) -> LockError {
+        LockError::ProposerTableRefused {
+            reason: error.to_string(),
+        }
+    }
 }
 
 /// The highest log time: a [`Command::Time`] beyond it moves log time to it, no further, so
@@ -477,7 +493,7 @@ impl LockService {
             last_slot: 0,
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
-            proposers: SessionTable::new(limits.proposers),
+            proposers: SessionTable::new(limits.proposers)?,
         }))
     }
 
@@ -571,9 +587,12 @@ impl LockService {
             } => self.release(slot, session, &name, token),
             Command::Time { now } => Ok(self.advance_time(slot, now)),
             Command::Grace { ticks } => Ok(self.grace(ticks)),
-            Command::OpenProposer => Ok(Outcome::ProposerOpened {
-                proposer: self.state.proposers.open(slot).client,
-            }),
+            Command::OpenProposer => match self.state.proposers.open(slot) {
+                Ok(opened) => Ok(Outcome::ProposerOpened {
+                    proposer: opened.client,
+                }),
+                Err(error) => Err(error.into()),
+            },
             Command::Once { header, command } => self.apply_once(slot, header, *command),
         };
         result.unwrap_or_else(Outcome::Refused)
@@ -596,7 +615,9 @@ impl LockService {
         match self.state.proposers.check(header, slot) {
             SessionOutcome::New => {
                 let outcome = self.apply_command(slot, command);
-                self.state.proposers.record(header, outcome.clone());
+                // Cannot fail: `check` just answered New for `header`, and nothing came
+                // between (apply_command never touches the proposer table).
+                self.state.proposers.record(header, outcome.clone())?;
                 Ok(outcome)
             }
             SessionOutcome::Duplicate(outcome) => Ok(outcome),
@@ -607,6 +628,7 @@ impl LockService {
             SessionOutcome::SessionFull => Err(LockError::TooManyRequests { proposer }),
             SessionOutcome::SessionExpired => Err(LockError::ProposerExpired(proposer)),
             SessionOutcome::UnknownSession => Err(LockError::UnknownProposer(proposer)),
+            SessionOutcome::Misuse(error) => Err(error.into()),
         }
     }
 

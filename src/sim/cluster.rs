@@ -16,7 +16,7 @@ use super::checkers::{Checker, Violation};
 use super::config::{SimConfig, SimStats};
 use super::disk::{FileDisk, ScratchDir};
 use crate::config::Config;
-use crate::error::{SendSnapshotError, StepError, StorageError};
+use crate::error::{ConfigError, SendSnapshotError, StepError, StorageError};
 use crate::message::{Body, Message};
 use crate::replica::{Event, Replica, Role, StepDownReason};
 use crate::storage::{MemStorage, Recovered, Snapshot, Storage, WriteBatch};
@@ -170,6 +170,17 @@ struct InTransit {
     message: Message,
 }
 
+/// [`Simulation::new`] could not build the world from its [`SimConfig`]; nothing was started.
+#[derive(Debug, thiserror::Error)]
+pub enum SimSetupError {
+    /// A field of the configuration (or of its replica template) is invalid.
+    #[error("invalid simulation config: {0}")]
+    Config(#[from] ConfigError),
+    /// The file disks (`SimConfig::file_disks`) could not be created.
+    #[error("file disks: {0}")]
+    Disk(String),
+}
+
 /// A deterministic world of replicas. See the [module documentation](crate::sim).
 #[derive(Debug)]
 pub struct Simulation {
@@ -209,22 +220,27 @@ pub struct Simulation {
 impl Simulation {
     /// Builds the world: every initial node starts fresh; spare nodes wait to be added.
     ///
-    /// # Panics
-    /// If `config.nodes` is 0, or there are more than 64 nodes with the spare ones, the
-    /// replica template is invalid, or the file disks' directory cannot be created.
-    pub fn new(config: SimConfig) -> Simulation {
-        let total = config.nodes + config.spare_nodes;
-        assert!(
-            config.nodes >= 1 && total <= 64,
-            "1 to 64 nodes, spare ones included"
-        );
+    /// # Errors
+    /// [`SimSetupError::Config`] if `config.nodes` is 0, there are more than 64 nodes with
+    /// the spare ones, or the replica template is invalid; [`SimSetupError::Disk`] if the
+    /// file disks cannot be created.
+    pub fn new(config: SimConfig) -> Result<Simulation, SimSetupError> {
+        let total = config
+            .nodes
+            .checked_add(config.spare_nodes)
+            .filter(|total| config.nodes >= 1 && *total <= 64)
+            .ok_or(SimSetupError::Config(ConfigError::new(
+                "nodes",
+                "1 to 64 nodes, spare ones included",
+            )))?;
         let members: Vec<NodeId> = (1..=config.nodes as u64).map(NodeId).collect();
-        let scratch = config.file_disks.as_ref().map(|root| {
-            ScratchDir::create(root, config.seed).unwrap_or_else(|error| panic!("{error}"))
-        });
+        let scratch = match config.file_disks.as_ref() {
+            Some(root) => Some(ScratchDir::create(root, config.seed).map_err(SimSetupError::Disk)?),
+            None => None,
+        };
         let nodes = (1..=total as u64)
             .map(NodeId)
-            .map(|id| {
+            .map(|id| -> Result<SimNode, SimSetupError> {
                 let spare = id.0 > config.nodes as u64;
                 let mut replica_config = config.replica.clone();
                 replica_config.id = id;
@@ -233,10 +249,18 @@ impl Simulation {
                 replica_config.join = spare;
                 replica_config.seed = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.0;
                 let storage = MemStorage::new();
-                let replica = (!spare).then(|| {
-                    Replica::new(replica_config.clone(), Default::default())
-                        .expect("valid replica config")
-                });
+                let replica = match spare {
+                    false => Some(Replica::new(replica_config.clone(), Default::default())?),
+                    true => None,
+                };
+                let file = match scratch.as_ref() {
+                    Some(scratch) => Some(
+                        FileDisk::create(scratch.path().join(format!("node-{id}")), id).map_err(
+                            |error| SimSetupError::Disk(format!("file disk of {id}: {error}")),
+                        )?,
+                    ),
+                    None => None,
+                };
                 let mut node = SimNode {
                     id,
                     config: replica_config,
@@ -253,12 +277,11 @@ impl Simulation {
                     tick_carry: 0.0,
                     lease_reads_counted: 0,
                     lost: false,
-                    file: scratch.as_ref().map(|scratch| {
-                        FileDisk::create(scratch.path().join(format!("node-{id}")), id)
-                            .unwrap_or_else(|error| panic!("file disk of {id}: {error}"))
+                    file,
+                    kv: (config.kv_clients > 0).then(|| {
+                        crate::kv::KvStateMachine::new(Default::default())
+                            .expect("the default limits are valid")
                     }),
-                    kv: (config.kv_clients > 0)
-                        .then(|| crate::kv::KvStateMachine::new(Default::default())),
                     snapshot: None,
                     applied_membership: None,
                     kv_waiters: BTreeMap::new(),
@@ -266,9 +289,9 @@ impl Simulation {
                     kv_reads_ready: Vec::new(),
                 };
                 node.applied_membership = node.configured_membership();
-                node
+                Ok(node)
             })
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         let initial = Membership::new(members, []);
         let mut checker = Checker::new(total, initial.clone());
         for index in 0..config.nodes {
@@ -300,7 +323,7 @@ impl Simulation {
             simulation.clients = Some(super::clients::Clients::new(simulation.config.kv_clients));
         }
         simulation.assign_clock_rates();
-        simulation
+        Ok(simulation)
     }
 
     /// Draws each node's clock rate from `1 ± tick_skew`.
@@ -506,10 +529,10 @@ impl Simulation {
             self.violation.get_or_insert(violation);
         }
         let mut config = node.config.clone();
-        let mut kv = node
-            .kv
-            .is_some()
-            .then(|| crate::kv::KvStateMachine::new(Default::default()));
+        let mut kv = node.kv.is_some().then(|| {
+            crate::kv::KvStateMachine::new(Default::default())
+                .expect("the default limits are valid")
+        });
         let mut applied_membership = node.configured_membership();
         if let Some(snapshot) = &node.snapshot {
             config.applied = snapshot.slot;

@@ -3,7 +3,7 @@
 //! ```
 //! use synod::sim::{SimConfig, Simulation};
 //!
-//! let mut simulation = Simulation::new(SimConfig::new(3, 42));
+//! let mut simulation = Simulation::new(SimConfig::new(3, 42)).expect("a valid config");
 //! simulation.run(500).expect("no safety violation");
 //! simulation.check_liveness(2_000).expect("progress once faults stop");
 //! ```
@@ -48,5 +48,5 @@ pub mod locks;
 pub mod twopc;
 
 pub use checkers::Violation;
-pub use cluster::Simulation;
+pub use cluster::{SimSetupError, Simulation};
 pub use config::{Bugs, Faults, SimConfig, SimStats};

@@ -5,7 +5,7 @@ use crate::error::ConfigError;
 use crate::types::NodeId;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use thiserror::Error;
 
 /// How a [`Participant`] behaves.
@@ -31,6 +31,15 @@ pub struct ParticipantConfig {
     /// and votes no, without asking the application, on a vote request at or below the floor
     /// for a transaction it does not know: see the [module documentation](super#forgetting).
     pub finished_remembered: usize,
+    /// Distinct coordinators served, at most (besides the members of
+    /// [`coordinators`](Self::coordinators), always served). Default 1024. A participant
+    /// keeps a floor per coordinator it served and can never forget one (a floor lowered or
+    /// dropped could let a duplicated vote request prepare a forgotten transaction again), so
+    /// this bounds that memory: once this many coordinators were served, a vote request from
+    /// another one is answered no at once, without asking the application (a no is always
+    /// safe; its transaction aborts) and without remembering anything. Raise it if more
+    /// coordinators are legitimate.
+    pub coordinators_max: usize,
 }
 
 impl ParticipantConfig {
@@ -43,6 +52,7 @@ impl ParticipantConfig {
             txns_max: 10_000,
             payload_bytes_max: 1 << 20,
             finished_remembered: 4096,
+            coordinators_max: 1024,
         }
     }
 
@@ -52,6 +62,12 @@ impl ParticipantConfig {
         }
         if self.txns_max == 0 {
             return Err(ConfigError::new("txns_max", "must be at least 1"));
+        }
+        if self.coordinators_max == 0 && self.coordinators.is_empty() {
+            return Err(ConfigError::new(
+                "coordinators_max",
+                "must be at least 1 (or list the coordinators)",
+            ));
         }
         Ok(())
     }
@@ -201,6 +217,11 @@ pub struct Participant {
     finished_order: VecDeque<TxnId>,
     /// The highest transaction forgotten, by the coordinator that asked for it.
     floors: BTreeMap<NodeId, TxnId>,
+    /// Every coordinator served (a transaction accepted from it, or recovered), but the
+    /// configured ones: those that have a floor or may get one. Never shrinks; bounded by
+    /// `coordinators_max` (plus what was recovered). With the configured coordinators, a
+    /// superset of the keys of `floors`.
+    served: BTreeSet<NodeId>,
     ready: ParticipantReady,
 }
 
@@ -217,6 +238,7 @@ impl Participant {
             finished: BTreeMap::new(),
             finished_order: VecDeque::new(),
             floors: BTreeMap::new(),
+            served: BTreeSet::new(),
             ready: ParticipantReady::default(),
         })
     }
@@ -244,6 +266,7 @@ impl Participant {
                     coordinator,
                     payload,
                 } => {
+                    participant.note_served(coordinator);
                     participant.txns.insert(
                         txn,
                         State::Prepared {
@@ -256,10 +279,12 @@ impl Participant {
                 ParticipantRecord::Finished {
                     txn, coordinator, ..
                 } => {
+                    participant.note_served(coordinator);
                     participant.txns.remove(&txn);
                     participant.remember_finished(txn, coordinator);
                 }
                 ParticipantRecord::Floor { coordinator, txn } => {
+                    participant.note_served(coordinator);
                     participant.raise_floor(coordinator, txn);
                 }
             }
@@ -424,12 +449,29 @@ impl Participant {
                             body: Body::Vote { yes: false },
                         });
                     }
+                    // A coordinator past `coordinators_max`: no, remembering nothing (it
+                    // would need a floor of its own, which could never be forgotten).
+                    None if !self.may_serve(from) => {
+                        tracing::warn!(
+                            coordinator = %from,
+                            %txn,
+                            coordinators_max = self.config.coordinators_max,
+                            "2pc participant: vote request from a coordinator past coordinators_max, voting no"
+                        );
+                        self.ready.messages.push(Message {
+                            txn,
+                            from: self.config.id,
+                            to: from,
+                            body: Body::Vote { yes: false },
+                        });
+                    }
                     None => {
                         if self.txns.len() >= self.config.txns_max {
                             return Err(StepError::TooManyTxns {
                                 max: self.config.txns_max,
                             });
                         }
+                        self.note_served(from);
                         self.txns.insert(
                             txn,
                             State::Asked {
@@ -525,6 +567,28 @@ impl Participant {
     /// Takes the pending work.
     pub fn ready(&mut self) -> ParticipantReady {
         std::mem::take(&mut self.ready)
+    }
+
+    /// The number of distinct coordinators served so far (each may hold a floor, which is
+    /// never forgotten): at most [`ParticipantConfig::coordinators_max`], not counting the
+    /// configured coordinators, plus those of recovered records.
+    pub fn coordinators_served(&self) -> usize {
+        self.served.len()
+    }
+
+    /// Whether a new transaction from `coordinator` may be taken: it was served already, is
+    /// a configured coordinator, or there is room for one more.
+    fn may_serve(&self, coordinator: NodeId) -> bool {
+        self.served.len() < self.config.coordinators_max
+            || self.served.contains(&coordinator)
+            || self.config.coordinators.contains(&coordinator)
+    }
+
+    /// Counts `coordinator` as served (the configured coordinators are not counted).
+    fn note_served(&mut self, coordinator: NodeId) {
+        if !self.config.coordinators.contains(&coordinator) {
+            self.served.insert(coordinator);
+        }
     }
 
     fn query(&mut self, txn: TxnId, coordinator: NodeId) {
