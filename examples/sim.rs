@@ -181,18 +181,24 @@ fn faults(spec: &str) -> Result<Faults, String> {
     Ok(faults)
 }
 
-fn run_one(
-    args: &Args,
-    faults: &Faults,
-    seed: u64,
-) -> (Simulation, Result<(), synod::sim::Violation>) {
+/// The simulation of `seed` that the options describe.
+fn simulation_config(args: &Args, faults: &Faults, seed: u64) -> SimConfig {
     let mut config = SimConfig::new(args.nodes, seed);
     config.spare_nodes = args.spare_nodes;
     config.faults = faults.clone();
     config.kv_clients = args.kv_clients;
     config.replica.lease_ticks = args.lease_ticks;
     config.file_disks = args.file_disks(seed);
-    let mut simulation = Simulation::new(config).expect("a valid simulation config");
+    config
+}
+
+fn run_one(
+    args: &Args,
+    faults: &Faults,
+    seed: u64,
+) -> (Simulation, Result<(), synod::sim::Violation>) {
+    let config = simulation_config(args, faults, seed);
+    let mut simulation = Simulation::new(config).expect("main checked the options first");
     let result = simulation
         .run(args.steps)
         .and_then(|()| simulation.check_liveness(args.liveness_steps));
@@ -417,6 +423,14 @@ fn main() {
         Some(seed) => (seed, 1),
         None => (args.first_seed, args.seeds),
     };
+    // Options that make no simulation (a lease no shorter than an election, say) are refused
+    // here, once, with the reason, rather than in every run.
+    let mut check = simulation_config(&args, &faults, first);
+    check.file_disks = None; // nothing written for the check
+    if let Err(error) = Simulation::new(check) {
+        eprintln!("the options make no simulation: {error}");
+        std::process::exit(2);
+    }
     let terminal = std::io::stderr().is_terminal();
     let started = Instant::now();
     let mut total = SimStats::default();
