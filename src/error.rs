@@ -65,8 +65,10 @@ pub enum AcknowledgeError {
     },
     /// The ready handed to `advance` was made by another replica or node (or is a
     /// `Ready::default()`): its number says nothing about this one's writes. Hand each ready
-    /// back to the one that made it. A clone of a replica or node shares its readies: a
-    /// ready taken before the clone was made is accepted by both.
+    /// back to the one that made it. A clone of a replica or node shares its parent's
+    /// history: a ready taken before the clone was made is accepted by both, one taken by
+    /// either afterwards only by the one that took it. (A ready older than the last one
+    /// acknowledged may be answered so as well as [`OutOfOrder`](Self::OutOfOrder).)
     #[error("ready {number} was made by another replica")]
     ForeignReady {
         /// The foreign ready's number.

@@ -543,3 +543,90 @@ impl Origin {
         Origin(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 }
+
+/// The readies one replica (or node) accepts back: those it stamped itself, and those its
+/// ancestors stamped before it was cloned from them.
+///
+/// A clone shares its parent's history up to the clone, so the readies taken before are the
+/// writes of both; the readies either takes afterwards are its own alone. A clone that kept
+/// its parent's stamp would accept the parent's later readies, whose numbers line up with its
+/// own: acknowledging one would count the clone's unwritten votes as durable. So `Clone`
+/// gives the copy a fresh stamp and the ranges of numbers it inherits.
+///
+/// Not part of any state's identity (see [`Origin`]).
+#[derive(Default)]
+pub(crate) struct Lineage {
+    /// The stamp of the readies this instance hands out.
+    own: Origin,
+    /// The number of the last ready handed out (stamped).
+    handed: u64,
+    /// The first number stamped with `own`: 1, or one past `handed` when cloned.
+    own_from: u64,
+    /// `(stamp, first, last)`: readies numbered `first..=last` with an ancestor's stamp are
+    /// this instance's too. Oldest first, ranges disjoint and rising; entries below the last
+    /// acknowledged number are dropped (see [`Lineage::acknowledged`]), so the list holds at
+    /// most one entry per clone made while readies were unacknowledged.
+    inherited: Vec<(Origin, u64, u64)>,
+}
+
+impl Lineage {
+    /// A fresh lineage, for an instance built from its inputs (not cloned).
+    pub(crate) fn new() -> Lineage {
+        Lineage {
+            own: Origin::next(),
+            handed: 0,
+            own_from: 1,
+            inherited: Vec::new(),
+        }
+    }
+
+    /// The stamp for ready `number`, the next one handed out.
+    #[inline]
+    pub(crate) fn stamp(&mut self, number: u64) -> Origin {
+        self.handed = number;
+        self.own
+    }
+
+    /// Whether ready `number` stamped `origin` is this instance's.
+    #[inline]
+    pub(crate) fn accepts(&self, origin: Origin, number: u64) -> bool {
+        if origin == self.own {
+            return number >= self.own_from;
+        }
+        self.inherited
+            .iter()
+            .any(|&(stamp, first, last)| stamp == origin && (first..=last).contains(&number))
+    }
+
+    /// Ready `number` and those before it are acknowledged: inherited ranges wholly below it
+    /// can only be refused as out of order, and are forgotten.
+    #[inline]
+    pub(crate) fn acknowledged(&mut self, number: u64) {
+        if !self.inherited.is_empty() {
+            self.inherited.retain(|&(_, _, last)| last >= number);
+        }
+    }
+}
+
+impl Clone for Lineage {
+    /// A fresh stamp for the copy, which inherits every number handed out so far.
+    fn clone(&self) -> Lineage {
+        let mut inherited = self.inherited.clone();
+        if self.own_from <= self.handed {
+            inherited.push((self.own, self.own_from, self.handed));
+        }
+        Lineage {
+            own: Origin::next(),
+            handed: self.handed,
+            own_from: self.handed + 1,
+            inherited,
+        }
+    }
+}
+
+impl fmt::Debug for Lineage {
+    /// Without the stamps, as [`Origin`]'s.
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("Origin(_)")
+    }
+}

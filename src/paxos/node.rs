@@ -9,7 +9,7 @@ use super::{
     StepError,
 };
 use crate::error::{AcknowledgeError, ConfigError};
-use crate::types::{Ballot, NodeId, Origin};
+use crate::types::{Ballot, Lineage, NodeId};
 use bytes::Bytes;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -53,11 +53,11 @@ impl std::hash::Hash for SeededRng {
     }
 }
 
-/// The node's [`Origin`] stamp, left out of its `Eq` and `Hash`: it names the value in
+/// The node's stamps ([`Lineage`]), left out of its `Eq` and `Hash`: they name the value in
 /// memory, not the state (two nodes built from the same inputs are equal, and a model checker
 /// must see them so).
-#[derive(Clone, Copy, Debug)]
-struct OriginStamp(Origin);
+#[derive(Clone, Debug)]
+struct OriginStamp(Lineage);
 
 impl PartialEq for OriginStamp {
     fn eq(&self, _other: &OriginStamp) -> bool {
@@ -179,7 +179,7 @@ impl Node {
             ready_number: 0,
             persisted_number: 0,
             dropped_messages: 0,
-            origin: OriginStamp(Origin::next()),
+            origin: OriginStamp(Lineage::new()),
             config,
         })
     }
@@ -439,7 +439,7 @@ impl Node {
         self.durable_needs_sync = false;
         Ready {
             number,
-            origin: self.origin.0,
+            origin: self.origin.0.stamp(number),
             write,
             must_sync,
             messages: std::mem::take(&mut self.messages),
@@ -457,7 +457,7 @@ impl Node {
     /// `Ready::default()`); otherwise as [`on_persisted`](Node::on_persisted). Nothing is
     /// acknowledged then.
     pub fn advance(&mut self, ready: Ready) -> Result<(), AcknowledgeError> {
-        if ready.origin != self.origin.0 {
+        if !self.origin.0.accepts(ready.origin, ready.number) {
             return Err(AcknowledgeError::ForeignReady {
                 number: ready.number,
             });
@@ -487,6 +487,7 @@ impl Node {
             });
         }
         self.persisted_number = number;
+        self.origin.0.acknowledged(number);
         while let Some((vote_number, _)) = self.self_votes.front() {
             if *vote_number > number {
                 break;

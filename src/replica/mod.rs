@@ -95,7 +95,7 @@ use crate::message::{Body, Command, Message};
 use crate::quorum::VoteSet;
 use crate::storage::{Recovered, Snapshot};
 use crate::types::{
-    Ballot, Entries, Entry, HardState, MembershipAt, NodeId, Origin, ProposalId, Slot,
+    Ballot, Entries, Entry, HardState, Lineage, MembershipAt, NodeId, ProposalId, Slot,
 };
 use bytes::Bytes;
 use progress::Progress;
@@ -382,9 +382,10 @@ pub struct Replica {
     /// stream of batches allocates nothing for it or its buffers. Always empty (only its
     /// buffers' capacity matters), so it is not part of the replica's identity.
     spare: Option<Box<Batch>>,
-    /// Stamped on every ready, so that `advance` refuses a ready made by another replica.
-    /// Not part of the replica's identity (see [`Origin`]); a clone keeps it.
-    origin: Origin,
+    /// Stamps every ready, so that `advance` refuses a ready made by another replica. Not
+    /// part of the replica's identity (see [`Lineage`]); a clone gets a stamp of its own and
+    /// accepts the readies taken before it was made.
+    origin: Lineage,
 }
 
 /// False for a membership entry that fails [`Membership::validate`](crate::Membership::validate)
@@ -729,7 +730,7 @@ impl Replica {
             dropped_messages: 0,
             lease_reads: 0,
             spare: None,
-            origin: Origin::next(),
+            origin: Lineage::new(),
             config,
         };
         replica.prune_memberships();
@@ -1236,7 +1237,7 @@ impl Replica {
         // them to gather the next batch.
         let mut batch = self.spare.take().unwrap_or_default();
         batch.number = number;
-        batch.origin = self.origin;
+        batch.origin = self.origin.stamp(number);
         batch.write.must_sync = self.hard_needs_sync || !self.unpersisted.is_empty();
         batch.write.hard_state = self.hard_dirty.then_some(self.hard);
         batch.write.compact_through = self.compact_through.take();
@@ -1287,7 +1288,7 @@ impl Replica {
     /// acknowledged then, and the ready is dropped.
     #[inline]
     pub fn advance(&mut self, ready: Ready) -> Result<(), AcknowledgeError> {
-        if ready.batch.origin != self.origin {
+        if !self.origin.accepts(ready.batch.origin, ready.batch.number) {
             return Err(AcknowledgeError::ForeignReady {
                 number: ready.batch.number,
             });
@@ -1332,6 +1333,7 @@ impl Replica {
             });
         }
         self.persisted_number = number;
+        self.origin.acknowledged(number);
         if !self.self_votes.is_empty() {
             self.count_self_votes(number);
         }

@@ -82,8 +82,10 @@ impl ParticipantConfig {
 ///
 /// A finished record may be dropped once it is not among the newest
 /// `finished_remembered`, and a floor once a higher floor of the same coordinator is written:
-/// the participant hands a floor out, in the same ready or an earlier one, before any
-/// finished record it covers can leave that window.
+/// the participant hands a floor out, in an earlier ready or ahead of it in the same one,
+/// before the finished record that pushes a transaction it covers out of that window. (So a
+/// crash part-way through a ready's records never leaves a forgotten transaction covered by
+/// neither its finished record nor a floor.)
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ParticipantRecord {
     /// `txn` is prepared: this participant voted yes and must await the decision, across
@@ -497,12 +499,16 @@ impl Participant {
                         _,
                     ) => {
                         self.txns.remove(&txn);
+                        // Any floor this raises goes first: an application that writes the
+                        // records one by one and keeps only the newest finished ones drops
+                        // the finished record the floor covers as soon as this one is
+                        // written, and a crash between the two must not lose both.
+                        self.remember_finished(txn, coordinator);
                         self.ready.records.push(ParticipantRecord::Finished {
                             txn,
                             coordinator,
                             outcome,
                         });
-                        self.remember_finished(txn, coordinator);
                         self.ready.events.push(ParticipantEvent::Decided {
                             txn,
                             outcome,
