@@ -81,6 +81,10 @@ impl std::hash::Hash for OriginStamp {
 ///
 /// `Clone`, `Eq` and `Hash` cover the whole state (the RNG by its seed and position), so a
 /// model checker can explore node states and a test can fork one.
+/// A fork shares its parent's history: each [`advance`]s the readies taken before the fork was
+/// made, but only its own afterwards (see [`AcknowledgeError::ForeignReady`]).
+///
+/// [`advance`]: Node::advance
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Node {
     config: Config,

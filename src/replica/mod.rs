@@ -271,6 +271,10 @@ struct RemoteRead {
 ///
 /// `Clone`, `Eq` and `Hash` cover the whole state (the RNG by its seed and position), so a
 /// model checker can explore replica states and a test can fork one.
+/// A fork shares its parent's history: each [`advance`]s the readies taken before the fork was
+/// made, but only its own afterwards (see [`AcknowledgeError::ForeignReady`]).
+///
+/// [`advance`]: Replica::advance
 #[derive(Clone, Debug)]
 pub struct Replica {
     config: Config,
