@@ -303,6 +303,7 @@ fn participant_floors_are_bounded() {
     }
     assert_eq!(participant.coordinators_served(), 4);
     assert_eq!(floors_handed_out, 4);
+    assert_eq!(participant.refusals().coordinators_max, 96);
     // A served coordinator is still served, and its floor still answers no to a duplicate.
     assert!(request_and_refuse(&mut participant, NodeId(2), 8));
     assert!(!request_and_refuse(&mut participant, NodeId(2), 7));

@@ -247,6 +247,9 @@ fn a_duplicate_vote_request_after_the_window_does_not_apply_a_commit_twice() {
             body: Body::Vote { yes: false }
         }]
     );
+    // Counted for operators (and not part of the participant's identity).
+    assert_eq!(world.nodes[&P1].participant.refusals().below_floor, 1);
+    assert_eq!(world.nodes[&P1].participant.refusals().coordinators_max, 0);
     for vote in votes {
         world.deliver(vote);
     }

@@ -157,7 +157,7 @@ pub use coordinator::{
 };
 pub use participant::{
     Participant, ParticipantConfig, ParticipantEvent, ParticipantReady, ParticipantRecord,
-    VoteError,
+    Refusals, VoteError,
 };
 
 use crate::types::NodeId;

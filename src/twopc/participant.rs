@@ -225,6 +225,35 @@ pub struct Participant {
     /// superset of the keys of `floors`.
     served: BTreeSet<NodeId>,
     ready: ParticipantReady,
+    /// Vote requests answered no without asking the application, for operators.
+    refusals: Refusals,
+}
+
+/// Vote requests a [`Participant`] answered no without asking the application, counted
+/// since it was built or recovered ([`Participant::refusals`]). A rising count is worth a
+/// look: it means duplicates arriving late, or more coordinators than configured.
+///
+/// Not part of the participant's identity: two participants that differ only here are equal
+/// and hash alike (so a model checker does not see a new state per refused duplicate).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Refusals {
+    /// Requests at or below their coordinator's [floor](Participant::floor): possibly a
+    /// duplicate of a forgotten finished transaction, so never prepared again.
+    pub below_floor: u64,
+    /// Requests from a coordinator past [`ParticipantConfig::coordinators_max`].
+    pub coordinators_max: u64,
+}
+
+impl PartialEq for Refusals {
+    fn eq(&self, _other: &Refusals) -> bool {
+        true
+    }
+}
+
+impl Eq for Refusals {}
+
+impl std::hash::Hash for Refusals {
+    fn hash<H: std::hash::Hasher>(&self, _state: &mut H) {}
 }
 
 impl Participant {
@@ -242,6 +271,7 @@ impl Participant {
             floors: BTreeMap::new(),
             served: BTreeSet::new(),
             ready: ParticipantReady::default(),
+            refusals: Refusals::default(),
         })
     }
 
@@ -444,6 +474,12 @@ impl Participant {
                     // could apply a commit twice). No: a decided transaction ignores a late
                     // vote, an undecided one aborts.
                     None if self.floor(from).is_some_and(|floor| txn <= floor) => {
+                        self.refusals.below_floor += 1;
+                        tracing::debug!(
+                            coordinator = %from,
+                            %txn,
+                            "2pc participant: vote request at or below the coordinator's floor, voting no"
+                        );
                         self.ready.messages.push(Message {
                             txn,
                             from: self.config.id,
@@ -454,6 +490,7 @@ impl Participant {
                     // A coordinator past `coordinators_max`: no, remembering nothing (it
                     // would need a floor of its own, which could never be forgotten).
                     None if !self.may_serve(from) => {
+                        self.refusals.coordinators_max += 1;
                         tracing::warn!(
                             coordinator = %from,
                             %txn,
@@ -573,6 +610,11 @@ impl Participant {
     /// Takes the pending work.
     pub fn ready(&mut self) -> ParticipantReady {
         std::mem::take(&mut self.ready)
+    }
+
+    /// The vote requests answered no without asking the application (see [`Refusals`]).
+    pub fn refusals(&self) -> Refusals {
+        self.refusals
     }
 
     /// The number of distinct coordinators served so far (each may hold a floor, which is
