@@ -35,9 +35,15 @@
 //! - `BALANCE account`: `:balance`, linearizable: by read-index on the shard's group (its
 //!   leader confirms it leads; this node answers once it has applied what the leader had
 //!   chosen), through the shard's log if no leader answers.
-//! - `TXN n`: `+COMMITTED`, `+ABORTED`, `+PENDING` or `+UNKNOWN`, from this node's copy of
-//!   the ledger once read-index says it holds every decision made before the command
-//!   (`-TRYAGAIN` if no ledger leader confirms).
+//! - `TXN n`: `+COMMITTED`, `+ABORTED`, `+PENDING`, `+FORGOTTEN` or `+UNKNOWN`, from this
+//!   node's copy of the ledger once read-index says it holds every decision made before the
+//!   command (`-TRYAGAIN` if no ledger leader confirms). The ledger keeps the outcomes of
+//!   the last 110 000 transfers decided (`OUTCOMES_MAX`, more than the keys it remembers, so
+//!   a keyed retry always finds its transfer's outcome), an abort at the 2PC decision log's
+//!   floor included (a transfer whose first `Decide` comes in after the log dropped that
+//!   many later ones is aborted there without being recorded in the log). `+FORGOTTEN`: no
+//!   outcome is kept and `n` is at or below the highest transaction forgotten (if it was a
+//!   transfer, it was decided long ago); `+UNKNOWN`: above that, no such transfer (yet).
 //! - `SHARD account`: `:shard`. `AUDIT`: `*3 :total :prepared :pending`, the sum of the
 //!   balances, the transactions prepared at the shards and the transfers not yet decided,
 //!   as this node's replicas have applied them (consistent only when nothing is in flight).
@@ -47,10 +53,20 @@
 //! command of its runs is closed (a transfer waiting for its decision is not idle); client
 //! connections have TCP keep-alive. The bank has no `SYNOD.*` operator commands.
 //!
+//! **Snapshots.** Every `--snapshot-every` applied slots a group's state machine is cloned
+//! under its lock and encoded on a blocking thread (clients are not held up meanwhile), and
+//! the group's log compacted through it. A peer's snapshot this node cannot restore (a
+//! peer running another program or version) stops it with `bank[N]: fatal: ...` and exit
+//! status 1; restarted, it refuses the snapshot it saved with the same reason. (The
+//! ledger's snapshot now holds the outcomes it keeps: a snapshot of an older build does
+//! not restore.) `SYNOD_TEST_SNAPSHOT_GATE=path` is a test hook: the encoding waits until
+//! `path` exists.
+//!
 //! **Retries.** A command that cannot reach the cluster within 10 s answers `-TRYAGAIN`: it
 //! may or may not have taken effect. `KEY k` (a number, unique per intended operation
 //! across all clients) makes a retry safe: every group remembers the last 100 000 keys and
-//! answers a repeat with the first answer (for a transfer: the same transaction). Without a
+//! answers a repeat with the first answer (for a transfer: the same transaction, and its
+//! outcome: `+COMMITTED tN` or `-ABORTED tN`, at once if it is decided). Without a
 //! key the node makes one up per command, so its own re-proposals are safe, but a client's
 //! retry is a new operation.
 //!
@@ -83,12 +99,14 @@ mod support;
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
-use state::{Answer, Coordination, Entry, Key, Ledger, Origin, Placement, Shard, Transfer, LEDGER};
+use state::{
+    Answer, Coordination, Entry, Key, Ledger, Origin, Placement, Shard, Transfer, TxnStatus, LEDGER,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::error::Error;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use support::{After, Unanswered};
@@ -457,6 +475,8 @@ async fn apply_committed(
     } else {
         bank.shard(group).slot
     };
+    // A compaction under way (its snapshot being encoded or saved): the next waits for it.
+    let compacting = Arc::new(AtomicBool::new(false));
     while let Some(applied) = committed.next().await {
         let (slot, data) = match applied {
             Applied::Entry(entry) => match entry.value {
@@ -470,32 +490,48 @@ async fn apply_committed(
                 continue;
             }
         };
+        // A snapshot is due (and none is being taken): the state machine's clone.
+        let due = snapshot_every > 0
+            && slot >= last_snapshot + snapshot_every
+            && !compacting.load(Ordering::Acquire);
         let image = if group == LEDGER {
-            apply_ledger(&bank, slot, data.as_deref(), snapshot_every, last_snapshot)
+            apply_ledger(&bank, slot, data.as_deref(), due)
         } else {
-            apply_shard(
-                &bank,
-                group,
-                slot,
-                data.as_deref(),
-                snapshot_every,
-                last_snapshot,
-            )
+            apply_shard(&bank, group, slot, data.as_deref(), due)
         };
+        if image.is_some() {
+            compacting.store(true, Ordering::Release);
+        }
         bank.applied[group as usize].send_replace(slot);
-        if let Some(data) = image {
+        if let Some(image) = image {
+            // A clone taken under the group's lock, encoded on a blocking thread: encoding a
+            // whole ledger or shard under the lock held up the applier and every client.
             last_snapshot = slot;
-            let mut handle = handle.clone();
-            let id = bank.id;
+            let (mut handle, compacting, id) = (handle.clone(), compacting.clone(), bank.id);
             tokio::spawn(async move {
-                let snapshot = Snapshot {
-                    slot,
-                    data: Bytes::from(data),
-                    membership: None,
-                };
-                if let Err(error) = handle.compact(snapshot).await {
-                    eprintln!("bank[{id}]: group {group}: compaction failed: {error}");
+                let encoded = tokio::task::spawn_blocking(move || {
+                    support::wait_for_snapshot_gate();
+                    image.encode()
+                })
+                .await;
+                match encoded {
+                    Ok(data) => {
+                        let snapshot = Snapshot {
+                            slot,
+                            data: Bytes::from(data),
+                            membership: None,
+                        };
+                        if let Err(error) = handle.compact(snapshot).await {
+                            eprintln!("bank[{id}]: group {group}: compaction failed: {error}");
+                        }
+                    }
+                    Err(error) => {
+                        eprintln!(
+                            "bank[{id}]: group {group}: encoding the snapshot failed: {error}"
+                        )
+                    }
                 }
+                compacting.store(false, Ordering::Release);
             });
         }
     }
@@ -506,8 +542,9 @@ async fn apply_committed(
 fn restore(bank: &Bank, group: u64, snapshot: &Snapshot) {
     let id = bank.id;
     if group == LEDGER {
-        let machine = Ledger::restore(&snapshot.data)
-            .unwrap_or_else(|error| panic!("bank[{id}]: the ledger's snapshot: {error}"));
+        let machine = Ledger::restore(&snapshot.data).unwrap_or_else(|error| {
+            cannot_restore(id, "the ledger", snapshot, &error);
+        });
         let mut ledger = bank.ledger();
         ledger.group.machine = machine;
         ledger.group.slot = snapshot.slot;
@@ -523,8 +560,9 @@ fn restore(bank: &Bank, group: u64, snapshot: &Snapshot) {
             bank.forward(&mut coordination);
         }
     } else {
-        let machine = Shard::restore(group, &snapshot.data)
-            .unwrap_or_else(|error| panic!("bank[{id}]: shard {group}'s snapshot: {error}"));
+        let machine = Shard::restore(group, &snapshot.data).unwrap_or_else(|error| {
+            cannot_restore(id, &format!("shard {group}"), snapshot, &error);
+        });
         let mut shard = bank.shard(group);
         shard.machine = machine;
         shard.slot = snapshot.slot;
@@ -533,23 +571,53 @@ fn restore(bank: &Bank, group: u64, snapshot: &Snapshot) {
     }
 }
 
-/// Applies a ledger entry; returns a snapshot of the ledger if one is due.
-fn apply_ledger(
-    bank: &Bank,
-    slot: Slot,
-    data: Option<&[u8]>,
-    snapshot_every: u64,
-    last_snapshot: Slot,
-) -> Option<Vec<u8>> {
+/// A peer's snapshot of a group was installed (the log before it is gone, what follows
+/// applies to the state it holds) but its state machine cannot take it: going on with the
+/// old state would silently depart from the replicated one, so the node stops (exit status
+/// 1, the reason on stderr). The driver saved it before handing it out: a restart refuses it
+/// too.
+fn cannot_restore(id: NodeId, group: &str, snapshot: &Snapshot, error: &str) -> ! {
+    support::fatal(
+        &format!("bank[{id}]"),
+        &format!(
+            "a peer's snapshot of {group} (slot {}) was installed, but it cannot be restored: {error}",
+            snapshot.slot
+        ),
+    )
+}
+
+/// The state of a group to snapshot: a clone, encoded off the group's lock.
+enum Image {
+    Ledger(Box<Ledger>),
+    Shard(Box<Shard>),
+}
+
+impl Image {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Image::Ledger(ledger) => ledger.snapshot(),
+            Image::Shard(shard) => shard.snapshot(),
+        }
+    }
+}
+
+/// Applies a ledger entry; returns a clone of the ledger to snapshot if one is `due`.
+fn apply_ledger(bank: &Bank, slot: Slot, data: Option<&[u8]>, due: bool) -> Option<Image> {
     let mut ledger = bank.ledger();
     ledger.group.slot = slot;
     if let Some(data) = data {
         let applied = ledger.group.machine.apply(slot, data);
         let origin = Entry::decode(data).and_then(|entry| entry.origin());
         ledger.group.answer(bank.id, origin, applied.answer);
-        if let Some((txn, decided)) = &applied.decided {
+        if let Some((txn, _)) = &applied.decided {
+            // The transfer's outcome as the ledger keeps it: a late copy of a `Decide` about
+            // a transfer the log forgot is answered abort there, which is no news of the
+            // transfer (its waiters, if any, look again).
+            let outcome = ledger.group.machine.outcome(*txn);
             for waiter in ledger.decisions.remove(txn).unwrap_or_default() {
-                let _ = waiter.send(decided.outcome);
+                if let Some(outcome) = outcome {
+                    let _ = waiter.send(outcome);
+                }
             }
         }
         if applied.begun.is_some() || applied.decided.is_some() {
@@ -563,20 +631,18 @@ fn apply_ledger(
             bank.forward(&mut coordination);
         }
     }
-    (snapshot_every > 0 && slot >= last_snapshot + snapshot_every)
-        .then(|| ledger.group.machine.snapshot())
+    due.then(|| Image::Ledger(Box::new(ledger.group.machine.clone())))
 }
 
 /// Applies a shard entry; hands the participant's messages to the coordinator (if it runs
-/// here); returns a snapshot of the shard if one is due.
+/// here); returns a clone of the shard to snapshot if one is `due`.
 fn apply_shard(
     bank: &Bank,
     group: u64,
     slot: Slot,
     data: Option<&[u8]>,
-    snapshot_every: u64,
-    last_snapshot: Slot,
-) -> Option<Vec<u8>> {
+    due: bool,
+) -> Option<Image> {
     let mut shard = bank.shard(group);
     shard.slot = slot;
     let mut messages = Vec::new();
@@ -586,8 +652,7 @@ fn apply_shard(
         shard.answer(bank.id, origin, applied.answer);
         messages = applied.messages;
     }
-    let image = (snapshot_every > 0 && slot >= last_snapshot + snapshot_every)
-        .then(|| shard.machine.snapshot());
+    let image = due.then(|| Image::Shard(Box::new(shard.machine.clone())));
     drop(shard);
     if !messages.is_empty() {
         let mut coordination = bank.coordination();
@@ -730,13 +795,20 @@ impl Connection {
                     other => return Err(failure(other)),
                 };
                 match self.wait_decision(txn).await {
-                    Some(Outcome::Commit) => resp::simple(out, &format!("COMMITTED {txn}")),
-                    Some(Outcome::Abort) => {
+                    Some(TxnStatus::Decided(Outcome::Commit)) => {
+                        resp::simple(out, &format!("COMMITTED {txn}"))
+                    }
+                    Some(TxnStatus::Decided(Outcome::Abort)) => {
                         return Err(format!(
                             "ABORTED {txn} (not enough money, or the votes did not come in time)"
                         ))
                     }
-                    None => {
+                    Some(TxnStatus::Forgotten | TxnStatus::Unknown) => {
+                        return Err(format!(
+                            "FORGOTTEN {txn} was decided long ago and its outcome is no longer kept"
+                        ))
+                    }
+                    Some(TxnStatus::Pending) | None => {
                         return Err(format!(
                             "TRYAGAIN {txn} is not decided yet; ask with TXN {}",
                             txn.0
@@ -749,12 +821,12 @@ impl Connection {
                 if !self.read_index(LEDGER).await {
                     return Err("TRYAGAIN no leader confirmed the ledger's state".into());
                 }
-                let ledger = self.bank.ledger();
-                let answer = match ledger.group.machine.outcome(txn) {
-                    Some(Outcome::Commit) => "COMMITTED",
-                    Some(Outcome::Abort) => "ABORTED",
-                    None if ledger.group.machine.pending(txn) => "PENDING",
-                    None => "UNKNOWN",
+                let answer = match self.bank.ledger().group.machine.status(txn) {
+                    TxnStatus::Decided(Outcome::Commit) => "COMMITTED",
+                    TxnStatus::Decided(Outcome::Abort) => "ABORTED",
+                    TxnStatus::Pending => "PENDING",
+                    TxnStatus::Forgotten => "FORGOTTEN",
+                    TxnStatus::Unknown => "UNKNOWN",
                 };
                 resp::simple(out, answer);
             }
@@ -876,21 +948,25 @@ impl Connection {
         reached
     }
 
-    /// Waits (up to the request timeout) for the ledger to decide `txn`.
-    async fn wait_decision(&self, txn: TxnId) -> Option<Outcome> {
+    /// Waits (up to the request timeout) for the ledger to decide `txn`: its status once it
+    /// is not pending any more (decided, or, for a retried key of a transfer long past,
+    /// forgotten), or `None` if it is still pending.
+    async fn wait_decision(&self, txn: TxnId) -> Option<TxnStatus> {
         let deadline = tokio::time::Instant::now() + support::REQUEST_TIMEOUT;
         loop {
             let receiver = {
                 let mut ledger = self.bank.ledger();
-                if let Some(outcome) = ledger.group.machine.outcome(txn) {
-                    return Some(outcome);
+                let status = ledger.group.machine.status(txn);
+                if status != TxnStatus::Pending {
+                    // Decided, or nothing left to wait for: no decision of it will come.
+                    return Some(status);
                 }
                 let (sender, receiver) = oneshot::channel();
                 ledger.decisions.entry(txn).or_default().push(sender);
                 receiver
             };
             match tokio::time::timeout_at(deadline, receiver).await {
-                Ok(Ok(outcome)) => return Some(outcome),
+                Ok(Ok(outcome)) => return Some(TxnStatus::Decided(outcome)),
                 // A snapshot replaced the ledger: look again.
                 Ok(Err(_)) => continue,
                 Err(_) => {
@@ -901,7 +977,7 @@ impl Connection {
                             ledger.decisions.remove(&txn);
                         }
                     }
-                    return ledger.group.machine.outcome(txn);
+                    return ledger.group.machine.outcome(txn).map(TxnStatus::Decided);
                 }
             }
         }

@@ -43,7 +43,10 @@
 //! which other users of the machine cannot read off the command line), and a connection
 //! must send `SYNOD.AUTH TOKEN` (`+OK`; a wrong token: `-WRONGPASS`, and the connection is
 //! not authenticated any more) before any other `SYNOD.*` command, which is otherwise
-//! answered `-NOAUTH ...`; the data commands stay open to every client. Without a token
+//! answered `-NOAUTH ...`; the data commands stay open to every client. Guessing is slow: a
+//! wrong token's `-WRONGPASS` comes after 1 s (that connection waits; no other does), a node
+//! answers at most 10 wrong tokens a second in all, and a connection is closed after its
+//! third wrong token. The token is compared in constant time. Without a token
 //! every client may run them, as before, and the node warns about it at start.
 //!
 //! ```text
@@ -119,7 +122,11 @@
 //!   snapshot and replays the log after it; a replica that fell behind the others' compacted
 //!   log is sent their snapshot and starts over from it
 //!   ([`synod::driver::Applied::Snapshot`]). Requests waiting on that replica for slots the
-//!   snapshot covers are answered with an error (the client retries under its session).
+//!   snapshot covers are answered with an error (the client retries under its session). A
+//!   peer's snapshot this replica cannot restore (a peer running another program or
+//!   version) stops it with `kv[N]: fatal: ...` and exit status 1: going on from the old
+//!   state would silently depart from the replicated one; restarted, it refuses the
+//!   snapshot it saved with the same reason.
 //!
 //! # Measure throughput and proposals per fsync
 //!
@@ -322,11 +329,17 @@ impl Storage for MeteredStorage {
 fn install_snapshot(node: &Node, snapshot: &Snapshot) {
     let state = match SnapshotState::decode(snapshot) {
         Ok(state) => state,
-        // Checksummed on the wire and produced by a replica running this same program: a
-        // snapshot that does not decode is a bug, and half a state machine is worse than none.
-        Err(error) => panic!(
-            "kv[{}]: a peer's snapshot cannot be restored: {error}",
-            node.id
+        // Checksummed on the wire, so it is what the peer saved: a peer running another
+        // program or version, or a bug. The log before it is gone and what follows applies
+        // to the state it holds: going on with the old state would silently depart from the
+        // replicated one, so the node stops (exit status 1, the reason on stderr). The driver
+        // saved the snapshot before handing it out: a restart refuses it too.
+        Err(error) => support::fatal(
+            &format!("kv[{}]", node.id),
+            &format!(
+                "a peer's snapshot of slot {} was installed, but it cannot be restored: {error}",
+                snapshot.slot
+            ),
         ),
     };
     let mut applied = node.applied();

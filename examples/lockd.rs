@@ -47,8 +47,9 @@
 //!   ip:port`, `SYNOD.DELPEER id` and `SYNOD.PEERS`: this node's transport peers (a node
 //!   to add that is not in `--peers`). With `--admin-token TOKEN` (or the
 //!   `SYNOD_ADMIN_TOKEN` environment variable) a connection must first send
-//!   `SYNOD.AUTH TOKEN`, or these answer `-NOAUTH ...`, as in the `kv` example; without a
-//!   token they are open to every client (a warning at start).
+//!   `SYNOD.AUTH TOKEN`, or these answer `-NOAUTH ...`, as in the `kv` example (a wrong
+//!   token is answered after 1 s, at most 10 a second per node, and a connection is closed
+//!   after its third); without a token they are open to every client (a warning at start).
 //!
 //! Errors are `-ERR` plus the [`LockError`] in words. A command that cannot reach the cluster
 //! within 10 s gets `-TRYAGAIN` (it may or may not have taken effect; every
@@ -71,7 +72,13 @@
 //!   whatever the lock guards, which refuses tokens below the largest it has seen.
 //! - **Snapshots bound the log.** Every `--snapshot-every` applied slots the lock service is
 //!   snapshotted and the log compacted through it; a restarted replica restores the snapshot
-//!   and replays the log after it.
+//!   and replays the log after it. The snapshot is a clone of the service taken under the
+//!   applier's lock and encoded on a blocking thread, so commands are not held up while a
+//!   large lock table is encoded (one compaction at a time). A peer's snapshot this replica
+//!   cannot restore (a peer running another program or version) stops it with
+//!   `lockd[N]: fatal: ...` and exit status 1 rather than serve from a state that is not the
+//!   replicated one; restarted, it refuses the snapshot it saved with the same reason.
+//!   (`SYNOD_TEST_SNAPSHOT_GATE=path`, a test hook: the encoding waits until `path` exists.)
 //!
 //! # Tests
 //!
@@ -92,7 +99,7 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use support::{After, Unanswered};
@@ -357,12 +364,24 @@ async fn apply_committed(
     snapshot_every: u64,
 ) {
     let mut last_snapshot = node.state().slot;
+    // A compaction under way (its snapshot being encoded or saved): the next waits for it.
+    let compacting = Arc::new(AtomicBool::new(false));
     while let Some(applied) = committed.next().await {
         let entry = match applied {
             Applied::Entry(entry) => entry,
             Applied::Snapshot(snapshot) => {
-                let service = restore(&snapshot)
-                    .unwrap_or_else(|error| panic!("lockd[{}]: {error}", node.id));
+                // The driver installed a peer's snapshot: the log before it is gone, and the
+                // entries that follow apply to the state it holds. A state machine that cannot
+                // take it cannot go on (applying them to the old state would silently depart
+                // from the replicated one): stop the node, loudly. It was saved before it was
+                // handed out, so a restart refuses it too, with the same reason.
+                let service = match restore(&snapshot) {
+                    Ok(service) => service,
+                    Err(error) => support::fatal(
+                        &format!("lockd[{}]", node.id),
+                        &format!("a peer's snapshot was installed, but {error}"),
+                    ),
+                };
                 let mut state = node.state();
                 state.service = service;
                 state.slot = snapshot.slot;
@@ -422,20 +441,37 @@ async fn apply_committed(
                 }
             }
         }
-        if snapshot_every > 0 && entry.slot >= last_snapshot + snapshot_every {
+        if snapshot_every > 0
+            && entry.slot >= last_snapshot + snapshot_every
+            && !compacting.swap(true, Ordering::AcqRel)
+        {
+            // A clone under the lock, encoded on a blocking thread: encoding a large lock
+            // table under the lock held up the applier and every command of every client.
             last_snapshot = entry.slot;
-            let snapshot = Snapshot {
-                slot: entry.slot,
-                data: Bytes::from(state.service.snapshot()),
-                membership: None,
-            };
+            let service = state.service.clone();
             drop(state);
-            let mut handle = handle.clone();
-            let id = node.id;
+            let (mut handle, compacting, id) = (handle.clone(), compacting.clone(), node.id);
+            let slot = entry.slot;
             tokio::spawn(async move {
-                if let Err(error) = handle.compact(snapshot).await {
-                    eprintln!("lockd[{id}]: compaction failed: {error}");
+                let encoded = tokio::task::spawn_blocking(move || {
+                    support::wait_for_snapshot_gate();
+                    service.snapshot()
+                })
+                .await;
+                match encoded {
+                    Ok(data) => {
+                        let snapshot = Snapshot {
+                            slot,
+                            data: Bytes::from(data),
+                            membership: None,
+                        };
+                        if let Err(error) = handle.compact(snapshot).await {
+                            eprintln!("lockd[{id}]: compaction failed: {error}");
+                        }
+                    }
+                    Err(error) => eprintln!("lockd[{id}]: encoding the snapshot failed: {error}"),
                 }
+                compacting.store(false, Ordering::Release);
             });
         }
     }

@@ -42,6 +42,11 @@ pub const PENDING_MAX: usize = 10_000;
 pub const KEYS_MAX: usize = 100_000;
 /// The largest log entry the state machines decode.
 pub const ENTRY_BYTES_MAX: usize = 64 * 1024;
+/// Outcomes of transfers the ledger keeps (oldest forgotten first): enough that a transfer
+/// whose key is still remembered ([`KEYS_MAX`] newest) has its outcome remembered too (at
+/// most `KEYS_MAX` transfers begun after it, and [`PENDING_MAX`] begun before it and decided
+/// after it).
+pub const OUTCOMES_MAX: usize = KEYS_MAX + PENDING_MAX;
 /// Finished transactions a shard's participant remembers.
 const FINISHED_REMEMBERED: usize = 4096;
 
@@ -287,12 +292,70 @@ pub struct LedgerApplied {
     pub decided: Option<(TxnId, Decided)>,
 }
 
-/// Group 0's state: the transfers begun and not yet decided, and the decision log.
+/// Group 0's state: the transfers begun and not yet decided, the decision log, and the
+/// outcomes of the transfers decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     decisions: DecisionLog,
     pending: BTreeMap<TxnId, Transfer>,
     keys: Keys<TxnId>,
+    outcomes: Outcomes,
+}
+
+/// What the ledger knows of a transaction ([`Ledger::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnStatus {
+    /// Decided: committed or aborted.
+    Decided(Outcome),
+    /// Begun and not yet decided.
+    Pending,
+    /// Nothing remembered, and the id is at or below what the ledger forgot: if it was a
+    /// transfer, it was decided long ago and its outcome is no longer kept.
+    Forgotten,
+    /// Nothing remembered, and above everything forgotten: no such transfer (yet).
+    Unknown,
+}
+
+/// The outcome of every transfer the ledger decided, the newest [`OUTCOMES_MAX`] of them.
+///
+/// The decision log alone is not enough to answer clients: it keeps its newest
+/// [`DecisionLog::FINISHED_MAX`] finished transactions only (fewer than the idempotency keys
+/// the ledger remembers, so a keyed retry could find its transaction and no outcome), and a
+/// transaction whose first `Decide` comes in below the log's floor is aborted without being
+/// recorded there. The ledger records each transfer's outcome as it leaves `pending`: that
+/// is its decision, the first the log answered (an abort at the floor included).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Outcomes {
+    by_txn: BTreeMap<TxnId, Outcome>,
+    order: VecDeque<TxnId>,
+    /// The highest transaction forgotten.
+    floor: Option<TxnId>,
+}
+
+impl Outcomes {
+    fn insert(&mut self, txn: TxnId, outcome: Outcome) {
+        if self.by_txn.insert(txn, outcome).is_none() {
+            self.order.push_back(txn);
+        }
+        while self.order.len() > OUTCOMES_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.by_txn.remove(&old);
+                self.floor = self.floor.max(Some(old));
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let distinct: BTreeSet<&TxnId> = self.order.iter().collect();
+        if self.order.len() > OUTCOMES_MAX
+            || distinct.len() != self.order.len()
+            || distinct.len() != self.by_txn.len()
+            || distinct.iter().any(|txn| !self.by_txn.contains_key(txn))
+        {
+            return Err("the outcomes are inconsistent".to_string());
+        }
+        Ok(())
+    }
 }
 
 impl Ledger {
@@ -324,7 +387,11 @@ impl Ledger {
             }
             Some(Entry::Decision(entry)) => {
                 if let Some((txn, decided)) = self.decisions.apply(&entry) {
-                    self.pending.remove(&txn);
+                    // The first decision of a pending transfer is its outcome, also an abort
+                    // the log answered at its floor without recording it.
+                    if self.pending.remove(&txn).is_some() {
+                        self.outcomes.insert(txn, decided.outcome);
+                    }
                     applied.decided = Some((txn, decided));
                 }
             }
@@ -337,9 +404,29 @@ impl Ledger {
     }
 
     /// The outcome of `txn`: decided (and remembered), or `None` if it is pending or unknown
-    /// (see [`pending`](Self::pending)).
+    /// (see [`pending`](Self::pending) and [`status`](Self::status)).
     pub fn outcome(&self, txn: TxnId) -> Option<Outcome> {
-        self.decisions.outcome(txn)
+        self.outcomes
+            .by_txn
+            .get(&txn)
+            .copied()
+            .or_else(|| self.decisions.outcome(txn))
+    }
+
+    /// What the ledger knows of `txn` (for a client asking about it).
+    pub fn status(&self, txn: TxnId) -> TxnStatus {
+        if let Some(outcome) = self.outcome(txn) {
+            return TxnStatus::Decided(outcome);
+        }
+        if self.pending(txn) {
+            return TxnStatus::Pending;
+        }
+        let floor = self.outcomes.floor.max(self.decisions.floor());
+        if floor.is_some_and(|floor| txn <= floor) {
+            TxnStatus::Forgotten
+        } else {
+            TxnStatus::Unknown
+        }
     }
 
     /// Whether `txn` is begun and not yet decided.
@@ -364,12 +451,13 @@ impl Ledger {
     pub fn restore(bytes: &[u8]) -> Result<Ledger, String> {
         let ledger: Ledger = decode(bytes)?;
         ledger.keys.check()?;
+        ledger.outcomes.check()?;
         if ledger.pending.len() > PENDING_MAX {
             return Err("too many pending transfers".to_string());
         }
         for (txn, transfer) in &ledger.pending {
             transfer.check()?;
-            if ledger.decisions.outcome(*txn).is_some() {
+            if ledger.outcome(*txn).is_some() {
                 return Err(format!("{txn} is both pending and decided"));
             }
         }

@@ -128,6 +128,112 @@ fn a_retried_key_has_one_effect_and_the_first_answer() {
     assert_eq!(ledger.pending_count(), 1);
 }
 
+/// A ledger `Decide` entry of `txn`.
+fn decide(txn: u64, outcome: Outcome) -> Vec<u8> {
+    Entry::Decision(LogEntry::Decide {
+        txn: TxnId(txn),
+        outcome,
+        participants: vec![participant_id(1)],
+    })
+    .encode()
+    .to_vec()
+}
+
+/// A ledger `Forget` entry of `txn`.
+fn forget(txn: u64) -> Vec<u8> {
+    Entry::Decision(LogEntry::Forget { txn: TxnId(txn) })
+        .encode()
+        .to_vec()
+}
+
+/// Begins, commits and forgets `count` transfers at slots from `first` (keys alike): the
+/// decision log drops the oldest past its window and raises its floor.
+fn run_transfers(ledger: &mut Ledger, first: u64, count: u64) {
+    for slot in first..first + count {
+        ledger.apply(slot, &begin("alice", "bob", 1, slot));
+        ledger.apply(slot, &decide(slot, Outcome::Commit));
+        ledger.apply(slot, &forget(slot));
+    }
+}
+
+/// Bug: a transfer whose first `Decide` reached the decision log below its floor was aborted
+/// (the log answers abort, and the coordinator tells the shards) but recorded nowhere: `TXN`
+/// answered `UNKNOWN` for a transfer that had aborted, and a retry with its key waited 10 s
+/// for a decision that had come already. The ledger now keeps the outcome of every transfer
+/// it decided (the newest `OUTCOMES_MAX`), the floor's abort included.
+#[test]
+fn a_transfer_aborted_at_the_decision_logs_floor_is_answered_aborted() {
+    let mut ledger = Ledger::new();
+    let late = ledger.apply(1, &begin("carol", "dave", 5, 1));
+    assert_eq!(late.answer, Some(Answer::Begun(TxnId(1))));
+    // More transfers than the decision log remembers finish meanwhile (with higher ids).
+    run_transfers(&mut ledger, 2, DecisionLog::FINISHED_MAX as u64 + 1);
+    // The first Decide of transaction 1 comes in below the floor: abort, whatever it asked.
+    let applied = ledger.apply(70_000, &decide(1, Outcome::Commit));
+    assert_eq!(
+        applied.decided.map(|(txn, decided)| (txn, decided.outcome)),
+        Some((TxnId(1), Outcome::Abort))
+    );
+    assert!(!ledger.pending(TxnId(1)));
+    assert_eq!(ledger.outcome(TxnId(1)), Some(Outcome::Abort));
+    assert_eq!(ledger.status(TxnId(1)), TxnStatus::Decided(Outcome::Abort));
+    // A retry with its key is the same transaction, with that outcome.
+    let again = ledger.apply(70_001, &begin("carol", "dave", 5, 1));
+    assert_eq!(again.answer, Some(Answer::Begun(TxnId(1))));
+    assert_eq!(ledger.outcome(TxnId(1)), Some(Outcome::Abort));
+    // The snapshot keeps it.
+    let restored = Ledger::restore(&ledger.snapshot()).unwrap();
+    assert_eq!(
+        restored.status(TxnId(1)),
+        TxnStatus::Decided(Outcome::Abort)
+    );
+}
+
+/// Bug: the decision log remembers 65 536 finished transactions, the ledger 100 000 keys: a
+/// client retrying a committed transfer with its key, after more than 65 536 others had
+/// finished, got its transaction back (`Begun`) and then no outcome: `-TRYAGAIN ... not
+/// decided yet`, and `TXN` answered `UNKNOWN`. Its outcome is kept now as long as its key.
+#[test]
+fn a_keyed_retry_of_a_long_finished_transfer_learns_its_outcome() {
+    let mut ledger = Ledger::new();
+    ledger.apply(1, &begin("carol", "dave", 5, 1));
+    ledger.apply(2, &decide(1, Outcome::Commit));
+    ledger.apply(3, &forget(1));
+    run_transfers(&mut ledger, 10, DecisionLog::FINISHED_MAX as u64 + 10);
+    let again = ledger.apply(80_000, &begin("carol", "dave", 5, 1));
+    assert_eq!(again.answer, Some(Answer::Begun(TxnId(1))));
+    assert_eq!(again.begun, None);
+    assert_eq!(ledger.outcome(TxnId(1)), Some(Outcome::Commit));
+    assert_eq!(ledger.status(TxnId(1)), TxnStatus::Decided(Outcome::Commit));
+}
+
+/// Past every window, `TXN` tells a transaction it forgot (`FORGOTTEN`) from one that never
+/// was (`UNKNOWN`, above everything forgotten), and a late copy of a `Decide` about a
+/// forgotten committed transfer (the log answers abort, unrecorded) does not make it read
+/// as aborted.
+#[test]
+fn the_ledger_tells_forgotten_transfers_from_unknown_ones() {
+    let mut ledger = Ledger::new();
+    ledger.apply(1, &begin("carol", "dave", 5, 1));
+    ledger.apply(2, &decide(1, Outcome::Commit));
+    ledger.apply(3, &forget(1));
+    let last = 10 + OUTCOMES_MAX as u64 + 5;
+    run_transfers(&mut ledger, 10, OUTCOMES_MAX as u64 + 5);
+    assert_eq!(ledger.status(TxnId(1)), TxnStatus::Forgotten);
+    assert_eq!(
+        ledger.status(TxnId(last - 1)),
+        TxnStatus::Decided(Outcome::Commit)
+    );
+    assert_eq!(ledger.status(TxnId(last + 100)), TxnStatus::Unknown);
+    let late = ledger.apply(last + 1, &decide(1, Outcome::Commit));
+    assert_eq!(
+        late.decided.map(|(_, decided)| decided.outcome),
+        Some(Outcome::Abort)
+    );
+    assert_eq!(ledger.outcome(TxnId(1)), None);
+    assert_eq!(ledger.status(TxnId(1)), TxnStatus::Forgotten);
+}
+
 #[test]
 fn the_ledger_refuses_bad_transfers() {
     let mut ledger = Ledger::new();

@@ -254,17 +254,59 @@ impl std::fmt::Debug for AdminGate {
     }
 }
 
+/// What [`AdminGate::screen`] did with a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Screened {
+    /// Not its business: the server runs the command.
+    Passed,
+    /// Answered here.
+    Answered,
+    /// A `SYNOD.AUTH` with a wrong token, answered `-WRONGPASS` here: the connection pays
+    /// for it (see [`AUTH_FAILURE_DELAY`]).
+    WrongToken,
+}
+
+/// How long a wrong `SYNOD.AUTH` token waits before its `-WRONGPASS` reply (the connection
+/// reads nothing meanwhile; other connections are served as usual).
+pub const AUTH_FAILURE_DELAY: Duration = Duration::from_secs(1);
+/// Wrong tokens a connection may send: the last one's reply is followed by the server
+/// closing the connection.
+pub const AUTH_FAILURES_MAX: u32 = 3;
+/// Wrong tokens are answered at most one per this interval by a whole server (on top of
+/// [`AUTH_FAILURE_DELAY`] each), however many connections send them: at most 10 guesses a
+/// second. Only wrong tokens wait for this: the right token and every other command never
+/// do, so a client guessing slows no one but other clients sending wrong tokens.
+pub const AUTH_FAILURE_SPACING: Duration = Duration::from_millis(100);
+
+/// When the next wrong token of this process may be answered (see
+/// [`AUTH_FAILURE_SPACING`]).
+static NEXT_AUTH_FAILURE: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+
+/// Waits out the cost of one wrong token: [`AUTH_FAILURE_DELAY`], or longer while other
+/// wrong tokens took the server's budget ([`AUTH_FAILURE_SPACING`]).
+async fn pay_for_wrong_token() {
+    let now = Instant::now();
+    let until = {
+        let mut next = NEXT_AUTH_FAILURE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let slot = next.map_or(now, |next| next.max(now));
+        *next = Some(slot + AUTH_FAILURE_SPACING);
+        slot.max(now + AUTH_FAILURE_DELAY)
+    };
+    tokio::time::sleep_until(until).await;
+}
+
 impl AdminGate {
     /// Screens one command of a connection (`authenticated`: whether it has sent the right
     /// token). Answers `SYNOD.AUTH` itself (a wrong token also ends an earlier
     /// authentication), and refuses every other `SYNOD.*` command with `-NOAUTH` while a
-    /// token is configured and the connection has not sent it. True if the command was
-    /// answered here; false if it is the server's to run.
-    fn screen(&self, authenticated: &mut bool, args: &[Bytes], out: &mut Vec<u8>) -> bool {
+    /// token is configured and the connection has not sent it.
+    fn screen(&self, authenticated: &mut bool, args: &[Bytes], out: &mut Vec<u8>) -> Screened {
         const PREFIX: &[u8] = b"SYNOD.";
         let name = &args[0];
         if name.len() < PREFIX.len() || !name[..PREFIX.len()].eq_ignore_ascii_case(PREFIX) {
-            return false;
+            return Screened::Passed;
         }
         if name.eq_ignore_ascii_case(b"SYNOD.AUTH") {
             match (&self.token, args.len()) {
@@ -282,19 +324,20 @@ impl AdminGate {
                         resp::simple(out, "OK");
                     } else {
                         resp::error(out, "WRONGPASS invalid admin token");
+                        return Screened::WrongToken;
                     }
                 }
             }
-            return true;
+            return Screened::Answered;
         }
         if self.token.is_some() && !*authenticated {
             resp::error(
                 out,
                 "NOAUTH the SYNOD.* commands need SYNOD.AUTH <admin token> first",
             );
-            return true;
+            return Screened::Answered;
         }
-        false
+        Screened::Passed
     }
 }
 
@@ -413,6 +456,31 @@ pub fn crash_only() {
         report(info);
         std::process::abort();
     }));
+}
+
+/// Stops the process at once with exit status 1 after printing `server: fatal: message`: for
+/// a state the node cannot go on from (a peer's snapshot its state machine cannot restore,
+/// say), where serving on would answer clients from a state that is not the replicated one.
+/// What the node acknowledged is durable already (a stop is no worse than a crash); a
+/// supervisor sees a failed process, not a hung one.
+pub fn fatal(server: &str, message: &str) -> ! {
+    eprintln!("{server}: fatal: {message}; stopping");
+    std::process::exit(1)
+}
+
+/// The test hook `SYNOD_TEST_SNAPSHOT_GATE`: a file whose existence the encoding of a
+/// compaction snapshot waits for (checked every 20 ms; unset: no wait), so that a test can
+/// hold a snapshot in the middle of its encoding and see what the node does meanwhile. For
+/// tests only.
+#[allow(dead_code)] // kv takes no test hook
+pub fn wait_for_snapshot_gate() {
+    static GATE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let gate = GATE.get_or_init(|| std::env::var_os("SYNOD_TEST_SNAPSHOT_GATE").map(PathBuf::from));
+    if let Some(gate) = gate {
+        while !gate.exists() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// A server's whole `main` once its arguments are parsed: the crash-only hook, `serve` on a
@@ -605,6 +673,7 @@ pub async fn serve_resp<C: Commands>(
 ) {
     let idle = policy.idle;
     let mut authenticated = false;
+    let mut wrong_tokens = 0;
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = Vec::with_capacity(16 * 1024);
     loop {
@@ -624,13 +693,30 @@ pub async fn serve_resp<C: Commands>(
                     if args.is_empty() {
                         continue;
                     }
-                    let screened = policy
-                        .admin
-                        .as_ref()
-                        .is_some_and(|gate| gate.screen(&mut authenticated, &args, &mut output));
-                    if !screened && commands.command(&args, &mut output).await == After::Close {
-                        let _ = write_out(stream, &output, idle).await;
-                        return;
+                    let screened = match &policy.admin {
+                        Some(gate) => gate.screen(&mut authenticated, &args, &mut output),
+                        None => Screened::Passed,
+                    };
+                    match screened {
+                        Screened::Passed => {
+                            if commands.command(&args, &mut output).await == After::Close {
+                                let _ = write_out(stream, &output, idle).await;
+                                return;
+                            }
+                        }
+                        Screened::Answered => {}
+                        // A wrong token costs a delay before its reply (and before anything
+                        // else this connection sent is read), and the connection after
+                        // `AUTH_FAILURES_MAX` of them: guessing the token is slow.
+                        Screened::WrongToken => {
+                            wrong_tokens += 1;
+                            pay_for_wrong_token().await;
+                            if wrong_tokens >= AUTH_FAILURES_MAX {
+                                let _ = write_out(stream, &output, idle).await;
+                                drain_and_close(stream).await;
+                                return;
+                            }
+                        }
                     }
                     if output.len() >= flush_bytes {
                         if write_out(stream, &output, idle).await.is_err() {

@@ -1,0 +1,942 @@
+//! A second review of the example servers (`kv`, `lockd`, `bank`) as real clients and
+//! operators meet them: one real process per node on loopback, spoken to in raw RESP2.
+//!
+//! Each test names the bug it pins down (it failed before the fix, see the commit that
+//! added it) or the behaviour found sound:
+//! - `lockd` encoded its compaction snapshot while holding the applier's lock: every
+//!   client command waited for the whole lock table to be encoded. The snapshot is now a
+//!   clone taken under the lock and encoded on a blocking thread (as `kv` does). The test
+//!   holds the encoding with the test hook `SYNOD_TEST_SNAPSHOT_GATE` (see
+//!   `examples/support`) and checks that commands are served meanwhile: no timing. `bank`
+//!   did the same with its ledger's and shards' snapshots (same fix, same test).
+//! - A peer's snapshot that a node's state machine cannot restore (here: a node of another
+//!   program in the cluster) panicked the applier (`lockd`, `bank`, `kv`): a panic aborts
+//!   the process (crash-only hook), a `SIGABRT` and a core dump with a panic message, and
+//!   a supervisor restarting it into the same panic. Now a clear fatal error: `fatal: ...`
+//!   on stderr and exit status 1; a restart refuses the saved snapshot with exit status 1.
+//! - `SYNOD.AUTH` took guesses as fast as a client could send them: now a wrong token
+//!   waits `AUTH_FAILURE_DELAY` (1 s) before its reply, at most 10 wrong tokens a second
+//!   per server are answered, and a connection is closed after its third; the right token
+//!   and other clients are not held up.
+//! - Two processes with the same `--id` (and their own data directories), and a data
+//!   directory reused under another `--id` or `--cluster-id`: the second is refused at
+//!   start with a clear error (sound).
+//!
+//! Run: `cargo test --test apps_faults2`. The tests build the examples themselves, for
+//! this test's profile and features (`examples_support::build_example`).
+#![cfg(unix)]
+
+mod examples_support;
+
+use examples_support::{build_example, free_port_blocks, free_ports};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Waits below end as soon as their condition holds; this bounds them on a busy machine.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+// =======================================================================================
+// Helpers: the examples' executables, server processes, a raw RESP2 client.
+
+/// Example `name`'s executable, built once per test process.
+fn binary(name: &str) -> PathBuf {
+    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    built
+        .get_or_insert_with(HashMap::new)
+        .entry(name.to_string())
+        .or_insert_with(|| build_example(name))
+        .clone()
+}
+
+/// One server process with its log; killed when dropped (its log printed if the test is
+/// failing).
+struct Server {
+    child: Child,
+    log: PathBuf,
+    /// The client port.
+    port: u16,
+}
+
+impl Server {
+    /// Starts example `name` with `args` (`--client` on `port`, `--data` at `data`), logging
+    /// to `log`, with `env` variables (`SYNOD_ADMIN_TOKEN` removed from what it inherits).
+    fn start(
+        name: &str,
+        args: &[String],
+        port: u16,
+        data: &Path,
+        log: PathBuf,
+        env: &[(&str, &str)],
+    ) -> Server {
+        let file = std::fs::File::create(&log).expect("a log file");
+        let child = Command::new(binary(name))
+            .args(args)
+            .args(["--client", &format!("127.0.0.1:{port}")])
+            .arg("--data")
+            .arg(data)
+            .env_remove("SYNOD_ADMIN_TOKEN")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("a log file"))
+            .stderr(file)
+            .spawn()
+            .expect("starting the server");
+        Server { child, log, port }
+    }
+
+    /// Waits until a new connection is answered `PING` with `+PONG`.
+    fn wait_serving(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting on the server") {
+                panic!("the server exited: {status}\n{}", self.log());
+            }
+            if let Ok(mut client) = Client::connect(self.port) {
+                if client.command(&[b"PING"]).ok() == Some(simple("PONG")) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "the server never served");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to [`PATIENCE`]) for the process to exit by itself.
+    fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting on the server") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server is still running:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(self.port).expect("connecting")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- {}\n{}", self.log.display(), self.log());
+        }
+    }
+}
+
+/// Node arguments: `--id id --peers peers --cluster-id cluster` and fast timeouts.
+fn node_args(id: u64, peers: &str, cluster: u64, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--id",
+        &id.to_string(),
+        "--peers",
+        peers,
+        "--cluster-id",
+        &cluster.to_string(),
+        "--tick-ms",
+        "10",
+        "--election-ticks",
+        "20",
+        "--heartbeat-ticks",
+        "3",
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect();
+    args.extend(extra.iter().map(|arg| arg.to_string()));
+    args
+}
+
+/// One RESP2 reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Reply {
+    Simple(String),
+    Error(String),
+    Integer(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Reply>),
+}
+
+impl Reply {
+    fn is_error_starting(&self, prefix: &str) -> bool {
+        matches!(self, Reply::Error(text) if text.starts_with(prefix))
+    }
+}
+
+fn simple(text: &str) -> Reply {
+    Reply::Simple(text.to_string())
+}
+
+/// A `field:value` line of an `INFO` reply.
+fn field(reply: &Reply, name: &str) -> Option<String> {
+    let Reply::Bulk(Some(bytes)) = reply else {
+        return None;
+    };
+    String::from_utf8_lossy(bytes)
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix(&format!("{name}:")).map(str::to_owned))
+}
+
+/// A blocking RESP2 client over one TCP connection (reads wait up to [`PATIENCE`]).
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    fn connect(port: u16) -> std::io::Result<Client> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.set_write_timeout(Some(PATIENCE))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    fn set_read_timeout(&self, timeout: Duration) {
+        self.writer.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
+        self.raw(&frame(args))
+    }
+
+    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
+        self.send(args)?;
+        self.read_reply()
+    }
+
+    /// `command`, whose reply must come: panics on a closed connection or a timeout.
+    fn ask(&mut self, args: &[&[u8]]) -> Reply {
+        self.command(args).unwrap_or_else(|error| {
+            panic!(
+                "{:?} got no reply: {error}",
+                String::from_utf8_lossy(args[0])
+            )
+        })
+    }
+
+    fn read_line(&mut self) -> std::io::Result<String> {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line)?;
+        if line.is_empty() {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if !line.ends_with(b"\r\n") {
+            return Err(std::io::Error::other(format!("a bad reply line {line:?}")));
+        }
+        line.truncate(line.len() - 2);
+        String::from_utf8(line).map_err(|_| std::io::Error::other("a reply line not UTF-8"))
+    }
+
+    fn read_reply(&mut self) -> std::io::Result<Reply> {
+        let line = self.read_line()?;
+        let (kind, rest) = line.split_at(1.min(line.len()));
+        let number = || {
+            rest.parse::<i64>()
+                .map_err(|_| std::io::Error::other(format!("a bad reply line {line:?}")))
+        };
+        Ok(match kind {
+            "+" => Reply::Simple(rest.to_string()),
+            "-" => Reply::Error(rest.to_string()),
+            ":" => Reply::Integer(number()?),
+            "$" => match number()? {
+                -1 => Reply::Bulk(None),
+                length => {
+                    let mut data = vec![0; length as usize + 2];
+                    self.reader.read_exact(&mut data)?;
+                    data.truncate(length as usize);
+                    Reply::Bulk(Some(data))
+                }
+            },
+            "*" => {
+                let mut items = Vec::new();
+                for _ in 0..number()? {
+                    items.push(self.read_reply()?);
+                }
+                Reply::Array(items)
+            }
+            _ => return Err(std::io::Error::other(format!("a bad reply line {line:?}"))),
+        })
+    }
+
+    /// Waits (up to the read timeout) for the server to close the connection: true once it
+    /// has (end of input or a reset), false if it sent bytes or the wait ran out.
+    fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.reader.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+fn frame(args: &[&[u8]]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    request
+}
+
+/// `OPEN client lease` at `lockd`: the session.
+fn open_session(client: &mut Client, id: &str) -> String {
+    match client.ask(&[b"OPEN", id.as_bytes(), b"100000"]) {
+        Reply::Array(items) => match items.first() {
+            Some(Reply::Integer(session)) => session.to_string(),
+            other => panic!("OPEN answered {other:?}"),
+        },
+        other => panic!("OPEN answered {other:?}"),
+    }
+}
+
+/// `INFO`'s `field` as a number (`applied_slot`, say), asked on a new connection.
+fn info_number(port: u16, name: &str) -> Option<u64> {
+    let reply = Client::connect(port).ok()?.command(&[b"INFO"]).ok()?;
+    field(&reply, name)?.parse().ok()
+}
+
+// =======================================================================================
+// lockd: the compaction snapshot is encoded off the applier's lock.
+
+/// Bug: `lockd` encoded its compaction snapshot (`LockService::snapshot`) under the
+/// applier's lock, so every client command (all take that lock) waited for a whole lock
+/// table to be encoded. With the encoding held for as long as the test likes (the
+/// `SYNOD_TEST_SNAPSHOT_GATE` hook; before the fix the hook sat where the encoding was,
+/// under the lock), commands must go on being served and applied: `OPEN`, `ACQUIRE`,
+/// `HOLDERS`, `INFO`. Once the gate opens the compaction completes, and a restart on the
+/// same data (the snapshot, then the log after it) holds the same lock table.
+#[test]
+fn lockd_serves_commands_while_a_snapshot_is_encoded() {
+    let root = tempfile::TempDir::new().unwrap();
+    let gate = root.path().join("gate");
+    let data = root.path().join("data");
+    let peer = free_ports(1)[0];
+    let port = free_ports(1)[0];
+    let args = node_args(
+        1,
+        &format!("1=127.0.0.1:{peer}"),
+        1,
+        &["--snapshot-every", "20", "--clock-interval", "5"],
+    );
+    let gate_env = gate.to_str().unwrap().to_string();
+    let mut lockd = Server::start(
+        "lockd",
+        &args,
+        port,
+        &data,
+        root.path().join("lockd.1.log"),
+        &[("SYNOD_TEST_SNAPSHOT_GATE", &gate_env)],
+    );
+    lockd.wait_serving();
+    let mut client = lockd.client();
+    // Commands go on being answered within a few seconds each while the encoding is held.
+    client.set_read_timeout(Duration::from_secs(10));
+    let session = open_session(&mut client, "7");
+    // The clock's entries alone pass slot 20 within a second or so: the snapshot is due,
+    // and its encoding is held at the gate.
+    let deadline = Instant::now() + PATIENCE;
+    while info_number(port, "applied_slot").unwrap_or(0) < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "lockd never got past slot 30 (the applier stalled at the snapshot due at 20?)"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let held_at = info_number(port, "applied_slot").unwrap();
+    // Every one of these needs the applier's lock (or the applier).
+    for index in 0..10 {
+        let name = format!("lock-{index}");
+        let reply = client.ask(&[b"ACQUIRE", session.as_bytes(), name.as_bytes()]);
+        assert!(
+            matches!(reply, Reply::Integer(_)),
+            "ACQUIRE answered {reply:?}"
+        );
+        let holders = client.ask(&[b"HOLDERS", name.as_bytes()]);
+        assert!(
+            matches!(&holders, Reply::Array(items) if items.len() == 1),
+            "HOLDERS answered {holders:?}"
+        );
+    }
+    let other = open_session(&mut client, "8");
+    assert_ne!(other, session);
+    assert!(matches!(client.ask(&[b"INFO"]), Reply::Bulk(Some(_))));
+    let after = info_number(port, "applied_slot").unwrap();
+    assert!(
+        after > held_at,
+        "nothing applied while the snapshot was held"
+    );
+    // The gate opens: the compaction completes; a restart restores the snapshot and replays
+    // the log after it.
+    std::fs::write(&gate, b"open").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    drop(client);
+    drop(lockd);
+    let mut lockd = Server::start(
+        "lockd",
+        &args,
+        port,
+        &data,
+        root.path().join("lockd.2.log"),
+        &[],
+    );
+    lockd.wait_serving();
+    let mut client = lockd.client();
+    for index in 0..10 {
+        let name = format!("lock-{index}");
+        // Until the restarted node leads again, a read-index read answers -TRYAGAIN.
+        let deadline = Instant::now() + PATIENCE;
+        let reply = loop {
+            match client.ask(&[b"HOLDERS", name.as_bytes()]) {
+                reply if reply.is_error_starting("TRYAGAIN") && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                reply => break reply,
+            }
+        };
+        match reply {
+            Reply::Array(items) => {
+                let line = match items.as_slice() {
+                    [Reply::Bulk(Some(line))] => String::from_utf8_lossy(line).into_owned(),
+                    other => panic!("{name}: holders {other:?} after the restart"),
+                };
+                assert!(line.starts_with(&format!("{session} exclusive ")), "{line}");
+            }
+            other => panic!("HOLDERS answered {other:?}"),
+        }
+    }
+}
+
+/// Bug (bank, as in `lockd`): a group's compaction snapshot was encoded under its lock
+/// (the ledger's, or a shard's), so the deposits, balances and transfers of every client
+/// waited for it. With the encoding held at the gate, a one-node bank must go on serving:
+/// deposits and transfers are applied, balances read; once the gate opens and the node
+/// restarts on its data, the balances are there.
+#[test]
+fn bank_serves_commands_while_a_snapshot_is_encoded() {
+    let root = tempfile::TempDir::new().unwrap();
+    let gate = root.path().join("gate");
+    let data = root.path().join("data");
+    let base = free_port_blocks(1, 3)[0];
+    let port = free_ports(1)[0];
+    let args = node_args(
+        1,
+        &format!("1=127.0.0.1:{base}"),
+        1,
+        &["--snapshot-every", "5", "--shards", "2"],
+    );
+    let gate_env = gate.to_str().unwrap().to_string();
+    let mut bank = Server::start(
+        "bank",
+        &args,
+        port,
+        &data,
+        root.path().join("bank.1.log"),
+        &[("SYNOD_TEST_SNAPSHOT_GATE", &gate_env)],
+    );
+    bank.wait_serving();
+    let mut client = bank.client();
+    client.set_read_timeout(Duration::from_secs(15));
+    // Well past the snapshots due at slot 5 of the shards and of the ledger.
+    for round in 1..=12 {
+        for account in ["alice", "carol"] {
+            let reply = client.ask(&[b"DEPOSIT", account.as_bytes(), b"10"]);
+            assert_eq!(reply, Reply::Integer(round * 10), "{account}");
+        }
+    }
+    for _ in 0..8 {
+        let reply = client.ask(&[b"TRANSFER", b"alice", b"carol", b"1"]);
+        assert!(
+            matches!(&reply, Reply::Simple(text) if text.starts_with("COMMITTED")),
+            "{reply:?}"
+        );
+    }
+    // A transfer is answered once the ledger decides it; the shards apply the decision
+    // just after (see `bank_balance_right_after_a_committed_transfer`).
+    for (account, expected) in [("alice", 112), ("carol", 128)] {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let reply = client.ask(&[b"BALANCE", account.as_bytes()]);
+            if reply == Reply::Integer(expected) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{account}: {reply:?}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::fs::write(&gate, b"open").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    drop(client);
+    drop(bank);
+    let mut bank = Server::start(
+        "bank",
+        &args,
+        port,
+        &data,
+        root.path().join("bank.2.log"),
+        &[],
+    );
+    bank.wait_serving();
+    let mut client = bank.client();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match client.ask(&[b"BALANCE", b"carol"]) {
+            Reply::Integer(balance) => {
+                assert_eq!(balance, 128);
+                break;
+            }
+            reply if reply.is_error_starting("TRYAGAIN") && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50));
+            }
+            reply => panic!("BALANCE after the restart: {reply:?}"),
+        }
+    }
+}
+
+// =======================================================================================
+// A peer's snapshot that cannot be restored: a clear fatal error, not a panic.
+
+/// What a node that was sent a snapshot it cannot restore must do: exit by itself with
+/// status 1 and a `fatal:` line naming the snapshot, never a panic (before the fix: a panic,
+/// which the crash-only hook turns into `SIGABRT`); then, restarted on its data, refuse the
+/// snapshot it saved at start, again with status 1 and no panic.
+fn check_stops_cleanly(node: &mut Server, restart: impl FnOnce() -> Server) {
+    let status = node.wait_exit();
+    let log = node.log();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "the node did not exit with status 1 ({status}):\n{log}"
+    );
+    assert!(
+        log.contains("fatal") && log.contains("snapshot"),
+        "no fatal error about the snapshot:\n{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    let mut again = restart();
+    let status = again.wait_exit();
+    let log = again.log();
+    assert_eq!(status.code(), Some(1), "restarted: {status}\n{log}");
+    assert!(log.contains("snapshot"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// Bug (lockd): a peer's snapshot the lock service cannot restore panicked the applier.
+/// Two `kv` nodes and one `lockd` node with one cluster id: the `kv` leader compacts its
+/// log and sends the fresh `lockd` its snapshot.
+#[test]
+fn lockd_stops_cleanly_on_a_peer_snapshot_it_cannot_restore() {
+    let root = tempfile::TempDir::new().unwrap();
+    let peers_ports = free_ports(3);
+    let clients = free_ports(3);
+    let peers = examples_support::peers_argument(&peers_ports);
+    let kv_args = |id| node_args(id, &peers, 5, &["--snapshot-every", "20"]);
+    let mut kvs: Vec<Server> = (0..2)
+        .map(|index| {
+            Server::start(
+                "kv",
+                &kv_args(index as u64 + 1),
+                clients[index],
+                &root.path().join(format!("kv-{index}")),
+                root.path().join(format!("kv-{index}.log")),
+                &[],
+            )
+        })
+        .collect();
+    for kv in &mut kvs {
+        kv.wait_serving();
+    }
+    let mut client = kvs[0].client();
+    for index in 0..60 {
+        let key = format!("k{index}");
+        assert_eq!(client.ask(&[b"SET", key.as_bytes(), b"v"]), simple("OK"));
+    }
+    let lockd_args = node_args(3, &peers, 5, &[]);
+    let data = root.path().join("lockd");
+    let start = |run: u32| {
+        Server::start(
+            "lockd",
+            &lockd_args,
+            clients[2],
+            &data,
+            root.path().join(format!("lockd.{run}.log")),
+            &[],
+        )
+    };
+    let mut lockd = start(1);
+    check_stops_cleanly(&mut lockd, || start(2));
+}
+
+/// Bug (kv): the same, the other way round: two `lockd` nodes send a fresh `kv` their
+/// snapshot.
+#[test]
+fn kv_stops_cleanly_on_a_peer_snapshot_it_cannot_restore() {
+    let root = tempfile::TempDir::new().unwrap();
+    let peers_ports = free_ports(3);
+    let clients = free_ports(3);
+    let peers = examples_support::peers_argument(&peers_ports);
+    let lockd_args = |id| {
+        node_args(
+            id,
+            &peers,
+            6,
+            &["--snapshot-every", "10", "--clock-interval", "2"],
+        )
+    };
+    let mut lockds: Vec<Server> = (0..2)
+        .map(|index| {
+            Server::start(
+                "lockd",
+                &lockd_args(index as u64 + 1),
+                clients[index],
+                &root.path().join(format!("lockd-{index}")),
+                root.path().join(format!("lockd-{index}.log")),
+                &[],
+            )
+        })
+        .collect();
+    for lockd in &mut lockds {
+        lockd.wait_serving();
+    }
+    // The clock's entries pass a few snapshots' worth of slots.
+    let deadline = Instant::now() + PATIENCE;
+    while info_number(clients[0], "applied_slot").unwrap_or(0) < 40 {
+        assert!(Instant::now() < deadline, "lockd never got past slot 40");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let kv_args = node_args(3, &peers, 6, &[]);
+    let data = root.path().join("kv");
+    let start = |run: u32| {
+        Server::start(
+            "kv",
+            &kv_args,
+            clients[2],
+            &data,
+            root.path().join(format!("kv.{run}.log")),
+            &[],
+        )
+    };
+    let mut kv = start(1);
+    check_stops_cleanly(&mut kv, || start(2));
+}
+
+/// Bug (bank): the same for the ledger: two `kv` nodes play the bank's ledger group
+/// (cluster id `bank id << 16`, ports of group 0) and send a fresh bank node their
+/// snapshot.
+#[test]
+fn bank_stops_cleanly_on_a_peer_snapshot_it_cannot_restore() {
+    let root = tempfile::TempDir::new().unwrap();
+    // Group g of a bank node listens on its base port + g: two ports per node (one shard).
+    let bases = free_port_blocks(3, 2);
+    let clients = free_ports(3);
+    let peers = examples_support::peers_argument(&bases);
+    let kv_args = |id| node_args(id, &peers, 7 << 16, &["--snapshot-every", "20"]);
+    let mut kvs: Vec<Server> = (0..2)
+        .map(|index| {
+            Server::start(
+                "kv",
+                &kv_args(index as u64 + 1),
+                clients[index],
+                &root.path().join(format!("kv-{index}")),
+                root.path().join(format!("kv-{index}.log")),
+                &[],
+            )
+        })
+        .collect();
+    for kv in &mut kvs {
+        kv.wait_serving();
+    }
+    let mut client = kvs[0].client();
+    for index in 0..60 {
+        let key = format!("k{index}");
+        assert_eq!(client.ask(&[b"SET", key.as_bytes(), b"v"]), simple("OK"));
+    }
+    let bank_args = node_args(3, &peers, 7, &["--shards", "1"]);
+    let data = root.path().join("bank");
+    let start = |run: u32| {
+        Server::start(
+            "bank",
+            &bank_args,
+            clients[2],
+            &data,
+            root.path().join(format!("bank.{run}.log")),
+            &[],
+        )
+    };
+    let mut bank = start(1);
+    check_stops_cleanly(&mut bank, || start(2));
+}
+
+// =======================================================================================
+// SYNOD.AUTH: a wrong token costs something.
+
+/// A one-node `kv` with an operator token, serving.
+fn kv_with_token(root: &Path, token: &str) -> Server {
+    let peer = free_ports(1)[0];
+    let port = free_ports(1)[0];
+    let args = node_args(
+        1,
+        &format!("1=127.0.0.1:{peer}"),
+        1,
+        &["--admin-token", token],
+    );
+    let mut kv = Server::start(
+        "kv",
+        &args,
+        port,
+        &root.join("data"),
+        root.join("kv.log"),
+        &[],
+    );
+    kv.wait_serving();
+    kv
+}
+
+/// Bug: `SYNOD.AUTH` answered a wrong token at once, as often as a client liked: a token
+/// could be guessed at the speed of the network. Now a wrong token's `-WRONGPASS` comes
+/// after at least 1 s (the connection waits; others do not: a second client's data command
+/// and its right token are answered meanwhile), and the connection is closed after its
+/// third wrong token, also when they come pipelined in one write.
+#[test]
+fn wrong_admin_tokens_are_delayed_and_close_the_connection() {
+    let root = tempfile::TempDir::new().unwrap();
+    let kv = kv_with_token(root.path(), "right-token");
+    let mut guesser = kv.client();
+    let started = Instant::now();
+    guesser.send(&[b"SYNOD.AUTH", b"guess-1"]).unwrap();
+    // Meanwhile another client is served as usual, and the right token works at once.
+    let mut operator = kv.client();
+    assert_eq!(operator.ask(&[b"SET", b"k", b"v"]), simple("OK"));
+    assert_eq!(operator.ask(&[b"SYNOD.AUTH", b"right-token"]), simple("OK"));
+    assert!(matches!(
+        operator.ask(&[b"SYNOD.MEMBERS"]),
+        Reply::Bulk(Some(_))
+    ));
+    let operator_done = started.elapsed();
+    let reply = guesser.read_reply().unwrap();
+    let guess_answered = started.elapsed();
+    assert!(reply.is_error_starting("WRONGPASS"), "{reply:?}");
+    assert!(
+        guess_answered >= Duration::from_secs(1),
+        "a wrong token was answered after {guess_answered:?}"
+    );
+    assert!(
+        operator_done < guess_answered,
+        "the other client waited for the wrong token ({operator_done:?})"
+    );
+    // The second wrong token costs as much; the third closes the connection after its reply.
+    assert!(guesser
+        .ask(&[b"SYNOD.AUTH", b"guess-2"])
+        .is_error_starting("WRONGPASS"));
+    assert!(guesser
+        .ask(&[b"SYNOD.AUTH", b"guess-3"])
+        .is_error_starting("WRONGPASS"));
+    assert!(
+        guesser.closed_by_server(),
+        "the connection stayed open after 3 wrong tokens"
+    );
+    // Pipelined: five guesses and a PING in one write: three answers, then the end.
+    let mut pipeliner = kv.client();
+    let mut pipeline = Vec::new();
+    for guess in 0..5 {
+        pipeline.extend(frame(&[b"SYNOD.AUTH", format!("p{guess}").as_bytes()]));
+    }
+    pipeline.extend(frame(&[b"PING"]));
+    let started = Instant::now();
+    pipeliner.raw(&pipeline).unwrap();
+    for _ in 0..3 {
+        let reply = pipeliner.read_reply().unwrap();
+        assert!(reply.is_error_starting("WRONGPASS"), "{reply:?}");
+    }
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert!(
+        pipeliner.closed_by_server(),
+        "more was answered after the third wrong token"
+    );
+    // The operator's connection is still authenticated and served.
+    assert!(matches!(
+        operator.ask(&[b"SYNOD.PEERS"]),
+        Reply::Bulk(Some(_))
+    ));
+}
+
+/// Bug (as above): many connections guessing at once got as many answers a second as they
+/// had connections. Now wrong tokens are answered at most 10 a second per server: 20 at
+/// once take at least 1.9 s in all. The right token, sent after them, is not queued behind
+/// them.
+#[test]
+fn wrong_admin_tokens_are_rate_limited_per_server() {
+    let root = tempfile::TempDir::new().unwrap();
+    let kv = kv_with_token(root.path(), "right-token");
+    let mut guessers: Vec<Client> = (0..20).map(|_| kv.client()).collect();
+    let started = Instant::now();
+    for (index, guesser) in guessers.iter_mut().enumerate() {
+        guesser
+            .send(&[b"SYNOD.AUTH", format!("guess-{index}").as_bytes()])
+            .unwrap();
+    }
+    let mut operator = kv.client();
+    assert_eq!(operator.ask(&[b"SYNOD.AUTH", b"right-token"]), simple("OK"));
+    let operator_done = started.elapsed();
+    let mut last = Duration::ZERO;
+    for guesser in &mut guessers {
+        let reply = guesser.read_reply().unwrap();
+        assert!(reply.is_error_starting("WRONGPASS"), "{reply:?}");
+        last = last.max(started.elapsed());
+    }
+    assert!(
+        last >= Duration::from_millis(1900),
+        "20 wrong tokens were all answered within {last:?}"
+    );
+    assert!(
+        operator_done < last,
+        "the right token waited for the wrong ones ({operator_done:?})"
+    );
+}
+
+// =======================================================================================
+// Two processes, one identity.
+
+/// Sound: a second process with the same `--id` as a running node (its own data directory,
+/// the same `--peers`) cannot bind that node's replication address and stops at start with
+/// an error, never a panic and never a second voter under one id; a data directory reused
+/// with another `--id` or another `--cluster-id` is refused (a node must never vote with
+/// another node's promises).
+#[test]
+fn a_second_node_with_the_same_identity_is_refused_at_start() {
+    let root = tempfile::TempDir::new().unwrap();
+    let peer = free_ports(2);
+    let peers = format!("1=127.0.0.1:{},2=127.0.0.1:{}", peer[0], peer[1]);
+    let ports = free_ports(4);
+    let first_args = node_args(1, &peers, 3, &["--members", "1"]);
+    let mut first = Server::start(
+        "kv",
+        &first_args,
+        ports[0],
+        &root.path().join("a"),
+        root.path().join("a.log"),
+        &[],
+    );
+    first.wait_serving();
+    let mut client = first.client();
+    assert_eq!(client.ask(&[b"SET", b"k", b"v"]), simple("OK"));
+    let mut twin = Server::start(
+        "kv",
+        &first_args,
+        ports[1],
+        &root.path().join("b"),
+        root.path().join("b.log"),
+        &[],
+    );
+    let status = twin.wait_exit();
+    assert!(!status.success(), "{status}");
+    assert!(status.code().is_some(), "killed by a signal: {status}");
+    assert!(!twin.log().contains("panicked"), "{}", twin.log());
+    // The first node serves on.
+    assert_eq!(
+        client.ask(&[b"GET", b"k"]),
+        Reply::Bulk(Some(b"v".to_vec()))
+    );
+    drop(client);
+    drop(first);
+    // Its data directory under another id, then another cluster id: refused.
+    for (index, args) in [
+        node_args(2, &peers, 3, &["--members", "1"]),
+        node_args(1, &peers, 4, &["--members", "1"]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut reused = Server::start(
+            "kv",
+            args,
+            ports[2 + index],
+            &root.path().join("a"),
+            root.path().join(format!("reused-{index}.log")),
+            &[],
+        );
+        let status = reused.wait_exit();
+        let log = reused.log();
+        assert!(
+            !status.success() && status.code().is_some(),
+            "{args:?}: {status}\n{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+// =======================================================================================
+// bank: a read right after a committed transfer.
+
+/// Known bug, not fixed (ignored: it fails): `TRANSFER` answers `+COMMITTED` once the
+/// ledger has logged the commit, and the shards apply the decision after that, so a
+/// `BALANCE` sent after the `+COMMITTED` arrived can still show the balance from before
+/// the transfer (the debit is only held), although `BALANCE` is documented as
+/// linearizable: seen here about once in eight transfers on one node. A fix would answer
+/// `+COMMITTED` only once this node's replicas of the participating shards have applied the
+/// decision (then any later read-index read includes it). Run with `--ignored`.
+#[test]
+#[ignore = "known bug: +COMMITTED comes before the shards apply the decision"]
+fn bank_balance_right_after_a_committed_transfer() {
+    let root = tempfile::TempDir::new().unwrap();
+    let base = free_port_blocks(1, 3)[0];
+    let port = free_ports(1)[0];
+    let args = node_args(1, &format!("1=127.0.0.1:{base}"), 1, &["--shards", "2"]);
+    let mut bank = Server::start(
+        "bank",
+        &args,
+        port,
+        &root.path().join("data"),
+        root.path().join("bank.log"),
+        &[],
+    );
+    bank.wait_serving();
+    let mut client = bank.client();
+    assert_eq!(
+        client.ask(&[b"DEPOSIT", b"alice", b"1000"]),
+        Reply::Integer(1000)
+    );
+    for moved in 1..=50 {
+        let reply = client.ask(&[b"TRANSFER", b"alice", b"carol", b"1"]);
+        assert!(
+            matches!(&reply, Reply::Simple(text) if text.starts_with("COMMITTED")),
+            "{reply:?}"
+        );
+        assert_eq!(
+            client.ask(&[b"BALANCE", b"alice"]),
+            Reply::Integer(1000 - moved),
+            "a BALANCE after transfer {moved} was answered +COMMITTED"
+        );
+    }
+}
