@@ -32,12 +32,24 @@
 //! - `TRANSFER from to amount [KEY k]`: `+COMMITTED tN` or `-ABORTED tN ...` (a participant
 //!   voted no: not enough money, or the votes did not come in time). Two accounts on one
 //!   shard still go through the ledger, with that shard the only participant.
+//!   `+COMMITTED` comes once the commit is visible: the ledger decided it and every shard
+//!   of the transfer has applied the decision (this node's replica of each shard has, or
+//!   the ledger's `Forget` says all have), so a `BALANCE`, `DEPOSIT` or `WITHDRAW` sent
+//!   after it, on any node, includes it. A commit not visible within the request timeout
+//!   answers `-TRYAGAIN tN is committed, but not every shard ... has applied it yet`
+//!   (`TXN N` tells when it is). `-ABORTED` comes on the ledger's decision: the shards
+//!   release the debit they held just after, so a `WITHDRAW` right after it may still meet
+//!   it as held (`-INSUFFICIENT ... held by transfers under way`).
 //! - `BALANCE account`: `:balance`, linearizable: by read-index on the shard's group (its
 //!   leader confirms it leads; this node answers once it has applied what the leader had
 //!   chosen), through the shard's log if no leader answers.
 //! - `TXN n`: `+COMMITTED`, `+ABORTED`, `+PENDING`, `+FORGOTTEN` or `+UNKNOWN`, from this
 //!   node's copy of the ledger once read-index says it holds every decision made before the
-//!   command (`-TRYAGAIN` if no ledger leader confirms). The ledger keeps the outcomes of
+//!   command (`-TRYAGAIN` if no ledger leader confirms). `+COMMITTED`, like `TRANSFER`'s,
+//!   comes once the commit is visible to every read (it waits for that up to the request
+//!   timeout, then answers `-TRYAGAIN ... is committed, but not every shard ...`); only a
+//!   transfer too old for the ledger to know its shards any more (its `Forget` logged: every
+//!   shard had applied it) is answered at once. The ledger keeps the outcomes of
 //!   the last 110 000 transfers decided (`OUTCOMES_MAX`, more than the keys it remembers, so
 //!   a keyed retry always finds its transfer's outcome), an abort at the 2PC decision log's
 //!   floor included (a transfer whose first `Decide` comes in after the log dropped that
@@ -46,7 +58,9 @@
 //!   transfer, it was decided long ago); `+UNKNOWN`: above that, no such transfer (yet).
 //! - `SHARD account`: `:shard`. `AUDIT`: `*3 :total :prepared :pending`, the sum of the
 //!   balances, the transactions prepared at the shards and the transfers not yet decided,
-//!   as this node's replicas have applied them (consistent only when nothing is in flight).
+//!   as this node's replicas have applied them, without read-index (not linearizable: a
+//!   lagging replica may not have applied a transfer answered `+COMMITTED` elsewhere; and
+//!   consistent only when nothing is in flight).
 //! - `INFO`, `PING`, `QUIT`.
 //!
 //! A client connection that sends nothing for `--client-idle-secs` (300; 0: never) while no
@@ -79,7 +93,12 @@
 //!    from the same balances (yes: the debit is held). The vote is the replica's output,
 //!    which the coordinator's process reads off its own replica of the shard.
 //! 3. The decision is proposed to the ledger (the first one logged wins), then to the
-//!    shards, which apply or release what they held and acknowledge.
+//!    shards, which apply or release what they held and acknowledge; once every shard
+//!    acknowledged a commit, the coordinator logs its `Forget` in the ledger. The serving
+//!    node answers a commit once its own replicas of the transfer's shards have applied the
+//!    decision (or the `Forget` is in its ledger), not on the ledger's decision alone: a
+//!    read-index read of a shard includes every entry chosen before it, and a replica
+//!    applies chosen entries only.
 //! 4. A new ledger leader recovers the coordinator from its ledger, begins again every
 //!    transfer begun and not decided, and asks for the decision of every transaction its
 //!    replicas of the shards hold prepared (presumed abort for the unknown ones).
@@ -794,8 +813,13 @@ impl Connection {
                     Answer::Begun(txn) => txn,
                     other => return Err(failure(other)),
                 };
-                match self.wait_decision(txn).await {
+                let deadline = tokio::time::Instant::now() + support::REQUEST_TIMEOUT;
+                match self.wait_decision(txn, deadline).await {
+                    // Answered once a read of the accounts cannot miss it.
                     Some(TxnStatus::Decided(Outcome::Commit)) => {
+                        if !self.wait_commit_visible(txn, deadline).await {
+                            return Err(not_yet_applied(txn));
+                        }
                         resp::simple(out, &format!("COMMITTED {txn}"))
                     }
                     Some(TxnStatus::Decided(Outcome::Abort)) => {
@@ -821,7 +845,14 @@ impl Connection {
                 if !self.read_index(LEDGER).await {
                     return Err("TRYAGAIN no leader confirmed the ledger's state".into());
                 }
-                let answer = match self.bank.ledger().group.machine.status(txn) {
+                let status = self.bank.ledger().group.machine.status(txn);
+                if status == TxnStatus::Decided(Outcome::Commit) {
+                    let deadline = tokio::time::Instant::now() + support::REQUEST_TIMEOUT;
+                    if !self.wait_commit_visible(txn, deadline).await {
+                        return Err(not_yet_applied(txn));
+                    }
+                }
+                let answer = match status {
                     TxnStatus::Decided(Outcome::Commit) => "COMMITTED",
                     TxnStatus::Decided(Outcome::Abort) => "ABORTED",
                     TxnStatus::Pending => "PENDING",
@@ -948,11 +979,10 @@ impl Connection {
         reached
     }
 
-    /// Waits (up to the request timeout) for the ledger to decide `txn`: its status once it
-    /// is not pending any more (decided, or, for a retried key of a transfer long past,
-    /// forgotten), or `None` if it is still pending.
-    async fn wait_decision(&self, txn: TxnId) -> Option<TxnStatus> {
-        let deadline = tokio::time::Instant::now() + support::REQUEST_TIMEOUT;
+    /// Waits (until `deadline`) for the ledger to decide `txn`: its status once it is not
+    /// pending any more (decided, or, for a retried key of a transfer long past, forgotten),
+    /// or `None` if it is still pending.
+    async fn wait_decision(&self, txn: TxnId, deadline: tokio::time::Instant) -> Option<TxnStatus> {
         loop {
             let receiver = {
                 let mut ledger = self.bank.ledger();
@@ -982,6 +1012,75 @@ impl Connection {
             }
         }
     }
+
+    /// Waits (until `deadline`) until the commit of `txn` is visible to every read of the
+    /// accounts it moved ([`Ledger::commit_visible`]): every shard it involves has applied
+    /// the decision, as the ledger knows (the coordinator logged its `Forget` once every
+    /// shard acknowledged it) or as this node's replicas of the shards show (a replica
+    /// applies chosen entries only: the decision is in the shard's log, so a later
+    /// `BALANCE` on any node, by read-index or through the log, includes it). The ledger
+    /// decides before the shards hear of the decision: answering `+COMMITTED` on the
+    /// ledger's word alone let a `BALANCE` sent after it miss the transfer. False if it is
+    /// still not visible at the deadline.
+    async fn wait_commit_visible(&self, txn: TxnId, deadline: tokio::time::Instant) -> bool {
+        let bank = &self.bank;
+        let known = |shard: &u64| (1..=bank.shards.len() as u64).contains(shard);
+        let shards: Vec<u64> = {
+            let ledger = bank.ledger();
+            let shards = ledger.group.machine.unacknowledged_commit(txn);
+            shards
+                .unwrap_or_default()
+                .into_iter()
+                .filter(known)
+                .collect()
+        };
+        let visible = || {
+            // A shard's lock is never held with the ledger's (see `Bank`). Both conditions
+            // only ever become true: looking at one lock after the other is enough.
+            let applied: Vec<u64> = shards
+                .iter()
+                .copied()
+                .filter(|&shard| bank.shard(shard).machine.commit_applied(txn))
+                .collect();
+            let ledger = bank.ledger();
+            ledger
+                .group
+                .machine
+                .commit_visible(txn, |shard| applied.contains(&shard))
+        };
+        // Woken by every entry applied to the ledger or to the shards involved (subscribed to
+        // before each look, so that nothing applied meanwhile is missed).
+        let groups = std::iter::once(LEDGER).chain(shards.iter().copied());
+        let mut applied: Vec<watch::Receiver<Slot>> = groups
+            .map(|group| bank.applied[group as usize].subscribe())
+            .collect();
+        loop {
+            for receiver in &mut applied {
+                receiver.borrow_and_update();
+            }
+            if visible() {
+                return true;
+            }
+            let changed = futures::future::select_all(
+                applied
+                    .iter_mut()
+                    .map(|receiver| Box::pin(receiver.changed())),
+            );
+            match tokio::time::timeout_at(deadline, changed).await {
+                Ok((Ok(()), _, _)) => {}
+                // The applier is gone, or the time is up: one last look.
+                Ok((Err(_), _, _)) | Err(_) => return visible(),
+            }
+        }
+    }
+}
+
+/// The error reply for a committed transfer whose effect a read could still miss.
+fn not_yet_applied(txn: TxnId) -> String {
+    format!(
+        "TRYAGAIN {txn} is committed, but not every shard it involves has applied it yet; ask with TXN {}",
+        txn.0
+    )
 }
 
 /// The error reply for an answer that is not the one expected.

@@ -429,6 +429,40 @@ impl Ledger {
         }
     }
 
+    /// The shards that may not have applied `txn`'s commit yet: the participants of a commit
+    /// the decision log holds live, from its `Decide` until its `Forget` (which the
+    /// coordinator logs once every participant acknowledged the commit, and a participant
+    /// acknowledges it once the shard's log holds the decision and has applied it). `None`
+    /// for anything else: no commit, or one every participant has applied.
+    pub fn unacknowledged_commit(&self, txn: TxnId) -> Option<Vec<u64>> {
+        let decided = self.decisions.get(txn)?;
+        (decided.outcome == Outcome::Commit).then(|| {
+            decided
+                .participants
+                .iter()
+                .map(|participant| participant.0)
+                .collect()
+        })
+    }
+
+    /// Whether `txn`'s commit is visible to every read of the shards it involves: it is
+    /// committed, and every one of its shards has applied it, as the ledger knows
+    /// ([`unacknowledged_commit`](Self::unacknowledged_commit) is `None`) or as `applied`
+    /// says for a shard still to acknowledge it (this process's replica of that shard
+    /// applied it: [`Shard::commit_applied`]). A replica applies only chosen entries, so
+    /// then the decision is in the shard's log, and a later read through that log, or by
+    /// read-index on any replica, includes it. `applied` returns false for a shard it does
+    /// not know.
+    pub fn commit_visible(&self, txn: TxnId, applied: impl FnMut(u64) -> bool) -> bool {
+        if self.outcome(txn) != Some(Outcome::Commit) {
+            return false;
+        }
+        match self.unacknowledged_commit(txn) {
+            None => true,
+            Some(shards) => shards.into_iter().all(applied),
+        }
+    }
+
     /// Whether `txn` is begun and not yet decided.
     pub fn pending(&self, txn: TxnId) -> bool {
         self.pending.contains_key(&txn)
@@ -745,6 +779,23 @@ impl Shard {
                 state.balance += delta;
             }
         }
+    }
+
+    /// Whether this replica has applied the commit of `txn`, a transaction the ledger
+    /// committed (so this shard voted yes on it): it is not prepared here, and finished here
+    /// (among the newest [`FINISHED_REMEMBERED`]) or at or below the participant's floor.
+    /// The floor's case: a vote request at or below the floor for a transaction the
+    /// participant does not know is answered no, so a committed transaction's vote request
+    /// was applied (and prepared it) before the floor passed it; not prepared any more, it
+    /// has finished since. False while this replica has not applied the decision (or not
+    /// even the vote request).
+    pub fn commit_applied(&self, txn: TxnId) -> bool {
+        !self.records.prepared.contains_key(&txn)
+            && (self.records.finished_set.contains(&txn)
+                || self
+                    .participant
+                    .floor(COORDINATOR)
+                    .is_some_and(|floor| txn <= floor))
     }
 
     /// The transactions prepared here, awaiting their decision.

@@ -293,6 +293,90 @@ fn a_vote_holds_the_debit_until_the_decision() {
     assert_eq!(shard.total(), 100);
 }
 
+/// Bug: `TRANSFER` answered `+COMMITTED` (and `TXN` `+COMMITTED`) on the ledger's word
+/// alone, but the shards apply a decision only after the ledger logs it: a `BALANCE` right
+/// after could miss the transfer. A commit is visible (`Ledger::commit_visible`, what the
+/// server now waits for) once every shard it involves has applied it: as a replica of each
+/// shard shows (`Shard::commit_applied`, also past the participant's window of finished
+/// transactions), or as the ledger's `Forget` says.
+#[test]
+fn a_commit_is_visible_once_every_shard_has_applied_it() {
+    let (mut one, mut two) = (Shard::new(1), Shard::new(2));
+    one.apply(&adjust("alice", 100, 1));
+    let debit = vec![("alice".to_string(), -30)];
+    let credit = vec![("bob".to_string(), 30)];
+    let mut ledger = Ledger::new();
+    assert_eq!(
+        ledger.apply(1, &begin("alice", "bob", 30, 1)).answer,
+        Some(Answer::Begun(TxnId(1)))
+    );
+    assert_eq!(
+        vote(&one.apply(&vote_request(1, 1, &debit)).messages),
+        Some(true)
+    );
+    // Shard 2's replica here lags: it has not even applied the vote request yet.
+    let mut lagging = two.clone();
+    assert_eq!(
+        vote(&two.apply(&vote_request(2, 1, &credit)).messages),
+        Some(true)
+    );
+    let commit = Entry::Decision(LogEntry::Decide {
+        txn: TxnId(1),
+        outcome: Outcome::Commit,
+        participants: vec![participant_id(1), participant_id(2)],
+    });
+    ledger.apply(2, &commit.encode());
+    // The ledger has decided: what `+COMMITTED` was answered on, before the fix.
+    assert_eq!(ledger.status(TxnId(1)), TxnStatus::Decided(Outcome::Commit));
+    assert_eq!(ledger.unacknowledged_commit(TxnId(1)), Some(vec![1, 2]));
+    // No shard has applied it: a read would miss it.
+    assert!(!one.commit_applied(TxnId(1)) && !two.commit_applied(TxnId(1)));
+    assert_eq!(one.balance("alice"), (100, 30));
+    let visible = |ledger: &Ledger, one: &Shard, two: &Shard| {
+        ledger.commit_visible(TxnId(1), |shard| match shard {
+            1 => one.commit_applied(TxnId(1)),
+            2 => two.commit_applied(TxnId(1)),
+            _ => false,
+        })
+    };
+    assert!(!visible(&ledger, &one, &two));
+    // One shard applies it: not yet.
+    one.apply(&decision(1, 1, Outcome::Commit));
+    assert!(one.commit_applied(TxnId(1)));
+    assert_eq!(one.balance("alice"), (70, 0));
+    assert!(!visible(&ledger, &one, &two));
+    assert!(!visible(&ledger, &one, &lagging));
+    // Both: visible (the decision is in both shards' logs).
+    two.apply(&decision(2, 1, Outcome::Commit));
+    assert!(visible(&ledger, &one, &two));
+    assert_eq!(two.balance("bob"), (30, 0));
+    // The lagging replica catches up through the same entries.
+    lagging.apply(&vote_request(2, 1, &credit));
+    assert!(!lagging.commit_applied(TxnId(1)));
+    lagging.apply(&decision(2, 1, Outcome::Commit));
+    assert!(lagging.commit_applied(TxnId(1)));
+    // Past the participant's window of finished transactions, its floor says it.
+    for txn in 2..=FINISHED_REMEMBERED as u64 + 2 {
+        one.apply(&vote_request(1, txn, &vec![("carol".to_string(), 1)]));
+        one.apply(&decision(1, txn, Outcome::Commit));
+    }
+    assert!(!one.records.finished_set.contains(&TxnId(1)));
+    assert!(one.commit_applied(TxnId(1)));
+    let restored = Shard::restore(1, &one.snapshot()).unwrap();
+    assert!(restored.commit_applied(TxnId(1)));
+    // An abort, and a transaction never begun, are never visible commits.
+    ledger.apply(3, &begin("alice", "bob", 5, 2));
+    ledger.apply(4, &decide(3, Outcome::Abort));
+    assert!(!ledger.commit_visible(TxnId(3), |_| true));
+    assert!(!ledger.commit_visible(TxnId(99), |_| true));
+    // The `Forget` (every participant acknowledged): visible whatever the replicas here.
+    ledger.apply(5, &forget(1));
+    assert_eq!(ledger.unacknowledged_commit(TxnId(1)), None);
+    assert!(ledger.commit_visible(TxnId(1), |_| false));
+    let restored = Ledger::restore(&ledger.snapshot()).unwrap();
+    assert!(restored.commit_visible(TxnId(1), |_| false));
+}
+
 #[test]
 fn malformed_vote_requests_get_no() {
     let mut shard = Shard::new(1);
@@ -464,6 +548,11 @@ struct World {
     coordination: Coordination,
     transfers: BTreeMap<TxnId, Transfer>,
     outcomes: BTreeMap<TxnId, Outcome>,
+    /// The decisions the shards' logs applied and acknowledged: (shard, transaction).
+    acknowledged: BTreeSet<(u64, TxnId)>,
+    /// The commits found visible, on the side of the first replicas and of the twins (they
+    /// stay visible: checked once).
+    visible: [BTreeSet<TxnId>; 2],
     ticks: u64,
     takeovers: u64,
 }
@@ -486,6 +575,8 @@ impl World {
             coordination,
             transfers: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            acknowledged: BTreeSet::new(),
+            visible: Default::default(),
             ticks: 0,
             takeovers: 0,
         }
@@ -540,10 +631,53 @@ impl World {
             let applied = self.shards[index].apply(&bytes);
             let twin = self.twins[index].apply(&bytes);
             assert_eq!(applied, twin, "the replicas of shard {group} disagree");
+            for message in &applied.messages {
+                if message.body == Body::DecisionAck {
+                    self.acknowledged.insert((group as u64, message.txn));
+                }
+            }
             self.coordination.deliver(applied.messages);
         }
         self.route();
+        self.check_visible_commits();
         true
+    }
+
+    /// Whether the server would answer `+COMMITTED` for `txn` now, on the process that holds
+    /// `replicas` of the shards.
+    fn commit_visible(&self, txn: TxnId, replicas: &[Shard]) -> bool {
+        self.ledger.commit_visible(txn, |shard| {
+            (1..=replicas.len() as u64).contains(&shard)
+                && replicas[shard as usize - 1].commit_applied(txn)
+        })
+    }
+
+    /// A commit the server would answer `+COMMITTED` for (on the side of either replicas)
+    /// is in the log of every shard it involves: each applied the decision and acknowledged
+    /// it, and holds nothing of it any more.
+    fn check_visible_commits(&mut self) {
+        let mut found = Vec::new();
+        for (txn, outcome) in &self.outcomes {
+            for (side, replicas) in [&self.shards, &self.twins].into_iter().enumerate() {
+                if self.visible[side].contains(txn) || !self.commit_visible(*txn, replicas) {
+                    continue;
+                }
+                found.push((side, *txn));
+                assert_eq!(*outcome, Outcome::Commit, "{txn} is visible, not committed");
+                for (participant, _) in self.placement.parts(&self.transfers[txn]) {
+                    let shard = participant.0;
+                    assert!(
+                        self.acknowledged.contains(&(shard, *txn)),
+                        "{txn} is visible before shard {shard} applied it"
+                    );
+                    let replica = &replicas[shard as usize - 1];
+                    assert!(!replica.prepared().contains(txn), "{txn}: still prepared");
+                }
+            }
+        }
+        for (side, txn) in found {
+            self.visible[side].insert(txn);
+        }
     }
 
     fn route(&mut self) {
@@ -643,6 +777,15 @@ fn run(seed: u64, shards: u64, accounts: usize, transfers: u64) -> (usize, usize
         let outcome = outcome.unwrap_or_else(|| panic!("seed {seed}: {txn} undecided"));
         assert_eq!(Some(&outcome), world.outcomes.get(txn));
         if outcome == Outcome::Commit {
+            // Once everything settled, a committed transfer is answered on both sides.
+            assert!(
+                world.commit_visible(*txn, &world.shards),
+                "seed {seed}: {txn}"
+            );
+            assert!(
+                world.commit_visible(*txn, &world.twins),
+                "seed {seed}: {txn}"
+            );
             committed += 1;
             *expected.get_mut(transfer.from.as_str()).unwrap() -= transfer.amount;
             *expected.get_mut(transfer.to.as_str()).unwrap() += transfer.amount;
