@@ -67,14 +67,17 @@
 //! command of its runs is closed (a transfer waiting for its decision is not idle); client
 //! connections have TCP keep-alive. The bank has no `SYNOD.*` operator commands.
 //!
-//! **Snapshots.** Every `--snapshot-every` applied slots a group's state machine is cloned
-//! under its lock and encoded on a blocking thread (clients are not held up meanwhile), and
-//! the group's log compacted through it. A peer's snapshot this node cannot restore (a
-//! peer running another program or version) stops it with `bank[N]: fatal: ...` and exit
-//! status 1; restarted, it refuses the snapshot it saved with the same reason. (The
-//! ledger's snapshot now holds the outcomes it keeps: a snapshot of an older build does
-//! not restore.) `SYNOD_TEST_SNAPSHOT_GATE=path` is a test hook: the encoding waits until
-//! `path` exists.
+//! **Snapshots.** Every `--snapshot-every` applied slots a group's state machine is encoded
+//! under its lock (the ledger's or the shard's: the commands of that group wait meanwhile),
+//! and the group's log compacted through it by a task of its own, one compaction per group
+//! at a time. A large group pauses for tens of milliseconds each time (release build: about
+//! 14 ms for a full ledger, 3.4 MB, and 20 ms for a shard of 100 000 accounts, 3.8 MB). A
+//! clone to encode off the lock would hold the lock longer than that (about 21 and 44 ms
+//! for the same states). A peer's snapshot this node cannot restore (a peer running
+//! another program or version) stops it with `bank[N]: fatal: ...` and exit status 1;
+//! restarted, it refuses the snapshot it saved with the same reason. (The ledger's
+//! snapshot now holds the outcomes it keeps: a snapshot of an older build does not
+//! restore.)
 //!
 //! **Retries.** A command that cannot reach the cluster within 10 s answers `-TRYAGAIN`: it
 //! may or may not have taken effect. `KEY k` (a number, unique per intended operation
@@ -509,7 +512,7 @@ async fn apply_committed(
                 continue;
             }
         };
-        // A snapshot is due (and none is being taken): the state machine's clone.
+        // A snapshot is due (and none is being taken): the state machine's bytes.
         let due = snapshot_every > 0
             && slot >= last_snapshot + snapshot_every
             && !compacting.load(Ordering::Acquire);
@@ -518,37 +521,21 @@ async fn apply_committed(
         } else {
             apply_shard(&bank, group, slot, data.as_deref(), due)
         };
-        if image.is_some() {
-            compacting.store(true, Ordering::Release);
-        }
         bank.applied[group as usize].send_replace(slot);
         if let Some(image) = image {
-            // A clone taken under the group's lock, encoded on a blocking thread: encoding a
-            // whole ledger or shard under the lock held up the applier and every client.
+            // Encoded under the group's lock (see "Snapshots" in the module documentation);
+            // saved and compacted by a task of its own.
+            compacting.store(true, Ordering::Release);
             last_snapshot = slot;
             let (mut handle, compacting, id) = (handle.clone(), compacting.clone(), bank.id);
             tokio::spawn(async move {
-                let encoded = tokio::task::spawn_blocking(move || {
-                    support::wait_for_snapshot_gate();
-                    image.encode()
-                })
-                .await;
-                match encoded {
-                    Ok(data) => {
-                        let snapshot = Snapshot {
-                            slot,
-                            data: Bytes::from(data),
-                            membership: None,
-                        };
-                        if let Err(error) = handle.compact(snapshot).await {
-                            eprintln!("bank[{id}]: group {group}: compaction failed: {error}");
-                        }
-                    }
-                    Err(error) => {
-                        eprintln!(
-                            "bank[{id}]: group {group}: encoding the snapshot failed: {error}"
-                        )
-                    }
+                let snapshot = Snapshot {
+                    slot,
+                    data: Bytes::from(image),
+                    membership: None,
+                };
+                if let Err(error) = handle.compact(snapshot).await {
+                    eprintln!("bank[{id}]: group {group}: compaction failed: {error}");
                 }
                 compacting.store(false, Ordering::Release);
             });
@@ -605,23 +592,8 @@ fn cannot_restore(id: NodeId, group: &str, snapshot: &Snapshot, error: &str) -> 
     )
 }
 
-/// The state of a group to snapshot: a clone, encoded off the group's lock.
-enum Image {
-    Ledger(Box<Ledger>),
-    Shard(Box<Shard>),
-}
-
-impl Image {
-    fn encode(&self) -> Vec<u8> {
-        match self {
-            Image::Ledger(ledger) => ledger.snapshot(),
-            Image::Shard(shard) => shard.snapshot(),
-        }
-    }
-}
-
-/// Applies a ledger entry; returns a clone of the ledger to snapshot if one is `due`.
-fn apply_ledger(bank: &Bank, slot: Slot, data: Option<&[u8]>, due: bool) -> Option<Image> {
+/// Applies a ledger entry; returns the ledger's snapshot if one is `due`.
+fn apply_ledger(bank: &Bank, slot: Slot, data: Option<&[u8]>, due: bool) -> Option<Vec<u8>> {
     let mut ledger = bank.ledger();
     ledger.group.slot = slot;
     if let Some(data) = data {
@@ -650,18 +622,18 @@ fn apply_ledger(bank: &Bank, slot: Slot, data: Option<&[u8]>, due: bool) -> Opti
             bank.forward(&mut coordination);
         }
     }
-    due.then(|| Image::Ledger(Box::new(ledger.group.machine.clone())))
+    due.then(|| ledger.group.machine.snapshot())
 }
 
 /// Applies a shard entry; hands the participant's messages to the coordinator (if it runs
-/// here); returns a clone of the shard to snapshot if one is `due`.
+/// here); returns the shard's snapshot if one is `due`.
 fn apply_shard(
     bank: &Bank,
     group: u64,
     slot: Slot,
     data: Option<&[u8]>,
     due: bool,
-) -> Option<Image> {
+) -> Option<Vec<u8>> {
     let mut shard = bank.shard(group);
     shard.slot = slot;
     let mut messages = Vec::new();
@@ -671,7 +643,7 @@ fn apply_shard(
         shard.answer(bank.id, origin, applied.answer);
         messages = applied.messages;
     }
-    let image = due.then(|| Image::Shard(Box::new(shard.machine.clone())));
+    let image = due.then(|| shard.machine.snapshot());
     drop(shard);
     if !messages.is_empty() {
         let mut coordination = bank.coordination();

@@ -612,6 +612,15 @@ struct ShardImage {
     keys: Keys<Answer>,
 }
 
+/// A [`ShardImage`] borrowed from the state, to encode (the same bytes).
+#[derive(Serialize)]
+struct ShardImageRef<'a> {
+    shard: u64,
+    accounts: &'a BTreeMap<String, Account>,
+    records: &'a Records,
+    keys: &'a Keys<Answer>,
+}
+
 fn participant_config(shard: u64) -> ParticipantConfig {
     let mut config = ParticipantConfig::new(participant_id(shard));
     config.coordinators = vec![COORDINATOR];
@@ -819,13 +828,14 @@ impl Shard {
         self.accounts.len()
     }
 
-    /// The state's bytes, for a snapshot.
+    /// The state's bytes, for a snapshot: a [`ShardImage`], encoded from the state in place
+    /// (no copy of it).
     pub fn snapshot(&self) -> Vec<u8> {
-        encode(&ShardImage {
+        encode(&ShardImageRef {
             shard: self.shard,
-            accounts: self.accounts.clone(),
-            records: self.records.clone(),
-            keys: self.keys.clone(),
+            accounts: &self.accounts,
+            records: &self.records,
+            keys: &self.keys,
         })
     }
 

@@ -468,21 +468,6 @@ pub fn fatal(server: &str, message: &str) -> ! {
     std::process::exit(1)
 }
 
-/// The test hook `SYNOD_TEST_SNAPSHOT_GATE`: a file whose existence the encoding of a
-/// compaction snapshot waits for (checked every 20 ms; unset: no wait), so that a test can
-/// hold a snapshot in the middle of its encoding and see what the node does meanwhile. For
-/// tests only.
-#[allow(dead_code)] // kv takes no test hook
-pub fn wait_for_snapshot_gate() {
-    static GATE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    let gate = GATE.get_or_init(|| std::env::var_os("SYNOD_TEST_SNAPSHOT_GATE").map(PathBuf::from));
-    if let Some(gate) = gate {
-        while !gate.exists() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// A server's whole `main` once its arguments are parsed: the crash-only hook, `serve` on a
 /// multi-threaded tokio runtime, and its error (if it returns one) printed as `name: error`
 /// with a failing exit code.
