@@ -227,6 +227,7 @@ impl Clients {
     pub(crate) fn check(&self) -> Result<(), String> {
         let options = CheckOptions {
             steps_max: 5_000_000,
+            ..CheckOptions::default()
         };
         match linearizability::check(&KvModel, &self.history, &options) {
             Ok(CheckResult::Linearizable) => Ok(()),

@@ -18,7 +18,11 @@
 //!
 //! The search is exponential in the worst case, so it is bounded by
 //! [`CheckOptions::steps_max`]; past it the answer is [`CheckResult::Unknown`], never a hang.
-//! The memo table grows by at most one entry per step, so memory is bounded by the same budget.
+//! The memo table grows by at most one entry per step, but an entry holds a set of the
+//! partition's operations and a model state, so its size grows with the history: the table is
+//! also bounded, by [`CheckOptions::memo_bytes_max`], past which the answer is `Unknown` too
+//! (without it, a search over a partition of a few thousand operations could fill the
+//! machine's memory long before running out of steps).
 //!
 //! [`KvModel`] is the model of [`crate::kv`]; implement [`Model`] to check another state machine.
 
@@ -60,6 +64,14 @@ pub trait Model {
         input: &Self::Input,
         output: Option<&Self::Output>,
     ) -> Option<Self::State>;
+
+    /// The bytes `state` holds on the heap (not counting `size_of::<Self::State>()`), for
+    /// [`CheckOptions::memo_bytes_max`]. The default, 0, is right for states without heap
+    /// data; a model whose states own buffers should count them.
+    fn state_heap_bytes(&self, state: &Self::State) -> usize {
+        let _ = state;
+        0
+    }
 }
 
 /// How an operation ended.
@@ -138,12 +150,20 @@ impl<I, O> Operation<I, O> {
 pub struct CheckOptions {
     /// Search steps over all partitions before giving up with [`CheckResult::Unknown`].
     pub steps_max: u64,
+    /// Bytes the memo table of one partition's search may hold: once it holds more, the
+    /// search gives up with [`CheckResult::Unknown`]. An estimate of what the entries hold: each entry counts its
+    /// slot in the table, its set of operations (a bit per operation of the partition) and
+    /// [`Model::state_heap_bytes`] of its state; the table's spare capacity can add up to as
+    /// much again. Default 1 GiB, which histories of up to a few hundred operations per
+    /// partition do not reach within the default step budget.
+    pub memo_bytes_max: u64,
 }
 
 impl Default for CheckOptions {
     fn default() -> CheckOptions {
         CheckOptions {
             steps_max: 10_000_000,
+            memo_bytes_max: 1 << 30,
         }
     }
 }
@@ -194,20 +214,35 @@ impl fmt::Display for CheckResult {
     }
 }
 
-/// The search ran out of steps.
+/// The search ran out of steps or memo space.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unknown {
     /// The partition being searched when the budget ran out (its key, formatted).
     pub partition: String,
     /// The steps spent, over all partitions.
     pub steps: u64,
+    /// Which budget ran out.
+    pub exhausted: Budget,
+}
+
+/// A bound of [`CheckOptions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// [`CheckOptions::steps_max`].
+    Steps,
+    /// [`CheckOptions::memo_bytes_max`].
+    MemoBytes,
 }
 
 impl fmt::Display for Unknown {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let budget = match self.exhausted {
+            Budget::Steps => "step budget",
+            Budget::MemoBytes => "memo budget",
+        };
         write!(
             formatter,
-            "linearizability unknown: step budget exhausted after {} steps in partition {}",
+            "linearizability unknown: {budget} exhausted after {} steps in partition {}",
             self.steps, self.partition
         )
     }
@@ -275,21 +310,25 @@ pub fn check<M: Model>(
     let mut unknown = None;
     for (key, operations) in &partitions {
         let mut search = Search::new(model, history, operations);
-        match search.run(&mut steps, options.steps_max) {
+        match search.run(&mut steps, options) {
             SearchResult::Linearizable => {}
             SearchResult::Violation => {
                 let violation = search.violation(format!("{key:?}"));
                 return Ok(CheckResult::Violation(Box::new(violation)));
             }
-            SearchResult::OutOfSteps => {
+            SearchResult::OutOf(budget) => {
                 if unknown.is_none() {
-                    unknown = Some(format!("{key:?}"));
+                    unknown = Some((format!("{key:?}"), budget));
                 }
             }
         }
     }
     Ok(match unknown {
-        Some(partition) => CheckResult::Unknown(Unknown { partition, steps }),
+        Some((partition, exhausted)) => CheckResult::Unknown(Unknown {
+            partition,
+            steps,
+            exhausted,
+        }),
         None => CheckResult::Linearizable,
     })
 }
@@ -328,7 +367,7 @@ const NONE: usize = usize::MAX;
 enum SearchResult {
     Linearizable,
     Violation,
-    OutOfSteps,
+    OutOf(Budget),
 }
 
 /// The state of the search over one partition.
@@ -451,11 +490,17 @@ impl<'a, M: Model> Search<'a, M> {
         &self.history[self.operations[local]]
     }
 
-    fn run(&mut self, steps: &mut u64, steps_max: u64) -> SearchResult {
+    fn run(&mut self, steps: &mut u64, options: &CheckOptions) -> SearchResult {
         let model = self.model;
         let mut state = model.initial_state();
         let mut linearized = OperationSet::new(self.operations.len());
         let mut cache: HashSet<(OperationSet, M::State)> = HashSet::new();
+        // What one entry holds besides its state's heap data: its slot (and control byte) in
+        // the table, and the words of its set.
+        let entry_bytes = (std::mem::size_of::<(OperationSet, M::State)>()
+            + 1
+            + linearized.words.len() * std::mem::size_of::<u64>()) as u64;
+        let mut memo_bytes: u64 = 0;
         // (local operation, state before it), in linearization order.
         let mut stack: Vec<(usize, M::State)> = Vec::with_capacity(self.operations.len());
         let mut completed_remaining = (0..self.operations.len())
@@ -468,8 +513,11 @@ impl<'a, M: Model> Search<'a, M> {
             if completed_remaining == 0 {
                 return SearchResult::Linearizable;
             }
-            if *steps >= steps_max {
-                return SearchResult::OutOfSteps;
+            if *steps >= options.steps_max {
+                return SearchResult::OutOf(Budget::Steps);
+            }
+            if memo_bytes > options.memo_bytes_max {
+                return SearchResult::OutOf(Budget::MemoBytes);
             }
             *steps += 1;
             // A completed operation is unlinearized, so its return is still in the list,
@@ -483,7 +531,9 @@ impl<'a, M: Model> Search<'a, M> {
                         model.step(&state, &operation.input, operation.output())
                     {
                         linearized.insert(local);
+                        let entry = entry_bytes + model.state_heap_bytes(&next_state) as u64;
                         if cache.insert((linearized.clone(), next_state.clone())) {
+                            memo_bytes += entry;
                             stack.push((local, std::mem::replace(&mut state, next_state)));
                             self.lift(local);
                             if operation.return_time().is_some() {
@@ -678,6 +728,10 @@ impl Model for KvModel {
             Some(observed) if *observed != expected_output => None,
             _ => Some(KvRegister(next)),
         }
+    }
+
+    fn state_heap_bytes(&self, state: &KvRegister) -> usize {
+        state.0.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -961,10 +1015,14 @@ mod tests {
             history.push(Operation::pending(client, 0, append("x", &letter)));
         }
         history.push(returned(99, (0, 1000), get("x"), value(Some(&expected))));
-        let options = CheckOptions { steps_max: 50 };
+        let options = CheckOptions {
+            steps_max: 50,
+            ..CheckOptions::default()
+        };
         match check(&KvModel, &history, &options).unwrap() {
             CheckResult::Unknown(unknown) => {
                 assert_eq!(unknown.steps, 50);
+                assert_eq!(unknown.exhausted, Budget::Steps);
                 assert_eq!(unknown.partition, "b\"x\"");
             }
             other => panic!("expected unknown, got {other}"),
