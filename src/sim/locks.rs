@@ -363,8 +363,20 @@ impl World {
             }
             self.stats.grants += 1;
             self.last_grant = token;
+            self.granted.insert(token, *session);
+            return Ok(());
         }
-        self.granted.insert(token, *session);
+        // An older token: the answer to a retried acquire, which must repeat the grant this
+        // session already had. Recording it as a grant would make a token answered to the
+        // wrong session (or never granted) look like a grant the service made to it.
+        if self.granted.get(&token) != Some(session) {
+            let detail = format!(
+                "{session:?} was answered {token:?} at slot {}, granted to {:?}",
+                self.slot,
+                self.granted.get(&token)
+            );
+            return Err(self.violation("check_lock_fencing", detail));
+        }
         Ok(())
     }
 
@@ -554,5 +566,67 @@ impl World {
             self.check()?;
         }
         Ok(self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fencing checker on hand-built grants (a broken service is not reachable through
+    //! [`run`], whose service is the real one).
+    use super::*;
+    use crate::lock::SessionId;
+
+    fn acquire(session: u64) -> Command {
+        Command::Acquire {
+            session: SessionId(session),
+            name: LOCK.into(),
+            mode: Mode::Exclusive,
+            wait: Wait::Forever,
+        }
+    }
+
+    /// Bug: `record_grant` took any `Granted` answer carrying an older token (the answer to a
+    /// retried acquire) as a grant to the asking session, and overwrote the record of whom
+    /// the token went to. A service answering session 2 with session 1's token was not
+    /// caught: session 2's client then held a token the service never granted it, and the
+    /// per-step fencing check agreed with the overwritten record. Fails without the check in
+    /// `record_grant`.
+    #[test]
+    fn a_retried_acquire_answered_with_another_sessions_token_is_a_fencing_violation() {
+        let mut world = World::new(&LocksConfig::new(1));
+        world.slot = 5;
+        world.record_grant(FencingToken(5), &acquire(1)).unwrap();
+        world.slot = 9;
+        let violation = world
+            .record_grant(FencingToken(5), &acquire(2))
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+        assert_eq!(world.granted.get(&FencingToken(5)), Some(&SessionId(1)));
+        // A token never granted at all, older than the slot.
+        let violation = world
+            .record_grant(FencingToken(7), &acquire(1))
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+    }
+
+    #[test]
+    fn legal_grants_are_not_flagged() {
+        let mut world = World::new(&LocksConfig::new(1));
+        world.slot = 5;
+        world.record_grant(FencingToken(5), &acquire(1)).unwrap();
+        // The answer to a retried acquire repeats the grant.
+        world.slot = 6;
+        world.record_grant(FencingToken(5), &acquire(1)).unwrap();
+        // The lock expired and is granted again, with a larger token.
+        world.slot = 20;
+        world.record_grant(FencingToken(20), &acquire(2)).unwrap();
+        assert_eq!(world.last_grant, FencingToken(20));
+        assert_eq!(world.stats.grants, 2);
+        // A new grant must be larger than the last one.
+        world.slot = 20;
+        let violation = world
+            .record_grant(FencingToken(20), &acquire(3))
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
     }
 }
