@@ -734,6 +734,44 @@ mod tests {
     }
 
     #[test]
+    fn a_vote_counts_once_and_only_from_a_voter() {
+        // Voters 1, 2, 3 and learners 4, 5 (nodes of the run, not of the membership).
+        let mut checker = Checker::new(5, voters(&[1, 2, 3]));
+        for index in 0..5 {
+            checker.on_start(index, Some(&voters(&[1, 2, 3])), 0);
+        }
+        let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));
+        // Node 1 writes its acceptance three times (a retransmitted accept), and the learners
+        // accept too: still one vote of three.
+        for _ in 0..3 {
+            accept(&mut checker, 0, 1, 1, &a).unwrap();
+        }
+        accept(&mut checker, 3, 1, 1, &a).unwrap();
+        accept(&mut checker, 4, 1, 1, &a).unwrap();
+        assert_eq!(checker.chosen.get(&1), None);
+        // So a later ballot may still choose another value there, legally.
+        accept(&mut checker, 1, 1, 2, &b).unwrap();
+        accept(&mut checker, 2, 1, 2, &b).unwrap();
+        assert_eq!(checker.chosen.get(&1), Some(&b));
+        // And once chosen, a majority for `a` in yet another ballot is caught.
+        accept(&mut checker, 1, 1, 3, &a).unwrap();
+        assert_eq!(
+            accept(&mut checker, 2, 1, 3, &a).unwrap_err().property,
+            "check_one_value_chosen_per_slot"
+        );
+    }
+
+    #[test]
+    fn the_same_value_chosen_again_in_a_later_ballot_is_legal() {
+        let mut checker = three();
+        let a = command(&mut checker, 1, "a");
+        for (index, round) in [(0, 1), (1, 1), (1, 2), (2, 2), (0, 3), (2, 3)] {
+            accept(&mut checker, index, 1, round, &a).unwrap();
+        }
+        assert_eq!(checker.chosen.get(&1), Some(&a));
+    }
+
+    #[test]
     fn catches_two_values_in_one_ballot() {
         let mut checker = three();
         let (a, b) = (command(&mut checker, 1, "a"), command(&mut checker, 2, "b"));

@@ -386,6 +386,18 @@ impl World {
         answer
     }
 
+    /// Participant `id` applied `txn`'s commit (with its durable finished record): never
+    /// twice, even after it forgot the transaction.
+    fn check_applied_once(&mut self, id: NodeId, txn: TxnId) {
+        let applied = self.applied.get_mut(&id).expect("kept");
+        if !applied.insert(txn) {
+            self.violated(
+                "check_2pc_applied_once",
+                format!("participant {id} applied {txn}'s commit twice"),
+            );
+        }
+    }
+
     /// The atomicity and validity checkers, on every report of an outcome.
     fn record(&mut self, txn: TxnId, outcome: Outcome, by: String) {
         if self.config.trace {
@@ -567,13 +579,7 @@ impl World {
             for event in &events {
                 if let ParticipantEvent::Decided { txn, outcome, .. } = event {
                     if *outcome == Outcome::Commit {
-                        let applied = self.applied.get_mut(&id).expect("kept");
-                        if !applied.insert(*txn) {
-                            self.violated(
-                                "check_2pc_applied_once",
-                                format!("participant {id} applied {txn}'s commit twice"),
-                            );
-                        }
+                        self.check_applied_once(id, *txn);
                     }
                     self.record(*txn, *outcome, format!("participant {id}"));
                 }
@@ -778,5 +784,125 @@ impl World {
             self.violated("check_2pc_termination", detail);
         }
         self.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The 2PC checkers on hand-built reports (the world's machines are the real ones, so a
+    //! broken coordinator or participant is not reachable through [`run`]).
+    use super::*;
+
+    const P1: NodeId = NodeId(1);
+    const P2: NodeId = NodeId(2);
+
+    /// A world with no transactions of its own yet, and transaction `txn` over `members`, of
+    /// which `prepared` durably voted yes.
+    fn world_with(txn: TxnId, members: &[NodeId], prepared: &[NodeId]) -> World {
+        let mut world = World::new(&TwoPcConfig::new(1));
+        world.members.insert(txn, members.to_vec());
+        world
+            .prepared
+            .insert(txn, prepared.iter().copied().collect());
+        world
+    }
+
+    fn property(world: &mut World) -> Option<&'static str> {
+        world.check().err().map(|violation| violation.property)
+    }
+
+    #[test]
+    fn a_commit_and_an_abort_of_one_transaction_break_atomicity() {
+        let txn = TxnId(1000);
+        let mut world = world_with(txn, &[P1, P2], &[P1, P2]);
+        world.record(txn, Outcome::Commit, "participant 1".into());
+        world.record(txn, Outcome::Commit, "coordinator".into());
+        assert_eq!(property(&mut world), None);
+        world.record(txn, Outcome::Abort, "participant 2".into());
+        assert_eq!(property(&mut world), Some("check_2pc_atomicity"));
+        // Against the outcome the decision log held, even with nothing reported yet.
+        let mut world = world_with(txn, &[P1], &[P1]);
+        world.logged.insert(txn, Outcome::Abort);
+        world.record(txn, Outcome::Commit, "participant 1".into());
+        assert_eq!(property(&mut world), Some("check_2pc_atomicity"));
+    }
+
+    #[test]
+    fn a_commit_without_every_durable_yes_breaks_validity() {
+        let txn = TxnId(1000);
+        let mut world = world_with(txn, &[P1, P2], &[P1]);
+        world.record(txn, Outcome::Commit, "coordinator".into());
+        assert_eq!(property(&mut world), Some("check_2pc_validity"));
+        // A transaction the world never began cannot commit either.
+        let mut world = world_with(txn, &[], &[]);
+        world.record(TxnId(1001), Outcome::Commit, "coordinator".into());
+        assert_eq!(property(&mut world), Some("check_2pc_validity"));
+    }
+
+    #[test]
+    fn an_abort_after_a_no_vote_is_legal() {
+        // P2 voted no (no prepared record): abort, reported by everyone, as often as they
+        // like.
+        let txn = TxnId(1000);
+        let mut world = world_with(txn, &[P1, P2], &[P1]);
+        for by in [
+            "coordinator",
+            "participant 1",
+            "participant 1",
+            "participant 2",
+        ] {
+            world.record(txn, Outcome::Abort, by.into());
+        }
+        assert_eq!(property(&mut world), None);
+        world.check_applied_once(P1, TxnId(1001));
+        world.check_applied_once(P2, TxnId(1001));
+        assert_eq!(property(&mut world), None);
+    }
+
+    #[test]
+    fn a_commit_applied_twice_is_caught() {
+        let mut world = World::new(&TwoPcConfig::new(1));
+        world.check_applied_once(P1, TxnId(1000));
+        assert_eq!(property(&mut world), None);
+        world.check_applied_once(P1, TxnId(1000));
+        assert_eq!(property(&mut world), Some("check_2pc_applied_once"));
+    }
+
+    #[test]
+    fn what_a_participant_reveals_must_be_durable() {
+        let message = |txn, body| Message {
+            txn: TxnId(txn),
+            from: P1,
+            to: COORDINATORS[0],
+            body,
+        };
+        let mut world = World::new(&TwoPcConfig::new(1));
+        // Nothing on P1's disk for 1000.
+        world.check_durable_before_revealed(P1, &[message(1000, Body::Vote { yes: true })]);
+        assert_eq!(
+            property(&mut world),
+            Some("check_2pc_durable_before_revealed")
+        );
+        // An acknowledgement of a commit P1 recorded as an abort.
+        world
+            .finished_ever
+            .get_mut(&P1)
+            .unwrap()
+            .insert(TxnId(1001), Outcome::Abort);
+        world.check_durable_before_revealed(P1, &[message(1001, Body::DecisionAck)]);
+        assert_eq!(
+            property(&mut world),
+            Some("check_2pc_durable_before_revealed")
+        );
+        // A yes vote sent after the same write prepared and aborted it (a held ready): its
+        // finished record stands for the prepared one. A no vote needs nothing.
+        world.check_durable_before_revealed(
+            P1,
+            &[
+                message(1001, Body::Vote { yes: true }),
+                message(1002, Body::Vote { yes: false }),
+            ],
+        );
+        assert_eq!(property(&mut world), None);
     }
 }
