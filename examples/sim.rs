@@ -286,14 +286,17 @@ fn run_twopc(args: &Args, first: u64, count: u64) -> u64 {
             }
             Err(violation) => {
                 failures += 1;
-                let mut replay = format!("--nodes {} --steps {}", args.nodes, args.steps);
+                let mut replay = format!(
+                    "cargo run --release --example sim -- --twopc --seed {seed} --nodes {} --steps {}",
+                    args.nodes, args.steps
+                );
                 if let Some(remember) = args.twopc_remember {
                     replay += &format!(" --twopc-remember {remember}");
                 }
                 if let Some(remember) = args.twopc_log_remember {
                     replay += &format!(" --twopc-log-remember {remember}");
                 }
-                eprintln!("{violation} {replay}");
+                eprintln!("{violation}\n  replay: {replay}");
             }
         }
     }
@@ -346,7 +349,7 @@ fn run_locks(args: &Args, first: u64, count: u64) -> u64 {
             Err(violation) => {
                 failures += 1;
                 eprintln!(
-                    "{violation} --nodes {} --steps {} --clock-rate-min {}",
+                    "{violation}\n  replay: cargo run --release --example sim -- --locks --seed {seed} --nodes {} --steps {} --clock-rate-min {}",
                     args.nodes, args.steps, args.clock_rate_min
                 );
             }
