@@ -41,6 +41,21 @@ impl VoteSet {
         self.0.count_ones() as usize
     }
 
+    /// True if at least `count` voters are in the set: `len() >= count`, counting only up to
+    /// `count` (one step per voter counted, cheaper than a full popcount on a CPU without one
+    /// for the few voters a quorum needs).
+    #[inline]
+    pub fn has_at_least(&self, count: usize) -> bool {
+        let mut rest = self.0;
+        for _ in 0..count {
+            if rest == 0 {
+                return false;
+            }
+            rest &= rest - 1;
+        }
+        true
+    }
+
     /// True if no voter is in the set.
     pub fn is_empty(&self) -> bool {
         self.0 == 0
@@ -94,6 +109,9 @@ mod tests {
         assert_eq!(votes.len(), 2);
         assert!(votes.contains(2) && !votes.contains(1) && !votes.contains(99));
         assert!(votes.is_majority_of(3));
+        assert!(votes.has_at_least(0) && votes.has_at_least(2) && !votes.has_at_least(3));
+        assert!(VoteSet(u64::MAX).has_at_least(64) && !VoteSet(u64::MAX).has_at_least(65));
+        assert!(VoteSet::EMPTY.has_at_least(0) && !VoteSet::EMPTY.has_at_least(1));
         assert!(!votes.is_majority_of(4));
     }
 }

@@ -261,13 +261,20 @@ impl Replica {
         if first > last {
             return;
         }
-        let range = (first - base) as usize..=(last - base) as usize;
-        for votes in leadership.votes.range_mut(range) {
-            votes.acceptors.insert(index);
+        let (low, high) = ((first - base) as usize, (last - base) as usize);
+        if low == high {
+            // One slot (one command in flight): no range to split over the ring's halves.
+            if let Some(votes) = leadership.votes.get_mut(low) {
+                votes.acceptors.insert(index);
+            }
+        } else {
+            for votes in leadership.votes.range_mut(low..=high) {
+                votes.acceptors.insert(index);
+            }
         }
         let mut chosen = self.hard.chosen;
         while let Some(votes) = leadership.votes.front() {
-            if votes.acceptors.len() < quorum {
+            if !votes.acceptors.has_at_least(quorum) {
                 break;
             }
             leadership.uncommitted_bytes -= votes.bytes;

@@ -261,6 +261,7 @@ impl Replica {
         self.snapshots_out = outgoing;
         self.self_index = self_index;
         self.voters = voters;
+        self.quorum = voters.len() / 2 + 1;
         self.pre_votes = VoteSet::EMPTY;
     }
 
