@@ -915,8 +915,12 @@ impl Replica {
             // come only from members asked.
             return Err(StepError::UnknownNode(from));
         }
-        let kind = message.body.kind();
-        let malformed = |reason| StepError::Malformed { from, kind, reason };
+        // The kind is looked up only for an error: a valid message needs no name.
+        let malformed = |reason| StepError::Malformed {
+            from,
+            kind: message.body.kind(),
+            reason,
+        };
         if from == self.config.id {
             return Err(malformed("a replica does not message itself"));
         }
