@@ -172,6 +172,7 @@ impl Replica {
             run.drop_below(slot + 1);
         }
         self.unpersisted.retain(|run| !run.is_empty());
+        super::bound_emptied(&mut self.unpersisted);
         // An acceptance waiting for the write must not claim entries that will not be written.
         self.persisted_messages
             .retain_mut(|message| match &mut message.body {
@@ -185,6 +186,7 @@ impl Replica {
                 }
                 _ => true,
             });
+        super::bound_emptied(&mut self.persisted_messages);
         self.log.compact(slot);
         // The chosen mark jumps over slots this replica never held: the snapshot's membership
         // is the one in force after it (adopted before the mark moves, so that no change

@@ -412,6 +412,28 @@ fn membership_is_valid(membership: &crate::types::Membership) -> bool {
     membership.validate().is_ok()
 }
 
+/// Moves what a replica buffer gathered into the batch's (empty) buffer by swapping the two,
+/// so the replica gathers the next batch in the batch's old buffer. Nothing gathered: nothing
+/// to swap (both are empty, and each keeps its own room). A buffer empties only here, its
+/// elements going with it to the batch, whose reset bounds the room it keeps; the one place
+/// that empties one in place (a snapshot install dropping unwritten runs) bounds it too.
+#[inline(always)]
+fn hand_over<T>(gathered: &mut Vec<T>, batch: &mut Vec<T>) {
+    debug_assert!(batch.is_empty(), "a spare batch's buffers are empty");
+    if !gathered.is_empty() {
+        std::mem::swap(gathered, batch);
+    }
+}
+
+/// Lets go of the room of a gathering buffer emptied in place, beyond what a recycled batch
+/// keeps: `ready` hands over (and so bounds) only a buffer that holds something.
+#[cold]
+fn bound_emptied<T>(buffer: &mut Vec<T>) {
+    if buffer.is_empty() && buffer.capacity() > SPARE_CAPACITY_MAX {
+        *buffer = Vec::new();
+    }
+}
+
 /// A recycled buffer keeps at most this many elements' room: one huge batch must not pin its
 /// memory for the replica's lifetime.
 const SPARE_CAPACITY_MAX: usize = 4096;
@@ -1257,7 +1279,7 @@ impl Replica {
             self.memberships_dirty = false;
             batch.write.memberships = Some(self.memberships.clone());
         }
-        std::mem::swap(&mut batch.write.runs, &mut self.unpersisted);
+        hand_over(&mut self.unpersisted, &mut batch.write.runs);
         self.hard_dirty = false;
         self.hard_needs_sync = false;
         // Committed entries are not copied into the ready: the application reads them from the
@@ -1265,14 +1287,14 @@ impl Replica {
         // until the application itself compacts it.
         batch.committed = (self.applied + 1, self.hard.chosen);
         self.applied = self.hard.chosen;
-        std::mem::swap(&mut batch.messages, &mut self.messages);
-        std::mem::swap(&mut batch.persisted_messages, &mut self.persisted_messages);
+        hand_over(&mut self.messages, &mut batch.messages);
+        hand_over(&mut self.persisted_messages, &mut batch.persisted_messages);
         // Rarely set: testing first spares moving the whole (empty) option, and the spare
         // batch's slot is empty already.
         if self.installed_snapshot.is_some() {
             batch.snapshot = self.installed_snapshot.take();
         }
-        std::mem::swap(&mut batch.events, &mut self.events);
+        hand_over(&mut self.events, &mut batch.events);
         Ready { batch }
     }
 
