@@ -9,6 +9,7 @@
 //! cargo run --release --example sim -- --twopc --seed 17 --trace      # replay one, step by step
 //! cargo run --release --example sim -- --twopc --seeds 5000 --twopc-remember 2  # forgetting
 //! cargo run --release --example sim -- --locks --seeds 5000           # the lock service world
+//! cargo run --release --example sim -- --locks --seeds 5000 --shared-percent 0  # exclusive only
 //! ```
 //!
 //! Every seed runs a safety phase with faults on (checkers after every step), then a liveness
@@ -99,6 +100,10 @@ struct Args {
     /// client's margin, exclusion is expected to break: the checker shows it).
     #[arg(long, default_value_t = 0.92)]
     clock_rate_min: f64,
+    /// With --locks: the percentage of acquires that ask for a shared lock (the others ask
+    /// for an exclusive one), 0 to 100.
+    #[arg(long, default_value_t = 50)]
+    shared_percent: u32,
     /// With --twopc or --locks: print every step.
     #[arg(long)]
     trace: bool,
@@ -335,12 +340,15 @@ fn run_locks(args: &Args, first: u64, count: u64) -> u64 {
             clients: args.nodes,
             steps: args.steps,
             clock_rate_min: args.clock_rate_min,
+            shared_percent: args.shared_percent,
             trace: args.trace,
             ..LocksConfig::new(seed)
         };
         match run(&config) {
             Ok(stats) => {
                 total.grants += stats.grants;
+                total.shared_grants += stats.shared_grants;
+                total.shared_steps += stats.shared_steps;
                 total.expiries += stats.expiries;
                 total.leader_changes += stats.leader_changes;
                 total.stalls += stats.stalls;
@@ -349,22 +357,24 @@ fn run_locks(args: &Args, first: u64, count: u64) -> u64 {
             Err(violation) => {
                 failures += 1;
                 eprintln!(
-                    "{violation}\n  replay: cargo run --release --example sim -- --locks --seed {seed} --nodes {} --steps {} --clock-rate-min {}",
-                    args.nodes, args.steps, args.clock_rate_min
+                    "{violation}\n  replay: cargo run --release --example sim -- --locks --seed {seed} --nodes {} --steps {} --clock-rate-min {} --shared-percent {}",
+                    args.nodes, args.steps, args.clock_rate_min, args.shared_percent
                 );
             }
         }
     }
-    println!("| seeds | clients | grants | expiries | leader failures | client stalls | steps held | violations |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| seeds | clients | grants | shared grants | expiries | leader failures | client stalls | steps held | steps shared by 2+ | violations |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {count} | {} | {} | {} | {} | {} | {} | {failures} |",
+        "| {count} | {} | {} | {} | {} | {} | {} | {} | {} | {failures} |",
         args.nodes,
         total.grants,
+        total.shared_grants,
         total.expiries,
         total.leader_changes,
         total.stalls,
-        total.held_steps
+        total.held_steps,
+        total.shared_steps
     );
     println!(
         "{:.1} seeds/s",
@@ -376,8 +386,14 @@ fn run_locks(args: &Args, first: u64, count: u64) -> u64 {
 fn main() {
     let mut args = Args::parse();
     if args.locks {
-        if args.nodes == 0 || !(args.clock_rate_min > 0.0 && args.clock_rate_min <= 1.0) {
-            eprintln!("--locks takes 1 or more clients (--nodes) and --clock-rate-min in (0, 1]");
+        if args.nodes == 0
+            || !(args.clock_rate_min > 0.0 && args.clock_rate_min <= 1.0)
+            || args.shared_percent > 100
+        {
+            eprintln!(
+                "--locks takes 1 or more clients (--nodes), --clock-rate-min in (0, 1] and \
+                 --shared-percent in 0..=100"
+            );
             std::process::exit(2);
         }
         let (first, count) = args

@@ -1,7 +1,9 @@
 //! The lock service under faults, over many seeds, in the simulator's lock world
 //! ([`synod::sim::locks`]): clients on clocks of their own that stall, leaders that fail,
-//! lost proposals and answers. Checked after every step: at most one client holds the lock in
-//! its own view, and every token a client holds is one the service granted to its session.
+//! lost proposals and answers; half the acquires shared, half exclusive. Checked after every
+//! step: in the clients' own views, one client holds the lock exclusively or any number hold
+//! it shared, and every token a client holds is one the service granted to its session, in
+//! that mode.
 //!
 //! A failing seed replays alone: `SYNOD_LOCKS_SEED=N cargo test --test lock_faults` (or
 //! `cargo run --release --example sim -- --locks --seed N`). `SYNOD_LOCKS_SEEDS=N` runs seeds
@@ -29,6 +31,8 @@ fn exclusion_and_fencing_hold_when_client_clocks_are_within_the_margin() {
         };
         let stats = run(&config).unwrap_or_else(|violation| panic!("{violation}"));
         total.grants += stats.grants;
+        total.shared_grants += stats.shared_grants;
+        total.shared_steps += stats.shared_steps;
         total.expiries += stats.expiries;
         total.leader_changes += stats.leader_changes;
         total.stalls += stats.stalls;
@@ -38,6 +42,28 @@ fn exclusion_and_fencing_hold_when_client_clocks_are_within_the_margin() {
     // The runs must contend, expire sessions and change leaders, or they check little.
     assert!(total.grants > 1000 && total.expiries > 100 && total.leader_changes > 100);
     assert!(total.stalls > 100 && total.held_steps > 10_000);
+    // Both modes, and shared holders together.
+    assert!(total.shared_grants > 1000 && total.grants - total.shared_grants > 1000);
+    assert!(total.shared_steps > 10_000);
+}
+
+#[test]
+fn the_mode_mix_is_configurable() {
+    for (shared_percent, all_shared) in [(0, false), (100, true)] {
+        for seed in 0..20 {
+            let config = LocksConfig {
+                shared_percent,
+                ..LocksConfig::new(seed)
+            };
+            let stats = run(&config).unwrap_or_else(|violation| panic!("{violation}"));
+            assert!(stats.grants > 0);
+            let expected = if all_shared { stats.grants } else { 0 };
+            assert_eq!(stats.shared_grants, expected, "{config:?}");
+            if !all_shared {
+                assert_eq!(stats.shared_steps, 0, "{config:?}");
+            }
+        }
+    }
 }
 
 #[test]

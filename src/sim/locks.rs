@@ -14,14 +14,23 @@
 //!   stands still while there is no leader, and the next one proposes a `Grace` before its
 //!   first `Time` ([`LeaseClock`]).
 //!
-//! Checked after every step — **exclusion**: at most one client holds the lock in its own
-//! view ([`LockClient::token`] is some) at any moment. That is the promise of the local lease:
-//! it must end before the service lets the lock go, as long as a client's clock runs at least
-//! `1 - margin` (0.9) as fast as the leader's. Also **fencing**: a client's token is always
-//! the token of a grant the service made to that client's session, and the tokens the
-//! service grants only grow. A configuration with clocks slower than that (say
-//! `clock_rate_min: 0.5`) breaks exclusion, and the checker says so: the fencing tokens are
-//! what protect a resource then.
+//! - **Modes**: each acquire asks for a shared lock with probability
+//!   [`LocksConfig::shared_percent`], else for an exclusive one.
+//!
+//! Checked after every step — **exclusion**: at any moment, in the clients' own views (a
+//! client holds the lock while [`LockClient::token`] is some, in the mode
+//! [`LockClient::held`] gives), either one client holds the lock exclusively and no one else
+//! holds it, or any number hold it shared. That is the promise of the local lease: it must
+//! end before the service lets the lock go, as long as a client's clock runs at least
+//! `1 - margin` (0.9) as fast as the leader's. The service's own holders are checked the same
+//! way after every entry, with [`LockService::check_invariants`]. Also **fencing**: a client's
+//! token is always the token of a grant the service made to that client's session, in the
+//! mode the client believes it holds; every grant's token is the slot of the entry that made
+//! it (the shared waiters one entry grants share it), so tokens only grow from entry to
+//! entry. And **fairness**: an acquire is granted at once only if no one waited for the lock
+//! (a shared acquire does not pass a queued exclusive one). A configuration with clocks
+//! slower than the margin (say `clock_rate_min: 0.5`) breaks exclusion, and the checker says
+//! so: the fencing tokens are what protect a resource then.
 //!
 //! ```
 //! use synod::sim::locks::{run, LocksConfig};
@@ -32,7 +41,7 @@
 
 use crate::lock::{
     Command, FencingToken, LeaseClock, LockClient, LockEvent, LockLimits, LockService, Mode,
-    Outcome, Wait,
+    Outcome, SessionId, Wait,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -57,6 +66,9 @@ pub struct LocksConfig {
     pub lease: u64,
     /// Whether leaders fail, clients stall and messages are lost. Default true.
     pub faults: bool,
+    /// The percentage of acquires that ask for a [`Mode::Shared`] lock (the others ask for
+    /// [`Mode::Exclusive`]), 0 to 100. Default 50.
+    pub shared_percent: u32,
     /// Print every entry applied and every event to standard error.
     pub trace: bool,
 }
@@ -71,6 +83,7 @@ impl LocksConfig {
             clock_rate_min: 0.92,
             lease: 60,
             faults: true,
+            shared_percent: 50,
             trace: false,
         }
     }
@@ -79,8 +92,10 @@ impl LocksConfig {
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LocksStats {
-    /// Grants the service made.
+    /// Grants the service made (each session a group grant reaches counts once).
     pub grants: u64,
+    /// Of them, grants in [`Mode::Shared`].
+    pub shared_grants: u64,
     /// Sessions the service expired.
     pub expiries: u64,
     /// Leader failures.
@@ -89,6 +104,8 @@ pub struct LocksStats {
     pub stalls: u64,
     /// Steps some client held the lock in its own view.
     pub held_steps: u64,
+    /// Steps two or more clients held the lock, shared, in their own views.
+    pub shared_steps: u64,
 }
 
 /// A property the run broke.
@@ -98,7 +115,8 @@ pub struct LocksViolation {
     pub seed: u64,
     /// The step.
     pub step: u64,
-    /// `check_lock_exclusion` or `check_lock_fencing`.
+    /// `check_lock_exclusion`, `check_lock_fencing`, `check_lock_fairness` or
+    /// `check_lock_service` (the service's own invariants).
     pub property: &'static str,
     /// What happened.
     pub detail: String,
@@ -122,9 +140,11 @@ impl std::error::Error for LocksViolation {}
 /// The first [`LocksViolation`].
 ///
 /// # Panics
-/// If `config.clients` is 0 or `config.clock_rate_min` is not in (0, 1].
+/// If `config.clients` is 0, `config.clock_rate_min` is not in (0, 1] or
+/// `config.shared_percent` is above 100.
 pub fn run(config: &LocksConfig) -> Result<LocksStats, LocksViolation> {
     assert!(config.clients > 0, "at least one client");
+    assert!(config.shared_percent <= 100, "shared_percent in 0..=100");
     assert!(
         config.clock_rate_min > 0.0 && config.clock_rate_min <= 1.0,
         "clock_rate_min in (0, 1]"
@@ -184,9 +204,10 @@ struct World {
     leaderless_until: u64,
     proposals: Vec<Proposal>,
     deliveries: Vec<Delivery>,
-    /// Every grant the service made, by token, with the session it went to: a token a client
-    /// holds must be one of them, granted to that client's session.
-    granted: BTreeMap<FencingToken, crate::lock::SessionId>,
+    /// Every grant the service made, by token, with the sessions it went to (several, for
+    /// shared waiters granted by one entry) and the mode: a token a client holds must be one
+    /// of them, granted to that client's session in the mode the client holds.
+    granted: BTreeMap<FencingToken, BTreeMap<SessionId, Mode>>,
     /// The newest grant's token: grants only grow.
     last_grant: FencingToken,
     stats: LocksStats,
@@ -293,6 +314,7 @@ impl World {
             }
             let proposal = self.proposals.remove(index);
             self.slot += 1;
+            let queued_before = !self.service.waiters(LOCK).is_empty();
             let outcome = self.service.apply(self.slot, &proposal.command.encode());
             if self.config.trace {
                 eprintln!(
@@ -306,8 +328,9 @@ impl World {
                 );
             }
             if let Outcome::Granted { token } = outcome {
-                self.record_grant(token, &proposal.command)?;
+                self.record_grant(token, &proposal.command, queued_before)?;
             }
+            self.check_service()?;
             if let Some(client) = proposal.client {
                 self.deliver(client, Some(proposal.command), Some(outcome), None);
             }
@@ -316,20 +339,12 @@ impl World {
                     eprintln!("    event {event:?}");
                 }
                 match &event {
-                    LockEvent::Granted { session, token, .. } => {
-                        if *token < self.last_grant || token.0 != self.slot {
-                            let detail = format!(
-                                "granted {token:?} at slot {} after {:?}",
-                                self.slot, self.last_grant
-                            );
-                            return Err(self.violation("check_lock_fencing", detail));
-                        }
-                        if *token > self.last_grant {
-                            self.stats.grants += 1;
-                            self.last_grant = *token;
-                        }
-                        self.granted.insert(*token, *session);
-                    }
+                    LockEvent::Granted {
+                        session,
+                        token,
+                        mode,
+                        ..
+                    } => self.note_grant(*token, *session, *mode)?,
                     LockEvent::Expired { .. } => self.stats.expiries += 1,
                     LockEvent::TimedOut { .. } => {}
                 }
@@ -348,34 +363,96 @@ impl World {
         Ok(())
     }
 
+    /// A grant the entry at `self.slot` made (an answer or an event): its token must be that
+    /// slot, no smaller than the last grant's (equal only for the grants of one entry), a
+    /// session is granted a token once, and the grants of the lock one entry makes are one
+    /// exclusive or a run of shared.
+    fn note_grant(
+        &mut self,
+        token: FencingToken,
+        session: SessionId,
+        mode: Mode,
+    ) -> Result<(), LocksViolation> {
+        let shares = self.granted.get(&token).is_some_and(|sessions| {
+            sessions.contains_key(&session)
+                || mode == Mode::Exclusive
+                || sessions.values().any(|&other| other == Mode::Exclusive)
+        });
+        if token.0 != self.slot || token < self.last_grant || shares {
+            let detail = format!(
+                "{session:?} granted {token:?} ({mode:?}) at slot {} after {:?}",
+                self.slot, self.last_grant
+            );
+            return Err(self.violation("check_lock_fencing", detail));
+        }
+        self.stats.grants += 1;
+        if mode == Mode::Shared {
+            self.stats.shared_grants += 1;
+        }
+        self.last_grant = token;
+        self.granted.entry(token).or_default().insert(session, mode);
+        Ok(())
+    }
+
+    /// The answer `Granted { token }` to `command`, applied at `self.slot`; `queued_before`:
+    /// whether someone waited for the lock just before.
     fn record_grant(
         &mut self,
         token: FencingToken,
         command: &Command,
+        queued_before: bool,
     ) -> Result<(), LocksViolation> {
-        let Command::Acquire { session, .. } = command else {
+        let Command::Acquire { session, mode, .. } = command else {
             return Ok(());
         };
         if token.0 == self.slot {
+            // A fresh grant, past whoever waited: FIFO says no (a shared acquire must not
+            // pass a queued exclusive one, or exclusive waiters starve).
+            if queued_before {
+                let detail =
+                    format!("{session:?} granted {token:?} ({mode:?}) at once while others waited");
+                return Err(self.violation("check_lock_fairness", detail));
+            }
+            // An acquire grants only to whoever asked: no earlier grant shares its token.
             if token <= self.last_grant {
                 let detail = format!("grant {token:?} after {:?}", self.last_grant);
                 return Err(self.violation("check_lock_fencing", detail));
             }
-            self.stats.grants += 1;
-            self.last_grant = token;
-            self.granted.insert(token, *session);
-            return Ok(());
+            return self.note_grant(token, *session, *mode);
         }
         // An older token: the answer to a retried acquire, which must repeat the grant this
-        // session already had. Recording it as a grant would make a token answered to the
-        // wrong session (or never granted) look like a grant the service made to it.
-        if self.granted.get(&token) != Some(session) {
+        // session already had, in the same mode. Recording it as a grant would make a token
+        // answered to the wrong session (or never granted) look like a grant the service
+        // made to it.
+        let had = self
+            .granted
+            .get(&token)
+            .and_then(|sessions| sessions.get(session));
+        if had != Some(mode) {
             let detail = format!(
-                "{session:?} was answered {token:?} at slot {}, granted to {:?}",
+                "{session:?} was answered {token:?} ({mode:?}) at slot {}, granted to {:?}",
                 self.slot,
                 self.granted.get(&token)
             );
             return Err(self.violation("check_lock_fencing", detail));
+        }
+        Ok(())
+    }
+
+    /// The service's holders after an entry: one exclusive or any number of shared; and the
+    /// service's own invariants.
+    fn check_service(&self) -> Result<(), LocksViolation> {
+        let holders = self.service.holders(LOCK);
+        if !compatible(holders.iter().map(|&(_, mode, _)| mode)) {
+            let detail = format!(
+                "the service's holders after slot {}: {holders:?}",
+                self.slot
+            );
+            return Err(self.violation("check_lock_exclusion", detail));
+        }
+        if let Err(broken) = self.service.check_invariants() {
+            let detail = format!("after slot {}: {broken}", self.slot);
+            return Err(self.violation("check_lock_service", detail));
         }
         Ok(())
     }
@@ -418,6 +495,11 @@ impl World {
         for index in 0..self.clients.len() {
             let hold = 5 + self.below(40);
             let forever = self.chance(50);
+            let mode = if self.chance(self.config.shared_percent) {
+                Mode::Shared
+            } else {
+                Mode::Exclusive
+            };
             let step = self.step;
             let client = &mut self.clients[index];
             client.accumulated += client.rate;
@@ -448,7 +530,7 @@ impl World {
                         // While a release waits for its answer, no acquire: say it again.
                         let command = client
                             .lock
-                            .acquire(LOCK, Mode::Exclusive, wait)
+                            .acquire(LOCK, mode, wait)
                             .or_else(|| client.lock.release(LOCK));
                         if let Some(command) = command {
                             commands.push(command);
@@ -531,26 +613,39 @@ impl World {
                 .collect();
             eprintln!("step {}: {}", self.step, views.join(" | "));
         }
-        let holders: Vec<(usize, FencingToken)> = self
+        // Who holds the lock in its own view: a token while the local lease holds, in the
+        // mode the client took it in.
+        let holders: Vec<(usize, Mode, FencingToken)> = self
             .clients
             .iter()
             .enumerate()
-            .filter_map(|(index, client)| client.lock.token(LOCK).map(|token| (index, token)))
+            .filter_map(|(index, client)| {
+                let token = client.lock.token(LOCK)?;
+                let (_, mode, _) = client.lock.held().find(|&(name, ..)| name == LOCK)?;
+                Some((index, mode, token))
+            })
             .collect();
-        for &(index, token) in &holders {
-            let granted_to = self.granted.get(&token);
-            if granted_to.is_none() || granted_to.copied() != self.clients[index].lock.session() {
-                let detail = format!("client {index} holds {token:?}, granted to {granted_to:?}");
+        for &(index, mode, token) in &holders {
+            let sessions = self.granted.get(&token);
+            let session = self.clients[index].lock.session();
+            let granted = session.and_then(|session| sessions?.get(&session));
+            if granted != Some(&mode) {
+                let detail = format!(
+                    "client {index} ({session:?}) holds {token:?} {mode:?}, granted to {sessions:?}"
+                );
                 return Err(self.violation("check_lock_fencing", detail));
             }
         }
-        if holders.len() > 1 {
-            let rates: Vec<f64> = holders.iter().map(|(i, _)| self.clients[*i].rate).collect();
+        if !compatible(holders.iter().map(|&(_, mode, _)| mode)) {
+            let rates: Vec<f64> = holders.iter().map(|h| self.clients[h.0].rate).collect();
             let detail = format!("clients {holders:?} all hold the lock (clock rates {rates:?})");
             return Err(self.violation("check_lock_exclusion", detail));
         }
         if !holders.is_empty() {
             self.stats.held_steps += 1;
+        }
+        if holders.len() > 1 {
+            self.stats.shared_steps += 1;
         }
         Ok(())
     }
@@ -569,20 +664,34 @@ impl World {
     }
 }
 
+/// Whether holders in these modes may hold one lock at once: one exclusive holder alone, or
+/// any number of shared ones.
+fn compatible(modes: impl Iterator<Item = Mode>) -> bool {
+    let (mut holders, mut exclusive) = (0, false);
+    for mode in modes {
+        holders += 1;
+        exclusive |= mode == Mode::Exclusive;
+    }
+    !exclusive || holders <= 1
+}
+
 #[cfg(test)]
 mod tests {
-    //! The fencing checker on hand-built grants (a broken service is not reachable through
-    //! [`run`], whose service is the real one).
+    //! The checkers on hand-built grants and client views (a broken service is not reachable
+    //! through [`run`], whose service is the real one).
     use super::*;
-    use crate::lock::SessionId;
 
-    fn acquire(session: u64) -> Command {
+    fn acquire_in(session: u64, mode: Mode) -> Command {
         Command::Acquire {
             session: SessionId(session),
             name: LOCK.into(),
-            mode: Mode::Exclusive,
+            mode,
             wait: Wait::Forever,
         }
+    }
+
+    fn acquire(session: u64) -> Command {
+        acquire_in(session, Mode::Exclusive)
     }
 
     /// Bug: `record_grant` took any `Granted` answer carrying an older token (the answer to a
@@ -595,16 +704,26 @@ mod tests {
     fn a_retried_acquire_answered_with_another_sessions_token_is_a_fencing_violation() {
         let mut world = World::new(&LocksConfig::new(1));
         world.slot = 5;
-        world.record_grant(FencingToken(5), &acquire(1)).unwrap();
+        world
+            .record_grant(FencingToken(5), &acquire(1), false)
+            .unwrap();
         world.slot = 9;
         let violation = world
-            .record_grant(FencingToken(5), &acquire(2))
+            .record_grant(FencingToken(5), &acquire(2), false)
             .unwrap_err();
         assert_eq!(violation.property, "check_lock_fencing");
-        assert_eq!(world.granted.get(&FencingToken(5)), Some(&SessionId(1)));
+        assert_eq!(
+            world.granted[&FencingToken(5)].keys().collect::<Vec<_>>(),
+            [&SessionId(1)]
+        );
         // A token never granted at all, older than the slot.
         let violation = world
-            .record_grant(FencingToken(7), &acquire(1))
+            .record_grant(FencingToken(7), &acquire(1), false)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+        // The same session's token, but answered to an acquire in the other mode.
+        let violation = world
+            .record_grant(FencingToken(5), &acquire_in(1, Mode::Shared), false)
             .unwrap_err();
         assert_eq!(violation.property, "check_lock_fencing");
     }
@@ -613,20 +732,193 @@ mod tests {
     fn legal_grants_are_not_flagged() {
         let mut world = World::new(&LocksConfig::new(1));
         world.slot = 5;
-        world.record_grant(FencingToken(5), &acquire(1)).unwrap();
+        world
+            .record_grant(FencingToken(5), &acquire(1), false)
+            .unwrap();
         // The answer to a retried acquire repeats the grant.
         world.slot = 6;
-        world.record_grant(FencingToken(5), &acquire(1)).unwrap();
+        world
+            .record_grant(FencingToken(5), &acquire(1), false)
+            .unwrap();
         // The lock expired and is granted again, with a larger token.
         world.slot = 20;
-        world.record_grant(FencingToken(20), &acquire(2)).unwrap();
+        world
+            .record_grant(FencingToken(20), &acquire(2), false)
+            .unwrap();
         assert_eq!(world.last_grant, FencingToken(20));
         assert_eq!(world.stats.grants, 2);
         // A new grant must be larger than the last one.
         world.slot = 20;
         let violation = world
-            .record_grant(FencingToken(20), &acquire(3))
+            .record_grant(FencingToken(20), &acquire(3), false)
             .unwrap_err();
         assert_eq!(violation.property, "check_lock_fencing");
+    }
+
+    /// One entry grants a run of shared waiters: they share its token, legally; the same
+    /// session granted twice by it, or a grant whose token is not its entry's slot, is not.
+    #[test]
+    fn shared_waiters_granted_by_one_entry_share_its_token() {
+        let mut world = World::new(&LocksConfig::new(1));
+        world.slot = 8;
+        for session in [1, 2, 3] {
+            world
+                .note_grant(FencingToken(8), SessionId(session), Mode::Shared)
+                .unwrap();
+        }
+        assert_eq!((world.stats.grants, world.stats.shared_grants), (3, 3));
+        let violation = world
+            .note_grant(FencingToken(8), SessionId(2), Mode::Shared)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+        // An exclusive grant never shares its entry's token (one lock here).
+        let violation = world
+            .note_grant(FencingToken(8), SessionId(4), Mode::Exclusive)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+        world.slot = 9;
+        let violation = world
+            .note_grant(FencingToken(8), SessionId(4), Mode::Shared)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+        world
+            .note_grant(FencingToken(9), SessionId(4), Mode::Exclusive)
+            .unwrap();
+        let violation = world
+            .note_grant(FencingToken(9), SessionId(5), Mode::Shared)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing");
+    }
+
+    /// A shared acquire granted at once while an exclusive one waits jumps the FIFO queue.
+    #[test]
+    fn a_grant_past_a_queue_is_a_fairness_violation() {
+        let mut world = World::new(&LocksConfig::new(1));
+        world.slot = 4;
+        let violation = world
+            .record_grant(FencingToken(4), &acquire_in(1, Mode::Shared), true)
+            .unwrap_err();
+        assert_eq!(violation.property, "check_lock_fairness");
+        // A retried acquire answered with its old token while others wait is legal.
+        world
+            .record_grant(FencingToken(4), &acquire_in(1, Mode::Shared), false)
+            .unwrap();
+        world.slot = 7;
+        world
+            .record_grant(FencingToken(4), &acquire_in(1, Mode::Shared), true)
+            .unwrap();
+    }
+
+    /// Client `index` of `world` opens session `session` and is answered `token` for an
+    /// acquire in `mode` (the answer is hand-built: the service may never have made it).
+    fn hold(world: &mut World, index: usize, session: u64, mode: Mode, token: u64) {
+        let client = &mut world.clients[index].lock;
+        let open = client.open();
+        let opened = Outcome::Opened {
+            session: SessionId(session),
+            expires_at: 100,
+            held: Vec::new(),
+        };
+        client.on_outcome(&open, &opened);
+        let acquire = client.acquire(LOCK, mode, Wait::Forever).unwrap();
+        client.on_outcome(
+            &acquire,
+            &Outcome::Granted {
+                token: FencingToken(token),
+            },
+        );
+        assert_eq!(client.token(LOCK), Some(FencingToken(token)));
+    }
+
+    /// The mutation: a broken service (or client) grants a shared lock while an exclusive
+    /// one is held. The grants themselves look fine to the fencing checker (each token is
+    /// its entry's slot, to the session asking); the exclusion checker must see the two
+    /// holders. Fails if `compatible` ignores modes (returns true for any holders); its
+    /// former mode-blind rule, at most one holder, fails `many_shared_holders_at_once_are_legal`.
+    #[test]
+    fn a_shared_grant_while_an_exclusive_one_is_held_is_an_exclusion_violation() {
+        let mut world = World::new(&LocksConfig {
+            clients: 3,
+            ..LocksConfig::new(1)
+        });
+        world.slot = 5;
+        world
+            .record_grant(FencingToken(5), &acquire_in(1, Mode::Exclusive), false)
+            .unwrap();
+        hold(&mut world, 0, 1, Mode::Exclusive, 5);
+        world.check().unwrap();
+        world.slot = 6;
+        world
+            .record_grant(FencingToken(6), &acquire_in(2, Mode::Shared), false)
+            .unwrap();
+        hold(&mut world, 1, 2, Mode::Shared, 6);
+        let violation = world.check().unwrap_err();
+        assert_eq!(violation.property, "check_lock_exclusion", "{violation}");
+
+        // Shared, then exclusive: caught too.
+        let mut world = World::new(&LocksConfig {
+            clients: 3,
+            ..LocksConfig::new(1)
+        });
+        world.slot = 5;
+        world
+            .record_grant(FencingToken(5), &acquire_in(1, Mode::Shared), false)
+            .unwrap();
+        hold(&mut world, 0, 1, Mode::Shared, 5);
+        world.slot = 6;
+        world
+            .record_grant(FencingToken(6), &acquire_in(2, Mode::Exclusive), false)
+            .unwrap();
+        hold(&mut world, 1, 2, Mode::Exclusive, 6);
+        let violation = world.check().unwrap_err();
+        assert_eq!(violation.property, "check_lock_exclusion", "{violation}");
+    }
+
+    #[test]
+    fn many_shared_holders_at_once_are_legal() {
+        let mut world = World::new(&LocksConfig {
+            clients: 3,
+            ..LocksConfig::new(1)
+        });
+        world.slot = 5;
+        for session in [1, 2] {
+            world
+                .note_grant(FencingToken(5), SessionId(session), Mode::Shared)
+                .unwrap();
+        }
+        world.slot = 6;
+        world
+            .record_grant(FencingToken(6), &acquire_in(3, Mode::Shared), false)
+            .unwrap();
+        hold(&mut world, 0, 1, Mode::Shared, 5);
+        hold(&mut world, 1, 2, Mode::Shared, 5);
+        hold(&mut world, 2, 3, Mode::Shared, 6);
+        world.check().unwrap();
+        assert_eq!((world.stats.held_steps, world.stats.shared_steps), (1, 1));
+    }
+
+    /// A client holding a token in a mode the service did not grant it in (it took a shared
+    /// grant for an exclusive one) breaks fencing, even alone.
+    #[test]
+    fn a_token_held_in_the_wrong_mode_is_a_fencing_violation() {
+        let mut world = World::new(&LocksConfig::new(1));
+        world.slot = 5;
+        world
+            .note_grant(FencingToken(5), SessionId(1), Mode::Shared)
+            .unwrap();
+        hold(&mut world, 0, 1, Mode::Exclusive, 5);
+        let violation = world.check().unwrap_err();
+        assert_eq!(violation.property, "check_lock_fencing", "{violation}");
+    }
+
+    #[test]
+    fn compatible_modes() {
+        use Mode::{Exclusive, Shared};
+        assert!(compatible([].into_iter()));
+        assert!(compatible([Exclusive].into_iter()));
+        assert!(compatible([Shared, Shared, Shared].into_iter()));
+        assert!(!compatible([Exclusive, Exclusive].into_iter()));
+        assert!(!compatible([Shared, Exclusive].into_iter()));
+        assert!(!compatible([Exclusive, Shared, Shared].into_iter()));
     }
 }
