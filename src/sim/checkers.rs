@@ -264,6 +264,19 @@ impl Checker {
             }
             self.promised[index] = hard_state.promised;
         }
+        // Every entry written counts as an acceptance, including the chosen entries a lagging
+        // node copies from a peer's FetchReply (stored with the ballot they were accepted
+        // in). Sound: a copy holds the same (slot, ballot, value) as an acceptance made in
+        // that ballot (`check_one_value_per_ballot` checks it like any other), so its vote
+        // can only complete a majority for that ballot's own value. In a legal run that is
+        // the value chosen in the slot: the checker may see it chosen earlier, or in an
+        // older ballot, but never a second value, so no legal run is flagged. In a broken
+        // run a second value chosen in the slot is still `check_one_value_chosen_per_slot`,
+        // and a node applying another value than its peers `check_consistent_applied_prefixes`,
+        // whatever the copies count. What a copy can do is make a value a node wrongly served
+        // as chosen look chosen; a node serves only entries at or below its chosen mark, and
+        // `on_restart` refuses a recovered mark over a slot where nothing was chosen (the
+        // one way such an entry outlives the node's own apply check).
         for entry in batch.entries() {
             self.on_accepted(index, entry)?;
         }
@@ -421,6 +434,15 @@ impl Checker {
     /// snapshot beyond the recovered chosen mark are exempt: the replica discards them (a
     /// crash came between saving the snapshot and the write that made its slot the chosen
     /// mark).
+    ///
+    /// A slot where the checker knows nothing chosen is a violation too. A node's chosen mark
+    /// covers a slot only once a majority's acceptances there were durable, and every durable
+    /// write passes through [`on_durable`](Self::on_durable) first, so in a correct run the
+    /// checker always knows the value. Accepting the entry would leave the bug to the apply
+    /// check, which need not see it: if the node serves the entry by Fetch before it applies
+    /// it (a crash after a ready's messages, before its write and apply), the peers' durable
+    /// copies count as votes in the entry's ballot (see `on_durable`), can make a majority
+    /// there, and the value then looks chosen to every later check.
     pub(crate) fn on_restart(
         &mut self,
         index: usize,
@@ -453,7 +475,16 @@ impl Checker {
                         ),
                     ));
                 }
-                _ => {}
+                Some(_) => {}
+                None => {
+                    return Err(Violation::new(
+                        "check_recovered_chosen_were_chosen",
+                        format!(
+                            "node index {index} restarted with {:?} in slot {} (ballot {}) at or below its chosen mark {chosen_mark}, but nothing was chosen there",
+                            entry.value, entry.slot, entry.ballot
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -864,6 +895,46 @@ mod tests {
                 "check_recovered_chosen_were_chosen"
             );
         }
+    }
+
+    /// Bug: a recovered entry at or below the chosen mark was accepted when the checker knew
+    /// nothing chosen in its slot. A node that recovers a chosen mark over a value only it
+    /// accepted would serve it as chosen; peers that fetch it write copies, and the copies
+    /// count as votes in its ballot: once they make a majority the value looks chosen, and
+    /// the peers' applies pass. Fails with the `None` arm of `on_restart` accepting.
+    #[test]
+    fn catches_a_restart_whose_chosen_mark_covers_a_slot_where_nothing_was_chosen() {
+        let mut checker = three();
+        let a = command(&mut checker, 1, "a");
+        // Only node 3 accepted `a` in slot 1: nothing is chosen there.
+        accept(&mut checker, 2, 1, 1, &a).unwrap();
+        let recovered = Recovered {
+            hard_state: HardState {
+                promised: ballot(1),
+                chosen: 1,
+                incarnation: 2,
+            },
+            entries: vec![Entry {
+                slot: 1,
+                ballot: ballot(1),
+                value: a.clone(),
+            }],
+            memberships: Vec::new(),
+        };
+        assert_eq!(
+            checker.on_restart(2, &recovered, 0).unwrap_err().property,
+            "check_recovered_chosen_were_chosen"
+        );
+        // What the restart check stands in for: node 1 fetches the entry and writes a copy,
+        // which counts as its vote in ballot 1; `a` then looks chosen, and applying it
+        // passes.
+        accept(&mut checker, 0, 1, 1, &a).unwrap();
+        let entry = Entry {
+            slot: 1,
+            ballot: ballot(1),
+            value: a,
+        };
+        checker.on_applied(0, &entry).unwrap();
     }
 
     #[test]
