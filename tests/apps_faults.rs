@@ -68,12 +68,6 @@ fn bank_binary() -> &'static Path {
     BINARY.get_or_init(|| build_example("bank"))
 }
 
-impl Reply {
-    fn is_error_starting(&self, prefix: &str) -> bool {
-        matches!(self, Reply::Error(text) if text.starts_with(prefix))
-    }
-}
-
 /// A blocking RESP2 client that writes raw bytes and parses replies strictly: a reply that
 /// is not well-formed RESP2 is an error (`InvalidData`), never guessed at.
 struct Client {

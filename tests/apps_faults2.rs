@@ -30,10 +30,10 @@
 
 mod examples_support;
 
-use examples_support::{build_example, free_port_blocks, free_ports, peers_argument};
+use examples_support::{
+    build_example, frame, free_port_blocks, free_ports, peers_argument, simple, Client, Reply,
+};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -102,7 +102,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("waiting on the server") {
                 panic!("the server exited: {status}\n{}", self.log());
             }
-            if let Ok(mut client) = Client::connect(self.port) {
+            if let Ok(mut client) = Client::connect(self.port, PATIENCE) {
                 if client.command(&[b"PING"]).ok() == Some(simple("PONG")) {
                     return;
                 }
@@ -129,7 +129,7 @@ impl Server {
     }
 
     fn client(&self) -> Client {
-        Client::connect(self.port).expect("connecting")
+        Client::connect(self.port, PATIENCE).expect("connecting")
     }
 
     fn log(&self) -> String {
@@ -170,26 +170,6 @@ fn node_args(id: u64, peers: &str, cluster: u64, extra: &[&str]) -> Vec<String> 
     args
 }
 
-/// One RESP2 reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-impl Reply {
-    fn is_error_starting(&self, prefix: &str) -> bool {
-        matches!(self, Reply::Error(text) if text.starts_with(prefix))
-    }
-}
-
-fn simple(text: &str) -> Reply {
-    Reply::Simple(text.to_string())
-}
-
 /// A `field:value` line of an `INFO` reply.
 fn field(reply: &Reply, name: &str) -> Option<String> {
     let Reply::Bulk(Some(bytes)) = reply else {
@@ -200,121 +180,12 @@ fn field(reply: &Reply, name: &str) -> Option<String> {
         .find_map(|line| line.strip_prefix(&format!("{name}:")).map(str::to_owned))
 }
 
-/// A blocking RESP2 client over one TCP connection (reads wait up to [`PATIENCE`]).
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(port: u16) -> std::io::Result<Client> {
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(PATIENCE))?;
-        stream.set_write_timeout(Some(PATIENCE))?;
-        stream.set_nodelay(true)?;
-        Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn set_read_timeout(&self, timeout: Duration) {
-        self.writer.set_read_timeout(Some(timeout)).unwrap();
-    }
-
-    fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.writer.write_all(bytes)
-    }
-
-    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        self.raw(&frame(args))
-    }
-
-    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        self.send(args)?;
-        self.read_reply()
-    }
-
-    /// `command`, whose reply must come: panics on a closed connection or a timeout.
-    fn ask(&mut self, args: &[&[u8]]) -> Reply {
-        self.command(args).unwrap_or_else(|error| {
-            panic!(
-                "{:?} got no reply: {error}",
-                String::from_utf8_lossy(args[0])
-            )
-        })
-    }
-
-    fn read_line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if line.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if !line.ends_with(b"\r\n") {
-            return Err(std::io::Error::other(format!("a bad reply line {line:?}")));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| std::io::Error::other("a reply line not UTF-8"))
-    }
-
-    fn read_reply(&mut self) -> std::io::Result<Reply> {
-        let line = self.read_line()?;
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        let number = || {
-            rest.parse::<i64>()
-                .map_err(|_| std::io::Error::other(format!("a bad reply line {line:?}")))
-        };
-        Ok(match kind {
-            "+" => Reply::Simple(rest.to_string()),
-            "-" => Reply::Error(rest.to_string()),
-            ":" => Reply::Integer(number()?),
-            "$" => match number()? {
-                -1 => Reply::Bulk(None),
-                length => {
-                    let mut data = vec![0; length as usize + 2];
-                    self.reader.read_exact(&mut data)?;
-                    data.truncate(length as usize);
-                    Reply::Bulk(Some(data))
-                }
-            },
-            "*" => {
-                let mut items = Vec::new();
-                for _ in 0..number()? {
-                    items.push(self.read_reply()?);
-                }
-                Reply::Array(items)
-            }
-            _ => return Err(std::io::Error::other(format!("a bad reply line {line:?}"))),
-        })
-    }
-
-    /// Waits (up to the read timeout) for the server to close the connection: true once it
-    /// has (end of input or a reset), false if it sent bytes or the wait ran out.
-    fn closed_by_server(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        match self.reader.read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    }
-}
-
-fn frame(args: &[&[u8]]) -> Vec<u8> {
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg);
-        request.extend_from_slice(b"\r\n");
-    }
-    request
-}
-
 /// `INFO`'s `field` as a number (`applied_slot`, say), asked on a new connection.
 fn info_number(port: u16, name: &str) -> Option<u64> {
-    let reply = Client::connect(port).ok()?.command(&[b"INFO"]).ok()?;
+    let reply = Client::connect(port, PATIENCE)
+        .ok()?
+        .command(&[b"INFO"])
+        .ok()?;
     field(&reply, name)?.parse().ok()
 }
 

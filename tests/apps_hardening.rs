@@ -24,10 +24,8 @@
 #[path = "examples_support/mod.rs"]
 mod examples_support;
 
-use examples_support::{build_example, free_port_blocks, free_ports};
+use examples_support::{build_example, frame, free_port_blocks, free_ports, simple, Client, Reply};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -117,7 +115,7 @@ impl Server {
             if let Some(status) = self.child.try_wait().expect("waiting on the server") {
                 panic!("the server exited: {status}\n{}", self.log());
             }
-            if let Ok(mut client) = Client::connect(self.port) {
+            if let Ok(mut client) = Client::connect(self.port, PATIENCE) {
                 if client.command(&[b"PING"]).ok() == Some(Reply::Simple("PONG".into())) {
                     return;
                 }
@@ -128,7 +126,7 @@ impl Server {
     }
 
     fn client(&self) -> Client {
-        Client::connect(self.port).expect("connecting")
+        Client::connect(self.port, PATIENCE).expect("connecting")
     }
 
     fn log(&self) -> String {
@@ -175,134 +173,6 @@ fn refused_start(name: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, Strin
     let printed = String::from_utf8_lossy(&output.stdout).into_owned()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), printed)
-}
-
-/// One RESP2 reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Reply {
-    Simple(String),
-    Error(String),
-    Integer(i64),
-    Bulk(Option<Vec<u8>>),
-    Array(Vec<Reply>),
-}
-
-impl Reply {
-    fn is_error_starting(&self, prefix: &str) -> bool {
-        matches!(self, Reply::Error(text) if text.starts_with(prefix))
-    }
-}
-
-/// A blocking RESP2 client over one TCP connection (reads wait up to [`PATIENCE`]).
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(port: u16) -> std::io::Result<Client> {
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-        stream.set_read_timeout(Some(PATIENCE))?;
-        stream.set_write_timeout(Some(PATIENCE))?;
-        stream.set_nodelay(true)?;
-        Ok(Client {
-            reader: BufReader::new(stream.try_clone()?),
-            writer: stream,
-        })
-    }
-
-    fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.writer.write_all(bytes)
-    }
-
-    fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        self.raw(&frame(args))
-    }
-
-    fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        self.send(args)?;
-        self.read_reply()
-    }
-
-    /// `command`, whose reply must come: panics on a closed connection.
-    fn ask(&mut self, args: &[&[u8]]) -> Reply {
-        self.command(args).unwrap_or_else(|error| {
-            panic!(
-                "{:?} got no reply: {error}",
-                String::from_utf8_lossy(args[0])
-            )
-        })
-    }
-
-    fn read_line(&mut self) -> std::io::Result<String> {
-        let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line)?;
-        if line.is_empty() {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if !line.ends_with(b"\r\n") {
-            return Err(std::io::Error::other(format!("a bad reply line {line:?}")));
-        }
-        line.truncate(line.len() - 2);
-        String::from_utf8(line).map_err(|_| std::io::Error::other("a reply line not UTF-8"))
-    }
-
-    fn read_reply(&mut self) -> std::io::Result<Reply> {
-        let line = self.read_line()?;
-        let (kind, rest) = line.split_at(1.min(line.len()));
-        let number = || {
-            rest.parse::<i64>()
-                .map_err(|_| std::io::Error::other(format!("a bad reply line {line:?}")))
-        };
-        Ok(match kind {
-            "+" => Reply::Simple(rest.to_string()),
-            "-" => Reply::Error(rest.to_string()),
-            ":" => Reply::Integer(number()?),
-            "$" => match number()? {
-                -1 => Reply::Bulk(None),
-                length => {
-                    let mut data = vec![0; length as usize + 2];
-                    self.reader.read_exact(&mut data)?;
-                    data.truncate(length as usize);
-                    Reply::Bulk(Some(data))
-                }
-            },
-            "*" => {
-                let mut items = Vec::new();
-                for _ in 0..number()? {
-                    items.push(self.read_reply()?);
-                }
-                Reply::Array(items)
-            }
-            _ => return Err(std::io::Error::other(format!("a bad reply line {line:?}"))),
-        })
-    }
-
-    /// Waits (up to [`PATIENCE`]) for the server to close the connection: true once it has
-    /// (end of input or a reset), false if it sent bytes or the wait ran out.
-    fn closed_by_server(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        match self.reader.read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    }
-}
-
-fn frame(args: &[&[u8]]) -> Vec<u8> {
-    let mut request = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        request.extend_from_slice(arg);
-        request.extend_from_slice(b"\r\n");
-    }
-    request
-}
-
-fn simple(text: &str) -> Reply {
-    Reply::Simple(text.to_string())
 }
 
 /// Checks that `client`, silent from now on, is closed by the server between `at_least`
@@ -450,7 +320,7 @@ fn client_connections_have_tcp_keepalive() {
     let kv = Server::kv(&[], &[]);
     let mut client = kv.client();
     assert_eq!(client.ask(&[b"PING"]), simple("PONG"));
-    let local = client.writer.local_addr().unwrap().port();
+    let local = client.local_port();
     // `sl local_address rem_address st tx_queue:rx_queue tr:tm->when ...`, ports in hex.
     let timer = |from: u16, to: u16| -> Option<String> {
         let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");

@@ -129,6 +129,29 @@ pub enum Reply {
     Array(Vec<Reply>),
 }
 
+impl Reply {
+    /// True for an error reply whose text starts with `prefix` (`"NOAUTH"`, say).
+    pub fn is_error_starting(&self, prefix: &str) -> bool {
+        matches!(self, Reply::Error(text) if text.starts_with(prefix))
+    }
+}
+
+/// A simple-string reply.
+pub fn simple(text: &str) -> Reply {
+    Reply::Simple(text.to_string())
+}
+
+/// `args` as one RESP2 request (an array of bulk strings).
+pub fn frame(args: &[&[u8]]) -> Vec<u8> {
+    let mut request = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        request.extend_from_slice(arg);
+        request.extend_from_slice(b"\r\n");
+    }
+    request
+}
+
 /// A blocking RESP2 client over one TCP connection.
 pub struct Client {
     reader: BufReader<TcpStream>,
@@ -148,19 +171,48 @@ impl Client {
         })
     }
 
+    /// The client's own port (to find the connection on the server's side).
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().unwrap().port()
+    }
+
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        self.writer.set_read_timeout(Some(timeout)).unwrap();
+    }
+
+    /// Writes `bytes` as they are (malformed or pipelined requests).
+    pub fn raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
     pub fn send(&mut self, args: &[&[u8]]) -> std::io::Result<()> {
-        let mut request = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            request.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            request.extend_from_slice(arg);
-            request.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&request)
+        self.raw(&frame(args))
     }
 
     pub fn command(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
         self.send(args)?;
         self.read_reply()
+    }
+
+    /// `command`, whose reply must come: panics on a closed connection or a timeout.
+    pub fn ask(&mut self, args: &[&[u8]]) -> Reply {
+        self.command(args).unwrap_or_else(|error| {
+            panic!(
+                "{:?} got no reply: {error}",
+                String::from_utf8_lossy(args[0])
+            )
+        })
+    }
+
+    /// Waits (up to the read timeout) for the server to close the connection: true once it
+    /// has (end of input or a reset), false if it sent bytes or the wait ran out.
+    pub fn closed_by_server(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        match std::io::Read::read(&mut self.reader, &mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 
     fn read_line(&mut self) -> std::io::Result<String> {
