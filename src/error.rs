@@ -76,6 +76,25 @@ pub enum AcknowledgeError {
     },
 }
 
+impl AcknowledgeError {
+    /// The order rules of an acknowledgement of ready `number`, shared by
+    /// [`Replica`](crate::Replica) and [`paxos::Node`](crate::paxos::Node): handed out (at
+    /// most `last`, the newest number handed out) and not below `acknowledged`.
+    #[inline]
+    pub(crate) fn check(number: u64, last: u64, acknowledged: u64) -> Result<(), AcknowledgeError> {
+        if number > last {
+            return Err(AcknowledgeError::NeverHandedOut { number, last });
+        }
+        if number < acknowledged {
+            return Err(AcknowledgeError::OutOfOrder {
+                number,
+                acknowledged,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// [`Replica::compact`](crate::Replica::compact) was refused; nothing was compacted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
 pub enum CompactError {

@@ -478,18 +478,7 @@ impl Node {
     /// [`AcknowledgeError::OutOfOrder`] if `number` is lower than a number already
     /// acknowledged (writes must complete in order). Nothing is acknowledged then.
     pub fn on_persisted(&mut self, number: u64) -> Result<(), AcknowledgeError> {
-        if number > self.ready_number {
-            return Err(AcknowledgeError::NeverHandedOut {
-                number,
-                last: self.ready_number,
-            });
-        }
-        if number < self.persisted_number {
-            return Err(AcknowledgeError::OutOfOrder {
-                number,
-                acknowledged: self.persisted_number,
-            });
-        }
+        AcknowledgeError::check(number, self.ready_number, self.persisted_number)?;
         self.persisted_number = number;
         self.origin.0.acknowledged(number);
         while let Some((vote_number, _)) = self.self_votes.front() {

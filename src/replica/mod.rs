@@ -1358,18 +1358,7 @@ impl Replica {
     /// acknowledged (writes must complete in order). Nothing is acknowledged then.
     #[inline]
     pub fn on_persisted(&mut self, number: u64) -> Result<(), AcknowledgeError> {
-        if number > self.ready_number {
-            return Err(AcknowledgeError::NeverHandedOut {
-                number,
-                last: self.ready_number,
-            });
-        }
-        if number < self.persisted_number {
-            return Err(AcknowledgeError::OutOfOrder {
-                number,
-                acknowledged: self.persisted_number,
-            });
-        }
+        AcknowledgeError::check(number, self.ready_number, self.persisted_number)?;
         self.persisted_number = number;
         self.origin.acknowledged(number);
         if !self.self_votes.is_empty() {
